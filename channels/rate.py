@@ -1,0 +1,58 @@
+"""FDMA Shannon rate and upload time.
+
+Each client k transmits on its own band of b_k Hz with power p_k W over a channel of power gain
+g_k; the noise power over that band is b_k N0 with N0 the noise power spectral density (W/Hz)
+(Shannon 1948; e.g. Tse & Viswanath, Fundamentals of Wireless Communication, eq. 5.14):
+
+    R_k = b_k log2(1 + p_k g_k / (b_k N0))      [bit/s]
+
+R_k is increasing and concave in b_k, with R_k -> p_k g_k / (N0 ln 2) as b_k -> infinity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from channels.units import dbm_to_w
+
+THERMAL_NOISE_PSD_DBM_HZ = -174.0
+"""Thermal noise power spectral density at 290 K, k_B T = -174 dBm/Hz."""
+
+
+def noise_psd_w_hz(noise_psd_dbm_hz: float = THERMAL_NOISE_PSD_DBM_HZ, noise_figure_db: float = 0.0) -> float:
+    """Noise power spectral density N0 in W/Hz: 10^((N0_dBm/Hz + NF_dB - 30) / 10)."""
+    return float(dbm_to_w(noise_psd_dbm_hz + noise_figure_db))
+
+
+def snr_per_hz(tx_power_w: ArrayLike, gain_linear: ArrayLike, noise_psd_w_hz_: float) -> np.ndarray:
+    """a_k = p_k g_k / N0 in Hz: the SNR a client would have on a 1 Hz band."""
+    return np.asarray(tx_power_w, dtype=float) * np.asarray(gain_linear, dtype=float) / noise_psd_w_hz_
+
+
+def shannon_rate_bps(
+    bandwidth_hz: ArrayLike, tx_power_w: ArrayLike, gain_linear: ArrayLike, noise_psd_w_hz_: float
+) -> np.ndarray:
+    """FDMA Shannon rate R = b log2(1 + p g / (b N0)) in bit/s; zero bandwidth gives zero rate.
+
+    Parameters
+    ----------
+    bandwidth_hz : (K,) allocated band per client, Hz, >= 0.
+    tx_power_w : (K,) or scalar transmit power, W.
+    gain_linear : (K,) channel power gain (path loss x shadowing x |h|^2), linear.
+    noise_psd_w_hz_ : noise power spectral density N0, W/Hz.
+    """
+    b = np.asarray(bandwidth_hz, dtype=float)
+    a = snr_per_hz(tx_power_w, gain_linear, noise_psd_w_hz_)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = b * np.log2(1.0 + a / b)
+    return np.where(b > 0, rate, 0.0)
+
+
+def upload_time_s(payload_bits: ArrayLike, rate_bps: ArrayLike) -> np.ndarray:
+    """Upload time S / R in seconds; infinite when the rate is zero and the payload is not."""
+    s = np.asarray(payload_bits, dtype=float)
+    r = np.asarray(rate_bps, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = s / r
+    return np.where(s > 0, t, 0.0)

@@ -1,0 +1,129 @@
+"""The ``fedsim`` command line.
+
+Exit codes: 0 every round completed; 1 the run failed (one line says what); 2 bad input (one
+line naming the key, the value and what is allowed; nothing is written).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from fedsim.config import Config, ConfigError, build_config, describe_keys, load_toml, parse_overrides, parse_value
+
+app = typer.Typer(
+    name="fedsim",
+    help="Wireless federated LoRA fine-tuning simulator on Flower.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"fedsim: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def resolve_config(
+    config_file: Path | None, sets: list[str], shortcuts: dict[str, Any]
+) -> Config:
+    """Defaults < TOML file < CLI shortcut options < --set overrides."""
+    layers = [load_toml(config_file)] if config_file else []
+    layers.append({k: v for k, v in shortcuts.items() if v is not None})
+    layers.append(parse_overrides(sets))
+    return build_config(*layers)
+
+
+def default_out_dir(cfg: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"{stamp}-{cfg.workload.name}-{cfg.run.method}-seed{cfg.run.seed}"
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out={str(out)!r}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out={str(out)!r}: folder exists and is not empty (choose another or pass --force)")
+
+
+@app.command()
+def run(
+    clients: Annotated[int | None, typer.Option(help="Number of clients (run.clients).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds (run.rounds).")] = None,
+    clients_per_round: Annotated[
+        str | None, typer.Option(help="Clients per round: a count (10) or a fraction (0.2).")
+    ] = None,
+    workload: Annotated[str | None, typer.Option(help="Workload name (workload.name).")] = None,
+    method: Annotated[str | None, typer.Option(help="Upload method (run.method).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random stream (run.seed).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with [section] tables.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results folder (default results/<time>-...).")] = None,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty --out folder.")] = False,
+    quiet: Annotated[bool, typer.Option(help="Print only the results path.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="Connect to an existing Ray cluster.")] = None,
+) -> None:
+    """Run federated LoRA fine-tuning on Flower's Simulation Runtime with wireless accounting."""
+    shortcuts = {
+        "run.clients": clients, "run.rounds": rounds, "workload.name": workload, "run.method": method,
+        "run.seed": seed, "simulation.ray_address": ray_address,
+        "run.clients_per_round": None if clients_per_round is None else parse_value(clients_per_round),
+    }
+    try:
+        cfg = resolve_config(config, set_ or [], shortcuts)
+        out_dir = out or default_out_dir(cfg)
+        check_out_dir(out_dir, force)
+    except ConfigError as e:
+        _fail(str(e), 2)
+
+    from fedsim.flower.server_app import RunFailed
+    from fedsim.flower.simulation import run_in_simulation
+    from fedsim.progress import ProgressReporter
+
+    reporter = ProgressReporter(cfg, quiet=quiet)
+    t0 = time.perf_counter()
+    try:
+        with reporter:
+            summary = run_in_simulation(cfg, out_dir, reporter, verbose=verbose)
+    except RunFailed as e:
+        _fail(f"run failed: {e} (partial results in {out_dir})", 1)
+    if quiet:
+        typer.echo(str(out_dir))
+    else:
+        reporter.print_summary(summary, out_dir, time.perf_counter() - t0)
+
+
+@app.command("config")
+def show_config() -> None:
+    """List every configuration key with its default and what it accepts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("key", "default", "allowed", "meaning")
+    for key, default, allowed, doc in describe_keys():
+        table.add_row(key, repr(default), allowed, doc)
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click's usage errors become one line and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="fedsim", standalone_mode=False)
+    except click.exceptions.UsageError as e:
+        typer.echo(f"fedsim: {e.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        typer.echo("fedsim: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,323 @@
+"""The run configuration: frozen, typed, validated once at the edge.
+
+A configuration is built from three layers, later ones winning:
+
+1. the defaults in the dataclasses below,
+2. a TOML file (``--config FILE.toml``) with one table per section,
+3. ``key=value`` overrides (``--set channel.radius_m=250`` and the CLI's shortcut options).
+
+Every key is ``section.name``. A wrong key or value raises :class:`ConfigError` whose message is
+one line naming the key, the value and what is allowed. The flat form (``to_flat``) is what
+Flower carries in its run config and messages; ``to_toml`` is what a results folder keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+import tomli_w
+
+from fedsim.errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "build_config", "config_from_flat", "load_toml", "parse_overrides"]
+
+
+# ----------------------------------------------------------------------------------------------
+# field helpers: each field carries its check and a one-line description of what is allowed
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and v > 0
+
+
+def _nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and v >= 0
+
+
+def _positive(v: Any) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def _finite(v: Any) -> bool:
+    return math.isfinite(v)
+
+
+def _nonneg(v: Any) -> bool:
+    return math.isfinite(v) and v >= 0
+
+
+def _one_of(*names: str) -> Callable[[Any], bool]:
+    return lambda v: v in names
+
+
+def _f(default: Any, check: Callable[[Any], bool] | None, allowed: str, doc: str = "") -> Any:
+    return field(default=default, metadata={"check": check, "allowed": allowed, "doc": doc})
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+
+
+@dataclass(frozen=True)
+class RunSection:
+    clients: int = _f(50, _positive_int, "a positive integer", "number of clients (SuperNodes)")
+    rounds: int = _f(10, _positive_int, "a positive integer", "federated rounds")
+    clients_per_round: int | float = _f(
+        10,
+        lambda v: (isinstance(v, int) and v > 0) or (isinstance(v, float) and 0 < v <= 1),
+        "a positive integer count or a fraction in (0, 1]",
+        "clients sampled each round",
+    )
+    seed: int = _f(0, _nonneg_int, "a non-negative integer", "seed of every random stream")
+    method: str = _f("ideal", None, "a registered method", "upload method")
+
+
+@dataclass(frozen=True)
+class WorkloadSection:
+    name: str = _f("text-classify", None, "a registered workload", "workload to fine-tune")
+    preset: str = _f("tiny", None, "a preset of the workload", "size preset")
+    partition: str = _f("dirichlet", _one_of("iid", "dirichlet"), "one of iid, dirichlet", "data split")
+    dirichlet_alpha: float = _f(1.0, _positive, "a positive number", "Dirichlet concentration over labels")
+    samples_per_client: int = _f(48, _positive_int, "a positive integer", "mean local samples")
+    test_samples: int = _f(256, _positive_int, "a positive integer", "server-side test samples")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    local_epochs: int = _f(1, _positive_int, "a positive integer", "local epochs per round")
+    batch_size: int = _f(16, _positive_int, "a positive integer", "local batch size")
+    lr: float = _f(3e-3, _positive, "a positive number", "local AdamW learning rate")
+    weight_decay: float = _f(0.0, _nonneg, "a non-negative number", "AdamW weight decay")
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    rank: int = _f(8, _positive_int, "a positive integer", "LoRA rank r")
+    alpha: float = _f(16.0, _positive, "a positive number", "LoRA scaling alpha (scale alpha/r)")
+    dropout: float = _f(0.0, lambda v: 0 <= v < 1, "a number in [0, 1)", "LoRA dropout")
+    value_bits: int = _f(32, _one_of(16, 32), "16 or 32", "bits per uploaded value")
+
+
+@dataclass(frozen=True)
+class ChannelSection:
+    radius_m: float = _f(500.0, _positive, "a positive number of metres", "cell radius")
+    min_distance_m: float = _f(10.0, _nonneg, "a non-negative number of metres", "min BS distance")
+    pathloss_intercept_db: float = _f(128.1, _finite, "a finite number of dB", "PL at 1 km")
+    pathloss_slope_db: float = _f(37.6, _positive, "a positive number of dB/decade", "PL slope")
+    fading: str = _f("rayleigh", _one_of("rayleigh", "none"), "one of rayleigh, none", "small-scale fading")
+    bandwidth_hz: float = _f(20e6, _positive, "a positive number of Hz", "total uplink band")
+    tx_power_dbm: float = _f(23.0, _finite, "a finite number of dBm", "client transmit power")
+    noise_psd_dbm_hz: float = _f(-174.0, _finite, "a finite number of dBm/Hz", "noise PSD N0")
+    noise_figure_db: float = _f(0.0, _nonneg, "a non-negative number of dB", "receiver noise figure")
+    allocation: str = _f("equal", _one_of("equal"), "one of equal", "bandwidth split")
+
+
+@dataclass(frozen=True)
+class ComputeSection:
+    device_flops_min: float = _f(0.5e12, _positive, "a positive FLOP/s", "slowest device speed")
+    device_flops_max: float = _f(2.0e12, _positive, "a positive FLOP/s", "fastest device speed")
+
+
+@dataclass(frozen=True)
+class SimulationSection:
+    cpus_per_client: float = _f(1.0, _positive, "a positive number", "Ray CPUs per ClientApp actor")
+    ray_address: str = _f("", None, "a Ray address or empty", "existing Ray cluster ('' starts one)")
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSection,
+    "workload": WorkloadSection,
+    "train": TrainSection,
+    "lora": LoraSection,
+    "channel": ChannelSection,
+    "compute": ComputeSection,
+    "simulation": SimulationSection,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration. Build it with :func:`build_config`, never field by field."""
+
+    run: RunSection = field(default_factory=RunSection)
+    workload: WorkloadSection = field(default_factory=WorkloadSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    channel: ChannelSection = field(default_factory=ChannelSection)
+    compute: ComputeSection = field(default_factory=ComputeSection)
+    simulation: SimulationSection = field(default_factory=SimulationSection)
+
+    @property
+    def num_sampled(self) -> int:
+        """Clients sampled per round, resolved from a count or a fraction."""
+        cpr = self.run.clients_per_round
+        if isinstance(cpr, float):
+            return max(1, round(cpr * self.run.clients))
+        return cpr
+
+    def to_flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` for every key, in declaration order."""
+        return {
+            f"{name}.{f.name}": getattr(getattr(self, name), f.name)
+            for name, cls in SECTIONS.items()
+            for f in dataclasses.fields(cls)
+        }
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def describe_keys() -> list[tuple[str, Any, str, str]]:
+    """(key, default, allowed, description) for every configuration key."""
+    return [
+        (f"{name}.{f.name}", f.default, f.metadata["allowed"], f.metadata["doc"])
+        for name, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# parsing and validation
+
+
+def parse_value(text: str) -> Any:
+    """A CLI value as TOML would read it (``3``, ``0.5``, ``true``, ``[0, 0.5]``), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check the value's type against the field's annotation; an int widens to a float field."""
+    allowed = get_args(hint) or (hint,)
+    accepted = allowed + ((int,) if float in allowed else ())
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        kind = " or ".join(t.__name__ for t in allowed)
+        raise ConfigError(f"{key}={value!r}: expected {kind}, got {type(value).__name__}")
+    if allowed == (float,):
+        return float(value)
+    return value
+
+
+def _check_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    checked = {}
+    for key, value in values.items():
+        if key not in by_name:
+            raise ConfigError(
+                f"unknown config key '{name}.{key}': allowed keys in [{name}] are {', '.join(by_name)}"
+            )
+        f = by_name[key]
+        value = _coerce(f"{name}.{key}", value, hints[key])
+        check = f.metadata["check"]
+        try:
+            ok = check is None or bool(check(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{name}.{key}={value!r}: must be {f.metadata['allowed']}")
+        checked[key] = value
+    return cls(**checked)
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise ConfigError(
+                f"unknown config key '{key}': keys are section.name with section one of {', '.join(SECTIONS)}"
+            )
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into flat ``section.key`` form; a file that does not parse is an error."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config={str(p)!r}: file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config={str(p)!r}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"--config={str(p)!r}: cannot read ({e.strerror})") from None
+    flat: dict[str, Any] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"config key '{section}' in {p}: top-level entries must be tables, one of {', '.join(SECTIONS)}"
+            )
+        for key, value in table.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", ...]`` -> ``{"a.b": 1}``; an item without ``=`` is an error."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, for example run.rounds=5")
+        out[key.strip()] = parse_value(text.strip())
+    return out
+
+
+def build_config(*layers: Mapping[str, Any], extra_checks: bool = True) -> Config:
+    """Merge flat layers over the defaults, validate every key, and return a frozen Config."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    nested = _nest(merged)
+    sections = {name: _check_section(name, SECTIONS[name], nested.get(name, {})) for name in SECTIONS}
+    cfg = Config(**sections)
+    if extra_checks:
+        _check_cross(cfg)
+    return cfg
+
+
+def _check_cross(cfg: Config) -> None:
+    """Checks that involve more than one key, and the registries."""
+    from workloads import get_workload_class
+    from fedsim.methods import METHODS
+
+    cpr = cfg.run.clients_per_round
+    if isinstance(cpr, int) and cpr > cfg.run.clients:
+        raise ConfigError(
+            f"run.clients_per_round={cpr}: must be at most run.clients={cfg.run.clients}"
+        )
+    if cfg.compute.device_flops_min > cfg.compute.device_flops_max:
+        raise ConfigError(
+            f"compute.device_flops_min={cfg.compute.device_flops_min!r}: must be at most "
+            f"compute.device_flops_max={cfg.compute.device_flops_max!r}"
+        )
+    if cfg.channel.min_distance_m >= cfg.channel.radius_m:
+        raise ConfigError(
+            f"channel.min_distance_m={cfg.channel.min_distance_m!r}: must be below "
+            f"channel.radius_m={cfg.channel.radius_m!r}"
+        )
+    if cfg.run.method not in METHODS:
+        raise ConfigError(f"run.method={cfg.run.method!r}: must be one of {', '.join(METHODS)}")
+    wl = get_workload_class(cfg.workload.name)  # raises ConfigError listing the known names
+    if cfg.workload.preset not in wl.presets:
+        raise ConfigError(
+            f"workload.preset={cfg.workload.preset!r}: {cfg.workload.name} has presets {', '.join(wl.presets)}"
+        )
+
+
+def config_from_flat(flat: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from its flat form (as carried by Flower run configs and messages)."""
+    return build_config(flat)

@@ -1,0 +1,1 @@
+"""The only package that imports flwr: ServerApp, ClientApp and the simulation launcher."""

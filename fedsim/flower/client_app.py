@@ -1,0 +1,44 @@
+"""The fedsim ClientApp: one virtual client (simulation) or one SuperNode (deployment).
+
+The configuration arrives with every message, so the ServerApp is the single source of truth.
+The heavy objects (base model, data) live in :mod:`fedsim.runtime`'s per-process cache.
+"""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (actors must import torch for ArrayRecord conversions)
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsim.flower.records import CLIENT_KEY, ROUND_KEY, config_from_record, from_array_record, to_array_record
+from fedsim.methods import dense_payload_bits
+from fedsim.runtime import client_update
+
+app = ClientApp()
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Discovery: tell the server which partition (client id) this node holds."""
+    reply = ConfigRecord(
+        {"partition-id": _partition_id(context), "num-partitions": int(context.node_config["num-partitions"])}
+    )
+    return Message(RecordDict({"node": reply}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg_record = msg.content["config"]
+    cfg = config_from_record(cfg_record)
+    client_id = _partition_id(context)
+    if int(cfg_record[CLIENT_KEY]) != client_id:
+        raise RuntimeError(f"message for client {cfg_record[CLIENT_KEY]} reached partition {client_id}")
+    round_ = int(cfg_record[ROUND_KEY])
+    state, metrics = client_update(cfg, client_id, round_, from_array_record(msg.content["arrays"]))
+    metrics["payload_bits"] = float(dense_payload_bits(state, cfg.lora.value_bits))
+    metrics["client_id"] = float(client_id)
+    return Message(RecordDict({"arrays": to_array_record(state), "metrics": MetricRecord(metrics)}), reply_to=msg)

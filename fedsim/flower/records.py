@@ -1,0 +1,38 @@
+"""Conversions between fedsim's plain values and Flower records."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord
+
+from fedsim.config import Config, config_from_flat
+
+ROUND_KEY = "fedsim.round"
+CLIENT_KEY = "fedsim.client_id"
+
+
+def to_array_record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in state.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: arr.numpy() for name, arr in record.items()}
+
+
+def config_record(cfg: Config, **extra: Any) -> ConfigRecord:
+    """The whole flat configuration plus per-message extras (round, client id)."""
+    return ConfigRecord({**cfg.to_flat(), **extra})
+
+
+@lru_cache(maxsize=8)
+def _cached_config(items: tuple[tuple[str, Any], ...]) -> Config:
+    return config_from_flat(dict(items))
+
+
+def config_from_record(record: ConfigRecord) -> Config:
+    """The run configuration carried by a message (validated once per process and cached)."""
+    items = tuple(sorted((k, v) for k, v in record.items() if not k.startswith("fedsim.")))
+    return _cached_config(items)

@@ -1,0 +1,76 @@
+"""Live progress (round i/N, metric, round latency, bits, ETA) and the final summary table."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fedsim.config import Config
+
+
+class ProgressReporter:
+    """A ``Reporter`` for :func:`fedsim.flower.server_app.serve`, safe to call from the server thread."""
+
+    def __init__(self, cfg: Config, quiet: bool = False, console: Console | None = None):
+        self.cfg = cfg
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+        self.primary = "metric"
+        self.cum_bits = 0
+        self._lock = threading.Lock()
+        self._progress = Progress(
+            TextColumn("round {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("{task.fields[metric]}"),
+            TextColumn("latency {task.fields[latency]}"),
+            TextColumn("uplink {task.fields[bits]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=quiet,
+        )
+        self._task = self._progress.add_task(
+            "run", total=cfg.run.rounds, metric="-", latency="-", bits="-", start=False
+        )
+
+    def __enter__(self) -> ProgressReporter:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            if event == "start":
+                self.primary = data["primary_metric"]
+                self._progress.start_task(self._task)
+            elif event == "round":
+                self.cum_bits += data["uplink_bits_total"]
+                self._progress.update(
+                    self._task,
+                    completed=data["round"],
+                    metric=f"{self.primary} {data['metrics']['primary_metric']:.4f}",
+                    latency=f"{data['round_latency_s']:.3f} s",
+                    bits=f"{self.cum_bits / 1e6:.1f} Mbit",
+                )
+
+    def print_summary(self, summary: dict[str, Any], out_dir: Path, wall_s: float) -> None:
+        table = Table(title="fedsim run", show_header=False)
+        table.add_row("workload / method", f"{summary['workload']} / {summary['method']}")
+        table.add_row("rounds", f"{summary['rounds_completed']}/{summary['rounds_planned']}")
+        for key, value in summary["final_metrics"].items():
+            if key != "primary_metric":
+                table.add_row(f"final {key}", f"{value:.4f}")
+        table.add_row("cumulative uplink", f"{summary['cumulative_uplink_bits'] / 1e6:.2f} Mbit")
+        table.add_row("mean round latency", f"{summary['mean_round_latency_s']:.3f} s")
+        table.add_row("simulated time", f"{summary['total_latency_s']:.2f} s")
+        table.add_row("wall time", f"{wall_s:.1f} s")
+        table.add_row("results", str(out_dir))
+        Console().print(table)

@@ -1,0 +1,119 @@
+"""The results folder: written once per round, read by plots, notebooks and tests.
+
+Layout::
+
+    config.toml                  resolved configuration (every key)
+    rounds.jsonl                 one JSON record per completed round (schema in the README)
+    summary.json                 written last: status, final metrics, totals, versions
+    metric_vs_round.png          primary metric against round
+    metric_vs_uplink_bits.png    primary metric against cumulative uplink bits
+
+A folder is a finished fedsim result only when ``summary.json`` exists with ``status == "ok"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from fedsim.config import Config
+
+MARKER = "config.toml"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    import flwr
+    import numpy
+    import ray
+    import torch
+
+    import fedsim
+
+    return {
+        "fedsim": fedsim.__version__, "flwr": flwr.__version__, "ray": ray.__version__,
+        "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
+    }
+
+
+def read_rounds(folder: str | Path) -> list[dict[str, Any]]:
+    """All round records of a results folder, in order."""
+    path = Path(folder) / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class ResultsWriter:
+    """Appends round records as they complete and writes the summary and plots at the end."""
+
+    def __init__(self, folder: str | Path, cfg: Config):
+        self.folder = Path(folder)
+        self.cfg = cfg
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.folder / MARKER, cfg.to_toml())
+        self.rounds_path = self.folder / "rounds.jsonl"
+        self.rounds_path.write_text("")
+        self.records: list[dict[str, Any]] = []
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with self.rounds_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self, *, status: str, error: str | None, primary_metric: str, wall_s: float) -> dict[str, Any]:
+        recs = self.records
+        latencies = [r["round_latency_s"] for r in recs]
+        summary = {
+            "status": status,
+            "error": error,
+            "rounds_completed": len(recs),
+            "rounds_planned": self.cfg.run.rounds,
+            "workload": self.cfg.workload.name,
+            "method": self.cfg.run.method,
+            "seed": self.cfg.run.seed,
+            "primary_metric": primary_metric,
+            "final_metrics": recs[-1]["metrics"] if recs else {},
+            "cumulative_uplink_bits": int(sum(r["uplink_bits_total"] for r in recs)),
+            "mean_round_latency_s": float(sum(latencies) / len(latencies)) if latencies else None,
+            "total_latency_s": float(sum(latencies)),
+            "wall_s": wall_s,
+            "versions": versions(),
+        }
+        if recs:
+            plot_results(self.folder, recs, primary_metric)
+        _atomic_write(self.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def plot_results(folder: Path, records: list[dict[str, Any]], primary_metric: str) -> None:
+    """The two standard plots of a run: metric against round and against cumulative uplink bits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rounds = [r["round"] for r in records]
+    metric = [r["metrics"]["primary_metric"] for r in records]
+    bits = np.cumsum([r["uplink_bits_total"] for r in records])
+    for x, xlabel, name in (
+        (rounds, "round", "metric_vs_round.png"),
+        (bits / 1e6, "cumulative uplink (Mbit)", "metric_vs_uplink_bits.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+        ax.plot(x, metric, marker="o", ms=3)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(primary_metric)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(folder / name)
+        plt.close(fig)

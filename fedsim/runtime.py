@@ -1,0 +1,96 @@
+"""What a process keeps between Flower calls: the workload, its model and its data.
+
+ClientApps are re-created per message but run inside long-lived Ray actors; the base model and
+data are built once per process here (keyed on the parts of the config they depend on), not
+once per client call. Local training of one client is :func:`client_update`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import nn
+
+from fedsim.config import Config
+from fedsim.seeding import SERVER, torch_seed
+from workloads import get_workload_class
+from workloads.base import Workload, WorkloadSpec, load_trainable_state, local_train, trainable_state
+
+
+def workload_spec(cfg: Config) -> WorkloadSpec:
+    w = cfg.workload
+    return WorkloadSpec(
+        preset=w.preset, seed=cfg.run.seed, num_clients=cfg.run.clients, samples_per_client=w.samples_per_client,
+        test_samples=w.test_samples, partition=w.partition, dirichlet_alpha=w.dirichlet_alpha,
+        lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+    )
+
+
+@dataclass
+class Runtime:
+    workload: Workload
+    model: nn.Module
+    train: Dataset
+    test: Dataset
+    _partitions: list[Dataset] | None = field(default=None, repr=False)
+
+    def partition(self, client_id: int) -> Dataset:
+        if self._partitions is None:
+            self._partitions = self.workload.partition(self.train)
+        return self._partitions[client_id]
+
+
+_CACHE: dict[tuple, Runtime] = {}
+
+
+def get_runtime(cfg: Config) -> Runtime:
+    """The process-wide runtime for this workload configuration, built on first use."""
+    spec = workload_spec(cfg)
+    key = (cfg.workload.name, spec)
+    if key not in _CACHE:
+        torch.set_num_threads(max(1, int(cfg.simulation.cpus_per_client)))
+        workload = get_workload_class(cfg.workload.name)(spec)
+        with torch.random.fork_rng():
+            torch.manual_seed(torch_seed(cfg.run.seed, 0, SERVER, "init-adapter"))
+            model = workload.build_model()
+        model.eval()
+        train, test = workload.build_data()
+        _CACHE.clear()  # one workload per process at a time: free the previous model
+        _CACHE[key] = Runtime(workload, model, train, test)
+    return _CACHE[key]
+
+
+def initial_state(cfg: Config) -> dict[str, np.ndarray]:
+    """The global adapter of round 0 (LoRA A random, B = 0, head random), the same everywhere."""
+    return trainable_state(get_runtime(cfg).model)
+
+
+def client_update(
+    cfg: Config, client_id: int, round_: int, global_state: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Local training of one client from the global adapter; returns its adapter and metrics."""
+    rt = get_runtime(cfg)
+    load_trainable_state(rt.model, global_state)
+    data = rt.partition(client_id)
+    gen = torch.Generator().manual_seed(torch_seed(cfg.run.seed, round_, client_id, "local-train"))
+    t0 = time.perf_counter()
+    with torch.random.fork_rng():
+        torch.manual_seed(torch_seed(cfg.run.seed, round_, client_id, "dropout"))
+        metrics = local_train(
+            rt.workload, rt.model, data, epochs=cfg.train.local_epochs, batch_size=cfg.train.batch_size,
+            lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, generator=gen,
+        )
+    metrics["train_time_s"] = time.perf_counter() - t0
+    metrics["num_samples"] = float(len(data))
+    return trainable_state(rt.model), metrics
+
+
+def evaluate_state(cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float]:
+    """Server-side evaluation of an adapter on the workload's test set."""
+    rt = get_runtime(cfg)
+    load_trainable_state(rt.model, state)
+    return rt.workload.evaluate(rt.model, rt.test)

@@ -1,0 +1,40 @@
+"""The workload zoo: pluggable model-and-task pairs behind :class:`workloads.base.Workload`.
+
+Built-in workloads register here; third-party packages add theirs through the entry-point
+group ``fedsim.workloads`` (``name = "package.module:WorkloadClass"``), and they appear in
+``fedsim workloads`` and ``--workload`` after ``pip install``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from fedsim.errors import ConfigError
+from workloads.base import Workload
+
+ENTRY_POINT_GROUP = "fedsim.workloads"
+
+_BUILTIN = {
+    "text-classify": "workloads.text_classify:TextClassify",
+}
+
+
+def _load(target: str) -> type[Workload]:
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def registry() -> dict[str, str]:
+    """name -> "module:Class" for built-in and installed workloads (built-ins win on a clash)."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **_BUILTIN}
+
+
+def get_workload_class(name: str) -> type[Workload]:
+    """The workload class registered under ``name``; unknown names list the known ones."""
+    known = registry()
+    if name not in known:
+        raise ConfigError(f"workload.name={name!r}: must be one of {', '.join(sorted(known))}")
+    return _load(known[name])

@@ -1,0 +1,181 @@
+"""The workload interface: what a model-and-task pair must tell the simulator.
+
+A workload is one module with one class. It declares
+
+- ``presets``: named sizes; ``tiny`` trains in seconds on a CPU,
+- ``primary_metric``: the key of :meth:`Workload.evaluate` that the simulator tracks,
+- ``lora_target_modules`` (and ``extra_trainable``, e.g. a classification head that is trained
+  and uploaded dense beside the LoRA factors),
+- how to build the base model (:meth:`build_base_model`), the data (:meth:`build_data`), the
+  loss (:meth:`loss`), the evaluation (:meth:`evaluate`) and the training FLOPs per sample
+  (:meth:`flops_per_sample`) that the compute-time model uses.
+
+Everything else (LoRA wrapping through peft, client partitions through flwr-datasets
+partitioners, local training) is shared code in this module, so the engine never changes when a
+workload is added. Workloads register with :func:`register` or through the Python entry-point
+group ``fedsim.workloads``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import nn
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What a workload instance is built from (a slice of the run configuration)."""
+
+    preset: str
+    seed: int
+    num_clients: int
+    samples_per_client: int
+    test_samples: int
+    partition: str
+    dirichlet_alpha: float
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+
+
+class Workload(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    presets: ClassVar[dict[str, dict[str, Any]]]
+    primary_metric: ClassVar[str]
+    lora_target_modules: ClassVar[list[str]]
+    extra_trainable: ClassVar[list[str]] = []
+    label_column: ClassVar[str] = "label"
+
+    def __init__(self, spec: WorkloadSpec):
+        self.spec = spec
+        self.params = dict(self.presets[spec.preset])
+
+    # -- what a workload implements --------------------------------------------------------
+    @abstractmethod
+    def build_base_model(self) -> nn.Module:
+        """The frozen base model (pretrained or cached), deterministic for the spec."""
+
+    @abstractmethod
+    def build_data(self) -> tuple[Dataset, Dataset]:
+        """(train pool to partition across clients, server-side test set)."""
+
+    @abstractmethod
+    def collate(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        """A batch of dataset rows (column -> list) to model inputs."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar training loss of a batch."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
+        """Metrics on ``data``; must contain :attr:`primary_metric`."""
+
+    @abstractmethod
+    def flops_per_sample(self) -> float:
+        """Training FLOPs (forward + backward) per sample, for the compute-time model."""
+
+    # -- shared machinery ------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """The base model with peft LoRA on :attr:`lora_target_modules`.
+
+        Trainable parameters are the LoRA factors and the modules in :attr:`extra_trainable`.
+        peft initialises A randomly and B = 0; the caller seeds the torch RNG around this call.
+        """
+        from peft import LoraConfig, get_peft_model
+
+        base = self.build_base_model()
+        for p in base.parameters():
+            p.requires_grad_(False)
+        lora = LoraConfig(
+            r=self.spec.lora_rank,
+            lora_alpha=self.spec.lora_alpha,
+            lora_dropout=self.spec.lora_dropout,
+            target_modules=list(self.lora_target_modules),
+            modules_to_save=list(self.extra_trainable) or None,
+        )
+        return get_peft_model(base, lora)
+
+    def partition(self, train: Dataset) -> list[Dataset]:
+        """Split the train pool into one partition per client with a flwr-datasets partitioner."""
+        from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+        n = self.spec.num_clients
+        if self.spec.partition == "iid":
+            partitioner = IidPartitioner(num_partitions=n)
+        else:
+            partitioner = DirichletPartitioner(
+                num_partitions=n,
+                partition_by=self.label_column,
+                alpha=self.spec.dirichlet_alpha,
+                min_partition_size=max(1, self.spec.samples_per_client // 4),
+                self_balancing=True,
+                seed=self.spec.seed,
+            )
+        partitioner.dataset = train
+        return [partitioner.load_partition(i) for i in range(n)]
+
+    def batches(self, data: Dataset, batch_size: int, generator: torch.Generator | None) -> Iterator[dict]:
+        """Mini-batches of ``data``, shuffled by ``generator`` (None: in order)."""
+        n = len(data)
+        order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
+        for start in range(0, n, batch_size):
+            yield self.collate(data[order[start : start + batch_size]])
+
+
+def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """The trainable tensors (LoRA factors and extra modules) as float32 NumPy arrays, by name."""
+    return {n: p.detach().cpu().numpy().astype(np.float32, copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
+    """Overwrite the trainable tensors in place; every trainable tensor must be present."""
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    if missing:
+        raise KeyError(f"adapter state lacks {missing[:3]}")
+    with torch.no_grad():
+        for n, arr in state.items():
+            params[n].copy_(torch.from_numpy(np.asarray(arr)))
+
+
+def local_train(
+    workload: Workload,
+    model: nn.Module,
+    data: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    generator: torch.Generator,
+    extra_loss=None,
+) -> dict[str, float]:
+    """Local AdamW on the trainable parameters; returns the mean training loss and step count.
+
+    ``extra_loss(model) -> Tensor`` is added to every step's loss (the SOFT regulariser).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for batch in workload.batches(data, batch_size, generator):
+            loss = workload.loss(model, batch)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+    model.eval()
+    return {"train_loss": total / max(steps, 1), "local_steps": float(steps)}
