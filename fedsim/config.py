@@ -128,6 +128,9 @@ class ComputeSection:
 class SimulationSection:
     cpus_per_client: float = _f(1.0, _positive, "a positive number", "Ray CPUs per ClientApp actor")
     ray_address: str = _f("", None, "a Ray address or empty", "existing Ray cluster ('' starts one)")
+    ray_node_ip: str = _f(
+        "127.0.0.2", None, "an IP address", "address a locally started Ray binds to (loopback; Ray rewrites 127.0.0.1)"
+    )
 
 
 SECTIONS: dict[str, type] = {

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from fedsim.config import Config
@@ -25,12 +25,8 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._progress = Progress(
             TextColumn("round {task.completed}/{task.total}"),
-            BarColumn(),
-            TextColumn("{task.fields[metric]}"),
-            TextColumn("latency {task.fields[latency]}"),
-            TextColumn("uplink {task.fields[bits]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
+            BarColumn(bar_width=12),
+            TextColumn("{task.fields[metric]} | T {task.fields[latency]} | {task.fields[bits]} | ETA"),
             TimeRemainingColumn(),
             console=self.console,
             disable=quiet,

@@ -24,6 +24,7 @@ def backend_config(cfg: Config) -> dict[str, Any]:
         init_args["address"] = cfg.simulation.ray_address
     else:
         init_args["num_cpus"] = os.cpu_count() or 1
+        init_args["_node_ip_address"] = cfg.simulation.ray_node_ip
     return {
         "client_resources": {"num_cpus": cfg.simulation.cpus_per_client, "num_gpus": 0.0},
         "init_args": init_args,

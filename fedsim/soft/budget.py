@@ -43,8 +43,8 @@ def keep_count(rank: int, rho: float) -> int:
 
     k = max(1, ceil((1 - rho) r)),  0 <= rho < 1.
 
-    ``(1 - rho) r`` is rounded to 9 decimals before the ceiling so that binary floating-point
-    noise does not add a rank (for example (1 - 0.7) * 10 = 3.0000000000000004 gives k = 3).
+    The ceiling has a 1e-9 tolerance so that binary floating-point noise does not add a rank:
+    (1 - 0.7) * 10 = 3.0000000000000004 gives k = 3, as intended.
 
     Parameters
     ----------
@@ -60,7 +60,7 @@ def keep_count(rank: int, rho: float) -> int:
     """
     rank = _check_positive_int("rank", rank)
     rho = check_rho(rho)
-    return max(1, math.ceil(round((1.0 - rho) * rank, 9)))
+    return max(1, math.ceil((1.0 - rho) * rank - 1e-9))
 
 
 def payload_bits(d_in: int, d_out: int, rank: int, k: int, value_bits: int) -> int:

@@ -37,13 +37,14 @@ def covariance_norm(As: Sequence[Tensor], Bs: Sequence[Tensor], weights: Sequenc
     """
     if not (len(As) == len(Bs) == len(weights)) or not As:
         raise ValueError(
-            f"covariance_norm needs equally many A, B and weights (>= 1); got {len(As)}, {len(Bs)}, {len(weights)}"
+            "covariance_norm needs equally many A, B and weights (>= 1); "
+            f"got {len(As)}, {len(Bs)}, {len(weights)}"
         )
     w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
     if not bool(torch.isfinite(w).all()) or bool((w <= 0).any()):
         raise ValueError(f"covariance_norm: weights must be finite and > 0, got {list(weights)}")
     w = w / w.sum()
-    for A, B in zip(As, Bs):
+    for A, B in zip(As, Bs, strict=True):
         check_factors(A, B)
     dev = As[0].device
     A_all = torch.stack([A.to(dev, torch.float64) for A in As])  # (K, r, d_in)

@@ -91,8 +91,8 @@ class SparseUpdate:
                 raise ValueError("a rank update must keep at least one rank")
             if tuple(self.A_rows.shape) != (k, self.d_in) or tuple(self.B_cols.shape) != (self.d_out, k):
                 raise ValueError(
-                    f"rank update with k = {k}: expected A_rows {(k, self.d_in)} and B_cols {(self.d_out, k)}, "
-                    f"got {tuple(self.A_rows.shape)} and {tuple(self.B_cols.shape)}"
+                    f"rank update with k = {k}: expected A_rows {(k, self.d_in)} and "
+                    f"B_cols {(self.d_out, k)}, got {tuple(self.A_rows.shape)} and {tuple(self.B_cols.shape)}"
                 )
             values = (self.A_rows, self.B_cols)
         elif all(elem_set) and not any(rank_set):
@@ -100,7 +100,9 @@ class SparseUpdate:
                 idx, val = getattr(self, f"{side}_indices"), getattr(self, f"{side}_values")
                 _check_indices(f"{side}_indices", idx, numel)
                 if tuple(val.shape) != tuple(idx.shape):
-                    raise ValueError(f"{side}_values shape {tuple(val.shape)} != {side}_indices {tuple(idx.shape)}")
+                    raise ValueError(
+                        f"{side}_values shape {tuple(val.shape)} != {side}_indices {tuple(idx.shape)}"
+                    )
             values = (self.A_values, self.B_values)
         else:
             raise ValueError(f"set exactly one of the field groups {self.RANK_KEYS} or {self.ELEMENT_KEYS}")
@@ -142,7 +144,10 @@ class SparseUpdate:
             return A, row[:, None].expand(r, d_in).clone(), B, row[None, :].expand(d_out, r).clone()
         dev = self.A_values.device
         out = []
-        for idx, val, shape in ((self.A_indices, self.A_values, (r, d_in)), (self.B_indices, self.B_values, (d_out, r))):
+        for idx, val, shape in (
+            (self.A_indices, self.A_values, (r, d_in)),
+            (self.B_indices, self.B_values, (d_out, r)),
+        ):
             dense = torch.zeros(shape[0] * shape[1], dtype=torch.float32, device=dev)
             mask = torch.zeros(shape[0] * shape[1], dtype=torch.bool, device=dev)
             dense[idx] = val.float()

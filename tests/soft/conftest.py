@@ -38,3 +38,12 @@ def orthogonal_factors():
 def random_factors():
     """The builder :func:`_random_factors`: standard normal A (r, d_in) and B (d_out, r)."""
     return _random_factors
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """These tensors are tiny: one thread avoids OpenMP spin-waiting on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -11,6 +12,15 @@ import torch
 from fedsim.soft import SPARSIFIERS, SparseUpdate, keep_count
 
 WIRE = {16: np.float16, 32: np.float32}
+
+
+def _serialise(array: np.ndarray) -> np.ndarray:
+    """A bytes round trip like a Flower Array's (np.save / np.load); the result is read-only."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    out = np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False)
+    out.setflags(write=False)
+    return out
 
 
 def _compress(name, A, B, rho, q):
@@ -40,11 +50,15 @@ def test_roundtrip_through_arrays(random_factors, name, rho, q):
     torch.testing.assert_close(B, B_before, rtol=0, atol=0)
 
     arrays = update.to_arrays()
-    assert set(arrays) == {"meta", "dropped_rank_error", *(SparseUpdate.RANK_KEYS if update.kind == "rank" else SparseUpdate.ELEMENT_KEYS)}
+    assert set(arrays) == {
+        "meta",
+        "dropped_rank_error",
+        *(SparseUpdate.RANK_KEYS if update.kind == "rank" else SparseUpdate.ELEMENT_KEYS),
+    }
     for key in ("A_rows", "B_cols", "A_values", "B_values"):
         if key in arrays:
             assert arrays[key].dtype == WIRE[q]
-    back = SparseUpdate.from_arrays({f"layer.0.{k}"[8:]: v for k, v in arrays.items()})
+    back = SparseUpdate.from_arrays({key: _serialise(value) for key, value in arrays.items()})
     assert (back.payload_bits, back.dropped_rank_error, back.kind) == (
         update.payload_bits,
         update.dropped_rank_error,
@@ -61,7 +75,9 @@ def test_roundtrip_through_arrays(random_factors, name, rho, q):
     # 32 bits: exact; 16 bits: exactly the float16 rounding of the value
     wire = torch.float16 if q == 16 else torch.float32
     if name == "svd":  # the refactored truncation is recomputed here: compare to tolerance
-        torch.testing.assert_close(A_d[mask_A].double(), A_x[mask_A], rtol=2e-3 if q == 16 else 1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            A_d[mask_A].double(), A_x[mask_A], rtol=2e-3 if q == 16 else 1e-5, atol=1e-4
+        )
         torch.testing.assert_close(
             (B_d @ A_d).double(), B_x @ A_x, rtol=5e-3 if q == 16 else 1e-5, atol=5e-3 if q == 16 else 1e-4
         )

@@ -1,0 +1,84 @@
+import pytest
+
+from fedsim.config import Config, ConfigError, build_config, config_from_flat, load_toml, parse_overrides, parse_value
+
+
+def test_defaults_are_valid_and_frozen():
+    cfg = build_config()
+    assert cfg.run.clients == 50 and cfg.num_sampled == 10
+    with pytest.raises(AttributeError):
+        cfg.run.clients = 3  # type: ignore[misc]
+
+
+def test_layers_override_in_order(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[run]\nrounds = 7\nseed = 3\n[channel]\nradius_m = 250\n')
+    cfg = build_config(load_toml(f), {"run.seed": 5}, parse_overrides(["channel.bandwidth_hz=1e6"]))
+    assert cfg.run.rounds == 7 and cfg.run.seed == 5
+    assert cfg.channel.radius_m == 250.0 and isinstance(cfg.channel.radius_m, float)
+    assert cfg.channel.bandwidth_hz == 1e6
+
+
+def test_flat_round_trip_and_toml():
+    cfg = build_config({"run.clients_per_round": 0.5, "run.clients": 8})
+    assert cfg.num_sampled == 4
+    assert config_from_flat(cfg.to_flat()) == cfg
+    import tomllib
+
+    again = tomllib.loads(cfg.to_toml())
+    assert again["run"]["clients_per_round"] == 0.5
+
+
+def test_parse_value_reads_toml_literals():
+    assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("true") is True
+    assert parse_value("rayleigh") == "rayleigh" and parse_value("[1, 2]") == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "flat, fragment",
+    [
+        ({"run.clients": 0}, "run.clients=0: must be a positive integer"),
+        ({"run.rounds": -2}, "run.rounds=-2"),
+        ({"run.clients": 4, "run.clients_per_round": 5}, "run.clients_per_round=5: must be at most run.clients=4"),
+        ({"run.clients_per_round": 1.5}, "fraction in (0, 1]"),
+        ({"run.method": "nope"}, "run.method='nope': must be one of"),
+        ({"workload.name": "nope"}, "workload.name='nope': must be one of"),
+        ({"workload.preset": "huge"}, "workload.preset='huge'"),
+        ({"run.clinets": 3}, "unknown config key 'run.clinets'"),
+        ({"foo.bar": 3}, "unknown config key 'foo.bar'"),
+        ({"run.rounds": "ten"}, "run.rounds='ten': expected int"),
+        ({"run.rounds": True}, "expected int"),
+        ({"channel.bandwidth_hz": 0}, "channel.bandwidth_hz=0.0: must be a positive number of Hz"),
+        ({"channel.radius_m": float("nan")}, "channel.radius_m=nan"),
+        ({"lora.value_bits": 8}, "lora.value_bits=8: must be 16 or 32"),
+        ({"compute.device_flops_min": 3e12}, "compute.device_flops_min"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(flat, fragment):
+    with pytest.raises(ConfigError) as e:
+        build_config(flat)
+    msg = str(e.value)
+    assert fragment in msg
+    assert "\n" not in msg
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[run\nrounds = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(f)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_toml(tmp_path / "missing.toml")
+    g = tmp_path / "flat.toml"
+    g.write_text("rounds = 3\n")
+    with pytest.raises(ConfigError, match="must be tables"):
+        load_toml(g)
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["run.rounds"])
+
+
+def test_config_is_hashable_value_object():
+    assert hash(Config()) == hash(Config())

@@ -1,0 +1,91 @@
+"""End-to-end runs through Flower's Simulation Runtime and Ray (slow)."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fedsim.results import read_rounds
+from tests.conftest import SMALL, records_without_wall_clock, run_fedsim
+
+pytestmark = pytest.mark.slow
+
+CLIENT_FIELDS = {"client_id", "dropped", "distance_m", "gain_db", "bandwidth_hz", "rate_bps", "payload_bits",
+                 "compute_time_s", "upload_time_s"}
+
+
+def test_small_run_records(small_run):
+    rounds = read_rounds(small_run)
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert len(r["clients"]) == 3
+        ids = [c["client_id"] for c in r["clients"]]
+        assert ids == sorted(ids) and set(ids) <= {0, 1, 2, 3}
+        for c in r["clients"]:
+            assert CLIENT_FIELDS <= set(c)
+            assert 10 <= c["distance_m"] <= 500 and c["rate_bps"] > 0 and not c["dropped"]
+            assert math.isclose(c["upload_time_s"], c["payload_bits"] / c["rate_bps"], rel_tol=1e-9)
+        assert math.isclose(r["round_latency_s"], max(c["compute_time_s"] + c["upload_time_s"] for c in r["clients"]))
+        assert r["uplink_bits_total"] == sum(c["payload_bits"] for c in r["clients"])
+        assert r["metrics"]["primary_metric"] == r["metrics"]["accuracy"]
+        assert 0.0 <= r["metrics"]["accuracy"] <= 1.0
+    # dense LoRA(query, value) r=8 on 6 layers + a 384x4+4 head, 32 bits per value
+    assert rounds[0]["clients"][0]["payload_bits"] == (6 * 2 * 8 * (384 + 384) + 384 * 4 + 4) * 32
+    summary = json.loads((small_run / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["rounds_completed"] == 2
+    assert summary["cumulative_uplink_bits"] == sum(r["uplink_bits_total"] for r in rounds)
+    assert summary["versions"]["flwr"].startswith("1.42")
+    for png in ("metric_vs_round.png", "metric_vs_uplink_bits.png"):
+        assert (small_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import tomllib
+
+    cfg = tomllib.loads((small_run / "config.toml").read_text())
+    assert cfg["run"]["clients"] == 4 and cfg["run"]["seed"] == 7 and cfg["workload"]["test_samples"] == 64
+
+
+def test_same_seed_same_records(small_run, tmp_path):
+    out = tmp_path / "again"
+    proc = run_fedsim(["run", "--clients", "4", "--rounds", "2", "--clients-per-round", "3", "--seed", "7",
+                       "--out", str(out), "--quiet", *SMALL])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert records_without_wall_clock(out) == records_without_wall_clock(small_run)
+
+
+def test_notebook_executes_on_a_run(small_run, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read("notebooks/quickstart.ipynb", as_version=4)
+    env_cell = nbformat.v4.new_code_cell(f"RESULTS = {str(small_run)!r}")
+    nb.cells.insert(0, env_cell)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+@pytest.mark.skipif(shutil.which("ray") is None, reason="ray CLI not installed")
+def test_two_node_ray_cluster(tmp_path):
+    """A head and a second node started on loopback, reached with --ray-address."""
+    port = "6399"
+    start = ["ray", "start", "--num-cpus", "1", "--disable-usage-stats"]
+    try:
+        subprocess.run([*start, "--head", "--include-dashboard", "false", "--port", port, "--node-ip-address", "127.0.0.2"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*start, "--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.2"],
+                       check=True, capture_output=True, timeout=120)
+        nodes = subprocess.run(
+            [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.2:{port}', logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))"], capture_output=True, text=True, timeout=120)
+        assert nodes.stdout.strip().endswith("2"), nodes.stdout + nodes.stderr[-2000:]
+        out = tmp_path / "cluster"
+        proc = run_fedsim(["run", "--clients", "3", "--rounds", "1", "--clients-per-round", "2", "--out", str(out),
+                           "--quiet", "--ray-address", f"127.0.0.2:{port}", *SMALL])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(read_rounds(out)) == 1
+        assert json.loads((out / "summary.json").read_text())["status"] == "ok"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
