@@ -23,6 +23,8 @@ class UniformDeviceSpeed:
         return rng.uniform(self.flops_min, self.flops_max, num_clients)
 
 
-def compute_time_s(epochs: int, num_samples: np.ndarray, flops_per_sample: float, device_flops: np.ndarray) -> np.ndarray:
+def compute_time_s(
+    epochs: int, num_samples: np.ndarray, flops_per_sample: float, device_flops: np.ndarray
+) -> np.ndarray:
     """T_cmp = E |D| F / f in seconds, element-wise over clients."""
     return epochs * np.asarray(num_samples, dtype=float) * flops_per_sample / np.asarray(device_flops, dtype=float)

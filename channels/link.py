@@ -37,10 +37,20 @@ class LinkBudget:
     fading: RayleighFading = RayleighFading()
 
     @classmethod
-    def from_names(cls, *, radius_m: float, min_distance_m: float, pathloss_intercept_db: float,
-                   pathloss_slope_db: float, fading: str) -> LinkBudget:
-        return cls(DiscDrop(radius_m, min_distance_m), LogDistancePathLoss(pathloss_intercept_db, pathloss_slope_db),
-                   FADING[fading]())
+    def from_names(
+        cls,
+        *,
+        radius_m: float,
+        min_distance_m: float,
+        pathloss_intercept_db: float,
+        pathloss_slope_db: float,
+        fading: str,
+    ) -> LinkBudget:
+        return cls(
+            DiscDrop(radius_m, min_distance_m),
+            LogDistancePathLoss(pathloss_intercept_db, pathloss_slope_db),
+            FADING[fading](),
+        )
 
     def place(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
         """Client positions (K, 2) in metres."""

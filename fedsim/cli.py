@@ -31,9 +31,7 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def resolve_config(
-    config_file: Path | None, sets: list[str], shortcuts: dict[str, Any]
-) -> Config:
+def resolve_config(config_file: Path | None, sets: list[str], shortcuts: dict[str, Any]) -> Config:
     """Defaults < TOML file < CLI shortcut options < --set overrides."""
     layers = [load_toml(config_file)] if config_file else []
     layers.append({k: v for k, v in shortcuts.items() if v is not None})
@@ -73,8 +71,12 @@ def run(
 ) -> None:
     """Run federated LoRA fine-tuning on Flower's Simulation Runtime with wireless accounting."""
     shortcuts = {
-        "run.clients": clients, "run.rounds": rounds, "workload.name": workload, "run.method": method,
-        "run.seed": seed, "simulation.ray_address": ray_address,
+        "run.clients": clients,
+        "run.rounds": rounds,
+        "workload.name": workload,
+        "run.method": method,
+        "run.seed": seed,
+        "simulation.ray_address": ray_address,
         "run.clients_per_round": None if clients_per_round is None else parse_value(clients_per_round),
     }
     try:

@@ -133,6 +133,19 @@ class SimulationSection:
     )
 
 
+@dataclass(frozen=True)
+class FaultsSection:
+    client_crash_prob: float = _f(
+        0.0, lambda v: 0 <= v <= 1, "a probability in [0, 1]", "chance a ClientApp raises during a round"
+    )
+    client_crash_mode: str = _f(
+        "exception",
+        _one_of("exception", "exit"),
+        "one of exception, exit",
+        "how an injected crash happens: an exception, or the client process dies",
+    )
+
+
 SECTIONS: dict[str, type] = {
     "run": RunSection,
     "workload": WorkloadSection,
@@ -141,6 +154,7 @@ SECTIONS: dict[str, type] = {
     "channel": ChannelSection,
     "compute": ComputeSection,
     "simulation": SimulationSection,
+    "faults": FaultsSection,
 }
 
 
@@ -155,6 +169,7 @@ class Config:
     channel: ChannelSection = field(default_factory=ChannelSection)
     compute: ComputeSection = field(default_factory=ComputeSection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
+    faults: FaultsSection = field(default_factory=FaultsSection)
 
     @property
     def num_sampled(self) -> int:
@@ -218,9 +233,7 @@ def _check_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
     checked = {}
     for key, value in values.items():
         if key not in by_name:
-            raise ConfigError(
-                f"unknown config key '{name}.{key}': allowed keys in [{name}] are {', '.join(by_name)}"
-            )
+            raise ConfigError(f"unknown config key '{name}.{key}': allowed keys in [{name}] are {', '.join(by_name)}")
         f = by_name[key]
         value = _coerce(f"{name}.{key}", value, hints[key])
         check = f.metadata["check"]
@@ -294,14 +307,12 @@ def build_config(*layers: Mapping[str, Any], extra_checks: bool = True) -> Confi
 
 def _check_cross(cfg: Config) -> None:
     """Checks that involve more than one key, and the registries."""
-    from workloads import get_workload_class
     from fedsim.methods import METHODS
+    from workloads import get_workload_class
 
     cpr = cfg.run.clients_per_round
     if isinstance(cpr, int) and cpr > cfg.run.clients:
-        raise ConfigError(
-            f"run.clients_per_round={cpr}: must be at most run.clients={cfg.run.clients}"
-        )
+        raise ConfigError(f"run.clients_per_round={cpr}: must be at most run.clients={cfg.run.clients}")
     if cfg.compute.device_flops_min > cfg.compute.device_flops_max:
         raise ConfigError(
             f"compute.device_flops_min={cfg.compute.device_flops_min!r}: must be at most "

@@ -39,8 +39,12 @@ def versions() -> dict[str, str]:
     import fedsim
 
     return {
-        "fedsim": fedsim.__version__, "flwr": flwr.__version__, "ray": ray.__version__,
-        "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
+        "fedsim": fedsim.__version__,
+        "flwr": flwr.__version__,
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
     }
 
 

@@ -39,8 +39,11 @@ class WirelessModel:
     def __post_init__(self) -> None:
         c = self.cfg.channel
         self.link = LinkBudget.from_names(
-            radius_m=c.radius_m, min_distance_m=c.min_distance_m, pathloss_intercept_db=c.pathloss_intercept_db,
-            pathloss_slope_db=c.pathloss_slope_db, fading=c.fading,
+            radius_m=c.radius_m,
+            min_distance_m=c.min_distance_m,
+            pathloss_intercept_db=c.pathloss_intercept_db,
+            pathloss_slope_db=c.pathloss_slope_db,
+            fading=c.fading,
         )
         k, seed = self.cfg.run.clients, self.cfg.run.seed
         self.positions_m = self.link.place(rng(seed, 0, SERVER, "client-positions"), k)

@@ -24,9 +24,16 @@ from workloads.base import Workload, WorkloadSpec, load_trainable_state, local_t
 def workload_spec(cfg: Config) -> WorkloadSpec:
     w = cfg.workload
     return WorkloadSpec(
-        preset=w.preset, seed=cfg.run.seed, num_clients=cfg.run.clients, samples_per_client=w.samples_per_client,
-        test_samples=w.test_samples, partition=w.partition, dirichlet_alpha=w.dirichlet_alpha,
-        lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        preset=w.preset,
+        seed=cfg.run.seed,
+        num_clients=cfg.run.clients,
+        samples_per_client=w.samples_per_client,
+        test_samples=w.test_samples,
+        partition=w.partition,
+        dirichlet_alpha=w.dirichlet_alpha,
+        lora_rank=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
     )
 
 
@@ -81,8 +88,14 @@ def client_update(
     with torch.random.fork_rng():
         torch.manual_seed(torch_seed(cfg.run.seed, round_, client_id, "dropout"))
         metrics = local_train(
-            rt.workload, rt.model, data, epochs=cfg.train.local_epochs, batch_size=cfg.train.batch_size,
-            lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, generator=gen,
+            rt.workload,
+            rt.model,
+            data,
+            epochs=cfg.train.local_epochs,
+            batch_size=cfg.train.batch_size,
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
+            generator=gen,
         )
     metrics["train_time_s"] = time.perf_counter() - t0
     metrics["num_samples"] = float(len(data))

@@ -26,4 +26,6 @@ def rng(seed: int, round_: int, client_id: int, purpose: str) -> np.random.Gener
 
 def torch_seed(seed: int, round_: int, client_id: int, purpose: str) -> int:
     """A 63-bit integer seed for a ``torch.Generator`` of the same stream."""
-    return int(np.random.SeedSequence(stream_key(seed, round_, client_id, purpose)).generate_state(1, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence(stream_key(seed, round_, client_id, purpose)).generate_state(1, np.uint64)[0] >> 1
+    )

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 SMALL = [
-    "--set", "workload.samples_per_client=16",
-    "--set", "workload.test_samples=64",
+    "--set",
+    "workload.samples_per_client=16",
+    "--set",
+    "workload.test_samples=64",
 ]
 
 
@@ -16,12 +18,16 @@ def run_fedsim(args: list[str], timeout: float = 600, env: dict | None = None) -
     """The fedsim CLI in a fresh process, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "fedsim", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
 def records_without_wall_clock(folder: Path) -> list[dict]:
     """rounds.jsonl with every wall-clock field (names ending in wall_s) removed."""
+
     def strip(x):
         if isinstance(x, dict):
             return {k: strip(v) for k, v in x.items() if not k.endswith("wall_s")}
@@ -36,8 +42,23 @@ def records_without_wall_clock(folder: Path) -> list[dict]:
 def small_run(tmp_path_factory) -> Path:
     """One 4-client, 2-round run through Flower and Ray, shared by the end-to-end tests."""
     out = tmp_path_factory.mktemp("runs") / "small"
-    proc = run_fedsim(["run", "--clients", "4", "--rounds", "2", "--clients-per-round", "3", "--seed", "7",
-                       "--out", str(out), "--quiet", *SMALL])
+    proc = run_fedsim(
+        [
+            "run",
+            "--clients",
+            "4",
+            "--rounds",
+            "2",
+            "--clients-per-round",
+            "3",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+            "--quiet",
+            *SMALL,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == str(out)
     return out

@@ -32,7 +32,9 @@ def run_in_process(args, capsys):
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, err = run_in_process([*args, "--out", str(tmp_path / "out")] if args[0] == "run" and "--bogus-option" not in args else args, capsys)
+    code, err = run_in_process(
+        [*args, "--out", str(tmp_path / "out")] if args[0] == "run" and "--bogus-option" not in args else args, capsys
+    )
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err

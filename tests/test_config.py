@@ -12,7 +12,7 @@ def test_defaults_are_valid_and_frozen():
 
 def test_layers_override_in_order(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('[run]\nrounds = 7\nseed = 3\n[channel]\nradius_m = 250\n')
+    f.write_text("[run]\nrounds = 7\nseed = 3\n[channel]\nradius_m = 250\n")
     cfg = build_config(load_toml(f), {"run.seed": 5}, parse_overrides(["channel.bandwidth_hz=1e6"]))
     assert cfg.run.rounds == 7 and cfg.run.seed == 5
     assert cfg.channel.radius_m == 250.0 and isinstance(cfg.channel.radius_m, float)

@@ -13,8 +13,17 @@ from tests.conftest import SMALL, records_without_wall_clock, run_fedsim
 
 pytestmark = pytest.mark.slow
 
-CLIENT_FIELDS = {"client_id", "dropped", "distance_m", "gain_db", "bandwidth_hz", "rate_bps", "payload_bits",
-                 "compute_time_s", "upload_time_s"}
+CLIENT_FIELDS = {
+    "client_id",
+    "dropped",
+    "distance_m",
+    "gain_db",
+    "bandwidth_hz",
+    "rate_bps",
+    "payload_bits",
+    "compute_time_s",
+    "upload_time_s",
+}
 
 
 def test_small_run_records(small_run):
@@ -48,8 +57,23 @@ def test_small_run_records(small_run):
 
 def test_same_seed_same_records(small_run, tmp_path):
     out = tmp_path / "again"
-    proc = run_fedsim(["run", "--clients", "4", "--rounds", "2", "--clients-per-round", "3", "--seed", "7",
-                       "--out", str(out), "--quiet", *SMALL])
+    proc = run_fedsim(
+        [
+            "run",
+            "--clients",
+            "4",
+            "--rounds",
+            "2",
+            "--clients-per-round",
+            "3",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+            "--quiet",
+            *SMALL,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert records_without_wall_clock(out) == records_without_wall_clock(small_run)
 
@@ -73,19 +97,103 @@ def test_two_node_ray_cluster(tmp_path):
     port = "6399"
     start = ["ray", "start", "--num-cpus", "1", "--disable-usage-stats"]
     try:
-        subprocess.run([*start, "--head", "--include-dashboard", "false", "--port", port, "--node-ip-address", "127.0.0.2"],
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run([*start, "--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.2"],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*start, "--head", "--include-dashboard", "false", "--port", port, "--node-ip-address", "127.0.0.2"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [*start, "--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.2"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         nodes = subprocess.run(
-            [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.2:{port}', logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))"], capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-c",
+                f"import ray; ray.init(address='127.0.0.2:{port}', logging_level='ERROR'); "
+                "print(sum(n['Alive'] for n in ray.nodes()))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert nodes.stdout.strip().endswith("2"), nodes.stdout + nodes.stderr[-2000:]
         out = tmp_path / "cluster"
-        proc = run_fedsim(["run", "--clients", "3", "--rounds", "1", "--clients-per-round", "2", "--out", str(out),
-                           "--quiet", "--ray-address", f"127.0.0.2:{port}", *SMALL])
+        proc = run_fedsim(
+            [
+                "run",
+                "--clients",
+                "3",
+                "--rounds",
+                "1",
+                "--clients-per-round",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+                "--ray-address",
+                f"127.0.0.2:{port}",
+                *SMALL,
+            ]
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert len(read_rounds(out)) == 1
         assert json.loads((out / "summary.json").read_text())["status"] == "ok"
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_client_exception_fails_the_run_with_one_line(tmp_path):
+    out = tmp_path / "crash"
+    proc = run_fedsim(
+        [
+            "run",
+            "--clients",
+            "3",
+            "--rounds",
+            "2",
+            "--clients-per-round",
+            "2",
+            "--out",
+            str(out),
+            "--set",
+            "faults.client_crash_prob=1.0",
+            *SMALL,
+        ]
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("fedsim: run failed: round 1: client ")
+    assert "ClientAppException: injected client crash" in lines[-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rounds_completed"] == 0
+    assert "injected client crash" in summary["error"]
+
+
+def test_dead_actor_fails_the_run(tmp_path):
+    out = tmp_path / "dead"
+    proc = run_fedsim(
+        [
+            "run",
+            "--clients",
+            "3",
+            "--rounds",
+            "2",
+            "--clients-per-round",
+            "2",
+            "--out",
+            str(out),
+            "--set",
+            "faults.client_crash_prob=1.0",
+            "--set",
+            "faults.client_crash_mode=exit",
+            *SMALL,
+        ]
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fedsim: run failed: round 1: client ") and "ActorDiedError" in last
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"

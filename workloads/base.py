@@ -133,7 +133,11 @@ class Workload(ABC):
 
 def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
     """The trainable tensors (LoRA factors and extra modules) as float32 NumPy arrays, by name."""
-    return {n: p.detach().cpu().numpy().astype(np.float32, copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.detach().cpu().numpy().astype(np.float32, copy=True)
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:

@@ -32,35 +32,149 @@ TOPICS = ["sport", "food", "technology", "weather"]
 # (words seen in training, words that appear only in the test set)
 TOPIC_WORDS: dict[str, tuple[list[str], list[str]]] = {
     "sport": (
-        ["match", "goal", "striker", "coach", "tournament", "league", "referee", "penalty", "stadium",
-         "championship", "team", "athlete", "season", "trophy", "defender", "scoreboard"],
+        [
+            "match",
+            "goal",
+            "striker",
+            "coach",
+            "tournament",
+            "league",
+            "referee",
+            "penalty",
+            "stadium",
+            "championship",
+            "team",
+            "athlete",
+            "season",
+            "trophy",
+            "defender",
+            "scoreboard",
+        ],
         ["goalkeeper", "playoffs", "midfielder", "marathon", "medal", "umpire", "sprinter", "racket"],
     ),
     "food": (
-        ["recipe", "chef", "soup", "bakery", "dessert", "kitchen", "restaurant", "flavour", "noodles",
-         "salad", "oven", "menu", "sauce", "breakfast", "cheese", "bread"],
+        [
+            "recipe",
+            "chef",
+            "soup",
+            "bakery",
+            "dessert",
+            "kitchen",
+            "restaurant",
+            "flavour",
+            "noodles",
+            "salad",
+            "oven",
+            "menu",
+            "sauce",
+            "breakfast",
+            "cheese",
+            "bread",
+        ],
         ["pastry", "grill", "spices", "casserole", "dumplings", "omelette", "pancakes", "curry"],
     ),
     "technology": (
-        ["software", "laptop", "processor", "smartphone", "app", "server", "algorithm", "chip",
-         "database", "browser", "robot", "startup", "network", "update", "screen", "battery"],
+        [
+            "software",
+            "laptop",
+            "processor",
+            "smartphone",
+            "app",
+            "server",
+            "algorithm",
+            "chip",
+            "database",
+            "browser",
+            "robot",
+            "startup",
+            "network",
+            "update",
+            "screen",
+            "battery",
+        ],
         ["firmware", "keyboard", "compiler", "router", "semiconductor", "programmer", "website", "tablet"],
     ),
     "weather": (
-        ["rain", "storm", "forecast", "temperature", "snow", "wind", "thunder", "sunshine", "humidity",
-         "fog", "hurricane", "drought", "clouds", "flood", "lightning", "breeze"],
+        [
+            "rain",
+            "storm",
+            "forecast",
+            "temperature",
+            "snow",
+            "wind",
+            "thunder",
+            "sunshine",
+            "humidity",
+            "fog",
+            "hurricane",
+            "drought",
+            "clouds",
+            "flood",
+            "lightning",
+            "breeze",
+        ],
         ["blizzard", "drizzle", "hail", "heatwave", "frost", "monsoon", "tornado", "rainfall"],
     ),
 }
 
-NAMES = ["anna", "ben", "carla", "dev", "elena", "farid", "grace", "hugo", "ines", "jonas", "kemi", "liam",
-         "maya", "noor", "omar", "priya", "quinn", "rosa", "sami", "tara"]
-PLACES = ["the city", "the village", "our school", "the office", "the station", "the coast", "downtown",
-          "the market", "the campus", "the harbour"]
-TIMES = ["yesterday", "this morning", "last night", "on sunday", "again today", "all week", "after lunch",
-         "for hours", "this year", "right now"]
-ADJECTIVES = ["surprising", "terrible", "great", "strange", "impressive", "disappointing", "unusual",
-              "wonderful", "confusing", "remarkable"]
+NAMES = [
+    "anna",
+    "ben",
+    "carla",
+    "dev",
+    "elena",
+    "farid",
+    "grace",
+    "hugo",
+    "ines",
+    "jonas",
+    "kemi",
+    "liam",
+    "maya",
+    "noor",
+    "omar",
+    "priya",
+    "quinn",
+    "rosa",
+    "sami",
+    "tara",
+]
+PLACES = [
+    "the city",
+    "the village",
+    "our school",
+    "the office",
+    "the station",
+    "the coast",
+    "downtown",
+    "the market",
+    "the campus",
+    "the harbour",
+]
+TIMES = [
+    "yesterday",
+    "this morning",
+    "last night",
+    "on sunday",
+    "again today",
+    "all week",
+    "after lunch",
+    "for hours",
+    "this year",
+    "right now",
+]
+ADJECTIVES = [
+    "surprising",
+    "terrible",
+    "great",
+    "strange",
+    "impressive",
+    "disappointing",
+    "unusual",
+    "wonderful",
+    "confusing",
+    "remarkable",
+]
 TEMPLATES = [
     "{name} said the {w1} was {adj} {time}",
     "everyone in {place} was talking about the {w1} {time}",
@@ -82,8 +196,13 @@ def _sentence(rng: np.random.Generator, topic: int, words: list[str]) -> str:
     n1, n2 = rng.choice(NAMES, size=2, replace=False)
     template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
     return template.format(
-        name=n1, name2=n2, w1=w1, w2=w2, place=PLACES[int(rng.integers(len(PLACES)))],
-        time=TIMES[int(rng.integers(len(TIMES)))], adj=ADJECTIVES[int(rng.integers(len(ADJECTIVES)))],
+        name=n1,
+        name2=n2,
+        w1=w1,
+        w2=w2,
+        place=PLACES[int(rng.integers(len(PLACES)))],
+        time=TIMES[int(rng.integers(len(TIMES)))],
+        adj=ADJECTIVES[int(rng.integers(len(ADJECTIVES)))],
     )
 
 
@@ -171,8 +290,11 @@ class TextClassify(Workload):
         enc = self.tokenizer(
             rows["text"], padding="max_length", truncation=True, max_length=self.params["max_len"], return_tensors="pt"
         )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                "labels": torch.tensor(rows["label"], dtype=torch.long)}
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "labels": torch.tensor(rows["label"], dtype=torch.long),
+        }
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

@@ -6,15 +6,28 @@ The heavy objects (base model, data) live in :mod:`fedsim.runtime`'s per-process
 
 from __future__ import annotations
 
+import os
+
 import torch  # noqa: F401  (actors must import torch for ArrayRecord conversions)
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.config import Config
 from fedsim.flower.records import CLIENT_KEY, ROUND_KEY, config_from_record, from_array_record, to_array_record
 from fedsim.methods import dense_payload_bits
 from fedsim.runtime import client_update
+from fedsim.seeding import rng
 
 app = ClientApp()
+
+
+def inject_faults(cfg: Config, client_id: int, round_: int) -> None:
+    """Crash this client with probability faults.client_crash_prob, drawn from its own stream."""
+    p = cfg.faults.client_crash_prob
+    if p > 0 and rng(cfg.run.seed, round_, client_id, "fault-crash").random() < p:
+        if cfg.faults.client_crash_mode == "exit":
+            os._exit(13)  # the process dies as a real crash would: no cleanup, no reply
+        raise RuntimeError(f"injected client crash (faults.client_crash_prob={p})")
 
 
 def _partition_id(context: Context) -> int:
@@ -38,6 +51,7 @@ def train(msg: Message, context: Context) -> Message:
     if int(cfg_record[CLIENT_KEY]) != client_id:
         raise RuntimeError(f"message for client {cfg_record[CLIENT_KEY]} reached partition {client_id}")
     round_ = int(cfg_record[ROUND_KEY])
+    inject_faults(cfg, client_id, round_)
     state, metrics = client_update(cfg, client_id, round_, from_array_record(msg.content["arrays"]))
     metrics["payload_bits"] = float(dense_payload_bits(state, cfg.lora.value_bits))
     metrics["client_id"] = float(client_id)

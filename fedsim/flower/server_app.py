@@ -12,6 +12,7 @@ The same :func:`serve` runs under ``fedsim run`` (Simulation Runtime, Ray) and `
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,25 @@ class RunFailed(RuntimeError):
     """A round could not complete; the message is one line saying what failed."""
 
 
+def short_reason(reason: str) -> str:
+    """One line from a Flower error reason: the exception class and its own message.
+
+    Flower reports a ClientApp failure as ``<class '...'>:<'...'>`` with Ray's traceback inside.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", reason)
+    m = re.match(r"\s*<class '([^']+)'>:<'(.*)'>\s*$", text, re.DOTALL)
+    if not m:
+        return " ".join(text.split())[:300]
+    cls, body = m.group(1).rsplit(".", 1)[-1], m.group(2)
+    inner = re.search(r"\((\w+)\)$", cls)
+    cls = inner.group(1) if inner else cls
+    if "Message:" in body:
+        message = body.rsplit("Message:", 1)[1]
+    else:
+        message = next((line for line in body.splitlines() if line.strip()), "")
+    return f"{cls}: {' '.join(message.split())}"[:300]
+
+
 Reporter = Callable[[str, dict[str, Any]], None]
 """``reporter(event, data)`` with events "start", "round", "end"; used for progress displays."""
 
@@ -41,7 +61,9 @@ def discover(grid: Grid, cfg: Config, timeout_s: float = 120.0) -> dict[int, int
     deadline = time.monotonic() + timeout_s
     while len(node_ids := sorted(grid.get_node_ids())) < cfg.run.clients:
         if time.monotonic() > deadline:
-            raise RunFailed(f"only {len(node_ids)} of run.clients={cfg.run.clients} nodes connected in {timeout_s:.0f} s")
+            raise RunFailed(
+                f"only {len(node_ids)} of run.clients={cfg.run.clients} nodes connected in {timeout_s:.0f} s"
+            )
         time.sleep(0.5)
     msgs = [
         Message(RecordDict({"config": config_record(cfg)}), dst_node_id=n, message_type=MessageType.QUERY)
@@ -75,7 +97,7 @@ def _train_round(grid: Grid, cfg: Config, node_of: dict[int, int], round_: int, 
     for reply in grid.send_and_receive(msgs):
         cid = client_of.get(reply.metadata.src_node_id, -1)
         if reply.has_error():
-            raise RunFailed(f"round {round_}: client {cid} failed: {reply.error.reason.strip()}")
+            raise RunFailed(f"round {round_}: client {cid} failed: {short_reason(reply.error.reason)}")
         metrics = dict(reply.content["metrics"])
         results[cid] = (from_array_record(reply.content["arrays"]), metrics)
     missing = sorted(set(clients) - set(results))
@@ -104,8 +126,11 @@ def serve(grid: Grid, cfg: Config, out_dir: str | Path, reporter: Reporter | Non
             ordered = [results[c] for c in clients]  # client-id order, never arrival order
             state = fedavg([s for s, _ in ordered], [m["num_samples"] for _, m in ordered])
             client_records, latency_s = wireless.account(
-                round_, clients, [int(m["payload_bits"]) for _, m in ordered],
-                [int(m["num_samples"]) for _, m in ordered], flops,
+                round_,
+                clients,
+                [int(m["payload_bits"]) for _, m in ordered],
+                [int(m["num_samples"]) for _, m in ordered],
+                flops,
             )
             for rec, (_, m) in zip(client_records, ordered, strict=True):
                 rec["train_loss"] = m["train_loss"]
@@ -124,7 +149,9 @@ def serve(grid: Grid, cfg: Config, out_dir: str | Path, reporter: Reporter | Non
             report("round", record)
     except Exception as e:
         error = str(e) if isinstance(e, RunFailed) else f"{type(e).__name__}: {e}"
-        summary = writer.finish(status="failed", error=error, primary_metric=primary, wall_s=time.perf_counter() - t_start)
+        summary = writer.finish(
+            status="failed", error=error, primary_metric=primary, wall_s=time.perf_counter() - t_start
+        )
         report("end", summary)
         if isinstance(e, RunFailed):
             raise

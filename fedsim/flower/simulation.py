@@ -31,7 +31,9 @@ def backend_config(cfg: Config) -> dict[str, Any]:
     }
 
 
-def run_in_simulation(cfg: Config, out_dir: str | Path, reporter: Reporter | None = None, verbose: bool = False) -> dict:
+def run_in_simulation(
+    cfg: Config, out_dir: str | Path, reporter: Reporter | None = None, verbose: bool = False
+) -> dict:
     """Run ``cfg`` through Flower's Simulation Runtime; returns the summary or raises RunFailed."""
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation

@@ -20,7 +20,7 @@ def test_unit_round_trips():
 
 
 def test_noise_psd_is_minus_174_dbm_per_hz():
-    assert noise_psd_w_hz() == pytest.approx(10 ** (-20.4) , rel=1e-12)  # -174 dBm/Hz = 10^-20.4 W/Hz
+    assert noise_psd_w_hz() == pytest.approx(10 ** (-20.4), rel=1e-12)  # -174 dBm/Hz = 10^-20.4 W/Hz
     assert noise_psd_w_hz(-174, 9) == pytest.approx(10 ** (-19.5), rel=1e-12)
 
 
