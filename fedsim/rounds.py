@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from channels.compute import UniformDeviceSpeed, compute_time_s
-from channels.link import LinkBudget
-from channels.rate import noise_psd_w_hz, shannon_rate_bps, upload_time_s
+from channels.link import LinkBudget, RoundChannel
+from channels.rate import noise_psd_w_hz, shannon_rate_bps, snr_per_hz, upload_time_s
 from channels.units import dbm_to_w
 from fedsim.config import Config
 from fedsim.seeding import SERVER, rng
@@ -52,6 +52,19 @@ class WirelessModel:
         self.tx_power_w = float(dbm_to_w(c.tx_power_dbm))
         self.n0_w_hz = noise_psd_w_hz(c.noise_psd_dbm_hz, c.noise_figure_db)
 
+    def channel(self, round_: int) -> RoundChannel:
+        """The channel of every client in ``round_`` (one block-fading draw for the whole cell)."""
+        return self.link.round_channel(self.positions_m, rng(self.cfg.run.seed, round_, SERVER, "fading"))
+
+    def snr_per_hz(self, round_: int, client_ids: list[int]) -> np.ndarray:
+        """a_k = p_k g_k / N0 in Hz for the given clients: what a bandwidth allocator needs."""
+        return snr_per_hz(self.tx_power_w, self.channel(round_).gain_linear[np.asarray(client_ids)], self.n0_w_hz)
+
+    def compute_times_s(self, client_ids: list[int], num_samples: list[int], flops_per_sample: float) -> np.ndarray:
+        """T_cmp_k = E |D_k| F / f_k for the given clients."""
+        ids = np.asarray(client_ids)
+        return compute_time_s(self.cfg.train.local_epochs, num_samples, flops_per_sample, self.device_flops[ids])
+
     def account(
         self,
         round_: int,
@@ -59,15 +72,20 @@ class WirelessModel:
         payload_bits: list[int],
         num_samples: list[int],
         flops_per_sample: float,
+        bandwidth_hz: np.ndarray | None = None,
     ) -> tuple[list[dict], float]:
-        """Per-client records (distance_m ... upload_time_s) and the round latency T_t in seconds."""
-        channel = self.link.round_channel(self.positions_m, rng(self.cfg.run.seed, round_, SERVER, "fading"))
+        """Per-client records (distance_m ... upload_time_s) and the round latency T_t in seconds.
+
+        ``bandwidth_hz`` is the allocation of a scheduler; None splits the band equally.
+        """
+        channel = self.channel(round_)
         ids = np.asarray(client_ids)
-        bandwidth_hz = np.full(len(ids), self.cfg.channel.bandwidth_hz / max(len(ids), 1))
+        if bandwidth_hz is None:
+            bandwidth_hz = np.full(len(ids), self.cfg.channel.bandwidth_hz / max(len(ids), 1))
         gain = channel.gain_linear[ids]
         rate = shannon_rate_bps(bandwidth_hz, self.tx_power_w, gain, self.n0_w_hz)
         t_up = upload_time_s(payload_bits, rate)
-        t_cmp = compute_time_s(self.cfg.train.local_epochs, num_samples, flops_per_sample, self.device_flops[ids])
+        t_cmp = self.compute_times_s(client_ids, num_samples, flops_per_sample)
         records = [
             {
                 "client_id": int(cid),
