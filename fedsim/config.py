@@ -134,6 +134,12 @@ class SimulationSection:
 
 
 @dataclass(frozen=True)
+class SoftSection:
+    rho: float = _f(0.5, lambda v: 0 <= v < 1, "a number in [0, 1)", "fraction of LoRA ranks dropped (fixed rho)")
+    lambda_orth: float = _f(0.1, _nonneg, "a non-negative number", "orthogonality regulariser weight (method soft)")
+
+
+@dataclass(frozen=True)
 class FaultsSection:
     client_crash_prob: float = _f(
         0.0, lambda v: 0 <= v <= 1, "a probability in [0, 1]", "chance a ClientApp raises during a round"
@@ -154,6 +160,7 @@ SECTIONS: dict[str, type] = {
     "channel": ChannelSection,
     "compute": ComputeSection,
     "simulation": SimulationSection,
+    "soft": SoftSection,
     "faults": FaultsSection,
 }
 
@@ -169,6 +176,7 @@ class Config:
     channel: ChannelSection = field(default_factory=ChannelSection)
     compute: ComputeSection = field(default_factory=ComputeSection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
+    soft: SoftSection = field(default_factory=SoftSection)
     faults: FaultsSection = field(default_factory=FaultsSection)
 
     @property
@@ -178,6 +186,11 @@ class Config:
         if isinstance(cpr, float):
             return max(1, round(cpr * self.run.clients))
         return cpr
+
+    @property
+    def fixed_rho(self) -> float:
+        """The sparsification ratio when no scheduler chooses it: 0 for ideal, else soft.rho."""
+        return 0.0 if self.run.method == "ideal" else self.soft.rho
 
     def to_flat(self) -> dict[str, Any]:
         """``{"section.key": value}`` for every key, in declaration order."""
@@ -326,6 +339,11 @@ def _check_cross(cfg: Config) -> None:
     if cfg.run.method not in METHODS:
         raise ConfigError(f"run.method={cfg.run.method!r}: must be one of {', '.join(METHODS)}")
     wl = get_workload_class(cfg.workload.name)  # raises ConfigError listing the known names
+    if cfg.run.method != "ideal" and not wl.lora_target_modules:
+        raise ConfigError(
+            f"run.method={cfg.run.method!r}: needs LoRA factors, but workload {cfg.workload.name} adapts none "
+            "(use run.method=ideal)"
+        )
     if cfg.workload.preset not in wl.presets:
         raise ConfigError(
             f"workload.preset={cfg.workload.preset!r}: {cfg.workload.name} has presets {', '.join(wl.presets)}"

@@ -16,7 +16,9 @@ from datasets import Dataset
 from torch import nn
 
 from fedsim.config import Config
+from fedsim.methods import METHODS
 from fedsim.seeding import SERVER, torch_seed
+from fedsim.soft import lora_factor_pairs, orthogonality_penalty
 from workloads import get_workload_class
 from workloads.base import Workload, WorkloadSpec, load_trainable_state, local_train, trainable_state
 
@@ -84,6 +86,13 @@ def client_update(
     load_trainable_state(rt.model, global_state)
     data = rt.partition(client_id)
     gen = torch.Generator().manual_seed(torch_seed(cfg.run.seed, round_, client_id, "local-train"))
+    extra_loss = None
+    if METHODS[cfg.run.method].regularised and cfg.soft.lambda_orth > 0:
+        lam = cfg.soft.lambda_orth
+
+        def extra_loss(model: nn.Module) -> torch.Tensor:
+            return lam * orthogonality_penalty(lora_factor_pairs(model))
+
     t0 = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(torch_seed(cfg.run.seed, round_, client_id, "dropout"))
@@ -96,6 +105,7 @@ def client_update(
             lr=cfg.train.lr,
             weight_decay=cfg.train.weight_decay,
             generator=gen,
+            extra_loss=extra_loss,
         )
     metrics["train_time_s"] = time.perf_counter() - t0
     metrics["num_samples"] = float(len(data))

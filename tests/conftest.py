@@ -25,12 +25,15 @@ def run_fedsim(args: list[str], timeout: float = 600, env: dict | None = None) -
     )
 
 
+WALL_CLOCK_KEYS = ("sparsify_time_s", "solve_time_s")
+
+
 def records_without_wall_clock(folder: Path) -> list[dict]:
-    """rounds.jsonl with every wall-clock field (names ending in wall_s) removed."""
+    """rounds.jsonl without its wall-clock fields (names ending in wall_s, and the timers above)."""
 
     def strip(x):
         if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if not k.endswith("wall_s")}
+            return {k: strip(v) for k, v in x.items() if not (k.endswith("wall_s") or k in WALL_CLOCK_KEYS)}
         if isinstance(x, list):
             return [strip(v) for v in x]
         return x

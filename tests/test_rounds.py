@@ -3,7 +3,6 @@ import pytest
 
 from channels.rate import noise_psd_w_hz, shannon_rate_bps
 from fedsim.config import build_config
-from fedsim.methods import dense_payload_bits, fedavg
 from fedsim.rounds import WirelessModel, sample_clients
 
 
@@ -31,11 +30,3 @@ def test_accounting_latency_is_max_of_compute_plus_upload():
     assert again == recs
     other, _ = wm.account(3, [0, 2, 5], [1_000_000, 2_000_000, 500_000], [10, 20, 30], 1e9)
     assert other[0]["gain_db"] != recs[0]["gain_db"] and other[0]["distance_m"] == recs[0]["distance_m"]
-
-
-def test_fedavg_weighted_mean_and_payload():
-    s1 = {"a": np.array([1.0, 2.0], np.float32)}
-    s2 = {"a": np.array([3.0, 6.0], np.float32)}
-    out = fedavg([s1, s2], [1, 3])
-    assert np.allclose(out["a"], [2.5, 5.0])
-    assert dense_payload_bits({"a": np.zeros((3, 4)), "b": np.zeros(5)}, 32) == 17 * 32

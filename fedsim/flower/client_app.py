@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 
-import torch  # noqa: F401  (actors must import torch for ArrayRecord conversions)
+import torch  # actors must import torch at module level (Flower's ArrayRecord conversions)
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.config import Config
 from fedsim.flower.records import CLIENT_KEY, ROUND_KEY, config_from_record, from_array_record, to_array_record
-from fedsim.methods import dense_payload_bits
+from fedsim.methods import encode_upload
 from fedsim.runtime import client_update
-from fedsim.seeding import rng
+from fedsim.seeding import rng, torch_seed
 
 app = ClientApp()
 
@@ -53,6 +53,8 @@ def train(msg: Message, context: Context) -> Message:
     round_ = int(cfg_record[ROUND_KEY])
     inject_faults(cfg, client_id, round_)
     state, metrics = client_update(cfg, client_id, round_, from_array_record(msg.content["arrays"]))
-    metrics["payload_bits"] = float(dense_payload_bits(state, cfg.lora.value_bits))
+    gen = torch.Generator().manual_seed(torch_seed(cfg.run.seed, round_, client_id, "sparsify"))
+    arrays, stats = encode_upload(state, cfg.run.method, cfg.fixed_rho, cfg.lora.value_bits, gen)
+    metrics.update(stats)
     metrics["client_id"] = float(client_id)
-    return Message(RecordDict({"arrays": to_array_record(state), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -18,15 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config import Config, config_from_flat
 from fedsim.flower.records import CLIENT_KEY, ROUND_KEY, config_record, from_array_record, to_array_record
-from fedsim.methods import fedavg
+from fedsim.methods import aggregate_uploads, decode_upload
 from fedsim.results import ResultsWriter
 from fedsim.rounds import WirelessModel, sample_clients
 from fedsim.runtime import evaluate_state, get_runtime, initial_state
+
+CLIENT_DIAGNOSTICS = ("kept_ranks", "dropped_rank_error", "mean_abs_cos", "sparsify_time_s")
+"""Per-client SOFT diagnostics; the round record carries their mean over the round's clients."""
 
 
 class RunFailed(RuntimeError):
@@ -124,7 +128,8 @@ def serve(grid: Grid, cfg: Config, out_dir: str | Path, reporter: Reporter | Non
             clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
             results = _train_round(grid, cfg, node_of, round_, clients, state)
             ordered = [results[c] for c in clients]  # client-id order, never arrival order
-            state = fedavg([s for s, _ in ordered], [m["num_samples"] for _, m in ordered])
+            uploads = [(m["num_samples"], *decode_upload(arrays)) for arrays, m in ordered]
+            state, cov_norm = aggregate_uploads(state, uploads)
             client_records, latency_s = wireless.account(
                 round_,
                 clients,
@@ -133,6 +138,7 @@ def serve(grid: Grid, cfg: Config, out_dir: str | Path, reporter: Reporter | Non
                 flops,
             )
             for rec, (_, m) in zip(client_records, ordered, strict=True):
+                rec.update({key: m[key] for key in CLIENT_DIAGNOSTICS})
                 rec["train_loss"] = m["train_loss"]
                 rec["train_wall_s"] = m["train_time_s"]
             metrics = evaluate_state(cfg, state)
@@ -143,6 +149,9 @@ def serve(grid: Grid, cfg: Config, out_dir: str | Path, reporter: Reporter | Non
                 "round_latency_s": latency_s,
                 "uplink_bits_total": int(sum(r["payload_bits"] for r in client_records)),
                 "metrics": metrics,
+                "rho": cfg.fixed_rho,
+                **{key: float(np.mean([r[key] for r in client_records])) for key in CLIENT_DIAGNOSTICS},
+                "covariance_norm": cov_norm,
                 "wall_s": time.perf_counter() - t_round,
             }
             writer.append(record)
