@@ -90,7 +90,9 @@ class WorkloadSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    local_epochs: int = _f(1, _positive_int, "a positive integer", "local epochs per round")
+    local_epochs: int = _f(
+        1, _nonneg_int, "a non-negative integer", "local epochs per round (0: no training, communication only)"
+    )
     batch_size: int = _f(16, _positive_int, "a positive integer", "local batch size")
     lr: float = _f(3e-3, _positive, "a positive number", "local AdamW learning rate")
     weight_decay: float = _f(0.0, _nonneg, "a non-negative number", "AdamW weight decay")
