@@ -1,23 +1,41 @@
-"""Client placement around one base station at the origin.
+"""Client placement around one base station at the origin, and client mobility over rounds.
 
-Uniform in an annulus min_distance_m <= d <= radius_m: the area element gives the CDF
-F(d) = (d^2 - d_min^2) / (R^2 - d_min^2), so d = sqrt(d_min^2 + U (R^2 - d_min^2)), U ~ U(0, 1),
-and the angle is uniform on [0, 2 pi).
+Drops
+-----
+disc   Uniform in the annulus min_distance_m <= d <= radius_m (a disc when min_distance_m = 0):
+       the area element gives the CDF F(d) = (d^2 - d_min^2) / (R^2 - d_min^2), so
+       d = sqrt(d_min^2 + U (R^2 - d_min^2)), U ~ U(0, 1), and the angle is uniform on [0, 2 pi).
+csv    Fixed positions read from a CSV file with columns ``client_id,x_m,y_m`` (one row per client
+       0..K-1, base station at the origin).
+
+Mobility (state: (K, 4) array [x_m, y_m, vx_m, vy_m], velocity in metres per round)
+--------
+none               clients stay where they were dropped.
+random-walk        every round each client moves ``mobility_step_m`` in a fresh uniform direction.
+constant-velocity  each client keeps one uniform random heading and moves ``mobility_step_m`` a round.
+Both moving models keep clients in the annulus [max(min_distance_m, 1 m), radius_m] by specular
+reflection at its circles (radial position mirrored, radial velocity component reversed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+MIN_MOBILE_DISTANCE_M = 1.0
+"""A moving client never comes closer than this to the base station (path loss diverges at 0)."""
 
 
 @dataclass(frozen=True)
 class DiscDrop:
     """Clients uniform over the disc of ``radius_m`` minus the inner disc of ``min_distance_m``."""
 
-    radius_m: float = 500.0
-    min_distance_m: float = 10.0
+    radius_m: float = field(default=500.0, metadata={"unit": "m"})
+    min_distance_m: float = field(default=10.0, metadata={"unit": "m"})
 
     def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
         """Positions (num_clients, 2) in metres, base station at (0, 0)."""
@@ -27,6 +45,160 @@ class DiscDrop:
         return np.stack([d * np.cos(theta), d * np.sin(theta)], axis=1)
 
 
+class PositionsFileError(ValueError):
+    """A positions CSV that cannot be used; the message is one line."""
+
+
+@lru_cache(maxsize=8)
+def _read_positions(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    rows: dict[int, tuple[float, float]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"client_id", "x_m", "y_m"} - set(reader.fieldnames or [])
+        if missing:
+            raise PositionsFileError(f"missing column(s) {', '.join(sorted(missing))} (need client_id,x_m,y_m)")
+        for line, row in enumerate(reader, start=2):
+            try:
+                cid, x, y = int(row["client_id"]), float(row["x_m"]), float(row["y_m"])
+            except (TypeError, ValueError):
+                raise PositionsFileError(f"line {line}: not numbers: {dict(row)}") from None
+            if not (np.isfinite(x) and np.isfinite(y)):
+                raise PositionsFileError(f"line {line}: non-finite position")
+            if cid in rows:
+                raise PositionsFileError(f"line {line}: client {cid} appears twice")
+            rows[cid] = (x, y)
+    ids = sorted(rows)
+    if ids != list(range(len(ids))):
+        raise PositionsFileError(f"client ids must be 0..K-1 once each, got {ids[:5]}{'...' if len(ids) > 5 else ''}")
+    pos = np.array([rows[i] for i in ids], dtype=float).reshape(-1, 2)
+    if np.any(np.hypot(pos[:, 0], pos[:, 1]) <= 0):
+        raise PositionsFileError("a client sits on the base station (distance 0 m)")
+    pos.setflags(write=False)
+    return pos
+
+
+def read_positions_csv(path: str | Path) -> np.ndarray:
+    """Positions (K, 2) in metres from ``client_id,x_m,y_m`` rows; cached while the file is unchanged.
+
+    Raises :class:`PositionsFileError` (or OSError) with a one-line reason.
+    """
+    p = Path(path)
+    st = p.stat()
+    return _read_positions(str(p.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@dataclass(frozen=True)
+class CsvDrop:
+    """Fixed client positions from a CSV file (``client_id,x_m,y_m``)."""
+
+    positions_csv: str = field(default="", metadata={"unit": "path"})
+
+    def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
+        """Positions (num_clients, 2) in metres from the file (``rng`` unused)."""
+        pos = read_positions_csv(self.positions_csv)
+        if len(pos) != num_clients:
+            raise PositionsFileError(f"{self.positions_csv}: has {len(pos)} clients, the run has {num_clients}")
+        return np.array(pos)
+
+
+DROPS: dict[str, type] = {"disc": DiscDrop, "csv": CsvDrop}
+"""Client placements by ``channel.drop`` name."""
+
+
 def distance_m(positions_m: np.ndarray) -> np.ndarray:
     """Euclidean distance (K,) of positions (K, 2) to the base station at the origin."""
     return np.hypot(positions_m[:, 0], positions_m[:, 1])
+
+
+# ----------------------------------------------------------------------------------------------
+# mobility
+
+
+def reflect_into_annulus(state: np.ndarray, r_min_m: float, r_max_m: float) -> np.ndarray:
+    """Mirror positions that left the annulus [r_min_m, r_max_m] back inside it, reversing the
+    radial velocity component of the reflected clients. ``state`` is (K, 4) [x, y, vx, vy]."""
+    out = np.array(state, dtype=float)
+    p, v = out[:, :2], out[:, 2:]
+    d = np.hypot(p[:, 0], p[:, 1])
+    n = np.where(d[:, None] > 0, p / np.where(d > 0, d, 1.0)[:, None], np.array([1.0, 0.0]))
+    outside = d > r_max_m
+    inside = d < r_min_m
+    d_new = np.where(outside, 2.0 * r_max_m - d, np.where(inside, 2.0 * r_min_m - d, d))
+    d_new = np.clip(d_new, r_min_m, r_max_m)  # a step longer than the annulus width
+    hit = outside | inside
+    vr = np.sum(v * n, axis=1)
+    out[:, :2] = n * d_new[:, None]
+    out[:, 2:] = np.where(hit[:, None], v - 2.0 * vr[:, None] * n, v)
+    return out
+
+
+@dataclass(frozen=True)
+class NoMobility:
+    """Static clients."""
+
+    def initial(self, rng: np.random.Generator, positions_m: np.ndarray) -> np.ndarray:
+        """State (K, 4) [x, y, 0, 0] of the first round."""
+        return np.concatenate([np.asarray(positions_m, dtype=float), np.zeros((len(positions_m), 2))], axis=1)
+
+    def step(self, rng: np.random.Generator, state: np.ndarray) -> np.ndarray:
+        return state
+
+    def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
+        """Positions (num_clients, 2) after one round from a default disc drop."""
+        s = self.initial(rng, DiscDrop().sample(rng, num_clients))
+        return self.step(rng, s)[:, :2]
+
+
+@dataclass(frozen=True)
+class RandomWalkMobility:
+    """Random walk: each round a step of ``mobility_step_m`` in a uniform random direction."""
+
+    mobility_step_m: float = field(default=10.0, metadata={"unit": "m per round"})
+    radius_m: float = field(default=500.0, metadata={"unit": "m"})
+    min_distance_m: float = field(default=10.0, metadata={"unit": "m"})
+
+    def initial(self, rng: np.random.Generator, positions_m: np.ndarray) -> np.ndarray:
+        return NoMobility().initial(rng, positions_m)
+
+    def step(self, rng: np.random.Generator, state: np.ndarray) -> np.ndarray:
+        """x_t = x_{t-1} + s (cos phi, sin phi), phi ~ U(0, 2 pi) per client, then reflection."""
+        phi = rng.uniform(0.0, 2.0 * np.pi, len(state))
+        v = self.mobility_step_m * np.stack([np.cos(phi), np.sin(phi)], axis=1)
+        moved = np.concatenate([state[:, :2] + v, v], axis=1)
+        return reflect_into_annulus(moved, max(self.min_distance_m, MIN_MOBILE_DISTANCE_M), self.radius_m)
+
+    def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
+        s = self.initial(rng, DiscDrop(self.radius_m, self.min_distance_m).sample(rng, num_clients))
+        return self.step(rng, s)[:, :2]
+
+
+@dataclass(frozen=True)
+class ConstantVelocityMobility:
+    """Constant velocity: one uniform random heading per client, ``mobility_step_m`` per round."""
+
+    mobility_step_m: float = field(default=10.0, metadata={"unit": "m per round"})
+    radius_m: float = field(default=500.0, metadata={"unit": "m"})
+    min_distance_m: float = field(default=10.0, metadata={"unit": "m"})
+
+    def initial(self, rng: np.random.Generator, positions_m: np.ndarray) -> np.ndarray:
+        """State (K, 4): the dropped positions and a velocity of ``mobility_step_m`` along a random heading."""
+        phi = rng.uniform(0.0, 2.0 * np.pi, len(positions_m))
+        v = self.mobility_step_m * np.stack([np.cos(phi), np.sin(phi)], axis=1)
+        return np.concatenate([np.asarray(positions_m, dtype=float), v], axis=1)
+
+    def step(self, rng: np.random.Generator, state: np.ndarray) -> np.ndarray:
+        """x_t = x_{t-1} + v_{t-1}, then reflection (which may turn v); ``rng`` unused."""
+        moved = np.concatenate([state[:, :2] + state[:, 2:], state[:, 2:]], axis=1)
+        return reflect_into_annulus(moved, max(self.min_distance_m, MIN_MOBILE_DISTANCE_M), self.radius_m)
+
+    def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
+        s = self.initial(rng, DiscDrop(self.radius_m, self.min_distance_m).sample(rng, num_clients))
+        return self.step(rng, s)[:, :2]
+
+
+MOBILITY: dict[str, type] = {
+    "none": NoMobility,
+    "random-walk": RandomWalkMobility,
+    "constant-velocity": ConstantVelocityMobility,
+}
+"""Mobility models by ``channel.mobility`` name."""

@@ -7,6 +7,21 @@ g_k; the noise power over that band is b_k N0 with N0 the noise power spectral d
     R_k = b_k log2(1 + p_k g_k / (b_k N0))      [bit/s]
 
 R_k is increasing and concave in b_k, with R_k -> p_k g_k / (N0 ln 2) as b_k -> infinity.
+
+N0 is the thermal noise density k_B T_0 = -174 dBm/Hz (T_0 = 290 K) raised by the receiver's
+noise figure NF: N0 [dBm/Hz] = -174 + NF_dB.
+
+Downlink broadcast: the base station sends one message of S_dl bits over the whole downlink band
+B_dl at power P_BS; every participating client must decode it, so it is sent at the rate of the
+weakest one (channel reciprocity within the round's coherence block):
+
+    T_dl = S_dl / min_k [ B_dl log2(1 + P_BS g_k / (B_dl N0)) ]
+
+Outage: with a round deadline T_max, client k is in outage when its rate cannot carry its payload
+in the time left after the downlink and its computation, S_k > R_k (T_max - T_dl - T_cmp_k)
+(equivalently T_dl + T_cmp_k + S_k / R_k > T_max).
+
+Upload energy: E_up_k = p_k * S_k / R_k joules (transmit power times airtime).
 """
 
 from __future__ import annotations
@@ -56,3 +71,30 @@ def upload_time_s(payload_bits: ArrayLike, rate_bps: ArrayLike) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         t = s / r
     return np.where(s > 0, t, 0.0)
+
+
+def broadcast_time_s(
+    payload_bits: float, bandwidth_hz: float, bs_power_w: float, gain_linear: ArrayLike, noise_psd_w_hz_: float
+) -> float:
+    """T_dl = S_dl / min_k R_dl,k in seconds: one broadcast decodable by every client in ``gain_linear``.
+
+    Zero clients or a zero payload take no time; a client with zero gain makes it infinite.
+    """
+    g = np.asarray(gain_linear, dtype=float)
+    if payload_bits <= 0 or g.size == 0:
+        return 0.0
+    rate = shannon_rate_bps(bandwidth_hz, bs_power_w, g.min(), noise_psd_w_hz_)
+    return float(upload_time_s(payload_bits, rate))
+
+
+def in_outage(latency_s: ArrayLike, deadline_s: float) -> np.ndarray:
+    """Outage flags: a client's T_dl + T_cmp + S / R exceeds the deadline; ``deadline_s`` <= 0 means none."""
+    t = np.asarray(latency_s, dtype=float)
+    if deadline_s <= 0:
+        return np.zeros(t.shape, dtype=bool)
+    return t > deadline_s
+
+
+def upload_energy_j(tx_power_w: ArrayLike, upload_time_s_: ArrayLike) -> np.ndarray:
+    """E_up = p T_up in joules (radiated energy; circuit power not modelled)."""
+    return np.asarray(tx_power_w, dtype=float) * np.asarray(upload_time_s_, dtype=float)
