@@ -23,6 +23,7 @@ from typing import Any, get_args, get_type_hints
 
 import tomli_w
 
+from channels import REGISTRIES as CHANNEL_REGISTRIES
 from fedsim.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "build_config", "config_from_flat", "load_toml", "parse_overrides"]
@@ -58,6 +59,16 @@ def _one_of(*names: str) -> Callable[[Any], bool]:
 
 def _f(default: Any, check: Callable[[Any], bool] | None, allowed: str, doc: str = "") -> Any:
     return field(default=default, metadata={"check": check, "allowed": allowed, "doc": doc})
+
+
+def _unit_interval(v: Any) -> bool:
+    return math.isfinite(v) and 0 <= v <= 1
+
+
+def _channel_model(kind: str, default: str, doc: str) -> Any:
+    """A key naming an entry of a ``channels`` registry; the allowed names come from the registry."""
+    names = CHANNEL_REGISTRIES[kind]
+    return _f(default, lambda v: v in names, "one of " + ", ".join(names), doc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,22 +119,56 @@ class LoraSection:
 
 @dataclass(frozen=True)
 class ChannelSection:
+    """The wireless link (``channels/``); ``fedsim channels`` lists the models and their keys."""
+
+    drop: str = _channel_model("drop", "disc", "client placement (disc: uniform in the annulus)")
     radius_m: float = _f(500.0, _positive, "a positive number of metres", "cell radius")
     min_distance_m: float = _f(10.0, _nonneg, "a non-negative number of metres", "min BS distance")
+    positions_csv: str = _f("", None, "a CSV file (client_id,x_m,y_m) or empty", "client positions (drop=csv)")
+    mobility: str = _channel_model("mobility", "none", "client movement between rounds")
+    mobility_step_m: float = _f(10.0, _nonneg, "a non-negative number of metres", "distance moved per round")
+    pathloss: str = _channel_model("pathloss", "log-distance", "path-loss model")
     pathloss_intercept_db: float = _f(128.1, _finite, "a finite number of dB", "PL at 1 km")
     pathloss_slope_db: float = _f(37.6, _positive, "a positive number of dB/decade", "PL slope")
-    fading: str = _f("rayleigh", _one_of("rayleigh", "none"), "one of rayleigh, none", "small-scale fading")
+    carrier_hz: float = _f(3.5e9, _positive, "a positive number of Hz", "carrier (free-space, umi, uma)")
+    ut_height_m: float = _f(
+        1.5, lambda v: 1.5 <= v <= 22.5, "a number of metres in [1.5, 22.5]", "client antenna height (umi, uma)"
+    )
+    shadowing: str = _channel_model("shadowing", "none", "large-scale shadowing")
+    shadowing_std_db: float = _f(8.0, _nonneg, "a non-negative number of dB", "log-normal shadowing std")
+    shadowing_correlation: float = _f(
+        0.0, _unit_interval, "a number in [0, 1]", "shadowing correlation between rounds (0: i.i.d., 1: fixed)"
+    )
+    fading: str = _channel_model("fading", "rayleigh", "small-scale block fading")
+    rician_k_linear: float = _f(3.0, _nonneg, "a non-negative linear ratio", "Rician K (LOS / scattered power)")
+    nakagami_m: float = _f(2.0, lambda v: math.isfinite(v) and v >= 0.5, "a number >= 0.5", "Nakagami shape m")
+    fading_correlation: float = _f(
+        0.0, _unit_interval, "a number in [0, 1]", "Gauss-Markov fading correlation between rounds (0: i.i.d.)"
+    )
+    trace_csv: str = _f("", None, "a channel trace CSV or empty", "replay gains from this trace instead of sampling")
     bandwidth_hz: float = _f(20e6, _positive, "a positive number of Hz", "total uplink band")
     tx_power_dbm: float = _f(23.0, _finite, "a finite number of dBm", "client transmit power")
     noise_psd_dbm_hz: float = _f(-174.0, _finite, "a finite number of dBm/Hz", "noise PSD N0")
     noise_figure_db: float = _f(0.0, _nonneg, "a non-negative number of dB", "receiver noise figure")
+    downlink: str = _f("none", _one_of("none", "broadcast"), "one of none, broadcast", "downlink model")
+    downlink_bandwidth_hz: float = _f(20e6, _positive, "a positive number of Hz", "downlink band (broadcast)")
+    bs_power_dbm: float = _f(43.0, _finite, "a finite number of dBm", "base-station transmit power (broadcast)")
+    outage_deadline_s: float = _f(
+        0.0, _nonneg, "a non-negative number of seconds", "round deadline for outage flags (0: none)"
+    )
     allocation: str = _f("equal", _one_of("equal"), "one of equal", "bandwidth split")
 
 
 @dataclass(frozen=True)
 class ComputeSection:
+    device_speed: str = _channel_model("device_speed", "uniform", "device-speed model")
     device_flops_min: float = _f(0.5e12, _positive, "a positive FLOP/s", "slowest device speed")
     device_flops_max: float = _f(2.0e12, _positive, "a positive FLOP/s", "fastest device speed")
+    device_flops: float = _f(1.0e12, _positive, "a positive FLOP/s", "median (lognormal) or speed (fixed)")
+    device_flops_log_std: float = _f(0.5, _nonneg, "a non-negative std of ln(FLOP/s)", "lognormal spread")
+    device_speed_csv: str = _f("", None, "a CSV file (client_id,device_flops) or empty", "speeds (device_speed=csv)")
+    flops_per_cycle: float = _f(1000.0, _positive, "a positive number of FLOP/cycle", "clock = FLOP/s / this")
+    kappa: float = _f(1e-28, _nonneg, "a non-negative J s^2/cycle^3", "switched capacitance (compute energy)")
 
 
 @dataclass(frozen=True)
@@ -338,6 +383,9 @@ def _check_cross(cfg: Config) -> None:
             f"channel.min_distance_m={cfg.channel.min_distance_m!r}: must be below "
             f"channel.radius_m={cfg.channel.radius_m!r}"
         )
+    from fedsim.channel_config import check_channel_config
+
+    check_channel_config(cfg)  # models, positions / device-speed / trace files
     if cfg.run.method not in METHODS:
         raise ConfigError(f"run.method={cfg.run.method!r}: must be one of {', '.join(METHODS)}")
     wl = get_workload_class(cfg.workload.name)  # raises ConfigError listing the known names
