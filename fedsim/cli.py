@@ -115,6 +115,38 @@ def show_config() -> None:
     Console().print(table)
 
 
+@app.command("channels")
+def show_channels(
+    export_trace: Annotated[
+        Path | None, typer.Option(help="Write the channel of this results folder's rounds as a trace CSV.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Trace CSV to write (with --export-trace).")] = None,
+) -> None:
+    """List the channel components (names, parameters, defaults, units), or export a run's channel trace."""
+    from fedsim.channel_config import describe_components, export_trace_from_results
+
+    if export_trace is not None:
+        if out is None:
+            _fail("--export-trace needs --out FILE.csv", 2)
+        if not (export_trace / "rounds.jsonl").is_file():
+            _fail(f"--export-trace={str(export_trace)!r}: not a results folder (no rounds.jsonl)", 2)
+        n = export_trace_from_results(export_trace, out)
+        typer.echo(f"{n} rows written to {out}; replay with --set channel.trace_csv={out}")
+        return
+
+    def show(value: Any) -> str:
+        return f"{value:g}" if isinstance(value, float) else repr(value)
+
+    kind = None
+    for entry in describe_components():
+        if entry["kind"] != kind:
+            kind = entry["kind"]
+            typer.echo(f"\n{kind}" + (f"  (--set {entry['selector'].split('=')[0]}=NAME)" if entry["selector"] else ""))
+        typer.echo(f"  {entry['name']:<18} {entry['summary'].replace('``', '')}".rstrip())
+        for key, default, unit in entry["parameters"]:
+            typer.echo(f"  {'':<18}   {key} = {show(default)}  [{unit}]")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's usage errors become one line and exit code 2."""
     command = typer.main.get_command(app)
