@@ -14,7 +14,8 @@ none               clients stay where they were dropped.
 random-walk        every round each client moves ``mobility_step_m`` in a fresh uniform direction.
 constant-velocity  each client keeps one uniform random heading and moves ``mobility_step_m`` a round.
 Both moving models keep clients in the annulus [max(min_distance_m, 1 m), radius_m] by specular
-reflection at its circles (radial position mirrored, radial velocity component reversed).
+reflection at its circles (the path length of a step is kept; the velocity is mirrored about the
+tangent at the hit point).
 """
 
 from __future__ import annotations
@@ -114,22 +115,53 @@ def distance_m(positions_m: np.ndarray) -> np.ndarray:
 # mobility
 
 
-def reflect_into_annulus(state: np.ndarray, r_min_m: float, r_max_m: float) -> np.ndarray:
-    """Mirror positions that left the annulus [r_min_m, r_max_m] back inside it, reversing the
-    radial velocity component of the reflected clients. ``state`` is (K, 4) [x, y, vx, vy]."""
-    out = np.array(state, dtype=float)
-    p, v = out[:, :2], out[:, 2:]
+def move_in_annulus(
+    positions_m: np.ndarray, displacement_m: np.ndarray, velocity_m: np.ndarray, r_min_m: float, r_max_m: float
+) -> np.ndarray:
+    """Move positions (K, 2) by displacements (K, 2) inside the annulus r_min_m <= |x| <= r_max_m with
+    specular reflection at both circles (angle of incidence = angle of reflection, path length kept).
+
+    A segment p + s u, s in (0, 1], hits a circle of radius r where |p + s u|^2 = r^2; at the first
+    hit q the remaining move and the velocity are mirrored about the tangent,
+    u <- u - 2 (u . n) n with n = q / |q|. Returns the state (K, 4) [x, y, vx, vy].
+    """
+    p = np.array(positions_m, dtype=float)
+    u = np.array(displacement_m, dtype=float)
+    v = np.array(velocity_m, dtype=float)
+    eps = 1e-12
+    for _ in range(32):  # each pass handles one wall hit; a step rarely needs more than two
+        a = np.sum(u * u, axis=1)
+        b = 2.0 * np.sum(p * u, axis=1)
+        s_hit = np.full(len(p), np.inf)
+        moving = a > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # outer circle: p is inside, so the positive root is the exit point
+            c_out = np.sum(p * p, axis=1) - r_max_m**2
+            s_out = (-b + np.sqrt(np.maximum(b * b - 4 * a * c_out, 0.0))) / (2 * a)
+            s_hit = np.where(moving & (s_out > eps) & (s_out < 1.0), s_out, s_hit)
+            # inner circle: the smaller root, when the segment reaches it
+            if r_min_m > 0:
+                c_in = np.sum(p * p, axis=1) - r_min_m**2
+                disc = b * b - 4 * a * c_in
+                s_in = (-b - np.sqrt(np.maximum(disc, 0.0))) / (2 * a)
+                s_hit = np.where(moving & (disc > 0) & (s_in > eps) & (s_in < 1.0) & (s_in < s_hit), s_in, s_hit)
+        hit = np.isfinite(s_hit)
+        if not hit.any():
+            break
+        s_h = np.where(hit, s_hit, 1.0)[:, None]
+        q = p + s_h * u
+        n = q / np.hypot(q[:, 0], q[:, 1])[:, None]
+        rest = (1.0 - s_h) * u
+        rest = rest - 2.0 * np.sum(rest * n, axis=1)[:, None] * n
+        v_ref = v - 2.0 * np.sum(v * n, axis=1)[:, None] * n
+        p = np.where(hit[:, None], q, p + u)
+        u = np.where(hit[:, None], rest, 0.0)
+        v = np.where(hit[:, None], v_ref, v)
+    p = p + u  # whatever is left after the last pass
     d = np.hypot(p[:, 0], p[:, 1])
-    n = np.where(d[:, None] > 0, p / np.where(d > 0, d, 1.0)[:, None], np.array([1.0, 0.0]))
-    outside = d > r_max_m
-    inside = d < r_min_m
-    d_new = np.where(outside, 2.0 * r_max_m - d, np.where(inside, 2.0 * r_min_m - d, d))
-    d_new = np.clip(d_new, r_min_m, r_max_m)  # a step longer than the annulus width
-    hit = outside | inside
-    vr = np.sum(v * n, axis=1)
-    out[:, :2] = n * d_new[:, None]
-    out[:, 2:] = np.where(hit[:, None], v - 2.0 * vr[:, None] * n, v)
-    return out
+    d_ok = np.clip(d, r_min_m, r_max_m)  # guards rounding on the circles
+    scale = np.where(d > 0, d_ok / np.where(d > 0, d, 1.0), 1.0)
+    return np.concatenate([p * scale[:, None], v], axis=1)
 
 
 @dataclass(frozen=True)
@@ -164,8 +196,7 @@ class RandomWalkMobility:
         """x_t = x_{t-1} + s (cos phi, sin phi), phi ~ U(0, 2 pi) per client, then reflection."""
         phi = rng.uniform(0.0, 2.0 * np.pi, len(state))
         v = self.mobility_step_m * np.stack([np.cos(phi), np.sin(phi)], axis=1)
-        moved = np.concatenate([state[:, :2] + v, v], axis=1)
-        return reflect_into_annulus(moved, max(self.min_distance_m, MIN_MOBILE_DISTANCE_M), self.radius_m)
+        return move_in_annulus(state[:, :2], v, v, max(self.min_distance_m, MIN_MOBILE_DISTANCE_M), self.radius_m)
 
     def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
         s = self.initial(rng, DiscDrop(self.radius_m, self.min_distance_m).sample(rng, num_clients))
@@ -187,9 +218,9 @@ class ConstantVelocityMobility:
         return np.concatenate([np.asarray(positions_m, dtype=float), v], axis=1)
 
     def step(self, rng: np.random.Generator, state: np.ndarray) -> np.ndarray:
-        """x_t = x_{t-1} + v_{t-1}, then reflection (which may turn v); ``rng`` unused."""
-        moved = np.concatenate([state[:, :2] + state[:, 2:], state[:, 2:]], axis=1)
-        return reflect_into_annulus(moved, max(self.min_distance_m, MIN_MOBILE_DISTANCE_M), self.radius_m)
+        """x_t = x_{t-1} + v_{t-1}, with reflection (which turns v); ``rng`` unused."""
+        v = state[:, 2:]
+        return move_in_annulus(state[:, :2], v, v, max(self.min_distance_m, MIN_MOBILE_DISTANCE_M), self.radius_m)
 
     def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
         s = self.initial(rng, DiscDrop(self.radius_m, self.min_distance_m).sample(rng, num_clients))
