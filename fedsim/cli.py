@@ -161,3 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# ---- fedsim deploy: the same app on Flower's Deployment Engine (fedsim/deploy.py) ----------------
+from fedsim.deploy import deploy_app  # noqa: E402
+
+app.add_typer(deploy_app, name="deploy")

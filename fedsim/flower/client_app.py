@@ -13,7 +13,14 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.config import Config
-from fedsim.flower.records import CLIENT_KEY, ROUND_KEY, config_from_record, from_array_record, to_array_record
+from fedsim.flower.records import (
+    CLIENT_KEY,
+    NODE_PROFILE_KEYS,
+    ROUND_KEY,
+    config_from_record,
+    from_array_record,
+    to_array_record,
+)
 from fedsim.methods import encode_upload
 from fedsim.runtime import client_update
 from fedsim.seeding import rng, torch_seed
@@ -36,9 +43,14 @@ def _partition_id(context: Context) -> int:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Discovery: tell the server which partition (client id) this node holds."""
+    """Discovery: tell the server which partition (client id) this node holds, and its channel profile."""
+    profile = {k: float(context.node_config[k]) for k in NODE_PROFILE_KEYS if k in context.node_config}
     reply = ConfigRecord(
-        {"partition-id": _partition_id(context), "num-partitions": int(context.node_config["num-partitions"])}
+        {
+            "partition-id": _partition_id(context),
+            "num-partitions": int(context.node_config["num-partitions"]),
+            **profile,
+        }
     )
     return Message(RecordDict({"node": reply}), reply_to=msg)
 

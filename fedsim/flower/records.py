@@ -13,6 +13,11 @@ from fedsim.config import Config, config_from_flat
 ROUND_KEY = "fedsim.round"
 CLIENT_KEY = "fedsim.client_id"
 
+NODE_PROFILE_KEYS = ("distance-m", "device-flops")
+"""Optional SuperNode node-config keys (``--node-config "... distance-m=120.0 device-flops=1e12"``):
+a deployed node's own channel profile, reported at discovery. They replace the node's seeded
+distance to the base station (metres) and device speed (FLOP/s); fading stays seeded per round."""
+
 
 def to_array_record(state: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in state.items()})

@@ -23,7 +23,14 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config import Config, config_from_flat
-from fedsim.flower.records import CLIENT_KEY, ROUND_KEY, config_record, from_array_record, to_array_record
+from fedsim.flower.records import (
+    CLIENT_KEY,
+    NODE_PROFILE_KEYS,
+    ROUND_KEY,
+    config_record,
+    from_array_record,
+    to_array_record,
+)
 from fedsim.methods import aggregate_uploads, decode_upload
 from fedsim.results import ResultsWriter
 from fedsim.rounds import WirelessModel, sample_clients
@@ -56,12 +63,35 @@ def short_reason(reason: str) -> str:
     return f"{cls}: {' '.join(message.split())}"[:300]
 
 
+def apply_node_profiles(wireless: WirelessModel, profiles: dict[int, dict[str, float]]) -> None:
+    """Put each deployed node's own channel profile into the cell before any round is drawn.
+
+    ``distance-m`` places the client at that distance from the base station (on the x axis),
+    ``device-flops`` sets its device speed in FLOP/s; clients without a profile keep their
+    seeded drop and speed, so a simulated run is unchanged.
+    """
+    for cid, profile in sorted(profiles.items()):
+        for key, value in profile.items():
+            if not (np.isfinite(value) and value > 0):
+                raise RunFailed(f"client {cid}: node config {key}={value!r}: must be a positive number")
+        if "distance-m" in profile:
+            wireless.positions_m[cid] = (profile["distance-m"], 0.0)
+        if "device-flops" in profile:
+            wireless.device_flops[cid] = profile["device-flops"]
+
+
 Reporter = Callable[[str, dict[str, Any]], None]
 """``reporter(event, data)`` with events "start", "round", "end"; used for progress displays."""
 
 
-def discover(grid: Grid, cfg: Config, timeout_s: float = 120.0) -> dict[int, int]:
-    """Map client id (the node's partition-id) -> Flower node id, waiting for all nodes."""
+def discover(
+    grid: Grid, cfg: Config, timeout_s: float = 120.0, profiles: dict[int, dict[str, float]] | None = None
+) -> dict[int, int]:
+    """Map client id (the node's partition-id) -> Flower node id, waiting for all nodes.
+
+    ``profiles``, when given, receives each client's channel profile: the ``NODE_PROFILE_KEYS``
+    its SuperNode was started with (empty for simulated nodes).
+    """
     deadline = time.monotonic() + timeout_s
     while len(node_ids := sorted(grid.get_node_ids())) < cfg.run.clients:
         if time.monotonic() > deadline:
@@ -81,6 +111,8 @@ def discover(grid: Grid, cfg: Config, timeout_s: float = 120.0) -> dict[int, int
         if int(info["num-partitions"]) != cfg.run.clients:
             raise RunFailed(f"node reports num-partitions={info['num-partitions']} but run.clients={cfg.run.clients}")
         node_of[int(info["partition-id"])] = reply.metadata.src_node_id
+        if profiles is not None:
+            profiles[int(info["partition-id"])] = {k: float(info[k]) for k in NODE_PROFILE_KEYS if k in info}
     if sorted(node_of) != list(range(cfg.run.clients)):
         raise RunFailed(f"partition ids {sorted(node_of)[:5]}... do not cover 0..{cfg.run.clients - 1}")
     return node_of
@@ -119,8 +151,10 @@ def serve(grid: Grid, cfg: Config, out_dir: str | Path, reporter: Reporter | Non
     primary = runtime.workload.primary_metric
     report("start", {"rounds": cfg.run.rounds, "out_dir": str(out_dir), "primary_metric": primary})
     try:
-        node_of = discover(grid, cfg)
+        profiles: dict[int, dict[str, float]] = {}
+        node_of = discover(grid, cfg, profiles=profiles)
         wireless = WirelessModel(cfg)
+        apply_node_profiles(wireless, profiles)
         state = initial_state(cfg)
         flops = runtime.workload.flops_per_sample()
         for round_ in range(1, cfg.run.rounds + 1):

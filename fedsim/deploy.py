@@ -1,0 +1,423 @@
+"""``fedsim deploy``: run fedsim on a Flower federation (Deployment Engine) and fetch its results.
+
+A federation is one SuperLink and N SuperNodes (``docker-compose.yml``, or the processes of
+``tests/deploy``). These commands drive it through Flower's own CLI (``flwr``), with the SuperLink
+connections of ``$FLWR_HOME/config.toml`` (default ``~/.flwr``):
+
+- ``fedsim deploy connect NAME --address HOST:PORT --ca ca.crt``: add a SuperLink connection;
+- ``fedsim deploy register KEY.pub ...``: register SuperNode public keys (SuperNode auth);
+- ``fedsim deploy run``: resolve and validate the configuration as ``fedsim run`` does, submit the
+  app with that configuration (``flwr run``), wait for the run's real outcome (``flwr run`` returns
+  once a run is submitted, whatever happens to it), copy the results folder here, and exit 0 only if
+  Flower reports the run completed and ``summary.json`` says ``ok`` (1 otherwise, 2 for bad input).
+
+``flwr run --run-config`` only accepts keys that the app's pyproject.toml declares, so ``run``
+submits a staged copy of the app whose ``[tool.flwr.app.config]`` holds the whole resolved
+configuration (every ``section.key``) and ``results-dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import tomli_w
+import typer
+
+APP_PACKAGES = ("fedsim", "channels", "workloads")
+IMAGE_RESULTS_ROOT = "/work/results"  # the results volume of the compose `serverapp` service
+RUN_POLL_S = 3.0
+
+deploy_app = typer.Typer(
+    help="Run fedsim on a Flower federation (SuperLink + SuperNodes): connect, register, run.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+class DeployError(RuntimeError):
+    """One line saying what went wrong; ``code`` is the exit status (1 run failed, 2 bad input)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"fedsim: {message}", err=True)
+    raise typer.Exit(code)
+
+
+# ---- Flower's CLI ------------------------------------------------------------------------------
+
+
+def flwr_home() -> Path:
+    """Flower's home folder: ``$FLWR_HOME`` or ``~/.flwr`` (connections, installed apps)."""
+    return Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+
+
+def _flwr_exe() -> str:
+    beside = Path(sys.executable).with_name("flwr")
+    found = str(beside) if beside.exists() else shutil.which("flwr")
+    if not found:
+        raise DeployError("the `flwr` command (Flower's CLI) is not installed beside this Python", 2)
+    return found
+
+
+def flwr(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Flower's CLI in a subprocess; never installs app dependencies at run time."""
+    full_env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [_flwr_exe(), *args], capture_output=True, text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL
+    )
+
+
+def _json_out(proc: subprocess.CompletedProcess) -> dict[str, Any]:
+    """The JSON object that ``flwr ... --format json`` printed (the last one on stdout)."""
+    text = proc.stdout.strip()
+    start = text.find("{")
+    if start < 0:
+        return {}
+    try:
+        return json.loads(text[start:])
+    except json.JSONDecodeError:
+        return {}
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip(" │╭╮╰╯─") for ln in text.splitlines()]
+    return " ".join(ln for ln in lines if ln and not ln.startswith("Using SuperLink"))[:400]
+
+
+def _flwr_error(proc: subprocess.CompletedProcess) -> str:
+    data = _json_out(proc)
+    return str(
+        data.get("error-message") or data.get("error") or _one_line(proc.stderr + proc.stdout) or proc.returncode
+    )
+
+
+def write_connection(
+    home: Path, name: str, address: str, ca: Path | None, insecure: bool = False, default: bool = False
+) -> Path:
+    """Add or replace ``[superlink.<name>]`` in ``<home>/config.toml``; returns the file."""
+    if not insecure and ca is None:
+        raise DeployError("a SuperLink connection needs --ca (the deployment's ca.crt) or --insecure", 2)
+    if ca is not None and not ca.is_file():
+        raise DeployError(f"--ca={str(ca)!r}: file not found", 2)
+    path = home / "config.toml"
+    data: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
+    links = data.setdefault("superlink", {})
+    links[name] = (
+        {"address": address, "insecure": True}
+        if insecure
+        else {
+            "address": address,
+            "root-certificates": str(ca.resolve()),
+        }
+    )
+    if default or "default" not in links:
+        links["default"] = name
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+# ---- staging the app with the resolved configuration ----------------------------------------------
+
+
+def find_app_dir(app: Path | None) -> Path:
+    """The fedsim Flower App: ``app``, else the source tree fedsim was installed from, else the cwd."""
+    import fedsim
+
+    candidates = [app] if app else [Path(fedsim.__file__).resolve().parents[1], Path.cwd()]
+    for c in candidates:
+        if (c / "pyproject.toml").is_file() and all((c / p).is_dir() for p in APP_PACKAGES):
+            return c
+    where = str(app) if app else "the fedsim source tree or the current folder"
+    raise DeployError(f"--app: no fedsim app (pyproject.toml and {', '.join(APP_PACKAGES)}/) in {where}", 2)
+
+
+def stage_app(app_dir: Path, flat_config: dict[str, Any], dest: Path) -> Path:
+    """Copy the app into ``dest`` with ``flat_config`` as its whole ``[tool.flwr.app.config]``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for pkg in APP_PACKAGES:
+        shutil.copytree(app_dir / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    project = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    project["tool"]["flwr"]["app"]["config"] = dict(flat_config)
+    (dest / "pyproject.toml").write_text(tomli_w.dumps(project))
+    if (app_dir / "README.md").is_file():
+        shutil.copy(app_dir / "README.md", dest / "README.md")
+    return dest
+
+
+# ---- submit, wait, fetch ------------------------------------------------------------------------------
+
+
+def submit(stage: Path, superlink: str | None) -> int:
+    proc = flwr(["run", str(stage), *([superlink] if superlink else []), "--format", "json"])
+    data = _json_out(proc)
+    if proc.returncode != 0 or not data.get("success") or not data.get("run-id"):
+        raise DeployError(f"flwr run could not submit the app: {_flwr_error(proc)}")
+    return int(data["run-id"])
+
+
+def run_status(run_id: int, superlink: str | None) -> dict[str, Any]:
+    """Flower's record of one run (``flwr ls --run-id``): status, status-details, elapsed, ..."""
+    proc = flwr(["ls", *([superlink] if superlink else []), "--run-id", str(run_id), "--format", "json"])
+    runs = _json_out(proc).get("runs") or []
+    if proc.returncode != 0 or not runs:
+        raise DeployError(f"flwr ls --run-id {run_id}: {_flwr_error(proc)}")
+    return runs[0]
+
+
+def wait_for_run(run_id: int, superlink: str | None, timeout_s: float, on_change=None) -> dict[str, Any]:
+    """Poll until Flower reports the run finished (``finished:completed|failed|stopped``)."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        try:
+            info = run_status(run_id, superlink)
+        except DeployError:
+            info = {"status": "unknown"}  # the SuperLink may be restarting; keep polling until the deadline
+        if info["status"] != last and on_change:
+            on_change(info)
+        last = info["status"]
+        if str(info["status"]).startswith("finished"):
+            return info
+        if time.monotonic() > deadline:
+            stopped = flwr(["stop", str(run_id), *([superlink] if superlink else [])])
+            note = "stopped it" if stopped.returncode == 0 else f"could not stop it: {_flwr_error(stopped)}"
+            raise DeployError(f"run {run_id} did not finish within --timeout={timeout_s:g} s ({note})")
+        time.sleep(RUN_POLL_S)
+
+
+def fetch_results(mode: str, remote_dir: str, out: Path, container: str | None) -> None:
+    """Copy the ServerApp's results folder to ``out`` ('local': same file system; 'docker': docker cp)."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "local":
+        if not Path(remote_dir).is_dir():
+            raise DeployError(
+                f"no results folder at {remote_dir} (is the ServerApp on another machine? use --fetch docker)"
+            )
+        shutil.copytree(remote_dir, out)
+        return
+    if not container:
+        ps = subprocess.run(
+            ["docker", "ps", "-q", "--filter", "label=com.docker.compose.service=serverapp"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        ids = ps.stdout.split()
+        if ps.returncode != 0 or len(ids) != 1:
+            found = "none" if not ids else f"{len(ids)}"
+            raise DeployError(
+                f"--fetch docker: found {found} running `serverapp` containers; name one with --container"
+            )
+        container = ids[0]
+    cp = subprocess.run(
+        ["docker", "cp", f"{container}:{remote_dir}", str(out)], capture_output=True, text=True, timeout=300
+    )
+    if cp.returncode != 0:
+        raise DeployError(f"docker cp {container}:{remote_dir}: {_one_line(cp.stderr)}")
+
+
+def deploy_run(
+    cfg,
+    *,
+    superlink: str | None,
+    app_dir: Path,
+    remote_dir: str,
+    out: Path | None,
+    fetch: str,
+    container: str | None,
+    timeout_s: float,
+    stream: bool,
+    say=print,
+) -> dict[str, Any]:
+    """Submit ``cfg`` to the federation, wait, fetch; returns the outcome or raises DeployError."""
+    with tempfile.TemporaryDirectory(prefix="fedsim-app-") as tmp:
+        stage = stage_app(app_dir, {"results-dir": remote_dir, **cfg.to_flat()}, Path(tmp) / "app")
+        run_id = submit(stage, superlink)
+    say(f"submitted run {run_id} to SuperLink '{superlink or 'default'}'; the ServerApp writes {remote_dir}")
+    logs = None
+    if stream:
+        logs = subprocess.Popen(
+            [_flwr_exe(), "log", str(run_id), *([superlink] if superlink else []), "--stream"],
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        info = wait_for_run(run_id, superlink, timeout_s, lambda i: say(f"run {run_id}: {i['status']}"))
+    finally:
+        if logs is not None:
+            logs.terminate()
+            logs.wait(timeout=10)
+    outcome: dict[str, Any] = {"run_id": run_id, "flwr_status": info["status"], "details": info.get("status-details")}
+    summary = None
+    if fetch != "none" and out is not None:
+        fetch_results(fetch, remote_dir, out, container)
+        summary_path = out / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    outcome["summary"] = summary
+    if info["status"] != "finished:completed":
+        detail = (summary or {}).get("error") or info.get("status-details") or info["status"]
+        raise DeployError(f"run {run_id} {info['status']}: {detail}")
+    if fetch != "none" and (summary is None or summary.get("status") != "ok"):
+        detail = (summary or {}).get("error") or "no summary.json in the results folder"
+        raise DeployError(f"run {run_id} failed: {detail}")
+    return outcome
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+
+
+@deploy_app.command("connect")
+def connect_cmd(
+    name: Annotated[str, typer.Argument(help="Name of the connection (used as SUPERLINK by flwr and fedsim).")],
+    address: Annotated[str, typer.Option(help="SuperLink HOST:PORT (its single HTTP port, 8000 by default).")],
+    ca: Annotated[Path | None, typer.Option(help="CA certificate that signed the SuperLink's (ca.crt).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Plain HTTP (only with docker-compose.insecure.yml).")] = False,
+    default: Annotated[bool, typer.Option(help="Make it the default connection.")] = False,
+) -> None:
+    """Add a SuperLink connection to $FLWR_HOME/config.toml (what `flwr` and `fedsim deploy` use)."""
+    try:
+        path = write_connection(flwr_home(), name, address, ca, insecure, default)
+    except DeployError as e:
+        _fail(str(e), e.code)
+    typer.echo(f"SuperLink connection '{name}' -> {address} written to {path}")
+
+
+@deploy_app.command("register")
+def register_cmd(
+    keys: Annotated[list[Path], typer.Argument(help="SuperNode public keys (supernode-<i>.pub from docker/certs.sh).")],
+    superlink: Annotated[str | None, typer.Option(help="Connection name in $FLWR_HOME/config.toml.")] = None,
+    address: Annotated[str | None, typer.Option(help="Or the SuperLink HOST:PORT directly (with --ca).")] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate, with --address.")] = None,
+    wait: Annotated[float, typer.Option(help="Retry for this many seconds while the SuperLink is unreachable.")] = 0,
+) -> None:
+    """Register SuperNode public keys with a SuperLink started with --enable-supernode-auth.
+
+    A key that is already registered is fine (the SuperLink keeps its node id across restarts).
+    """
+    env: dict[str, str] = {}
+    tmp = None
+    try:
+        if address:
+            tmp = tempfile.TemporaryDirectory(prefix="fedsim-flwr-")
+            write_connection(Path(tmp.name), "fedsim", address, ca, default=True)
+            env["FLWR_HOME"] = tmp.name
+            superlink = "fedsim"
+        for key in keys:
+            if not key.is_file():
+                raise DeployError(f"{key}: public key file not found", 2)
+            deadline = time.monotonic() + wait
+            while True:
+                proc = flwr(["supernode", "register", str(key), *([superlink] if superlink else [])], env=env)
+                text = proc.stdout + proc.stderr
+                if proc.returncode == 0:
+                    typer.echo(f"{key.name}: {_one_line(proc.stdout)}")
+                    break
+                if "already in use" in text:
+                    typer.echo(f"{key.name}: already registered")
+                    break
+                if time.monotonic() > deadline:
+                    raise DeployError(f"{key.name}: flwr supernode register failed: {_flwr_error(proc)}")
+                time.sleep(2)
+    except DeployError as e:
+        _fail(str(e), e.code)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+@deploy_app.command("run")
+def run_cmd(
+    superlink: Annotated[str | None, typer.Option(help="Connection name in $FLWR_HOME/config.toml.")] = None,
+    clients: Annotated[int | None, typer.Option(help="Number of clients: the number of SuperNodes.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds (run.rounds).")] = None,
+    clients_per_round: Annotated[str | None, typer.Option(help="A count (3) or a fraction (0.5).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random stream (run.seed).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with one table per section.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Local results folder (default results/deploy-<time>-...).")] = None,
+    remote_root: Annotated[
+        str, typer.Option(help="Folder where the ServerApp writes results (on the ServerApp's machine).")
+    ] = IMAGE_RESULTS_ROOT,
+    fetch: Annotated[
+        str, typer.Option(help="How to copy the results here: docker (docker cp), local (same disk), none.")
+    ] = "docker",
+    container: Annotated[str | None, typer.Option(help="With --fetch docker: the ServerApp's container.")] = None,
+    app: Annotated[
+        Path | None, typer.Option(help="The fedsim app folder (default: the installed source tree).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Give up (and stop the run) after this many seconds.")] = 3600,
+    stream: Annotated[bool, typer.Option(help="Stream the run's logs (flwr log --stream).")] = False,
+    quiet: Annotated[bool, typer.Option(help="Print only the results path.")] = False,
+) -> None:
+    """Submit fedsim to a federation, wait for its real outcome, fetch the results folder.
+
+    Exit codes: 0 the run completed and summary.json says ok; 1 it failed, was stopped or timed
+    out (one line says why); 2 bad input.
+    """
+    from fedsim.cli import resolve_config
+    from fedsim.config import ConfigError, parse_value
+
+    if fetch not in ("docker", "local", "none"):
+        _fail(f"--fetch={fetch!r}: must be one of docker, local, none", 2)
+    shortcuts = {
+        "run.clients": clients,
+        "run.rounds": rounds,
+        "run.seed": seed,
+        "run.clients_per_round": None if clients_per_round is None else parse_value(clients_per_round),
+    }
+    try:
+        cfg = resolve_config(config, set_ or [], shortcuts)
+        app_dir = find_app_dir(app)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except DeployError as e:
+        _fail(str(e), e.code)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"deploy-{stamp}-{cfg.workload.name}-{cfg.run.method}-seed{cfg.run.seed}"
+    remote_dir = f"{remote_root.rstrip('/')}/{name}"
+    out_dir = out or Path("results") / name
+    say = (lambda _msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+    try:
+        outcome = deploy_run(
+            cfg,
+            superlink=superlink,
+            app_dir=app_dir,
+            remote_dir=remote_dir,
+            out=out_dir,
+            fetch=fetch,
+            container=container,
+            timeout_s=timeout,
+            stream=stream,
+            say=say,
+        )
+    except DeployError as e:
+        where = f" (results in {out_dir})" if out_dir.is_dir() else ""
+        _fail(f"{e}{where}", e.code)
+    except subprocess.TimeoutExpired as e:
+        _fail(f"{' '.join(map(str, e.cmd[:3]))} did not answer in {e.timeout:g} s", 1)
+    summary = outcome["summary"] or {}
+    if quiet:
+        typer.echo(str(out_dir) if fetch != "none" else str(outcome["run_id"]))
+        return
+    final = summary.get("final_metrics", {}).get("primary_metric")
+    typer.echo(
+        f"run {outcome['run_id']} completed: {summary.get('rounds_completed', '?')} rounds"
+        + (f", {summary.get('primary_metric')} {final:.4f}" if isinstance(final, float) else "")
+        + (f"; results in {out_dir}" if fetch != "none" else "")
+    )
