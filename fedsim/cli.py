@@ -6,6 +6,7 @@ line naming the key, the value and what is allowed; nothing is written).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import datetime
@@ -45,10 +46,23 @@ def default_out_dir(cfg: Config) -> Path:
 
 
 def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse a non-empty folder (unless --force) and one that cannot be written; creates nothing."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out={str(out)!r}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out={str(out)!r}: folder exists and is not empty (choose another or pass --force)")
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    probe = out / ".fedsim-write-probe"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out={str(out)!r}: cannot write there ({e.strerror or e})") from None
+    finally:
+        for p in created:  # leave nothing behind: the run creates the folder when it starts
+            if p.exists() and p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
 
 
 @app.command()
@@ -64,7 +78,10 @@ def run(
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with [section] tables.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
     out: Annotated[Path | None, typer.Option(help="Results folder (default results/<time>-...).")] = None,
-    force: Annotated[bool, typer.Option(help="Write into a non-empty --out folder.")] = False,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this results folder.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out; resume a finished run or with a changed config.")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="Print only the results path.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
     ray_address: Annotated[str | None, typer.Option(help="Connect to an existing Ray cluster.")] = None,
@@ -79,11 +96,16 @@ def run(
         "simulation.ray_address": ray_address,
         "run.clients_per_round": None if clients_per_round is None else parse_value(clients_per_round),
     }
+    from fedsim.checkpoint import CheckpointError
+
     try:
-        cfg = resolve_config(config, set_ or [], shortcuts)
-        out_dir = out or default_out_dir(cfg)
-        check_out_dir(out_dir, force)
-    except ConfigError as e:
+        if resume is not None:
+            cfg, out_dir, checkpoint = prepare_resume(resume, config, set_ or [], shortcuts, force)
+        else:
+            cfg = resolve_config(config, set_ or [], shortcuts)
+            out_dir, checkpoint = out or default_out_dir(cfg), None
+            check_out_dir(out_dir, force)
+    except (ConfigError, CheckpointError) as e:
         _fail(str(e), 2)
 
     from fedsim.flower.server_app import RunFailed
@@ -94,13 +116,60 @@ def run(
     t0 = time.perf_counter()
     try:
         with reporter:
-            summary = run_in_simulation(cfg, out_dir, reporter, verbose=verbose)
+            summary = run_in_simulation(cfg, out_dir, reporter, verbose=verbose, resume=checkpoint)
     except RunFailed as e:
-        _fail(f"run failed: {e} (partial results in {out_dir})", 1)
+        _fail(f"run failed: {e} (results in {out_dir})", 1)
+    except KeyboardInterrupt:
+        interrupted(out_dir)
     if quiet:
         typer.echo(str(out_dir))
     else:
         reporter.print_summary(summary, out_dir, time.perf_counter() - t0)
+
+
+def interrupted(out_dir: Path) -> None:
+    """Ctrl-C: the last completed round is already checkpointed; say how to resume and leave now.
+
+    os._exit, because the ServerApp thread may still be waiting on clients and would hold a
+    normal interpreter exit; every file it writes is replaced atomically, so nothing is torn.
+    """
+    from fedsim.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(out_dir)
+        done = f"after round {ckpt.round}" if ckpt else "before the first round completed"
+    except CheckpointError:
+        done = "(checkpoint unreadable)"
+    sys.stdout.flush()
+    sys.stderr.write(f"fedsim: interrupted {done}; resume with: fedsim run --resume {out_dir}\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def prepare_resume(
+    folder: Path, config_file: Path | None, sets: list[str], shortcuts: dict[str, Any], force: bool
+) -> tuple[Config, Path, Any]:
+    """The configuration and checkpoint to continue ``folder`` with, or a one-line error."""
+    import json
+
+    from fedsim.checkpoint import load_checkpoint
+
+    if not (folder / "config.toml").is_file():
+        raise ConfigError(f"--resume={str(folder)!r}: not a fedsim results folder (no config.toml)")
+    saved = build_config(load_toml(folder / "config.toml"))
+    layers = [saved.to_flat(), *([load_toml(config_file)] if config_file else [])]
+    layers += [{k: v for k, v in shortcuts.items() if v is not None}, parse_overrides(sets)]
+    cfg = build_config(*layers)
+    changed = [k for k, v in cfg.to_flat().items() if saved.to_flat()[k] != v]
+    if changed and not force:
+        raise ConfigError(
+            f"--resume={str(folder)!r}: configuration differs from the run's ({', '.join(changed)}); "
+            "pass --force to continue with the new values"
+        )
+    summary = folder / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("status") == "ok" and not force:
+        raise ConfigError(f"--resume={str(folder)!r}: the run is finished; pass --force to continue it anyway")
+    return cfg, folder, load_checkpoint(folder)
 
 
 @app.command("config")
@@ -167,3 +236,23 @@ def main(argv: list[str] | None = None) -> None:
 from fedsim.deploy import deploy_app  # noqa: E402
 
 app.add_typer(deploy_app, name="deploy")
+
+
+@app.command("workloads")
+def list_workloads() -> None:
+    """List the registered workloads (built-in and installed): presets, metric and what each is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from workloads import get_workload_class, registry
+
+    table = Table("name", "presets", "primary metric", "description")
+    for name, target in sorted(registry().items()):
+        try:
+            wl = get_workload_class(name)
+        except Exception as e:  # a broken plug-in is listed with its error, not fatal to the listing
+            table.add_row(name, "", "", f"cannot load {target}: {type(e).__name__}: {e}")
+            continue
+        metric = f"{wl.primary_metric} ({'higher' if wl.higher_is_better else 'lower'} is better)"
+        table.add_row(name, ", ".join(wl.presets), metric, wl.description)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # piped: do not wrap to 80

@@ -86,6 +86,12 @@ class RunSection:
         "clients sampled each round",
     )
     seed: int = _f(0, _nonneg_int, "a non-negative integer", "seed of every random stream")
+    min_clients_per_round: int = _f(
+        0, _nonneg_int, "a non-negative integer", "fewest surviving clients for a round to count (0: all sampled)"
+    )
+    client_timeout_s: float = _f(
+        0.0, _nonneg, "a non-negative number of seconds", "wait this long for client replies (0: no limit)"
+    )
     method: str = _f("ideal", None, "a registered method", "upload method")
 
 
@@ -93,10 +99,21 @@ class RunSection:
 class WorkloadSection:
     name: str = _f("text-classify", None, "a registered workload", "workload to fine-tune")
     preset: str = _f("tiny", None, "a preset of the workload", "size preset")
-    partition: str = _f("dirichlet", _one_of("iid", "dirichlet"), "one of iid, dirichlet", "data split")
+    partition: str = _f(
+        "dirichlet",
+        _one_of("iid", "dirichlet", "natural"),
+        "one of iid, dirichlet, natural",
+        "data split (natural: the workload's own per-client split)",
+    )
     dirichlet_alpha: float = _f(1.0, _positive, "a positive number", "Dirichlet concentration over labels")
     samples_per_client: int = _f(48, _positive_int, "a positive integer", "mean local samples")
     test_samples: int = _f(256, _positive_int, "a positive integer", "server-side test samples")
+    dataset: str = _f(
+        "", None, "'' (generated data), a local file or folder, or a Hub name", "real data instead of generated"
+    )
+    text_column: str = _f("", None, "a column name ('' guesses)", "input text column of workload.dataset")
+    label_column: str = _f("", None, "a column name ('' guesses)", "label or target column of workload.dataset")
+    options: str = _f("", None, "key=value pairs, comma-separated", "overrides of the preset's parameters")
 
 
 @dataclass(frozen=True)
@@ -175,6 +192,9 @@ class ComputeSection:
 class SimulationSection:
     cpus_per_client: float = _f(1.0, _positive, "a positive number", "Ray CPUs per ClientApp actor")
     ray_address: str = _f("", None, "a Ray address or empty", "existing Ray cluster ('' starts one)")
+    max_concurrent_clients: int = _f(
+        0, _nonneg_int, "a non-negative integer", "ClientApps run at once (0: as many as the CPUs allow)"
+    )
     ray_node_ip: str = _f(
         "127.0.0.2", None, "an IP address", "address a locally started Ray binds to (loopback; Ray rewrites 127.0.0.1)"
     )
@@ -191,6 +211,10 @@ class FaultsSection:
     client_crash_prob: float = _f(
         0.0, lambda v: 0 <= v <= 1, "a probability in [0, 1]", "chance a ClientApp raises during a round"
     )
+    client_straggle_prob: float = _f(
+        0.0, lambda v: 0 <= v <= 1, "a probability in [0, 1]", "chance a ClientApp stalls for straggle_delay_s"
+    )
+    straggle_delay_s: float = _f(30.0, _nonneg, "a non-negative number of seconds", "how long a straggler stalls")
     client_crash_mode: str = _f(
         "exception",
         _one_of("exception", "exit"),
@@ -293,7 +317,7 @@ def _check_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
     checked = {}
     for key, value in values.items():
         if key not in by_name:
-            raise ConfigError(f"unknown config key '{name}.{key}': allowed keys in [{name}] are {', '.join(by_name)}")
+            raise ConfigError(f"unknown config key {f'{name}.{key}'!r}: allowed keys in [{name}] are {', '.join(by_name)}")
         f = by_name[key]
         value = _coerce(f"{name}.{key}", value, hints[key])
         check = f.metadata["check"]
@@ -313,7 +337,7 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         section, _, name = key.partition(".")
         if section not in SECTIONS or not name:
             raise ConfigError(
-                f"unknown config key '{key}': keys are section.name with section one of {', '.join(SECTIONS)}"
+                f"unknown config key {key!r}: keys are section.name with section one of {', '.join(SECTIONS)}"
             )
         nested.setdefault(section, {})[name] = value
     return nested
@@ -373,6 +397,11 @@ def _check_cross(cfg: Config) -> None:
     cpr = cfg.run.clients_per_round
     if isinstance(cpr, int) and cpr > cfg.run.clients:
         raise ConfigError(f"run.clients_per_round={cpr}: must be at most run.clients={cfg.run.clients}")
+    if cfg.run.min_clients_per_round > cfg.num_sampled:
+        raise ConfigError(
+            f"run.min_clients_per_round={cfg.run.min_clients_per_round}: must be at most the "
+            f"{cfg.num_sampled} clients sampled per round"
+        )
     if cfg.compute.device_flops_min > cfg.compute.device_flops_max:
         raise ConfigError(
             f"compute.device_flops_min={cfg.compute.device_flops_min!r}: must be at most "
@@ -394,9 +423,11 @@ def _check_cross(cfg: Config) -> None:
             f"run.method={cfg.run.method!r}: needs LoRA factors, but workload {cfg.workload.name} adapts none "
             "(use run.method=ideal)"
         )
-    if cfg.workload.preset not in wl.presets:
+    wl.resolve_params(cfg.workload.preset, cfg.workload.options)  # unknown preset or bad options
+    if cfg.workload.partition == "natural" and (wl.natural_partition_column is None or cfg.workload.dataset):
         raise ConfigError(
-            f"workload.preset={cfg.workload.preset!r}: {cfg.workload.name} has presets {', '.join(wl.presets)}"
+            f"workload.partition='natural': {cfg.workload.name} has no natural split"
+            f"{' of workload.dataset' if cfg.workload.dataset else ''}; use iid or dirichlet"
         )
 
 

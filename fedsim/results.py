@@ -57,14 +57,16 @@ def read_rounds(folder: str | Path) -> list[dict[str, Any]]:
 class ResultsWriter:
     """Appends round records as they complete and writes the summary and plots at the end."""
 
-    def __init__(self, folder: str | Path, cfg: Config):
+    def __init__(self, folder: str | Path, cfg: Config, records: list[dict[str, Any]] | None = None):
+        """Start a results folder; ``records`` (from a checkpoint) are the rounds already done."""
         self.folder = Path(folder)
         self.cfg = cfg
         self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "summary.json").unlink(missing_ok=True)
         _atomic_write(self.folder / MARKER, cfg.to_toml())
         self.rounds_path = self.folder / "rounds.jsonl"
-        self.rounds_path.write_text("")
-        self.records: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = list(records or [])
+        _atomic_write(self.rounds_path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -76,11 +78,13 @@ class ResultsWriter:
     def finish(self, *, status: str, error: str | None, primary_metric: str, wall_s: float) -> dict[str, Any]:
         recs = self.records
         latencies = [r["round_latency_s"] for r in recs]
+        failed_rounds = [r["round"] for r in recs if r.get("status") == "failed"]
         summary = {
             "status": status,
             "error": error,
             "rounds_completed": len(recs),
             "rounds_planned": self.cfg.run.rounds,
+            "failed_rounds": failed_rounds,
             "workload": self.cfg.workload.name,
             "method": self.cfg.run.method,
             "seed": self.cfg.run.seed,

@@ -22,6 +22,7 @@ import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedsim.checkpoint import Checkpoint, save_checkpoint, sha256_text
 from fedsim.config import Config, config_from_flat
 from fedsim.flower.records import (
     CLIENT_KEY,
@@ -118,55 +119,95 @@ def discover(
     return node_of
 
 
-def _train_round(grid: Grid, cfg: Config, node_of: dict[int, int], round_: int, clients: list[int], state) -> dict:
-    arrays = to_array_record(state)
-    msgs = [
-        Message(
-            RecordDict({"arrays": arrays, "config": config_record(cfg, **{ROUND_KEY: round_, CLIENT_KEY: cid})}),
-            dst_node_id=node_of[cid],
-            message_type=MessageType.TRAIN,
-        )
-        for cid in clients
-    ]
+def exchange(
+    grid: Grid, cfg: Config, node_of: dict[int, int], contents: dict[int, RecordDict], action: str
+) -> tuple[dict[int, RecordDict], list[dict[str, Any]]]:
+    """Send ``contents[client_id]`` to each client and wait (up to run.client_timeout_s).
+
+    ``action`` routes to the ClientApp's ``@app.train(action)`` handler. A client whose reply is
+    an error or that does not answer in time is a failure ``{"client_id", "reason"}``.
+    """
+    message_type = MessageType.TRAIN if action == "default" else f"{MessageType.TRAIN}.{action}"
+    clients = sorted(contents)
+    msgs = [Message(contents[cid], dst_node_id=node_of[cid], message_type=message_type) for cid in clients]
     client_of = {n: c for c, n in node_of.items()}
-    results: dict[int, tuple[dict, dict]] = {}
-    for reply in grid.send_and_receive(msgs):
-        cid = client_of.get(reply.metadata.src_node_id, -1)
+    replies: dict[int, RecordDict] = {}
+    failures: list[dict[str, Any]] = []
+    timeout = cfg.run.client_timeout_s or None
+    sent = grid.send_and_receive(msgs, timeout=timeout)
+    # An error the SuperLink answers for a node (NODE_UNAVAILABLE once a deployed SuperNode missed
+    # its heartbeats) comes from the SuperLink's node id, so match replies by message id too.
+    client_of_msg = {m.metadata.message_id: c for m, c in zip(msgs, clients, strict=True)}
+    for reply in sent:
+        cid = client_of_msg.get(reply.metadata.reply_to_message_id, client_of.get(reply.metadata.src_node_id, -1))
         if reply.has_error():
-            raise RunFailed(f"round {round_}: client {cid} failed: {short_reason(reply.error.reason)}")
-        metrics = dict(reply.content["metrics"])
-        results[cid] = (from_array_record(reply.content["arrays"]), metrics)
-    missing = sorted(set(clients) - set(results))
-    if missing:
-        raise RunFailed(f"round {round_}: no reply from clients {missing}")
-    return results
+            failures.append({"client_id": cid, "reason": short_reason(reply.error.reason)})
+        else:
+            replies[cid] = reply.content
+    answered = set(replies) | {f["client_id"] for f in failures}
+    failures += [
+        {"client_id": c, "reason": f"no reply within run.client_timeout_s={cfg.run.client_timeout_s:g}"}
+        for c in clients
+        if c not in answered
+    ]
+    return replies, sorted(failures, key=lambda f: f["client_id"])
 
 
-def serve(grid: Grid, cfg: Config, out_dir: str | Path, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run every round of ``cfg`` on ``grid``, writing the results folder; returns the summary."""
+def serve(
+    grid: Grid,
+    cfg: Config,
+    out_dir: str | Path,
+    reporter: Reporter | None = None,
+    resume: Checkpoint | None = None,
+) -> dict[str, Any]:
+    """Run the rounds of ``cfg`` on ``grid`` (after ``resume``'s round, if given), writing the results folder.
+
+    After every round the record is appended to rounds.jsonl and a checkpoint is committed. A round
+    whose surviving clients are fewer than run.min_clients_per_round (0: all sampled clients) is
+    recorded with ``status: "failed"``, its global adapter unchanged, and the run goes on; the run's
+    summary is then "failed" and names the rounds. Returns the summary; raises RunFailed when the
+    run cannot go on (discovery failed, results cannot be written).
+    """
     report = reporter or (lambda event, data: None)
     t_start = time.perf_counter()
-    writer = ResultsWriter(out_dir, cfg)
     runtime = get_runtime(cfg)
     primary = runtime.workload.primary_metric
-    report("start", {"rounds": cfg.run.rounds, "out_dir": str(out_dir), "primary_metric": primary})
+    writer = ResultsWriter(out_dir, cfg, records=resume.records if resume else None)
+    config_sha = sha256_text(cfg.to_toml())
+    report(
+        "start",
+        {
+            "rounds": cfg.run.rounds,
+            "out_dir": str(out_dir),
+            "primary_metric": primary,
+            "first_round": resume.round + 1 if resume else 1,
+        },
+    )
     try:
         profiles: dict[int, dict[str, float]] = {}
         node_of = discover(grid, cfg, profiles=profiles)
         wireless = WirelessModel(cfg)
         apply_node_profiles(wireless, profiles)
-        state = initial_state(cfg)
+        state = resume.state if resume else initial_state(cfg)
+        metrics = resume.records[-1]["metrics"] if resume and resume.records else None
         flops = runtime.workload.flops_per_sample()
-        for round_ in range(1, cfg.run.rounds + 1):
+        for round_ in range((resume.round if resume else 0) + 1, cfg.run.rounds + 1):
             t_round = time.perf_counter()
             clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
-            results = _train_round(grid, cfg, node_of, round_, clients, state)
-            ordered = [results[c] for c in clients]  # client-id order, never arrival order
-            uploads = [(m["num_samples"], *decode_upload(arrays)) for arrays, m in ordered]
-            state, cov_norm = aggregate_uploads(state, uploads)
+            arrays = to_array_record(state)
+
+            contents = {
+                cid: RecordDict(
+                    {"arrays": arrays, "config": config_record(cfg, **{ROUND_KEY: round_, CLIENT_KEY: cid})}
+                )
+                for cid in clients
+            }
+            replies, failures = exchange(grid, cfg, node_of, contents, "default")
+            survivors = sorted(replies)  # client-id order, never arrival order
+            ordered = [(from_array_record(replies[c]["arrays"]), dict(replies[c]["metrics"])) for c in survivors]
             client_records, latency_s = wireless.account(
                 round_,
-                clients,
+                survivors,
                 [int(m["payload_bits"]) for _, m in ordered],
                 [int(m["num_samples"]) for _, m in ordered],
                 flops,
@@ -175,23 +216,39 @@ def serve(grid: Grid, cfg: Config, out_dir: str | Path, reporter: Reporter | Non
                 rec.update({key: m[key] for key in CLIENT_DIAGNOSTICS})
                 rec["train_loss"] = m["train_loss"]
                 rec["train_wall_s"] = m["train_time_s"]
-            metrics = evaluate_state(cfg, state)
-            metrics["primary_metric"] = metrics[primary]
+            need = cfg.run.min_clients_per_round or len(clients)
+            ok = len(survivors) >= need and len(survivors) > 0
+            cov_norm = 0.0
+            if ok:
+                uploads = [(m["num_samples"], *decode_upload(a)) for a, m in ordered]
+                state, cov_norm = aggregate_uploads(state, uploads)
+            if ok or metrics is None:  # a failed round keeps the adapter, hence its metrics
+                metrics = evaluate_state(cfg, state)
+                metrics["primary_metric"] = metrics[primary]
             record = {
                 "round": round_,
+                "status": "ok" if ok else "failed",
                 "clients": client_records,
+                "failures": failures,
                 "round_latency_s": latency_s,
                 "uplink_bits_total": int(sum(r["payload_bits"] for r in client_records)),
                 "metrics": metrics,
                 "rho": cfg.fixed_rho,
-                **{key: float(np.mean([r[key] for r in client_records])) for key in CLIENT_DIAGNOSTICS},
+                **{
+                    key: float(np.mean([r[key] for r in client_records])) if client_records else 0.0
+                    for key in CLIENT_DIAGNOSTICS
+                },
                 "covariance_norm": cov_norm,
                 "wall_s": time.perf_counter() - t_round,
             }
             writer.append(record)
+            save_checkpoint(Path(out_dir), Checkpoint(round_, state, writer.records, {}, config_sha))
             report("round", record)
     except Exception as e:
-        error = str(e) if isinstance(e, RunFailed) else f"{type(e).__name__}: {e}"
+        if isinstance(e, OSError):
+            error = f"cannot write results in {out_dir}: {e.strerror or e}"
+        else:
+            error = str(e) if isinstance(e, RunFailed) else f"{type(e).__name__}: {e}"
         summary = writer.finish(
             status="failed", error=error, primary_metric=primary, wall_s=time.perf_counter() - t_start
         )
@@ -199,7 +256,18 @@ def serve(grid: Grid, cfg: Config, out_dir: str | Path, reporter: Reporter | Non
         if isinstance(e, RunFailed):
             raise
         raise RunFailed(error) from e
-    summary = writer.finish(status="ok", error=None, primary_metric=primary, wall_s=time.perf_counter() - t_start)
+    failed = [r["round"] for r in writer.records if r["status"] == "failed"]
+    error = None
+    if failed:
+        first = next(r for r in writer.records if r["status"] == "failed")
+        error = (
+            f"{len(failed)} round(s) failed ({', '.join(map(str, failed))}); round {first['round']}: "
+            f"{len(first['clients'])} of {len(first['clients']) + len(first['failures'])} clients returned, "
+            f"run.min_clients_per_round={cfg.run.min_clients_per_round}"
+        )
+    summary = writer.finish(
+        status="failed" if failed else "ok", error=error, primary_metric=primary, wall_s=time.perf_counter() - t_start
+    )
     report("end", summary)
     return summary
 

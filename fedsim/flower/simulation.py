@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from fedsim.checkpoint import Checkpoint
 from fedsim.config import Config
 from fedsim.flower.server_app import Reporter, RunFailed, serve
 
@@ -23,7 +24,10 @@ def backend_config(cfg: Config) -> dict[str, Any]:
     if cfg.simulation.ray_address:
         init_args["address"] = cfg.simulation.ray_address
     else:
-        init_args["num_cpus"] = os.cpu_count() or 1
+        slots = cfg.simulation.max_concurrent_clients or max(
+            1, int((os.cpu_count() or 1) // cfg.simulation.cpus_per_client)
+        )
+        init_args["num_cpus"] = slots * cfg.simulation.cpus_per_client
         init_args["_node_ip_address"] = cfg.simulation.ray_node_ip
     return {
         "client_resources": {"num_cpus": cfg.simulation.cpus_per_client, "num_gpus": 0.0},
@@ -32,7 +36,11 @@ def backend_config(cfg: Config) -> dict[str, Any]:
 
 
 def run_in_simulation(
-    cfg: Config, out_dir: str | Path, reporter: Reporter | None = None, verbose: bool = False
+    cfg: Config,
+    out_dir: str | Path,
+    reporter: Reporter | None = None,
+    verbose: bool = False,
+    resume: Checkpoint | None = None,
 ) -> dict:
     """Run ``cfg`` through Flower's Simulation Runtime; returns the summary or raises RunFailed."""
     from flwr.serverapp import ServerApp
@@ -46,7 +54,7 @@ def run_in_simulation(
     @server_app.main()
     def _main(grid, context) -> None:
         try:
-            outcome["summary"] = serve(grid, cfg, out_dir, reporter)
+            outcome["summary"] = serve(grid, cfg, out_dir, reporter, resume)
         except RunFailed as e:
             outcome["error"] = e
 
@@ -74,6 +82,8 @@ def run_in_simulation(
         raise outcome["error"]
     if "summary" not in outcome:
         raise RunFailed("the ServerApp ended without a result")
+    if outcome["summary"]["status"] != "ok":
+        raise RunFailed(outcome["summary"]["error"])
     return outcome["summary"]
 
 

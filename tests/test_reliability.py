@@ -1,0 +1,163 @@
+"""Crash, interrupt and resume; client faults; determinism under parallelism (slow: Flower + Ray)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedsim.rounds import sample_clients
+from fedsim.seeding import rng
+from tests.conftest import SMALL, records_without_wall_clock, run_fedsim
+
+pytestmark = pytest.mark.slow
+
+SMALL_RUN = ["run", "--clients", "4", "--rounds", "2", "--clients-per-round", "3", "--seed", "7", *SMALL]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedsim", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_rounds(folder, n: int, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    path = folder / "rounds.jsonl"
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} rounds in {timeout_s} s")
+
+
+def test_sigkill_mid_round_then_resume_matches_uninterrupted(small_run, tmp_path):
+    out = tmp_path / "killed"
+    proc = start([*SMALL_RUN, "--out", str(out), "--quiet"])
+    try:
+        wait_for_rounds(out, 1, proc)
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its Ray workers and services, mid-round 2
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (out / "summary.json").exists()
+    resumed = run_fedsim(["run", "--resume", str(out), "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert records_without_wall_clock(out) == records_without_wall_clock(small_run)
+    again = run_fedsim(["run", "--resume", str(out)])
+    assert again.returncode == 2 and "finished" in again.stderr
+
+
+def test_sigint_saves_and_exits_130_then_resume_refuses_other_config(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = start(["run", "--clients", "4", "--rounds", "6", "--clients-per-round", "2", *SMALL, "--out", str(out)])
+    try:
+        wait_for_rounds(out, 1, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    assert f"resume with: fedsim run --resume {out}" in err.strip().splitlines()[-1]
+    done = json.loads((out / "checkpoint" / "state.json").read_text())["round"]
+    assert done >= 1 and len((out / "rounds.jsonl").read_text().splitlines()) >= done
+    other = run_fedsim(["run", "--resume", str(out), "--set", "train.lr=0.1"])
+    assert other.returncode == 2 and "train.lr" in other.stderr
+
+
+def test_corrupted_checkpoint_is_refused(small_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(small_run, out)
+    (out / "summary.json").unlink()
+    adapter = next((out / "checkpoint").glob("adapter-*.safetensors"))
+    adapter.write_bytes(adapter.read_bytes()[:-8] + b"garbage!")
+    proc = run_fedsim(["run", "--resume", str(out)])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "corrupt" in proc.stderr
+
+
+def test_one_or_two_concurrent_clients_give_identical_records(small_run, tmp_path):
+    out = tmp_path / "serial"
+    proc = run_fedsim([*SMALL_RUN, "--out", str(out), "--quiet", "--set", "simulation.max_concurrent_clients=1"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert records_without_wall_clock(out) == records_without_wall_clock(small_run)
+
+
+def test_crash_faults_are_recorded_and_survivors_aggregated(tmp_path):
+    out = tmp_path / "faults"
+    seed, clients, per_round, rounds, p = 3, 6, 5, 5, 0.2
+    proc = run_fedsim(
+        [
+            "run",
+            "--clients",
+            str(clients),
+            "--rounds",
+            str(rounds),
+            "--clients-per-round",
+            str(per_round),
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            "--quiet",
+            *SMALL,
+            "--set",
+            f"faults.client_crash_prob={p}",
+            "--set",
+            "run.min_clients_per_round=1",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert len(records) == rounds
+    injected = 0
+    for r in records:
+        sampled = sample_clients(seed, r["round"], clients, per_round)
+        expected = [c for c in sampled if rng(seed, r["round"], c, "fault-crash").random() < p]
+        injected += len(expected)
+        assert [f["client_id"] for f in r["failures"]] == expected
+        assert all("injected client crash" in f["reason"] for f in r["failures"])
+        assert [c["client_id"] for c in r["clients"]] == [c for c in sampled if c not in expected]
+        assert r["uplink_bits_total"] == sum(c["payload_bits"] for c in r["clients"])
+        assert r["status"] == "ok"
+    assert injected > 0, "the seed should inject at least one crash"
+
+
+def test_round_below_min_clients_is_recorded_as_failed(tmp_path):
+    out = tmp_path / "allfail"
+    proc = run_fedsim(
+        [
+            "run",
+            "--clients",
+            "3",
+            "--rounds",
+            "2",
+            "--clients-per-round",
+            "2",
+            "--out",
+            str(out),
+            *SMALL,
+            "--set",
+            "faults.client_crash_prob=1.0",
+            "--set",
+            "run.min_clients_per_round=1",
+        ]
+    )
+    assert proc.returncode == 1
+    assert "2 round(s) failed (1, 2)" in proc.stderr.strip().splitlines()[-1]
+    records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["failed", "failed"]
+    assert all(len(r["failures"]) == 2 and r["clients"] == [] for r in records)
+    assert json.loads((out / "summary.json").read_text())["failed_rounds"] == [1, 2]
