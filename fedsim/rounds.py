@@ -72,6 +72,7 @@ class WirelessModel:
         self.trace = read_trace(c.trace_csv) if c.trace_csv else None
         self._last_state: LinkState | None = None
         self._cache: dict[int, RoundChannel] = {}
+        self._positions_seen: bytes | None = None  # the positions the cache was computed from
 
     def _streams(self, round_: int, purpose: str) -> np.random.Generator:
         return rng(self.cfg.run.seed, round_, SERVER, purpose)
@@ -106,6 +107,9 @@ class WirelessModel:
 
     def channel(self, round_: int) -> RoundChannel:
         """The channel of every client in ``round_`` (one block-fading draw for the whole cell)."""
+        seen = self.positions_m.tobytes()
+        if seen != self._positions_seen:  # positions set after construction (deployed node profiles)
+            self._positions_seen, self._cache, self._last_state = seen, {}, None
         if round_ not in self._cache:
             if len(self._cache) >= 8:
                 self._cache.pop(next(iter(self._cache)))

@@ -326,3 +326,13 @@ def test_run_with_a_bad_channel_value_exits_2(capsys, tmp_path):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "channel.fading='rice': must be one of" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_positions_set_after_construction_are_used():
+    """A deployed node's profile replaces its drop before round 1 (fedsim.flower.server_app.apply_node_profiles)."""
+    cfg = build_config({"run.clients": 4, "run.clients_per_round": 2})
+    wm = WirelessModel(cfg)
+    before = wm.channel(1).distance_m.copy()
+    wm.positions_m[2] = (123.0, 0.0)
+    after = wm.channel(1).distance_m
+    assert after[2] == pytest.approx(123.0) and np.array_equal(np.delete(after, 2), np.delete(before, 2))
