@@ -1,0 +1,210 @@
+"""A Flower federation as local processes on 127.0.0.1: the docker-compose.yml topology without Docker.
+
+One ``flower-superlink`` (TLS, SuperNode authentication, ``--isolation process``), one
+``flower-superexec`` for the ServerApp, SuperNode keys registered with ``fedsim deploy register``,
+and N ``flower-supernode`` processes (``--isolation subprocess``: each starts its own SuperExec).
+Certificates and keys come from ``docker/certs.sh``. Every process gets its own ``FLWR_HOME`` (as
+separate machines would) and its own session, so that a SuperNode can be killed with everything
+it started, as a container would be.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Federation:
+    def __init__(self, root: Path, nodes: int = 3, profiles: dict[int, str] | None = None):
+        self.root = root
+        self.nodes = nodes
+        self.profiles = profiles or {}
+        self.certs = root / "certs"
+        self.logs = root / "logs"
+        self.port = free_port()
+        self.node_ports = [free_port() for _ in range(nodes)]
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.client_home = root / "flwr-cli"  # FLWR_HOME of the submitting user
+        self.server_results = root / "server-results"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.server_results.mkdir(parents=True, exist_ok=True)
+
+    # ---- processes -----------------------------------------------------------------------------
+
+    def env(self, name: str) -> dict[str, str]:
+        home = self.root / "homes" / name
+        home.mkdir(parents=True, exist_ok=True)
+        return {
+            **os.environ,
+            "FLWR_HOME": str(home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def spawn(self, name: str, args: list[str], cwd: Path | None = None) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd or self.root,
+            env=self.env(name),
+            start_new_session=True,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a process and everything it started (its session), as stopping a container does."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.kill(name, signal.SIGTERM)
+
+    # ---- the topology ----------------------------------------------------------------------------
+
+    def start(self) -> Federation:
+        subprocess.run(
+            ["bash", str(REPO / "docker" / "certs.sh"), "--out", str(self.certs), "--nodes", str(self.nodes)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, "PYTHON": sys.executable},
+        )
+        c = self.certs
+        self.spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                *("--ssl-ca-certfile", str(c / "ca.crt"), "--ssl-certfile", str(c / "server.crt")),
+                *("--ssl-keyfile", str(c / "server.key")),
+                "--enable-supernode-auth",
+                *("--isolation", "process"),
+                "--disable-runtime-dependency-installation",
+                *("--database", str(self.root / "superlink.db")),
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+            ],
+        )
+        self.spawn(
+            "serverapp",
+            [
+                "flower-superexec",
+                *("--runtime-api-address", f"127.0.0.1:{self.port}", "--root-certificates", str(c / "ca.crt")),
+            ],
+        )
+        keys = [str(c / f"supernode-{i}.pub") for i in range(1, self.nodes + 1)]
+        reg = self.fedsim(
+            ["deploy", "register", "--address", f"127.0.0.1:{self.port}", "--ca", str(c / "ca.crt"), "--wait", "60"]
+            + keys,
+            timeout=180,
+        )
+        assert reg.returncode == 0, reg.stderr[-2000:]
+        for i in range(1, self.nodes + 1):
+            self.start_node(i)
+        conn = self.fedsim(
+            ["deploy", "connect", "test", "--address", f"127.0.0.1:{self.port}", "--ca", str(c / "ca.crt"), "--default"]
+        )
+        assert conn.returncode == 0, conn.stderr
+        return self
+
+    def start_node(self, i: int) -> subprocess.Popen:
+        node_config = f"partition-id={i - 1} num-partitions={self.nodes} {self.profiles.get(i, '')}".strip()
+        return self.spawn(
+            f"supernode-{i}",
+            [
+                "flower-supernode",
+                *("--superlink", f"127.0.0.1:{self.port}", "--root-certificates", str(self.certs / "ca.crt")),
+                *("--auth-supernode-private-key", str(self.certs / f"supernode-{i}")),
+                *("--node-config", node_config),
+                *("--isolation", "subprocess", "--port", str(self.node_ports[i - 1])),
+            ],
+        )
+
+    def restart_node(self, i: int, timeout_s: float = 150) -> float:
+        """Start SuperNode i again until it stays up; returns the seconds it took.
+
+        A SuperNode killed without a goodbye cannot activate until the SuperLink has marked it
+        offline (2 missed heartbeats, up to about a minute): until then it exits at once
+        (exit code 305), and it is started again, as ``restart: unless-stopped`` does in compose.
+        """
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            proc = self.start_node(i)
+            try:
+                proc.wait(timeout=15)  # still running after 15 s: activated
+            except subprocess.TimeoutExpired:
+                return time.monotonic() - t0
+            time.sleep(3)
+        raise AssertionError(f"supernode-{i} did not come back within {timeout_s} s")
+
+    def fedsim(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "fedsim", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            env={**self.env("flwr-cli"), "FLWR_HOME": str(self.client_home)},
+        )
+
+    def fedsim_flwr(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+        """Flower's CLI as the submitting user (``FLWR_HOME`` with the ``test`` connection)."""
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            env={**self.env("flwr-cli"), "FLWR_HOME": str(self.client_home), "COLUMNS": "200"},
+        )
+
+    def submit(self, args: list[str], out: Path, timeout: float = 600) -> subprocess.Popen:
+        """``fedsim deploy run`` in the background (the caller waits); stdout/stderr in logs/."""
+        name = f"deploy-{out.name}"
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedsim", "deploy", "run", "--superlink", "test"]
+            + ["--fetch", "local", "--remote-root", str(self.server_results), "--out", str(out)]
+            + ["--timeout", str(timeout), "--quiet", *args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=self.root,
+            env={**self.env("flwr-cli"), "FLWR_HOME": str(self.client_home)},
+            start_new_session=True,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def log_tail(self, n: int = 3000) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-n:]}" for p in sorted(self.logs.glob("*.log")))
