@@ -205,7 +205,6 @@ def _check_inputs(
     payload_bits: ArrayLike,
     compute_time_s: ArrayLike,
     bandwidth_total_hz: float,
-    num_clients: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Validate and convert; raise ValueError naming the key and the value."""
     bt = _check_bandwidth(bandwidth_total_hz)
@@ -214,10 +213,6 @@ def _check_inputs(
     t = np.atleast_1d(np.asarray(compute_time_s, dtype=float))
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"snr_per_hz has shape {a.shape}: must be a non-empty (K,) array")
-    if num_clients is not None and a.size != num_clients:
-        raise ValueError(
-            f"snr_per_hz has shape {a.shape}: the allocator was built for num_clients={num_clients}"
-        )
     for name, arr in (("payload_bits", s), ("compute_time_s", t)):
         if arr.shape != a.shape:
             raise ValueError(f"{name} has shape {arr.shape}: must match snr_per_hz {a.shape}")
@@ -462,6 +457,55 @@ DEFAULT_CLARABEL_OPTIONS: dict = {
 }
 
 
+class _DppProblem:
+    """The DPP problem of :class:`CvxpyAllocator` for one K: variables, Parameters, problem."""
+
+    def __init__(self, k: int) -> None:
+        self.y = cp.Variable(k, nonneg=True, name="y")
+        self.tau = cp.Variable(name="tau")
+        self.log_beta = cp.Parameter(k, nonneg=True, name="log_beta")
+        self.p = cp.Parameter(k, nonneg=True, name="p")
+        self.q = cp.Parameter(k, nonneg=True, name="q")
+        self.w = cp.Parameter(k, nonneg=True, name="w")
+        self.w_tcmp = cp.Parameter(k, name="w_tcmp")
+        self.share = cp.Parameter(k, nonneg=True, name="share")
+        self.ub = cp.Parameter(k, nonneg=True, name="ub")
+        self.tfloor = cp.Parameter(name="tfloor")
+        y, tau = self.y, self.tau
+        rate_nats = cp.multiply(self.log_beta, y) - cp.rel_entr(y, cp.multiply(self.p, y) + self.q)
+        constraints = [
+            rate_nats >= cp.inv_pos(cp.multiply(self.w, tau) - self.w_tcmp),
+            self.share @ y <= 1,
+            y <= self.ub,
+            tau >= self.tfloor,
+        ]
+        self.problem = cp.Problem(cp.Minimize(tau), constraints)
+        if not self.problem.is_dpp():  # pragma: no cover - a construction bug, not a runtime state
+            raise AssertionError("CvxpyAllocator: the problem is not DPP")
+
+    def set_parameters(
+        self, a: np.ndarray, s: np.ndarray, t: np.ndarray, bt: float
+    ) -> tuple[np.ndarray, float]:
+        """Scale around the proportional split; return its band shares and latency t_ref."""
+        active = s > 0
+        b_prop = _proportional_band(a, s, bt)
+        t_ref = float(client_latency_s(b_prop, a, s, t).max())
+        share = b_prop / bt
+        safe_share = np.where(active, share, 1.0)
+        c = np.where(active, a / (bt * safe_share), math.exp(2.0) - 1.0)
+        beta = 1.0 + c
+        w = np.where(active, bt * safe_share * t_ref / (np.where(active, s, 1.0) * LN2), 0.0)
+        self.log_beta.value = np.log(beta)
+        self.p.value = 1.0 / beta
+        self.q.value = c / beta
+        self.w.value = w
+        self.w_tcmp.value = np.where(active, w * t / t_ref, -1.0)
+        self.share.value = share
+        self.ub.value = np.where(active, 1.0 / safe_share, 1.0)
+        self.tfloor.value = float(t.max()) / t_ref
+        return share, t_ref
+
+
 class CvxpyAllocator:
     """Min-max allocation as one DPP cvxpy problem, compiled once: TSFA (fedsim formulation).
 
@@ -512,7 +556,9 @@ class CvxpyAllocator:
 
     Parameters
     ----------
-    num_clients : K >= 1, fixed for the compiled problem (mask clients with payload 0).
+    num_clients : K >= 1, compiled at construction. A call with another K compiles (once) and
+        caches a problem for it, up to ``max_cached_sizes`` sizes; masking clients with payload 0
+        keeps one compiled problem.
     bandwidth_total_hz : B_total > 0, Hz.
     solver : cvxpy solver name (default "CLARABEL"). A name that is not installed makes every
         solve fail and fall back: the simplest way to test the fallback.
@@ -522,6 +568,7 @@ class CvxpyAllocator:
     """
 
     method = "cvxpy"
+    max_cached_sizes = 8
 
     def __init__(
         self,
@@ -541,55 +588,29 @@ class CvxpyAllocator:
         self.reference = reference
         self.num_solves = 0
         self.num_fallbacks = 0
-        self._build()
+        self._compiled: dict[int, _DppProblem] = {}
+        self._dpp(self.num_clients)
 
-    def _build(self) -> None:
-        k = self.num_clients
-        self._y = cp.Variable(k, nonneg=True, name="y")
-        self._tau = cp.Variable(name="tau")
-        self._log_beta = cp.Parameter(k, nonneg=True, name="log_beta")
-        self._p = cp.Parameter(k, nonneg=True, name="p")
-        self._q = cp.Parameter(k, nonneg=True, name="q")
-        self._w = cp.Parameter(k, nonneg=True, name="w")
-        self._w_tcmp = cp.Parameter(k, name="w_tcmp")
-        self._share = cp.Parameter(k, nonneg=True, name="share")
-        self._ub = cp.Parameter(k, nonneg=True, name="ub")
-        self._tfloor = cp.Parameter(name="tfloor")
-        y, tau = self._y, self._tau
-        rate_nats = cp.multiply(self._log_beta, y) - cp.rel_entr(y, cp.multiply(self._p, y) + self._q)
-        constraints = [
-            rate_nats >= cp.inv_pos(cp.multiply(self._w, tau) - self._w_tcmp),
-            self._share @ y <= 1,
-            y <= self._ub,
-            tau >= self._tfloor,
-        ]
-        self.problem = cp.Problem(cp.Minimize(tau), constraints)
-        if not self.problem.is_dpp():  # pragma: no cover - a construction bug, not a runtime state
-            raise AssertionError("CvxpyAllocator: the problem is not DPP")
+    @property
+    def problem(self) -> cp.Problem:
+        """The compiled cvxpy problem for ``num_clients``."""
+        return self._compiled[self.num_clients].problem
+
+    def problem_for(self, num_clients: int) -> cp.Problem:
+        """The compiled problem for K clients (built and cached on first use)."""
+        return self._dpp(num_clients).problem
 
     def is_dpp(self) -> bool:
         """Whether the compiled problem follows DPP (it always does; exposed for tests)."""
         return self.problem.is_dpp()
 
-    def _set_parameters(self, a: np.ndarray, s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, float]:
-        bt = self.bandwidth_total_hz
-        active = s > 0
-        b_prop = _proportional_band(a, s, bt)
-        t_ref = float(client_latency_s(b_prop, a, s, t).max())
-        share = b_prop / bt
-        safe_share = np.where(active, share, 1.0)
-        c = np.where(active, a / (bt * safe_share), math.exp(2.0) - 1.0)
-        beta = 1.0 + c
-        w = np.where(active, bt * safe_share * t_ref / (np.where(active, s, 1.0) * LN2), 0.0)
-        self._log_beta.value = np.log(beta)
-        self._p.value = 1.0 / beta
-        self._q.value = c / beta
-        self._w.value = w
-        self._w_tcmp.value = np.where(active, w * t / t_ref, -1.0)
-        self._share.value = share
-        self._ub.value = np.where(active, 1.0 / safe_share, 1.0)
-        self._tfloor.value = float(t.max()) / t_ref
-        return share, t_ref
+    def _dpp(self, num_clients: int) -> _DppProblem:
+        if num_clients not in self._compiled:
+            if len(self._compiled) >= self.max_cached_sizes:
+                oldest = next(k for k in self._compiled if k != self.num_clients)
+                del self._compiled[oldest]
+            self._compiled[num_clients] = _DppProblem(num_clients)
+        return self._compiled[num_clients]
 
     def solve(
         self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike
@@ -608,20 +629,21 @@ class CvxpyAllocator:
         """
         t0 = time.perf_counter()
         bt = self.bandwidth_total_hz
-        a, s, t, _ = _check_inputs(snr_per_hz, payload_bits, compute_time_s, bt, self.num_clients)
+        a, s, t, _ = _check_inputs(snr_per_hz, payload_bits, compute_time_s, bt)
         self.num_solves += 1
         active = s > 0
         n_active = int(active.sum())
         if n_active <= 1:  # nothing to optimise: the single active client takes the whole band
             return _result(_equal_band(s, bt), a, s, t, "optimal", t0, False, self.method)
         try:
-            share, t_ref = self._set_parameters(a, s, t)
+            dpp = self._dpp(a.size)
+            share, t_ref = dpp.set_parameters(a, s, t, bt)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # cvxpy warns on inaccurate solutions; we check status
-                self.problem.solve(solver=self.solver, **self.solver_options)
-            status = str(self.problem.status)
+                dpp.problem.solve(solver=self.solver, **self.solver_options)
+            status = str(dpp.problem.status)
             if status == cp.OPTIMAL:
-                y = self._y.value
+                y = dpp.y.value
                 if y is None or not np.all(np.isfinite(y)):
                     status = "optimal_without_finite_solution"
                 else:
@@ -673,7 +695,7 @@ class Allocator(Protocol):
 
 @dataclass
 class ReferenceAllocator:
-    """:func:`solve_reference` behind the :class:`Allocator` interface (K fixed for checks)."""
+    """:func:`solve_reference` behind the :class:`Allocator` interface (any K per call)."""
 
     num_clients: int
     bandwidth_total_hz: float
@@ -688,13 +710,12 @@ class ReferenceAllocator:
         self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike
     ) -> AllocationResult:
         """Exact min-max allocation (no fallback: a RuntimeError here is a bug report)."""
-        _check_inputs(snr_per_hz, payload_bits, compute_time_s, self.bandwidth_total_hz, self.num_clients)
         return solve_reference(snr_per_hz, payload_bits, compute_time_s, self.bandwidth_total_hz, self.rtol)
 
 
 @dataclass
 class SplitAllocator:
-    """A closed-form split ("equal" or "proportional") behind the :class:`Allocator` interface."""
+    """A closed-form split ("equal" or "proportional") behind the :class:`Allocator` interface (any K)."""
 
     num_clients: int
     bandwidth_total_hz: float
@@ -710,7 +731,6 @@ class SplitAllocator:
         self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike
     ) -> AllocationResult:
         """The heuristic split for one round."""
-        _check_inputs(snr_per_hz, payload_bits, compute_time_s, self.bandwidth_total_hz, self.num_clients)
         fn = equal_split if self.method == "equal" else proportional_split
         return fn(snr_per_hz, payload_bits, compute_time_s, self.bandwidth_total_hz)
 

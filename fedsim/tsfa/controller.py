@@ -412,8 +412,7 @@ class LyapunovController(_Scheduler):
             return {rho: rho for rho in self.rho_grid}
         if not isinstance(penalty_by_rho, Mapping):
             raise ValueError(
-                f"penalty_by_rho={penalty_by_rho!r}: "
-                "tsfa.penalty='dropped_error' needs a mapping rho -> error"
+                f"penalty_by_rho={penalty_by_rho!r}: tsfa.penalty='dropped_error' needs rho -> error"
             )
         raw = {}
         for rho in self.rho_grid:

@@ -192,8 +192,7 @@ def plan_rank(
         payload = np.asarray(payload_bits_for_rank(r), dtype=float)
         if payload.shape != draws[0][0].shape:
             raise ValueError(
-                f"payload_bits_for_rank({r}) has shape {payload.shape}: "
-                f"must match the sampled a {draws[0][0].shape}"
+                f"payload_bits_for_rank({r}) has shape {payload.shape}: must match a {draws[0][0].shape}"
             )
         lat = np.array([allocate(a, payload, tcmp, bandwidth_total_hz).latency_s for a, tcmp in draws])
         mean = float(lat.mean())

@@ -121,6 +121,14 @@ def test_problem_is_dpp_and_compiled_once():
         assert res.method == "cvxpy"
     assert alloc.problem is problem
     assert problem._cache.param_prog is program  # the compiled parametric program is reused
+    # another K compiles once for that K and leaves the first problem alone
+    res = alloc.solve(*random_instance(rng, 5))
+    assert res.method == "cvxpy" and res.bandwidth_hz.shape == (5,)
+    other = alloc.problem_for(5)
+    other_program = other._cache.param_prog
+    alloc.solve(*random_instance(rng, 5))
+    assert alloc.problem_for(5) is other and other._cache.param_prog is other_program
+    assert alloc.problem is problem and problem._cache.param_prog is program
 
 
 @pytest.mark.parametrize("solver", [lambda: CvxpyAllocator(8, B), lambda: None])
