@@ -73,7 +73,12 @@ def run(
         str | None, typer.Option(help="Clients per round: a count (10) or a fraction (0.2).")
     ] = None,
     workload: Annotated[str | None, typer.Option(help="Workload name (workload.name).")] = None,
-    method: Annotated[str | None, typer.Option(help="Upload method (run.method).")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Upload method (run.method): ideal, soft, soft-noreg, topk, randk, svd.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="rho and bandwidth scheduler (tsfa.scheduler): equal, fixed, tsfa.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random stream (run.seed).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with [section] tables.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
@@ -92,6 +97,7 @@ def run(
         "run.rounds": rounds,
         "workload.name": workload,
         "run.method": method,
+        "tsfa.scheduler": scheduler,
         "run.seed": seed,
         "simulation.ray_address": ray_address,
         "run.clients_per_round": None if clients_per_round is None else parse_value(clients_per_round),
@@ -112,11 +118,14 @@ def run(
     from fedsim.flower.simulation import run_in_simulation
     from fedsim.progress import ProgressReporter
 
+    plan = None
+    if cfg.tsfa.scheduler == "tsfa":
+        plan = rank_plan_or_exit(cfg, show=not quiet)
     reporter = ProgressReporter(cfg, quiet=quiet)
     t0 = time.perf_counter()
     try:
         with reporter:
-            summary = run_in_simulation(cfg, out_dir, reporter, verbose=verbose, resume=checkpoint)
+            summary = run_in_simulation(cfg, out_dir, reporter, verbose=verbose, resume=checkpoint, plan=plan)
     except RunFailed as e:
         _fail(f"run failed: {e} (results in {out_dir})", 1)
     except KeyboardInterrupt:
@@ -170,6 +179,64 @@ def prepare_resume(
     if summary.is_file() and json.loads(summary.read_text()).get("status") == "ok" and not force:
         raise ConfigError(f"--resume={str(folder)!r}: the run is finished; pass --force to continue it anyway")
     return cfg, folder, load_checkpoint(folder)
+
+
+def rank_plan_or_exit(cfg: Config, show: bool):
+    """TSFA's offline stage before any Flower work; an infeasible budget is bad input (exit 2)."""
+    from fedsim.flower.server_app import plan_for
+    from fedsim.rounds import WirelessModel
+    from fedsim.tsfa import InfeasibleBudgetError
+
+    try:
+        plan = plan_for(cfg, WirelessModel(cfg))
+    except (InfeasibleBudgetError, ValueError) as e:
+        rows = getattr(e, "rows", None)
+        if show and rows:
+            print_plan(rows, None, cfg.tsfa.latency_budget_s)
+        _fail(" ".join(str(e).split()), 2)
+    if show:
+        print_plan(plan.rows, plan.chosen_rank, cfg.tsfa.latency_budget_s)
+    return plan
+
+
+def print_plan(rows, chosen: int | None, budget_s: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"TSFA offline rank plan (T_avg = {budget_s:g} s)")
+    for col in ("rank", "payload per client (Mbit)", "expected latency (s)", "95% CI (s)", "feasible"):
+        table.add_column(col)
+    for r in rows:
+        mark = " <- chosen" if r.rank == chosen else ""
+        table.add_row(
+            str(r.rank),
+            f"{r.payload_bits_per_client_mean / 1e6:.3f}",
+            f"{r.expected_latency_s:.4f}",
+            f"+-{r.latency_ci95_s:.4f}",
+            f"{'yes' if r.feasible else 'no'}{mark}",
+        )
+    Console(stderr=True).print(table)
+
+
+@app.command()
+def plan(
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with [section] tables.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
+    clients: Annotated[int | None, typer.Option(help="Number of clients (run.clients).")] = None,
+    method: Annotated[str | None, typer.Option(help="Upload method (run.method).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the table to this CSV file.")] = None,
+) -> None:
+    """TSFA offline stage: expected round latency of each candidate LoRA rank, and the rank it picks."""
+    try:
+        cfg = resolve_config(config, set_ or [], {"run.clients": clients, "run.method": method or "soft"})
+    except ConfigError as e:
+        _fail(str(e), 2)
+    result = rank_plan_or_exit(cfg, show=True)
+    typer.echo(f"structural rank: {result.chosen_rank}")
+    if out is not None:
+        from fedsim.scheduling import write_plan
+
+        write_plan(result, out)
 
 
 @app.command("config")

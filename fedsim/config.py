@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import tomli_w
 
@@ -223,6 +223,37 @@ class FaultsSection:
     )
 
 
+def _rho_grid(v: tuple) -> bool:
+    return len(v) > 0 and all(0 <= x < 1 for x in v)
+
+
+@dataclass(frozen=True)
+class TsfaSection:
+    scheduler: str = _f(
+        "equal",
+        _one_of("equal", "fixed", "tsfa"),
+        "one of equal, fixed, tsfa",
+        "equal: fixed rho, equal band; fixed: fixed rho, min-max band; tsfa: Lyapunov rho and band",
+    )
+    latency_budget_s: float = _f(0.3, _positive, "a positive number of seconds", "long-term average latency T_avg")
+    v: float = _f(0.05, _nonneg, "a non-negative number (s^2)", "Lyapunov trade-off V (penalty weight)")
+    rho_grid: tuple[float, ...] = _f(
+        (0.0, 0.25, 0.5, 0.75), _rho_grid, "a non-empty list of numbers in [0, 1)", "rho values TSFA chooses from"
+    )
+    penalty: str = _f(
+        "dropped_error", _one_of("dropped_error", "rho"), "one of dropped_error, rho", "Pen(rho) of the objective"
+    )
+    deadline_s: float = _f(0.0, _nonneg, "a non-negative number of seconds", "per-round hard deadline (0: none)")
+    candidate_ranks: tuple[int, ...] = _f(
+        (2, 4, 8, 16, 32),
+        lambda v: len(v) > 0 and all(x > 0 for x in v),
+        "a non-empty list of positive integers",
+        "LoRA ranks the offline stage chooses from",
+    )
+    nominal_rho: float = _f(0.5, lambda v: 0 <= v < 1, "a number in [0, 1)", "rho of the offline rank plan")
+    plan_samples: int = _f(200, _positive_int, "a positive integer", "Monte-Carlo channel draws per rank")
+
+
 SECTIONS: dict[str, type] = {
     "run": RunSection,
     "workload": WorkloadSection,
@@ -233,6 +264,7 @@ SECTIONS: dict[str, type] = {
     "simulation": SimulationSection,
     "soft": SoftSection,
     "faults": FaultsSection,
+    "tsfa": TsfaSection,
 }
 
 
@@ -249,6 +281,7 @@ class Config:
     simulation: SimulationSection = field(default_factory=SimulationSection)
     soft: SoftSection = field(default_factory=SoftSection)
     faults: FaultsSection = field(default_factory=FaultsSection)
+    tsfa: TsfaSection = field(default_factory=TsfaSection)
 
     @property
     def num_sampled(self) -> int:
@@ -300,7 +333,15 @@ def parse_value(text: str) -> Any:
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check the value's type against the field's annotation; an int widens to a float field."""
+    """Check the value's type against the field's annotation; an int widens to a float field.
+
+    ``tuple[float, ...]`` / ``tuple[int, ...]`` fields take a list (TOML array) of such numbers.
+    """
+    if get_origin(hint) is tuple:
+        item = get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}={value!r}: expected a list of {item.__name__}, got {type(value).__name__}")
+        return tuple(_coerce(key, v, item) for v in value)
     allowed = get_args(hint) or (hint,)
     accepted = allowed + ((int,) if float in allowed else ())
     if isinstance(value, bool) or not isinstance(value, accepted):
@@ -317,7 +358,9 @@ def _check_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
     checked = {}
     for key, value in values.items():
         if key not in by_name:
-            raise ConfigError(f"unknown config key {f'{name}.{key}'!r}: allowed keys in [{name}] are {', '.join(by_name)}")
+            raise ConfigError(
+                f"unknown config key {f'{name}.{key}'!r}: allowed keys in [{name}] are {', '.join(by_name)}"
+            )
         f = by_name[key]
         value = _coerce(f"{name}.{key}", value, hints[key])
         check = f.metadata["check"]
@@ -397,6 +440,11 @@ def _check_cross(cfg: Config) -> None:
     cpr = cfg.run.clients_per_round
     if isinstance(cpr, int) and cpr > cfg.run.clients:
         raise ConfigError(f"run.clients_per_round={cpr}: must be at most run.clients={cfg.run.clients}")
+    if cfg.tsfa.scheduler == "tsfa" and cfg.run.method == "ideal":
+        raise ConfigError(
+            "tsfa.scheduler='tsfa': chooses a sparsification ratio, so run.method must sparsify (soft, topk, ...), "
+            "not 'ideal'"
+        )
     if cfg.run.min_clients_per_round > cfg.num_sampled:
         raise ConfigError(
             f"run.min_clients_per_round={cfg.run.min_clients_per_round}: must be at most the "

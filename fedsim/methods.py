@@ -81,7 +81,6 @@ def encode_upload(
     rho: float,
     value_bits: int,
     generator: torch.Generator,
-    report_rhos: tuple[float, ...] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Compress a trained adapter for the uplink.
 
@@ -97,7 +96,6 @@ def encode_upload(
     pairs, extras = split_state(state)
     arrays: dict[str, np.ndarray] = {}
     bits, error, kept, cos, sparsify_s = 0, 0.0, [], [], 0.0
-    errors_at = np.zeros(len(report_rhos))
     for module, (a_name, b_name) in pairs.items():
         A, B = torch.from_numpy(state[a_name]), torch.from_numpy(state[b_name])
         t0 = time.perf_counter()
@@ -109,8 +107,6 @@ def encode_upload(
         error += update.dropped_rank_error
         kept.append(update.kept_ranks if update.kept_ranks is not None else A.shape[0])
         cos.append(mean_abs_cos(A, B))
-        if report_rhos:
-            errors_at += np.asarray(dropped_errors_for_rhos(A, B, report_rhos))
     for name in extras:
         arrays[f"extra{SEP}{name}"] = _wire(state[name], value_bits)
         bits += state[name].size * value_bits
@@ -121,8 +117,20 @@ def encode_upload(
         "mean_abs_cos": float(np.mean(cos)) if cos else 0.0,
         "sparsify_time_s": sparsify_s,
     }
-    stats.update({f"dropped_error@{r:g}": float(e) for r, e in zip(report_rhos, errors_at, strict=True)})
     return arrays, stats
+
+
+def dropped_errors(state: dict[str, np.ndarray], rhos: tuple[float, ...]) -> list[float]:
+    """What SOFT would drop at each rho: sum over adapted matrices of sum_{i not kept} s_i^2.
+
+    The few scalars a client reports so that TSFA can weigh accuracy against latency before
+    the upload (one sort of the rank importances per matrix; no sparsification is done).
+    """
+    total = np.zeros(len(rhos))
+    for a_name, b_name in split_state(state)[0].values():
+        A, B = torch.from_numpy(state[a_name]), torch.from_numpy(state[b_name])
+        total += np.asarray(dropped_errors_for_rhos(A, B, rhos))
+    return [float(x) for x in total]
 
 
 def decode_upload(arrays: dict[str, np.ndarray]) -> tuple[dict[str, SparseUpdate], dict[str, np.ndarray]]:

@@ -75,7 +75,9 @@ class ResultsWriter:
             f.flush()
             os.fsync(f.fileno())
 
-    def finish(self, *, status: str, error: str | None, primary_metric: str, wall_s: float) -> dict[str, Any]:
+    def finish(
+        self, *, status: str, error: str | None, primary_metric: str, wall_s: float, extra: dict | None = None
+    ) -> dict[str, Any]:
         recs = self.records
         latencies = [r["round_latency_s"] for r in recs]
         failed_rounds = [r["round"] for r in recs if r.get("status") == "failed"]
@@ -95,6 +97,7 @@ class ResultsWriter:
             "total_latency_s": float(sum(latencies)),
             "wall_s": wall_s,
             "versions": versions(),
+            **(extra or {}),
         }
         if recs:
             plot_results(self.folder, recs, primary_metric)

@@ -132,6 +132,17 @@ class WirelessModel:
         """a_k = p_k g_k / N0 in Hz for the given clients: what a bandwidth allocator needs."""
         return snr_per_hz(self.tx_power_w, self._gains(round_, client_ids), self.n0_w_hz)
 
+    def sample_snr_per_hz(self, rng_: np.random.Generator, client_ids: list[int]) -> np.ndarray:
+        """a_k of the given clients for one fresh draw of the channel distribution (shadowing, LOS state,
+        fading) at their dropped positions, from ``rng_``: statistics for planning, never one of the
+        run's own realisations."""
+
+        def streams(round_: int, purpose: str) -> np.random.Generator:
+            return np.random.default_rng(rng_.integers(2**63))
+
+        gain = self.link.channel(self.link.state(1, self.positions_m, streams, None)).gain_linear
+        return snr_per_hz(self.tx_power_w, gain[np.asarray(client_ids, dtype=int)], self.n0_w_hz)
+
     def compute_times_s(self, client_ids: list[int], num_samples: list[int], flops_per_sample: float) -> np.ndarray:
         """T_cmp_k = E |D_k| F / f_k for the given clients."""
         ids = np.asarray(client_ids, dtype=int)

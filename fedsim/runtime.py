@@ -36,6 +36,10 @@ def workload_spec(cfg: Config) -> WorkloadSpec:
         lora_rank=cfg.lora.rank,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
+        dataset=w.dataset,
+        text_column=w.text_column,
+        label_column=w.label_column,
+        options=w.options,
     )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.methods import METHODS, aggregate_uploads, decode_upload, encode_upload, split_state
+from fedsim.methods import METHODS, aggregate_uploads, decode_upload, dropped_errors, encode_upload, split_state
 from fedsim.soft import payload_bits
 
 D_IN, D_OUT, R = 24, 16, 8
@@ -95,9 +95,10 @@ def test_unsent_ranks_keep_global_value():
         assert np.allclose(new[a_name][kept], make_state(8)[a_name][kept])
 
 
-def test_report_rhos_give_soft_errors():
+def test_reported_dropped_errors_are_what_soft_drops():
     st = make_state(3)
-    _, stats = encode_upload(st, "ideal", 0.0, 32, gen(), report_rhos=(0.0, 0.5))
-    _, soft = encode_upload(st, "soft", 0.5, 32, gen())
-    assert stats["dropped_error@0"] == 0.0
-    assert stats["dropped_error@0.5"] == pytest.approx(soft["dropped_rank_error"], rel=1e-6)
+    errors = dropped_errors(st, (0.0, 0.5, 0.75))
+    assert errors[0] == 0.0 and errors[1] < errors[2]
+    for rho, err in zip((0.5, 0.75), errors[1:], strict=True):
+        _, soft = encode_upload(st, "soft", rho, 32, gen())
+        assert err == pytest.approx(soft["dropped_rank_error"], rel=1e-6)

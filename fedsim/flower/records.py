@@ -12,6 +12,7 @@ from fedsim.config import Config, config_from_flat
 
 ROUND_KEY = "fedsim.round"
 CLIENT_KEY = "fedsim.client_id"
+RHO_KEY = "fedsim.rho"
 
 NODE_PROFILE_KEYS = ("distance-m", "device-flops")
 """Optional SuperNode node-config keys (``--node-config "... distance-m=120.0 device-flops=1e12"``):
@@ -29,7 +30,8 @@ def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def config_record(cfg: Config, **extra: Any) -> ConfigRecord:
     """The whole flat configuration plus per-message extras (round, client id)."""
-    return ConfigRecord({**cfg.to_flat(), **extra})
+    flat = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_flat().items()}
+    return ConfigRecord({**flat, **extra})
 
 
 @lru_cache(maxsize=8)
@@ -39,5 +41,7 @@ def _cached_config(items: tuple[tuple[str, Any], ...]) -> Config:
 
 def config_from_record(record: ConfigRecord) -> Config:
     """The run configuration carried by a message (validated once per process and cached)."""
-    items = tuple(sorted((k, v) for k, v in record.items() if not k.startswith("fedsim.")))
+    items = tuple(
+        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in record.items() if not k.startswith("fedsim."))
+    )
     return _cached_config(items)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from fedsim.config import Config, config_from_flat
 from fedsim.flower.records import (
     CLIENT_KEY,
     NODE_PROFILE_KEYS,
+    RHO_KEY,
     ROUND_KEY,
     config_record,
     from_array_record,
@@ -36,6 +38,8 @@ from fedsim.methods import aggregate_uploads, decode_upload
 from fedsim.results import ResultsWriter
 from fedsim.rounds import WirelessModel, sample_clients
 from fedsim.runtime import evaluate_state, get_runtime, initial_state
+from fedsim.scheduling import adapter_bits, build_scheduler, plan_structural_rank, write_plan
+from fedsim.tsfa import RankPlan
 
 CLIENT_DIAGNOSTICS = ("kept_ranks", "dropped_rank_error", "mean_abs_cos", "sparsify_time_s")
 """Per-client SOFT diagnostics; the round record carries their mean over the round's clients."""
@@ -159,26 +163,31 @@ def serve(
     out_dir: str | Path,
     reporter: Reporter | None = None,
     resume: Checkpoint | None = None,
+    plan: RankPlan | None = None,
 ) -> dict[str, Any]:
     """Run the rounds of ``cfg`` on ``grid`` (after ``resume``'s round, if given), writing the results folder.
 
     After every round the record is appended to rounds.jsonl and a checkpoint is committed. A round
     whose surviving clients are fewer than run.min_clients_per_round (0: all sampled clients) is
     recorded with ``status: "failed"``, its global adapter unchanged, and the run goes on; the run's
-    summary is then "failed" and names the rounds. Returns the summary; raises RunFailed when the
-    run cannot go on (discovery failed, results cannot be written).
+    summary is then "failed" and names the rounds. Under ``tsfa.scheduler = "tsfa"`` the LoRA rank
+    is the offline plan's (``plan``, computed here when not given) and every round is two messages
+    (train and report, then upload at the chosen rho; see :mod:`fedsim.scheduling`). Returns the
+    summary; raises RunFailed when the run cannot go on (discovery failed, results cannot be written).
     """
     report = reporter or (lambda event, data: None)
     t_start = time.perf_counter()
+    out = Path(out_dir)
     runtime = get_runtime(cfg)
     primary = runtime.workload.primary_metric
-    writer = ResultsWriter(out_dir, cfg, records=resume.records if resume else None)
+    writer = ResultsWriter(out, cfg, records=resume.records if resume else None)
     config_sha = sha256_text(cfg.to_toml())
+    two_phase = cfg.tsfa.scheduler == "tsfa"
     report(
         "start",
         {
             "rounds": cfg.run.rounds,
-            "out_dir": str(out_dir),
+            "out_dir": str(out),
             "primary_metric": primary,
             "first_round": resume.round + 1 if resume else 1,
         },
@@ -188,21 +197,74 @@ def serve(
         node_of = discover(grid, cfg, profiles=profiles)
         wireless = WirelessModel(cfg)
         apply_node_profiles(wireless, profiles)
+        flops = runtime.workload.flops_per_sample()
+        if two_phase:
+            if plan is None:
+                plan = plan_for(cfg, wireless)
+            write_plan(plan, out / "rank_plan.csv")
+            cfg = replace(cfg, lora=replace(cfg.lora, rank=plan.chosen_rank))  # what clients receive
+            runtime = get_runtime(cfg)
+        shapes = {k: v.shape for k, v in initial_state(cfg).items()}
+        scheduler = build_scheduler(cfg)
+        if resume and resume.scheduler:
+            scheduler.load_state_dict(resume.scheduler)
         state = resume.state if resume else initial_state(cfg)
         metrics = resume.records[-1]["metrics"] if resume and resume.records else None
-        flops = runtime.workload.flops_per_sample()
         for round_ in range((resume.round if resume else 0) + 1, cfg.run.rounds + 1):
             t_round = time.perf_counter()
             clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
             arrays = to_array_record(state)
 
-            contents = {
-                cid: RecordDict(
-                    {"arrays": arrays, "config": config_record(cfg, **{ROUND_KEY: round_, CLIENT_KEY: cid})}
+            def message(cid: int, with_arrays: bool = True, **extra: Any) -> RecordDict:
+                cfg_rec = config_record(cfg, **{ROUND_KEY: round_, CLIENT_KEY: cid, **extra})  # noqa: B023
+                return RecordDict({"arrays": arrays, "config": cfg_rec} if with_arrays else {"config": cfg_rec})  # noqa: B023
+
+            if two_phase:
+                reports, failures = exchange(grid, cfg, node_of, {c: message(c) for c in clients}, "local")
+                trained = sorted(reports)
+                m1 = {c: dict(reports[c]["metrics"]) for c in trained}
+                n = [int(m1[c]["num_samples"]) for c in trained]
+                grid_rhos = cfg.tsfa.rho_grid
+                decision = (
+                    scheduler.decide(
+                        wireless.snr_per_hz(round_, trained),
+                        wireless.compute_times_s(trained, n, flops),
+                        {
+                            r: np.full(
+                                len(trained),
+                                adapter_bits(shapes, cfg.lora.rank, r, cfg.lora.value_bits, cfg.run.method),
+                            )
+                            for r in grid_rhos
+                        },
+                        {r: np.array([m1[c]["dropped_errors"][i] for c in trained]) for i, r in enumerate(grid_rhos)},
+                    )
+                    if trained
+                    else None
                 )
-                for cid in clients
-            }
-            replies, failures = exchange(grid, cfg, node_of, contents, "default")
+                go = [c for i, c in enumerate(trained) if decision and i not in decision.dropped]
+                failures += deadline_failures(cfg, trained, decision)
+                uploads_contents = {c: message(c, False, **{RHO_KEY: decision.rho}) for c in go}
+                replies, late = exchange(grid, cfg, node_of, uploads_contents, "upload")
+                failures += late
+                band_of = {c: decision.bandwidth_hz[i] for i, c in enumerate(trained)} if decision else {}
+            else:
+                replies, failures = exchange(grid, cfg, node_of, {c: message(c) for c in clients}, "default")
+                done = sorted(replies)
+                n = [int(replies[c]["metrics"]["num_samples"]) for c in done]
+                bits = np.array([replies[c]["metrics"]["payload_bits"] for c in done])
+                decision = (
+                    scheduler.decide(
+                        wireless.snr_per_hz(round_, done),
+                        wireless.compute_times_s(done, n, flops),
+                        {cfg.fixed_rho: bits},
+                    )
+                    if done
+                    else None
+                )
+                failures += deadline_failures(cfg, done, decision)
+                band_of = {c: decision.bandwidth_hz[i] for i, c in enumerate(done)} if decision else {}
+                dropped = set(decision.dropped) if decision else set()
+                replies = {c: replies[c] for i, c in enumerate(done) if i not in dropped}
             survivors = sorted(replies)  # client-id order, never arrival order
             ordered = [(from_array_record(replies[c]["arrays"]), dict(replies[c]["metrics"])) for c in survivors]
             client_records, latency_s = wireless.account(
@@ -211,6 +273,7 @@ def serve(
                 [int(m["payload_bits"]) for _, m in ordered],
                 [int(m["num_samples"]) for _, m in ordered],
                 flops,
+                bandwidth_hz=np.array([band_of[c] for c in survivors]),
             )
             for rec, (_, m) in zip(client_records, ordered, strict=True):
                 rec.update({key: m[key] for key in CLIENT_DIAGNOSTICS})
@@ -225,28 +288,30 @@ def serve(
             if ok or metrics is None:  # a failed round keeps the adapter, hence its metrics
                 metrics = evaluate_state(cfg, state)
                 metrics["primary_metric"] = metrics[primary]
+            queue_s = scheduler.queue_s
+            scheduler.update(latency_s)
             record = {
                 "round": round_,
                 "status": "ok" if ok else "failed",
                 "clients": client_records,
-                "failures": failures,
+                "failures": sorted(failures, key=lambda f: f["client_id"]),
                 "round_latency_s": latency_s,
                 "uplink_bits_total": int(sum(r["payload_bits"] for r in client_records)),
                 "metrics": metrics,
-                "rho": cfg.fixed_rho,
                 **{
                     key: float(np.mean([r[key] for r in client_records])) if client_records else 0.0
                     for key in CLIENT_DIAGNOSTICS
                 },
                 "covariance_norm": cov_norm,
+                **scheduler_fields(cfg, decision, queue_s),
                 "wall_s": time.perf_counter() - t_round,
             }
             writer.append(record)
-            save_checkpoint(Path(out_dir), Checkpoint(round_, state, writer.records, {}, config_sha))
+            save_checkpoint(out, Checkpoint(round_, state, writer.records, scheduler.state_dict(), config_sha))
             report("round", record)
     except Exception as e:
         if isinstance(e, OSError):
-            error = f"cannot write results in {out_dir}: {e.strerror or e}"
+            error = f"cannot write results in {out}: {e.strerror or e}"
         else:
             error = str(e) if isinstance(e, RunFailed) else f"{type(e).__name__}: {e}"
         summary = writer.finish(
@@ -266,10 +331,61 @@ def serve(
             f"run.min_clients_per_round={cfg.run.min_clients_per_round}"
         )
     summary = writer.finish(
-        status="failed" if failed else "ok", error=error, primary_metric=primary, wall_s=time.perf_counter() - t_start
+        status="failed" if failed else "ok",
+        error=error,
+        primary_metric=primary,
+        wall_s=time.perf_counter() - t_start,
+        extra={
+            "lora_rank": cfg.lora.rank,
+            "scheduler": cfg.tsfa.scheduler,
+            "latency_budget_s": cfg.tsfa.latency_budget_s,
+        },
     )
     report("end", summary)
     return summary
+
+
+def plan_for(cfg: Config, wireless: WirelessModel) -> RankPlan:
+    """The TSFA offline plan for this run (rank chosen from channel statistics, see fedsim.scheduling)."""
+    rt = get_runtime(cfg)
+    shapes = {k: v.shape for k, v in initial_state(cfg).items()}
+    sizes = [len(rt.partition(c)) for c in range(cfg.run.clients)]
+    return plan_structural_rank(cfg, shapes, wireless, sizes, rt.workload.flops_per_sample())
+
+
+def deadline_failures(cfg: Config, clients: list[int], decision) -> list[dict[str, Any]]:
+    if decision is None:
+        return []
+    return [
+        {"client_id": clients[i], "reason": f"deadline: cannot upload within tsfa.deadline_s={cfg.tsfa.deadline_s:g}"}
+        for i in decision.dropped
+    ]
+
+
+def scheduler_fields(cfg: Config, decision, queue_s: float) -> dict[str, Any]:
+    """The scheduler's part of a round record: rho_t, Q_t, objective, solver outcome."""
+    if decision is None:
+        return {
+            "rho": cfg.fixed_rho,
+            "queue": queue_s,
+            "objective": None,
+            "solver_status": "no clients",
+            "solve_time_s": 0.0,
+            "fallback": False,
+            "deadline_dropped": 0,
+            "latency_by_rho": [],
+        }
+    d = decision.as_dict()
+    return {
+        "rho": d["rho"],
+        "queue": d["queue"],
+        "objective": d["objective"],
+        "solver_status": d["solver_status"],
+        "solve_time_s": d["solve_time_s"],
+        "fallback": d["fallback"],
+        "deadline_dropped": len(d["dropped"]),
+        "latency_by_rho": d["latency_by_rho"],
+    }
 
 
 # ---- the app that `flwr run .` loads (pyproject [tool.flwr.app.components]) ------------------

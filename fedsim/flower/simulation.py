@@ -17,6 +17,7 @@ from typing import Any
 from fedsim.checkpoint import Checkpoint
 from fedsim.config import Config
 from fedsim.flower.server_app import Reporter, RunFailed, serve
+from fedsim.tsfa import RankPlan
 
 
 def backend_config(cfg: Config) -> dict[str, Any]:
@@ -41,6 +42,7 @@ def run_in_simulation(
     reporter: Reporter | None = None,
     verbose: bool = False,
     resume: Checkpoint | None = None,
+    plan: RankPlan | None = None,
 ) -> dict:
     """Run ``cfg`` through Flower's Simulation Runtime; returns the summary or raises RunFailed."""
     from flwr.serverapp import ServerApp
@@ -54,7 +56,7 @@ def run_in_simulation(
     @server_app.main()
     def _main(grid, context) -> None:
         try:
-            outcome["summary"] = serve(grid, cfg, out_dir, reporter, resume)
+            outcome["summary"] = serve(grid, cfg, out_dir, reporter, resume, plan)
         except RunFailed as e:
             outcome["error"] = e
 

@@ -37,8 +37,7 @@ def covariance_norm(As: Sequence[Tensor], Bs: Sequence[Tensor], weights: Sequenc
     """
     if not (len(As) == len(Bs) == len(weights)) or not As:
         raise ValueError(
-            "covariance_norm needs equally many A, B and weights (>= 1); "
-            f"got {len(As)}, {len(Bs)}, {len(weights)}"
+            f"covariance_norm needs equally many A, B and weights (>= 1); got {len(As)}, {len(Bs)}, {len(weights)}"
         )
     w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
     if not bool(torch.isfinite(w).all()) or bool((w <= 0).any()):

@@ -77,9 +77,7 @@ def sparsify_soft(
     k = keep_count(r, rho)
     s = rank_importance(A, B)
     kept, dropped_s = top_ranks(s, k)
-    return _rank_update(
-        A, B, kept, q, payload_bits(A.shape[1], B.shape[0], r, k, q), dropped_error(dropped_s), r
-    )
+    return _rank_update(A, B, kept, q, payload_bits(A.shape[1], B.shape[0], r, k, q), dropped_error(dropped_s), r)
 
 
 @torch.no_grad()
@@ -191,11 +189,7 @@ def _product_error(A: Tensor, B: Tensor, A2: Tensor, B2: Tensor) -> float:
     <X, Y> = sum_ij X_ij Y_ij (float64).
     """
     A, B, A2, B2 = (X.double() for X in (A, B, A2, B2))
-    val = (
-        ((B.T @ B) * (A @ A.T)).sum()
-        - 2 * ((B.T @ B2) * (A @ A2.T)).sum()
-        + ((B2.T @ B2) * (A2 @ A2.T)).sum()
-    )
+    val = ((B.T @ B) * (A @ A.T)).sum() - 2 * ((B.T @ B2) * (A @ A2.T)).sum() + ((B2.T @ B2) * (A2 @ A2.T)).sum()
     return max(float(val), 0.0)
 
 

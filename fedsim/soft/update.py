@@ -100,9 +100,7 @@ class SparseUpdate:
                 idx, val = getattr(self, f"{side}_indices"), getattr(self, f"{side}_values")
                 _check_indices(f"{side}_indices", idx, numel)
                 if tuple(val.shape) != tuple(idx.shape):
-                    raise ValueError(
-                        f"{side}_values shape {tuple(val.shape)} != {side}_indices {tuple(idx.shape)}"
-                    )
+                    raise ValueError(f"{side}_values shape {tuple(val.shape)} != {side}_indices {tuple(idx.shape)}")
             values = (self.A_values, self.B_values)
         else:
             raise ValueError(f"set exactly one of the field groups {self.RANK_KEYS} or {self.ELEMENT_KEYS}")
