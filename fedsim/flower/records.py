@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from fedsim.config import Config, config_from_flat
+from fedsim.config import Config, build_config
 
 ROUND_KEY = "fedsim.round"
 CLIENT_KEY = "fedsim.client_id"
@@ -36,7 +36,9 @@ def config_record(cfg: Config, **extra: Any) -> ConfigRecord:
 
 @lru_cache(maxsize=8)
 def _cached_config(items: tuple[tuple[str, Any], ...]) -> Config:
-    return config_from_flat(dict(items))
+    # The ServerApp validated everything, registries and files included; a client checks types
+    # and ranges only, so a SuperNode needs no copy of the server's trace or position files.
+    return build_config(dict(items), extra_checks=False)
 
 
 def config_from_record(record: ConfigRecord) -> Config:

@@ -274,6 +274,7 @@ def serve(
                 [int(m["num_samples"]) for _, m in ordered],
                 flops,
                 bandwidth_hz=np.array([band_of[c] for c in survivors]),
+                downlink_bits=sum(a.size for a in state.values()) * cfg.lora.value_bits,  # dense broadcast
             )
             for rec, (_, m) in zip(client_records, ordered, strict=True):
                 rec.update({key: m[key] for key in CLIENT_DIAGNOSTICS})
