@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from channels.rate import noise_psd_w_hz, shannon_rate_bps

@@ -483,9 +483,7 @@ class _DppProblem:
         if not self.problem.is_dpp():  # pragma: no cover - a construction bug, not a runtime state
             raise AssertionError("CvxpyAllocator: the problem is not DPP")
 
-    def set_parameters(
-        self, a: np.ndarray, s: np.ndarray, t: np.ndarray, bt: float
-    ) -> tuple[np.ndarray, float]:
+    def set_parameters(self, a: np.ndarray, s: np.ndarray, t: np.ndarray, bt: float) -> tuple[np.ndarray, float]:
         """Scale around the proportional split; return its band shares and latency t_ref."""
         active = s > 0
         b_prop = _proportional_band(a, s, bt)
@@ -612,9 +610,7 @@ class CvxpyAllocator:
             self._compiled[num_clients] = _DppProblem(num_clients)
         return self._compiled[num_clients]
 
-    def solve(
-        self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike
-    ) -> AllocationResult:
+    def solve(self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike) -> AllocationResult:
         """Allocate the band for one round (re-solves the compiled problem).
 
         Parameters
@@ -656,20 +652,13 @@ class CvxpyAllocator:
             status = f"{type(exc).__name__}({str(exc)[:120]})"
         return self._fallback(a, s, t, f"cvxpy:{status}", t0)
 
-    def _fallback(
-        self, a: np.ndarray, s: np.ndarray, t: np.ndarray, chain: str, t0: float
-    ) -> AllocationResult:
+    def _fallback(self, a: np.ndarray, s: np.ndarray, t: np.ndarray, chain: str, t0: float) -> AllocationResult:
         self.num_fallbacks += 1
         bt = self.bandwidth_total_hz
         try:
             ref = self.reference(a, s, t, bt)
             b = np.asarray(ref.bandwidth_hz, dtype=float)
-            if (
-                b.shape == a.shape
-                and np.all(np.isfinite(b))
-                and np.all(b >= 0)
-                and b.sum() <= bt * (1 + 1e-9)
-            ):
+            if b.shape == a.shape and np.all(np.isfinite(b)) and np.all(b >= 0) and b.sum() <= bt * (1 + 1e-9):
                 return _result(b, a, s, t, f"{chain} -> reference:{ref.status}", t0, True, ref.method)
             chain = f"{chain} -> reference:invalid_band"
         except Exception as exc:  # noqa: BLE001
@@ -688,9 +677,7 @@ class Allocator(Protocol):
     num_clients: int
     bandwidth_total_hz: float
 
-    def solve(
-        self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike
-    ) -> AllocationResult: ...
+    def solve(self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike) -> AllocationResult: ...
 
 
 @dataclass
@@ -706,9 +693,7 @@ class ReferenceAllocator:
         self.num_clients = _check_num_clients(self.num_clients)
         self.bandwidth_total_hz = _check_bandwidth(self.bandwidth_total_hz)
 
-    def solve(
-        self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike
-    ) -> AllocationResult:
+    def solve(self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike) -> AllocationResult:
         """Exact min-max allocation (no fallback: a RuntimeError here is a bug report)."""
         return solve_reference(snr_per_hz, payload_bits, compute_time_s, self.bandwidth_total_hz, self.rtol)
 
@@ -727,9 +712,7 @@ class SplitAllocator:
         if self.method not in ("equal", "proportional"):
             raise ValueError(f"method={self.method!r}: must be 'equal' or 'proportional'")
 
-    def solve(
-        self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike
-    ) -> AllocationResult:
+    def solve(self, snr_per_hz: ArrayLike, payload_bits: ArrayLike, compute_time_s: ArrayLike) -> AllocationResult:
         """The heuristic split for one round."""
         fn = equal_split if self.method == "equal" else proportional_split
         return fn(snr_per_hz, payload_bits, compute_time_s, self.bandwidth_total_hz)

@@ -173,13 +173,9 @@ def _lookup(mapping: Mapping, rho: float, name: str) -> object:
 class _Scheduler:
     kind = "base"
 
-    def __init__(
-        self, allocator: Allocator, latency_budget_s: float | None, deadline_s: float | None
-    ) -> None:
+    def __init__(self, allocator: Allocator, latency_budget_s: float | None, deadline_s: float | None) -> None:
         if not callable(getattr(allocator, "solve", None)):
-            raise ValueError(
-                f"allocator={allocator!r}: must have a solve(a, payload_bits, compute_time_s) method"
-            )
+            raise ValueError(f"allocator={allocator!r}: must have a solve(a, payload_bits, compute_time_s) method")
         self.allocator = allocator
         self.latency_budget_s = (
             None if latency_budget_s is None else _positive("tsfa.latency_budget_s", latency_budget_s)
@@ -328,18 +324,12 @@ class _Scheduler:
         a = np.atleast_1d(np.asarray(snr_per_hz, dtype=float))
         t = np.atleast_1d(np.asarray(compute_time_s, dtype=float))
         if not isinstance(payload_bits_by_rho, Mapping):
-            raise ValueError(
-                f"payload_bits_by_rho={payload_bits_by_rho!r}: must be a mapping rho -> (K,) bits"
-            )
+            raise ValueError(f"payload_bits_by_rho={payload_bits_by_rho!r}: must be a mapping rho -> (K,) bits")
         payloads = {}
         for rho in rhos:
-            s = np.atleast_1d(
-                np.asarray(_lookup(payload_bits_by_rho, rho, "payload_bits_by_rho"), dtype=float)
-            )
+            s = np.atleast_1d(np.asarray(_lookup(payload_bits_by_rho, rho, "payload_bits_by_rho"), dtype=float))
             if s.shape != a.shape:
-                raise ValueError(
-                    f"payload_bits_by_rho[{rho!r}] has shape {s.shape}: must match snr_per_hz {a.shape}"
-                )
+                raise ValueError(f"payload_bits_by_rho[{rho!r}] has shape {s.shape}: must match snr_per_hz {a.shape}")
             payloads[rho] = s
         return a, t, payloads
 
@@ -411,9 +401,7 @@ class LyapunovController(_Scheduler):
         if self.penalty == "rho":
             return {rho: rho for rho in self.rho_grid}
         if not isinstance(penalty_by_rho, Mapping):
-            raise ValueError(
-                f"penalty_by_rho={penalty_by_rho!r}: tsfa.penalty='dropped_error' needs rho -> error"
-            )
+            raise ValueError(f"penalty_by_rho={penalty_by_rho!r}: tsfa.penalty='dropped_error' needs rho -> error")
         raw = {}
         for rho in self.rho_grid:
             e = np.asarray(_lookup(penalty_by_rho, rho, "penalty_by_rho"), dtype=float)

@@ -124,9 +124,7 @@ class InfeasibleBudgetError(ValueError):
 
 def _check_ranks(candidate_ranks: Sequence[int]) -> list[int]:
     if isinstance(candidate_ranks, str | bytes) or not isinstance(candidate_ranks, Sequence | np.ndarray):
-        raise ValueError(
-            f"tsfa.candidate_ranks={candidate_ranks!r}: must be a non-empty list of positive integers"
-        )
+        raise ValueError(f"tsfa.candidate_ranks={candidate_ranks!r}: must be a non-empty list of positive integers")
     if len(candidate_ranks) == 0:
         raise ValueError(f"tsfa.candidate_ranks={list(candidate_ranks)!r}: must be non-empty")
     for i, r in enumerate(candidate_ranks):
@@ -191,9 +189,7 @@ def plan_rank(
     for r in ranks:
         payload = np.asarray(payload_bits_for_rank(r), dtype=float)
         if payload.shape != draws[0][0].shape:
-            raise ValueError(
-                f"payload_bits_for_rank({r}) has shape {payload.shape}: must match a {draws[0][0].shape}"
-            )
+            raise ValueError(f"payload_bits_for_rank({r}) has shape {payload.shape}: must match a {draws[0][0].shape}")
         lat = np.array([allocate(a, payload, tcmp, bandwidth_total_hz).latency_s for a, tcmp in draws])
         mean = float(lat.mean())
         std = float(lat.std(ddof=1)) if lat.size > 1 else 0.0
@@ -211,6 +207,4 @@ def plan_rank(
     feasible = [row.rank for row in rows if row.feasible]
     if not feasible:
         raise InfeasibleBudgetError(latency_budget_s, rows)
-    return RankPlan(
-        rows=tuple(rows), chosen_rank=max(feasible), latency_budget_s=budget, num_samples=int(num_samples)
-    )
+    return RankPlan(rows=tuple(rows), chosen_rank=max(feasible), latency_budget_s=budget, num_samples=int(num_samples))

@@ -112,9 +112,7 @@ def test_topk_and_soft_carry_the_same_bits(d_in, d_out, r, rho, q):
 
 
 @pytest.mark.parametrize("name", sorted(SPARSIFIERS))
-@pytest.mark.parametrize(
-    ("rho", "q", "shown"), [(1.0, 32, "1.0"), (-0.1, 32, "-0.1"), (1.5, 16, "1.5"), (0.5, 8, "8")]
-)
+@pytest.mark.parametrize(("rho", "q", "shown"), [(1.0, 32, "1.0"), (-0.1, 32, "-0.1"), (1.5, 16, "1.5"), (0.5, 8, "8")])
 def test_bad_input_raises_naming_the_value(name, rho, q, shown):
     A, B = torch.randn(4, 5), torch.randn(6, 4)
     with pytest.raises(ValueError, match=shown):
@@ -148,9 +146,7 @@ def test_randk_requires_a_generator_and_is_reproducible():
     A, B = torch.randn(16, 5), torch.randn(6, 16)
     with pytest.raises(ValueError, match="Generator"):
         SPARSIFIERS["randk"](A, B, 0.5, 32)
-    runs = [
-        SPARSIFIERS["randk"](A, B, 0.5, 32, torch.Generator().manual_seed(7)).rank_indices for _ in range(2)
-    ]
+    runs = [SPARSIFIERS["randk"](A, B, 0.5, 32, torch.Generator().manual_seed(7)).rank_indices for _ in range(2)]
     assert runs[0].tolist() == runs[1].tolist()
     assert len(set(runs[0].tolist())) == 8
 

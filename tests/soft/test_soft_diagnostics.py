@@ -27,9 +27,7 @@ def test_covariance_norm_is_the_product_gap(K, r, d_in, d_out, seed):
     A_bar = sum(wk * A.double() for wk, A in zip(w, As, strict=True))
     B_bar = sum(wk * B.double() for wk, B in zip(w, Bs, strict=True))
     gap = sum(wk * B.double() @ A.double() for wk, A, B in zip(w, As, Bs, strict=True)) - B_bar @ A_bar
-    assert covariance_norm(As, Bs, weights) == pytest.approx(
-        float(torch.linalg.matrix_norm(gap)), rel=1e-9, abs=1e-9
-    )
+    assert covariance_norm(As, Bs, weights) == pytest.approx(float(torch.linalg.matrix_norm(gap)), rel=1e-9, abs=1e-9)
 
 
 def test_covariance_norm_is_zero_for_identical_clients_and_not_otherwise(random_factors):

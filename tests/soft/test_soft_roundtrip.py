@@ -75,9 +75,7 @@ def test_roundtrip_through_arrays(random_factors, name, rho, q):
     # 32 bits: exact; 16 bits: exactly the float16 rounding of the value
     wire = torch.float16 if q == 16 else torch.float32
     if name == "svd":  # the refactored truncation is recomputed here: compare to tolerance
-        torch.testing.assert_close(
-            A_d[mask_A].double(), A_x[mask_A], rtol=2e-3 if q == 16 else 1e-5, atol=1e-4
-        )
+        torch.testing.assert_close(A_d[mask_A].double(), A_x[mask_A], rtol=2e-3 if q == 16 else 1e-5, atol=1e-4)
         torch.testing.assert_close(
             (B_d @ A_d).double(), B_x @ A_x, rtol=5e-3 if q == 16 else 1e-5, atol=5e-3 if q == 16 else 1e-4
         )

@@ -51,9 +51,7 @@ def test_soft_equals_svd_truncation_on_orthogonal_factors(orthogonal_factors, ca
     expected = float(sum(float(s[i]) ** 2 for i in dropped))
     scale = float(S[0]) ** 2
     assert abs(update.dropped_rank_error - expected) <= 1e-9 * scale
-    assert (
-        abs(update.dropped_rank_error - float(torch.linalg.matrix_norm(M - B_k @ A_k)) ** 2) <= 1e-9 * scale
-    )
+    assert abs(update.dropped_rank_error - float(torch.linalg.matrix_norm(M - B_k @ A_k)) ** 2) <= 1e-9 * scale
     assert abs(update.dropped_rank_error - float(S[k:].square().sum())) <= 1e-9 * scale
 
     # what goes on the wire (float32) reconstructs the same truncation, and matches the SVD baseline
