@@ -19,49 +19,26 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from runs import fedsim_run
 
 SPARSE_METHODS = ["soft", "soft-noreg", "topk", "randk", "svd"]
 
 
 def run_one(out: Path, method: str, rho: float, seed: int, args) -> dict:
     folder = out / "runs" / f"{method}-rho{rho:g}-seed{seed}"
-    if not (folder / "summary.json").exists():
-        cmd = [
-            sys.executable,
-            "-m",
-            "fedsim",
-            "run",
-            "--clients",
-            str(args.clients),
-            "--rounds",
-            str(args.rounds),
-            "--clients-per-round",
-            str(args.clients_per_round),
-            "--method",
-            method,
-            "--seed",
-            str(seed),
-            "--set",
-            f"soft.rho={rho}",
-            "--out",
-            str(folder),
-            "--force",
-            "--quiet",
-            *sum((["--set", s] for s in args.set), []),
-        ]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{folder.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
-        print(f"{folder.name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    summary = json.loads((folder / "summary.json").read_text())
-    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines() if line.strip()]
+    extra = [
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+        "--set",
+        f"soft.rho={rho}",
+        *sum((["--set", s] for s in args.set), []),
+    ]
+    summary, rounds = fedsim_run(folder, args.clients, args.rounds, args.clients_per_round, *extra)
     return {
         "method": method,
         "rho": rho,

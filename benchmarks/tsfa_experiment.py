@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from runs import fedsim_run
 
 from fedsim.config import build_config
 from fedsim.rounds import WirelessModel, sample_clients
@@ -105,38 +104,11 @@ def part_b(args, out: Path) -> tuple[list[dict], list[dict]]:
     rows, traj = [], []
     for v in args.vs:
         folder = out / "runs" / f"v{v:g}"
-        if not (folder / "summary.json").exists():
-            cmd = [
-                sys.executable,
-                "-m",
-                "fedsim",
-                "run",
-                "--clients",
-                str(args.clients),
-                "--rounds",
-                str(args.rounds),
-                "--clients-per-round",
-                str(args.clients_per_round),
-                "--method",
-                "soft",
-                "--scheduler",
-                "tsfa",
-                "--seed",
-                str(args.seed),
-                "--set",
-                f"tsfa.v={v}",
-                "--set",
-                f"tsfa.latency_budget_s={args.run_budget}",
-                "--out",
-                str(folder),
-                "--force",
-                "--quiet",
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"V={v} failed: {proc.stderr.strip().splitlines()[-1:]}")
-        summary = json.loads((folder / "summary.json").read_text())
-        recs = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+        summary, recs = fedsim_run(
+            folder, args.clients, args.rounds, args.clients_per_round, "--method", "soft", "--scheduler", "tsfa",
+            "--seed", str(args.seed), "--set", f"tsfa.v={v}", "--set", f"tsfa.latency_budget_s={args.run_budget}",
+            "--set", f"tsfa.deadline_s={args.deadline}", "--set", "run.min_clients_per_round=1",
+        )  # fmt: skip
         rows.append(
             {
                 "v": v,

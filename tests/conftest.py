@@ -6,6 +6,22 @@ from pathlib import Path
 
 import pytest
 
+
+def run_args(clients: int, rounds: int, per_round: int, *extra: str) -> list[str]:
+    """``fedsim run`` arguments for a small, fast run (16 samples per client, 64 test samples)."""
+    return [
+        "run",
+        "--clients",
+        str(clients),
+        "--rounds",
+        str(rounds),
+        "--clients-per-round",
+        str(per_round),
+        *SMALL,
+        *extra,
+    ]
+
+
 SMALL = [
     "--set",
     "workload.samples_per_client=16",
@@ -41,27 +57,15 @@ def records_without_wall_clock(folder: Path) -> list[dict]:
     return [strip(json.loads(line)) for line in (folder / "rounds.jsonl").read_text().splitlines()]
 
 
+SMALL_RUN = run_args(4, 2, 3, "--seed", "7")
+"""The configuration of the shared ``small_run``: tests that must reproduce it use exactly this."""
+
+
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory) -> Path:
     """One 4-client, 2-round run through Flower and Ray, shared by the end-to-end tests."""
     out = tmp_path_factory.mktemp("runs") / "small"
-    proc = run_fedsim(
-        [
-            "run",
-            "--clients",
-            "4",
-            "--rounds",
-            "2",
-            "--clients-per-round",
-            "3",
-            "--seed",
-            "7",
-            "--out",
-            str(out),
-            "--quiet",
-            *SMALL,
-        ]
-    )
+    proc = run_fedsim([*SMALL_RUN, "--out", str(out), "--quiet"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == str(out)
     return out

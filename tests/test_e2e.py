@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fedsim.results import read_rounds
-from tests.conftest import SMALL, records_without_wall_clock, run_fedsim
+from tests.conftest import SMALL, SMALL_RUN, records_without_wall_clock, run_args, run_fedsim
 
 pytestmark = pytest.mark.slow
 
@@ -57,23 +57,7 @@ def test_small_run_records(small_run):
 
 def test_same_seed_same_records(small_run, tmp_path):
     out = tmp_path / "again"
-    proc = run_fedsim(
-        [
-            "run",
-            "--clients",
-            "4",
-            "--rounds",
-            "2",
-            "--clients-per-round",
-            "3",
-            "--seed",
-            "7",
-            "--out",
-            str(out),
-            "--quiet",
-            *SMALL,
-        ]
-    )
+    proc = run_fedsim([*SMALL_RUN, "--out", str(out), "--quiet"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert records_without_wall_clock(out) == records_without_wall_clock(small_run)
 
@@ -148,22 +132,7 @@ def test_two_node_ray_cluster(tmp_path):
 
 def test_client_exception_fails_the_run_with_one_line(tmp_path):
     out = tmp_path / "crash"
-    proc = run_fedsim(
-        [
-            "run",
-            "--clients",
-            "3",
-            "--rounds",
-            "2",
-            "--clients-per-round",
-            "2",
-            "--out",
-            str(out),
-            "--set",
-            "faults.client_crash_prob=1.0",
-            *SMALL,
-        ]
-    )
+    proc = run_fedsim(run_args(3, 2, 2, "--out", str(out), "--set", "faults.client_crash_prob=1.0"))
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("fedsim: run failed: round 1: client ")
@@ -176,22 +145,17 @@ def test_client_exception_fails_the_run_with_one_line(tmp_path):
 def test_dead_actor_fails_the_run(tmp_path):
     out = tmp_path / "dead"
     proc = run_fedsim(
-        [
-            "run",
-            "--clients",
-            "3",
-            "--rounds",
-            "2",
-            "--clients-per-round",
-            "2",
+        run_args(
+            3,
+            2,
+            2,
             "--out",
             str(out),
             "--set",
             "faults.client_crash_prob=1.0",
             "--set",
             "faults.client_crash_mode=exit",
-            *SMALL,
-        ]
+        )
     )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]

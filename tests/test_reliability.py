@@ -11,11 +11,9 @@ import pytest
 
 from fedsim.rounds import sample_clients
 from fedsim.seeding import rng
-from tests.conftest import SMALL, records_without_wall_clock, run_fedsim
+from tests.conftest import SMALL_RUN, records_without_wall_clock, run_args, run_fedsim
 
 pytestmark = pytest.mark.slow
-
-SMALL_RUN = ["run", "--clients", "4", "--rounds", "2", "--clients-per-round", "3", "--seed", "7", *SMALL]
 
 
 def start(args: list[str]) -> subprocess.Popen:
@@ -59,7 +57,7 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(small_run, tmp_path
 
 def test_sigint_saves_and_exits_130_then_resume_refuses_other_config(tmp_path):
     out = tmp_path / "interrupted"
-    proc = start(["run", "--clients", "4", "--rounds", "6", "--clients-per-round", "2", *SMALL, "--out", str(out)])
+    proc = start(run_args(4, 6, 2, "--out", str(out)))
     try:
         wait_for_rounds(out, 1, proc)
         proc.send_signal(signal.SIGINT)
@@ -99,25 +97,20 @@ def test_crash_faults_are_recorded_and_survivors_aggregated(tmp_path):
     out = tmp_path / "faults"
     seed, clients, per_round, rounds, p = 3, 6, 5, 5, 0.2
     proc = run_fedsim(
-        [
-            "run",
-            "--clients",
-            str(clients),
-            "--rounds",
-            str(rounds),
-            "--clients-per-round",
-            str(per_round),
+        run_args(
+            clients,
+            rounds,
+            per_round,
             "--seed",
             str(seed),
             "--out",
             str(out),
             "--quiet",
-            *SMALL,
             "--set",
             f"faults.client_crash_prob={p}",
             "--set",
             "run.min_clients_per_round=1",
-        ]
+        )
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
@@ -138,22 +131,9 @@ def test_crash_faults_are_recorded_and_survivors_aggregated(tmp_path):
 def test_round_below_min_clients_is_recorded_as_failed(tmp_path):
     out = tmp_path / "allfail"
     proc = run_fedsim(
-        [
-            "run",
-            "--clients",
-            "3",
-            "--rounds",
-            "2",
-            "--clients-per-round",
-            "2",
-            "--out",
-            str(out),
-            *SMALL,
-            "--set",
-            "faults.client_crash_prob=1.0",
-            "--set",
-            "run.min_clients_per_round=1",
-        ]
+        run_args(
+            3, 2, 2, "--out", str(out), "--set", "faults.client_crash_prob=1.0", "--set", "run.min_clients_per_round=1"
+        )
     )
     assert proc.returncode == 1
     assert "2 round(s) failed (1, 2)" in proc.stderr.strip().splitlines()[-1]
