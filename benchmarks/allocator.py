@@ -95,9 +95,7 @@ def bench_size(num_clients: int, rounds: int, rebuild_rounds: int, seed: int) ->
         ref_lat.append(res.latency_s)
 
     def gap(results: list) -> float | None:
-        gaps = [
-            abs(r.latency_s - ref) / ref for r, ref in zip(results, ref_lat, strict=False) if not r.fallback
-        ]
+        gaps = [abs(r.latency_s - ref) / ref for r, ref in zip(results, ref_lat, strict=False) if not r.fallback]
         return float(max(gaps)) if gaps else None
 
     alloc = CvxpyAllocator(num_clients, BANDWIDTH_TOTAL_HZ)

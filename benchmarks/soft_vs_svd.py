@@ -79,9 +79,7 @@ def main() -> None:
             soft_s, soft_n = median_time_s(
                 functools.partial(soft_select, A, B, k), max(args.min_repeats, 20), args.budget_s
             )
-            svd_s, svd_n = median_time_s(
-                functools.partial(svd_select, A, B, k), args.min_repeats, args.budget_s
-            )
+            svd_s, svd_n = median_time_s(functools.partial(svd_select, A, B, k), args.min_repeats, args.budget_s)
             rows.append(
                 {
                     "d_in": d,

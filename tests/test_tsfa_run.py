@@ -85,7 +85,18 @@ def test_fixed_scheduler_uses_min_max_band(tmp_path):
 
 def test_infeasible_budget_names_the_smallest_feasible_one(tmp_path):
     proc = run_fedsim(
-        ["run", "--clients", "4", "--clients-per-round", "2", "--out", str(tmp_path / "x"), *TSFA, "--set", "tsfa.latency_budget_s=0.0001"]
+        [
+            "run",
+            "--clients",
+            "4",
+            "--clients-per-round",
+            "2",
+            "--out",
+            str(tmp_path / "x"),
+            *TSFA,
+            "--set",
+            "tsfa.latency_budget_s=0.0001",
+        ]
     )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
