@@ -205,6 +205,9 @@ def serve(
             cfg = replace(cfg, lora=replace(cfg.lora, rank=plan.chosen_rank))  # what clients receive
             runtime = get_runtime(cfg)
         shapes = {k: v.shape for k, v in initial_state(cfg).items()}
+        bits_by_rho = {
+            r: adapter_bits(shapes, cfg.lora.rank, r, cfg.lora.value_bits, cfg.run.method) for r in cfg.tsfa.rho_grid
+        }
         scheduler = build_scheduler(cfg)
         if resume and resume.scheduler:
             scheduler.load_state_dict(resume.scheduler)
@@ -219,52 +222,39 @@ def serve(
                 cfg_rec = config_record(cfg, **{ROUND_KEY: round_, CLIENT_KEY: cid, **extra})  # noqa: B023
                 return RecordDict({"arrays": arrays, "config": cfg_rec} if with_arrays else {"config": cfg_rec})  # noqa: B023
 
-            if two_phase:
+            def decide(ids: list[int], num_samples: list[int], payloads: dict, penalties: dict | None = None):
+                if not ids:
+                    return None
+                a, tcmp = wireless.snr_per_hz(round_, ids), wireless.compute_times_s(ids, num_samples, flops)  # noqa: B023
+                return scheduler.decide(a, tcmp, payloads, penalties)
+
+            if two_phase:  # train and report; decide rho_t and b_t; upload at rho_t
                 reports, failures = exchange(grid, cfg, node_of, {c: message(c) for c in clients}, "local")
-                trained = sorted(reports)
-                m1 = {c: dict(reports[c]["metrics"]) for c in trained}
-                n = [int(m1[c]["num_samples"]) for c in trained]
-                grid_rhos = cfg.tsfa.rho_grid
-                decision = (
-                    scheduler.decide(
-                        wireless.snr_per_hz(round_, trained),
-                        wireless.compute_times_s(trained, n, flops),
-                        {
-                            r: np.full(
-                                len(trained),
-                                adapter_bits(shapes, cfg.lora.rank, r, cfg.lora.value_bits, cfg.run.method),
-                            )
-                            for r in grid_rhos
-                        },
-                        {r: np.array([m1[c]["dropped_errors"][i] for c in trained]) for i, r in enumerate(grid_rhos)},
-                    )
-                    if trained
-                    else None
+                decided = sorted(reports)
+                m1 = [dict(reports[c]["metrics"]) for c in decided]
+                decision = decide(
+                    decided,
+                    [int(m["num_samples"]) for m in m1],
+                    {r: np.full(len(decided), bits) for r, bits in bits_by_rho.items()},
+                    {r: np.array([m["dropped_errors"][i] for m in m1]) for i, r in enumerate(cfg.tsfa.rho_grid)},
                 )
-                go = [c for i, c in enumerate(trained) if decision and i not in decision.dropped]
-                failures += deadline_failures(cfg, trained, decision)
-                uploads_contents = {c: message(c, False, **{RHO_KEY: decision.rho}) for c in go}
-                replies, late = exchange(grid, cfg, node_of, uploads_contents, "upload")
+                go = [c for i, c in enumerate(decided) if i not in decision.dropped] if decision else []
+                replies, late = exchange(
+                    grid, cfg, node_of, {c: message(c, False, **{RHO_KEY: decision.rho}) for c in go}, "upload"
+                )
                 failures += late
-                band_of = {c: decision.bandwidth_hz[i] for i, c in enumerate(trained)} if decision else {}
-            else:
+            else:  # rho is known: train and upload in one message, then split the band
                 replies, failures = exchange(grid, cfg, node_of, {c: message(c) for c in clients}, "default")
-                done = sorted(replies)
-                n = [int(replies[c]["metrics"]["num_samples"]) for c in done]
-                bits = np.array([replies[c]["metrics"]["payload_bits"] for c in done])
-                decision = (
-                    scheduler.decide(
-                        wireless.snr_per_hz(round_, done),
-                        wireless.compute_times_s(done, n, flops),
-                        {cfg.fixed_rho: bits},
-                    )
-                    if done
-                    else None
+                decided = sorted(replies)
+                decision = decide(
+                    decided,
+                    [int(replies[c]["metrics"]["num_samples"]) for c in decided],
+                    {cfg.fixed_rho: np.array([replies[c]["metrics"]["payload_bits"] for c in decided])},
                 )
-                failures += deadline_failures(cfg, done, decision)
-                band_of = {c: decision.bandwidth_hz[i] for i, c in enumerate(done)} if decision else {}
-                dropped = set(decision.dropped) if decision else set()
-                replies = {c: replies[c] for i, c in enumerate(done) if i not in dropped}
+                for i in decision.dropped if decision else ():
+                    del replies[decided[i]]
+            failures += deadline_failures(cfg, decided, decision)
+            band_of = dict(zip(decided, decision.bandwidth_hz, strict=True)) if decision else {}
             survivors = sorted(replies)  # client-id order, never arrival order
             ordered = [(from_array_record(replies[c]["arrays"]), dict(replies[c]["metrics"])) for c in survivors]
             client_records, latency_s = wireless.account(
