@@ -83,8 +83,8 @@ for i in $(seq 1 "$nodes"); do
   rm -f "$key" "$key.pub"
   if command -v ssh-keygen >/dev/null; then
     ssh-keygen -q -t ecdsa -b 384 -N "" -C "$key" -f "$key"
-  else  # the fedsim image has no ssh-keygen; Python's cryptography (a flwr dependency) writes the same format
-    python3 - "$key" <<'PY'
+  else  # no ssh-keygen: Python's cryptography (a flwr dependency; PYTHON picks the interpreter) writes the same format
+    "${PYTHON:-python3}" - "$key" <<'PY'
 import sys
 from cryptography.hazmat.primitives import serialization as s
 from cryptography.hazmat.primitives.asymmetric import ec

@@ -17,7 +17,7 @@
 #
 # Environment: PYTHON (default python3), DEBIAN_MIRROR, BASE_IMAGE (default fedsim-base:bookworm),
 # IMAGE (default fedsim:e2e), PIP_WHEELS, PIP_CA_BUNDLE (default: $PIP_CERT or the system bundle),
-# KEEP=1 keeps the stack and work folder for inspection.
+# BUILD=0 reuses an existing IMAGE, KEEP=1 keeps the stack and work folder for inspection.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -93,17 +93,33 @@ if [[ -n "$(ls -A "$work/pipfiles")" ]]; then
   compgen -G "$work/pipfiles/*.whl" >/dev/null && build_args+=(--build-arg "PIP_FIND_LINKS=http://127.0.0.1:$files_port/")
   [[ -f "$work/pipfiles/ca-bundle.pem" ]] && build_args+=(--build-arg "PIP_CERT_URL=http://127.0.0.1:$files_port/ca-bundle.pem")
 fi
-log "docker build $IMAGE"
-DOCKER_BUILDKIT=0 docker build --network host -f docker/Dockerfile "${build_args[@]}" -t "$IMAGE" . \
-  >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; exit 1; }
-grep -E "^fedsim .* flwr .* torch" "$work/build.log" | tail -1 >&2 || true
+if [[ "${BUILD:-1}" == 0 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  log "BUILD=0: using the existing $IMAGE"
+else
+  log "docker build $IMAGE"
+  DOCKER_BUILDKIT=0 docker build --network host -f docker/Dockerfile "${build_args[@]}" -t "$IMAGE" . \
+    >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; exit 1; }
+  grep -E "^fedsim .* flwr .* torch" "$work/build.log" | tail -1 >&2 || true
+fi
 
 # ---- certificates and keys, the stack ------------------------------------------------------------------
 bash docker/certs.sh --out "$work/certs" --nodes 3 --owner 49999:49999 >&2
 export FEDSIM_IMAGE="$IMAGE" FEDSIM_CERTS="$work/certs" FEDSIM_NODES=3 SUPERLINK_HOST=127.0.0.1
 SUPERLINK_PORT=$(free_port); FEDSIM_NODE_1_PORT=$(free_port); FEDSIM_NODE_2_PORT=$(free_port); FEDSIM_NODE_3_PORT=$(free_port)
 export SUPERLINK_PORT FEDSIM_NODE_1_PORT FEDSIM_NODE_2_PORT FEDSIM_NODE_3_PORT
-compose=("${dc[@]}" -p "$project" -f docker-compose.yml -f docker-compose.host.yml)
+# Compose refuses published ports together with host networking, and an override file cannot
+# remove them (lists are concatenated): render the merged file and drop them there.
+"${dc[@]}" -p "$project" -f docker-compose.yml -f docker-compose.host.yml config >"$work/compose.rendered.yml"
+"$PYTHON" - "$work/compose.rendered.yml" <<'PY'
+import sys, yaml
+path = sys.argv[1]
+doc = yaml.safe_load(open(path))
+for service in doc["services"].values():
+    if service.get("network_mode") == "host":
+        service.pop("ports", None)
+yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
+PY
+compose=("${dc[@]}" -p "$project" -f "$work/compose.rendered.yml")
 log "compose up (SuperLink on 127.0.0.1:$SUPERLINK_PORT)"
 "${compose[@]}" up -d >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; exit 1; }
 

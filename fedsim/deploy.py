@@ -159,6 +159,28 @@ def stage_app(app_dir: Path, flat_config: dict[str, Any], dest: Path) -> Path:
     return dest
 
 
+def run_config(cfg) -> dict[str, Any]:
+    """The flat configuration as Flower's run config, which holds only bool, int, float and str.
+
+    A list-valued key left at its default is omitted (the ServerApp rebuilds it from the
+    defaults); a list-valued key set to anything else cannot be carried and is an input error.
+    """
+    from fedsim.config import build_config
+
+    defaults = build_config(extra_checks=False).to_flat()
+    flat = {}
+    for key, value in cfg.to_flat().items():
+        if isinstance(value, bool | int | float | str):
+            flat[key] = value
+        elif value != defaults.get(key):
+            raise DeployError(
+                f"{key}={value!r}: Flower's run config holds only numbers, booleans and strings, "
+                "so a deployed run keeps this key's default",
+                2,
+            )
+    return flat
+
+
 # ---- submit, wait, fetch ------------------------------------------------------------------------------
 
 
@@ -248,7 +270,7 @@ def deploy_run(
 ) -> dict[str, Any]:
     """Submit ``cfg`` to the federation, wait, fetch; returns the outcome or raises DeployError."""
     with tempfile.TemporaryDirectory(prefix="fedsim-app-") as tmp:
-        stage = stage_app(app_dir, {"results-dir": remote_dir, **cfg.to_flat()}, Path(tmp) / "app")
+        stage = stage_app(app_dir, {"results-dir": remote_dir, **run_config(cfg)}, Path(tmp) / "app")
         run_id = submit(stage, superlink)
     say(f"submitted run {run_id} to SuperLink '{superlink or 'default'}'; the ServerApp writes {remote_dir}")
     logs = None

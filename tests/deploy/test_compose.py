@@ -9,7 +9,7 @@ import tomllib
 import pytest
 
 from fedsim.config import build_config
-from fedsim.deploy import find_app_dir, stage_app, write_connection
+from fedsim.deploy import find_app_dir, run_config, stage_app, write_connection
 from tests.deploy.federation import REPO
 
 yaml = pytest.importorskip("yaml")
@@ -133,7 +133,7 @@ def test_staged_app_declares_the_whole_configuration(tmp_path):
     from flwr.cli.config_utils import load_and_validate
 
     cfg = build_config({"run.clients": 3, "run.clients_per_round": 3, "workload.samples_per_client": 16})
-    flat = {"results-dir": "/work/results/x", **cfg.to_flat()}
+    flat = {"results-dir": "/work/results/x", **run_config(cfg)}
     stage = stage_app(find_app_dir(None), flat, tmp_path / "app")
     declared = tomllib.loads((stage / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert declared == flat
