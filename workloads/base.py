@@ -2,17 +2,28 @@
 
 A workload is one module with one class. It declares
 
-- ``presets``: named sizes; ``tiny`` trains in seconds on a CPU,
-- ``primary_metric``: the key of :meth:`Workload.evaluate` that the simulator tracks,
+- ``presets``: named sizes; ``tiny`` trains in seconds on a CPU, larger ones are for GPUs,
+- ``primary_metric`` and ``higher_is_better``: the key of :meth:`Workload.evaluate` that the
+  simulator tracks, and its direction (accuracy up; a loss, FID or perplexity down),
 - ``lora_target_modules`` (and ``extra_trainable``, e.g. a classification head that is trained
   and uploaded dense beside the LoRA factors),
-- how to build the base model (:meth:`build_base_model`), the data (:meth:`build_data`), the
-  loss (:meth:`loss`), the evaluation (:meth:`evaluate`) and the training FLOPs per sample
-  (:meth:`flops_per_sample`) that the compute-time model uses.
+- how to build the base model (:meth:`build_base_model`): real pretrained weights that ship
+  offline, or a base that fedsim pretrains once and caches (:mod:`workloads.cache`); never a
+  download on the default path,
+- the data (:meth:`build_data`): generated offline by default, or a real dataset named by
+  ``workload.dataset`` (:mod:`workloads.data`),
+- the loss (:meth:`loss`), the evaluation (:meth:`evaluate`) and the training FLOPs per sample
+  (:meth:`flops_per_sample`) that the compute-time model uses,
+- optionally ``natural_partition_column``: a column of the train pool naming each row's client,
+  for ``workload.partition = "natural"`` (a task's own split, e.g. one writer per client).
+
+The interface assumes no task shape: a masked diffusion LM (no causal LM head) or a
+text-to-image model implements the same methods with its own loss and metrics
+(``higher_is_better = False`` for FID).
 
 Everything else (LoRA wrapping through peft, client partitions through flwr-datasets
 partitioners, local training) is shared code in this module, so the engine never changes when a
-workload is added. Workloads register with :func:`register` or through the Python entry-point
+workload is added. Workloads register in :mod:`workloads` or through the Python entry-point
 group ``fedsim.workloads``.
 """
 
@@ -27,6 +38,8 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
+
+from fedsim.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,20 +56,73 @@ class WorkloadSpec:
     lora_rank: int
     lora_alpha: float
     lora_dropout: float
+    dataset: str = ""
+    """'' for the workload's generated data, else a local file/folder or a Hub name."""
+    text_column: str = ""
+    label_column: str = ""
+    options: str = ""
+    """Preset overrides, ``key=value`` pairs separated by commas (see :meth:`Workload.resolve_params`)."""
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """``"a=1, b=nl"`` -> ``{"a": 1, "b": "nl"}``; values read as TOML would (else kept as strings)."""
+    from fedsim.config import parse_value
+
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"workload.options={text!r}: expected key=value pairs separated by commas")
+        out[key.strip()] = parse_value(value.strip())
+    return out
 
 
 class Workload(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
+    """One line for ``fedsim workloads``."""
     presets: ClassVar[dict[str, dict[str, Any]]]
+    """Preset name -> parameters; ``tiny`` is required and must train in seconds on a CPU."""
     primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
     lora_target_modules: ClassVar[list[str]]
     extra_trainable: ClassVar[list[str]] = []
     label_column: ClassVar[str] = "label"
+    """Column of the train pool that ``partition = "dirichlet"`` skews over."""
+    natural_partition_column: ClassVar[str | None] = None
+    """Column whose values 0..num_clients-1 name each row's client (``partition = "natural"``)."""
+    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    """Allowed values of preset keys that take one of a few values (checked for ``workload.options``)."""
 
     def __init__(self, spec: WorkloadSpec):
         self.spec = spec
-        self.params = dict(self.presets[spec.preset])
+        self.params = self.resolve_params(spec.preset, spec.options)
+
+    @classmethod
+    def resolve_params(cls, preset: str, options: str = "") -> dict[str, Any]:
+        """The preset's parameters with ``workload.options`` applied.
+
+        An option must name a key of the preset and keep its type (an int may set a float);
+        keys in :attr:`option_choices` must take one of the listed values. Raises
+        :class:`ConfigError` (one line) otherwise.
+        """
+        if preset not in cls.presets:
+            raise ConfigError(f"workload.preset={preset!r}: {cls.name} has presets {', '.join(cls.presets)}")
+        params = dict(cls.presets[preset])
+        for key, value in parse_options(options).items():
+            where = f"workload.options: {key}={value!r}"
+            if key not in params:
+                raise ConfigError(f"{where}: {cls.name} preset {preset!r} has keys {', '.join(params)}")
+            default = params[key]
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not type(default):
+                raise ConfigError(f"{where}: expected {type(default).__name__} like the preset's {default!r}")
+            choices = cls.option_choices.get(key)
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{where}: must be one of {', '.join(map(str, choices))}")
+            params[key] = value
+        return params
 
     # -- what a workload implements --------------------------------------------------------
     @abstractmethod
@@ -106,10 +172,21 @@ class Workload(ABC):
 
     def partition(self, train: Dataset) -> list[Dataset]:
         """Split the train pool into one partition per client with a flwr-datasets partitioner."""
-        from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+        from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
         n = self.spec.num_clients
-        if self.spec.partition == "iid":
+        if self.spec.partition == "natural":
+            column = self.natural_partition_column
+            if column is None or column not in train.column_names:
+                raise ConfigError(f"workload.partition='natural': {self.name} has no natural split of this data")
+            found = sorted(set(train[column]))
+            if found != list(range(n)):
+                raise ConfigError(
+                    f"workload.partition='natural': the data names clients {found[:3]}..{found[-1]}, "
+                    f"not 0..{n - 1} (run.clients={n})"
+                )
+            partitioner = NaturalIdPartitioner(partition_by=column)  # sorted ids: partition i is client i
+        elif self.spec.partition == "iid":
             partitioner = IidPartitioner(num_partitions=n)
         else:
             partitioner = DirichletPartitioner(
