@@ -9,10 +9,19 @@ tokens, then ``Linear(384, num_classes)``:
 
     input_ids (B, L) -> encoder -> hidden (B, L, 384) -> masked mean -> (B, 384) -> head -> (B, C)
 
-Data: generated in-package from a seed. Sentences about four topics (sport, food, technology,
-weather) from many templates, names, places and fillers; each topic has a vocabulary split into
-words used in training and words that appear only in the test set, so the test measures how far
-the encoder's pretrained knowledge carries to unseen topic words (``accuracy_unseen_words``).
+Data (default): generated in-package from the seed. Sentences about eight topics (some close
+to each other: sport/health, technology/finance, travel/weather) from names, places, times,
+adjectives and templates. Most sentences also mention two words of another topic as a
+distractor ("forget the loan and the salary , the striker is what the city cares about"), so
+the label follows from the sentence's structure, not its bag of words. The test set goes
+beyond training twice over: half its sentences use topic words never seen in training
+(``accuracy_unseen_words``: how far the encoder's pretrained knowledge carries) and, drawn
+independently, half use templates never seen in training (``accuracy_unseen_templates``). The
+default run (50 clients, Dirichlet(1.0), 10 rounds) ends well below saturation, which leaves
+room to compare compression methods; ``random-init`` is the same model with random weights.
+
+Data (``workload.dataset``): any text classification set through :mod:`workloads.data`, e.g.
+``glue/sst2`` online or a local CSV/JSON file with a text and a label column.
 """
 
 from __future__ import annotations
@@ -27,118 +36,76 @@ from torch import nn
 
 from workloads.base import Workload
 
-TOPICS = ["sport", "food", "technology", "weather"]
+TOPICS = ["sport", "food", "technology", "weather", "music", "health", "finance", "travel"]
 
-# (words seen in training, words that appear only in the test set)
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+# (words seen in training, words that appear only in the test set). Some pairs of topics are
+# close on purpose (sport/health, technology/finance, travel/weather) so that the classes overlap.
 TOPIC_WORDS: dict[str, tuple[list[str], list[str]]] = {
     "sport": (
-        [
-            "match",
-            "goal",
-            "striker",
-            "coach",
-            "tournament",
-            "league",
-            "referee",
-            "penalty",
-            "stadium",
-            "championship",
-            "team",
-            "athlete",
-            "season",
-            "trophy",
-            "defender",
-            "scoreboard",
-        ],
-        ["goalkeeper", "playoffs", "midfielder", "marathon", "medal", "umpire", "sprinter", "racket"],
+        _words(
+            "match goal striker coach tournament league referee penalty stadium championship athlete "
+            "trophy defender scoreboard team season"
+        ),
+        _words("offside relay dugout podium rematch halftime dribble lineup"),
     ),
     "food": (
-        [
-            "recipe",
-            "chef",
-            "soup",
-            "bakery",
-            "dessert",
-            "kitchen",
-            "restaurant",
-            "flavour",
-            "noodles",
-            "salad",
-            "oven",
-            "menu",
-            "sauce",
-            "breakfast",
-            "cheese",
-            "bread",
-        ],
-        ["pastry", "grill", "spices", "casserole", "dumplings", "omelette", "pancakes", "curry"],
+        _words(
+            "recipe chef soup bakery dessert kitchen restaurant flavour noodles salad oven menu sauce breakfast cheese bread"
+        ),
+        _words("broth marinade brunch skillet dough appetizer leftovers seasoning"),
     ),
     "technology": (
-        [
-            "software",
-            "laptop",
-            "processor",
-            "smartphone",
-            "app",
-            "server",
-            "algorithm",
-            "chip",
-            "database",
-            "browser",
-            "robot",
-            "startup",
-            "network",
-            "update",
-            "screen",
-            "battery",
-        ],
-        ["firmware", "keyboard", "compiler", "router", "semiconductor", "programmer", "website", "tablet"],
+        _words(
+            "software laptop processor smartphone app server algorithm chip database browser robot startup "
+            "network update screen battery"
+        ),
+        _words("cache bandwidth prototype interface patch download gadget pixel"),
     ),
     "weather": (
-        [
-            "rain",
-            "storm",
-            "forecast",
-            "temperature",
-            "snow",
-            "wind",
-            "thunder",
-            "sunshine",
-            "humidity",
-            "fog",
-            "hurricane",
-            "drought",
-            "clouds",
-            "flood",
-            "lightning",
-            "breeze",
-        ],
-        ["blizzard", "drizzle", "hail", "heatwave", "frost", "monsoon", "tornado", "rainfall"],
+        _words(
+            "rain storm forecast temperature snow wind thunder sunshine humidity fog hurricane drought clouds "
+            "flood lightning breeze"
+        ),
+        _words("overcast gust mist dew chill haze sleet puddles"),
+    ),
+    "music": (
+        _words(
+            "concert guitar album singer band melody orchestra drummer lyrics piano festival chorus rapper "
+            "playlist violin song"
+        ),
+        _words("rehearsal encore tune verse remix gig studio tempo"),
+    ),
+    "health": (
+        _words(
+            "doctor hospital vaccine nurse clinic surgery medicine fever patient diet therapy injury virus "
+            "pharmacy diagnosis symptoms"
+        ),
+        _words("checkup bandage prescription recovery ward pills cough rash"),
+    ),
+    "finance": (
+        _words(
+            "bank loan stock investor budget tax inflation mortgage salary profit debt shares currency savings "
+            "economy interest"
+        ),
+        _words("invoice refund revenue fees payroll lender receipts assets"),
+    ),
+    "travel": (
+        _words(
+            "flight airport hotel passport luggage tourist beach cruise ticket journey museum visa train resort "
+            "suitcase vacation"
+        ),
+        _words("layover departure boarding guidebook detour sightseeing motel postcard"),
     ),
 }
 
-NAMES = [
-    "anna",
-    "ben",
-    "carla",
-    "dev",
-    "elena",
-    "farid",
-    "grace",
-    "hugo",
-    "ines",
-    "jonas",
-    "kemi",
-    "liam",
-    "maya",
-    "noor",
-    "omar",
-    "priya",
-    "quinn",
-    "rosa",
-    "sami",
-    "tara",
-]
+NAMES = _words(
+    "anna ben carla dev elena farid grace hugo ines jonas kemi liam maya noor omar priya quinn rosa sami tara"
+)
 PLACES = [
     "the city",
     "the village",
@@ -147,9 +114,11 @@ PLACES = [
     "the station",
     "the coast",
     "downtown",
-    "the market",
+    "the square",
     "the campus",
     "the harbour",
+    "the suburbs",
+    "the old town",
 ]
 TIMES = [
     "yesterday",
@@ -162,19 +131,17 @@ TIMES = [
     "for hours",
     "this year",
     "right now",
+    "since monday",
+    "every evening",
 ]
-ADJECTIVES = [
-    "surprising",
-    "terrible",
-    "great",
-    "strange",
-    "impressive",
-    "disappointing",
-    "unusual",
-    "wonderful",
-    "confusing",
-    "remarkable",
-]
+ADJECTIVES = _words(
+    "surprising terrible great strange impressive disappointing unusual wonderful confusing remarkable "
+    "boring expensive awful brilliant odd"
+)
+# {w1}, {w2}: words of the sentence's topic. {d}, {d2}: words of one other topic (distractors)
+# that the sentence mentions but is not about, so a bag of words points at the wrong label.
+# The test set also uses templates never seen in training (TEST_ONLY_*), which puts the subject
+# in new syntactic positions: a model that learnt "the topic is the last noun" fails there.
 TEMPLATES = [
     "{name} said the {w1} was {adj} {time}",
     "everyone in {place} was talking about the {w1} {time}",
@@ -188,36 +155,90 @@ TEMPLATES = [
     "{name} posted a photo of the {w1} from {place}",
     "what a {adj} {w1} , said {name}",
     "the news about the {w1} reached {place} {time}",
+    "honestly the {w2} mattered less than the {w1}",
+    "{name} asked {name2} whether the {w1} would be {adj}",
+    "people in {place} keep complaining about the {w1}",
+    "my favourite part of the day was the {w1}",
+]
+DISTRACTOR_TEMPLATES = [
+    "{name} ignored the {d} and the {d2} and kept talking about the {w1}",
+    "forget the {d} and the {d2} , the {w1} is what {place} cares about",
+    "the {w1} was {adj} , unlike the {d} or the {d2}",
+    "{name} came for the {d} and the {d2} but only remembers the {w1}",
+    "instead of the {d} or the {d2} , the report covered the {w1}",
+    "the {w1} , not the {d} or the {d2} , was the story {time}",
+    "{name} skipped the {d} and the {d2} to write about the {w1}",
+    "less {d} , less {d2} , more {w1} , said {name}",
+    "not even the {d} or the {d2} could distract {name} from the {w1}",
+    "the {d} was fine and so was the {d2} but the {w1} was {adj}",
+    "{name} barely noticed the {d} or the {d2} ; the {w1} took all the attention",
+    "nobody cared about the {d} or the {d2} once the {w1} started",
+]
+TEST_ONLY_TEMPLATES = [
+    "the {w1} was all {name} could talk about {time}",
+    "{name} sent {name2} a long message about the {w1}",
+    "is the {w1} in {place} really that {adj} ?",
+    "we spent the evening discussing the {w1} and the {w2}",
+]
+TEST_ONLY_DISTRACTOR_TEMPLATES = [
+    "although {name} mentioned the {d} and the {d2} , the piece was really about the {w1}",
+    "the {w1} dominated the meeting ; the {d} and the {d2} hardly came up",
+    "{name} meant to discuss the {d} and the {d2} but ended up explaining the {w1}",
+    "it is the {w1} that {name} worries about , not the {d} or the {d2}",
+    "{name} talked about the {w1} for hours and mentioned the {d} and the {d2} only once",
+    "the headline names the {d} and the {d2} , yet the whole article concerns the {w1}",
 ]
 
 
-def _sentence(rng: np.random.Generator, topic: int, words: list[str]) -> str:
+def _sentence(rng: np.random.Generator, words: list[str], distractors: list[str] | None, test_template: bool) -> str:
     w1, w2 = rng.choice(words, size=2, replace=False)
     n1, n2 = rng.choice(NAMES, size=2, replace=False)
-    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    d1, d2 = rng.choice(distractors, size=2, replace=False) if distractors else ("", "")
+    if distractors:
+        pool = TEST_ONLY_DISTRACTOR_TEMPLATES if test_template else DISTRACTOR_TEMPLATES
+    else:
+        pool = TEST_ONLY_TEMPLATES if test_template else TEMPLATES
+    template = pool[int(rng.integers(len(pool)))]
     return template.format(
         name=n1,
         name2=n2,
         w1=w1,
         w2=w2,
+        d=d1,
+        d2=d2,
         place=PLACES[int(rng.integers(len(PLACES)))],
         time=TIMES[int(rng.integers(len(TIMES)))],
         adj=ADJECTIVES[int(rng.integers(len(ADJECTIVES)))],
     )
 
 
-def generate_topics(num: int, seed: int, unseen_fraction: float) -> Dataset:
-    """``num`` labelled sentences; a fraction ``unseen_fraction`` use only test-only topic words."""
+def generate_topics(
+    num: int, seed: int, distractor_fraction: float, unseen_words: float = 0.0, unseen_templates: float = 0.0
+) -> Dataset:
+    """``num`` labelled sentences, deterministic for ``seed``.
+
+    A fraction ``distractor_fraction`` mention two (training) words of one other topic beside
+    one word of their own. A fraction ``unseen_words`` use only test-only topic words, and
+    independently a fraction ``unseen_templates`` use test-only templates (both 0 for training).
+    Columns: ``text``, ``label`` (index into :data:`TOPICS`), ``unseen`` (test-only words),
+    ``unseen_template``.
+    """
     rng = np.random.default_rng(seed)
-    texts, labels, unseen = [], [], []
+    rows: dict[str, list] = {"text": [], "label": [], "unseen": [], "unseen_template": []}
     for _ in range(num):
         topic = int(rng.integers(len(TOPICS)))
-        use_unseen = bool(rng.random() < unseen_fraction)
+        new_words = bool(rng.random() < unseen_words)
+        new_template = bool(rng.random() < unseen_templates)
         seen_words, test_words = TOPIC_WORDS[TOPICS[topic]]
-        texts.append(_sentence(rng, topic, test_words if use_unseen else seen_words))
-        labels.append(topic)
-        unseen.append(use_unseen)
-    return Dataset.from_dict({"text": texts, "label": labels, "unseen": unseen})
+        distractors = None
+        if rng.random() < distractor_fraction:
+            other = (topic + 1 + int(rng.integers(len(TOPICS) - 1))) % len(TOPICS)
+            distractors = TOPIC_WORDS[TOPICS[other]][0]
+        rows["text"].append(_sentence(rng, test_words if new_words else seen_words, distractors, new_template))
+        rows["label"].append(topic)
+        rows["unseen"].append(new_words)
+        rows["unseen_template"].append(new_template)
+    return Dataset.from_dict(rows)
 
 
 def minilm_path() -> str:
@@ -242,13 +263,19 @@ class EncoderClassifier(nn.Module):
         return self.head(pooled)  # (B, C)
 
 
+# How hard the generated task is (calibrated so the default run ends near 0.85 accuracy).
+_GENERATED = {"distractor_fraction": 0.7, "test_unseen_words": 0.5, "test_unseen_templates": 0.5}
+
+
 class TextClassify(Workload):
     name: ClassVar[str] = "text-classify"
-    description: ClassVar[str] = "Pretrained MiniLM-L6 encoder + LoRA(query, value), 4-topic sentence classification"
+    description: ClassVar[str] = (
+        "Pretrained MiniLM-L6 encoder + LoRA(query, value), 8-topic sentences with distractors (or workload.dataset)"
+    )
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"max_len": 20, "pretrained": True, "unseen_test_fraction": 0.5},
-        "base": {"max_len": 48, "pretrained": True, "unseen_test_fraction": 0.5},
-        "random-init": {"max_len": 20, "pretrained": False, "unseen_test_fraction": 0.5},
+        "tiny": {"max_len": 20, "pretrained": True, **_GENERATED},
+        "base": {"max_len": 64, "pretrained": True, **_GENERATED},
+        "random-init": {"max_len": 20, "pretrained": False, **_GENERATED},
     }
     primary_metric: ClassVar[str] = "accuracy"
     lora_target_modules: ClassVar[list[str]] = ["query", "value"]
@@ -259,6 +286,8 @@ class TextClassify(Workload):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        self._data: tuple[Dataset, Dataset] | None = None
+        self.class_names = list(TOPICS)
 
     def build_base_model(self) -> nn.Module:
         from transformers import AutoConfig, AutoModel
@@ -276,13 +305,38 @@ class TextClassify(Workload):
             with torch.random.fork_rng():
                 torch.manual_seed(self.spec.seed)
                 encoder = AutoModel.from_config(config)
-        return EncoderClassifier(encoder, config.hidden_size, len(TOPICS))
+        self.build_data()  # the head's width is the number of classes of the data
+        return EncoderClassifier(encoder, config.hidden_size, len(self.class_names))
 
     def build_data(self) -> tuple[Dataset, Dataset]:
+        if self._data is None:
+            self._data = self._load_data() if self.spec.dataset else self._generate_data()
+        return self._data
+
+    def _load_data(self) -> tuple[Dataset, Dataset]:
+        from workloads.data import class_names, labels_to_ids, load_external
+
+        train, test = load_external(
+            self.spec.dataset,
+            seed=self.spec.seed,
+            train_size=self.spec.num_clients * self.spec.samples_per_client,
+            test_size=self.spec.test_samples,
+            text_column=self.spec.text_column,
+            label_column=self.spec.label_column,
+        )
+        self.class_names = class_names(train, test)
+        return labels_to_ids(train, self.class_names), labels_to_ids(test, self.class_names)
+
+    def _generate_data(self) -> tuple[Dataset, Dataset]:
         n_train = self.spec.num_clients * self.spec.samples_per_client
-        train = generate_topics(n_train, seed=self.spec.seed * 7919 + 1, unseen_fraction=0.0)
+        p = self.params
+        train = generate_topics(n_train, self.spec.seed * 7919 + 1, p["distractor_fraction"])
         test = generate_topics(
-            self.spec.test_samples, seed=self.spec.seed * 7919 + 2, unseen_fraction=self.params["unseen_test_fraction"]
+            self.spec.test_samples,
+            self.spec.seed * 7919 + 2,
+            p["distractor_fraction"],
+            unseen_words=p["test_unseen_words"],
+            unseen_templates=p["test_unseen_templates"],
         )
         return train, test
 
@@ -310,13 +364,16 @@ class TextClassify(Workload):
             preds.append(logits.argmax(-1))
             labels.append(batch["labels"])
         p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
-        unseen = np.asarray(data["unseen"], dtype=bool)
-        return {
+        out = {
             "accuracy": float((p == y).mean()),
-            "macro_f1": macro_f1(y, p, len(TOPICS)),
-            "accuracy_unseen_words": float((p[unseen] == y[unseen]).mean()) if unseen.any() else float("nan"),
+            "macro_f1": macro_f1(y, p, len(self.class_names)),
             "loss": float(sum(losses) / len(y)),
         }
+        for column, key in (("unseen", "accuracy_unseen_words"), ("unseen_template", "accuracy_unseen_templates")):
+            mask = np.asarray(data[column] if column in data.column_names else [], dtype=bool)
+            if mask.any():
+                out[key] = float((p[mask] == y[mask]).mean())
+        return out
 
     def flops_per_sample(self) -> float:
         # Forward 2 * N_layer_params per token (embeddings are lookups), backward ~2x forward.
