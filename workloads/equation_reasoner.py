@@ -1,0 +1,558 @@
+"""equation-reasoner: a small T5 solving arithmetic word problems (Small Language Models are
+Equation Reasoners, arXiv 2409.12393).
+
+The paper fine-tunes T5 models (T5-Tiny, about 16M parameters, up to 220M) on arithmetic word
+problems in three solution formats and finds that equation-only solutions beat natural-language
+chain of thought, most of all for the smallest models. This workload is that experiment in
+miniature, federated:
+
+Data: generated in-package from the seed. A problem starts from a small integer and applies 1 to
+3 operations (+, -, x) with small operands (intermediate values stay in 1..``max_value``). Its
+question text comes from one of four template families (a person's story, a shop's stock, a
+one-sentence "if ..." question, a container), with names, objects and verbs drawn from synonym
+lists. The same solution is rendered in three target formats::
+
+    equation  5+3=8 8*2=16 #### 16
+    nl        we begin with 5 coins . 3 more makes 5+3=8 . multiplying by 2 gives 8*2=16 . so the answer is 16 . #### 16
+    answer    #### 16
+
+``target_format`` (a preset key; ``--set workload.options=target_format=nl``) picks one. Problems
+are split by a hash of their numbers and operations into three disjoint sets: one to pretrain the
+base on, one for the clients, and held-out test problems with number combinations seen by
+neither.
+
+Model: ``T5ForConditionalGeneration`` from a ``T5Config`` (ReLU feed-forward, no dropout) with a
+word-level tokenizer made in code (:class:`workloads.text_tools.WordTokenizer`; one token per
+digit). Presets run from a 0.2M-parameter ``tiny`` (pretrains in well under a minute on a CPU)
+to the paper's T5-Tiny shape (d_model 256, d_ff 1024, 4 heads, 4+4 layers). There are no offline
+T5 weights, so the workload pretrains its base once on the pretraining problems (same target
+format) and caches it (:mod:`workloads.cache`, keyed by a content hash of the architecture,
+recipe, seed and this module's source); federated LoRA on the attention ``q`` and ``v``
+projections then starts from that base.
+
+Metric: exact final-answer accuracy, the integer after ``####`` in the greedy decoding compared
+with the true answer (parsed with a regular expression, never evaluated), overall and by number
+of operations (``accuracy_ops1`` .. ``accuracy_ops3``).
+
+Natural split (``workload.partition = "natural"``): client k has its own template family and an
+operation mix dominated by one operation. ``dirichlet`` skews over the template family.
+
+Real data (``workload.dataset``): question/answer columns (GSM8K's layout: the answer ends with
+``#### <number>``); words outside the generated vocabulary become ``<unk>``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import zlib
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import nn
+
+from workloads.base import Workload
+from workloads.text_tools import WordTokenizer
+
+FORMATS = ("equation", "nl", "answer")
+OPS = ("+", "-", "*")
+PRETRAIN_BUCKETS, CLIENT_BUCKETS, TEST_BUCKETS = range(1, 5), range(5, 10), range(0, 1)
+
+PEOPLE = [
+    ("anna", "she"),
+    ("ben", "he"),
+    ("carla", "she"),
+    ("dev", "he"),
+    ("elena", "she"),
+    ("farid", "he"),
+    ("grace", "she"),
+    ("hugo", "he"),
+    ("ines", "she"),
+    ("jonas", "he"),
+    ("kemi", "she"),
+    ("liam", "he"),
+    ("maya", "she"),
+    ("omar", "he"),
+    ("priya", "she"),
+    ("sami", "he"),
+]
+OBJECTS = (
+    "apples marbles stickers books coins cookies pencils stamps cards shells candles balloons toys flowers eggs bottles"
+).split()
+SHOPS = ["shop", "store", "market stall", "bakery", "kiosk", "warehouse"]
+CONTAINERS = ["a basket", "the garage", "a drawer", "the shelf", "a big box", "the cupboard"]
+GAIN = ["buys", "finds", "gets", "receives", "collects", "wins", "is given"]
+LOSS = ["gives away", "loses", "sells", "eats", "drops", "donates", "uses"]
+
+# Template families: (opening, {op: step sentences}, questions). {n} name, {p} pronoun, {o} object,
+# {s} shop, {c} container, {a} start, {b} operand.
+FAMILIES: list[tuple[list[str], dict[str, list[str]], list[str]]] = [
+    (
+        ["{n} has {a} {o} .", "{n} owns {a} {o} .", "{n} starts the day with {a} {o} ."],
+        {
+            "+": ["then {p} {gain} {b} more .", "later {n} {gain} {b} more {o} .", "next {p} {gain} another {b} ."],
+            "-": ["then {p} {loss} {b} .", "later {n} {loss} {b} of them .", "next {p} {loss} {b} {o} ."],
+            "*": [
+                "then {p} ends up with {b} times as many .",
+                "later the number of {o} becomes {b} times as big .",
+                "next {n} multiplies the collection by {b} .",
+            ],
+        },
+        [
+            "how many {o} does {n} have now ?",
+            "how many {o} does {p} have in the end ?",
+            "what is the number of {o} now ?",
+        ],
+    ),
+    (
+        ["a {s} has {a} {o} in stock .", "there are {a} {o} in a {s} .", "the {s} keeps {a} {o} ."],
+        {
+            "+": ["a delivery brings {b} more .", "the owner orders {b} more .", "then {b} more {o} arrive ."],
+            "-": ["customers buy {b} .", "then {b} are sold .", "{b} get damaged and are thrown out ."],
+            "*": [
+                "then the stock grows to {b} times its size .",
+                "the manager makes the stock {b} times larger .",
+                "after a big order there are {b} times as many .",
+            ],
+        },
+        ["how many {o} does the {s} have now ?", "how many {o} are in stock now ?", "what is the stock of {o} now ?"],
+    ),
+    (
+        ["if {n} starts with {a} {o}", "suppose {n} has {a} {o}", "imagine {n} holds {a} {o}"],
+        {
+            "+": [", {gain} {b} more", ", then {gain} {b} more", ", and later {gain} {b} more"],
+            "-": [", {loss} {b}", ", then {loss} {b} of them", ", and later {loss} {b}"],
+            "*": [
+                ", then has {b} times as many",
+                ", and later gets {b} times as many",
+                ", then multiplies them by {b}",
+            ],
+        },
+        [", how many {o} does {p} have ?", ", how many {o} are left with {n} ?", ", what is the final count ?"],
+    ),
+    (
+        ["there are {a} {o} in {c} .", "{c} holds {a} {o} .", "someone puts {a} {o} in {c} ."],
+        {
+            "+": ["someone adds {b} more .", "then {b} more {o} are put in .", "{b} extra {o} are added ."],
+            "-": ["{b} are taken out .", "then someone removes {b} .", "{b} {o} fall out ."],
+            "*": [
+                "then the amount is multiplied by {b} .",
+                "the number of {o} is {b} times bigger after that .",
+                "then it holds {b} times as many .",
+            ],
+        },
+        ["how many {o} are in {c} now ?", "what is the total now ?", "how many {o} are there at the end ?"],
+    ),
+]
+# Natural-language solution sentences around the same equations ({eq} is e.g. "5+3=8").
+NL_OPEN = ["we begin with {a} {o} .", "at first there are {a} .", "the starting amount is {a} ."]
+NL_STEP = {
+    "+": ["adding {b} gives {eq} .", "after {b} more there are {eq} .", "{b} more makes {eq} ."],
+    "-": ["taking away {b} leaves {eq} .", "removing {b} gives {eq} .", "after {b} are gone there are {eq} ."],
+    "*": ["{b} times as many is {eq} .", "multiplying by {b} gives {eq} .", "growing {b} times makes {eq} ."],
+}
+NL_CLOSE = ["so the answer is {r} .", "the final number is {r} .", "that leaves {r} in the end ."]
+_ANSWER = re.compile(r"####\s*(\d+)")
+
+
+def parse_answer(text: str) -> int | None:
+    """The integer after the first ``####`` (a regular expression; the text is never evaluated)."""
+    m = _ANSWER.search(text)
+    return int(m.group(1)) if m else None
+
+
+def vocabulary_texts() -> list[str]:
+    """Every word the generator can write (placeholders removed): the tokenizer's vocabulary."""
+    texts: list[str] = [*OBJECTS, *SHOPS, *CONTAINERS, *GAIN, *LOSS, "+ - * = ####"]
+    texts += [name + " " + pron for name, pron in PEOPLE]
+    for opening, steps, questions in FAMILIES:
+        texts += opening + questions + [s for options in steps.values() for s in options]
+    texts += NL_OPEN + NL_CLOSE + [s for options in NL_STEP.values() for s in options]
+    return [re.sub(r"\{\w+\}", " ", t) for t in texts]
+
+
+def _pick(rng: np.random.Generator, options: list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def draw_numbers(
+    rng: np.random.Generator, num_ops: int, op_weights: np.ndarray, max_value: int
+) -> tuple[int, list[tuple[str, int, int]]]:
+    """A start value and ``num_ops`` steps ``(op, operand, result)``, every value in 1..max_value.
+
+    Operands: +, - take 1..20 (a subtraction leaves at least 1), x takes 2..5; an operation that
+    cannot stay in range is replaced (x by -, - by +, + by -).
+    """
+    start = value = int(rng.integers(2, 21))
+    steps = []
+    for _ in range(num_ops):
+        op = OPS[int(rng.choice(3, p=op_weights))]
+        if op == "*" and value * 2 > max_value:
+            op = "-"
+        if op == "-" and value < 2:
+            op = "+"
+        if op == "+" and value >= max_value:
+            op = "-"
+        if op == "+":
+            b = int(rng.integers(1, min(20, max_value - value) + 1))
+            result = value + b
+        elif op == "-":
+            b = int(rng.integers(1, min(20, value - 1) + 1))
+            result = value - b
+        else:
+            b = int(rng.integers(2, min(5, max_value // value) + 1))
+            result = value * b
+        steps.append((op, b, result))
+        value = result
+    return start, steps
+
+
+def combination_bucket(start: int, steps: list[tuple[str, int, int]]) -> int:
+    """0..9 from a CRC of the numbers and operations: which split a problem may belong to."""
+    key = f"{start}" + "".join(f"{op}{b}" for op, b, _ in steps)
+    return zlib.crc32(key.encode()) % 10
+
+
+def render(
+    rng: np.random.Generator, start: int, steps: list[tuple[str, int, int]], family: int
+) -> tuple[str, dict[str, str]]:
+    """Question text and the solution in every format, with names and phrasings drawn from ``rng``."""
+    name, pron = PEOPLE[int(rng.integers(len(PEOPLE)))]
+    fill = {
+        "n": name,
+        "p": pron,
+        "o": _pick(rng, OBJECTS),
+        "s": _pick(rng, SHOPS),
+        "c": _pick(rng, CONTAINERS),
+        "a": start,
+    }
+    opening, step_texts, questions = FAMILIES[family]
+    parts = [_pick(rng, opening).format(**fill)]
+    for op, b, _ in steps:
+        parts.append(_pick(rng, step_texts[op]).format(**fill, b=b, gain=_pick(rng, GAIN), loss=_pick(rng, LOSS)))
+    parts.append(_pick(rng, questions).format(**fill))
+    question = " ".join(parts)
+
+    answer = steps[-1][2]
+    equations, value = [], start
+    for op, b, result in steps:
+        equations.append(f"{value}{op}{b}={result}")
+        value = result
+    nl = [_pick(rng, NL_OPEN).format(**fill)]
+    nl += [_pick(rng, NL_STEP[op]).format(b=b, eq=eq) for (op, b, _), eq in zip(steps, equations, strict=True)]
+    nl.append(_pick(rng, NL_CLOSE).format(r=answer))
+    targets = {
+        "equation": " ".join(equations) + f" #### {answer}",
+        "nl": " ".join(nl) + f" #### {answer}",
+        "answer": f"#### {answer}",
+    }
+    return question, targets
+
+
+def generate_problems(
+    num: int,
+    rng: np.random.Generator,
+    buckets: range,
+    target_format: str,
+    max_value: int,
+    families: list[int] | None = None,
+    op_weights: np.ndarray | None = None,
+    client: int = -1,
+) -> dict[str, list]:
+    """``num`` problems whose number combinations fall in ``buckets``, as dataset columns.
+
+    Columns: ``question``, ``target`` (in ``target_format``), ``answer`` (int), ``num_ops``
+    (1..3, uniform), ``family``, ``client``.
+    """
+    weights = np.full(3, 1 / 3) if op_weights is None else op_weights
+    rows: dict[str, list] = {k: [] for k in ("question", "target", "answer", "num_ops", "family", "client")}
+    while len(rows["question"]) < num:
+        num_ops = int(rng.integers(1, 4))
+        start, steps = draw_numbers(rng, num_ops, weights, max_value)
+        if combination_bucket(start, steps) not in buckets:
+            continue
+        family = int(rng.integers(len(FAMILIES))) if families is None else families[int(rng.integers(len(families)))]
+        question, targets = render(rng, start, steps, family)
+        rows["question"].append(question)
+        rows["target"].append(targets[target_format])
+        rows["answer"].append(steps[-1][2])
+        rows["num_ops"].append(num_ops)
+        rows["family"].append(family)
+        rows["client"].append(client)
+    return rows
+
+
+def client_profile(seed: int, client: int) -> tuple[int, np.ndarray]:
+    """Client ``client``'s template family and operation weights (0.6 on its main operation)."""
+    rng = np.random.default_rng([seed, client, 0x5EED])
+    family = (client + seed) % len(FAMILIES)
+    weights = np.full(3, 0.2)
+    weights[int(rng.integers(3))] = 0.6
+    return family, weights
+
+
+class EquationReasoner(Workload):
+    name: ClassVar[str] = "equation-reasoner"
+    description: ClassVar[str] = (
+        "T5 pretrained by fedsim (cached) + LoRA(q, v) on 1-3 step word problems; equation / nl / answer targets"
+    )
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # 0.25M parameters; pretraining takes about 30 s of one CPU core.
+        "tiny": {
+            "d_model": 64,
+            "d_ff": 256,
+            "num_heads": 4,
+            "num_layers": 2,
+            "pretrain_steps": 400,
+            "pretrain_problems": 12800,
+            "pretrain_batch": 32,
+            "pretrain_lr": 3e-3,
+            "target_format": "equation",
+            "max_value": 99,
+        },
+        # ~1.5M parameters: minutes on a CPU.
+        "small": {
+            "d_model": 128,
+            "d_ff": 512,
+            "num_heads": 4,
+            "num_layers": 3,
+            "pretrain_steps": 3000,
+            "pretrain_problems": 60000,
+            "pretrain_batch": 64,
+            "pretrain_lr": 2e-3,
+            "target_format": "equation",
+            "max_value": 99,
+        },
+        # The paper's T5-Tiny shape (d_model 256, d_ff 1024, 4 heads, 4+4 layers): for a GPU.
+        "t5-tiny": {
+            "d_model": 256,
+            "d_ff": 1024,
+            "num_heads": 4,
+            "num_layers": 4,
+            "pretrain_steps": 20000,
+            "pretrain_problems": 400000,
+            "pretrain_batch": 128,
+            "pretrain_lr": 1e-3,
+            "target_format": "equation",
+            "max_value": 99,
+        },
+    }
+    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {"target_format": FORMATS}
+    primary_metric: ClassVar[str] = "accuracy"
+    lora_target_modules: ClassVar[list[str]] = ["q", "v"]
+    label_column: ClassVar[str] = "family"
+    natural_partition_column: ClassVar[str | None] = "client"
+
+    max_src_len: ClassVar[int] = 96
+    max_tgt_len: ClassVar[int] = 128
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.tokenizer = WordTokenizer(vocabulary_texts())
+        self._data: tuple[Dataset, Dataset] | None = None
+
+    # -- model ---------------------------------------------------------------------------
+    def t5_config(self):
+        from transformers import T5Config
+
+        p = self.params
+        return T5Config(
+            vocab_size=len(self.tokenizer),
+            d_model=p["d_model"],
+            d_kv=p["d_model"] // p["num_heads"],
+            d_ff=p["d_ff"],
+            num_layers=p["num_layers"],
+            num_decoder_layers=p["num_layers"],
+            num_heads=p["num_heads"],
+            dropout_rate=0.0,  # local training is then a deterministic function of the data order
+            feed_forward_proj="relu",
+            pad_token_id=self.tokenizer.pad_id,
+            eos_token_id=self.tokenizer.eos_id,
+            decoder_start_token_id=self.tokenizer.pad_id,
+            tie_word_embeddings=True,
+        )
+
+    def pretrain_payload(self) -> dict[str, Any]:
+        """Everything that determines the pretrained base (its cache key)."""
+        import transformers
+
+        from workloads import text_tools
+        from workloads.cache import source_digest
+
+        return {
+            "workload": self.name,
+            "params": dict(self.params),
+            "vocab": self.tokenizer.vocab,
+            "seed": self.spec.seed,
+            "code": source_digest(sys.modules[__name__], text_tools),
+            "torch": torch.__version__.split("+")[0],
+            "transformers": transformers.__version__,
+        }
+
+    def build_base_model(self) -> nn.Module:
+        from transformers import T5ForConditionalGeneration
+        from transformers.utils import logging as hf_logging
+
+        from workloads.cache import cached_model
+
+        hf_logging.set_verbosity_error()
+
+        def build() -> nn.Module:
+            with torch.random.fork_rng():
+                torch.manual_seed(self.spec.seed)
+                return T5ForConditionalGeneration(self.t5_config())
+
+        model, self.pretrain_meta = cached_model(self.name, self.pretrain_payload(), build, self._pretrain)
+        model.eval()
+        return model
+
+    def _pretrain(self, model: nn.Module) -> dict[str, Any]:
+        """Centralised training of the whole base on the pretraining problems (AdamW, cosine decay)."""
+        p = self.params
+        rng = np.random.default_rng([self.spec.seed, 0xBA5E])
+        rows = generate_problems(p["pretrain_problems"], rng, PRETRAIN_BUCKETS, p["target_format"], p["max_value"])
+        data = Dataset.from_dict(rows)
+        gen = torch.Generator().manual_seed(self.spec.seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=p["pretrain_lr"], weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=p["pretrain_lr"], total_steps=p["pretrain_steps"], pct_start=0.05
+        )
+        model.train()
+        losses: list[float] = []
+        step = 0
+        while step < p["pretrain_steps"]:
+            for batch in self.batches(data, p["pretrain_batch"], gen):
+                if step == p["pretrain_steps"]:
+                    break
+                loss = self.loss(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                step += 1
+        model.eval()
+        return {
+            "steps": step,
+            "problems": len(data),
+            "loss_first": losses[0],
+            "loss_last_50": float(np.mean(losses[-50:])),
+        }
+
+    # -- data ----------------------------------------------------------------------------
+    def build_data(self) -> tuple[Dataset, Dataset]:
+        if self._data is None:
+            self._data = self._load_data() if self.spec.dataset else self._generate_data()
+        return self._data
+
+    def _generate_data(self) -> tuple[Dataset, Dataset]:
+        p, spec = self.params, self.spec
+        columns: dict[str, list] = {}
+        for client in range(spec.num_clients):
+            family, weights = client_profile(spec.seed, client)
+            rng = np.random.default_rng([spec.seed, client, 0xDA7A])
+            rows = generate_problems(
+                spec.samples_per_client,
+                rng,
+                CLIENT_BUCKETS,
+                p["target_format"],
+                p["max_value"],
+                [family],
+                weights,
+                client,
+            )
+            for k, v in rows.items():
+                columns.setdefault(k, []).extend(v)
+        rng = np.random.default_rng([spec.seed, 0x7E57])
+        test = generate_problems(spec.test_samples, rng, TEST_BUCKETS, p["target_format"], p["max_value"])
+        return Dataset.from_dict(columns), Dataset.from_dict(test)
+
+    def _load_data(self) -> tuple[Dataset, Dataset]:
+        from workloads.data import load_external
+
+        train, test = load_external(
+            self.spec.dataset,
+            seed=self.spec.seed,
+            train_size=self.spec.num_clients * self.spec.samples_per_client,
+            test_size=self.spec.test_samples,
+            text_column=self.spec.text_column,
+            label_column=self.spec.label_column,
+            text_candidates=("question", "input", "problem", "text"),
+            label_candidates=("answer", "target", "solution", "output"),
+        )
+
+        def shape(d: Dataset) -> Dataset:
+            targets = [str(t) for t in d["label"]]
+            answers = [parse_answer(t) for t in targets]
+            return Dataset.from_dict(
+                {
+                    "question": [str(q) for q in d["text"]],
+                    "target": targets,
+                    "answer": [-1 if a is None else a for a in answers],
+                    "num_ops": [t.count("=") or 0 for t in targets],
+                    "family": [0] * len(d),
+                    "client": [-1] * len(d),
+                }
+            )
+
+        return shape(train), shape(test)
+
+    def collate(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        ids, mask = self.tokenizer.batch(rows["question"], self.max_src_len)
+        labels, label_mask = self.tokenizer.batch(rows["target"], self.max_tgt_len)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels.masked_fill(label_mask == 0, -100)}
+
+    # -- training and evaluation ----------------------------------------------------------
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token-level cross-entropy of the target given the question (teacher forcing)."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, questions: list[str], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy decodings of ``questions`` (LoRA active when ``model`` carries it)."""
+        t5 = model.get_base_model() if hasattr(model, "get_base_model") else model
+        ids, mask = self.tokenizer.batch(questions, self.max_src_len)
+        out = t5.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens or self.max_tgt_len,
+            do_sample=False,
+            num_beams=1,
+        )
+        return [self.tokenizer.decode(row[1:]) for row in out]  # row[0] is the decoder start token
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
+        model.eval()
+        longest = max(len(self.tokenizer.encode(t)) for t in data["target"])
+        correct, losses, tokens = [], 0.0, 0
+        for start in range(0, len(data), 64):
+            rows = data[start : start + 64]
+            batch = self.collate(rows)
+            n_tok = int((batch["labels"] != -100).sum())
+            losses += float(self.loss(model, batch)) * n_tok
+            tokens += n_tok
+            for text, answer in zip(self.generate(model, rows["question"], longest + 8), rows["answer"], strict=True):
+                correct.append(parse_answer(text) == answer)
+        correct_a = np.asarray(correct, dtype=bool)
+        ops = np.asarray(data["num_ops"])
+        out = {"accuracy": float(correct_a.mean()), "loss": losses / max(tokens, 1)}
+        for k in (1, 2, 3):
+            if (ops == k).any():
+                out[f"accuracy_ops{k}"] = float(correct_a[ops == k].mean())
+        return out
+
+    def flops_per_sample(self) -> float:
+        """6 N T: N non-embedding parameters (plus the output projection), T source + target tokens."""
+        p = self.params
+        d, f, layers = p["d_model"], p["d_ff"], p["num_layers"]
+        enc_layer = 4 * d * d + 2 * d * f
+        dec_layer = 8 * d * d + 2 * d * f
+        train, _ = self.build_data()
+        sample = train.select(range(min(len(train), 256)))
+        src = float(np.mean([len(self.tokenizer.encode(q)) for q in sample["question"]]))
+        tgt = float(np.mean([len(self.tokenizer.encode(t)) for t in sample["target"]]))
+        return 6.0 * (layers * enc_layer * src + (layers * dec_layer + d * len(self.tokenizer)) * tgt)
