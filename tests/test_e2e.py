@@ -41,8 +41,11 @@ def test_small_run_records(small_run):
         assert r["uplink_bits_total"] == sum(c["payload_bits"] for c in r["clients"])
         assert r["metrics"]["primary_metric"] == r["metrics"]["accuracy"]
         assert 0.0 <= r["metrics"]["accuracy"] <= 1.0
-    # dense LoRA(query, value) r=8 on 6 layers + a 384x4+4 head, 32 bits per value
-    assert rounds[0]["clients"][0]["payload_bits"] == (6 * 2 * 8 * (384 + 384) + 384 * 4 + 4) * 32
+    # dense LoRA(query, value) r=8 on 6 layers + a 384 x C (+ C bias) head, 32 bits per value
+    from workloads.text_classify import TOPICS
+
+    c = len(TOPICS)
+    assert rounds[0]["clients"][0]["payload_bits"] == (6 * 2 * 8 * (384 + 384) + 384 * c + c) * 32
     summary = json.loads((small_run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2
     assert summary["cumulative_uplink_bits"] == sum(r["uplink_bits_total"] for r in rounds)
