@@ -477,6 +477,10 @@ def _check_cross(cfg: Config) -> None:
             f"workload.partition='natural': {cfg.workload.name} has no natural split"
             f"{' of workload.dataset' if cfg.workload.dataset else ''}; use iid or dirichlet"
         )
+    if cfg.workload.dataset:
+        from workloads.data import check_dataset_name
+
+        check_dataset_name(cfg.workload.dataset)  # a missing local path; Hub names are checked on load
 
 
 def config_from_flat(flat: Mapping[str, Any]) -> Config:

@@ -39,29 +39,38 @@ def hub_candidates(name: str) -> list[tuple[str, str | None]]:
     return [(name, None)]
 
 
+def check_dataset_name(name: str) -> None:
+    """Cheap checks at configuration time: a local path must exist and have a known file type."""
+    p = Path(name).expanduser()
+    if p.is_file() and p.suffix.lower() not in FILE_BUILDERS:
+        raise ConfigError(
+            f"workload.dataset={name!r}: unknown file type {p.suffix!r}; use one of {', '.join(FILE_BUILDERS)}"
+        )
+    if not p.exists() and name.startswith((".", "/", "~")):
+        raise ConfigError(f"workload.dataset={name!r}: no such file or folder")
+
+
 def open_dataset(name: str) -> DatasetDict:
     """The splits of ``workload.dataset``; an unusable name is a one-line ConfigError."""
     from datasets import load_dataset
 
-    key = f"workload.dataset={name!r}"
+    check_dataset_name(name)
     p = Path(name).expanduser()
     if p.is_file():
-        builder = FILE_BUILDERS.get(p.suffix.lower())
-        if builder is None:
-            raise ConfigError(f"{key}: unknown file type {p.suffix!r}; use one of {', '.join(FILE_BUILDERS)}")
+        builder = FILE_BUILDERS[p.suffix.lower()]
         kwargs = {"delimiter": "\t"} if p.suffix.lower() == ".tsv" else {}
         return load_dataset(builder, data_files={"train": str(p)}, **kwargs)
     if p.is_dir():
         return load_dataset(str(p))
-    if name.startswith((".", "/", "~")):
-        raise ConfigError(f"{key}: no such file or folder")
     errors = []
     for path, config in hub_candidates(name):
         try:
             return load_dataset(path, config)
         except Exception as e:  # offline, unknown name, missing config: try the next reading
             errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    raise ConfigError(f"{key}: not a local file or folder, and the Hugging Face Hub did not give it ({errors[-1]})")
+    raise ConfigError(
+        f"workload.dataset={name!r}: not a local file or folder, and the Hugging Face Hub did not give it ({errors[-1]})"
+    )
 
 
 def _pick(columns: Sequence[str], wanted: str, candidates: Sequence[str], what: str, name: str) -> str:

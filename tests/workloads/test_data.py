@@ -102,3 +102,13 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         wdata.load_external(str(f), seed=0, train_size=5, test_size=5, text_column="body")
     with pytest.raises(ConfigError, match=r"workload.label_column='': .*set workload.label_column"):
         wdata.load_external(str(f), seed=0, train_size=5, test_size=5, text_column="sentence")
+
+
+def test_config_rejects_a_missing_local_dataset(tmp_path):
+    from fedsim.config import build_config
+
+    with pytest.raises(ConfigError, match=r"workload.dataset='/.*missing.csv': no such file or folder"):
+        build_config({"workload.dataset": str(tmp_path / "missing.csv")})
+    f = tmp_path / "reviews.csv"
+    write_csv(f, ROWS)
+    assert build_config({"workload.dataset": str(f)}).workload.dataset == str(f)
