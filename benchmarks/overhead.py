@@ -61,10 +61,9 @@ def plain_flower(num_clients: int, rounds: int, per_round: int, shapes_file: str
         arrays = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in shapes.items()})
         nodes = sorted(grid.get_node_ids())
         for _ in range(rounds):
-            chosen = rng.choice(nodes, size=per_round, replace=False)
+            chosen = [nodes[i] for i in rng.choice(len(nodes), size=per_round, replace=False)]  # ids exceed int64
             msgs = [
-                Message(RecordDict({"arrays": arrays}), dst_node_id=int(n), message_type=MessageType.TRAIN)
-                for n in chosen
+                Message(RecordDict({"arrays": arrays}), dst_node_id=n, message_type=MessageType.TRAIN) for n in chosen
             ]
             replies = list(grid.send_and_receive(msgs))
             assert len(replies) == per_round and not any(r.has_error() for r in replies)
