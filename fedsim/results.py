@@ -84,7 +84,8 @@ class ResultsWriter:
         summary = {
             "status": status,
             "error": error,
-            "rounds_completed": len(recs),
+            "rounds_completed": len(recs) - len(failed_rounds),
+            "rounds_recorded": len(recs),
             "rounds_planned": self.cfg.run.rounds,
             "failed_rounds": failed_rounds,
             "workload": self.cfg.workload.name,

@@ -141,7 +141,7 @@ def test_client_exception_fails_the_run_with_one_line(tmp_path):
     assert lines[-1].startswith("fedsim: run failed: round 1: client ")
     assert "ClientAppException: injected client crash" in lines[-1]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["rounds_completed"] == 0
+    assert summary["status"] == "failed" and summary["rounds_completed"] == 0 and summary["failed_rounds"] == [1, 2]
     assert "injected client crash" in summary["error"]
 
 

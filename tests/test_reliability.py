@@ -136,7 +136,8 @@ def test_round_below_min_clients_is_recorded_as_failed(tmp_path):
         )
     )
     assert proc.returncode == 1
-    assert "2 round(s) failed (1, 2)" in proc.stderr.strip().splitlines()[-1]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "round 1: client " in last and "injected client crash" in last and "failed rounds: 1, 2" in last
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == ["failed", "failed"]
     assert all(len(r["failures"]) == 2 and r["clients"] == [] for r in records)

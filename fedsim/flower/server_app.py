@@ -316,10 +316,11 @@ def serve(
     error = None
     if failed:
         first = next(r for r in writer.records if r["status"] == "failed")
+        why = first["failures"][0] if first["failures"] else {"client_id": "-", "reason": "no clients"}
         error = (
-            f"{len(failed)} round(s) failed ({', '.join(map(str, failed))}); round {first['round']}: "
-            f"{len(first['clients'])} of {len(first['clients']) + len(first['failures'])} clients returned, "
-            f"run.min_clients_per_round={cfg.run.min_clients_per_round}"
+            f"round {first['round']}: client {why['client_id']} failed: {why['reason']} "
+            f"({len(first['clients'])} of {len(first['clients']) + len(first['failures'])} clients returned, "
+            f"run.min_clients_per_round={cfg.run.min_clients_per_round}; failed rounds: {', '.join(map(str, failed))})"
         )
     summary = writer.finish(
         status="failed" if failed else "ok",
