@@ -22,6 +22,22 @@ def run_args(clients: int, rounds: int, per_round: int, *extra: str) -> list[str
     ]
 
 
+CLIENT_FIELDS = {
+    "client_id",
+    "dropped",
+    "distance_m",
+    "gain_db",
+    "bandwidth_hz",
+    "rate_bps",
+    "payload_bits",
+    "num_samples",
+    "compute_time_s",
+    "upload_time_s",
+    "train_loss",
+    "train_wall_s",
+}
+"""Per-client fields every round record carries, simulated or deployed."""
+
 SMALL = [
     "--set",
     "workload.samples_per_client=16",

@@ -9,21 +9,9 @@ import sys
 import pytest
 
 from fedsim.results import read_rounds
-from tests.conftest import SMALL, SMALL_RUN, records_without_wall_clock, run_args, run_fedsim
+from tests.conftest import CLIENT_FIELDS, SMALL, SMALL_RUN, records_without_wall_clock, run_args, run_fedsim
 
 pytestmark = pytest.mark.slow
-
-CLIENT_FIELDS = {
-    "client_id",
-    "dropped",
-    "distance_m",
-    "gain_db",
-    "bandwidth_hz",
-    "rate_bps",
-    "payload_bits",
-    "compute_time_s",
-    "upload_time_s",
-}
 
 
 def test_small_run_records(small_run):

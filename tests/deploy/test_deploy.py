@@ -19,25 +19,11 @@ import pytest
 from fedsim.config import build_config, describe_keys
 from fedsim.results import read_rounds
 from fedsim.rounds import WirelessModel
+from tests.conftest import CLIENT_FIELDS, SMALL
 from tests.deploy.federation import Federation
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--set", "workload.samples_per_client=16", "--set", "workload.test_samples=64"]
-CLIENT_FIELDS = {
-    "client_id",
-    "dropped",
-    "distance_m",
-    "gain_db",
-    "bandwidth_hz",
-    "rate_bps",
-    "payload_bits",
-    "num_samples",
-    "compute_time_s",
-    "upload_time_s",
-    "train_loss",
-    "train_wall_s",
-}
 PROFILE_2 = {"distance-m": 123.0, "device-flops": 1.5e12}  # supernode-2 holds partition 1
 
 
