@@ -40,7 +40,8 @@ def overrides(size: str, fmt: str, seed: int, args: argparse.Namespace) -> dict:
     return {
         "workload.name": "equation-reasoner",
         "workload.preset": size,
-        "workload.options": f"target_format={fmt},pretrain_steps={args.pretrain_steps}",
+        "workload.options": f"target_format={fmt},pretrain_steps={args.pretrain_steps}"
+        + (f",pretrain_problems={args.pretrain_problems}" if args.pretrain_problems else ""),
         "workload.partition": "natural",
         "workload.test_samples": args.test_samples,
         "workload.samples_per_client": args.samples_per_client,
@@ -67,6 +68,8 @@ def base_metrics(flat: dict) -> tuple[dict, dict, int]:
 
 def one_run(size: str, fmt: str, seed: int, args: argparse.Namespace) -> dict:
     run_id = f"{size}-{fmt}-seed{seed}-steps{args.pretrain_steps}-c{args.clients}-r{args.rounds}-e{args.local_epochs}"
+    if args.pretrain_problems:
+        run_id += f"-p{args.pretrain_problems}"
     path = args.out / "equation_format_runs" / f"{run_id}.json"
     if path.is_file() and not args.force:
         print(f"{run_id}: kept from {path}")
@@ -91,6 +94,7 @@ def one_run(size: str, fmt: str, seed: int, args: argparse.Namespace) -> dict:
         "seed": seed,
         "parameters": params,
         "pretrain_steps": args.pretrain_steps,
+        "pretrain_problems": meta["payload"]["params"]["pretrain_problems"],
         "pretrain": meta.get("pretrain"),
         "pretrain_wall_s": meta.get("pretrain_wall_s") if not meta.get("cached") else None,
         "base_wall_s": pretrain_s,
@@ -122,6 +126,7 @@ def collect(args: argparse.Namespace) -> list[dict]:
                     "format": run["format"],
                     "seed": run["seed"],
                     "pretrain_steps": run["pretrain_steps"],
+                    "pretrain_problems": run.get("pretrain_problems", run["pretrain"]["problems"]),
                     "stage": stage,
                     "round": point["round"],
                     **{k: point[k] for k in KEYS},
@@ -135,37 +140,49 @@ def collect(args: argparse.Namespace) -> list[dict]:
 
 
 def plot(rows: list[dict], args: argparse.Namespace) -> None:
+    """One panel per (size, pretraining steps, problems): bars after FL, ticks for the base."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    sizes = sorted({r["size"] for r in rows}, key=lambda s: min(r["parameters"] for r in rows if r["size"] == s))
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 3.8), sharey=True, squeeze=False)
+    groups = sorted(
+        {(r["parameters"], r["size"], r["pretrain_steps"], r["pretrain_problems"]) for r in rows},
+    )
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.0), sharey=True, squeeze=False)
     labels = ["1 op", "2 ops", "3 ops", "all"]
     keys = ["accuracy_ops1", "accuracy_ops2", "accuracy_ops3", "accuracy"]
-    for ax, size in zip(axes[0], sizes, strict=True):
+    for ax, (params, size, steps, problems) in zip(axes[0], groups, strict=True):
+        seeds = set()
         for i, fmt in enumerate(FORMATS):
-            for stage, alpha, hatch in (("federated", 0.9, None), ("base", 0.0, None)):
-                sel = [r for r in rows if r["size"] == size and r["format"] == fmt and r["stage"] == stage]
+            for stage in ("federated", "base"):
+                sel = [
+                    r
+                    for r in rows
+                    if (r["size"], r["pretrain_steps"], r["pretrain_problems"]) == (size, steps, problems)
+                    and r["format"] == fmt
+                    and r["stage"] == stage
+                ]
                 if not sel:
                     continue
+                seeds |= {r["seed"] for r in sel}
                 means = [np.mean([r[k] for r in sel]) for k in keys]
                 x = np.arange(4) + (i - 1) * 0.27
                 if stage == "federated":
-                    ax.bar(x, means, width=0.26, color=f"C{i}", alpha=alpha, hatch=hatch, label=fmt)
+                    ax.bar(x, means, width=0.26, color=f"C{i}", alpha=0.9, label=fmt)
                 else:
                     ax.scatter(
                         x, means, marker="_", s=200, color="k", zorder=3, label="base (round 0)" if i == 0 else None
                     )
-        params = sel[0]["parameters"] if sel else 0
-        ax.set_title(f"{size} ({params / 1e6:.2f}M params)")
+        ax.set_title(
+            f"{size} ({params / 1e6:.2f}M), {steps} steps, {problems} problems, seeds {sorted(seeds)}", fontsize=9
+        )
         ax.set_xticks(range(4), labels)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("exact final-answer accuracy")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"equation-reasoner: target format at equal steps ({args.pretrain_steps} pretraining steps + FL)")
+    fig.suptitle("equation-reasoner: target formats at equal steps (bars: after federated LoRA)")
     fig.tight_layout()
     fig.savefig(args.out / "equation_format.png", dpi=120)
 
@@ -176,6 +193,7 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--pretrain-problems", type=int, default=0, help="0: the preset's number")
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--clients-per-round", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
