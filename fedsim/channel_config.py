@@ -224,4 +224,10 @@ def export_trace_from_results(results_dir: str | Path, out_csv: str | Path) -> i
     from channels.trace import rows_from_round_records, write_trace
     from fedsim.results import read_rounds
 
-    return write_trace(out_csv, rows_from_round_records(read_rounds(results_dir)))
+    try:
+        rows = rows_from_round_records(read_rounds(results_dir))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(
+            f"--export-trace={str(results_dir)!r}: rounds.jsonl does not hold fedsim round records ({type(e).__name__})"
+        ) from None
+    return write_trace(out_csv, rows)

@@ -18,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+from fedsim.results import to_json
 
 FOLDER = "checkpoint"
 STATE = "state.json"
@@ -80,39 +83,58 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint) -> None:
         "records": ckpt.records,
     }
     state_tmp = d / (STATE + ".tmp")
-    _fsync_write(state_tmp, json.dumps(meta).encode())
+    _fsync_write(state_tmp, to_json(meta).encode())
     os.replace(state_tmp, d / STATE)
     for old in d.glob("adapter-*.safetensors"):
         if old.name != adapter.name:
             old.unlink()
 
 
+ADAPTER_NAME = re.compile(r"adapter-(\d{6,})\.safetensors")  # what save_checkpoint writes
+STATE_MAX_BYTES = 1 << 30  # every round's records; bounds what a swapped-in file can cost
+
+
 def load_checkpoint(folder: Path) -> Checkpoint | None:
     """The last committed checkpoint, or None if the run never completed a round.
 
-    Raises CheckpointError when state.json does not parse or the adapter's hash differs.
+    Raises CheckpointError when state.json is not what :func:`save_checkpoint` writes (not a
+    regular file, not JSON, a field of the wrong type, an adapter named other than
+    ``adapter-<round>.safetensors`` for its own round, so never a path outside the checkpoint
+    folder) or when the adapter's SHA-256 differs.
     """
+    from fedsim.config import ConfigError, read_text_file
+
     path = folder / FOLDER / STATE
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     try:
-        meta = json.loads(path.read_text())
-        adapter = folder / FOLDER / meta["adapter"]
-        expected = meta["adapter_sha256"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        meta = json.loads(read_text_file(path, "checkpoint", STATE_MAX_BYTES))
+        round_, name, expected = meta["round"], meta["adapter"], meta["adapter_sha256"]
+        records, scheduler, config_sha = meta["records"], meta.get("scheduler") or {}, meta["config_sha256"]
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({str(e).split(': ', 1)[-1]})") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__})") from None
-    if not adapter.exists():
-        raise CheckpointError(f"checkpoint adapter {adapter} is missing")
+    typed = (
+        isinstance(round_, int) and not isinstance(round_, bool) and round_ >= 1,
+        isinstance(records, list) and all(isinstance(r, dict) for r in records),
+        isinstance(scheduler, dict),
+        isinstance(expected, str) and isinstance(config_sha, str),
+    )
+    if not all(typed):
+        raise CheckpointError(f"checkpoint {path} is corrupt (a field has the wrong type)")
+    match = ADAPTER_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is None or int(match.group(1)) != round_:
+        raise CheckpointError(
+            f"checkpoint {path} names adapter {str(name)[:80]!r}; only adapter-{round_:06d}.safetensors is accepted"
+        )
+    adapter = folder / FOLDER / name
+    if adapter.is_symlink() or not adapter.is_file():
+        raise CheckpointError(f"checkpoint adapter {adapter} is missing or not a regular file")
     if sha256_file(adapter) != expected:
         raise CheckpointError(f"checkpoint adapter {adapter} is corrupt (SHA-256 mismatch)")
     try:
         state = load_file(str(adapter))
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"checkpoint adapter {adapter} does not load ({e})") from None
-    return Checkpoint(
-        round=int(meta["round"]),
-        state=dict(state),
-        records=list(meta["records"]),
-        scheduler=dict(meta.get("scheduler") or {}),
-        config_sha256=str(meta["config_sha256"]),
-    )
+    return Checkpoint(round=round_, state=dict(state), records=records, scheduler=scheduler, config_sha256=config_sha)

@@ -16,7 +16,17 @@ from typing import Annotated, Any
 import click
 import typer
 
-from fedsim.config import Config, ConfigError, build_config, describe_keys, load_toml, parse_overrides, parse_value
+from fedsim.config import (
+    Config,
+    ConfigError,
+    build_config,
+    describe_keys,
+    load_toml,
+    parse_overrides,
+    parse_value,
+    read_text_file,
+    toml_to_flat,
+)
 
 app = typer.Typer(
     name="fedsim",
@@ -38,6 +48,60 @@ def resolve_config(config_file: Path | None, sets: list[str], shortcuts: dict[st
     layers.append({k: v for k, v in shortcuts.items() if v is not None})
     layers.append(parse_overrides(sets))
     return build_config(*layers)
+
+
+def out_path(text: str, option: str = "--out") -> Path:
+    """A folder path given on the command line; '' (which would mean the current folder) and names
+    the file system cannot hold are one-line errors."""
+    if not text.strip():
+        raise ConfigError(f"{option}={text!r}: must name a folder (use {option}=. for the current folder)")
+    path = Path(text)
+    try:
+        path.exists()
+    except OSError as e:
+        shown = text if len(text) <= 60 else text[:60] + "..."
+        raise ConfigError(f"{option}={shown!r}: not a usable path ({e.strerror or e})") from None
+    return path
+
+
+def check_out_file(path: Path, option: str = "--out") -> None:
+    """Refuse a file path that cannot be written (a folder, a missing or read-only folder, /proc, ...).
+
+    Probed before any work is done: an existing file is opened for appending (not truncated), a new
+    one is created and removed again, so nothing is left behind.
+    """
+    if path.is_dir():
+        raise ConfigError(f"{option}={str(path)!r}: is a folder; name a file")
+    existed = path.exists()
+    try:
+        with path.open("a"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{option}={str(path)[:200]!r}: cannot write there ({e.strerror or e})") from None
+    if not existed:
+        path.unlink()
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """An existing Ray cluster must answer at ``host:port`` within ``timeout_s`` (else Ray retries for minutes).
+
+    ``auto`` (Ray's own discovery) is left to Ray.
+    """
+    import socket
+
+    if address in ("", "auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ConfigError(f"simulation.ray_address={address!r}: must be HOST:PORT of a Ray cluster's head, or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(
+            f"simulation.ray_address={address!r}: no Ray cluster reachable there within {timeout_s:g} s ({why})"
+        ) from None
 
 
 def default_out_dir(cfg: Config) -> Path:
@@ -82,7 +146,7 @@ def run(
     seed: Annotated[int | None, typer.Option(help="Seed of every random stream (run.seed).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with [section] tables.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Results folder (default results/<time>-...).")] = None,
+    out: Annotated[str | None, typer.Option(help="Results folder (default results/<time>-...).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this results folder.")] = None,
     force: Annotated[
         bool, typer.Option(help="Write into a non-empty --out; resume a finished run or with a changed config.")
@@ -106,11 +170,14 @@ def run(
 
     try:
         if resume is not None:
+            if out is not None:
+                raise ConfigError(f"--out={out!r}: a resumed run continues in its own folder; drop --out or --resume")
             cfg, out_dir, checkpoint = prepare_resume(resume, config, set_ or [], shortcuts, force)
         else:
             cfg = resolve_config(config, set_ or [], shortcuts)
-            out_dir, checkpoint = out or default_out_dir(cfg), None
+            out_dir, checkpoint = (out_path(out) if out is not None else default_out_dir(cfg)), None
             check_out_dir(out_dir, force)
+        check_ray_address(cfg.simulation.ray_address)
     except (ConfigError, CheckpointError) as e:
         _fail(str(e), 2)
 
@@ -158,14 +225,26 @@ def interrupted(out_dir: Path) -> None:
 def prepare_resume(
     folder: Path, config_file: Path | None, sets: list[str], shortcuts: dict[str, Any], force: bool
 ) -> tuple[Config, Path, Any]:
-    """The configuration and checkpoint to continue ``folder`` with, or a one-line error."""
+    """The configuration and checkpoint to continue ``folder`` with, or a one-line error.
+
+    Refused without ``--force``: new values given on this command line, a ``config.toml`` edited
+    since the last checkpoint (its SHA-256 differs from the one the checkpoint recorded), and a
+    finished run.
+    """
     import json
 
-    from fedsim.checkpoint import load_checkpoint
+    from fedsim.checkpoint import load_checkpoint, sha256_text
 
     if not (folder / "config.toml").is_file():
         raise ConfigError(f"--resume={str(folder)!r}: not a fedsim results folder (no config.toml)")
-    saved = build_config(load_toml(folder / "config.toml"))
+    saved_text = read_text_file(folder / "config.toml", "--resume")
+    saved = build_config(toml_to_flat(saved_text, f"{folder / 'config.toml'}"))
+    checkpoint = load_checkpoint(folder)
+    if checkpoint is not None and sha256_text(saved_text) != checkpoint.config_sha256 and not force:
+        raise ConfigError(
+            f"--resume={str(folder)!r}: config.toml was edited after round {checkpoint.round} was checkpointed; "
+            "pass --force to continue with the edited values"
+        )
     layers = [saved.to_flat(), *([load_toml(config_file)] if config_file else [])]
     layers += [{k: v for k, v in shortcuts.items() if v is not None}, parse_overrides(sets)]
     cfg = build_config(*layers)
@@ -176,9 +255,14 @@ def prepare_resume(
             "pass --force to continue with the new values"
         )
     summary = folder / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("status") == "ok" and not force:
-        raise ConfigError(f"--resume={str(folder)!r}: the run is finished; pass --force to continue it anyway")
-    return cfg, folder, load_checkpoint(folder)
+    if summary.exists():
+        try:
+            status = json.loads(read_text_file(summary, "--resume")).get("status")
+        except (json.JSONDecodeError, AttributeError):
+            raise ConfigError(f"--resume={str(folder)!r}: summary.json is not a JSON object") from None
+        if status == "ok" and not force:
+            raise ConfigError(f"--resume={str(folder)!r}: the run is finished; pass --force to continue it anyway")
+    return cfg, folder, checkpoint
 
 
 def rank_plan_or_exit(cfg: Config, show: bool):
@@ -229,6 +313,8 @@ def plan(
     """TSFA offline stage: expected round latency of each candidate LoRA rank, and the rank it picks."""
     try:
         cfg = resolve_config(config, set_ or [], {"run.clients": clients, "run.method": method or "soft"})
+        if out is not None:
+            check_out_file(out)
     except ConfigError as e:
         _fail(str(e), 2)
     result = rank_plan_or_exit(cfg, show=True)
@@ -266,7 +352,11 @@ def show_channels(
             _fail("--export-trace needs --out FILE.csv", 2)
         if not (export_trace / "rounds.jsonl").is_file():
             _fail(f"--export-trace={str(export_trace)!r}: not a results folder (no rounds.jsonl)", 2)
-        n = export_trace_from_results(export_trace, out)
+        try:
+            check_out_file(out)
+            n = export_trace_from_results(export_trace, out)
+        except ConfigError as e:
+            _fail(str(e), 2)
         typer.echo(f"{n} rows written to {out}; replay with --set channel.trace_csv={out}")
         return
 

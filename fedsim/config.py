@@ -41,6 +41,10 @@ def _nonneg_int(v: Any) -> bool:
     return isinstance(v, int) and v >= 0
 
 
+def _int_in(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and low <= v <= high
+
+
 def _positive(v: Any) -> bool:
     return math.isfinite(v) and v > 0
 
@@ -106,8 +110,15 @@ class WorkloadSection:
         "data split (natural: the workload's own per-client split)",
     )
     dirichlet_alpha: float = _f(1.0, _positive, "a positive number", "Dirichlet concentration over labels")
-    samples_per_client: int = _f(48, _positive_int, "a positive integer", "mean local samples")
-    test_samples: int = _f(256, _positive_int, "a positive integer", "server-side test samples")
+    samples_per_client: int = _f(
+        48,
+        _int_in(1, 100_000),
+        "an integer in [1, 100000] (generated per client, held in memory)",
+        "mean local samples",
+    )
+    test_samples: int = _f(
+        256, _int_in(1, 1_000_000), "an integer in [1, 1000000] (evaluated every round)", "server-side test samples"
+    )
     dataset: str = _f(
         "", None, "'' (generated data), a local file or folder, or a Hub name", "real data instead of generated"
     )
@@ -251,7 +262,12 @@ class TsfaSection:
         "LoRA ranks the offline stage chooses from",
     )
     nominal_rho: float = _f(0.5, lambda v: 0 <= v < 1, "a number in [0, 1)", "rho of the offline rank plan")
-    plan_samples: int = _f(200, _positive_int, "a positive integer", "Monte-Carlo channel draws per rank")
+    plan_samples: int = _f(
+        200,
+        _int_in(1, 10_000),
+        "an integer in [1, 10000] (each draw is one allocation per candidate rank)",
+        "Monte-Carlo channel draws per rank",
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -386,22 +402,49 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return nested
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file into flat ``section.key`` form; a file that does not parse is an error."""
+CONFIG_MAX_BYTES = 4 << 20  # a configuration file is a few kB; this bounds what a wrong path can cost
+
+
+def read_text_file(path: str | Path, what: str, max_bytes: int = CONFIG_MAX_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes``, or a one-line ConfigError.
+
+    A FIFO, a device (``/dev/zero``) or a folder is refused before anything is read, so a wrong
+    path can neither block nor fill memory.
+    """
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--config={str(p)!r}: file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config={str(p)!r}: not valid TOML ({e})") from None
+        if not p.exists():
+            raise ConfigError(f"{what}={str(p)!r}: file not found")
+        if not p.is_file():
+            raise ConfigError(f"{what}={str(p)!r}: not a regular file")
+        with p.open("rb") as f:
+            data = f.read(max_bytes + 1)
     except OSError as e:
-        raise ConfigError(f"--config={str(p)!r}: cannot read ({e.strerror})") from None
+        raise ConfigError(f"{what}={str(p)[:200]!r}: cannot read ({e.strerror or e})") from None
+    if len(data) > max_bytes:
+        raise ConfigError(f"{what}={str(p)!r}: larger than {max_bytes} bytes, too large for a fedsim file")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}={str(p)!r}: not UTF-8 text") from None
+
+
+def load_toml(path: str | Path, what: str = "--config") -> dict[str, Any]:
+    """Read a TOML config file into flat ``section.key`` form; a file that does not parse is an error."""
+    return toml_to_flat(read_text_file(path, what), f"{what}={str(path)!r}")
+
+
+def toml_to_flat(text: str, where: str) -> dict[str, Any]:
+    """TOML text with one table per section -> ``{"section.key": value}``; ``where`` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML ({e})") from None
     flat: dict[str, Any] = {}
     for section, table in data.items():
         if not isinstance(table, dict):
             raise ConfigError(
-                f"config key '{section}' in {p}: top-level entries must be tables, one of {', '.join(SECTIONS)}"
+                f"config key '{section}' in {where}: top-level entries must be tables, one of {', '.join(SECTIONS)}"
             )
         for key, value in table.items():
             flat[f"{section}.{key}"] = value
@@ -423,6 +466,8 @@ def build_config(*layers: Mapping[str, Any], extra_checks: bool = True) -> Confi
     """Merge flat layers over the defaults, validate every key, and return a frozen Config."""
     merged: dict[str, Any] = {}
     for layer in layers:
+        for name, values in _nest(layer).items():  # a bad value is reported even if a later layer overrides it
+            _check_section(name, SECTIONS[name], values)
         merged.update(layer)
     nested = _nest(merged)
     sections = {name: _check_section(name, SECTIONS[name], nested.get(name, {})) for name in SECTIONS}

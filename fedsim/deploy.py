@@ -222,17 +222,51 @@ def wait_for_run(run_id: int, superlink: str | None, timeout_s: float, on_change
         time.sleep(RUN_POLL_S)
 
 
+def check_fetch_target(out: Path) -> None:
+    """Refuse an ``--out`` that fetching could destroy: it must be absent, empty, or a fedsim results folder.
+
+    Checked before anything is submitted (exit 2). Nothing here deletes or creates anything.
+    """
+    from fedsim.results import is_results_folder
+
+    if out.exists() and not out.is_dir():
+        raise DeployError(f"--out={str(out)!r}: exists and is not a folder", 2)
+    if out.is_dir() and any(out.iterdir()) and not is_results_folder(out):
+        raise DeployError(
+            f"--out={str(out)!r}: folder exists, is not empty and is not a fedsim results folder; choose another",
+            2,
+        )
+
+
 def fetch_results(mode: str, remote_dir: str, out: Path, container: str | None) -> None:
-    """Copy the ServerApp's results folder to ``out`` ('local': same file system; 'docker': docker cp)."""
-    if out.exists():
-        shutil.rmtree(out)
+    """Copy the ServerApp's results folder to ``out`` ('local': same file system; 'docker': docker cp).
+
+    The copy lands in a new temporary folder beside ``out`` and is moved into place only once it is
+    complete, so a failed fetch leaves ``out`` as it was. An existing ``out`` is replaced only when it
+    is empty or a fedsim results folder (:func:`check_fetch_target`); nothing else is ever deleted.
+    """
+    check_fetch_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.fetch-", dir=out.parent))  # ours alone
+    try:
+        fetched = staging / "results"
+        _copy_results(mode, remote_dir, fetched, container)
+        if out.exists():
+            old = staging / "replaced"
+            os.replace(out, old)  # an empty folder or an earlier fedsim result, checked above
+        os.replace(fetched, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_results(mode: str, remote_dir: str, dest: Path, container: str | None) -> None:
+    """Copy ``remote_dir`` to the new path ``dest``."""
     if mode == "local":
         if not Path(remote_dir).is_dir():
             raise DeployError(
                 f"no results folder at {remote_dir} (is the ServerApp on another machine? use --fetch docker)"
             )
-        shutil.copytree(remote_dir, out)
+        shutil.copytree(remote_dir, dest)
         return
     if not container:
         ps = subprocess.run(
@@ -249,7 +283,7 @@ def fetch_results(mode: str, remote_dir: str, out: Path, container: str | None) 
             )
         container = ids[0]
     cp = subprocess.run(
-        ["docker", "cp", f"{container}:{remote_dir}", str(out)], capture_output=True, text=True, timeout=300
+        ["docker", "cp", f"{container}:{remote_dir}", str(dest)], capture_output=True, text=True, timeout=300
     )
     if cp.returncode != 0:
         raise DeployError(f"docker cp {container}:{remote_dir}: {_one_line(cp.stderr)}")
@@ -372,7 +406,7 @@ def run_cmd(
     seed: Annotated[int | None, typer.Option(help="Seed of every random stream (run.seed).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with one table per section.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Local results folder (default results/deploy-<time>-...).")] = None,
+    out: Annotated[str | None, typer.Option(help="Local results folder (default results/deploy-<time>-...).")] = None,
     remote_root: Annotated[
         str, typer.Option(help="Folder where the ServerApp writes results (on the ServerApp's machine).")
     ] = IMAGE_RESULTS_ROOT,
@@ -392,7 +426,7 @@ def run_cmd(
     Exit codes: 0 the run completed and summary.json says ok; 1 it failed, was stopped or timed
     out (one line says why); 2 bad input.
     """
-    from fedsim.cli import resolve_config
+    from fedsim.cli import out_path, resolve_config
     from fedsim.config import ConfigError, parse_value
 
     if fetch not in ("docker", "local", "none"):
@@ -403,17 +437,19 @@ def run_cmd(
         "run.seed": seed,
         "run.clients_per_round": None if clients_per_round is None else parse_value(clients_per_round),
     }
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         cfg = resolve_config(config, set_ or [], shortcuts)
         app_dir = find_app_dir(app)
+        name = f"deploy-{stamp}-{cfg.workload.name}-{cfg.run.method}-seed{cfg.run.seed}"
+        out_dir = out_path(out) if out is not None else Path("results") / name
+        if fetch != "none":
+            check_fetch_target(out_dir)  # before anything is submitted
     except ConfigError as e:
         _fail(str(e), 2)
     except DeployError as e:
         _fail(str(e), e.code)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"deploy-{stamp}-{cfg.workload.name}-{cfg.run.method}-seed{cfg.run.seed}"
     remote_dir = f"{remote_root.rstrip('/')}/{name}"
-    out_dir = out or Path("results") / name
     say = (lambda _msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
     try:
         outcome = deploy_run(

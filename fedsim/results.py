@@ -14,6 +14,7 @@ A folder is a finished fedsim result only when ``summary.json`` exists with ``st
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -22,6 +23,33 @@ from typing import Any
 from fedsim.config import Config
 
 MARKER = "config.toml"
+WRITTEN = ("rounds.jsonl", "summary.json")  # a fedsim results folder has the marker and one of these
+
+
+def is_results_folder(path: str | Path) -> bool:
+    """True for a folder that a fedsim run wrote (``config.toml`` and ``rounds.jsonl`` or ``summary.json``)."""
+    p = Path(path)
+    return p.is_dir() and (p / MARKER).is_file() and any((p / name).is_file() for name in WRITTEN)
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None, recursively.
+
+    Records and summaries are strict JSON: a diverged loss is written as ``null`` (RFC 8259 has
+    no NaN), and the summary says that the run diverged.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def to_json(value: Any, **kwargs: Any) -> str:
+    """Strict JSON (non-finite numbers as null; never the bare ``NaN`` that strict parsers reject)."""
+    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -66,12 +94,12 @@ class ResultsWriter:
         _atomic_write(self.folder / MARKER, cfg.to_toml())
         self.rounds_path = self.folder / "rounds.jsonl"
         self.records: list[dict[str, Any]] = list(records or [])
-        _atomic_write(self.rounds_path, "".join(json.dumps(r) + "\n" for r in self.records))
+        _atomic_write(self.rounds_path, "".join(to_json(r) + "\n" for r in self.records))
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         with self.rounds_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -102,7 +130,7 @@ class ResultsWriter:
         }
         if recs:
             plot_results(self.folder, recs, primary_metric)
-        _atomic_write(self.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+        _atomic_write(self.folder / "summary.json", to_json(summary, indent=2) + "\n")
         return summary
 
 

@@ -17,6 +17,7 @@ canonical columns ``text`` and ``label`` that workloads read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,15 +40,35 @@ def hub_candidates(name: str) -> list[tuple[str, str | None]]:
     return [(name, None)]
 
 
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?(:[\w.-]+)?")
+
+
 def check_dataset_name(name: str) -> None:
-    """Cheap checks at configuration time: a local path must exist and have a known file type."""
+    """Cheap checks at configuration time, before anything runs.
+
+    An existing path is a local dataset and must have a known file type. Anything else must read as
+    a Hub name, ``name`` or ``owner/name`` with an optional ``:config``; a missing path (one that
+    starts with ``.``, ``/`` or ``~``, or ends in a data-file suffix such as ``data/train.csv``)
+    and a URL are errors.
+    """
     p = Path(name).expanduser()
     if p.is_file() and p.suffix.lower() not in FILE_BUILDERS:
         raise ConfigError(
             f"workload.dataset={name!r}: unknown file type {p.suffix!r}; use one of {', '.join(FILE_BUILDERS)}"
         )
-    if not p.exists() and name.startswith((".", "/", "~")):
+    if p.exists():
+        return
+    if "://" in name:
+        raise ConfigError(
+            f"workload.dataset={name!r}: URLs are not accepted; download the file and give its local path"
+        )
+    if name.startswith((".", "/", "~")) or p.suffix.lower() in FILE_BUILDERS:
         raise ConfigError(f"workload.dataset={name!r}: no such file or folder")
+    if not HUB_NAME.fullmatch(name):
+        raise ConfigError(
+            f"workload.dataset={name!r}: neither an existing file or folder nor a Hub dataset name "
+            "(name or owner/name, optionally :config)"
+        )
 
 
 def open_dataset(name: str) -> DatasetDict:

@@ -192,6 +192,7 @@ def serve(
             "first_round": resume.round + 1 if resume else 1,
         },
     )
+    diverged = 0  # the round whose global adapter became non-finite
     try:
         profiles: dict[int, dict[str, float]] = {}
         node_of = discover(grid, cfg, profiles=profiles)
@@ -298,8 +299,11 @@ def serve(
                 "wall_s": time.perf_counter() - t_round,
             }
             writer.append(record)
-            save_checkpoint(out, Checkpoint(round_, state, writer.records, scheduler.state_dict(), config_sha))
             report("round", record)
+            if not all(np.isfinite(v).all() for v in state.values()):
+                diverged = round_  # not checkpointed: a resume continues from the last finite adapter
+                break
+            save_checkpoint(out, Checkpoint(round_, state, writer.records, scheduler.state_dict(), config_sha))
     except Exception as e:
         if isinstance(e, OSError):
             error = f"cannot write results in {out}: {e.strerror or e}"
@@ -314,7 +318,13 @@ def serve(
         raise RunFailed(error) from e
     failed = [r["round"] for r in writer.records if r["status"] == "failed"]
     error = None
-    if failed:
+    if diverged:
+        error = (
+            f"training diverged in round {diverged}: the global adapter has non-finite values "
+            f"(null in rounds.jsonl); try a train.lr below {cfg.train.lr:g}"
+            + (f", e.g. fedsim run --resume {out} --force --set train.lr=..." if diverged > 1 else "")
+        )
+    elif failed:
         first = next(r for r in writer.records if r["status"] == "failed")
         why = first["failures"][0] if first["failures"] else {"client_id": "-", "reason": "no clients"}
         error = (
@@ -323,7 +333,7 @@ def serve(
             f"run.min_clients_per_round={cfg.run.min_clients_per_round}; failed rounds: {', '.join(map(str, failed))})"
         )
     summary = writer.finish(
-        status="failed" if failed else "ok",
+        status="diverged" if diverged else "failed" if failed else "ok",
         error=error,
         primary_metric=primary,
         wall_s=time.perf_counter() - t_start,
