@@ -12,13 +12,22 @@
 #   supernode-<i>, .pub          one ECDSA P-384 key pair per SuperNode (OpenSSH format, what
 #                                flower-supernode --auth-supernode-private-key and
 #                                flwr supernode register expect); i = 1..N
+#   public/                      copies of ca.crt and every supernode-<i>.pub, nothing secret:
+#                                what docker-compose.yml's one-shot `register` mounts (rewritten
+#                                on every run of this script)
+#
+# docker-compose.yml mounts single files, read-only: the SuperLink gets ca.crt, server.crt and
+# server.key; the ServerApp ca.crt; SuperNode i ca.crt and supernode-<i>; nothing gets ca.key. Across
+# machines, copy ca.crt and supernode-<i> to SuperNode i's machine and nothing else.
 #
 # Flower's TLS is server-side only: SuperNodes verify the SuperLink with ca.crt, and the
 # SuperLink authenticates SuperNodes by their registered public keys (--enable-supernode-auth),
 # so the per-node key pairs play the role of client certificates.
 #
-# --owner chowns the folder to the user the containers run as (49999:49999 in docker/Dockerfile,
-# as in Flower's own images) so that they can read the private keys; it needs root.
+# --owner chowns the private keys that containers read (server.key, supernode-<i>) to the user
+# the containers run as (49999:49999 in docker/Dockerfile, as in Flower's own images); it needs
+# root. ca.key keeps the owner of whoever ran this script. The private keys are mode 600, the
+# certificates and public keys 644.
 # Existing files are kept unless --force, so adding nodes later (--nodes 5) keeps the CA.
 set -euo pipefail
 
@@ -34,7 +43,7 @@ while [[ $# -gt 0 ]]; do
     --san) extra_sans="$2"; shift 2 ;;
     --owner) owner="$2"; shift 2 ;;
     --force) force=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "certs.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +53,11 @@ command -v openssl >/dev/null || { echo "certs.sh: openssl not found" >&2; exit 
 mkdir -p "$out"
 cd "$out"
 umask 077
+# `docker compose up` before this script ran leaves an empty folder where each missing file it
+# bind-mounts should be (Docker creates missing bind sources as folders): remove those.
+for f in ca.crt server.crt server.key supernode-*; do
+  if [[ -d "$f" ]]; then rmdir "$f" 2>/dev/null || { echo "certs.sh: $out/$f is a folder, expected a file" >&2; exit 1; }; fi
+done
 if [[ $force == 1 ]]; then
   rm -f ca.crt ca.key ca.srl server.crt server.key server.csr supernode-*
 fi
@@ -98,5 +112,14 @@ done
 chmod 600 ca.key server.key
 chmod 644 ca.crt server.crt
 for i in $(seq 1 "$nodes"); do chmod 600 "supernode-$i"; chmod 644 "supernode-$i.pub"; done
-[[ -n "$owner" ]] && chown -R "$owner" "$out"
+# public/: the CA certificate and every SuperNode public key in the folder (also those of earlier,
+# larger --nodes runs), as copies, so that stale keys never linger there
+rm -rf public
+mkdir -m 755 public
+cp ca.crt supernode-*.pub public/
+chmod 644 public/*
+if [[ -n "$owner" ]]; then
+  chown "$owner" server.key
+  for key in supernode-*; do [[ "$key" == *.pub ]] || chown "$owner" "$key"; done
+fi
 echo "certs.sh: CA, SuperLink certificate (SAN $sans) and $nodes SuperNode key pairs in $out"

@@ -2,7 +2,8 @@
 # End-to-end check of the real compose stack: build the images, start SuperLink + ServerApp
 # SuperExec + 3 SuperNodes (TLS, SuperNode auth) with docker-compose.host.yml (host network: all
 # traffic on 127.0.0.1), run 2 rounds of the tiny workload with `fedsim deploy run`, check the
-# results folder, tear the stack down (images stay).
+# results folder, check that each container mounts only its own certificate files, tear the stack
+# down (images stay).
 #
 #   sudo docker/e2e.sh            # needs: docker (engine + CLI), docker-compose or `docker compose`,
 #                                 # debootstrap (only while the base image is missing), openssl,
@@ -122,6 +123,25 @@ PY
 compose=("${dc[@]}" -p "$project" -f "$work/compose.rendered.yml")
 log "compose up (SuperLink on 127.0.0.1:$SUPERLINK_PORT)"
 "${compose[@]}" up -d >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; exit 1; }
+
+# ---- least privilege: what the running containers got from the certificate folder ------------------
+# shellcheck disable=SC2046
+docker inspect $("${compose[@]}" ps -a -q) >"$work/inspect.json"
+"$PYTHON" - "$work/certs" "$work/inspect.json" <<'PY'
+import json, os, sys
+certs = os.path.realpath(sys.argv[1])
+want = {"superlink": {"ca.crt", "server.crt", "server.key"}, "serverapp": {"ca.crt"}, "register": {"public"}}
+seen = set()
+for c in json.load(open(sys.argv[2])):
+    service = c["Config"]["Labels"]["com.docker.compose.service"]
+    got = {os.path.relpath(os.path.realpath(m["Source"]), certs) for m in c["Mounts"] if m["Type"] == "bind"}
+    expected = want.get(service, {"ca.crt", service})  # supernode-<i>: ca.crt and its own key
+    assert got == expected, f"{service} mounts {sorted(got)}, expected {sorted(expected)}"
+    assert all(not m["RW"] for m in c["Mounts"] if m["Type"] == "bind"), f"{service}: a writable bind mount"
+    seen.add(service)
+assert seen == {"superlink", "serverapp", "register", "supernode-1", "supernode-2", "supernode-3"}, seen
+print("mounts ok: no container holds ca.key or another SuperNode's key", file=sys.stderr)
+PY
 
 # ---- submit, wait, fetch ---------------------------------------------------------------------------------
 export FLWR_HOME="$work/flwr"

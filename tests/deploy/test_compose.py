@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import tomllib
@@ -151,3 +154,190 @@ def test_write_connection(tmp_path):
     assert links["default"] == "fed"
     assert links["fed"] == {"address": "host:8000", "root-certificates": str(ca.resolve())}
     assert links["dbg"] == {"address": "host:8000", "insecure": True}
+
+
+# ---- least privilege: certificate mounts and the published address ------------------------------------
+
+CERTS_SRC = "/srv/fedsim-certs"  # FEDSIM_CERTS in the structural tests (a path that need not exist)
+NODE_COUNT = 8
+
+
+def _expected_cert_mounts() -> dict[str, dict[str, str]]:
+    """Service -> {container path: path inside FEDSIM_CERTS}: what each container may see."""
+    expected = {
+        "superlink": {"/certs/ca.crt": "ca.crt", "/certs/server.crt": "server.crt", "/certs/server.key": "server.key"},
+        "serverapp": {"/certs/ca.crt": "ca.crt"},
+        "register": {"/certs": "public"},  # ca.crt and the SuperNodes' public keys only (docker/certs.sh)
+    }
+    for i in range(1, NODE_COUNT + 1):
+        expected[f"supernode-{i}"] = {"/certs/ca.crt": "ca.crt", f"/certs/supernode-{i}": f"supernode-{i}"}
+    return expected
+
+
+_VAR = re.compile(r"\$\{(\w+)(?:(:?-)([^}]*))?\}")
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` (unset or empty) and ``${VAR-default}`` (unset)."""
+
+    def value(m: re.Match) -> str:
+        name, op, default = m.groups()
+        if op == ":-" and not env.get(name):
+            return default
+        if op == "-" and name not in env:
+            return default
+        return env.get(name, "")
+
+    return _VAR.sub(value, text)
+
+
+def _binds(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read-only) of the bind mounts, from short syntax or rendered long syntax."""
+    binds = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):  # `docker compose config` (v2) renders the long syntax
+            if volume["type"] == "bind":
+                binds.append((volume["source"], volume["target"], bool(volume.get("read_only"))))
+            continue
+        source, target, *mode = volume.split(":")
+        if source.startswith((".", "/", "~")):  # otherwise a named volume
+            binds.append((source, target, "ro" in mode[0].split(",") if mode else False))
+    return binds
+
+
+def _published(service: dict) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each published port; "" = every interface."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):  # v2: {host_ip, published, target, protocol, mode}
+            out.append((port.get("host_ip", ""), str(port.get("published", "")), str(port["target"])))
+            continue
+        parts = str(port).split("/")[0].rsplit(":", 2)
+        parts = [""] * (3 - len(parts)) + parts
+        out.append((parts[0], parts[1], parts[2]))
+    return out
+
+
+def _check_least_privilege(services: dict, certs: str, bind_address: str) -> None:
+    """The rules of the README's security model, on compose services with variables resolved."""
+    certs = certs.rstrip("/")
+    expected = _expected_cert_mounts()
+    assert set(services) == set(expected)
+    for name, service in services.items():
+        binds = _binds(service)
+        assert all(ro for _, _, ro in binds), f"{name}: a writable bind mount {binds}"
+        got = {}
+        for source, target, _ in binds:
+            assert source.startswith(certs + "/"), f"{name} bind-mounts {source}, not a file of FEDSIM_CERTS"
+            got[target] = source[len(certs) + 1 :]
+        assert got == expected[name], f"{name} mounts {got}"
+        assert "ca.key" not in got.values()
+        # every certificate or key the command (or health check) names is one the container has
+        text = json.dumps([service.get("command"), service.get("entrypoint"), service.get("healthcheck")])
+        for path in re.findall(r"/certs/[\w.*-]+", text):
+            assert path in got or "/certs" in got, f"{name} uses {path} but does not mount it"
+        if name != "superlink":
+            assert not service.get("ports"), f"{name} publishes {service['ports']}"
+    assert _published(services["superlink"]) == [(bind_address, "8000", "8000")]
+
+
+def _base_services(env: dict[str, str]) -> dict:
+    return yaml.safe_load(_interpolate(BASE.read_text(), env))["services"]
+
+
+@pytest.mark.parametrize(
+    ("env", "bind_address"),
+    [
+        ({}, "127.0.0.1"),
+        ({"FEDSIM_SUPERLINK_BIND": "0.0.0.0"}, "0.0.0.0"),
+        ({"FEDSIM_SUPERLINK_BIND": "10.8.0.1"}, "10.8.0.1"),
+    ],
+    ids=["default-loopback", "opened", "private-address"],
+)
+def test_each_container_mounts_only_its_own_certificates(env, bind_address):
+    """Structural: docker-compose.yml itself, variables resolved here (runs without docker-compose)."""
+    _check_least_privilege(_base_services({"FEDSIM_CERTS": CERTS_SRC, **env}), CERTS_SRC, bind_address)
+
+
+def test_the_least_privilege_check_catches_violations():
+    services = _base_services({"FEDSIM_CERTS": CERTS_SRC})
+    cases = {
+        "whole folder": ("supernode-2", f"{CERTS_SRC}:/certs:ro"),
+        "ca.key": ("superlink", f"{CERTS_SRC}/ca.key:/certs/ca.key:ro"),
+        "another node's key": ("supernode-1", f"{CERTS_SRC}/supernode-2:/certs/supernode-2:ro"),
+        "writable": ("serverapp", f"{CERTS_SRC}/ca.crt:/certs/ca.crt"),
+    }
+    for what, (name, volume) in cases.items():
+        broken = json.loads(json.dumps(services))
+        broken[name]["volumes"] = [v for v in broken[name]["volumes"] if v.split(":")[1] != volume.split(":")[1]]
+        broken[name]["volumes"].append(volume)
+        with pytest.raises(AssertionError):
+            _check_least_privilege(broken, CERTS_SRC, "127.0.0.1")
+            pytest.fail(f"not caught: {what}")
+    open_port = json.loads(json.dumps(services))
+    open_port["superlink"]["ports"] = ["8000:8000"]
+    with pytest.raises(AssertionError):
+        _check_least_privilege(open_port, CERTS_SRC, "127.0.0.1")
+
+
+def test_overrides_add_no_mounts_or_ports():
+    """The insecure and host-network overrides keep the base file's mounts and publish nothing more."""
+    for path in (INSECURE, HOST):
+        for name, service in _services(path).items():
+            assert "volumes" not in service and "ports" not in service, (path.name, name)
+
+
+def test_certs_script_writes_what_compose_mounts_and_public_holds_no_secret(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    out = tmp_path / "certs"
+    (out / "supernode-3").mkdir(parents=True)  # what `docker compose up` leaves for a missing bind source
+    subprocess.run(
+        ["bash", str(REPO / "docker" / "certs.sh"), "--out", str(out), "--nodes", str(NODE_COUNT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    for mounts in _expected_cert_mounts().values():
+        for source in mounts.values():
+            assert (out / source).exists(), source
+    assert (out / "supernode-3").is_file()
+    public = out / "public"
+    assert sorted(p.name for p in public.iterdir()) == sorted(
+        ["ca.crt", *(f"supernode-{i}.pub" for i in range(1, NODE_COUNT + 1))]
+    )
+    for path in public.iterdir():
+        assert b"PRIVATE" not in path.read_bytes(), path
+        assert path.read_bytes() == (out / path.name).read_bytes()
+    for secret in ("ca.key", "server.key", *(f"supernode-{i}" for i in range(1, NODE_COUNT + 1))):
+        assert b"PRIVATE KEY" in (out / secret).read_bytes()
+        assert (out / secret).stat().st_mode & 0o077 == 0, secret
+
+
+@pytest.mark.parametrize(
+    ("env", "bind_address"),
+    [({}, "127.0.0.1"), ({"FEDSIM_SUPERLINK_BIND": "0.0.0.0"}, "0.0.0.0")],
+    ids=["default", "opened"],
+)
+def test_compose_config_mounts_and_published_address(env, bind_address, tmp_path):
+    """What `docker compose config` / `docker-compose config` renders obeys the same rules."""
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("neither `docker compose` nor docker-compose is installed")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    proc = subprocess.run(
+        [*cli, "--project-directory", str(REPO), "-f", str(BASE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "FEDSIM_CERTS": str(certs),
+            "COMPOSE_PROFILES": f"nodes-{NODE_COUNT}",
+            **env,
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    _check_least_privilege(yaml.safe_load(proc.stdout)["services"], str(certs), bind_address)
