@@ -11,6 +11,7 @@ it started, as a container would be.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# What flower-supernode logs once the SuperLink accepted its ActivateNode request
+# (flwr/supernode/start_client_internal.py, after the connection is initialised).
+ACTIVATED = re.compile(r"SuperNode ID: (\d+)")
+FLOWER_EXIT = re.compile(r"Exit Code: (\d+)")  # what flwr_exit logs (the process itself exits with 1)
 
 
 def free_port() -> int:
@@ -38,6 +43,7 @@ class Federation:
         self.port = free_port()
         self.node_ports = [free_port() for _ in range(nodes)]
         self.procs: dict[str, subprocess.Popen] = {}
+        self.log_offsets: dict[str, int] = {}  # where each process's latest start begins in its log
         self.client_home = root / "flwr-cli"  # FLWR_HOME of the submitting user
         self.server_results = root / "server-results"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -57,7 +63,9 @@ class Federation:
         }
 
     def spawn(self, name: str, args: list[str], cwd: Path | None = None) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        path = self.logs / f"{name}.log"
+        self.log_offsets[name] = path.stat().st_size if path.exists() else 0
+        log = open(path, "ab")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen(
             [str(BIN / args[0]), *args[1:]],
             stdout=log,
@@ -121,7 +129,7 @@ class Federation:
                 *("--runtime-api-address", f"127.0.0.1:{self.port}", "--root-certificates", str(c / "ca.crt")),
             ],
         )
-        keys = [str(c / f"supernode-{i}.pub") for i in range(1, self.nodes + 1)]
+        keys = [str(c / "public" / f"supernode-{i}.pub") for i in range(1, self.nodes + 1)]  # as `register` sees them
         reg = self.fedsim(
             ["deploy", "register", "--address", f"127.0.0.1:{self.port}", "--ca", str(c / "ca.crt"), "--wait", "60"]
             + keys,
@@ -130,6 +138,8 @@ class Federation:
         assert reg.returncode == 0, reg.stderr[-2000:]
         for i in range(1, self.nodes + 1):
             self.start_node(i)
+        for i in range(1, self.nodes + 1):  # the federation is ready once every SuperNode is activated
+            assert self.activated_node_id(i, timeout_s=180) is not None, f"supernode-{i} exited\n{self.log_tail()}"
         conn = self.fedsim(
             ["deploy", "connect", "test", "--address", f"127.0.0.1:{self.port}", "--ca", str(c / "ca.crt"), "--default"]
         )
@@ -149,22 +159,55 @@ class Federation:
             ],
         )
 
-    def restart_node(self, i: int, timeout_s: float = 150) -> float:
-        """Start SuperNode i again until it stays up; returns the seconds it took.
+    def activated_node_id(self, i: int, timeout_s: float) -> int | None:
+        """Wait until the latest start of SuperNode i is activated; its node id, or None if it exited.
 
-        A SuperNode killed without a goodbye cannot activate until the SuperLink has marked it
-        offline (2 missed heartbeats, up to about a minute): until then it exits at once
-        (exit code 305), and it is started again, as ``restart: unless-stopped`` does in compose.
+        Decided by what the SuperNode itself reports (its "SuperNode ID: <id>" line, written only
+        after the SuperLink accepted its ActivateNode request) or by its exit, never by how long it
+        has been running: on a loaded machine a SuperNode can take longer than any fixed delay just
+        to import Flower, and a refused activation only shows up after that.
+        """
+        name = f"supernode-{i}"
+        proc = self.procs[name]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            exited = proc.poll() is not None  # read before the log, so an exit after activating still counts
+            match = ACTIVATED.search(self.latest_log(name))
+            if match:
+                return int(match.group(1))
+            if exited:
+                return None
+            time.sleep(0.2)
+        raise AssertionError(f"{name} neither activated nor exited within {timeout_s:.0f} s\n{self.log_tail()}")
+
+    def latest_log(self, name: str) -> str:
+        """What the latest start of process ``name`` has logged so far."""
+        with open(self.logs / f"{name}.log", "rb") as f:
+            f.seek(self.log_offsets[name])
+            return f.read().decode(errors="replace")
+
+    def restart_node(self, i: int, timeout_s: float = 300) -> tuple[float, int, list[int]]:
+        """Start SuperNode i again until the SuperLink activates it.
+
+        Returns the seconds it took, the node id it was activated under and the Flower exit codes of
+        the refused attempts (-1 where none was logged). A SuperNode killed without a goodbye stays
+        "online" at the SuperLink until it has missed two heartbeats (HEARTBEAT_PATIENCE x 30 s after
+        its last one); until then the SuperLink refuses to activate the same key again (HTTP 412,
+        "Failed to activate SuperNode") and the new process ends with Flower's exit code 305
+        (SUPERNODE_CONNECTION_ERROR; process exit status 1). It is started again, as ``restart:
+        unless-stopped`` does in compose.
         """
         t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
-            proc = self.start_node(i)
-            try:
-                proc.wait(timeout=15)  # still running after 15 s: activated
-            except subprocess.TimeoutExpired:
-                return time.monotonic() - t0
-            time.sleep(3)
-        raise AssertionError(f"supernode-{i} did not come back within {timeout_s} s")
+        refused: list[int] = []
+        while (left := timeout_s - (time.monotonic() - t0)) > 0:
+            self.start_node(i)
+            node_id = self.activated_node_id(i, left)
+            if node_id is not None:
+                return time.monotonic() - t0, node_id, refused
+            code = FLOWER_EXIT.search(self.latest_log(f"supernode-{i}"))
+            refused.append(int(code.group(1)) if code else -1)
+            time.sleep(2)
+        raise AssertionError(f"supernode-{i} was not activated within {timeout_s} s (exit codes {refused})")
 
     def fedsim(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -89,18 +89,32 @@ def test_deployed_run_records(federation, tmp_path):
     assert (out / "config.toml").is_file()
 
 
-def _online_nodes(fed: Federation) -> set[str]:
+def _nodes(fed: Federation) -> dict[str, str]:
+    """Every node the SuperLink knows (``flwr supernode ls``): node id -> status."""
     proc = fed.fedsim_flwr(["supernode", "ls", "test", "--format", "json"])
     text = proc.stdout[proc.stdout.find("{") :]
-    return {n["node-id"] for n in json.loads(text or "{}").get("nodes", []) if n["status"] == "online"}
+    assert proc.returncode == 0 and text, f"flwr supernode ls failed\n{proc.stdout}\n{proc.stderr}"
+    return {n["node-id"]: n["status"] for n in json.loads(text).get("nodes", [])}
+
+
+def _online_nodes(fed: Federation) -> set[str]:
+    return {node for node, status in _nodes(fed).items() if status == "online"}
 
 
 def test_supernode_killed_and_restarted(federation, tmp_path):
-    """SuperNode 2 is SIGKILLed after round 1 and restarted: round 2 goes on without it and says so."""
+    """SuperNode 2 is SIGKILLed after round 1 and restarted: round 2 goes on without it and says so.
+
+    With SuperNode authentication the SuperLink keeps one node id per registered public key and
+    activates the restarted SuperNode under it (flwr's Fleet ActivateNode looks the id up by key),
+    so the same three node ids are online afterwards and no stale id is left behind; the
+    partition id, hence the fedsim client id, comes from the node config and stays as well.
+    """
     if "run.min_clients_per_round" not in {k for k, *_ in describe_keys()}:
         pytest.skip("needs run.min_clients_per_round (rounds that go on without a lost client)")
     nodes_before = _online_nodes(federation)
-    assert len(nodes_before) == 3
+    assert len(nodes_before) == 3 and set(_nodes(federation)) == nodes_before
+    node_2 = federation.activated_node_id(2, timeout_s=60)  # what supernode-2 logged at its first start
+    assert str(node_2) in nodes_before
     out = tmp_path / "fault"
     earlier = set(federation.server_results.glob("*/rounds.jsonl"))
     t0 = time.monotonic()
@@ -119,9 +133,15 @@ def test_supernode_killed_and_restarted(federation, tmp_path):
         time.sleep(0.2)
     assert rounds_file is not None and proc.poll() is None, f"round 1 never finished\n{federation.log_tail()}"
     federation.kill("supernode-2")  # SIGKILL: the node, its SuperExec and its ClientApp die without a goodbye
-    took = federation.restart_node(2)
+    took, node_2_again, refused = federation.restart_node(2)
+    # activated under the id of its registered key; the attempts before that were refused (exit 305)
+    assert node_2_again == node_2
+    assert set(refused) <= {305}, refused
     _finish(federation, proc, 420)
-    print(f"fault run: {time.monotonic() - t0:.0f} s; supernode-2 activated again {took:.0f} s after the kill")
+    print(
+        f"fault run: {time.monotonic() - t0:.0f} s; supernode-2 activated again under the same node id "
+        f"{took:.0f} s after the kill, after {len(refused)} refused start(s)"
+    )
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2, summary
@@ -137,5 +157,6 @@ def test_supernode_killed_and_restarted(federation, tmp_path):
         assert "Node Unavailable" in r2["failures"][0]["reason"]
     else:
         assert [c["client_id"] for c in r2["clients"]] == [0, 1, 2] and not r2["failures"], r2
-    # the restarted SuperNode is back under the same node id (its registered key)
-    assert _online_nodes(federation) == nodes_before
+    # the same three node ids are online, and they are all the SuperLink knows: no id was left behind
+    assert federation.procs["supernode-2"].poll() is None, "the restarted supernode-2 exited"
+    assert _nodes(federation) == dict.fromkeys(nodes_before, "online")
