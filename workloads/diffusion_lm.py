@@ -1,0 +1,469 @@
+"""Small diffusion language models: a masked-diffusion LM (MDM), its autoregressive twin (ARM),
+their losses and the MDM samplers.
+
+Shared by the diffusion-LM workloads (``rainbow-padding``; the reversal-curse and DAPD
+workloads build on the same pieces). Pure torch: no flwr, no transformers, no download.
+
+Model
+-----
+:class:`TransformerLM` is a pre-norm transformer built from a :class:`TransformerConfig`:
+token embedding, optional learned absolute positions or rotary position embeddings (RoPE,
+Su et al. 2021, applied to queries and keys of every head), ``num_layers`` blocks
+``x <- x + o(attn(ln1(x)))``, ``x <- x + down(gelu(up(ln2(x))))``, a final LayerNorm and an
+output projection ``head``. Every projection is a plain :class:`torch.nn.Linear` named ``q``,
+``k``, ``v``, ``o`` (attention), ``up``, ``down`` (feed-forward) and ``head``, so peft LoRA
+can target any of them by name. ``causal=False`` gives the bidirectional MDM encoder (LLaDA,
+Nie et al. 2025, arXiv 2502.09992), ``causal=True`` the ARM of the same size.
+
+Masked diffusion (LLaDA)
+------------------------
+A sequence is ``[prompt | response]``. Training draws per sequence ``t ~ U(0, 1)``, sets
+
+    p = (1 - eps) t + eps,     eps = 1e-3,
+
+replaces every *response* token by the mask token independently with probability ``p`` (the
+prompt is never masked) and scores the model's predictions at the masked positions:
+
+    L = 1/B sum_b 1/L_b sum_{i masked in b} -log p_theta(x_i | x_t) / p_b,
+
+where ``L_b`` is the number of response positions of sequence b (LLaDA's SFT normalisation;
+the 1/p weight makes L an upper bound on the negative log-likelihood per response token).
+
+Sampling starts from the prompt followed by a canvas of G mask tokens and unmasks positions
+step by step (:func:`mdm_sample`): at every step the network predicts every masked position,
+a token is drawn for each (temperature sampling from a seeded :class:`torch.Generator`, or
+argmax at temperature 0) and scored by its confidence (its probability under the untempered
+prediction); the most confident masked positions are committed, the others stay masked
+(LLaDA's *low-confidence remasking*). Variants: ``tokens_per_step=1`` (LLaDA, G network
+evaluations), ``tokens_per_step=k`` (top-k per step), ``threshold=tau`` (Fast-dLLM, Wu et al.
+2025, arXiv 2505.22618: every position with confidence >= tau, at least the most confident
+one) and ``block_length=b`` (semi-autoregressive: blocks of b positions decoded left to
+right, each to completion before the next).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LLADA_EPS = 1e-3
+POSITIONS = ("rotary", "learned")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Shape of a :class:`TransformerLM`.
+
+    Parameters
+    ----------
+    vocab_size
+        Number of token ids (the mask token and any pad tokens included).
+    d_model, num_heads, num_layers, d_ff
+        Width, attention heads (``d_model % num_heads == 0``; the head width must be even for
+        rotary positions), blocks, feed-forward width.
+    positions
+        ``"rotary"`` (RoPE on queries and keys, nothing learned, any length) or ``"learned"``
+        (an absolute position table of ``max_len`` rows added to the token embeddings).
+    max_len
+        Longest sequence (prompt + canvas) for learned positions; unused by rotary.
+    causal
+        False: bidirectional encoder (MDM). True: causal decoder (ARM).
+    rope_base
+        Base of the rotary frequencies ``base^(-2j/d_head)``.
+    """
+
+    vocab_size: int
+    d_model: int = 64
+    num_heads: int = 4
+    num_layers: int = 2
+    d_ff: int = 256
+    positions: str = "rotary"
+    max_len: int = 512
+    causal: bool = False
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions={self.positions!r}: must be one of {', '.join(POSITIONS)}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        if self.positions == "rotary" and (self.d_model // self.num_heads) % 2:
+            raise ValueError(f"rotary positions need an even head width, not {self.d_model // self.num_heads}")
+
+
+def rotary_tables(length: int, d_head: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables of RoPE, each (length, d_head): angle ``pos * base^(-2j/d_head)``, halves repeated."""
+    inv = base ** (-torch.arange(0, d_head, 2, device=device, dtype=torch.float32) / d_head)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, d_head) by position: ``x cos + rotate_half(x) sin`` (rotate_half: (-x2, x1))."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with plain ``nn.Linear`` projections ``q``, ``k``, ``v``, ``o``."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.num_heads, self.d_head, self.causal = cfg.num_heads, d // cfg.num_heads, cfg.causal
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        key_mask: torch.Tensor | None,
+        return_attention: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, d) -> (B, T, d), and the attention weights (B, H, T, T) when asked.
+
+        ``key_mask`` (B, T) bool is True where a key may be attended to (False: padding).
+        """
+        b, t, d = x.shape
+
+        def heads(z: torch.Tensor) -> torch.Tensor:
+            return z.view(b, t, self.num_heads, self.d_head).transpose(1, 2)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        allowed = None
+        if self.causal:
+            allowed = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()[None, None]
+        if key_mask is not None:
+            keys = key_mask[:, None, None, :].bool()
+            allowed = keys if allowed is None else allowed & keys
+        if return_attention:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            out = weights @ v
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.o(out.transpose(1, 2).reshape(b, t, d)), weights
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then a GELU feed-forward (``up``, ``down``)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.up, self.down = nn.Linear(cfg.d_model, cfg.d_ff), nn.Linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x, rope, key_mask, return_attention):
+        a, weights = self.attn(self.ln1(x), rope, key_mask, return_attention)
+        x = x + a
+        return x + self.down(F.gelu(self.up(self.ln2(x)))), weights
+
+
+class TransformerLM(nn.Module):
+    """Token ids (B, T) -> logits (B, T, vocab): an MDM (``causal=False``) or an ARM (``causal=True``)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.positions == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (B, T, vocab); with ``return_attentions`` also one (B, H, T, T) map per layer.
+
+        ``attention_mask`` (B, T): 1 where a token may be attended to, 0 for padding keys.
+        """
+        t = input_ids.shape[1]
+        x = self.embed(input_ids)
+        rope = None
+        if self.pos is not None:
+            if t > self.cfg.max_len:
+                raise ValueError(f"sequence of {t} tokens exceeds max_len={self.cfg.max_len} of learned positions")
+            x = x + self.pos(torch.arange(t, device=input_ids.device))[None]
+        else:
+            rope = rotary_tables(t, self.cfg.d_model // self.cfg.num_heads, self.cfg.rope_base, input_ids.device)
+        maps = []
+        for block in self.blocks:
+            x, weights = block(x, rope, attention_mask, return_attentions)
+            maps.append(weights)
+        logits = self.head(self.ln_f(x))
+        return (logits, maps) if return_attentions else logits
+
+
+def count_parameters(cfg: TransformerConfig) -> int:
+    """Parameters of ``TransformerLM(cfg)`` without building it."""
+    d, f = cfg.d_model, cfg.d_ff
+    block = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 4 * d
+    pos = cfg.max_len * d if cfg.positions == "learned" else 0
+    return cfg.vocab_size * d + pos + cfg.num_layers * block + 2 * d + d * cfg.vocab_size + cfg.vocab_size
+
+
+def training_flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
+    """Forward + backward FLOPs per token: ``6 N`` (N: non-embedding weights and the head) + attention ``12 L T d``."""
+    d, f = cfg.d_model, cfg.d_ff
+    weights = cfg.num_layers * (4 * d * d + 2 * d * f) + d * cfg.vocab_size
+    return 6.0 * weights + 12.0 * cfg.num_layers * seq_len * d
+
+
+# -- losses ----------------------------------------------------------------------------------------
+def batch_generator(input_ids: torch.Tensor, seed: int) -> torch.Generator:
+    """A generator seeded by the batch's content and ``seed``: the same batch gets the same noise.
+
+    Makes a loss a deterministic function of (batch, seed) whatever the global RNG state, so
+    runs are reproducible under any scheduling; reshuffled batches still get fresh noise.
+    """
+    digest = zlib.crc32(input_ids.detach().cpu().numpy().tobytes())
+    return torch.Generator().manual_seed((digest << 20) ^ (seed & 0xFFFFF))
+
+
+def mask_response(
+    input_ids: torch.Tensor,
+    response: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    eps: float = LLADA_EPS,
+    t: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward (noising) process of masked diffusion, on response positions only.
+
+    Parameters
+    ----------
+    input_ids
+        (B, T) clean tokens.
+    response
+        (B, T) bool, True at maskable (response) positions; prompt positions are never masked.
+    mask_id
+        The mask token.
+    generator
+        Source of ``t`` and of the masks (CPU generator).
+    eps
+        Floor of the masking probability, ``p = (1 - eps) t + eps``.
+    t
+        (B,) diffusion times to use instead of drawing ``t ~ U(0, 1)``.
+
+    Returns
+    -------
+    noisy (B, T) with masked positions set to ``mask_id``; masked (B, T) bool; p (B,).
+    """
+    b, n = input_ids.shape
+    if t is None:
+        t = torch.rand(b, generator=generator)
+    p = (1 - eps) * t.to(torch.float32) + eps
+    draws = torch.rand(b, n, generator=generator).to(input_ids.device)
+    masked = (draws < p.to(input_ids.device)[:, None]) & response.bool()
+    return input_ids.masked_fill(masked, mask_id), masked, p.to(input_ids.device)
+
+
+def mdm_loss_from_logits(
+    logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor, p: torch.Tensor, response: torch.Tensor
+) -> torch.Tensor:
+    """LLaDA's loss ``1/B sum_b 1/L_b sum_{i masked} CE_i / p_b`` (logits (B, T, V); the rest (B, T) or (B,))."""
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
+    per_seq = (ce * masked).sum(dim=1) / p / response.sum(dim=1).clamp(min=1)
+    return per_seq.mean()
+
+
+def mdm_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    response: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    eps: float = LLADA_EPS,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Masked-diffusion training loss of a batch (see the module docstring for the equation).
+
+    ``input_ids`` (B, T) clean tokens, ``response`` (B, T) bool maskable positions.
+    """
+    noisy, masked, p = mask_response(input_ids, response, mask_id, generator, eps)
+    logits = model(input_ids=noisy, attention_mask=attention_mask)
+    return mdm_loss_from_logits(logits, input_ids, masked, p, response)
+
+
+def arm_loss(
+    model: nn.Module, input_ids: torch.Tensor, response: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy on response positions, averaged over those tokens (causal model)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask)[:, :-1]
+    targets, weight = input_ids[:, 1:], response[:, 1:].float()
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return (ce * weight).sum() / weight.sum().clamp(min=1)
+
+
+# -- sampling ------------------------------------------------------------------------------------
+@dataclass
+class SampleResult:
+    """What a sampler returns.
+
+    Attributes
+    ----------
+    tokens
+        (B, P + G) prompt followed by the completed canvas (no mask token left).
+    nfe
+        (B,) network evaluations spent on each sample (a batched forward counts once for every
+        sample that still had a masked position in the current block).
+    step
+        (B, G) the step (0-based, counting every forward of the batch) at which each canvas
+        position was committed.
+    num_steps
+        Forward passes of the batch in total.
+    """
+
+    tokens: torch.Tensor
+    nfe: torch.Tensor
+    step: torch.Tensor
+    num_steps: int
+
+
+def expected_nfe(gen_length: int, tokens_per_step: int = 1, block_length: int | None = None) -> int:
+    """NFE of :func:`mdm_sample` without a threshold: ``sum_blocks ceil(block / k)`` (G when k = 1)."""
+    block = block_length or gen_length
+    sizes = [min(block, gen_length - s) for s in range(0, gen_length, block)]
+    return sum(math.ceil(s / tokens_per_step) for s in sizes)
+
+
+@torch.no_grad()
+def mdm_sample(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    gen_length: int,
+    mask_id: int,
+    *,
+    tokens_per_step: int = 1,
+    threshold: float | None = None,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    forbidden: tuple[int, ...] = (),
+) -> SampleResult:
+    """Fill a canvas of ``gen_length`` masks after ``prompt`` by low-confidence remasking.
+
+    Parameters
+    ----------
+    model
+        Maps (B, T) ids to (B, T, V) logits (bidirectional).
+    prompt
+        (B, P) token ids, kept unchanged.
+    gen_length
+        G, the allocated response length.
+    tokens_per_step
+        k: positions committed per step (1: LLaDA's one token per step; the last step of a
+        block commits what is left).
+    threshold
+        Fast-dLLM: commit every masked position whose confidence is >= threshold (at least
+        the most confident one); ``tokens_per_step`` is then ignored.
+    block_length
+        Semi-autoregressive blocks of this many positions, decoded left to right; None: one
+        block of G.
+    temperature
+        0: argmax; > 0: each masked position's token drawn from ``softmax(logits / T)``.
+    generator
+        The seeded source of the temperature sampling.
+    forbidden
+        Token ids never produced (the mask token always is).
+
+    Returns
+    -------
+    :class:`SampleResult`. NFE per sample is :func:`expected_nfe` without a threshold, at most
+    G with one.
+    """
+    if tokens_per_step < 1:
+        raise ValueError(f"tokens_per_step={tokens_per_step}: must be at least 1")
+    device = prompt.device
+    b, plen = prompt.shape
+    x = torch.cat([prompt, torch.full((b, gen_length), mask_id, dtype=prompt.dtype, device=device)], dim=1)
+    step_of = torch.full((b, gen_length), -1, dtype=torch.long, device=device)
+    nfe = torch.zeros(b, dtype=torch.long, device=device)
+    banned = torch.tensor(sorted({mask_id, *forbidden}), device=device)
+    block = block_length or gen_length
+    steps = 0
+    for start in range(0, gen_length, block):
+        stop = min(start + block, gen_length)
+        in_block = torch.zeros(gen_length, dtype=torch.bool, device=device)
+        in_block[start:stop] = True
+        while True:
+            masked = (x[:, plen:] == mask_id) & in_block  # (B, G)
+            active = masked.any(dim=1)
+            if not active.any():
+                break
+            logits = model(input_ids=x)[:, plen:].float()  # (B, G, V)
+            logits[..., banned] = float("-inf")
+            probs = logits.softmax(dim=-1)
+            if temperature > 0:
+                tempered = (logits / temperature).softmax(dim=-1).flatten(0, 1)
+                cand = torch.multinomial(tempered.cpu(), 1, generator=generator).view(b, gen_length).to(device)
+            else:
+                cand = probs.argmax(dim=-1)
+            conf = probs.gather(-1, cand[..., None]).squeeze(-1).masked_fill(~masked, float("-inf"))
+            if threshold is not None:
+                commit = masked & (conf >= threshold)
+                best = conf.argmax(dim=1)
+                commit[torch.arange(b, device=device), best] |= active
+            else:
+                k = min(tokens_per_step, gen_length)
+                top = conf.topk(k, dim=1).indices  # (B, k)
+                commit = torch.zeros_like(masked)
+                commit.scatter_(1, top, True)
+                commit &= masked
+            canvas = x[:, plen:]
+            x[:, plen:] = torch.where(commit, cand, canvas)
+            step_of[commit] = steps
+            nfe += active.long()
+            steps += 1
+    return SampleResult(tokens=x, nfe=nfe, step=step_of, num_steps=steps)
+
+
+@torch.no_grad()
+def arm_sample(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    gen_length: int,
+    *,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    forbidden: tuple[int, ...] = (),
+) -> SampleResult:
+    """Left-to-right decoding of a causal model (no cache: G forwards, NFE = G per sample)."""
+    b, plen = prompt.shape
+    x = prompt
+    banned = list(forbidden)
+    for _ in range(gen_length):
+        logits = model(input_ids=x)[:, -1].float()
+        if banned:
+            logits[:, banned] = float("-inf")
+        if temperature > 0:
+            nxt = torch.multinomial((logits / temperature).softmax(-1).cpu(), 1, generator=generator).to(x.device)
+        else:
+            nxt = logits.argmax(dim=-1, keepdim=True)
+        x = torch.cat([x, nxt], dim=1)
+    step = torch.arange(gen_length, device=x.device).expand(b, gen_length).clone()
+    return SampleResult(tokens=x, nfe=torch.full((b,), gen_length, dtype=torch.long), step=step, num_steps=gen_length)
