@@ -195,16 +195,19 @@ def run(
             summary = run_in_simulation(cfg, out_dir, reporter, verbose=verbose, resume=checkpoint, plan=plan)
     except RunFailed as e:
         _fail(f"run failed: {e} (results in {out_dir})", 1)
-    except KeyboardInterrupt:
-        interrupted(out_dir)
+    except KeyboardInterrupt as e:
+        from fedsim.flower.simulation import Terminated
+
+        interrupted(out_dir, 143 if isinstance(e, Terminated) else 130)
     if quiet:
         typer.echo(str(out_dir))
     else:
         reporter.print_summary(summary, out_dir, time.perf_counter() - t0)
 
 
-def interrupted(out_dir: Path) -> None:
-    """Ctrl-C: the last completed round is already checkpointed; say how to resume and leave now.
+def interrupted(out_dir: Path, code: int = 130) -> None:
+    """Ctrl-C (exit 130) or SIGTERM (exit 143): the last completed round is already checkpointed;
+    say how to resume and leave now.
 
     os._exit, because the ServerApp thread may still be waiting on clients and would hold a
     normal interpreter exit; every file it writes is replaced atomically, so nothing is torn.
@@ -219,7 +222,7 @@ def interrupted(out_dir: Path) -> None:
     sys.stdout.flush()
     sys.stderr.write(f"fedsim: interrupted {done}; resume with: fedsim run --resume {out_dir}\n")
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(code)
 
 
 def prepare_resume(

@@ -14,6 +14,7 @@ Flower carries in its run config and messages; ``to_toml`` is what a results fol
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -43,6 +44,14 @@ def _nonneg_int(v: Any) -> bool:
 
 def _int_in(low: int, high: int) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, int) and low <= v <= high
+
+
+def _ip_address(v: Any) -> bool:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return False
+    return True
 
 
 def _positive(v: Any) -> bool:
@@ -207,7 +216,10 @@ class SimulationSection:
         0, _nonneg_int, "a non-negative integer", "ClientApps run at once (0: as many as the CPUs allow)"
     )
     ray_node_ip: str = _f(
-        "127.0.0.2", None, "an IP address", "address a locally started Ray binds to (loopback; Ray rewrites 127.0.0.1)"
+        "127.0.0.1",
+        _ip_address,
+        "an IPv4 or IPv6 address",
+        "address of a locally started Ray (127.0.0.1: every Ray server listens on loopback only)",
     )
 
 

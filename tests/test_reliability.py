@@ -55,18 +55,45 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(small_run, tmp_path
     assert again.returncode == 2 and "finished" in again.stderr
 
 
-def test_sigint_saves_and_exits_130_then_resume_refuses_other_config(tmp_path):
+def listening_addresses(pid: int) -> set[str]:
+    """The local addresses on which ``pid`` and its descendants accept TCP connections."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    pids = {p.pid for p in procs}
+    return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_saves_and_exits_then_resume_refuses_other_config(sig, code, tmp_path):
+    """Ctrl-C and SIGTERM stop cleanly with the resume line; while running, every server the run
+    started listens on loopback only; afterwards Ray's session folder is gone."""
+    import tempfile
+
     out = tmp_path / "interrupted"
-    proc = start(run_args(4, 6, 2, "--out", str(out)))
+    ray_tmp = tempfile.mkdtemp(prefix="t", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsim", *run_args(4, 6, 2, "--out", str(out))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_TMPDIR": ray_tmp},
+    )
     try:
         wait_for_rounds(out, 1, proc)
-        proc.send_signal(signal.SIGINT)
+        addresses = listening_addresses(proc.pid)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130
+    assert addresses and all(a in ("127.0.0.1", "::ffff:127.0.0.1") for a in addresses), addresses
+    assert proc.returncode == code, err[-2000:]
     assert f"resume with: fedsim run --resume {out}" in err.strip().splitlines()[-1]
+    assert "SIGTERM received" not in err and "Traceback" not in err
+    assert os.listdir(ray_tmp) == []  # the run's Ray session folder was removed
+    os.rmdir(ray_tmp)
     done = json.loads((out / "checkpoint" / "state.json").read_text())["round"]
     assert done >= 1 and len((out / "rounds.jsonl").read_text().splitlines()) >= done
     other = run_fedsim(["run", "--resume", str(out), "--set", "train.lr=0.1"])

@@ -8,8 +8,14 @@ notice) are kept at ERROR-or-quieter unless ``verbose``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,8 +26,13 @@ from fedsim.flower.server_app import Reporter, RunFailed, serve
 from fedsim.tsfa import RankPlan
 
 
-def backend_config(cfg: Config) -> dict[str, Any]:
-    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
+def backend_config(cfg: Config, ray_dir: str | None = None) -> dict[str, Any]:
+    """Flower's Ray backend settings: client resources and the arguments of ``ray.init``.
+
+    A locally started Ray keeps its session (sockets, logs, spilled objects) in ``ray_dir``,
+    which the caller removes afterwards, and is told its node address (``simulation.ray_node_ip``).
+    """
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
     if cfg.simulation.ray_address:
         init_args["address"] = cfg.simulation.ray_address
     else:
@@ -30,6 +41,8 @@ def backend_config(cfg: Config) -> dict[str, Any]:
         )
         init_args["num_cpus"] = slots * cfg.simulation.cpus_per_client
         init_args["_node_ip_address"] = cfg.simulation.ray_node_ip
+        if ray_dir:
+            init_args["_temp_dir"] = ray_dir
     return {
         "client_resources": {"num_cpus": cfg.simulation.cpus_per_client, "num_gpus": 0.0},
         "init_args": init_args,
@@ -45,12 +58,19 @@ def run_in_simulation(
     plan: RankPlan | None = None,
 ) -> dict:
     """Run ``cfg`` through Flower's Simulation Runtime; returns the summary or raises RunFailed."""
+    if not cfg.simulation.ray_address and ipaddress.ip_address(cfg.simulation.ray_node_ip).is_loopback:
+        # Ray replaces a loopback node address with the host's routable one, and then its gRPC
+        # servers listen on every interface; this switch (read when Ray is first imported, so set
+        # before flwr.simulation imports it) keeps the given loopback address, and every server on it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
     from fedsim.flower.client_app import app as client_app
 
     outcome: dict[str, Any] = {}
+    local_ray = not cfg.simulation.ray_address  # its session folder lives where Ray's would (RAY_TMPDIR, TMPDIR)
+    ray_dir = tempfile.mkdtemp(prefix="fedsim-ray-", dir=os.environ.get("RAY_TMPDIR")) if local_ray else None
     server_app = ServerApp()
 
     @server_app.main()
@@ -64,14 +84,18 @@ def run_in_simulation(
     old_level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.CRITICAL)
+    backend = backend_config(cfg, ray_dir)
+    old_sigterm = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            _start_ray(backend["init_args"])
+            old_sigterm = _catch_sigterm()
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=cfg.run.clients,
-                backend_config=backend_config(cfg),
+                backend_config=backend,
                 verbose_logging=verbose,
             )
     except Exception as e:  # the runtime itself died (Ray could not start, an actor pool failure, ...)
@@ -80,6 +104,10 @@ def run_in_simulation(
     finally:
         flwr_logger.setLevel(old_level)
         _shutdown_ray()
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
+        if ray_dir:
+            shutil.rmtree(ray_dir, ignore_errors=True)
     if "error" in outcome:
         raise outcome["error"]
     if "summary" not in outcome:
@@ -87,6 +115,35 @@ def run_in_simulation(
     if outcome["summary"]["status"] != "ok":
         raise RunFailed(outcome["summary"]["error"])
     return outcome["summary"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, ``docker stop``): stop as Ctrl-C does, but exit 143."""
+
+
+def _start_ray(init_args: dict[str, Any]) -> None:
+    """Start (or connect to) Ray here, in the main thread, before Flower would.
+
+    Flower's backend starts Ray only when it is not running yet, with the same arguments. Starting it
+    here lets :func:`_catch_sigterm` install its handler after Ray's own ones: Ray's core worker
+    replaces the process's SIGTERM handler with one that dumps a C++ stack and aborts (exit 134).
+    Actors get the driver's ``sys.path``, as under Flower's own start.
+    """
+    import ray
+
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into :class:`Terminated` in the main thread; returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _shutdown_ray() -> None:
