@@ -240,3 +240,24 @@ def test_export_trace_of_a_broken_results_folder_or_to_proc_is_refused(tmp_path,
     code, err = run_in_process(["channels", "--export-trace", str(run), "--out", str(tmp_path / "t.csv")], capsys)
     assert_one_line_exit_2(code, err, "does not hold fedsim round records")
     assert not (tmp_path / "t.csv").exists()
+
+
+# ---- a deployed run writes only inside the ServerApp's results root ----------------------------------
+
+
+def test_results_dir_is_confined_to_the_results_root(tmp_path, monkeypatch):
+    from fedsim.config import ConfigError
+    from fedsim.flower.server_app import confined_results_dir
+
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    monkeypatch.setenv("FEDSIM_RESULTS_ROOT", str(root))
+    assert confined_results_dir(str(root / "run-1"), 7) == root / "run-1"
+    assert confined_results_dir("", 7) == root / "flwr-run-7"
+    for escape in ("/etc/cron.d/x", str(root / ".." / "elsewhere"), str(root / "link" / "x"), str(root), "/"):
+        with pytest.raises(ConfigError, match="must be a folder inside"):
+            confined_results_dir(escape, 7)
+    monkeypatch.delenv("FEDSIM_RESULTS_ROOT")
+    monkeypatch.chdir(tmp_path)
+    assert confined_results_dir("results/flwr-run-3", 3) == root / "flwr-run-3"  # default root: ./results

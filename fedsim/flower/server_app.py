@@ -12,6 +12,7 @@ The same :func:`serve` runs under ``fedsim run`` (Simulation Runtime, Ray) and `
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.checkpoint import Checkpoint, save_checkpoint, sha256_text
-from fedsim.config import Config, config_from_flat
+from fedsim.config import Config, ConfigError, config_from_flat
 from fedsim.flower.records import (
     CLIENT_KEY,
     NODE_PROFILE_KEYS,
@@ -280,11 +281,12 @@ def serve(
             if ok or metrics is None:  # a failed round keeps the adapter, hence its metrics
                 metrics = evaluate_state(cfg, state)
                 metrics["primary_metric"] = metrics[primary]
+            finite = all(np.isfinite(v).all() for v in state.values())
             queue_s = scheduler.queue_s
             scheduler.update(latency_s)
             record = {
                 "round": round_,
-                "status": "ok" if ok else "failed",
+                "status": "failed" if not ok else "ok" if finite else "diverged",
                 "clients": client_records,
                 "failures": sorted(failures, key=lambda f: f["client_id"]),
                 "round_latency_s": latency_s,
@@ -300,7 +302,7 @@ def serve(
             }
             writer.append(record)
             report("round", record)
-            if not all(np.isfinite(v).all() for v in state.values()):
+            if not finite:
                 diverged = round_  # not checkpointed: a resume continues from the last finite adapter
                 break
             save_checkpoint(out, Checkpoint(round_, state, writer.records, scheduler.state_dict(), config_sha))
@@ -395,12 +397,27 @@ def scheduler_fields(cfg: Config, decision, queue_s: float) -> dict[str, Any]:
 app = ServerApp()
 
 RESULTS_DIR_KEY = "results-dir"
+RESULTS_ROOT_ENV = "FEDSIM_RESULTS_ROOT"
+
+
+def confined_results_dir(value: str, run_id: int) -> Path:
+    """The folder a submitted run may write: inside the ServerApp's results root, never elsewhere.
+
+    The root is ``$FEDSIM_RESULTS_ROOT`` (the image's results volume, ``/work/results``) or
+    ``results`` under the ServerApp's working folder. ``value`` ('' picks ``flwr-run-<id>``) is
+    resolved with symlinks followed, so neither ``..`` nor a link leads out of the root.
+    """
+    root = Path(os.environ.get(RESULTS_ROOT_ENV) or "results").resolve()
+    target = Path(value).resolve() if value else root / f"flwr-run-{run_id}"
+    if target == root or not target.is_relative_to(root):
+        raise ConfigError(f"{RESULTS_DIR_KEY}={value!r}: must be a folder inside {root} (${RESULTS_ROOT_ENV})")
+    return target
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     flat = dict(context.run_config)
-    out_dir = str(flat.pop(RESULTS_DIR_KEY, "") or f"results/flwr-run-{context.run_id}")
+    out_dir = confined_results_dir(str(flat.pop(RESULTS_DIR_KEY, "")), context.run_id)
     cfg = config_from_flat(flat)
 
     def log_round(event: str, data: dict[str, Any]) -> None:

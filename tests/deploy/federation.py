@@ -58,6 +58,7 @@ class Federation:
             **os.environ,
             "FLWR_HOME": str(home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FEDSIM_RESULTS_ROOT": str(self.server_results),  # where the ServerApp may write
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
         }
