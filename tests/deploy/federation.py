@@ -11,6 +11,7 @@ it started, as a container would be.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -25,9 +26,29 @@ BIN = Path(sys.executable).parent
 # (flwr/supernode/start_client_internal.py, after the connection is initialised).
 ACTIVATED = re.compile(r"SuperNode ID: (\d+)")
 FLOWER_EXIT = re.compile(r"Exit Code: (\d+)")  # what flwr_exit logs (the process itself exits with 1)
+PORT_TAKEN = "address already in use"  # uvicorn's bind error: the process is started again on another port
 
 
 def free_port() -> int:
+    """A free port on 127.0.0.1, below the kernel's ephemeral port range where there is room.
+
+    A port from the ephemeral range (what binding port 0 returns) is also what the kernel gives
+    outgoing connections, so one chosen early can be taken before its server binds it (this
+    happened on a busy machine). Outside that range only another server can take it; a process
+    that still finds its port taken is started again on a new one (``PORT_TAKEN``).
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    for _ in range(50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", rng.randrange(10000, low) if low > 11000 else 0))
+            except OSError:
+                continue
+            return s.getsockname()[1]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -110,19 +131,12 @@ class Federation:
             env={**os.environ, "PYTHON": sys.executable},
         )
         c = self.certs
-        self.spawn(
-            "superlink",
-            [
-                "flower-superlink",
-                *("--ssl-ca-certfile", str(c / "ca.crt"), "--ssl-certfile", str(c / "server.crt")),
-                *("--ssl-keyfile", str(c / "server.key")),
-                "--enable-supernode-auth",
-                *("--isolation", "process"),
-                "--disable-runtime-dependency-installation",
-                *("--database", str(self.root / "superlink.db")),
-                *("--host", "127.0.0.1", "--port", str(self.port)),
-            ],
-        )
+        for _ in range(5):
+            if self._start_superlink():
+                break
+            self.port = free_port()
+        else:
+            raise AssertionError(f"no free port for the SuperLink\n{self.log_tail()}")
         self.spawn(
             "serverapp",
             [
@@ -140,12 +154,48 @@ class Federation:
         for i in range(1, self.nodes + 1):
             self.start_node(i)
         for i in range(1, self.nodes + 1):  # the federation is ready once every SuperNode is activated
-            assert self.activated_node_id(i, timeout_s=180) is not None, f"supernode-{i} exited\n{self.log_tail()}"
+            for _ in range(5):
+                if self.activated_node_id(i, timeout_s=180) is not None:
+                    break
+                assert PORT_TAKEN in self.latest_log(f"supernode-{i}").lower(), (
+                    f"supernode-{i} exited\n{self.log_tail()}"
+                )
+                self.node_ports[i - 1] = free_port()
+                self.start_node(i)
+            else:
+                raise AssertionError(f"no free port for supernode-{i}\n{self.log_tail()}")
         conn = self.fedsim(
             ["deploy", "connect", "test", "--address", f"127.0.0.1:{self.port}", "--ca", str(c / "ca.crt"), "--default"]
         )
         assert conn.returncode == 0, conn.stderr
         return self
+
+    def _start_superlink(self) -> bool:
+        """Start the SuperLink; False if its port was taken (it exited), True once it serves."""
+        c = self.certs
+        proc = self.spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                *("--ssl-ca-certfile", str(c / "ca.crt"), "--ssl-certfile", str(c / "server.crt")),
+                *("--ssl-keyfile", str(c / "server.key")),
+                "--enable-supernode-auth",
+                *("--isolation", "process"),
+                "--disable-runtime-dependency-installation",
+                *("--database", str(self.root / "superlink.db")),
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+            ],
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            exited = proc.poll() is not None
+            if "Uvicorn running on" in self.latest_log("superlink"):
+                return True
+            if exited:
+                assert PORT_TAKEN in self.latest_log("superlink").lower(), f"the SuperLink exited\n{self.log_tail()}"
+                return False
+            time.sleep(0.2)
+        raise AssertionError(f"the SuperLink did not start within 120 s\n{self.log_tail()}")
 
     def start_node(self, i: int) -> subprocess.Popen:
         node_config = f"partition-id={i - 1} num-partitions={self.nodes} {self.profiles.get(i, '')}".strip()
@@ -205,7 +255,11 @@ class Federation:
             node_id = self.activated_node_id(i, left)
             if node_id is not None:
                 return time.monotonic() - t0, node_id, refused
-            code = FLOWER_EXIT.search(self.latest_log(f"supernode-{i}"))
+            log = self.latest_log(f"supernode-{i}")
+            if PORT_TAKEN in log.lower():  # its ClientAppIo port was taken meanwhile: not a refusal
+                self.node_ports[i - 1] = free_port()
+                continue
+            code = FLOWER_EXIT.search(log)
             refused.append(int(code.group(1)) if code else -1)
             time.sleep(2)
         raise AssertionError(f"supernode-{i} was not activated within {timeout_s} s (exit codes {refused})")
