@@ -55,11 +55,17 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(small_run, tmp_path
     assert again.returncode == 2 and "finished" in again.stderr
 
 
-def listening_addresses(pid: int) -> set[str]:
-    """The local addresses on which ``pid`` and its descendants accept TCP connections."""
+def process_tree(pid: int) -> list:
+    """``pid`` and its descendants (Ray's GCS, raylet, agents and ClientApp actors) as psutil processes."""
     import psutil
 
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+
+
+def listening_addresses(procs: list) -> set[str]:
+    """The local addresses on which ``procs`` accept TCP connections."""
+    import psutil
+
     pids = {p.pid for p in procs}
     return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
@@ -67,8 +73,10 @@ def listening_addresses(pid: int) -> set[str]:
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_saves_and_exits_then_resume_refuses_other_config(sig, code, tmp_path):
     """Ctrl-C and SIGTERM stop cleanly with the resume line; while running, every server the run
-    started listens on loopback only; afterwards Ray's session folder is gone."""
+    started listens on loopback only; afterwards no Ray process is left and its session folder is gone."""
     import tempfile
+
+    import psutil
 
     out = tmp_path / "interrupted"
     ray_tmp = tempfile.mkdtemp(prefix="t", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
@@ -82,13 +90,16 @@ def test_interrupt_saves_and_exits_then_resume_refuses_other_config(sig, code, t
     )
     try:
         wait_for_rounds(out, 1, proc)
-        addresses = listening_addresses(proc.pid)
+        tree = process_tree(proc.pid)
+        addresses = listening_addresses(tree)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert addresses and all(a in ("127.0.0.1", "::ffff:127.0.0.1") for a in addresses), addresses
+    _, alive = psutil.wait_procs(tree[1:], timeout=10)  # Ray's processes end with the run
+    assert not alive, [p.name() for p in alive]
     assert proc.returncode == code, err[-2000:]
     assert f"resume with: fedsim run --resume {out}" in err.strip().splitlines()[-1]
     assert "SIGTERM received" not in err and "Traceback" not in err
@@ -169,3 +180,20 @@ def test_round_below_min_clients_is_recorded_as_failed(tmp_path):
     assert [r["status"] for r in records] == ["failed", "failed"]
     assert all(len(r["failures"]) == 2 and r["clients"] == [] for r in records)
     assert json.loads((out / "summary.json").read_text())["failed_rounds"] == [1, 2]
+
+
+def test_diverged_training_stops_and_says_so_in_strict_json(tmp_path):
+    out = tmp_path / "diverged"
+    proc = run_fedsim(run_args(2, 3, 2, "--set", "train.lr=1e30", "--out", str(out)))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "training diverged in round 1" in proc.stderr.strip().splitlines()[-1]
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+    summary = strict((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "round 1" in summary["error"]
+    records = [strict(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["diverged"]  # the run stopped there
+    assert None in [c["train_loss"] for c in records[0]["clients"]] or records[0]["metrics"]["loss"] is None
+    assert not (out / "checkpoint").exists()  # a non-finite adapter is never checkpointed
