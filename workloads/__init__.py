@@ -17,6 +17,7 @@ ENTRY_POINT_GROUP = "fedsim.workloads"
 _BUILTIN = {
     "text-classify": "workloads.text_classify:TextClassify",
     "equation-reasoner": "workloads.equation_reasoner:EquationReasoner",
+    "clip-memorisation": "workloads.clip_memorisation:ClipMemorisation",
 }
 
 

@@ -1,0 +1,953 @@
+"""clip-memorisation: pad-token memorisation in a tiny text-to-image diffusion model (arXiv 2605.02908).
+
+The paper: Stable Diffusion conditions on all 77 CLIP text embeddings (start token, prompt
+tokens ``v_pr``, end-of-text ``v_eot`` and padding ``v_pad``). The SD 1.x tokenizer pads with
+eot, so the pad embeddings are near-copies of ``v_eot``, the only embedding that CLIP's
+contrastive loss trains directly. The paper finds that memorised images depend little on
+``v_pr`` and strongly on ``v_pad``, and mitigates at inference time by padding with ``"!"``
+instead of eot (and zeroing ``v_eot``) or by masking a share of the pad embeddings. Reported
+SSCD similarity to the training image: 0.08 (pad -> "!" + eot zeroed), 0.14 (pad -> "!"),
+0.10 (70 % pad masked), 0.07 (mask ``v_pad``), 0.95 (mask ``v_eot``: memorisation stays).
+
+This workload is that experiment in miniature, federated:
+
+Images (:func:`render`): ``image_size`` x ``image_size`` grey images in [-1, 1] drawn from four
+caption attributes, ``"a <intensity> <size> <shape> at <position>"`` (2 x 2 x 4 x 4 = 64
+captions), with per-row jitter of centre, radius and brightness. ``mem_captions`` captions
+(drawn from the seed) are each paired with one unique image instead, a smooth random pattern
+(:func:`memorised_images`) unrelated to the caption, and duplicated many times in the training
+data: the source of memorisation.
+
+Text tower (:class:`TextTower`): a causal transformer over ``context_len`` tokens
+``<sot> words <eot> pad...``, pooled at eot, so the contrastive loss reaches only ``v_eot``
+directly (every other position is trained only through the attention of later positions, and
+positions after eot not at all). It is pretrained with a CLIP loss against a tiny image encoder
+on jittered renderings and cached (:mod:`workloads.cache`). The tokenizer pads with eot (SD 1.x,
+``pad_token="eot"``) or with ``"!"`` (``pad_token="!"``).
+
+Denoiser (:class:`Denoiser`): a two-level convolutional U-Net with coordinate channels and
+cross-attention over every text-token embedding at both resolutions (``to_q``/``to_k``/``to_v``/
+``to_out``; key and value projections have no bias, so a zeroed embedding contributes no value),
+epsilon prediction on a cosine schedule of ``diffusion_steps`` steps, sampled with deterministic
+DDIM (eta = 0) in ``sample_steps`` steps. The base is pretrained once on generic renderings of
+all 64 captions (with the frozen text tower) and cached. Federated LoRA adapts the cross-attention
+projections (:attr:`ClipMemorisation.lora_target_modules`); the text tower stays frozen.
+
+Federated data: client ``k < mem_clients`` holds ``dup_fraction`` of its rows as the memorised
+pairs (each of the ``mem_captions`` pairs repeated), the rest generic renderings of the other
+captions; the other clients hold generic data only (``workload.partition = "natural"``; with
+``dirichlet`` the split skews over the ``group`` column, 0 generic, 1 memorised). The noise and
+timestep of a training row are drawn from its ``noise_seed`` column, so a batch's loss is a
+deterministic function of its rows (duplicates have distinct seeds).
+
+Interventions (applied to the text embeddings at sampling time; ``interventions`` option, names
+joined by ``+`` or ``all``):
+
+========================  ===============================================================
+``none``                  the tokenizer's own padding, nothing changed
+``pad_bang_eot0``         pad with ``"!"`` and zero ``v_eot`` (the paper's mitigation 1)
+``pad_bang``              pad with ``"!"``
+``pad_mask``              zero a random ``mask_ratio`` share of the pad embeddings (mitigation 2)
+``mask_pr``               zero the prompt-token embeddings (between sot and eot)
+``mask_eot``              zero ``v_eot``
+``mask_pad``              zero every pad embedding
+========================  ===============================================================
+
+Metrics of the global model, for every intervention ``<k>`` (one DDIM generation per caption and
+seed in ``eval_seeds``, the same initial noise for every intervention):
+
+- ``mem_sim_<k>``: similarity of generations for the memorised captions to their training
+  images; similarity is the cosine of the mean-centred, 2x2-average-pooled images (Pearson
+  correlation of pooled pixels), a fixed feature space standing in for SSCD,
+- ``mem_rate_<k>``: the share of those generations above ``mem_threshold``, the
+  ``threshold_quantile`` quantile of the similarity of generations for non-memorised captions
+  (no intervention) to every memorised image (calibrated on non-memorised captions, each round),
+- ``orig_sim_<k>``: similarity to the unmodified (``none``) generation with the same seed,
+- ``attr_acc_<k>``: attribute accuracy of generations for non-memorised captions (quality): each
+  generation is read as the attributes of the most similar canonical (unjittered) rendering among
+  all 64 captions, scored per attribute,
+- ``diversity_<k>`` and ``mem_diversity_<k>``: 1 - mean pairwise similarity across seeds, for
+  non-memorised and memorised captions.
+
+Primary metric: ``memorisation_rate`` (= ``mem_rate_none``), lower is better. ``denoise_loss`` is
+the epsilon-MSE on the test rows.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import nn
+
+from fedsim.errors import ConfigError
+from workloads.base import Workload
+
+SHAPES = ("circle", "square", "triangle", "cross")
+SIZES = ("small", "large")
+POSITIONS = ("left", "right", "top", "bottom")
+INTENSITIES = ("dim", "bright")
+ATTRIBUTES = ("intensity", "size", "shape", "position")
+SOT, EOT, BANG = "<sot>", "<eot>", "!"
+VOCAB = (SOT, EOT, BANG, "a", "at", *INTENSITIES, *SIZES, *SHAPES, *POSITIONS)
+INTERVENTIONS = ("none", "pad_bang_eot0", "pad_bang", "pad_mask", "mask_pr", "mask_eot", "mask_pad")
+PAD_TOKENS = ("eot", "!")
+NUM_CAPTIONS = len(INTENSITIES) * len(SIZES) * len(SHAPES) * len(POSITIONS)
+
+
+# -- captions and images ------------------------------------------------------------------
+def caption_attributes(index: int) -> tuple[int, int, int, int]:
+    """Caption index 0..63 -> (intensity, size, shape, position) indices."""
+    index, pos = divmod(index, len(POSITIONS))
+    index, shape = divmod(index, len(SHAPES))
+    intensity, size = divmod(index, len(SIZES))
+    return intensity, size, shape, pos
+
+
+def caption_text(index: int) -> str:
+    """``"a bright large circle at left"`` for a caption index."""
+    i, s, sh, p = caption_attributes(index)
+    return f"a {INTENSITIES[i]} {SIZES[s]} {SHAPES[sh]} at {POSITIONS[p]}"
+
+
+def caption_index(text: str) -> int:
+    """Inverse of :func:`caption_text`."""
+    words = text.split()
+    i, s, sh, p = INTENSITIES.index(words[1]), SIZES.index(words[2]), SHAPES.index(words[3]), POSITIONS.index(words[5])
+    return ((i * len(SIZES) + s) * len(SHAPES) + sh) * len(POSITIONS) + p
+
+
+def render(captions: np.ndarray, jitter: np.ndarray, image_size: int = 16) -> np.ndarray:
+    """Images of caption indices, shape (N, image_size, image_size), float32 in [-1, 1].
+
+    Parameters
+    ----------
+    captions
+        (N,) caption indices 0..63.
+    jitter
+        (N, 4) in [-1, 1]: centre x and y offset (up to 1/16 of the side), radius scale
+        (+-15 %) and brightness (+-0.1); zeros give the canonical rendering.
+
+    Background is -1; the shape is 0 (dim) or 1 (bright). Centres sit at a quarter of the
+    side from the named edge, radii are 1/8 (small) or 7/32 (large) of the side.
+    """
+    captions = np.asarray(captions, dtype=np.int64)
+    jitter = np.asarray(jitter, dtype=np.float64).reshape(len(captions), 4)
+    n = image_size
+    attrs = np.array([caption_attributes(int(c)) for c in captions], dtype=np.int64).reshape(-1, 4)
+    centres = np.array([[0.28, 0.5], [0.72, 0.5], [0.5, 0.28], [0.5, 0.72]]) * n  # (x, y) per position
+    cx = centres[attrs[:, 3], 0] + jitter[:, 0] * n / 16
+    cy = centres[attrs[:, 3], 1] + jitter[:, 1] * n / 16
+    radius = np.where(attrs[:, 1] == 1, 7 / 32, 1 / 8) * n * (1 + 0.15 * jitter[:, 2])
+    level = np.where(attrs[:, 0] == 1, 1.0, 0.0) + 0.1 * jitter[:, 3]
+    coords = np.arange(n) + 0.5
+    dx = coords[None, None, :] - cx[:, None, None]
+    dy = coords[None, :, None] - cy[:, None, None]
+    r = radius[:, None, None]
+    shape = attrs[:, 2][:, None, None]
+    circle = dx**2 + dy**2 <= r**2
+    square = np.maximum(np.abs(dx), np.abs(dy)) <= 0.85 * r
+    triangle = (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)  # apex up
+    cross = ((np.abs(dx) <= r / 3) & (np.abs(dy) <= r)) | ((np.abs(dy) <= r / 3) & (np.abs(dx) <= r))
+    mask = np.select([shape == 0, shape == 1, shape == 2], [circle, square, triangle], cross)
+    return np.where(mask, level[:, None, None], -1.0).astype(np.float32)
+
+
+def memorised_images(seed: int, count: int, image_size: int = 16) -> np.ndarray:
+    """``count`` unique training images of the memorised pairs, (count, n, n) in [-1, 1].
+
+    A 4x4 grid of uniform values bilinearly upsampled and scaled to span [-1, 1]: smooth,
+    image-like, and unlike any rendering of a caption.
+    """
+    rng = np.random.default_rng([seed, 0x4D454D])
+    grid = torch.from_numpy(rng.uniform(-1, 1, size=(count, 1, 4, 4)).astype(np.float32))
+    up = F.interpolate(grid, size=(image_size, image_size), mode="bilinear", align_corners=True)[:, 0]
+    lo = up.amin(dim=(1, 2), keepdim=True)
+    hi = up.amax(dim=(1, 2), keepdim=True)
+    return (2 * (up - lo) / (hi - lo).clamp_min(1e-6) - 1).numpy()
+
+
+def memorised_captions(seed: int, count: int) -> list[int]:
+    """The caption indices of the memorised pairs (distinct, drawn from the seed)."""
+    rng = np.random.default_rng([seed, 0xCA9])
+    return sorted(int(c) for c in rng.choice(NUM_CAPTIONS, size=count, replace=False))
+
+
+def image_features(images: torch.Tensor) -> torch.Tensor:
+    """(N, n, n) -> (N, (n/2)^2) unit vectors: 2x2 average pool, mean-centred, L2-normalised."""
+    pooled = F.avg_pool2d(images[:, None], 2).flatten(1)
+    pooled = pooled - pooled.mean(dim=1, keepdim=True)
+    return pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+class Tokenizer:
+    """Word tokenizer of the caption language: ``<sot> words <eot>`` then padding to ``context_len``.
+
+    ``pad="eot"`` pads with the eot token (SD 1.x / CLIP ViT-L), ``pad="!"`` with ``"!"``.
+    """
+
+    def __init__(self, context_len: int):
+        self.context_len = context_len
+        self.ids = {w: i for i, w in enumerate(VOCAB)}
+        self.sot_id, self.eot_id, self.bang_id = self.ids[SOT], self.ids[EOT], self.ids[BANG]
+
+    def __len__(self) -> int:
+        return len(VOCAB)
+
+    def __call__(self, captions: list[str], pad: str = "eot") -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids (B, L) int64, eot position (B,) int64)."""
+        if pad not in PAD_TOKENS:
+            raise ValueError(f"pad={pad!r}: must be one of {PAD_TOKENS}")
+        pad_id = self.eot_id if pad == "eot" else self.bang_id
+        rows, eot = [], []
+        for text in captions:
+            words = [self.ids[w] for w in text.split()][: self.context_len - 2]
+            row = [self.sot_id, *words, self.eot_id]
+            eot.append(len(row) - 1)
+            rows.append(row + [pad_id] * (self.context_len - len(row)))
+        return torch.tensor(rows, dtype=torch.int64), torch.tensor(eot, dtype=torch.int64)
+
+
+def token_roles(eot_pos: torch.Tensor, context_len: int) -> dict[str, torch.Tensor]:
+    """Boolean (B, L) masks of the prompt positions (between sot and eot), eot, and padding."""
+    pos = torch.arange(context_len)[None, :]
+    e = eot_pos[:, None]
+    return {"prompt": (pos > 0) & (pos < e), "eot": pos == e, "pad": pos > e}
+
+
+# -- models ---------------------------------------------------------------------------------
+class _TextBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(dim)
+        self.c_qkv = nn.Linear(dim, 3 * dim)
+        self.c_proj = nn.Linear(dim, dim)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, 4 * dim)
+        self.fc_out = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D)
+        b, seq, d = x.shape
+        q, k, v = self.c_qkv(self.ln_1(x)).view(b, seq, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # position i sees 0..i
+        x = x + self.c_proj(a.transpose(1, 2).reshape(b, seq, d))
+        return x + self.fc_out(F.gelu(self.fc(self.ln_2(x))))
+
+
+class TextTower(nn.Module):
+    """CLIP-style causal text transformer: token embeddings (B, L, D) and the eot-pooled feature."""
+
+    def __init__(self, vocab: int, context_len: int, dim: int, layers: int, heads: int, embed_dim: int):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab, dim)
+        self.positional_embedding = nn.Parameter(torch.randn(context_len, dim) * 0.02)
+        self.blocks = nn.ModuleList(_TextBlock(dim, heads) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(dim)
+        self.text_projection = nn.Linear(dim, embed_dim, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, D) per-token embeddings (after the final LayerNorm), as SD reads them."""
+        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_final(x)
+
+    def pooled(self, ids: torch.Tensor, eot_pos: torch.Tensor) -> torch.Tensor:
+        """(B, E): the projected eot embedding, the only one CLIP's loss sees."""
+        h = self(ids)
+        return self.text_projection(h[torch.arange(len(ids)), eot_pos])
+
+
+class ImageEncoder(nn.Module):
+    """The contrastive partner of the text tower (used only in its pretraining)."""
+
+    def __init__(self, image_size: int, embed_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Flatten(),
+            nn.Linear(32 * (image_size // 4) ** 2, embed_dim),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, n, n) -> (B, E)
+        return self.net(images[:, None])
+
+
+class ClipPair(nn.Module):
+    """Text tower + image encoder + logit scale: what the CLIP pretraining trains and caches."""
+
+    def __init__(self, text: TextTower, image: ImageEncoder):
+        super().__init__()
+        self.text = text
+        self.image = image
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B,) integer steps -> (B, dim) sinusoidal features (Transformer / DDPM)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, temb: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(4, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.temb = nn.Linear(temb, cout)
+        self.norm2 = nn.GroupNorm(4, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x))) + self.temb(temb)[:, :, None, None]
+        return self.skip(x) + self.conv2(F.silu(self.norm2(h)))
+
+
+class CrossAttention(nn.Module):
+    """Image features (queries) attend over every text-token embedding (keys, values), residual.
+
+    ``softmax(Q K^T / sqrt(d_head)) V`` with Q = to_q(GroupNorm(x)), K = to_k(c), V = to_v(c);
+    K and V have no bias, so a zeroed embedding has key 0 (logit 0) and value 0.
+    """
+
+    def __init__(self, channels: int, context_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(4, channels)
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_k = nn.Linear(context_dim, channels, bias=False)
+        self.to_v = nn.Linear(context_dim, channels, bias=False)
+        self.to_out = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        dh = c // self.heads
+        q = self.to_q(h).view(b, -1, self.heads, dh).transpose(1, 2)
+        k = self.to_k(context).view(b, -1, self.heads, dh).transpose(1, 2)
+        v = self.to_v(context).view(b, -1, self.heads, dh).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, dh)
+        out = self.to_out(a.transpose(1, 2).reshape(b, hgt * wid, c))
+        return x + out.transpose(1, 2).view(b, c, hgt, wid)
+
+
+class Denoiser(nn.Module):
+    """Epsilon-prediction U-Net: (x_t (B, n, n), t (B,), context (B, L, D)) -> eps (B, n, n).
+
+    conv_in (image + x/y coordinate channels) -> res + cross-attn at n x n -> stride-2 conv ->
+    res + cross-attn + res at n/2 -> upsample, concat skip -> res + cross-attn -> conv_out.
+    """
+
+    def __init__(self, channels: int, context_dim: int, heads: int):
+        super().__init__()
+        c, temb = channels, 4 * channels
+        self.c = c
+        self.time_mlp = nn.Sequential(nn.Linear(c, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.conv_in = nn.Conv2d(3, c, 3, padding=1)
+        self.res1 = _ResBlock(c, c, temb)
+        self.attn1 = CrossAttention(c, context_dim, heads)
+        self.down = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+        self.res2 = _ResBlock(2 * c, 2 * c, temb)
+        self.attn2 = CrossAttention(2 * c, context_dim, heads)
+        self.res3 = _ResBlock(2 * c, 2 * c, temb)
+        self.up = nn.Conv2d(2 * c, c, 3, padding=1)
+        self.res4 = _ResBlock(2 * c, c, temb)
+        self.attn3 = CrossAttention(c, context_dim, heads)
+        self.norm_out = nn.GroupNorm(4, c)
+        self.conv_out = nn.Conv2d(c, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        grid = torch.linspace(-1, 1, n)
+        coords = torch.stack(torch.meshgrid(grid, grid, indexing="ij"))[None].expand(b, 2, n, n)
+        temb = self.time_mlp(timestep_embedding(t, self.c))
+        h1 = self.attn1(self.res1(self.conv_in(torch.cat([x[:, None], coords], 1)), temb), context)
+        h = self.res2(self.down(h1), temb)
+        h = self.res3(self.attn2(h, context), temb)
+        h = self.up(F.interpolate(h, scale_factor=2, mode="nearest"))
+        h = self.attn3(self.res4(torch.cat([h, h1], 1), temb), context)
+        return self.conv_out(F.silu(self.norm_out(h)))[:, 0]
+
+
+class TextToImage(nn.Module):
+    """The base model: frozen text tower + denoiser. ``forward(x, t, ids)`` -> predicted noise."""
+
+    def __init__(self, text: TextTower, unet: Denoiser):
+        super().__init__()
+        self.text = text
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, self.text(ids))
+
+
+def cosine_alpha_bar(steps: int) -> torch.Tensor:
+    """(steps,) cumulative signal share alpha_bar_t, t = 1..steps (Nichol & Dhariwal 2021, s = 0.008)."""
+    s = 0.008
+    x = torch.arange(steps + 1, dtype=torch.float64) / steps
+    f = torch.cos((x + s) / (1 + s) * math.pi / 2) ** 2
+    ab = f / f[0]
+    betas = (1 - ab[1:] / ab[:-1]).clamp(max=0.999)
+    return torch.cumprod(1 - betas, 0).float()
+
+
+# -- the workload -------------------------------------------------------------------------------
+class ClipMemorisation(Workload):
+    name: ClassVar[str] = "clip-memorisation"
+    description: ClassVar[str] = (
+        "tiny CLIP text tower + conditional U-Net (DDIM), LoRA on cross-attention; duplicated pairs memorised; "
+        "pad/eot interventions"
+    )
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # About 80k denoiser + 30k text-tower parameters; pretraining both takes under a minute of one core.
+        "tiny": {
+            "image_size": 16,
+            "channels": 16,
+            "text_dim": 32,
+            "text_layers": 2,
+            "text_heads": 2,
+            "context_len": 12,
+            "clip_steps": 200,
+            "clip_batch": 32,
+            "clip_lr": 3e-3,
+            "pretrain_steps": 800,
+            "pretrain_batch": 32,
+            "pretrain_lr": 3e-3,
+            "diffusion_steps": 100,
+            "sample_steps": 10,
+            "mem_captions": 4,
+            "mem_clients": 1,
+            "dup_fraction": 1.0,
+            "pad_token": "eot",
+            "interventions": "all",
+            "mask_ratio": 0.7,
+            "eval_captions": 12,
+            "eval_seeds": 3,
+            "threshold_quantile": 0.95,
+        },
+        # 32x32 images, twice the channels: for a long CPU run or a GPU.
+        "small": {
+            "image_size": 32,
+            "channels": 32,
+            "text_dim": 64,
+            "text_layers": 3,
+            "text_heads": 4,
+            "context_len": 16,
+            "clip_steps": 1500,
+            "clip_batch": 64,
+            "clip_lr": 2e-3,
+            "pretrain_steps": 4000,
+            "pretrain_batch": 64,
+            "pretrain_lr": 1e-3,
+            "diffusion_steps": 200,
+            "sample_steps": 25,
+            "mem_captions": 8,
+            "mem_clients": 2,
+            "dup_fraction": 1.0,
+            "pad_token": "eot",
+            "interventions": "all",
+            "mask_ratio": 0.7,
+            "eval_captions": 32,
+            "eval_seeds": 5,
+            "threshold_quantile": 0.95,
+        },
+    }
+    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {"pad_token": PAD_TOKENS, "image_size": (16, 32)}
+    primary_metric: ClassVar[str] = "memorisation_rate"
+    higher_is_better: ClassVar[bool] = False
+    lora_target_modules: ClassVar[list[str]] = [
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out",  # cross-attention: how the denoiser reads the text
+        "conv_in",
+        "conv1",
+        "conv2",
+        "down",
+        "up",
+        "conv_out",  # convolutions: needed to paint a memorised image
+    ]
+    label_column: ClassVar[str] = "group"
+    natural_partition_column: ClassVar[str | None] = "client"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        p = self.params
+        self.tokenizer = Tokenizer(p["context_len"])
+        self.interventions = parse_interventions(p["interventions"])
+        self.mem_caption_ids = memorised_captions(spec.seed, p["mem_captions"])
+        self.mem_images = torch.from_numpy(memorised_images(spec.seed, p["mem_captions"], p["image_size"]))
+        self.alpha_bar = cosine_alpha_bar(p["diffusion_steps"])
+        self._data: tuple[Dataset, Dataset] | None = None
+        self._flops: float | None = None
+
+    @classmethod
+    def resolve_params(cls, preset: str, options: str = "") -> dict[str, Any]:
+        """The preset with options applied; ranges and intervention names checked (one-line errors)."""
+        p = super().resolve_params(preset, options)
+        where = "workload.options"
+        if not 0.0 <= p["mask_ratio"] <= 1.0:
+            raise ConfigError(f"{where}: mask_ratio={p['mask_ratio']!r}: must be in [0, 1]")
+        if not 0.0 < p["dup_fraction"] <= 1.0:
+            raise ConfigError(f"{where}: dup_fraction={p['dup_fraction']!r}: must be in (0, 1]")
+        if not 0.0 < p["threshold_quantile"] < 1.0:
+            raise ConfigError(f"{where}: threshold_quantile={p['threshold_quantile']!r}: must be in (0, 1)")
+        if not 1 <= p["mem_captions"] <= NUM_CAPTIONS // 2:
+            raise ConfigError(f"{where}: mem_captions={p['mem_captions']!r}: must be in 1..{NUM_CAPTIONS // 2}")
+        if p["context_len"] < 9:
+            raise ConfigError(
+                f"{where}: context_len={p['context_len']!r}: must be at least 9 (sot, 6 words, eot, a pad)"
+            )
+        for key in ("clip_steps", "pretrain_steps", "clip_batch", "pretrain_batch", "mem_clients", "eval_captions"):
+            if p[key] < 1:
+                raise ConfigError(f"{where}: {key}={p[key]!r}: must be a positive integer")
+        if p["eval_seeds"] < 2:
+            raise ConfigError(f"{where}: eval_seeds={p['eval_seeds']!r}: must be at least 2 (diversity across seeds)")
+        if not 1 <= p["sample_steps"] <= p["diffusion_steps"]:
+            raise ConfigError(f"{where}: sample_steps={p['sample_steps']!r}: must be in 1..diffusion_steps")
+        if p["channels"] % 4 or p["text_dim"] % p["text_heads"]:
+            raise ConfigError(f"{where}: channels must be a multiple of 4 and text_dim of text_heads")
+        parse_interventions(p["interventions"])
+        return p
+
+    # -- models ---------------------------------------------------------------------------
+    def _payload(self, part: str, **extra: Any) -> dict[str, Any]:
+        from workloads.cache import source_digest
+
+        keys = {
+            "clip": (
+                "image_size",
+                "text_dim",
+                "text_layers",
+                "text_heads",
+                "context_len",
+                "clip_steps",
+                "clip_batch",
+                "clip_lr",
+            ),
+        }.get(part)
+        params = {k: self.params[k] for k in keys} if keys else dict(self.params)
+        for k in ("interventions", "mask_ratio", "eval_captions", "eval_seeds", "threshold_quantile", "sample_steps"):
+            params.pop(k, None)  # evaluation only
+        for k in ("mem_captions", "mem_clients", "dup_fraction"):
+            params.pop(k, None)  # federated data only
+        return {
+            "workload": self.name,
+            "part": part,
+            "params": params,
+            "seed": self.spec.seed,
+            "code": source_digest(sys.modules[__name__]),
+            "torch": torch.__version__.split("+")[0],
+            **extra,
+        }
+
+    def _text_tower(self) -> TextTower:
+        p = self.params
+        return TextTower(
+            len(self.tokenizer), p["context_len"], p["text_dim"], p["text_layers"], p["text_heads"], p["text_dim"]
+        )
+
+    def build_clip(self) -> tuple[ClipPair, dict[str, Any]]:
+        """The contrastively pretrained text tower and image encoder (cached)."""
+        from workloads.cache import cached_model
+
+        def build() -> nn.Module:
+            with torch.random.fork_rng():
+                torch.manual_seed(self.spec.seed)
+                return ClipPair(self._text_tower(), ImageEncoder(self.params["image_size"], self.params["text_dim"]))
+
+        clip, meta = cached_model(self.name, self._payload("clip"), build, self._pretrain_clip)
+        clip.eval()
+        return clip, meta
+
+    def build_base_model(self) -> nn.Module:
+        from workloads.cache import cached_model
+
+        clip, clip_meta = self.build_clip()
+        p = self.params
+
+        def build() -> nn.Module:
+            with torch.random.fork_rng():
+                torch.manual_seed(self.spec.seed + 1)
+                unet = Denoiser(p["channels"], p["text_dim"], max(1, p["channels"] // 8))
+            model = TextToImage(self._text_tower(), unet)
+            model.text.load_state_dict(clip.text.state_dict())
+            return model
+
+        def pretrain(model: nn.Module) -> dict[str, Any]:
+            return self._pretrain_denoiser(model)
+
+        model, meta = cached_model(self.name, self._payload("denoiser", clip_key=clip_meta["key"]), build, pretrain)
+        self.pretrain_meta = {"clip": clip_meta, "denoiser": meta}
+        model.eval()
+        return model
+
+    def _random_renderings(
+        self, rng: np.random.Generator, batch: int, distinct: bool
+    ) -> tuple[list[str], torch.Tensor]:
+        idx = rng.choice(NUM_CAPTIONS, size=batch, replace=not distinct)
+        images = render(idx, rng.uniform(-1, 1, size=(batch, 4)), self.params["image_size"])
+        return [caption_text(int(i)) for i in idx], torch.from_numpy(images)
+
+    def _pretrain_clip(self, clip: nn.Module) -> dict[str, Any]:
+        """Symmetric InfoNCE (CLIP) between eot-pooled text features and image features."""
+        p = self.params
+        rng = np.random.default_rng([self.spec.seed, 0xC11F])
+        opt = torch.optim.AdamW(clip.parameters(), lr=p["clip_lr"], weight_decay=0.0)
+        batch = min(p["clip_batch"], NUM_CAPTIONS)
+        clip.train()
+        losses = []
+        for _ in range(p["clip_steps"]):
+            captions, images = self._random_renderings(rng, batch, distinct=True)
+            ids, eot = self.tokenizer(captions, p["pad_token"])
+            t = F.normalize(clip.text.pooled(ids, eot), dim=1)
+            v = F.normalize(clip.image(images), dim=1)
+            logits = clip.logit_scale.clamp(max=math.log(100)).exp() * t @ v.T
+            target = torch.arange(batch)
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        clip.eval()
+        with torch.no_grad():
+            captions, images = self._random_renderings(rng, batch, distinct=True)
+            ids, eot = self.tokenizer(captions, p["pad_token"])
+            sims = F.normalize(clip.text.pooled(ids, eot), dim=1) @ F.normalize(clip.image(images), dim=1).T
+            top1 = float((sims.argmax(1) == torch.arange(batch)).float().mean())
+        return {
+            "steps": len(losses),
+            "loss_first": losses[0],
+            "loss_last_20": float(np.mean(losses[-20:])),
+            "top1": top1,
+        }
+
+    def _pretrain_denoiser(self, model: nn.Module) -> dict[str, Any]:
+        """Epsilon-MSE on fresh jittered renderings of all 64 captions; the text tower stays frozen."""
+        p = self.params
+        rng = np.random.default_rng([self.spec.seed, 0xDE40])
+        gen = torch.Generator().manual_seed(self.spec.seed)
+        for q in model.text.parameters():
+            q.requires_grad_(False)
+        params = list(model.unet.parameters())
+        opt = torch.optim.AdamW(params, lr=p["pretrain_lr"], weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=p["pretrain_lr"], total_steps=p["pretrain_steps"], pct_start=0.05
+        )
+        model.train()
+        losses = []
+        for _ in range(p["pretrain_steps"]):
+            captions, x0 = self._random_renderings(rng, p["pretrain_batch"], distinct=False)
+            ids, _ = self.tokenizer(captions, p["pad_token"])
+            t = torch.randint(0, p["diffusion_steps"], (len(x0),), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            loss = self._eps_loss(model, x0, ids, t, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+        for q in model.parameters():
+            q.requires_grad_(True)
+        return {"steps": len(losses), "loss_first": losses[0], "loss_last_50": float(np.mean(losses[-50:]))}
+
+    def _eps_loss(self, model: nn.Module, x0, ids, t, noise) -> torch.Tensor:
+        ab = self.alpha_bar[t][:, None, None]
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        return F.mse_loss(model(xt, t, ids), noise)
+
+    # -- data -------------------------------------------------------------------------------
+    def build_data(self) -> tuple[Dataset, Dataset]:
+        if self._data is None:
+            if self.spec.dataset:
+                raise ConfigError(f"workload.dataset: {self.name} renders its own images; leave it empty")
+            self._data = self._generate_data()
+        return self._data
+
+    def _rows(self, rng: np.random.Generator, captions: list[int], client: int, group: int, base: int) -> dict:
+        n = len(captions)
+        return {
+            "caption": [caption_text(c) for c in captions],
+            "caption_id": list(captions),
+            "jitter": rng.uniform(-1, 1, size=(n, 4)).round(4).tolist(),
+            "mem_index": [self.mem_caption_ids.index(c) if group else -1 for c in captions],
+            "group": [group] * n,
+            "client": [client] * n,
+            "noise_seed": [base + i for i in range(n)],
+        }
+
+    def _generate_data(self) -> tuple[Dataset, Dataset]:
+        p, spec = self.params, self.spec
+        generic = [c for c in range(NUM_CAPTIONS) if c not in self.mem_caption_ids]
+        mem_clients = min(p["mem_clients"], spec.num_clients)
+        columns: dict[str, list] = {}
+        for client in range(spec.num_clients):
+            rng = np.random.default_rng([spec.seed, client, 0xDA7A])
+            n_mem = int(round(p["dup_fraction"] * spec.samples_per_client)) if client < mem_clients else 0
+            mem = [self.mem_caption_ids[i % len(self.mem_caption_ids)] for i in range(n_mem)]
+            gen = [generic[int(i)] for i in rng.integers(len(generic), size=spec.samples_per_client - n_mem)]
+            base = (spec.seed * 1000 + client) * 100_000
+            for group, caps in ((1, mem), (0, gen)):
+                rows = self._rows(rng, caps, client, group, base + (0 if group else 50_000))
+                for k, v in rows.items():
+                    columns.setdefault(k, []).extend(v)
+        rng = np.random.default_rng([spec.seed, 0x7E57])
+        # Test captions: non-memorised, every one before any repeats (evaluation uses the first ones).
+        order = rng.permutation(generic)
+        test_caps = [int(order[i % len(order)]) for i in range(spec.test_samples)]
+        test = self._rows(rng, test_caps, -1, 0, 10**9 + spec.seed * 100_000)
+        return Dataset.from_dict(columns), Dataset.from_dict(test)
+
+    def batches(self, data: Dataset, batch_size: int, generator: torch.Generator | None) -> Iterator[dict]:
+        """Shuffled mini-batches; with a generator every batch also draws a fresh noise salt from it.
+
+        Local training then sees new timesteps and noise every step (deterministic for the
+        generator's seed), while ``collate`` alone (salt 0) keeps a batch's loss a function of its rows.
+        """
+        n = len(data)
+        order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
+        for start in range(0, n, batch_size):
+            salt = int(torch.randint(1, 2**62, (1,), generator=generator)) if generator is not None else 0
+            yield self.collate(data[order[start : start + batch_size]], salt)
+
+    def collate(self, rows: dict[str, list], salt: int = 0) -> dict[str, torch.Tensor]:
+        """Rendered (or memorised) images, token ids, and each row's timestep and noise.
+
+        Row noise comes from the stream ``(noise_seed, salt)``: fixed for a row when ``salt = 0``.
+        """
+        p = self.params
+        images = torch.from_numpy(render(np.asarray(rows["caption_id"]), np.asarray(rows["jitter"]), p["image_size"]))
+        mem = torch.as_tensor(rows["mem_index"])
+        if (mem >= 0).any():
+            images[mem >= 0] = self.mem_images[mem[mem >= 0]]
+        ids, _ = self.tokenizer(rows["caption"], p["pad_token"])
+        t, noise = [], []
+        for s in rows["noise_seed"]:
+            g = torch.Generator().manual_seed(_seed(int(s), salt) if salt else int(s))
+            t.append(int(torch.randint(0, p["diffusion_steps"], (1,), generator=g)))
+            noise.append(torch.randn(images.shape[1:], generator=g))
+        return {"x0": images, "ids": ids, "t": torch.tensor(t), "noise": torch.stack(noise)}
+
+    # -- training ----------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Epsilon-MSE ``|| eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t, c) ||^2`` (DDPM)."""
+        return self._eps_loss(model, batch["x0"], batch["ids"], batch["t"], batch["noise"])
+
+    # -- sampling and interventions -------------------------------------------------------------
+    def contexts(
+        self, text: nn.Module, captions: list[str], intervention: str, generator: torch.Generator
+    ) -> torch.Tensor:
+        """(B, L, D) text embeddings of ``captions`` under ``intervention`` (see the module docstring)."""
+        return intervene(
+            text, self.tokenizer, captions, intervention, self.params["pad_token"], self.params["mask_ratio"], generator
+        )
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, context: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from ``noise`` (B, n, n) in ``sample_steps`` steps; x0 in [-1, 1]."""
+        unet = _inner(model).unet
+        ab = self.alpha_bar
+        steps = torch.linspace(len(ab) - 1, 0, self.params["sample_steps"]).round().long().tolist()
+        x = noise
+        x0 = x
+        for i, t in enumerate(steps):
+            a_t = ab[t]
+            eps = unet(x, torch.full((len(x),), t, dtype=torch.long), context)
+            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+            if i + 1 < len(steps):
+                a_prev = ab[steps[i + 1]]
+                eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+                x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        return x0
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, captions: list[str], seeds: list[int]) -> dict[str, torch.Tensor]:
+        """Generations per intervention: name -> (len(captions), len(seeds), n, n).
+
+        Caption j with seed s starts from the same noise under every intervention (stream
+        ``(run seed, s, caption index)``), so generations are comparable pairwise.
+        """
+        n = self.params["image_size"]
+        noise = torch.stack(
+            [
+                torch.stack(
+                    [
+                        torch.randn(
+                            n, n, generator=torch.Generator().manual_seed(_seed(self.spec.seed, s, caption_index(c)))
+                        )
+                        for s in seeds
+                    ]
+                )
+                for c in captions
+            ]
+        )
+        flat_caps = [c for c in captions for _ in seeds]
+        text = _inner(model).text
+        out = {}
+        for k in self.interventions:
+            gen = torch.Generator().manual_seed(_seed(self.spec.seed, 0, INTERVENTIONS.index(k), 1))
+            ctx = self.contexts(text, flat_caps, k, gen)
+            out[k] = self.sample(model, ctx, noise.flatten(0, 1)).view(len(captions), len(seeds), n, n)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
+        p = self.params
+        model.eval()
+        seeds = list(range(p["eval_seeds"]))
+        seen: list[str] = []
+        for c in data["caption"]:
+            if c not in seen and caption_index(c) not in self.mem_caption_ids:
+                seen.append(c)
+            if len(seen) == p["eval_captions"]:
+                break
+        mem_caps = [caption_text(c) for c in self.mem_caption_ids]
+        gens = self.generate(model, mem_caps + seen, seeds)
+        m = len(mem_caps)
+        mem_feat = image_features(self.mem_images)  # (M, f)
+        canon = image_features(
+            torch.from_numpy(render(np.arange(NUM_CAPTIONS), np.zeros((NUM_CAPTIONS, 4)), p["image_size"]))
+        )
+        truth = torch.tensor([caption_attributes(caption_index(c)) for c in seen])  # (N, 4)
+
+        none = gens["none"]
+        null = image_features(none[m:].flatten(0, 1)) @ mem_feat.T  # non-memorised generations vs memorised images
+        threshold = float(torch.quantile(null.flatten(), p["threshold_quantile"])) if len(seen) else 0.5
+        out: dict[str, float] = {"mem_threshold": threshold}
+        for k, g in gens.items():
+            feats = image_features(g.flatten(0, 1)).view(g.shape[0], g.shape[1], -1)  # (C, S, f)
+            mem_sim = (feats[:m] * mem_feat[:, None]).sum(-1)  # (M, S)
+            out[f"mem_sim_{k}"] = float(mem_sim.mean())
+            out[f"mem_rate_{k}"] = float((mem_sim > threshold).float().mean())
+            ref = image_features(none.flatten(0, 1)).view_as(feats)
+            out[f"orig_sim_{k}"] = float((feats * ref).sum(-1).mean())
+            if len(seen):
+                guess = (feats[m:].flatten(0, 1) @ canon.T).argmax(1)
+                attrs = torch.tensor([caption_attributes(int(i)) for i in guess]).view(len(seen), len(seeds), 4)
+                out[f"attr_acc_{k}"] = float((attrs == truth[:, None]).float().mean())
+                out[f"diversity_{k}"] = _diversity(feats[m:])
+            out[f"mem_diversity_{k}"] = _diversity(feats[:m])
+        if "none" in gens:
+            out["memorisation_rate"] = out["mem_rate_none"]
+            out["memorisation_similarity"] = out["mem_sim_none"]
+        batch = self.collate(data[: min(len(data), 64)])
+        out["denoise_loss"] = float(self.loss(model, batch))
+        return out
+
+    def flops_per_sample(self) -> float:
+        """Training FLOPs per sample: 3 x forward FLOPs of the denoiser (counted by hooks) + the text forward."""
+        if self._flops is None:
+            p = self.params
+            model = TextToImage(self._text_tower(), Denoiser(p["channels"], p["text_dim"], max(1, p["channels"] // 8)))
+            counts = {"unet": 0.0, "text": 0.0}
+
+            def hook(part):
+                def fn(mod, inp, out):
+                    if isinstance(mod, nn.Conv2d):
+                        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+                        counts[part] += 2.0 * k * out.numel()
+                    elif isinstance(mod, nn.Linear):
+                        counts[part] += 2.0 * mod.in_features * out.numel()
+
+                return fn
+
+            handles = [
+                m.register_forward_hook(hook("unet"))
+                for m in model.unet.modules()
+                if isinstance(m, (nn.Conv2d, nn.Linear))
+            ]
+            handles += [m.register_forward_hook(hook("text")) for m in model.text.modules() if isinstance(m, nn.Linear)]
+            with torch.no_grad():
+                n = p["image_size"]
+                ids, _ = self.tokenizer([caption_text(0)])
+                model(torch.zeros(1, n, n), torch.zeros(1, dtype=torch.long), ids)
+            for h in handles:
+                h.remove()
+            attn = 0.0  # attention score and weighted sum: 4 * HW * L * C per cross-attention
+            for res, ch in ((n * n, p["channels"]), ((n // 2) ** 2, 2 * p["channels"]), (n * n, p["channels"])):
+                attn += 4.0 * res * p["context_len"] * ch
+            self._flops = 3.0 * (counts["unet"] + attn) + counts["text"]
+        return self._flops
+
+
+def _inner(model: nn.Module) -> TextToImage:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(x) for x in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _diversity(feats: torch.Tensor) -> float:
+    """1 - mean pairwise cosine across seeds; feats (C, S, f) -> float (0 when S < 2)."""
+    s = feats.shape[1]
+    if feats.shape[0] == 0 or s < 2:
+        return 0.0
+    sims = feats @ feats.transpose(1, 2)  # (C, S, S)
+    off = sims.sum((1, 2)) - sims.diagonal(dim1=1, dim2=2).sum(1)
+    return float(1 - (off / (s * (s - 1))).mean())
+
+
+def parse_interventions(text: str) -> tuple[str, ...]:
+    """``"all"`` or names joined by ``+`` (``none`` always first) -> tuple of names; unknown names raise ConfigError."""
+    names = INTERVENTIONS if text == "all" else tuple(dict.fromkeys(x.strip() for x in text.split("+") if x.strip()))
+    bad = [x for x in names if x not in INTERVENTIONS]
+    if bad or not names:
+        raise ConfigError(
+            f"workload.options: interventions={text!r}: unknown {', '.join(bad) or '(empty)'}; "
+            f"use 'all' or names joined by '+' from {', '.join(INTERVENTIONS)}"
+        )
+    return ("none", *(x for x in names if x != "none"))
+
+
+def intervene(
+    text: nn.Module,
+    tokenizer: Tokenizer,
+    captions: list[str],
+    intervention: str,
+    pad_token: str,
+    mask_ratio: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The (B, L, D) text embeddings the denoiser reads under one intervention.
+
+    Masking an embedding sets it to zero after the text tower (its key and value are then zero
+    in every cross-attention). ``pad_mask`` zeroes ``round(mask_ratio * #pads)`` pad positions per
+    caption, chosen by ``generator``.
+    """
+    if intervention not in INTERVENTIONS:
+        raise ValueError(f"unknown intervention {intervention!r}")
+    pad = "!" if intervention in ("pad_bang", "pad_bang_eot0") else pad_token
+    ids, eot = tokenizer(captions, pad)
+    ctx = text(ids)
+    roles = token_roles(eot, ids.shape[1])
+    zero = torch.zeros_like(ids, dtype=torch.bool)
+    if intervention == "pad_bang_eot0" or intervention == "mask_eot":
+        zero = roles["eot"]
+    elif intervention == "mask_pr":
+        zero = roles["prompt"]
+    elif intervention == "mask_pad":
+        zero = roles["pad"]
+    elif intervention == "pad_mask":
+        zero = zero.clone()
+        for b in range(len(ids)):
+            pads = roles["pad"][b].nonzero().flatten()
+            k = int(round(mask_ratio * len(pads)))
+            chosen = pads[torch.randperm(len(pads), generator=generator)[:k]]
+            zero[b, chosen] = True
+    return ctx.masked_fill(zero[..., None], 0.0)
