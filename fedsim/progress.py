@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from fedsim.config import Config
+from fedsim.results import metric_higher_is_better
 
 
 class ProgressReporter:
@@ -21,6 +23,8 @@ class ProgressReporter:
         self.quiet = quiet
         self.console = console or Console(stderr=True)
         self.primary = "metric"
+        self.higher_is_better = metric_higher_is_better(cfg.workload.name)
+        self.best: float | None = None
         self.cum_bits = 0
         self._lock = threading.Lock()
         self._progress = Progress(
@@ -49,13 +53,23 @@ class ProgressReporter:
                 self._progress.start_task(self._task)
             elif event == "round":
                 self.cum_bits += data["uplink_bits_total"]
+                value = data["metrics"].get("primary_metric")
+                if data.get("status", "ok") == "ok" and isinstance(value, int | float) and math.isfinite(value):
+                    better = max if self.higher_is_better else min
+                    self.best = value if self.best is None else better(self.best, value)
                 self._progress.update(
                     self._task,
                     completed=data["round"],
-                    metric=f"{self.primary} {data['metrics']['primary_metric']:.4f}",
+                    metric=self.metric_text(value),
                     latency=f"{data['round_latency_s']:.3f} s",
                     bits=f"{self.cum_bits / 1e6:.1f} Mbit",
                 )
+
+    def metric_text(self, value: float | None) -> str:
+        """``"accuracy 0.8125 (best 0.8250, higher is better)"``: the round's value, the best so far, the direction."""
+        shown = f"{value:.4f}" if isinstance(value, int | float) else "-"
+        best = f"best {self.best:.4f}, " if self.best is not None else ""
+        return f"{self.primary} {shown} ({best}{'higher' if self.higher_is_better else 'lower'} is better)"
 
     def print_summary(self, summary: dict[str, Any], out_dir: Path, wall_s: float) -> None:
         table = Table(title="fedsim run", show_header=False)
@@ -63,7 +77,13 @@ class ProgressReporter:
         table.add_row("rounds", f"{summary['rounds_completed']}/{summary['rounds_planned']}")
         for key, value in summary["final_metrics"].items():
             if key != "primary_metric":
-                table.add_row(f"final {key}", f"{value:.4f}")
+                table.add_row(f"final {key}", f"{value:.4f}" if isinstance(value, int | float) else str(value))
+        if summary.get("best_round") is not None:
+            direction = "higher" if summary.get("higher_is_better", True) else "lower"
+            table.add_row(
+                f"best {summary['primary_metric']}",
+                f"{summary['best_metric']:.4f} (round {summary['best_round']}, {direction} is better)",
+            )
         table.add_row("cumulative uplink", f"{summary['cumulative_uplink_bits'] / 1e6:.2f} Mbit")
         table.add_row("mean round latency", f"{summary['mean_round_latency_s']:.3f} s")
         table.add_row("simulated time", f"{summary['total_latency_s']:.2f} s")

@@ -107,6 +107,7 @@ class ResultsWriter:
         self, *, status: str, error: str | None, primary_metric: str, wall_s: float, extra: dict | None = None
     ) -> dict[str, Any]:
         recs = self.records
+        higher = metric_higher_is_better(self.cfg.workload.name)
         latencies = [r["round_latency_s"] for r in recs]
         failed_rounds = [r["round"] for r in recs if r.get("status") == "failed"]
         summary = {
@@ -120,7 +121,9 @@ class ResultsWriter:
             "method": self.cfg.run.method,
             "seed": self.cfg.run.seed,
             "primary_metric": primary_metric,
+            "higher_is_better": higher,
             "final_metrics": recs[-1]["metrics"] if recs else {},
+            **dict(zip(("best_round", "best_metric"), best_round(recs, higher) or (None, None), strict=True)),
             "cumulative_uplink_bits": int(sum(r["uplink_bits_total"] for r in recs)),
             "mean_round_latency_s": float(sum(latencies) / len(latencies)) if latencies else None,
             "total_latency_s": float(sum(latencies)),
@@ -129,13 +132,47 @@ class ResultsWriter:
             **(extra or {}),
         }
         if recs:
-            plot_results(self.folder, recs, primary_metric)
+            plot_results(self.folder, recs, primary_metric, higher)
         _atomic_write(self.folder / "summary.json", to_json(summary, indent=2) + "\n")
         return summary
 
 
-def plot_results(folder: Path, records: list[dict[str, Any]], primary_metric: str) -> None:
-    """The two standard plots of a run: metric against round and against cumulative uplink bits."""
+def metric_higher_is_better(workload: str) -> bool:
+    """The direction of a workload's primary metric (its ``higher_is_better``; True if unknown)."""
+    try:
+        from workloads import get_workload_class
+
+        return bool(get_workload_class(workload).higher_is_better)
+    except Exception:  # an uninstalled plugin: the results stay readable
+        return True
+
+
+def best_round(records: list[dict[str, Any]], higher_is_better: bool = True) -> tuple[int, float] | None:
+    """``(round, value)`` of the best primary metric among the ok rounds, in the metric's direction.
+
+    The maximum when ``higher_is_better``, else the minimum (a loss, FID, a memorisation rate);
+    the earliest round wins a tie; None when no ok round has a finite value.
+    """
+    points = [
+        (r["round"], v)
+        for r in records
+        if r.get("status", "ok") == "ok"
+        and isinstance(v := r.get("metrics", {}).get("primary_metric"), int | float)
+        and math.isfinite(v)
+    ]
+    if not points:
+        return None
+    sign = 1.0 if higher_is_better else -1.0
+    return max(points, key=lambda p: (sign * p[1], -p[0]))
+
+
+def plot_results(
+    folder: Path, records: list[dict[str, Any]], primary_metric: str, higher_is_better: bool = True
+) -> None:
+    """The two standard plots of a run: metric against round and against cumulative uplink bits.
+
+    The y label says the metric's direction and a star marks its best round.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,8 +188,13 @@ def plot_results(folder: Path, records: list[dict[str, Any]], primary_metric: st
     ):
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
         ax.plot(x, metric, marker="o", ms=3)
+        best = best_round(records, higher_is_better)
+        if best is not None:
+            i = rounds.index(best[0])
+            ax.plot([x[i]], [best[1]], marker="*", ms=12, color="tab:red", ls="none", label=f"best (round {best[0]})")
+            ax.legend(loc="best", fontsize=8)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(primary_metric)
+        ax.set_ylabel(f"{primary_metric} ({'higher' if higher_is_better else 'lower'} is better)")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(folder / name)
