@@ -135,7 +135,8 @@ def render(captions: np.ndarray, jitter: np.ndarray, image_size: int = 16) -> np
         (+-15 %) and brightness (+-0.1); zeros give the canonical rendering.
 
     Background is -1; the shape is 0 (dim) or 1 (bright). Centres sit at a quarter of the
-    side from the named edge, radii are 1/8 (small) or 7/32 (large) of the side.
+    side from the named edge, radii are 3/16 (small) or 9/32 (large) of the side (at 16 pixels
+    the four small shapes still differ in every pixel count).
     """
     captions = np.asarray(captions, dtype=np.int64)
     jitter = np.asarray(jitter, dtype=np.float64).reshape(len(captions), 4)
@@ -144,7 +145,7 @@ def render(captions: np.ndarray, jitter: np.ndarray, image_size: int = 16) -> np
     centres = np.array([[0.28, 0.5], [0.72, 0.5], [0.5, 0.28], [0.5, 0.72]]) * n  # (x, y) per position
     cx = centres[attrs[:, 3], 0] + jitter[:, 0] * n / 16
     cy = centres[attrs[:, 3], 1] + jitter[:, 1] * n / 16
-    radius = np.where(attrs[:, 1] == 1, 7 / 32, 1 / 8) * n * (1 + 0.15 * jitter[:, 2])
+    radius = np.where(attrs[:, 1] == 1, 9 / 32, 3 / 16) * n * (1 + 0.15 * jitter[:, 2])
     level = np.where(attrs[:, 0] == 1, 1.0, 0.0) + 0.1 * jitter[:, 3]
     coords = np.arange(n) + 0.5
     dx = coords[None, None, :] - cx[:, None, None]
@@ -951,3 +952,67 @@ def intervene(
             chosen = pads[torch.randperm(len(pads), generator=generator)[:k]]
             zero[b, chosen] = True
     return ctx.masked_fill(zero[..., None], 0.0)
+
+
+# -- reading a results folder (benchmark and notebook) -----------------------------------------
+def load_global_model(folder) -> tuple[ClipMemorisation, nn.Module, int]:
+    """The workload and its model with the last checkpointed global adapter of a ``fedsim run`` folder.
+
+    Returns ``(workload, model, round)``; round 0 (the base, LoRA B = 0) when the folder holds no
+    checkpoint. Pretrained bases come from the cache (or are pretrained again, as in the run).
+    """
+    from pathlib import Path
+
+    from fedsim.checkpoint import load_checkpoint
+    from fedsim.config import build_config, load_toml
+    from fedsim.runtime import get_runtime
+    from workloads.base import load_trainable_state
+
+    folder = Path(folder)
+    cfg = build_config(load_toml(folder / "config.toml", "config.toml"))
+    rt = get_runtime(cfg)
+    if not isinstance(rt.workload, ClipMemorisation):
+        raise ValueError(f"{folder}: a {cfg.workload.name} run, not clip-memorisation")
+    ckpt = load_checkpoint(folder)
+    if ckpt is not None:
+        load_trainable_state(rt.model, ckpt.state)
+    rt.model.eval()
+    return rt.workload, rt.model, ckpt.round if ckpt is not None else 0
+
+
+def image_grid(workload: ClipMemorisation, model: nn.Module, num_captions: int = 4, seed: int = 0, title: str = ""):
+    """A matplotlib Figure: the memorised captions' training images (top row), then one row of
+    generations per intervention (same initial noise in a column)."""
+    import matplotlib.pyplot as plt
+
+    caps = [caption_text(c) for c in workload.mem_caption_ids[:num_captions]]
+    gens = workload.generate(model, caps, [seed])
+    rows = [("training image", workload.mem_images[: len(caps)])] + [(k, g[:, 0]) for k, g in gens.items()]
+    fig, axes = plt.subplots(len(rows), len(caps), figsize=(1.3 * len(caps) + 1.2, 1.25 * len(rows)), squeeze=False)
+    for i, (label, images) in enumerate(rows):
+        for j in range(len(caps)):
+            ax = axes[i][j]
+            ax.imshow(images[j].numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+            if i == 0:
+                ax.set_title(caps[j].removeprefix("a "), fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def intervention_table(metrics: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per intervention found in a round's ``metrics`` (keys ``<metric>_<intervention>``)."""
+    rows = []
+    for k in INTERVENTIONS:
+        if f"mem_sim_{k}" not in metrics:
+            continue
+        row: dict[str, Any] = {"intervention": k}
+        for m in ("mem_sim", "mem_rate", "orig_sim", "attr_acc", "diversity", "mem_diversity"):
+            row[m] = metrics.get(f"{m}_{k}")
+        rows.append(row)
+    return rows
