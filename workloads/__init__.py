@@ -18,6 +18,7 @@ _BUILTIN = {
     "text-classify": "workloads.text_classify:TextClassify",
     "equation-reasoner": "workloads.equation_reasoner:EquationReasoner",
     "clip-memorisation": "workloads.clip_memorisation:ClipMemorisation",
+    "rainbow-padding": "workloads.rainbow_padding:RainbowPadding",
 }
 
 
