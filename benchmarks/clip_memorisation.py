@@ -20,8 +20,8 @@ Writes ``<out>/clip_memorisation_runs/<id>.json`` per seed, ``<out>/clip_memoris
 seeds, beside the paper's numbers) and ``<out>/clip_memorisation_grid.png`` (generations of the
 memorised captions under every intervention, first seed).
 
-    python benchmarks/clip_memorisation.py [--seeds 0 1 2] [--clients 4] [--rounds 12]
-        [--local-epochs 5] [--samples-per-client 48] [--lr 5e-3] [--options "mem_clients=1"]
+    python benchmarks/clip_memorisation.py [--seeds 0 1 2] [--clients 4] [--rounds 15]
+        [--local-epochs 8] [--samples-per-client 48] [--lr 8e-3] [--options "mem_clients=2"]
 """
 
 from __future__ import annotations
@@ -211,14 +211,14 @@ def plot(rows: list[dict], records: list[dict], args: argparse.Namespace) -> Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--options", default="", help="workload.options, e.g. mem_clients=1,pad_token=!")
+    ap.add_argument("--options", default="mem_clients=2", help="workload.options, e.g. mem_clients=1,pad_token=!")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=12)
-    ap.add_argument("--local-epochs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--local-epochs", type=int, default=8)
     ap.add_argument("--samples-per-client", type=int, default=48)
     ap.add_argument("--test-samples", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--lr", type=float, default=8e-3)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for pretraining in this process")
     ap.add_argument("--force", action="store_true", help="redo runs whose JSON exists")

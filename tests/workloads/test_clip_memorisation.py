@@ -199,3 +199,15 @@ def test_diversity_and_features():
     assert cm._diversity(f) > 0.5
     x = torch.randn(1, 16, 16)
     assert torch.allclose(cm.image_features(x), cm.image_features(3 * x + 0.5), atol=1e-5)  # brightness/contrast free
+
+
+def test_lora_factors_are_matrices():
+    """fedsim aggregates and sparsifies LoRA factors as (r, d_in) / (d_out, r) matrices: no conv kernels."""
+    wl = cm.ClipMemorisation(small_spec())
+    wl.build_base_model = lambda: cm.TextToImage(  # an untrained base: no pretraining in a unit test
+        wl._text_tower(), cm.Denoiser(wl.params["channels"], wl.params["text_dim"], 2)
+    )
+    model = wl.build_model()
+    factors = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert factors and all(p.dim() == 2 for p in factors.values()), {n: p.shape for n, p in factors.items()}
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in factors} == set(wl.lora_target_modules)
