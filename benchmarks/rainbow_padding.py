@@ -44,8 +44,8 @@ SCHEMES = {
 KEYS = ("validity", "length_ratio", "early_termination", "eos_first_half")
 
 
-def overrides(scheme: str, seed: int, args: argparse.Namespace) -> dict:
-    options = ",".join(filter(None, [SCHEMES[scheme], args.options]))
+def overrides(scheme: str, seed: int, args: argparse.Namespace, eval_samples: int) -> dict:
+    options = ",".join(filter(None, [SCHEMES[scheme], args.options, f"eval_samples={eval_samples}"]))
     return {
         "workload.name": "rainbow-padding",
         "workload.preset": args.preset,
@@ -81,7 +81,7 @@ def base_run(seed: int, args: argparse.Namespace) -> dict:
     from fedsim.runtime import workload_spec
     from workloads import get_workload_class
 
-    cfg = build_config(overrides("eos", seed, args))
+    cfg = build_config(overrides("eos", seed, args, args.eval_samples))
     wl = get_workload_class("rainbow-padding")(workload_spec(cfg))
     t0 = time.perf_counter()
     base = wl.build_base_model()
@@ -104,6 +104,29 @@ def base_run(seed: int, args: argparse.Namespace) -> dict:
     return record
 
 
+def final_metrics(out: Path, scheme: str, seed: int, args: argparse.Namespace) -> dict:
+    """The run's last global adapter (its checkpoint) evaluated here on ``--eval-samples`` prompts.
+
+    The rounds themselves evaluate on ``--round-eval-samples`` prompts only, to keep the runs
+    short; the numbers reported come from this evaluation.
+    """
+    from safetensors.numpy import load_file
+
+    from fedsim.config import build_config
+    from fedsim.runtime import workload_spec
+    from workloads import get_workload_class
+    from workloads.base import load_trainable_state
+
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    name = state["adapter"]
+    cfg = build_config(overrides(scheme, seed, args, args.eval_samples))
+    wl = get_workload_class("rainbow-padding")(workload_spec(cfg))
+    model = wl.build_model()
+    load_trainable_state(model, load_file(out / "checkpoint" / name))
+    _, test = wl.build_data()
+    return wl.evaluate(model, test)
+
+
 def summary(metrics: dict) -> str:
     return "  ".join(
         f"G={r['G']}: valid {r['validity']:.2f} len {r['length_ratio']:.2f} eos1/2 {r['eos_first_half']:.2f}"
@@ -119,20 +142,23 @@ def fl_run(scheme: str, seed: int, args: argparse.Namespace) -> dict:
         return json.loads(path.read_text())
     out = args.out / "rainbow_padding_runs" / run_id
     cmd = [sys.executable, "-m", "fedsim", "run", "--out", str(out), "--force", "--quiet"]
-    for key, value in overrides(scheme, seed, args).items():
+    for key, value in overrides(scheme, seed, args, args.round_eval_samples).items():
         cmd += ["--set", f"{key}={value}"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{run_id}: fedsim run failed:\n{proc.stderr[-3000:]}")
+    fl_wall_s = time.perf_counter() - t0
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    t0 = time.perf_counter()
     record = {
         "id": run_id,
         "scheme": scheme,
         "seed": seed,
-        "fl_wall_s": time.perf_counter() - t0,
+        "fl_wall_s": fl_wall_s,
         "train_loss": [mean_train_loss(r) for r in rounds],
-        "metrics": rounds[-1]["metrics"],
+        "metrics": final_metrics(out, scheme, seed, args),
+        "eval_wall_s": time.perf_counter() - t0,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
@@ -230,6 +256,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--samples-per-client", type=int, default=48)
     ap.add_argument("--test-samples", type=int, default=256)
+    ap.add_argument("--eval-samples", type=int, default=64, help="prompts of the final evaluation, per G")
+    ap.add_argument(
+        "--round-eval-samples", type=int, default=8, help="prompts of each round's evaluation in fedsim run"
+    )
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--lora-rank", type=int, default=32)

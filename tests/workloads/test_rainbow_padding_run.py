@@ -1,0 +1,63 @@
+"""rainbow-padding through ``fedsim run`` (Flower, Ray) on a minimal budget, its per-G metrics in
+rounds.jsonl, and notebooks/rainbow_padding.ipynb on that run and a benchmark CSV."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_fedsim
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "rainbow_padding.ipynb"
+OPTIONS = "pretrain_steps=30,pretrain_samples=960,eval_lengths=32 64,eval_samples=8"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, isolated_cache):
+    out = tmp_path_factory.mktemp("rainbow") / "run"
+    args = ["run", "--workload", "rainbow-padding", "--clients", "3", "--rounds", "2", "--clients-per-round", "3"]
+    args += ["--set", f"workload.options={OPTIONS}", "--set", "workload.samples_per_client=16"]
+    args += ["--set", "workload.test_samples=16", "--set", "workload.partition=natural", "--out", str(out), "--quiet"]
+    proc = run_fedsim(args, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_run_records_per_g_metrics(tiny_run):
+    rounds = [json.loads(line) for line in (tiny_run / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        m = r["metrics"]
+        for g in (32, 64):
+            for key in ("validity", "length_ratio", "early_termination", "eos_first_half"):
+                assert 0.0 <= m[f"{key}_g{g}"] <= (g if key == "length_ratio" else 1.0)
+        assert m["primary_metric"] == m["validity"] == m["validity_g64"]
+        assert all(c["train_loss"] > 0 for c in r["clients"])
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["workload"] == "rainbow-padding"
+
+
+def test_notebook_executes_on_a_run_and_a_csv(tiny_run, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    table = tmp_path / "rainbow_padding.csv"
+    keys = ["scheme", "seed", "run", "G", "validity", "length_ratio", "early_termination", "eos_first_half"]
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for scheme, valid in (("base", 0.5), ("eos", 0.4), ("rainbow7", 0.8)):
+            for seed in (0, 1):
+                for g in (32, 64, 128):
+                    writer.writerow(
+                        dict(zip(keys, [scheme, seed, f"{scheme}{seed}", g, valid, 1.0, 0.1, 0.2], strict=True))
+                    )
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(f"RESULTS = {str(tiny_run)!r}\nCSV = {str(table)!r}"))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
