@@ -184,10 +184,18 @@ def run(
     from fedsim.flower.server_app import RunFailed
     from fedsim.flower.simulation import run_in_simulation
     from fedsim.progress import ProgressReporter
+    from fedsim.results import LOCK, FolderLock
 
     plan = None
     if cfg.tsfa.scheduler == "tsfa":
         plan = rank_plan_or_exit(cfg, show=not quiet)
+    lock = FolderLock(out_dir)  # held until this process exits: one writer per results folder
+    try:
+        lock.acquire()
+        if resume is None and not force and {p.name for p in out_dir.iterdir()} != {LOCK}:
+            raise ConfigError(f"--out={str(out_dir)!r}: another run wrote into this folder meanwhile")
+    except ConfigError as e:
+        _fail(str(e), 2)
     reporter = ProgressReporter(cfg, quiet=quiet)
     t0 = time.perf_counter()
     try:

@@ -58,6 +58,57 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+LOCK = ".fedsim.lock"
+
+
+class FolderLock:
+    """An exclusive lock on a results folder for one run: one writer at a time.
+
+    ``flock`` on ``<folder>/.fedsim.lock`` (created with the folder if needed), holding the
+    writer's process id. The kernel releases the lock when its holder exits in any way, SIGKILL
+    included, so a killed run never blocks a later ``--resume``.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / LOCK
+        self._file = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise ConfigError naming the process that holds it."""
+        import fcntl
+
+        from fedsim.errors import ConfigError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = self.path.open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise ConfigError(
+                f"{str(self.path.parent)!r}: another fedsim process (pid {holder}) is writing this results folder; "
+                "wait for it to end or stop it"
+            ) from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file releases the flock
+            self._file = None
+
+    def __enter__(self) -> FolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def versions() -> dict[str, str]:
     import flwr
     import numpy

@@ -197,3 +197,36 @@ def test_diverged_training_stops_and_says_so_in_strict_json(tmp_path):
     assert [r["status"] for r in records] == ["diverged"]  # the run stopped there
     assert None in [c["train_loss"] for c in records[0]["clients"]] or records[0]["metrics"]["loss"] is None
     assert not (out / "checkpoint").exists()  # a non-finite adapter is never checkpointed
+
+
+def test_a_second_writer_of_a_results_folder_is_refused(small_run, tmp_path):
+    """Two runs on one folder would interleave their records: the second is refused (exit 2, naming
+    the holder), and a lock left by a killed run does not block a later resume."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(small_run, out)
+    (out / "summary.json").unlink()  # an unfinished run, as if killed
+    before = (out / "rounds.jsonl").read_text()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from fedsim.results import FolderLock; "
+            f"lock = FolderLock({str(out)!r}); lock.acquire(); print('locked', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = run_fedsim(["run", "--resume", str(out), "--force"])
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"pid {holder.pid}" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert (out / "rounds.jsonl").read_text() == before
+    finally:
+        holder.kill()  # as SIGKILL: the kernel drops its lock
+        holder.wait()
+    resumed = run_fedsim(["run", "--resume", str(out), "--force", "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert records_without_wall_clock(out) == records_without_wall_clock(small_run)

@@ -90,19 +90,22 @@ Reporter = Callable[[str, dict[str, Any]], None]
 """``reporter(event, data)`` with events "start", "round", "end"; used for progress displays."""
 
 
-def discover(
-    grid: Grid, cfg: Config, timeout_s: float = 120.0, profiles: dict[int, dict[str, float]] | None = None
-) -> dict[int, int]:
+def discover(grid: Grid, cfg: Config, profiles: dict[int, dict[str, float]] | None = None) -> dict[int, int]:
     """Map client id (the node's partition-id) -> Flower node id, waiting for all nodes.
 
+    Waits as long as replies to training messages do: ``run.client_timeout_s``, where 0 means as
+    long as it takes (a busy machine makes start-up slower, not a failure; Ctrl-C still stops it).
     ``profiles``, when given, receives each client's channel profile: the ``NODE_PROFILE_KEYS``
     its SuperNode was started with (empty for simulated nodes).
     """
-    deadline = time.monotonic() + timeout_s
+    timeout_s = cfg.run.client_timeout_s or None
+    limit = f"{timeout_s:g} s (run.client_timeout_s)" if timeout_s else ""
+    started = time.monotonic()
     while len(node_ids := sorted(grid.get_node_ids())) < cfg.run.clients:
-        if time.monotonic() > deadline:
+        if timeout_s and time.monotonic() - started > timeout_s:
             raise RunFailed(
-                f"only {len(node_ids)} of run.clients={cfg.run.clients} nodes connected in {timeout_s:.0f} s"
+                f"discovery timed out after {limit}: only {len(node_ids)} of run.clients={cfg.run.clients} "
+                "nodes connected"
             )
         time.sleep(0.5)
     msgs = [
@@ -110,7 +113,9 @@ def discover(
         for n in node_ids
     ]
     node_of: dict[int, int] = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout_s):
+    answered = 0
+    for reply in grid.send_and_receive(msgs, timeout=timeout_s):  # None: no deadline
+        answered += 1
         if reply.has_error():
             raise RunFailed(f"node {reply.metadata.src_node_id} failed discovery: {reply.error.reason}")
         info = reply.content["node"]
@@ -119,8 +124,12 @@ def discover(
         node_of[int(info["partition-id"])] = reply.metadata.src_node_id
         if profiles is not None:
             profiles[int(info["partition-id"])] = {k: float(info[k]) for k in NODE_PROFILE_KEYS if k in info}
+    if answered < len(node_ids):
+        raise RunFailed(
+            f"discovery timed out after {limit}: {len(node_ids) - answered} of {len(node_ids)} nodes did not answer"
+        )
     if sorted(node_of) != list(range(cfg.run.clients)):
-        raise RunFailed(f"partition ids {sorted(node_of)[:5]}... do not cover 0..{cfg.run.clients - 1}")
+        raise RunFailed(f"discovery: partition ids {sorted(node_of)[:5]}... do not cover 0..{cfg.run.clients - 1}")
     return node_of
 
 
