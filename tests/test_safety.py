@@ -261,3 +261,14 @@ def test_results_dir_is_confined_to_the_results_root(tmp_path, monkeypatch):
     monkeypatch.delenv("FEDSIM_RESULTS_ROOT")
     monkeypatch.chdir(tmp_path)
     assert confined_results_dir("results/flwr-run-3", 3) == root / "flwr-run-3"  # default root: ./results
+
+
+def test_image_confines_results_to_the_volume_that_deploy_fetches_from():
+    import re
+    from pathlib import Path
+
+    from fedsim.deploy import IMAGE_RESULTS_ROOT
+
+    dockerfile = (Path(__file__).parents[1] / "docker" / "Dockerfile").read_text()
+    assert re.search(rf"FEDSIM_RESULTS_ROOT={re.escape(IMAGE_RESULTS_ROOT)}\b", dockerfile)
+    assert re.search(rf'VOLUME \[[^]]*"{re.escape(IMAGE_RESULTS_ROOT)}"', dockerfile)
