@@ -230,3 +230,36 @@ def test_a_second_writer_of_a_results_folder_is_refused(small_run, tmp_path):
     resumed = run_fedsim(["run", "--resume", str(out), "--force", "--quiet"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert records_without_wall_clock(out) == records_without_wall_clock(small_run)
+
+
+def test_driver_killed_alone_leaves_no_ray_process_or_folder(tmp_path):
+    """SIGKILL of the fedsim process only (not its group): its watcher ends Ray's services and
+    actors and removes the session folder, instead of leaving them for minutes."""
+    import tempfile
+
+    import psutil
+
+    out = tmp_path / "killed"
+    ray_tmp = tempfile.mkdtemp(prefix="t", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsim", *run_args(4, 6, 2, "--out", str(out), "--quiet")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_TMPDIR": ray_tmp},
+    )
+    try:
+        wait_for_rounds(out, 1, proc)
+        tree = process_tree(proc.pid)[1:]  # Ray's processes and the watcher
+        proc.kill()
+        proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(tree, timeout=60)
+        assert not alive, [p.name() for p in alive]
+        deadline = time.monotonic() + 30
+        while os.listdir(ray_tmp) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert os.listdir(ray_tmp) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    os.rmdir(ray_tmp)

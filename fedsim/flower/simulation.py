@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -72,6 +73,13 @@ def run_in_simulation(
     outcome: dict[str, Any] = {}
     local_ray = not cfg.simulation.ray_address  # its session folder lives where Ray's would (RAY_TMPDIR, TMPDIR)
     ray_dir = tempfile.mkdtemp(prefix="fedsim-ray-", dir=os.environ.get("RAY_TMPDIR")) if local_ray else None
+    reaper = None
+    if ray_dir:  # cleans up Ray if this process is killed (see fedsim.flower.reaper)
+        reaper = subprocess.Popen(
+            [sys.executable, "-m", "fedsim.flower.reaper", str(os.getpid()), ray_dir],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+        )
     server_app = ServerApp()
 
     @server_app.main()
@@ -109,6 +117,10 @@ def run_in_simulation(
             signal.signal(signal.SIGTERM, old_sigterm)
         if ray_dir:
             shutil.rmtree(ray_dir, ignore_errors=True)
+        if reaper is not None:
+            reaper.stdin.close()  # nothing left for it to do
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                reaper.wait(timeout=10)
     if "error" in outcome:
         raise outcome["error"]
     if "summary" not in outcome:
@@ -156,13 +168,9 @@ def _shutdown_ray(grace_s: float = 5.0) -> None:
     import psutil
     import ray
 
-    def is_ray(p: psutil.Process) -> bool:
-        try:
-            return p.name().startswith("ray::") or any("/ray/" in part for part in p.cmdline()[:2])
-        except psutil.Error:
-            return False
+    from fedsim.flower.reaper import is_ray_process
 
-    started = [p for p in psutil.Process().children(recursive=True) if is_ray(p)]
+    started = [p for p in psutil.Process().children(recursive=True) if is_ray_process(p)]
     if ray.is_initialized():
         ray.shutdown()
     _, alive = psutil.wait_procs(started, timeout=grace_s)
