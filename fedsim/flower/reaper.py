@@ -42,18 +42,22 @@ def ray_processes(ray_dir: str, driver: psutil.Process | None = None) -> dict[in
     return found
 
 
-def reap(procs: list[psutil.Process], ray_dir: str, grace_s: float = 3.0) -> None:
-    """Terminate, then kill, ``procs`` (those still alive as the same processes); remove ``ray_dir``."""
-    alive = [p for p in procs if p.is_running()]  # compares creation times: a reused pid is not ours
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
+def end_processes(procs: list[psutil.Process], grace_s: float = 3.0, terminate: bool = True) -> None:
+    """Let ``procs`` exit (after SIGTERM when ``terminate``) for ``grace_s``, then SIGKILL the rest.
+
+    Only processes still running as the same process count (psutil compares creation times, so a
+    reused pid is never touched).
+    """
+    alive = [p for p in procs if p.is_running()]
+    if terminate:
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
     _, alive = psutil.wait_procs(alive, timeout=grace_s)
     for p in alive:
         with contextlib.suppress(psutil.Error):
             p.kill()
     psutil.wait_procs(alive, timeout=grace_s)
-    shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 def watch(driver_pid: int, ray_dir: str, every_s: float = 1.0) -> None:
@@ -68,7 +72,8 @@ def watch(driver_pid: int, ray_dir: str, every_s: float = 1.0) -> None:
         known.update(ray_processes(ray_dir, driver))
     sys.stdin.read()
     known.update(ray_processes(ray_dir))
-    reap(list(known.values()), ray_dir)
+    end_processes(list(known.values()))
+    shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

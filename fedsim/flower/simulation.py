@@ -168,13 +168,9 @@ def _shutdown_ray(grace_s: float = 5.0) -> None:
     import psutil
     import ray
 
-    from fedsim.flower.reaper import is_ray_process
+    from fedsim.flower.reaper import end_processes, is_ray_process
 
     started = [p for p in psutil.Process().children(recursive=True) if is_ray_process(p)]
     if ray.is_initialized():
         ray.shutdown()
-    _, alive = psutil.wait_procs(started, timeout=grace_s)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=grace_s)
+    end_processes(started, grace_s, terminate=False)  # ray.shutdown has asked them to stop
