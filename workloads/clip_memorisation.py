@@ -418,8 +418,8 @@ def cosine_alpha_bar(steps: int) -> torch.Tensor:
 class ClipMemorisation(Workload):
     name: ClassVar[str] = "clip-memorisation"
     description: ClassVar[str] = (
-        "tiny CLIP text tower + conditional U-Net (DDIM), LoRA on cross-attention; duplicated pairs memorised; "
-        "pad/eot interventions"
+        "tiny CLIP text tower + conditional U-Net (DDIM), LoRA on cross-attention + feed-forward; duplicated "
+        "pairs memorised; pad/eot interventions"
     )
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # About 80k denoiser + 30k text-tower parameters; pretraining both takes under a minute of one core.
