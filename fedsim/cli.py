@@ -19,6 +19,7 @@ import typer
 from fedsim.config import (
     Config,
     ConfigError,
+    RunSection,
     build_config,
     describe_keys,
     load_toml,
@@ -43,10 +44,18 @@ def _fail(message: str, code: int) -> None:
 
 
 def resolve_config(config_file: Path | None, sets: list[str], shortcuts: dict[str, Any]) -> Config:
-    """Defaults < TOML file < CLI shortcut options < --set overrides."""
+    """Defaults < TOML file < CLI shortcut options < --set overrides.
+
+    ``run.clients_per_round`` left at its default samples at most ``run.clients`` clients
+    (``--clients 5`` alone samples all 5); a value given anywhere is checked as given.
+    """
     layers = [load_toml(config_file)] if config_file else []
     layers.append({k: v for k, v in shortcuts.items() if v is not None})
     layers.append(parse_overrides(sets))
+    given = {k: v for layer in layers for k, v in layer.items()}
+    clients, default = given.get("run.clients"), RunSection().clients_per_round
+    if "run.clients_per_round" not in given and type(clients) is int and 0 < clients < default:
+        layers.append({"run.clients_per_round": clients})
     return build_config(*layers)
 
 

@@ -272,3 +272,15 @@ def test_image_confines_results_to_the_volume_that_deploy_fetches_from():
     dockerfile = (Path(__file__).parents[1] / "docker" / "Dockerfile").read_text()
     assert re.search(rf"FEDSIM_RESULTS_ROOT={re.escape(IMAGE_RESULTS_ROOT)}\b", dockerfile)
     assert re.search(rf'VOLUME \[[^]]*"{re.escape(IMAGE_RESULTS_ROOT)}"', dockerfile)
+
+
+def test_default_clients_per_round_follows_a_small_client_count(tmp_path):
+    from fedsim.cli import resolve_config
+
+    assert resolve_config(None, [], {"run.clients": 5}).num_sampled == 5
+    assert resolve_config(None, [], {"run.clients": 50}).num_sampled == 10
+    toml = tmp_path / "c.toml"
+    toml.write_text("[run]\nclients = 3\n")
+    assert resolve_config(toml, [], {}).num_sampled == 3
+    with pytest.raises(Exception, match="run.clients_per_round=6"):  # given explicitly: checked as given
+        resolve_config(None, ["run.clients_per_round=6"], {"run.clients": 5})
