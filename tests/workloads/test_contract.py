@@ -65,6 +65,8 @@ def test_builds_with_lora_modules(built):
     assert all(name.split(".")[-1] in wl.lora_target_modules for name in lora)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any(".lora_A." in n for n in trainable) and any(".lora_B." in n for n in trainable)
+    factors = {n: p.shape for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
+    assert all(len(shape) == 2 for shape in factors.values()), factors  # SOFT and the aggregation need matrices
     extras = [n for n in trainable if ".lora_" not in n]
     assert all(any(f".{m}." in n for m in wl.extra_trainable) for n in extras), extras
     assert len(train) == 4 * 16 and len(test) == 32
