@@ -13,9 +13,11 @@ response length over the data's mean, early-termination rate and the share of <e
 tokens committed in the first half of the denoising steps. The paper's claims under test:
 ``eos`` shortens answers and loses validity as G grows, ``single`` behaves like ``eos``, and
 ``rainbow`` with K >= 7 keeps both. Each run writes
-``benchmarks/results/rainbow_padding_runs/<id>.json``; the CSV
-(``benchmarks/results/rainbow_padding.csv``) and the figure (``rainbow_padding.png``) collect
-every run found there.
+``benchmarks/results/rainbow_padding_runs/<id>.json`` (the id names the budget); the CSV
+(``benchmarks/results/rainbow_padding<tag>.csv``) and the figure (``rainbow_padding<tag>.png``)
+collect the runs of the given seeds and budget found there. The rounds of ``fedsim run`` evaluate
+on ``--round-eval-samples`` prompts only; the reported numbers come from evaluating each run's
+last global adapter (its checkpoint) on ``--eval-samples`` prompts in this process.
 
     python benchmarks/rainbow_padding.py [--seeds 0 1 2] [--schemes eos single rainbow1 rainbow3 rainbow7]
         [--clients 10] [--rounds 5] [--clients-per-round 5] [--samples-per-client 48] [--local-epochs 2]
@@ -172,12 +174,18 @@ def mean_train_loss(record: dict) -> float | None:
 
 
 def collect(args: argparse.Namespace) -> list[dict]:
+    """Rows of every run of this budget (clients, rounds, epochs, tag) and of the bases found on disk."""
+    suffix = f"-c{args.clients}-r{args.rounds}-e{args.local_epochs}{args.tag}"
     rows = []
-    for p in sorted((args.out / "rainbow_padding_runs").glob(f"*{args.tag}.json")):
+    for p in sorted((args.out / "rainbow_padding_runs").glob("*.json")):
         run = json.loads(p.read_text())
+        mine = run["id"] == f"base-{args.preset}-seed{run['seed']}{args.tag}" or run["id"].endswith(suffix)
+        if not mine or run["seed"] not in args.seeds:
+            continue
         for point in by_length(run["metrics"]):
             rows.append({"scheme": run["scheme"], "seed": run["seed"], "run": run["id"], **point})
-    with open(args.out / "rainbow_padding.csv", "w", newline="") as f:
+    name = f"rainbow_padding{args.tag}.csv"
+    with open(args.out / name, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["scheme", "seed", "run", "G", *KEYS])
         writer.writeheader()
         writer.writerows(rows)
@@ -266,18 +274,19 @@ def main() -> None:
     ap.add_argument("--lora-alpha", type=float, default=64.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for pretraining in this process")
     ap.add_argument("--force", action="store_true", help="redo runs whose JSON exists")
+    ap.add_argument("--collect-only", action="store_true", help="only rebuild the CSV, figure and table")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    for seed in args.seeds:
+    for seed in [] if args.collect_only else args.seeds:
         base_run(seed, args)
         for scheme in args.schemes:
             fl_run(scheme, seed, args)
     rows = collect(args)
     plot(rows, args.out / f"rainbow_padding{args.tag}.png")
     print(table(rows))
-    print(f"wrote {args.out / 'rainbow_padding.csv'} and the figure ({time.perf_counter() - t0:.0f} s)")
+    print(f"wrote {args.out / f'rainbow_padding{args.tag}.csv'} and the figure ({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
