@@ -71,10 +71,10 @@ def run_in_simulation(
     from fedsim.flower.client_app import app as client_app
 
     outcome: dict[str, Any] = {}
-    local_ray = not cfg.simulation.ray_address  # its session folder lives where Ray's would (RAY_TMPDIR, TMPDIR)
-    ray_dir = tempfile.mkdtemp(prefix="fedsim-ray-", dir=os.environ.get("RAY_TMPDIR")) if local_ray else None
-    reaper = None
-    if ray_dir:  # cleans up Ray if this process is killed (see fedsim.flower.reaper)
+    ray_dir = reaper = None
+    if not cfg.simulation.ray_address:  # a local Ray: its session folder where Ray's own would be
+        ray_dir = tempfile.mkdtemp(prefix="fedsim-ray-", dir=os.environ.get("RAY_TMPDIR"))
+        # cleans up Ray if this process is killed (see fedsim.flower.reaper)
         reaper = subprocess.Popen(
             [sys.executable, "-m", "fedsim.flower.reaper", str(os.getpid()), ray_dir],
             stdin=subprocess.PIPE,
