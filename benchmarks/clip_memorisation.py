@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedsim.results import read_rounds
+
 METRICS = ("mem_sim", "mem_rate", "orig_sim", "attr_acc", "diversity", "mem_diversity")
 # SSCD similarity of generations for memorised prompts to their training images, from the paper.
 PAPER_MEM_SIM = {"pad_bang_eot0": 0.08, "pad_bang": 0.14, "pad_mask": 0.10, "mask_pad": 0.07, "mask_eot": 0.95}
@@ -91,7 +93,7 @@ def one_run(seed: int, args: argparse.Namespace) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{rid}: fedsim run failed:\n{proc.stderr[-3000:]}")
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out)
     record = {
         "id": rid,
         "seed": seed,

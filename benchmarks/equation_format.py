@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from fedsim.results import read_rounds
+
 FORMATS = ("equation", "nl", "answer")
 KEYS = ("accuracy", "accuracy_ops1", "accuracy_ops2", "accuracy_ops3")
 
@@ -86,7 +88,7 @@ def one_run(size: str, fmt: str, seed: int, args: argparse.Namespace) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{run_id}: fedsim run failed:\n{proc.stderr[-3000:]}")
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out)
     record = {
         "id": run_id,
         "size": size,

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedsim.results import read_rounds
+
 PRESETS = ("tiny", "random-init")
 METRICS = ("accuracy", "macro_f1", "accuracy_unseen_words", "accuracy_unseen_templates")
 
@@ -31,7 +33,7 @@ def run(preset: str, seed: int, args: argparse.Namespace, out: Path) -> tuple[li
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    records = read_rounds(out)
     return records, time.perf_counter() - t0
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from fedsim.results import read_rounds
+
 SCHEMES = {
     "eos": "padding=eos",
     "single": "padding=single",
@@ -151,7 +153,7 @@ def fl_run(scheme: str, seed: int, args: argparse.Namespace) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{run_id}: fedsim run failed:\n{proc.stderr[-3000:]}")
     fl_wall_s = time.perf_counter() - t0
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out)
     t0 = time.perf_counter()
     record = {
         "id": run_id,

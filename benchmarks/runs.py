@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedsim.results import read_rounds
+
 
 def fedsim_run(folder: Path, clients: int, rounds: int, per_round: int, *extra: str) -> tuple[dict, list[dict]]:
     """Run ``fedsim run`` into ``folder`` unless it already holds a finished run; (summary, records)."""
@@ -20,5 +22,5 @@ def fedsim_run(folder: Path, clients: int, rounds: int, per_round: int, *extra: 
             raise SystemExit(f"{folder.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
         print(f"{folder.name}: {time.perf_counter() - t0:.0f} s", flush=True)
     summary = json.loads((folder / "summary.json").read_text())
-    records = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines() if line.strip()]
+    records = read_rounds(folder)
     return summary, records

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.results import read_rounds
 from tests.conftest import run_fedsim
 from workloads.clip_memorisation import INTERVENTIONS
 
@@ -27,7 +28,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_every_intervention_is_recorded_and_lower_is_better(tiny_run):
-    rounds = [json.loads(line) for line in (tiny_run / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(tiny_run)
     assert len(rounds) == 2
     for r in rounds:
         m = r["metrics"]

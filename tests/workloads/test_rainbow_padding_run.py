@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.results import read_rounds
 from tests.conftest import run_fedsim
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def tiny_run(tmp_path_factory, isolated_cache):
 
 
 def test_run_records_per_g_metrics(tiny_run):
-    rounds = [json.loads(line) for line in (tiny_run / "rounds.jsonl").read_text().splitlines()]
+    rounds = read_rounds(tiny_run)
     assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:
         m = r["metrics"]
