@@ -110,19 +110,20 @@ class FolderLock:
 
 
 def versions() -> dict[str, str]:
-    import flwr
-    import numpy
-    import ray
-    import torch
+    """The versions a summary records (read from the installed distributions, nothing imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     import fedsim
 
     return {
         "fedsim": fedsim.__version__,
-        "flwr": flwr.__version__,
-        "ray": ray.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        **{name: installed(name) for name in ("flwr", "ray", "torch", "numpy")},
         "python": platform.python_version(),
     }
 

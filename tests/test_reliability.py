@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from fedsim.rounds import sample_clients
-from fedsim.seeding import rng
+from fedsim.seeding import rng, sample_clients
 from tests.conftest import SMALL_RUN, records_without_wall_clock, run_args, run_fedsim
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fedsim.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, sha256_text
+from fedsim.checks import checked_config
 from fedsim.cli import main
-from fedsim.config import build_config
 from fedsim.deploy import DeployError, fetch_results
 from fedsim.results import finite_or_null, to_json
 
@@ -32,7 +32,7 @@ def assert_one_line_exit_2(code, err, fragment):
 
 def results_folder(path, round_=2, seed=3):
     """A results folder as a run leaves it after ``round_`` rounds: config.toml, rounds.jsonl, checkpoint."""
-    cfg = build_config({"run.clients": 4, "run.clients_per_round": 2, "run.rounds": 5, "run.seed": seed})
+    cfg = checked_config({"run.clients": 4, "run.clients_per_round": 2, "run.rounds": 5, "run.seed": seed})
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.toml").write_text(cfg.to_toml())
     records = [{"round": r, "status": "ok"} for r in range(1, round_ + 1)]

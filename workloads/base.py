@@ -29,6 +29,7 @@ group ``fedsim.workloads``.
 
 from __future__ import annotations
 
+import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,15 +67,21 @@ class WorkloadSpec:
 
 def parse_options(text: str) -> dict[str, Any]:
     """``"a=1, b=nl"`` -> ``{"a": 1, "b": "nl"}``; values read as TOML would (else kept as strings)."""
-    from fedsim.config import parse_value
-
     out: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"workload.options={text!r}: expected key=value pairs separated by commas")
-        out[key.strip()] = parse_value(value.strip())
+        out[key.strip()] = _toml_value(value.strip())
     return out
+
+
+def _toml_value(text: str) -> Any:
+    """``3`` -> 3, ``0.5`` -> 0.5, ``true`` -> True, ``nl`` -> 'nl' (what TOML reads, else the text)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 class Workload(ABC):

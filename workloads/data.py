@@ -162,6 +162,21 @@ def load_external(
     return train, test
 
 
+def load_for_spec(spec, **candidates: Sequence[str]) -> tuple[Dataset, Dataset]:
+    """:func:`load_external` for a workload's spec: ``workload.dataset`` and its columns, sized for
+    every client's samples and the test set, sampled with the run's seed. ``candidates`` are the
+    ``text_candidates`` / ``label_candidates`` the workload guesses columns from."""
+    return load_external(
+        spec.dataset,
+        seed=spec.seed,
+        train_size=spec.num_clients * spec.samples_per_client,
+        test_size=spec.test_samples,
+        text_column=spec.text_column,
+        label_column=spec.label_column,
+        **candidates,
+    )
+
+
 def class_names(train: Dataset, test: Dataset) -> list[str]:
     """The label names: a ClassLabel's names, else the sorted distinct values of both splits."""
     feature = train.features["label"]

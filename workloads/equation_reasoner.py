@@ -472,15 +472,10 @@ class EquationReasoner(Workload):
         return Dataset.from_dict(columns), Dataset.from_dict(test)
 
     def _load_data(self) -> tuple[Dataset, Dataset]:
-        from workloads.data import load_external
+        from workloads.data import load_for_spec
 
-        train, test = load_external(
-            self.spec.dataset,
-            seed=self.spec.seed,
-            train_size=self.spec.num_clients * self.spec.samples_per_client,
-            test_size=self.spec.test_samples,
-            text_column=self.spec.text_column,
-            label_column=self.spec.label_column,
+        train, test = load_for_spec(
+            self.spec,
             text_candidates=("question", "input", "problem", "text"),
             label_candidates=("answer", "target", "solution", "output"),
         )

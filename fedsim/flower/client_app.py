@@ -1,7 +1,7 @@
 """The fedsim ClientApp: one virtual client (simulation) or one SuperNode (deployment).
 
 The configuration arrives with every message, so the ServerApp is the single source of truth.
-The heavy objects (base model, data) live in :mod:`fedsim.runtime`'s per-process cache.
+The heavy objects (base model, data) live in :mod:`fedsim.training`'s per-process cache.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.config import Config
-from fedsim.flower.records import (
+from fedsim.flower.messages import (
     CLIENT_KEY,
     NODE_PROFILE_KEYS,
     RHO_KEY,
@@ -23,9 +23,9 @@ from fedsim.flower.records import (
     from_array_record,
     to_array_record,
 )
-from fedsim.methods import dropped_errors, encode_upload
-from fedsim.runtime import client_update
+from fedsim.methods import dropped_errors, fixed_rho, get_method
 from fedsim.seeding import rng, torch_seed
+from fedsim.training import client_update
 
 app = ClientApp()
 
@@ -89,7 +89,7 @@ def _train(msg: Message, context: Context) -> tuple[Config, int, int, dict, dict
 
 def _upload(cfg: Config, client_id: int, round_: int, state: dict, rho: float, metrics: dict, msg: Message) -> Message:
     gen = torch.Generator().manual_seed(torch_seed(cfg.run.seed, round_, client_id, "sparsify"))
-    arrays, stats = encode_upload(state, cfg.run.method, rho, cfg.lora.value_bits, gen)
+    arrays, stats = get_method(cfg.run.method).encode(state, rho, cfg.lora.value_bits, gen)
     metrics.update(stats)
     return Message(RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
@@ -98,7 +98,7 @@ def _upload(cfg: Config, client_id: int, round_: int, state: dict, rho: float, m
 def train(msg: Message, context: Context) -> Message:
     """Train locally, then sparsify at the configured rho and upload: one message per round."""
     cfg, client_id, round_, state, metrics = _train(msg, context)
-    return _upload(cfg, client_id, round_, state, cfg.fixed_rho, metrics, msg)
+    return _upload(cfg, client_id, round_, state, fixed_rho(cfg.run.method, cfg.soft.rho), metrics, msg)
 
 
 @app.train("local")

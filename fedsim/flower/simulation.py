@@ -24,7 +24,8 @@ from typing import Any
 
 from fedsim.checkpoint import Checkpoint
 from fedsim.config import Config
-from fedsim.flower.server_app import Reporter, RunFailed, serve
+from fedsim.engine import Reporter, RunFailed
+from fedsim.flower.server_app import serve
 from fedsim.tsfa import RankPlan
 
 

@@ -636,7 +636,7 @@ class CvxpyAllocator:
             share, t_ref = dpp.set_parameters(a, s, t, bt)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # cvxpy warns on inaccurate solutions; we check status
-                dpp.problem.solve(solver=self.solver, **self.solver_options)
+                dpp.problem.solve(solver=self.solver, warm_start=False, **self.solver_options)
             status = str(dpp.problem.status)
             if status == cp.OPTIMAL:
                 y = dpp.y.value

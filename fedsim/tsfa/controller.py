@@ -1,6 +1,6 @@
 """Online stage of TSFA: Lyapunov drift-plus-penalty choice of rho and bandwidth (fedsim formulation).
 
-Long-term constraint (method.md section 2): (1/T) sum_t T_t <= T_avg. Virtual queue
+Long-term constraint (the README's TSFA section): (1/T) sum_t T_t <= T_avg. Virtual queue
 (Neely, Stochastic Network Optimization, 2010, ch. 3):
 
     Q_1 = 0,    Q_{t+1} = max(Q_t + T_t - T_avg, 0)              [s]
@@ -19,7 +19,7 @@ The schedulers here share one interface, ``decide(...) -> Decision`` then
 ``update(round_latency_s)``, and a JSON-serialisable state (``state_dict`` /
 ``load_state_dict``) for checkpoints:
 
-- :class:`LyapunovController`: TSFA online stage ("tsfa").
+- :class:`TsfaScheduler`: TSFA online stage ("tsfa").
 - :class:`FixedRhoScheduler`: a fixed rho with a given allocator ("fixed", or "equal" with the
   equal-split allocator).
 """
@@ -41,7 +41,7 @@ __all__ = [
     "PENALTY_MODES",
     "Decision",
     "FixedRhoScheduler",
-    "LyapunovController",
+    "TsfaScheduler",
 ]
 
 DEFAULT_RHO_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
@@ -224,7 +224,9 @@ class _Scheduler:
         expected = set(self.state_dict())
         if set(state) != expected:
             raise ValueError(f"scheduler state keys={sorted(state)!r}: expected {sorted(expected)!r}")
-        if state["kind"] != self.kind:
+        if {"lyapunov": "tsfa"}.get(
+            state["kind"], state["kind"]
+        ) != self.kind:  # "lyapunov": the name in checkpoints written before 0.2
             raise ValueError(f"scheduler state kind={state['kind']!r}: this scheduler is {self.kind!r}")
         q = _real("state.queue_s", state["queue_s"])
         s = _real("state.latency_sum_s", state["latency_sum_s"])
@@ -339,7 +341,7 @@ class _Scheduler:
 # --------------------------------------------------------------------------------------------
 
 
-class LyapunovController(_Scheduler):
+class TsfaScheduler(_Scheduler):
     """TSFA online stage: drift-plus-penalty choice of rho_t and b_t (fedsim formulation).
 
     Each round, for every rho in the grid (ascending), the allocator gives the min-max band
@@ -375,7 +377,7 @@ class LyapunovController(_Scheduler):
         A bad parameter, e.g. "tsfa.latency_budget_s=-1: must be > 0".
     """
 
-    kind = "lyapunov"
+    kind = "tsfa"
 
     def __init__(
         self,
@@ -463,7 +465,7 @@ class FixedRhoScheduler(_Scheduler):
 
     ``FixedRhoScheduler(rho, make_allocator("minmax", K, B))`` is the fixed-rho baseline with
     the min-max split; with ``make_allocator("equal", K, B)`` it is the equal-split baseline.
-    Same ``decide`` / ``update`` / state interface as :class:`LyapunovController`; Q_t is
+    Same ``decide`` / ``update`` / state interface as :class:`TsfaScheduler`; Q_t is
     tracked for the records when ``latency_budget_s`` is given and never used.
 
     Parameters
@@ -484,7 +486,7 @@ class FixedRhoScheduler(_Scheduler):
         deadline_s: float | None = None,
     ) -> None:
         super().__init__(allocator, latency_budget_s, deadline_s)
-        self.rho = _rho("tsfa.rho", rho)
+        self.rho = _rho("soft.rho", rho)
 
     def decide(
         self,

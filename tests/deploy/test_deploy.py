@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import build_config, describe_keys
+from fedsim.checks import checked_config
+from fedsim.config import describe_keys
 from fedsim.results import read_rounds
-from fedsim.rounds import WirelessModel
+from fedsim.wireless import WirelessModel
 from tests.conftest import CLIENT_FIELDS, SMALL
 from tests.deploy.federation import Federation
 
@@ -64,7 +65,7 @@ def test_deployed_run_records(federation, tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2, summary
-    seeded = WirelessModel(build_config({"run.clients": 3, "run.clients_per_round": 3, "run.seed": 7}))
+    seeded = WirelessModel(checked_config({"run.clients": 3, "run.clients_per_round": 3, "run.seed": 7}))
     rounds = read_rounds(out)
     assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:

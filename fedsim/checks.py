@@ -1,0 +1,71 @@
+"""The checks of a whole configuration: several keys together, the registries, and files.
+
+:func:`fedsim.config.build_config` checks each key on its own; :func:`check_config` runs
+before anything starts (Ray, Flower, a results folder), so a bad combination is a one-line
+:class:`~fedsim.errors.ConfigError` naming the keys, the values and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fedsim.config import Config, build_config
+from fedsim.errors import ConfigError
+
+
+def check_config(cfg: Config) -> Config:
+    """Raise ConfigError for the first combination of values that cannot run; returns ``cfg``."""
+    from fedsim.methods import get_method
+    from fedsim.schedulers import get_scheduler
+    from fedsim.wireless import check_channel_config
+    from workloads import get_workload_class
+
+    cpr = cfg.run.clients_per_round
+    if isinstance(cpr, int) and cpr > cfg.run.clients:
+        raise ConfigError(f"run.clients_per_round={cpr}: must be at most run.clients={cfg.run.clients}")
+    method = get_method(cfg.run.method)
+    scheduler = get_scheduler(cfg.tsfa.scheduler)
+    if scheduler.decides_rho and not method.sparsifies:
+        raise ConfigError(
+            f"tsfa.scheduler={cfg.tsfa.scheduler!r}: chooses a sparsification ratio, so run.method must sparsify "
+            f"(soft, topk, ...), not {cfg.run.method!r}"
+        )
+    if cfg.run.min_clients_per_round > cfg.num_sampled:
+        raise ConfigError(
+            f"run.min_clients_per_round={cfg.run.min_clients_per_round}: must be at most the "
+            f"{cfg.num_sampled} clients sampled per round"
+        )
+    if cfg.compute.device_flops_min > cfg.compute.device_flops_max:
+        raise ConfigError(
+            f"compute.device_flops_min={cfg.compute.device_flops_min!r}: must be at most "
+            f"compute.device_flops_max={cfg.compute.device_flops_max!r}"
+        )
+    if cfg.channel.min_distance_m >= cfg.channel.radius_m:
+        raise ConfigError(
+            f"channel.min_distance_m={cfg.channel.min_distance_m!r}: must be below "
+            f"channel.radius_m={cfg.channel.radius_m!r}"
+        )
+    check_channel_config(cfg)  # models, positions / device-speed / trace files
+    wl = get_workload_class(cfg.workload.name)  # raises ConfigError listing the known names
+    if method.sparsifies and not wl.lora_target_modules:
+        raise ConfigError(
+            f"run.method={cfg.run.method!r}: needs LoRA factors, but workload {cfg.workload.name} adapts none "
+            "(use run.method=ideal)"
+        )
+    wl.resolve_params(cfg.workload.preset, cfg.workload.options)  # unknown preset or bad options
+    if cfg.workload.partition == "natural" and (wl.natural_partition_column is None or cfg.workload.dataset):
+        raise ConfigError(
+            f"workload.partition='natural': {cfg.workload.name} has no natural split"
+            f"{' of workload.dataset' if cfg.workload.dataset else ''}; use iid or dirichlet"
+        )
+    if cfg.workload.dataset:
+        from workloads.data import check_dataset_name
+
+        check_dataset_name(cfg.workload.dataset)  # a missing local path; Hub names are checked on load
+    return cfg
+
+
+def checked_config(*layers: Mapping[str, Any]) -> Config:
+    """:func:`~fedsim.config.build_config` of the layers, then :func:`check_config`."""
+    return check_config(build_config(*layers))
