@@ -1,5 +1,8 @@
 """The checks of a whole configuration: several keys together, the registries, and files.
 
+Ordered from cheap to expensive, so that a wrong name or combination is refused before numpy,
+torch or a workload's libraries are imported (well under a second).
+
 :func:`fedsim.config.build_config` checks each key on its own; :func:`check_config` runs
 before anything starts (Ray, Flower, a results folder), so a bad combination is a one-line
 :class:`~fedsim.errors.ConfigError` naming the keys, the values and what is allowed.
@@ -18,8 +21,7 @@ def check_config(cfg: Config) -> Config:
     """Raise ConfigError for the first combination of values that cannot run; returns ``cfg``."""
     from fedsim.methods import get_method
     from fedsim.schedulers import get_scheduler
-    from fedsim.wireless import check_channel_config
-    from workloads import get_workload_class
+    from workloads import check_workload_name, get_workload_class
 
     cpr = cfg.run.clients_per_round
     if isinstance(cpr, int) and cpr > cfg.run.clients:
@@ -46,8 +48,11 @@ def check_config(cfg: Config) -> Config:
             f"channel.min_distance_m={cfg.channel.min_distance_m!r}: must be below "
             f"channel.radius_m={cfg.channel.radius_m!r}"
         )
+    check_workload_name(cfg.workload.name)
+    from fedsim.wireless import check_channel_config  # numpy and scipy from here on
+
     check_channel_config(cfg)  # models, positions / device-speed / trace files
-    wl = get_workload_class(cfg.workload.name)  # raises ConfigError listing the known names
+    wl = get_workload_class(cfg.workload.name)  # torch and the workload's libraries from here on
     if method.sparsifies and not wl.lora_target_modules:
         raise ConfigError(
             f"run.method={cfg.run.method!r}: needs LoRA factors, but workload {cfg.workload.name} adapts none "

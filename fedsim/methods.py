@@ -31,22 +31,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fedsim.errors import ConfigError
-from fedsim.soft import (
-    SparseUpdate,
-    aggregate,
-    covariance_norm,
+from fedsim.soft.budget import (
     dense_payload_bits,
-    dropped_errors_for_rhos,
-    get_sparsifier,
+    index_bits_per_entry,
     keep_count,
-    mean_abs_cos,
     payload_bits,
+    topk_element_budget,
 )
+
+if TYPE_CHECKING:  # torch is imported where an upload is encoded or aggregated, not to check a name
+    import torch
+
+    from fedsim.soft import SparseUpdate
+
+Sparsifier = Callable[..., Any]
+"""``sparsify(A, B, rho, value_bits, generator) -> SparseUpdate`` for one LoRA pair."""
 
 MatrixBits = Callable[[int, int, int, float, int], int]
 """``matrix_bits(d_in, d_out, rank, rho, value_bits)``: uplink bits of one adapted matrix."""
@@ -63,6 +67,16 @@ def dense_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) ->
     return dense_payload_bits(d_in, d_out, rank, value_bits)
 
 
+def topk_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:
+    """S = n_A (q + ceil(log2(r d_in))) + n_B (q + ceil(log2(d_out r))): the element counts of
+    :func:`fedsim.soft.topk_element_budget` (SOFT's bits at this rho, less under one element),
+    each with its value and flat index."""
+    n_a, n_b = topk_element_budget(d_in, d_out, rank, rho, value_bits)
+    return n_a * (value_bits + index_bits_per_entry(rank * d_in)) + n_b * (
+        value_bits + index_bits_per_entry(d_out * rank)
+    )
+
+
 def svd_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:
     """S = k (d_in + d_out) q with k = min(keep_count(r, rho), d_in, d_out): ranks 0..k-1, no index bits."""
     return min(keep_count(rank, rho), d_in, d_out) * (d_in + d_out) * value_bits
@@ -76,7 +90,8 @@ class UploadMethod:
     ----------
     name : registry key, lowercase (``run.method``).
     description : one line for listings.
-    sparsifier : a :data:`fedsim.soft.SPARSIFIERS` entry, applied to every LoRA pair.
+    sparsify : a :data:`Sparsifier` applied to every LoRA pair, or the name of a
+        :data:`fedsim.soft.SPARSIFIERS` entry.
     matrix_bits : the exact payload formula of one adapted matrix (:data:`MatrixBits`).
     regularised : the SOFT orthogonality regulariser (weight ``soft.lambda_orth``) is in the
         local loss.
@@ -86,7 +101,7 @@ class UploadMethod:
 
     name: str
     description: str
-    sparsifier: str
+    sparsify: Sparsifier | str
     matrix_bits: MatrixBits
     regularised: bool = False
     sparsifies: bool = True
@@ -105,7 +120,12 @@ class UploadMethod:
         self, state: dict[str, np.ndarray], rho: float, value_bits: int, generator: torch.Generator
     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """The client half: compress a trained adapter for the uplink (see :func:`encode_upload`)."""
-        return encode_upload(state, self.sparsifier, rho, value_bits, generator)
+        sparsify = self.sparsify
+        if isinstance(sparsify, str):
+            from fedsim.soft import get_sparsifier
+
+            sparsify = get_sparsifier(sparsify)
+        return encode_upload(state, sparsify, rho, value_bits, generator)
 
     def decode(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, SparseUpdate], dict[str, np.ndarray]]:
         """The server half, step 1: the wire arrays back into per-module updates and extras."""
@@ -128,7 +148,6 @@ def register_method(method: UploadMethod) -> UploadMethod:
     """Add ``method`` to :data:`METHODS` (names are unique and lowercase); returns it."""
     if method.name in METHODS or method.name != method.name.lower():
         raise ValueError(f"upload method {method.name!r}: names must be new and lowercase")
-    get_sparsifier(method.sparsifier)  # an unknown sparsifier fails at registration
     METHODS[method.name] = method
     return method
 
@@ -149,7 +168,11 @@ def get_method(name: str) -> UploadMethod:
 
 for _m in (
     UploadMethod(
-        "ideal", "dense FedAvg of the LoRA factors (no sparsification)", "dense", dense_bits, sparsifies=False
+        "ideal",
+        "dense FedAvg of the LoRA factors (no sparsification)",
+        "dense",
+        dense_bits,
+        sparsifies=False,
     ),
     UploadMethod(
         "soft",
@@ -159,7 +182,7 @@ for _m in (
         regularised=True,
     ),
     UploadMethod("soft-noreg", "SOFT without the regulariser (lambda_orth = 0)", "soft", soft_bits),
-    UploadMethod("topk", "element-wise top-k on A and B separately, at SOFT's bits", "topk", soft_bits),
+    UploadMethod("topk", "element-wise top-k on A and B separately, at SOFT's bits", "topk", topk_bits),
     UploadMethod("randk", "k random ranks", "randk", soft_bits),
     UploadMethod("svd", "SVD truncation of B A, refactored as U sqrt(S), sqrt(S) V^T", "svd", svd_bits),
 ):
@@ -191,7 +214,7 @@ def _wire(a: np.ndarray, value_bits: int) -> np.ndarray:
 
 def encode_upload(
     state: dict[str, np.ndarray],
-    sparsifier: str,
+    sparsify: Sparsifier,
     rho: float,
     value_bits: int,
     generator: torch.Generator,
@@ -206,7 +229,10 @@ def encode_upload(
     ``dropped_error@<rho>`` for each of ``report_rhos`` (what SOFT would drop at that rho: the
     scalars TSFA's controller asks for).
     """
-    sparsify = get_sparsifier(sparsifier)
+    import torch
+
+    from fedsim.soft import mean_abs_cos
+
     pairs, extras = split_state(state)
     arrays: dict[str, np.ndarray] = {}
     bits, error, kept, cos, sparsify_s = 0, 0.0, [], [], 0.0
@@ -240,6 +266,10 @@ def dropped_errors(state: dict[str, np.ndarray], rhos: tuple[float, ...]) -> lis
     The few scalars a client reports so that TSFA can weigh accuracy against latency before
     the upload (one sort of the rank importances per matrix; no sparsification is done).
     """
+    import torch
+
+    from fedsim.soft import dropped_errors_for_rhos
+
     total = np.zeros(len(rhos))
     for a_name, b_name in split_state(state)[0].values():
         A, B = torch.from_numpy(state[a_name]), torch.from_numpy(state[b_name])
@@ -249,6 +279,8 @@ def dropped_errors(state: dict[str, np.ndarray], rhos: tuple[float, ...]) -> lis
 
 def decode_upload(arrays: dict[str, np.ndarray]) -> tuple[dict[str, SparseUpdate], dict[str, np.ndarray]]:
     """Inverse of :func:`encode_upload`'s arrays: per-module SparseUpdates and the dense extras."""
+    from fedsim.soft import SparseUpdate
+
     grouped: dict[str, dict[str, np.ndarray]] = {}
     extras = {}
     for key, arr in arrays.items():
@@ -274,6 +306,10 @@ def aggregate_uploads(
     with each client's factors taken as what the server holds for it (sent entries, and the
     previous global value where nothing was sent).
     """
+    import torch
+
+    from fedsim.soft import aggregate, covariance_norm
+
     pairs, extras = split_state(global_state)
     weights = [w for w, _, _ in uploads]
     new_state = dict(global_state)

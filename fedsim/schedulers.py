@@ -101,6 +101,14 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
 """The schedulers by name (``tsfa.scheduler``)."""
 
 
+def register_scheduler(entry: SchedulerEntry) -> SchedulerEntry:
+    """Add ``entry`` to :data:`SCHEDULERS` (names are unique and lowercase); returns it."""
+    if entry.name in SCHEDULERS or entry.name != entry.name.lower():
+        raise ValueError(f"scheduler {entry.name!r}: names must be new and lowercase")
+    SCHEDULERS[entry.name] = entry
+    return entry
+
+
 def get_scheduler(name: str) -> SchedulerEntry:
     """The registered scheduler ``name``; an unknown name is a ConfigError listing the known ones."""
     try:

@@ -102,3 +102,46 @@ def test_reported_dropped_errors_are_what_soft_drops():
     for rho, err in zip((0.5, 0.75), errors[1:], strict=True):
         _, soft = get_method("soft").encode(st, rho, 32, gen())
         assert err == pytest.approx(soft["dropped_rank_error"], rel=1e-6)
+
+
+def wire_counts(arrays: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(values, indices) an encoded upload carries: float and integer entries, without the
+    simulator's bookkeeping (``meta``: shapes and kind; ``dropped_rank_error``: a diagnostic)."""
+    sent = {k: a for k, a in arrays.items() if not k.endswith(("::meta", "::dropped_rank_error"))}
+    values = sum(a.size for a in sent.values() if np.issubdtype(a.dtype, np.floating))
+    indices = sum(a.size for a in sent.values() if np.issubdtype(a.dtype, np.integer))
+    return values, indices
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.5, 0.875])
+@pytest.mark.parametrize("value_bits", [16, 32])
+def test_every_method_prices_its_upload_exactly(name, rho, value_bits):
+    """The shared method test: the payload formula a scheduler prices an upload with equals the
+    bits the encoder reports, and those bits carry every value on the wire at q bits plus at most
+    a few bits per index."""
+    method = get_method(name)
+    state = make_state(3)
+    arrays, stats = method.encode(state, rho, value_bits, gen(1))
+    shapes = {k: v.shape for k, v in state.items()}
+    assert stats["payload_bits"] == method.adapter_bits(shapes, R, rho, value_bits)
+    values, indices = wire_counts(arrays)
+    assert (
+        values * value_bits <= stats["payload_bits"] <= values * value_bits + indices * math.ceil(math.log2(R * D_IN))
+    )
+    if not method.sparsifies:
+        assert stats["payload_bits"] == method.adapter_bits(shapes, R, 0.0, value_bits)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_aggregates_its_own_uploads(name):
+    method = get_method(name)
+    g = make_state(99)
+    uploads = []
+    for s in range(3):
+        arrays, stats = method.encode(make_state(s), 0.5, 32, gen(s))
+        uploads.append((float(s + 1), *method.decode(arrays)))
+    new, cov = method.aggregate(g, uploads)
+    assert set(new) == set(g) and all(new[k].shape == g[k].shape for k in g)
+    assert all(np.isfinite(v).all() for v in new.values()) and math.isfinite(cov)
+    assert any(not np.array_equal(new[k], g[k]) for k in g)
