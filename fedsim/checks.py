@@ -10,11 +10,23 @@ before anything starts (Ray, Flower, a results folder), so a bad combination is 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from fedsim.config import Config, build_config
 from fedsim.errors import ConfigError
+
+MAX_TRAIN_ROWS = 20_000_000
+"""Training rows (clients x samples per client) a run builds in memory."""
+
+
+def local_cpus() -> int:
+    """The CPUs this process may use (its affinity, as Ray counts them for a local cluster)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def check_config(cfg: Config) -> Config:
@@ -26,6 +38,26 @@ def check_config(cfg: Config) -> Config:
     cpr = cfg.run.clients_per_round
     if isinstance(cpr, int) and cpr > cfg.run.clients:
         raise ConfigError(f"run.clients_per_round={cpr}: must be at most run.clients={cfg.run.clients}")
+    rows = cfg.run.clients * cfg.workload.samples_per_client
+    if rows > MAX_TRAIN_ROWS:
+        raise ConfigError(
+            f"run.clients={cfg.run.clients}, workload.samples_per_client={cfg.workload.samples_per_client}: "
+            f"{rows} training rows, more than the {MAX_TRAIN_ROWS} a run holds in memory"
+        )
+    if not cfg.simulation.ray_address:  # a local Ray gets this machine's CPUs
+        cpus = local_cpus()
+        sim = cfg.simulation
+        if sim.cpus_per_client > cpus:
+            raise ConfigError(
+                f"simulation.cpus_per_client={sim.cpus_per_client:g}: must be at most the {cpus} CPUs of this machine "
+                "(no ClientApp could ever start)"
+            )
+        if sim.max_concurrent_clients * sim.cpus_per_client > cpus:
+            raise ConfigError(
+                f"simulation.max_concurrent_clients={sim.max_concurrent_clients}: at "
+                f"simulation.cpus_per_client={sim.cpus_per_client:g} must be at most {int(cpus // sim.cpus_per_client)}, "
+                f"the ClientApps this machine's {cpus} CPUs can run at once"
+            )
     method = get_method(cfg.run.method)
     scheduler = get_scheduler(cfg.tsfa.scheduler)
     if scheduler.decides_rho and not method.sparsifies:

@@ -99,7 +99,12 @@ def run(
     from fedsim.progress import ProgressReporter
     from fedsim.results import LOCK, FolderLock
     from fedsim.schedulers import get_scheduler
+    from fedsim.training import check_workload
 
+    try:
+        check_workload(cfg)  # the dataset's files and columns, the rank against the model
+    except ConfigError as e:
+        fail(str(e), 2)
     plan = rank_plan_or_exit(cfg, show=not quiet) if get_scheduler(cfg.tsfa.scheduler).plans_rank else None
     lock = FolderLock(out_dir)  # held until this process exits: one writer per results folder
     try:

@@ -43,7 +43,7 @@ from fedsim.rank_plan import plan_for, write_plan
 from fedsim.records import CLIENT_DIAGNOSTICS, ClientRecord, Failure, RoundRecord, SchedulerOutcome
 from fedsim.results import ResultsWriter
 from fedsim.schedulers import get_scheduler
-from fedsim.seeding import sample_clients
+from fedsim.seeding import rng, sample_clients
 from fedsim.tsfa import RankPlan
 from fedsim.wireless import WirelessModel
 
@@ -131,12 +131,55 @@ class RoundEngine:
 
     # ---- one round ----------------------------------------------------------------------------
 
+    def _straggle_s(self, round_: int, ids: list[int]) -> np.ndarray:
+        """Each client's extra compute time in simulated seconds: ``faults.straggle_delay_s`` for the
+        clients drawn as stragglers (``faults.client_straggle_prob``, the client's own stream)."""
+        f = self.cfg.faults
+        if f.client_straggle_prob <= 0:
+            return np.zeros(len(ids))
+        seed = self.cfg.run.seed
+        hit = [rng(seed, round_, c, "fault-straggle").random() < f.client_straggle_prob for c in ids]
+        return np.where(hit, f.straggle_delay_s, 0.0)
+
     def _decide(self, round_: int, ids: list[int], num_samples: list[int], payloads: dict, penalties=None):
         if not ids:
             return None
         a = self.wireless.snr_per_hz(round_, ids)
-        tcmp = self.wireless.compute_times_s(ids, num_samples, self.flops_per_sample)
+        tcmp = self.wireless.compute_times_s(ids, num_samples, self.flops_per_sample) + self._straggle_s(round_, ids)
         return self.scheduler.decide(a, tcmp, payloads, penalties)
+
+    def _client_records(
+        self, round_: int, ids: list[int], metrics: list[dict], bandwidth_hz: list[float], dropped: str | None
+    ) -> tuple[list[ClientRecord], float]:
+        """Records of clients ``ids`` (with their reply metrics) and their latency max_k T_k.
+
+        ``dropped`` is the reason a set of clients did not upload (the deadline): they are
+        recorded with their channel and what they would have sent, at 0 Hz.
+        """
+        straggle = self._straggle_s(round_, ids)
+        fields, latency_s = self.wireless.account(
+            round_,
+            ids,
+            [int(m["payload_bits"]) for m in metrics],
+            [int(m["num_samples"]) for m in metrics],
+            self.flops_per_sample,
+            bandwidth_hz=np.array(bandwidth_hz, dtype=float),
+            downlink_bits=sum(a.size for a in self.state.values()) * self.cfg.lora.value_bits,  # dense broadcast
+            extra_compute_s=straggle,
+        )
+        records = [
+            ClientRecord(
+                **f,
+                dropped=dropped is not None,
+                drop_reason=dropped,
+                straggle_s=float(extra),
+                **{key: m.get(key, 0.0) for key in CLIENT_DIAGNOSTICS},
+                train_loss=m["train_loss"],
+                train_wall_s=m["train_wall_s"],
+            )
+            for f, m, extra in zip(fields, metrics, straggle, strict=True)
+        ]
+        return records, latency_s
 
     def run_round(self, round_: int, send: Send) -> RoundRecord:
         """Run round ``round_`` through ``send``; updates the global adapter and returns the record."""
@@ -159,6 +202,7 @@ class RoundEngine:
             if go:
                 replies, late = send(cfg, "upload", round_, {c: {"rho": decision.rho} for c in go}, None)
                 failures = failures + late
+            priced = {c: {**reports[c].metrics, "payload_bits": self.bits_by_rho[decision.rho]} for c in decided}
         else:  # rho is known: train and upload in one message, then split the band
             replies, failures = send(cfg, "train", round_, {c: {} for c in clients}, self.state)
             decided = sorted(replies)
@@ -168,33 +212,23 @@ class RoundEngine:
                 [int(replies[c].metrics["num_samples"]) for c in decided],
                 {self.rho: np.array([replies[c].metrics["payload_bits"] for c in decided])},
             )
-            replies = dict(replies)
+            priced = {c: replies[c].metrics for c in decided}
             for i in decision.dropped if decision else ():
                 del replies[decided[i]]
-        failures = failures + self._deadline_failures(decided, decision)
+        late = self._deadline_failures(decided, decision)
+        failures = failures + late
         band_of = dict(zip(decided, decision.bandwidth_hz, strict=True)) if decision else {}
         survivors = sorted(replies)  # client-id order, never arrival order
         metrics_of = [replies[c].metrics for c in survivors]
-        channel_fields, latency_s = self.wireless.account(
-            round_,
-            survivors,
-            [int(m["payload_bits"]) for m in metrics_of],
-            [int(m["num_samples"]) for m in metrics_of],
-            self.flops_per_sample,
-            bandwidth_hz=np.array([band_of[c] for c in survivors]),
-            downlink_bits=sum(a.size for a in self.state.values()) * cfg.lora.value_bits,  # dense broadcast
+        client_records, latency_s = self._client_records(
+            round_, survivors, metrics_of, [band_of[c] for c in survivors], None
         )
-        client_records = [
-            ClientRecord(
-                **fields,
-                dropped=False,
-                **{key: m[key] for key in CLIENT_DIAGNOSTICS},
-                train_loss=m["train_loss"],
-                train_wall_s=m["train_wall_s"],
-            )
-            for fields, m in zip(channel_fields, metrics_of, strict=True)
-        ]
-        need = cfg.run.min_clients_per_round or len(clients)
+        if late:
+            out = sorted(f.client_id for f in late)
+            dropped, _ = self._client_records(round_, out, [priced[c] for c in out], [0.0] * len(out), late[0].reason)
+            client_records = sorted(client_records + dropped, key=lambda r: r.client_id)
+        # 0 means every sampled client; a deadline drops clients by design, so then any one suffices
+        need = cfg.run.min_clients_per_round or (1 if cfg.tsfa.deadline_s > 0 else len(clients))
         ok = len(survivors) >= need and len(survivors) > 0
         cov_norm = 0.0
         if ok:
@@ -209,16 +243,17 @@ class RoundEngine:
         finite = all(np.isfinite(v).all() for v in self.state.values())
         queue_s = self.scheduler.queue_s
         self.scheduler.update(latency_s)
+        uploaded = [r for r in client_records if not r.dropped]
         return RoundRecord(
             round=round_,
             status="failed" if not ok else "ok" if finite else "diverged",
             clients=client_records,
             failures=sorted(failures, key=lambda f: f.client_id),
             round_latency_s=latency_s,
-            uplink_bits_total=int(sum(r.payload_bits for r in client_records)),
+            uplink_bits_total=int(sum(r.payload_bits for r in uploaded)),
             metrics=self.metrics,
             **{
-                key: float(np.mean([getattr(r, key) for r in client_records])) if client_records else 0.0
+                key: float(np.mean([getattr(r, key) for r in uploaded])) if uploaded else 0.0
                 for key in CLIENT_DIAGNOSTICS
             },
             covariance_norm=cov_norm,
@@ -276,7 +311,6 @@ def run(
     out = Path(out_dir)
     primary = host.primary_metric(cfg)
     writer = ResultsWriter(out, cfg, records=resume.records if resume else None)
-    config_sha = sha256_text(cfg.to_toml())
     first = resume.round + 1 if resume else 1
     report("start", {"rounds": cfg.run.rounds, "out_dir": str(out), "primary_metric": primary, "first_round": first})
     diverged = 0  # the round whose global adapter became non-finite
@@ -285,6 +319,7 @@ def run(
         engine = RoundEngine(cfg, host, WirelessModel(cfg, profiles), plan=plan, resume=resume)
         if engine.plan is not None:
             write_plan(engine.plan, out / "rank_plan.csv")
+        config_sha = sha256_text(writer.write_config(engine.cfg))  # what ran: the plan's rank
         for round_ in range(first, cfg.run.rounds + 1):
             record = engine.run_round(round_, send).to_dict()
             writer.append(record)

@@ -23,14 +23,18 @@ WALL_CLOCK_FIELDS = ("wall_s", "train_wall_s", "sparsify_time_s", "solve_time_s"
 class ClientRecord:
     """One client's part in a round: its channel, its upload and its local training.
 
-    Units are in the names: distances in m, gains in dB, bandwidth in Hz, rates in bit/s,
-    times in s, energies in J. ``los`` is None when the path-loss model has no LOS state;
+    A client dropped by the deadline (``dropped``, with ``drop_reason``) is recorded with what it
+    would have sent, at 0 Hz (``upload_time_s`` and ``upload_energy_j`` null); it counts in no
+    round total. ``compute_time_s`` includes ``straggle_s``, a straggler's delay in simulated
+    time (``faults.client_straggle_prob``). Units are in the names: distances in m, gains in dB,
+    bandwidth in Hz, rates in bit/s, times in s, energies in J. ``los`` is None when the path-loss model has no LOS state;
     ``pathloss_db``, ``shadowing_db`` and ``fading_gain_db`` are None when a replayed trace does
     not carry them.
     """
 
     client_id: int
     dropped: bool
+    drop_reason: str | None
     distance_m: float
     gain_db: float
     bandwidth_hz: float
@@ -38,13 +42,14 @@ class ClientRecord:
     payload_bits: int
     num_samples: int
     compute_time_s: float
-    upload_time_s: float
+    straggle_s: float
+    upload_time_s: float | None
     pathloss_db: float | None
     shadowing_db: float | None
     fading_gain_db: float | None
     los: bool | None
     downlink_time_s: float
-    upload_energy_j: float
+    upload_energy_j: float | None
     compute_energy_j: float
     outage: bool
     kept_ranks: float

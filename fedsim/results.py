@@ -143,10 +143,17 @@ class ResultsWriter:
         self.cfg = cfg
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "summary.json").unlink(missing_ok=True)
-        _atomic_write(self.folder / MARKER, cfg.to_toml())
+        self.write_config(cfg)
         self.rounds_path = self.folder / "rounds.jsonl"
         self.records: list[dict[str, Any]] = list(records or [])
         _atomic_write(self.rounds_path, "".join(to_json(r) + "\n" for r in self.records))
+
+    def write_config(self, cfg: Config) -> str:
+        """Write ``config.toml`` (the configuration that runs) and return its text."""
+        self.cfg = cfg
+        text = cfg.to_toml()
+        _atomic_write(self.folder / MARKER, text)
+        return text
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)

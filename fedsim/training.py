@@ -17,6 +17,7 @@ from datasets import Dataset
 from torch import nn
 
 from fedsim.config import Config
+from fedsim.errors import ConfigError
 from fedsim.methods import get_method
 from fedsim.seeding import SERVER, torch_seed
 from fedsim.soft import lora_factor_pairs, orthogonality_penalty
@@ -78,6 +79,26 @@ def load_workload(cfg: Config) -> LoadedWorkload:
         _CACHE.clear()  # one workload per process at a time: free the previous model
         _CACHE[key] = LoadedWorkload(workload, model, train, test)
     return _CACHE[key]
+
+
+def check_workload(cfg: Config) -> None:
+    """Build the workload's model and data in this process and check what only they can tell.
+
+    A ``workload.dataset`` whose files or columns do not fit, and a ``lora.rank`` above the
+    smallest dimension of an adapted layer, are one-line ConfigErrors. Run before anything is
+    started or written; the loaded workload stays cached for the server's own use.
+    """
+    from fedsim.methods import split_state
+
+    state = initial_state(cfg)
+    pairs, _ = split_state(state)
+    if pairs:
+        smallest = min(min(state[a].shape[1], state[b].shape[0]) for a, b in pairs.values())
+        if cfg.lora.rank > smallest:
+            raise ConfigError(
+                f"lora.rank={cfg.lora.rank}: must be at most {smallest}, the smallest dimension of the layers "
+                f"{cfg.workload.name} adapts"
+            )
 
 
 def initial_state(cfg: Config) -> dict[str, np.ndarray]:

@@ -226,13 +226,15 @@ class WirelessModel:
         bandwidth_hz: np.ndarray | None = None,
         *,
         downlink_bits: int | None = None,
+        extra_compute_s: np.ndarray | None = None,
     ) -> tuple[list[dict], float]:
         """Per-client channel fields of the round record (distance_m ... outage) and the round
         latency T_t in seconds.
 
         ``bandwidth_hz`` is the allocation of a scheduler; None splits the band equally.
         ``downlink_bits`` is the size of the broadcast global model (channel.downlink=broadcast);
-        None takes the largest upload, which is exact for dense uploads.
+        None takes the largest upload, which is exact for dense uploads. ``extra_compute_s`` is
+        added to each client's compute time (a straggler's delay, in simulated time).
         """
         channel = self.channel(round_)
         ids = np.asarray(client_ids, dtype=int)
@@ -243,6 +245,8 @@ class WirelessModel:
         rate = shannon_rate_bps(bandwidth_hz, self.tx_power_w, gain, self.n0_w_hz)
         t_up = upload_time_s(payload_bits, rate)
         t_cmp = self.compute_times_s(client_ids, num_samples, flops_per_sample)
+        if extra_compute_s is not None:
+            t_cmp = t_cmp + np.asarray(extra_compute_s, dtype=float)
         if downlink_bits is None:
             downlink_bits = max(payload_bits, default=0)
         t_dl = self.downlink_time_s(round_, client_ids, downlink_bits)

@@ -152,8 +152,42 @@ def test_a_silent_client_is_a_timeout_failure_and_a_round_with_no_survivors_keep
 def test_the_deadline_drops_clients_before_aggregation_and_says_why():
     cfg = make_cfg(**{"tsfa.scheduler": "fixed", "tsfa.deadline_s": 1e-6, "run.min_clients_per_round": 1})
     rec = RoundEngine(cfg, StubHost()).run_round(1, StubClients())
-    assert rec.status == "failed" and rec.clients == [] and rec.scheduler.deadline_dropped == 3
+    assert rec.status == "failed" and rec.scheduler.deadline_dropped == 3
     assert all(f.reason.startswith("deadline: cannot upload within tsfa.deadline_s=1e-06") for f in rec.failures)
+    # every sampled client stays in the record, dropped, with what it would have sent
+    assert [c.client_id for c in rec.clients] == sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)
+    assert all(c.dropped and c.drop_reason == rec.failures[0].reason and c.bandwidth_hz == 0.0 for c in rec.clients)
+    assert all(c.payload_bits > 0 and c.upload_time_s == float("inf") for c in rec.clients)
+    assert rec.uplink_bits_total == 0 and rec.round_latency_s == 0.0
+
+
+def test_a_deadline_lets_a_round_count_with_the_clients_that_meet_it():
+    """With tsfa.deadline_s set, run.min_clients_per_round = 0 means one survivor suffices."""
+    cfg = make_cfg(**{"tsfa.scheduler": "fixed", "tsfa.deadline_s": 10.0})
+    slow = sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)[0]
+    engine = RoundEngine(cfg, StubHost())
+    engine.wireless.device_flops[slow] = 1.0  # 1 FLOP/s: its compute alone misses the deadline
+    rec = engine.run_round(1, StubClients())
+    assert rec.status == "ok" and rec.scheduler.deadline_dropped == 1
+    assert [c.client_id for c in rec.clients if c.dropped] == [slow]
+    assert rec.round_latency_s == max(c.compute_time_s + c.upload_time_s for c in rec.clients if not c.dropped)
+
+
+def test_stragglers_are_late_in_simulated_time_and_the_deadline_decides():
+    cfg = make_cfg(
+        **{
+            "tsfa.scheduler": "fixed",
+            "faults.client_straggle_prob": 0.5,
+            "faults.straggle_delay_s": 30.0,
+            "tsfa.deadline_s": 5.0,
+        }
+    )
+    records = [RoundEngine(cfg, StubHost()).run_round(t, StubClients()) for t in (1, 2, 3)]
+    clients = [c for r in records for c in r.clients]
+    stragglers = [c for c in clients if c.straggle_s > 0]
+    assert stragglers and len(stragglers) < len(clients)
+    assert all(c.straggle_s == 30.0 and c.compute_time_s >= 30.0 and c.dropped for c in stragglers)
+    assert all(not c.dropped for c in clients if c.straggle_s == 0)
 
 
 def test_tsfa_runs_two_phases_and_uploads_at_the_rho_it_decided():

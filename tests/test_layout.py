@@ -91,7 +91,7 @@ def test_readme_schema_lists_the_record_fields():
         if line.startswith("| `"):
             table_keys += re.findall(r"`([a-z_]+)`", line.split("|")[1])
     assert sorted(table_keys) == sorted(round_record_keys())
-    client_part = section[section.index("Per-client record:") :]
+    client_part = section[section.index("Per-client record") :]
     paragraph = client_part.split("\n\n")[0].split("Two runs with the same seed")[0]
     listed = set(re.findall(r"`([a-z_]+)`", paragraph))
     assert listed == set(client_record_keys())

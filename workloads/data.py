@@ -159,6 +159,8 @@ def load_external(
     test = test.select(range(min(test_size, len(test))))
     if len(train) == 0 or len(test) == 0:
         raise ConfigError(f"workload.dataset={name!r}: needs rows to train and test on (got {len(train)}, {len(test)})")
+    if len(set(train["label"][:10_000])) < 2:
+        raise ConfigError(f"workload.dataset={name!r}: column {label!r} has a single value; training needs two or more")
     return train, test
 
 
@@ -166,7 +168,7 @@ def load_for_spec(spec, **candidates: Sequence[str]) -> tuple[Dataset, Dataset]:
     """:func:`load_external` for a workload's spec: ``workload.dataset`` and its columns, sized for
     every client's samples and the test set, sampled with the run's seed. ``candidates`` are the
     ``text_candidates`` / ``label_candidates`` the workload guesses columns from."""
-    return load_external(
+    train, test = load_external(
         spec.dataset,
         seed=spec.seed,
         train_size=spec.num_clients * spec.samples_per_client,
@@ -175,6 +177,12 @@ def load_for_spec(spec, **candidates: Sequence[str]) -> tuple[Dataset, Dataset]:
         label_column=spec.label_column,
         **candidates,
     )
+    if len(train) < spec.num_clients:
+        raise ConfigError(
+            f"workload.dataset={spec.dataset!r}: {len(train)} training rows for run.clients={spec.num_clients}; "
+            "every client needs at least one"
+        )
+    return train, test
 
 
 def class_names(train: Dataset, test: Dataset) -> list[str]:

@@ -7,7 +7,6 @@ The heavy objects (base model, data) live in :mod:`fedsim.training`'s per-proces
 from __future__ import annotations
 
 import os
-import time
 
 import torch  # actors must import torch at module level (Flower's ArrayRecord conversions)
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -34,18 +33,13 @@ TRAINED_META = "fedsim.trained-meta"
 
 
 def inject_faults(cfg: Config, client_id: int, round_: int) -> None:
-    """Crash (faults.client_crash_prob) or stall (faults.client_straggle_prob) this client.
+    """Crash this client (faults.client_crash_prob).
 
-    Each draw comes from the client's own stream for the round, so the same clients fail in the
-    same rounds whatever the scheduling.
+    The draw comes from the client's own stream for the round, so the same clients fail in the
+    same rounds whatever the scheduling. (Stragglers are modelled by the round engine in
+    simulated time, not here.)
     """
-    f = cfg.faults
-    if (
-        f.client_straggle_prob > 0
-        and rng(cfg.run.seed, round_, client_id, "fault-straggle").random() < f.client_straggle_prob
-    ):
-        time.sleep(f.straggle_delay_s)
-    p = f.client_crash_prob
+    p = cfg.faults.client_crash_prob
     if p > 0 and rng(cfg.run.seed, round_, client_id, "fault-crash").random() < p:
         if cfg.faults.client_crash_mode == "exit":
             os._exit(13)  # the process dies as a real crash would: no cleanup, no reply
