@@ -81,6 +81,10 @@ def check_config(cfg: Config) -> Config:
             f"channel.radius_m={cfg.channel.radius_m!r}"
         )
     check_workload_name(cfg.workload.name)
+    if cfg.workload.dataset:
+        from workloads.data import check_dataset_name
+
+        check_dataset_name(cfg.workload.dataset)  # a URL or a missing local path; the data is checked on load
     from fedsim.wireless import check_channel_config  # numpy and scipy from here on
 
     check_channel_config(cfg)  # models, positions / device-speed / trace files
@@ -96,10 +100,6 @@ def check_config(cfg: Config) -> Config:
             f"workload.partition='natural': {cfg.workload.name} has no natural split"
             f"{' of workload.dataset' if cfg.workload.dataset else ''}; use iid or dirichlet"
         )
-    if cfg.workload.dataset:
-        from workloads.data import check_dataset_name
-
-        check_dataset_name(cfg.workload.dataset)  # a missing local path; Hub names are checked on load
     return cfg
 
 

@@ -87,8 +87,9 @@ def run(
                 raise ConfigError(f"--out={out!r}: a resumed run continues in its own folder; drop --out or --resume")
             cfg, out_dir, checkpoint = prepare_resume(resume, config, set_ or [], keys, force)
         else:
+            given_out = out_path(out) if out is not None else None  # before the configuration is checked
             cfg = resolve_config(config, set_ or [], keys)
-            out_dir, checkpoint = (out_path(out) if out is not None else default_out_dir(cfg)), None
+            out_dir, checkpoint = given_out or default_out_dir(cfg), None
             check_out_dir(out_dir, force)
         check_ray_address(cfg.simulation.ray_address)
     except (ConfigError, CheckpointError) as e:
@@ -205,30 +206,40 @@ def rank_plan_or_exit(cfg: Config, show: bool):
     except (InfeasibleBudgetError, ValueError) as e:
         rows = getattr(e, "rows", None)
         if show and rows:
-            print_plan(rows, None, cfg.tsfa.latency_budget_s)
+            print_plan(rows, None, cfg.tsfa.latency_budget_s, cfg.tsfa.deadline_s)
         fail(" ".join(str(e).split()), 2)
     if show:
-        print_plan(plan.rows, plan.chosen_rank, cfg.tsfa.latency_budget_s)
+        print_plan(plan.rows, plan.chosen_rank, cfg.tsfa.latency_budget_s, cfg.tsfa.deadline_s)
     return plan
 
 
-def print_plan(rows, chosen: int | None, budget_s: float) -> None:
+def print_plan(rows, chosen: int | None, budget_s: float, deadline_s: float = 0.0) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"TSFA offline rank plan (T_avg = {budget_s:g} s)")
-    for col in ("rank", "payload per client (Mbit)", "expected latency (s)", "95% CI (s)", "feasible"):
+    within = f", clients that cannot meet d = {deadline_s:g} s dropped" if deadline_s else ""
+    table = Table(title=f"TSFA offline rank plan (T_avg = {budget_s:g} s{within})")
+    columns = ["rank", "payload per client (Mbit)", "expected latency (s)", "95% CI (s)"]
+    columns += ["dropped by the deadline"] if deadline_s else []
+    for col in (*columns, "feasible"):
         table.add_column(col)
     for r in rows:
         mark = " <- chosen" if r.rank == chosen else ""
-        table.add_row(
+        cells = [
             str(r.rank),
             f"{r.payload_bits_per_client_mean / 1e6:.3f}",
             f"{r.expected_latency_s:.4f}",
             f"+-{r.latency_ci95_s:.4f}",
-            f"{'yes' if r.feasible else 'no'}{mark}",
-        )
+        ]
+        cells += [f"{r.dropped_share:.1%}"] if deadline_s else []
+        table.add_row(*cells, f"{'yes' if r.feasible else 'no'}{mark}")
     Console(stderr=True).print(table)
+    if not deadline_s:
+        Console(stderr=True).print(
+            "without tsfa.deadline_s, fading makes upload times heavy-tailed (under Rayleigh fading the mean "
+            "latency is infinite): the estimate is of a finite sample; set a deadline for a bounded plan",
+            style="dim",
+        )
 
 
 @app.command()

@@ -46,6 +46,13 @@ def _ip_address(v: Any) -> bool:
     return True
 
 
+def _ray_address(v: Any) -> bool:
+    if v in ("", "auto", "local"):
+        return True
+    host, sep, port = v.split("://", 1)[-1].rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
 def _one_of(*names: str) -> Callable[[Any], bool]:
     return lambda v: v in names
 
@@ -222,7 +229,9 @@ class SimulationSection:
     cpus_per_client: float = _num(
         1.0, 0, 4096, "Ray CPUs per ClientApp actor (a local Ray has this machine's CPUs)", open_low=True
     )
-    ray_address: str = _f("", None, "a Ray address or empty", "existing Ray cluster ('' starts one)")
+    ray_address: str = _f(
+        "", _ray_address, "'' (start one), auto, or HOST:PORT of a Ray cluster's head", "existing Ray cluster"
+    )
     max_concurrent_clients: int = _num(
         0, 0, 4096, "ClientApps run at once (0: as many as the CPUs allow)", integer=True
     )

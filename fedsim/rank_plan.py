@@ -26,7 +26,8 @@ def plan_structural_rank(
     Monte-Carlo over the configured channel distribution: each draw samples the round's
     clients and a fresh channel state from the planner's own random stream (never the run's
     realisations), and the band is split optimally (exact reference solver) for the method's
-    payload at ``tsfa.nominal_rho``. Raises ``InfeasibleBudgetError`` naming the smallest
+    payload at ``tsfa.nominal_rho``; with ``tsfa.deadline_s`` the clients that cannot meet it
+    are dropped first, as in the run. Raises ``InfeasibleBudgetError`` naming the smallest
     feasible budget.
     """
     m = cfg.num_sampled
@@ -48,6 +49,7 @@ def plan_structural_rank(
         cfg.tsfa.plan_samples,
         rng(cfg.run.seed, 0, SERVER, "rank-plan"),
         bandwidth_total_hz=cfg.channel.bandwidth_hz,
+        deadline_s=cfg.tsfa.deadline_s or None,
     )
 
 

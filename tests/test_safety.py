@@ -213,7 +213,7 @@ def test_bad_toml_value_is_reported_even_when_a_shortcut_overrides_it(tmp_path, 
         (["--set", "workload.dataset=https://example.org/data.csv"], "URLs are not accepted"),
         (["--set", "workload.dataset=data/missing.csv"], "no such file or folder"),
         (["--ray-address", "127.0.0.1:1"], "no Ray cluster reachable there"),
-        (["--ray-address", "nonsense"], "must be HOST:PORT"),
+        (["--ray-address", "nonsense"], "HOST:PORT of a Ray cluster"),
     ],
 )
 def test_values_that_would_hang_or_misread_are_refused_fast(args, fragment, tmp_path, capsys, monkeypatch):

@@ -20,10 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-
-from datasets import ClassLabel, Dataset, DatasetDict
+from typing import TYPE_CHECKING
 
 from fedsim.errors import ConfigError
+
+if TYPE_CHECKING:  # a dataset name is checked without loading the datasets library
+    from datasets import Dataset, DatasetDict
 
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 TEST_SPLITS = ("test", "validation", "valid", "dev")
@@ -187,6 +189,8 @@ def load_for_spec(spec, **candidates: Sequence[str]) -> tuple[Dataset, Dataset]:
 
 def class_names(train: Dataset, test: Dataset) -> list[str]:
     """The label names: a ClassLabel's names, else the sorted distinct values of both splits."""
+    from datasets import ClassLabel
+
     feature = train.features["label"]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
@@ -198,6 +202,8 @@ def class_names(train: Dataset, test: Dataset) -> list[str]:
 
 def labels_to_ids(data: Dataset, names: list[str]) -> Dataset:
     """``label`` as integer class ids in ``names`` order (a ClassLabel column already is)."""
+    from datasets import ClassLabel
+
     if isinstance(data.features["label"], ClassLabel):
         return data
     index = {n: i for i, n in enumerate(names)}

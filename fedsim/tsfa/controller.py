@@ -170,6 +170,33 @@ def _lookup(mapping: Mapping, rho: float, name: str) -> object:
 # --------------------------------------------------------------------------------------------
 
 
+def deadline_admission(
+    snr_per_hz: np.ndarray,
+    payload_bits: np.ndarray,
+    compute_time_s: np.ndarray,
+    deadline_s: float,
+    bandwidth_total_hz: float,
+) -> np.ndarray:
+    """The clients that cannot all meet the deadline d: a (K,) bool mask of the dropped ones.
+
+    Greedy on the minimum band each client needs to meet d,
+
+        m_k = min_bandwidth_hz(a_k, S_k / (d - T_cmp_k))   (+inf if T_cmp_k >= d),
+
+    admitting clients in increasing m_k while sum m_k <= B_total: the largest set that can all
+    meet d (a unit-value knapsack, solved exactly by the greedy order).
+    """
+    d = deadline_s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need_bps = np.where(compute_time_s < d, payload_bits / (d - compute_time_s), np.inf)
+    need_hz = np.where(payload_bits > 0, min_bandwidth_hz(snr_per_hz, need_bps), 0.0)
+    need_hz = np.where(compute_time_s <= d, need_hz, np.inf)
+    order = np.argsort(need_hz, kind="stable")
+    dropped = np.zeros(np.shape(snr_per_hz), dtype=bool)
+    dropped[order[~(np.cumsum(need_hz[order]) <= bandwidth_total_hz * (1 + 1e-12))]] = True
+    return dropped
+
+
 class _Scheduler:
     kind = "base"
 
@@ -247,13 +274,7 @@ class _Scheduler:
         """Drop the clients that cannot meet ``deadline_s`` and re-solve for the rest.
 
         A min-max allocation equalises latencies, so "drop whoever exceeds the deadline" would
-        drop everyone at once. Admission is therefore greedy on the minimum band each client
-        needs to meet the deadline d,
-
-            m_k = min_bandwidth_hz(a_k, S_k / (d - T_cmp_k))   (+inf if T_cmp_k >= d),
-
-        admitting clients in increasing m_k while sum m_k <= B_total: the largest set that can
-        all meet d (a unit-value knapsack, solved exactly by the greedy order). The allocator
+        drop everyone at once. Admission is therefore :func:`deadline_admission`. The allocator
         then re-solves for the admitted clients; any that still exceed d (possible with a
         heuristic allocator such as the equal split) are dropped in turn and it re-solves again.
         """
@@ -262,14 +283,7 @@ class _Scheduler:
         extra_time, extra_fallback = 0.0, False
         if d is None or res.latency_s <= d * (1 + _DEADLINE_RTOL):
             return res, dropped, extra_time, extra_fallback
-        bt = self.allocator.bandwidth_total_hz
-        with np.errstate(divide="ignore", invalid="ignore"):
-            need_bps = np.where(tcmp < d, payload / (d - tcmp), np.inf)
-        need_hz = np.where(payload > 0, min_bandwidth_hz(a, need_bps), 0.0)
-        need_hz = np.where(tcmp <= d, need_hz, np.inf)
-        order = np.argsort(need_hz, kind="stable")
-        admitted_total = np.cumsum(need_hz[order])
-        dropped[order[~(admitted_total <= bt * (1 + 1e-12))]] = True
+        dropped = deadline_admission(a, payload, tcmp, d, self.allocator.bandwidth_total_hz)
         for _ in range(a.size + 1):
             s_m = np.where(dropped, 0.0, payload)
             t_m = np.where(dropped, 0.0, tcmp)
