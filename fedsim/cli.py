@@ -120,7 +120,8 @@ def run(
         with reporter:
             summary = run_in_simulation(cfg, out_dir, reporter, verbose=verbose, resume=checkpoint, plan=plan)
     except RunFailed as e:
-        fail(f"run failed: {e} (results in {out_dir})", 1)
+        where = f" (results in {out_dir})" if (out_dir / "summary.json").is_file() else ""
+        fail(f"run failed: {e}{where}", 1)
     except KeyboardInterrupt as e:
         from fedsim.flower.simulation import Terminated
 

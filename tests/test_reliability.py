@@ -132,9 +132,7 @@ def test_one_or_two_concurrent_clients_give_identical_records(small_run, tmp_pat
 
 def test_a_saturated_machine_makes_a_run_slower_not_different(small_run, tmp_path):
     """Busy loops on every core while a small run goes on: it completes with the quiet run's records."""
-    hogs = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(2, os.cpu_count() or 2))
-    ]
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(2, os.cpu_count() or 2))]
     try:
         out = tmp_path / "busy"
         proc = run_fedsim([*SMALL_RUN, "--out", str(out), "--quiet"], timeout=1800)
@@ -179,6 +177,42 @@ def test_crash_faults_are_recorded_and_survivors_aggregated(tmp_path):
         assert r["uplink_bits_total"] == sum(c["payload_bits"] for c in r["clients"])
         assert r["status"] == "ok"
     assert injected > 0, "the seed should inject at least one crash"
+
+
+def test_a_client_process_that_dies_costs_its_round_not_the_run(tmp_path):
+    """faults.client_crash_mode=exit: the process ends with os._exit; Ray replaces the actor."""
+    out = tmp_path / "exit"
+    seed, clients, per_round, rounds, p = 1, 4, 2, 3, 0.3
+    proc = run_fedsim(
+        run_args(
+            clients,
+            rounds,
+            per_round,
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            f"faults.client_crash_prob={p}",
+            "--set",
+            "faults.client_crash_mode=exit",
+            "--set",
+            "run.min_clients_per_round=1",
+        )
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    died = []
+    for r in records:
+        sampled = sample_clients(seed, r["round"], clients, per_round)
+        expected = [c for c in sampled if rng(seed, r["round"], c, "fault-crash").random() < p]
+        died += expected
+        assert [f["client_id"] for f in r["failures"]] == expected
+        assert all("process died" in f["reason"] for f in r["failures"])
+        assert r["status"] == "ok"
+    later = [c["client_id"] for r in records[1:] for c in r["clients"]]
+    assert died and any(c in later for c in died), "a client whose process died takes part again later"
 
 
 def test_round_below_min_clients_is_recorded_as_failed(tmp_path):

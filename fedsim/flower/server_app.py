@@ -47,6 +47,8 @@ def short_reason(reason: str) -> str:
     cls, body = m.group(1).rsplit(".", 1)[-1], m.group(2)
     inner = re.search(r"\((\w+)\)$", cls)
     cls = inner.group(1) if inner else cls
+    if cls in ("ActorUnavailableError", "ActorDiedError", "RayActorError"):
+        return f"the client's process died ({cls}; Ray starts a new one for the next round)"
     if "Message:" in body:
         message = body.rsplit("Message:", 1)[1]
     else:

@@ -47,7 +47,9 @@ def backend_config(cfg: Config, ray_dir: str | None = None) -> dict[str, Any]:
         if ray_dir:
             init_args["_temp_dir"] = ray_dir
     return {
-        "client_resources": {"num_cpus": cfg.simulation.cpus_per_client, "num_gpus": 0.0},
+        # Flower passes client_resources to the actors' options: max_restarts makes Ray replace an
+        # actor whose process died, so that a dead client costs its round, not the run.
+        "client_resources": {"num_cpus": cfg.simulation.cpus_per_client, "num_gpus": 0.0, "max_restarts": -1},
         "init_args": init_args,
     }
 
