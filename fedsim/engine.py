@@ -226,7 +226,14 @@ class RoundEngine:
         if late:
             out = sorted(f.client_id for f in late)
             dropped, _ = self._client_records(round_, out, [priced[c] for c in out], [0.0] * len(out), late[0].reason)
-            client_records = sorted(client_records + dropped, key=lambda r: r.client_id)
+            client_records += dropped
+        recorded = {r.client_id for r in client_records}
+        lost = [f for f in failures if f.client_id not in recorded and f.client_id >= 0]
+        client_records += [
+            ClientRecord.lost(f.client_id, f.reason, self.wireless.channel_fields(round_, f.client_id), float(s))
+            for f, s in zip(lost, self._straggle_s(round_, [f.client_id for f in lost]), strict=True)
+        ]
+        client_records.sort(key=lambda r: r.client_id)
         # 0 means every sampled client; a deadline drops clients by design, so then any one suffices
         need = cfg.run.min_clients_per_round or (1 if cfg.tsfa.deadline_s > 0 else len(clients))
         ok = len(survivors) >= need and len(survivors) > 0
@@ -371,8 +378,9 @@ def run_error(cfg: Config, records: list[dict[str, Any]], diverged: int, out: Pa
         return None
     first = next(r for r in records if r["status"] == "failed")
     why = first["failures"][0] if first["failures"] else {"client_id": "-", "reason": "no clients"}
+    returned = sum(not c["dropped"] for c in first["clients"])
     return (
         f"round {first['round']}: client {why['client_id']} failed: {why['reason']} "
-        f"({len(first['clients'])} of {len(first['clients']) + len(first['failures'])} clients returned, "
+        f"({returned} of {len(first['clients'])} clients returned, "
         f"run.min_clients_per_round={cfg.run.min_clients_per_round}; failed rounds: {', '.join(map(str, failed))})"
     )

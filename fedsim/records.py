@@ -23,9 +23,10 @@ WALL_CLOCK_FIELDS = ("wall_s", "train_wall_s", "sparsify_time_s", "solve_time_s"
 class ClientRecord:
     """One client's part in a round: its channel, its upload and its local training.
 
-    A client dropped by the deadline (``dropped``, with ``drop_reason``) is recorded with what it
-    would have sent, at 0 Hz (``upload_time_s`` and ``upload_energy_j`` null); it counts in no
-    round total. ``compute_time_s`` includes ``straggle_s``, a straggler's delay in simulated
+    Every sampled client has a record. One whose upload did not count has ``dropped`` and a
+    ``drop_reason``, 0 Hz and no round total counts it: dropped by the deadline, it is recorded
+    with what it would have sent (``upload_time_s`` and ``upload_energy_j`` null); crashed or
+    timed out, with its channel and null for what only its reply could tell. ``compute_time_s`` includes ``straggle_s``, a straggler's delay in simulated
     time (``faults.client_straggle_prob``). Units are in the names: distances in m, gains in dB,
     bandwidth in Hz, rates in bit/s, times in s, energies in J. ``los`` is None when the path-loss model has no LOS state;
     ``pathloss_db``, ``shadowing_db`` and ``fading_gain_db`` are None when a replayed trace does
@@ -39,25 +40,43 @@ class ClientRecord:
     gain_db: float
     bandwidth_hz: float
     rate_bps: float
-    payload_bits: int
-    num_samples: int
-    compute_time_s: float
+    payload_bits: int | None
+    num_samples: int | None
+    compute_time_s: float | None
     straggle_s: float
     upload_time_s: float | None
     pathloss_db: float | None
     shadowing_db: float | None
     fading_gain_db: float | None
     los: bool | None
-    downlink_time_s: float
+    downlink_time_s: float | None
     upload_energy_j: float | None
-    compute_energy_j: float
-    outage: bool
-    kept_ranks: float
-    dropped_rank_error: float
-    mean_abs_cos: float
-    sparsify_time_s: float
-    train_loss: float
-    train_wall_s: float
+    compute_energy_j: float | None
+    outage: bool | None
+    kept_ranks: float | None
+    dropped_rank_error: float | None
+    mean_abs_cos: float | None
+    sparsify_time_s: float | None
+    train_loss: float | None
+    train_wall_s: float | None
+
+    @classmethod
+    def lost(cls, client_id: int, reason: str, channel: dict[str, Any], straggle_s: float) -> ClientRecord:
+        """A client whose reply never came (it crashed or timed out): its channel, and null for
+        everything only its reply could tell."""
+        unknown = {f.name: None for f in dataclasses.fields(cls)}
+        return cls(
+            **{
+                **unknown,
+                **channel,
+                "client_id": client_id,
+                "dropped": True,
+                "drop_reason": reason,
+                "bandwidth_hz": 0.0,
+                "rate_bps": 0.0,
+                "straggle_s": straggle_s,
+            }
+        )
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,27 @@ class WirelessModel:
         gains = self._gains(round_, client_ids)
         return broadcast_time_s(downlink_bits, c.downlink_bandwidth_hz, self.bs_power_w, gains, self.n0_w_hz)
 
+    def channel_fields(self, round_: int, client_id: int) -> dict[str, Any]:
+        """The channel part of a client's round record: distance, total gain and its terms, LOS.
+
+        A term the model (or a replayed trace) does not have is None, and so is ``los`` for a
+        path-loss model without a LOS state.
+        """
+        ch = self.channel(round_)
+
+        def part(values: np.ndarray | None) -> float | None:
+            return None if values is None else _opt(values[client_id])
+
+        los = None if ch.los is None or np.isnan(float(ch.los[client_id])) else bool(ch.los[client_id])
+        return {
+            "distance_m": float(ch.distance_m[client_id]),
+            "gain_db": float(ch.gain_db[client_id]),
+            "pathloss_db": part(ch.pathloss_db),
+            "shadowing_db": part(ch.shadowing_db),
+            "fading_gain_db": part(ch.fading_gain_db),
+            "los": los,
+        }
+
     def account(
         self,
         round_: int,
@@ -236,7 +257,6 @@ class WirelessModel:
         None takes the largest upload, which is exact for dense uploads. ``extra_compute_s`` is
         added to each client's compute time (a straggler's delay, in simulated time).
         """
-        channel = self.channel(round_)
         ids = np.asarray(client_ids, dtype=int)
         if bandwidth_hz is None:
             bandwidth_hz = np.full(len(ids), self.cfg.channel.bandwidth_hz / max(len(ids), 1))
@@ -263,29 +283,16 @@ class WirelessModel:
             comp.kappa,
         )
 
-        def part(values: np.ndarray | None, cid: int) -> float | None:
-            return None if values is None else _opt(values[cid])
-
-        def los(cid: int) -> bool | None:
-            if channel.los is None or np.isnan(float(channel.los[cid])):
-                return None
-            return bool(channel.los[cid])
-
         records = [
             {
                 "client_id": int(cid),
-                "distance_m": float(channel.distance_m[cid]),
-                "gain_db": float(channel.gain_db[cid]),
+                **self.channel_fields(round_, int(cid)),
                 "bandwidth_hz": float(bandwidth_hz[i]),
                 "rate_bps": float(rate[i]),
                 "payload_bits": int(payload_bits[i]),
                 "num_samples": int(num_samples[i]),
                 "compute_time_s": float(t_cmp[i]),
                 "upload_time_s": float(t_up[i]),
-                "pathloss_db": part(channel.pathloss_db, cid),
-                "shadowing_db": part(channel.shadowing_db, cid),
-                "fading_gain_db": part(channel.fading_gain_db, cid),
-                "los": los(cid),
                 "downlink_time_s": float(t_dl),
                 "upload_energy_j": float(e_up[i]),
                 "compute_energy_j": float(e_cmp[i]),

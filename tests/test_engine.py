@@ -126,13 +126,17 @@ def test_a_round_aggregates_the_uploads_in_client_order_and_prices_them_exactly(
 @pytest.mark.parametrize("min_clients, status", [(0, "failed"), (2, "ok"), (3, "failed")])
 def test_a_crashed_client_fails_the_round_only_below_the_minimum(min_clients, status):
     cfg = make_cfg(**{"run.min_clients_per_round": min_clients})
-    victim = sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)[1]
+    sampled = sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)
+    victim = sampled[1]
     engine = RoundEngine(cfg, StubHost())
     before = {k: v.copy() for k, v in engine.state.items()}
     rec = engine.run_round(1, StubClients(crash={(1, victim)}))
     assert rec.status == status
     assert rec.failures == [Failure(victim, "RuntimeError: injected")]
-    assert victim not in [c.client_id for c in rec.clients] and len(rec.clients) == 2
+    assert [c.client_id for c in rec.clients if not c.dropped] == [c for c in sampled if c != victim]
+    (lost,) = [c for c in rec.clients if c.dropped]
+    assert lost.client_id == victim and lost.drop_reason == "RuntimeError: injected" and lost.payload_bits is None
+    assert lost.gain_db == engine.wireless.channel_fields(1, victim)["gain_db"] and lost.bandwidth_hz == 0.0
     unchanged = all(np.array_equal(before[k], engine.state[k]) for k in before)
     assert unchanged == (status == "failed")
     assert rec.metrics["primary_metric"] == rec.metrics["score"]
@@ -144,7 +148,8 @@ def test_a_silent_client_is_a_timeout_failure_and_a_round_with_no_survivors_keep
     first = engine.run_round(1, StubClients())
     everyone = {(2, c) for c in range(cfg.run.clients)}
     rec = engine.run_round(2, StubClients(silent=everyone))
-    assert rec.status == "failed" and rec.clients == [] and rec.round_latency_s == 0.0
+    assert rec.status == "failed" and all(c.dropped for c in rec.clients) and rec.round_latency_s == 0.0
+    assert len(rec.clients) == 3 and rec.uplink_bits_total == 0
     assert [f.reason for f in rec.failures] == ["no reply"] * 3
     assert rec.metrics == first.metrics and rec.scheduler.solver_status == "no clients"
 

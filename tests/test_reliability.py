@@ -173,8 +173,9 @@ def test_crash_faults_are_recorded_and_survivors_aggregated(tmp_path):
         injected += len(expected)
         assert [f["client_id"] for f in r["failures"]] == expected
         assert all("injected client crash" in f["reason"] for f in r["failures"])
-        assert [c["client_id"] for c in r["clients"]] == [c for c in sampled if c not in expected]
-        assert r["uplink_bits_total"] == sum(c["payload_bits"] for c in r["clients"])
+        assert [c["client_id"] for c in r["clients"] if not c["dropped"]] == [c for c in sampled if c not in expected]
+        assert [c["client_id"] for c in r["clients"] if c["dropped"]] == expected  # every sampled client has a record
+        assert r["uplink_bits_total"] == sum(c["payload_bits"] for c in r["clients"] if not c["dropped"])
         assert r["status"] == "ok"
     assert injected > 0, "the seed should inject at least one crash"
 
@@ -211,7 +212,7 @@ def test_a_client_process_that_dies_costs_its_round_not_the_run(tmp_path):
         assert [f["client_id"] for f in r["failures"]] == expected
         assert all("process died" in f["reason"] for f in r["failures"])
         assert r["status"] == "ok"
-    later = [c["client_id"] for r in records[1:] for c in r["clients"]]
+    later = [c["client_id"] for r in records[1:] for c in r["clients"] if not c["dropped"]]
     assert died and any(c in later for c in died), "a client whose process died takes part again later"
 
 
@@ -227,7 +228,7 @@ def test_round_below_min_clients_is_recorded_as_failed(tmp_path):
     assert "round 1: client " in last and "injected client crash" in last and "failed rounds: 1, 2" in last
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == ["failed", "failed"]
-    assert all(len(r["failures"]) == 2 and r["clients"] == [] for r in records)
+    assert all(len(r["failures"]) == 2 and all(c["dropped"] for c in r["clients"]) for r in records)
     assert json.loads((out / "summary.json").read_text())["failed_rounds"] == [1, 2]
 
 
