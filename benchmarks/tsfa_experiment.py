@@ -121,7 +121,7 @@ def part_b(args, out: Path) -> tuple[list[dict], list[dict]]:
             }
         )
         traj += [
-            {"v": v, "round": r["round"], "rho": r["rho"], "queue": r["queue"], "round_latency_s": r["round_latency_s"]}
+            {"v": v, "round": r["round"], "rho": r["rho"], "queue_s": r["queue_s"], "round_latency_s": r["round_latency_s"]}
             for r in recs
         ]
         print(
@@ -182,7 +182,7 @@ def main() -> None:
         axes[0][1].set(xlabel="V", ylabel="final metric", title="accuracy against V", xscale="symlog")
         for v in args.vs:
             t = [r for r in traj if r["v"] == v]
-            axes[0][2].plot([r["round"] for r in t], [r["queue"] for r in t], label=f"Q, V={v:g}")
+            axes[0][2].plot([r["round"] for r in t], [r["queue_s"] for r in t], label=f"Q, V={v:g}")
             axes[0][2].plot([r["round"] for r in t], [r["rho"] for r in t], ls="--", label=f"rho, V={v:g}")
         axes[0][2].set(xlabel="round", title="queue and rho trajectories")
         axes[0][2].legend(fontsize=7)

@@ -280,7 +280,7 @@ class RoundEngine:
         d = decision.as_dict()
         return SchedulerOutcome(
             rho=d["rho"],
-            queue=d["queue"],
+            queue_s=d["queue_s"],
             objective=d["objective"],
             solver_status=d["solver_status"],
             solve_time_s=d["solve_time_s"],

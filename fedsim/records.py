@@ -92,7 +92,7 @@ class SchedulerOutcome:
     """The scheduler's part of a round: rho_t, the queue Q_t it decided with, and the solver's outcome."""
 
     rho: float
-    queue: float
+    queue_s: float
     objective: float | None
     solver_status: str
     solve_time_s: float

@@ -72,7 +72,7 @@ class Decision:
         V Pen(rho_t) + Q_t T_t(rho_t) before any deadline drop (NaN for fixed-rho schedulers).
     penalty : float
         Pen(rho_t) as used in the objective (normalised, dimensionless; NaN for fixed rho).
-    queue : float
+    queue_s : float
         Q_t in seconds, the queue the decision was made with.
     solver_status : str
         Status of the allocation of the chosen rho (fallback chain included).
@@ -94,7 +94,7 @@ class Decision:
     per_client_latency_s: np.ndarray
     objective: float
     penalty: float
-    queue: float
+    queue_s: float
     solver_status: str
     solve_time_s: float
     fallback: bool
@@ -115,7 +115,7 @@ class Decision:
             "per_client_latency_s": [num(x) for x in self.per_client_latency_s.tolist()],
             "objective": num(self.objective),
             "penalty": num(self.penalty),
-            "queue": self.queue,
+            "queue_s": self.queue_s,
             "solver_status": self.solver_status,
             "solve_time_s": self.solve_time_s,
             "fallback": self.fallback,
@@ -322,7 +322,7 @@ class _Scheduler:
             per_client_latency_s=lat,
             objective=float(objective),
             penalty=float(penalty),
-            queue=float(self.queue_s),
+            queue_s=float(self.queue_s),
             solver_status=res.status,
             solve_time_s=float(solve_time_s),
             fallback=bool(fallback),

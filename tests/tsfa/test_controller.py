@@ -102,7 +102,7 @@ def test_decision_rule_queue_zero_large_and_ties():
     alloc = make_allocator("reference", a.size, B)
     ctrl = TsfaScheduler(alloc, 1.0, v=1.0)
     d = ctrl.decide(a, t, payloads, errors)
-    assert d.rho == 0.0 and d.queue == 0.0 and d.objective == 0.0  # Q = 0: smallest penalty
+    assert d.rho == 0.0 and d.queue_s == 0.0 and d.objective == 0.0  # Q = 0: smallest penalty
     ctrl.load_state_dict(ctrl.state_dict() | {"queue_s": 1e9})
     d = ctrl.decide(a, t, payloads, errors)
     lat = dict(d.latency_by_rho)
@@ -134,7 +134,7 @@ def test_queue_update_and_records():
     assert [ctrl.update(x) for x in (2.0, 0.5, 0.2, 1.5)] == [1.0, 0.5, 0.0, 0.5]
     assert ctrl.round_index == 4 and ctrl.average_latency_s == pytest.approx(4.2 / 4)
     d = ctrl.decide([1e9, 1e10], [0.1, 0.2], {r: [1e6, 1e6] for r in RHO_GRID})
-    assert d.queue == 0.5 and d.round_index == 5
+    assert d.queue_s == 0.5 and d.round_index == 5
     record = json.loads(json.dumps(d.as_dict()))
     assert record["rho"] == d.rho and record["dropped"] == [] and len(record["bandwidth_hz"]) == 2
 
