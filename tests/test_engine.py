@@ -215,8 +215,13 @@ def test_a_non_finite_adapter_ends_the_run_as_diverged_without_a_checkpoint(tmp_
     victim = sample_clients(cfg.run.seed, 2, cfg.run.clients, cfg.num_sampled)[0]
     clients = StubClients(nan={(2, victim)})
     summary = run(cfg, StubHost(), lambda: (clients, {}), tmp_path)
-    records = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+    records = [strict(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok", "diverged"]
+    assert records[1]["metrics"]["score"] is None  # NaN is written as null
+    assert strict((tmp_path / "summary.json").read_text())["status"] == "diverged"
     assert summary["status"] == "diverged" and "round 2" in summary["error"]
     assert load_checkpoint(tmp_path).round == 1
 
@@ -259,3 +264,12 @@ def test_every_method_runs_a_round_and_ideal_never_sparsifies():
         rec = RoundEngine(cfg, StubHost()).run_round(1, StubClients())
         assert rec.status == "ok", name
         assert rec.scheduler.rho == (cfg.soft.rho if method.sparsifies else 0.0)
+
+
+def test_rounds_below_the_minimum_are_named_in_the_summary(tmp_path):
+    cfg = make_cfg(**{"run.rounds": 2, "run.min_clients_per_round": 1})
+    everyone = {(t, c) for t in (1, 2) for c in range(cfg.run.clients)}
+    summary = run(cfg, StubHost(), lambda: (StubClients(crash=everyone), {}), tmp_path)
+    assert summary["status"] == "failed" and summary["failed_rounds"] == [1, 2]
+    assert summary["error"].startswith("round 1: client ") and "RuntimeError: injected" in summary["error"]
+    assert "(0 of 3 clients returned" in summary["error"] and summary["error"].endswith("failed rounds: 1, 2)")
