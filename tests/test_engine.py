@@ -215,6 +215,7 @@ def test_a_non_finite_adapter_ends_the_run_as_diverged_without_a_checkpoint(tmp_
     victim = sample_clients(cfg.run.seed, 2, cfg.run.clients, cfg.num_sampled)[0]
     clients = StubClients(nan={(2, victim)})
     summary = run(cfg, StubHost(), lambda: (clients, {}), tmp_path)
+
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
 

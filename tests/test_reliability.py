@@ -144,76 +144,41 @@ def test_a_saturated_machine_makes_a_run_slower_not_different(small_run, tmp_pat
     assert records_without_wall_clock(out) == records_without_wall_clock(small_run)
 
 
-def test_crash_faults_are_recorded_and_survivors_aggregated(tmp_path):
-    out = tmp_path / "faults"
-    seed, clients, per_round, rounds, p = 3, 6, 5, 5, 0.2
-    proc = run_fedsim(
-        run_args(
-            clients,
-            rounds,
-            per_round,
-            "--seed",
-            str(seed),
-            "--out",
-            str(out),
-            "--quiet",
-            "--set",
-            f"faults.client_crash_prob={p}",
-            "--set",
-            "run.min_clients_per_round=1",
-        )
-    )
+def run_with_crashes(out, seed, clients, per_round, rounds, p, *extra):
+    """A run with injected crashes (and one survivor enough); returns its records and who crashed."""
+    args = ["--seed", str(seed), "--out", str(out), "--quiet", "--set", f"faults.client_crash_prob={p}"]
+    proc = run_fedsim(run_args(clients, rounds, per_round, *args, "--set", "run.min_clients_per_round=1", *extra))
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert len(records) == rounds
-    injected = 0
+    crashed = {}
     for r in records:
         sampled = sample_clients(seed, r["round"], clients, per_round)
-        expected = [c for c in sampled if rng(seed, r["round"], c, "fault-crash").random() < p]
-        injected += len(expected)
-        assert [f["client_id"] for f in r["failures"]] == expected
-        assert all("injected client crash" in f["reason"] for f in r["failures"])
-        assert [c["client_id"] for c in r["clients"] if not c["dropped"]] == [c for c in sampled if c not in expected]
-        assert [c["client_id"] for c in r["clients"] if c["dropped"]] == expected  # every sampled client has a record
-        assert r["uplink_bits_total"] == sum(c["payload_bits"] for c in r["clients"] if not c["dropped"])
+        crashed[r["round"]] = [c for c in sampled if rng(seed, r["round"], c, "fault-crash").random() < p]
+        assert [f["client_id"] for f in r["failures"]] == crashed[r["round"]]
+        assert [c["client_id"] for c in r["clients"] if c["dropped"]] == crashed[r["round"]]  # a record each
+        assert [c["client_id"] for c in r["clients"] if not c["dropped"]] == [
+            c for c in sampled if c not in crashed[r["round"]]
+        ]
         assert r["status"] == "ok"
-    assert injected > 0, "the seed should inject at least one crash"
+    assert any(crashed.values()), "the seed should inject at least one crash"
+    return records, crashed
+
+
+def test_crash_faults_are_recorded_and_survivors_aggregated(tmp_path):
+    records, _ = run_with_crashes(tmp_path / "faults", 3, 6, 5, 5, 0.2)
+    for r in records:
+        assert all("injected client crash" in f["reason"] for f in r["failures"])
+        assert r["uplink_bits_total"] == sum(c["payload_bits"] for c in r["clients"] if not c["dropped"])
 
 
 def test_a_client_process_that_dies_costs_its_round_not_the_run(tmp_path):
     """faults.client_crash_mode=exit: the process ends with os._exit; Ray replaces the actor."""
-    out = tmp_path / "exit"
-    seed, clients, per_round, rounds, p = 1, 4, 2, 3, 0.3
-    proc = run_fedsim(
-        run_args(
-            clients,
-            rounds,
-            per_round,
-            "--seed",
-            str(seed),
-            "--out",
-            str(out),
-            "--quiet",
-            "--set",
-            f"faults.client_crash_prob={p}",
-            "--set",
-            "faults.client_crash_mode=exit",
-            "--set",
-            "run.min_clients_per_round=1",
-        )
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    died = []
-    for r in records:
-        sampled = sample_clients(seed, r["round"], clients, per_round)
-        expected = [c for c in sampled if rng(seed, r["round"], c, "fault-crash").random() < p]
-        died += expected
-        assert [f["client_id"] for f in r["failures"]] == expected
-        assert all("process died" in f["reason"] for f in r["failures"])
-        assert r["status"] == "ok"
+    records, crashed = run_with_crashes(tmp_path / "exit", 1, 4, 2, 3, 0.3, "--set", "faults.client_crash_mode=exit")
+    assert all("process died" in f["reason"] for r in records for f in r["failures"])
+    died = [c for ids in crashed.values() for c in ids]
     later = [c["client_id"] for r in records[1:] for c in r["clients"] if not c["dropped"]]
-    assert died and any(c in later for c in died), "a client whose process died takes part again later"
+    assert any(c in later for c in died), "a client whose process died takes part again later"
 
 
 def test_a_second_writer_of_a_results_folder_is_refused(small_run, tmp_path):
