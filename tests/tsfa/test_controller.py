@@ -85,9 +85,7 @@ def test_cvxpy_controller_agrees_with_reference():
     d_ref = run(ref, channels, tcmp, payloads, errors)
     d_cvx = run(cvx, channels, tcmp, payloads, errors)
     assert [d.rho for d in d_cvx] == [d.rho for d in d_ref]
-    np.testing.assert_allclose(
-        [d.round_latency_s for d in d_cvx], [d.round_latency_s for d in d_ref], rtol=1e-4
-    )
+    np.testing.assert_allclose([d.round_latency_s for d in d_cvx], [d.round_latency_s for d in d_ref], rtol=1e-4)
     assert not any(d.fallback for d in d_cvx)
     assert all(d.solver_status == "optimal" for d in d_cvx)
 
@@ -175,9 +173,7 @@ def test_deadline_drops_the_clients_that_cannot_make_it():
     assert d.round_latency_s == pytest.approx(ref.latency_s, rel=1e-4)
     assert sched.state_dict()["dropped_total"] == 1
     # a client whose compute alone exceeds the deadline is dropped too; when none can, all are
-    assert FixedRhoScheduler(0.0, alloc, deadline_s=1.0).decide(
-        a, [0.1, 2.0, 0.1, 0.1], payloads
-    ).dropped == (1, 3)
+    assert FixedRhoScheduler(0.0, alloc, deadline_s=1.0).decide(a, [0.1, 2.0, 0.1, 0.1], payloads).dropped == (1, 3)
     none = FixedRhoScheduler(0.0, alloc, deadline_s=0.05).decide(a, t, payloads)
     assert none.dropped == (0, 1, 2, 3) and none.round_latency_s == 0.0
     # met deadline: nothing dropped, same allocation
