@@ -122,8 +122,8 @@ def one_run(variant: str, clients: int, tmp: Path, index: int) -> dict:
         [sys.executable, __file__, "--child", str(times_file), "--", *argv], env=env, capture_output=True, text=True
     )
     t_end = time.time()
-    if proc.returncode != 0:
-        raise SystemExit(f"{variant} run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    if proc.returncode != 0:  # recorded, not fatal: one flaky start must not lose the other runs
+        return {"variant": variant, "failed": True, "returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:]}
     events = [json.loads(line) for line in times_file.read_text().splitlines() if line.strip()]
 
     def first(event: str, prefix: str = "") -> dict | None:
@@ -167,6 +167,9 @@ def main() -> None:
         for variant in order if i % 2 == 0 else order[::-1]:
             row = one_run(variant, args.clients, tmp, i)
             runs.append(row)
+            if row.get("failed"):
+                print(f"{variant:>5} #{i}: FAILED ({row['returncode']}): {row['stderr_tail'][-300:]}", flush=True)
+                continue
             print(
                 f"{variant:>5} #{i}: imports {row['imported_s']:.1f} s, Ray ready {row['ray_ready_s']:.1f} s, "
                 f"discovery {row['discovery_sent_s']:.1f} s, first round sent {row['startup_s']:.1f} s, "
@@ -178,8 +181,9 @@ def main() -> None:
 
     keys = ("imported_s", "ray_ready_s", "discovery_sent_s", "startup_s", "total_s")
     keys += ("ray_cpu_s_at_first_round", "driver_cpu_s_at_first_round")
+    ok = [r for r in runs if not r.get("failed")]
     medians = {
-        v: {k: float(np.median([r[k] for r in runs if r["variant"] == v and r[k] is not None])) for k in keys}
+        v: {k: float(np.median([r[k] for r in ok if r["variant"] == v and r[k] is not None])) for k in keys}
         for v in VARIANTS
     }
     ratios = {k: medians["lean"][k] / medians["full"][k] for k in keys}
@@ -194,6 +198,7 @@ def main() -> None:
         },
         "settings": {"clients": args.clients, "repeats": args.repeats, "variants": VARIANTS},
         "runs": runs,
+        "failed_runs": {v: sum(1 for r in runs if r["variant"] == v and r.get("failed")) for v in VARIANTS},
         "median": medians,
         "ratio_lean_to_full": ratios,
         "goal": {
