@@ -121,7 +121,13 @@ def part_b(args, out: Path) -> tuple[list[dict], list[dict]]:
             }
         )
         traj += [
-            {"v": v, "round": r["round"], "rho": r["rho"], "queue_s": r["queue_s"], "round_latency_s": r["round_latency_s"]}
+            {
+                "v": v,
+                "round": r["round"],
+                "rho": r["rho"],
+                "queue_s": r["queue_s"],
+                "round_latency_s": r["round_latency_s"],
+            }
             for r in recs
         ]
         print(

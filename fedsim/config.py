@@ -241,6 +241,8 @@ class SimulationSection:
         "an IPv4 or IPv6 address",
         "address of a locally started Ray (127.0.0.1: every Ray server listens on loopback only)",
     )
+    gpus_per_client: float = _num(0.0, 0, 64, "Ray GPUs per ClientApp actor (0: CPU; a fraction shares a GPU)")
+    bf16: bool = _f(False, None, "true or false", "bfloat16 autocast in training and evaluation")
 
 
 @dataclass(frozen=True)
@@ -390,7 +392,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return tuple(_coerce(key, v, item) for v in value)
     allowed = get_args(hint) or (hint,)
     accepted = allowed + ((int,) if float in allowed else ())
-    if isinstance(value, bool) or not isinstance(value, accepted):
+    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, accepted):
         kind = " or ".join(t.__name__ for t in allowed)
         raise ConfigError(f"{key}={value!r}: expected {kind}, got {type(value).__name__}")
     if allowed == (float,):

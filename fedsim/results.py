@@ -165,6 +165,8 @@ class ResultsWriter:
     def finish(
         self, *, status: str, error: str | None, primary_metric: str, wall_s: float, extra: dict | None = None
     ) -> dict[str, Any]:
+        from fedsim.device import device_info  # imports torch: only when a run ends
+
         recs = self.records
         higher = metric_higher_is_better(self.cfg.workload.name)
         latencies = [r["round_latency_s"] for r in recs]
@@ -188,6 +190,7 @@ class ResultsWriter:
             "total_latency_s": float(sum(latencies)),
             "wall_s": wall_s,
             "versions": versions(),
+            "device": device_info(self.cfg),
             **(extra or {}),
         }
         if recs:

@@ -17,6 +17,7 @@ from datasets import Dataset
 from torch import nn
 
 from fedsim.config import Config
+from fedsim.device import select_device
 from fedsim.errors import ConfigError
 from fedsim.methods import get_method
 from fedsim.seeding import SERVER, torch_seed
@@ -75,6 +76,10 @@ def load_workload(cfg: Config) -> LoadedWorkload:
             torch.manual_seed(torch_seed(cfg.run.seed, 0, SERVER, "init-adapter"))
             model = workload.build_model()
         model.eval()
+        device = select_device(cfg)
+        if device.type != "cpu":  # the CPU path stays exactly as before
+            model.to(device)
+        workload.device, workload.bf16 = device, cfg.simulation.bf16
         train, test = workload.build_data()
         _CACHE.clear()  # one workload per process at a time: free the previous model
         _CACHE[key] = LoadedWorkload(workload, model, train, test)
@@ -144,7 +149,8 @@ def evaluate_state(cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float
     """Server-side evaluation of an adapter on the workload's test set."""
     rt = load_workload(cfg)
     load_trainable_state(rt.model, state)
-    return rt.workload.evaluate(rt.model, rt.test)
+    with rt.workload.autocast():
+        return rt.workload.evaluate(rt.model, rt.test)
 
 
 class WorkloadHost:

@@ -54,7 +54,10 @@ def key_cases() -> list[tuple[str, list[str]]]:
             if key in REGISTRY_KEYS:
                 cases.append((f"{key} unknown name", [f'{key}="nosuch"']))
             continue
-        integer = isinstance(default, int) and not isinstance(default, bool)
+        if isinstance(default, bool):
+            cases.append((f"{key} wrong type", [f"{key}=1"]))
+            continue
+        integer = isinstance(default, int)
         cases.append((f"{key} wrong type", [f"{key}=true"] if integer else [f'{key}="x"']))
         if isinstance(default, float):
             cases.append((f"{key} not finite", [f"{key}={'nan' if len(cases) % 2 else '-inf'}"]))

@@ -416,6 +416,7 @@ def cosine_alpha_bar(steps: int) -> torch.Tensor:
 
 # -- the workload -------------------------------------------------------------------------------
 class ClipMemorisation(Workload):
+    supports_gpu: ClassVar[bool] = False  # its own batches; CPU noise, positions and targets in the loss and evaluation
     name: ClassVar[str] = "clip-memorisation"
     description: ClassVar[str] = (
         "tiny CLIP text tower + conditional U-Net (DDIM), LoRA on cross-attention + feed-forward; duplicated "

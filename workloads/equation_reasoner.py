@@ -511,6 +511,8 @@ class EquationReasoner(Workload):
         """Greedy decodings of ``questions`` (LoRA active when ``model`` carries it)."""
         t5 = model.get_base_model() if hasattr(model, "get_base_model") else model
         ids, mask = self.tokenizer.batch(questions, self.max_src_len)
+        if self.device.type != "cpu":
+            ids, mask = ids.to(self.device), mask.to(self.device)
         out = t5.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -527,7 +529,7 @@ class EquationReasoner(Workload):
         correct, losses, tokens = [], 0.0, 0
         for start in range(0, len(data), 64):
             rows = data[start : start + 64]
-            batch = self.collate(rows)
+            batch = self.place(self.collate(rows))
             n_tok = int((batch["labels"] != -100).sum())
             losses += float(self.loss(model, batch)) * n_tok
             tokens += n_tok

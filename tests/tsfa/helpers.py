@@ -48,3 +48,16 @@ def random_instance(rng: np.random.Generator, num_clients: int, zero_compute_fra
     s = 1e6 * 10.0 ** rng.uniform(0.0, 2.0, num_clients)
     t = rng.uniform(0.0, 1.0, num_clients) * (rng.random(num_clients) >= zero_compute_fraction)
     return a, s, t
+
+
+def cell_rounds(num_clients: int, rounds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The rounds of ``benchmarks/allocator.py`` (same generator, same draws): (a, S, T_cmp) per round.
+
+    Clients uniform in a 500 m disc (min 10 m), drawn once; Rayleigh fading redrawn every round;
+    the SOFT payload of a rank-16 adapter at rho = 0.5; compute times uniform in [0.1, 1] s.
+    """
+    rng = np.random.default_rng([seed, num_clients])
+    distance_m = np.sqrt(rng.uniform(10.0**2, 500.0**2, num_clients))
+    tcmp = rng.uniform(0.1, 1.0, num_clients)
+    payload = np.full(num_clients, float(soft_payload_bits(16, 0.5)))
+    return [(rayleigh_snr_per_hz(rng, distance_m), payload, tcmp) for _ in range(rounds)]
