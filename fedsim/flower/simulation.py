@@ -142,6 +142,10 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, Slurm, ``docker stop``): stop as Ctrl-C does, but exit 143."""
 
 
+RAY_START_ATTEMPTS = 3
+"""Starts of a local Ray before giving up: its raylet must register within a fixed 30 s, which a
+saturated machine can miss (a busy machine makes a run slower, never makes it fail)."""
+
 FULL_RAY_HEAD_ENV = "FEDSIM_FULL_RAY_HEAD"
 """Set to 1 to start a local Ray with every service (the start-up benchmark's "before")."""
 
@@ -172,8 +176,15 @@ def _start_ray(init_args: dict[str, Any]) -> None:
     saved = {k: os.environ.get(k) for k in inherited}
     os.environ.update(inherited)
     try:
-        with _lean_ray_head():
-            ray.init(**init_args)
+        for attempt in range(1, RAY_START_ATTEMPTS + 1):
+            try:
+                with _lean_ray_head():
+                    ray.init(**init_args)
+                break
+            except Exception as e:  # Ray gives its raylet a fixed 30 s to register with the GCS
+                if "timed out during startup" not in str(e) or attempt == RAY_START_ATTEMPTS:
+                    raise
+                ray.shutdown()  # a busy machine: start again rather than fail the run
     finally:
         for key, value in saved.items():
             if value is None:
