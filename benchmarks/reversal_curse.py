@@ -20,7 +20,7 @@ and gradient cosine against rounds, mean over seeds). Runs are kept in
 ``benchmarks/results/reversal_curse_runs/<id>/`` and reused.
 
     python benchmarks/reversal_curse.py [--seeds 0 1 2] [--settings mdm arm scratch-mdm scratch-arm]
-        [--clients 10] [--rounds 8] [--local-epochs 5] [--samples-per-client 48]
+        [--clients 5] [--rounds 6] [--local-epochs 40] [--batch-size 8] [--samples-per-client 48]
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def overrides(setting: str, seed: int, args: argparse.Namespace) -> dict:
         "workload.partition": "natural",
         "workload.samples_per_client": args.samples_per_client,
         "train.local_epochs": args.local_epochs,
+        "train.batch_size": args.batch_size,
         "train.lr": args.lr,
         "run.seed": seed,
     }
@@ -73,7 +74,7 @@ def collect(args: argparse.Namespace) -> list[dict]:
     rows = []
     for setting in args.settings:
         for seed in args.seeds:
-            rid = f"{setting}-seed{seed}-c{args.clients}-r{args.rounds}-e{args.local_epochs}-lr{args.lr:g}"
+            rid = f"{setting}-seed{seed}-c{args.clients}-r{args.rounds}-e{args.local_epochs}-b{args.batch_size}-lr{args.lr:g}"
             folder = args.out / "reversal_curse_runs" / rid
             _, records = fedsim_run(
                 folder, args.clients, args.rounds, args.clients, *set_args(overrides(setting, seed, args))
@@ -151,10 +152,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--settings", nargs="+", default=["mdm", "arm", "scratch-mdm", "scratch-arm"], choices=SETTINGS)
-    ap.add_argument("--clients", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--local-epochs", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--local-epochs", type=int, default=40)
     ap.add_argument("--samples-per-client", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--options", default="", help="extra workload.options for every setting")
     ap.add_argument("--tag", default="")

@@ -19,14 +19,17 @@ token, every Y position a Y token and every constraint holds. The true dependenc
 the three positions of every constraint (X_i, X_{i+1}, Y_i) pairwise; there are no edges
 between copies.
 
-Model: a bidirectional transformer MDM (:mod:`workloads.diffusion_lm`, learned absolute
-positions by default: on an all-mask canvas only positions tell the columns apart; tiny:
-d_model 64, 2 layers, 4 heads) with the LLaDA loss over the canvas. The base is pretrained by
-fedsim and cached (:mod:`workloads.cache`) on the *format* only (``pretrain_task = "format"``:
-Y drawn uniformly, independent of X), so the base knows which token goes where but not the
-rule; federated LoRA (``q k v o up down head``) then has to learn the dependencies, and the
-attention graph DAPD relies on, from the clients' data. ``pretrain_task = "rule"`` pretrains on
-the task itself. The ``from-scratch`` preset trains every weight of a random model, sent dense.
+Model: a bidirectional transformer MDM (:mod:`workloads.diffusion_lm`; rotary positions, the
+prompt token anchors them; tiny: d_model 64, 2 layers, 4 heads, 0.1M parameters) with the LLaDA
+loss over the canvas. The base is pretrained by fedsim on uniform-X canvases of the task and
+cached (:mod:`workloads.cache`; ``pretrain_steps`` 3000 of 128 canvases on ``tiny``, about a
+minute of one CPU core: the rule is an XOR-like function of two positions, and the loss sits at
+log 3 for the first ~1500 steps before it drops). Federated LoRA (``q k v o up down head``) then
+fine-tunes it on the clients' skewed data; the question is whether the attention graph that DAPD
+reads, and DAPD's validity, survive that. ``pretrain_task = "format"`` pretrains on the format
+only (Y drawn independently of X), a base that knows where the tokens go but not the rule; the
+``from-scratch`` preset trains every weight of a random model, sent dense. (In pilots neither
+learnt the rule within a federated budget of a few rounds.)
 
 Non-IID clients: client k draws its X values from its own distribution, ``client_skew`` on its
 favourite value ``k mod 3`` and the rest split evenly (the test set is uniform); ``label_column``

@@ -1,8 +1,8 @@
 """Small diffusion language models: a masked-diffusion LM (MDM), its autoregressive twin (ARM),
 their losses and the MDM samplers.
 
-Shared by the diffusion-LM workloads (``rainbow-padding``; the reversal-curse and DAPD
-workloads build on the same pieces). Pure torch: no flwr, no transformers, no download.
+Shared by the diffusion-LM workloads (``rainbow-padding``, ``reversal-curse``, ``dapd``). Pure
+torch: no flwr, no transformers, no download.
 
 Model
 -----
@@ -39,6 +39,18 @@ evaluations), ``tokens_per_step=k`` (top-k per step), ``threshold=tau`` (Fast-dL
 2025, arXiv 2505.22618: every position with confidence >= tau, at least the most confident
 one) and ``block_length=b`` (semi-autoregressive: blocks of b positions decoded left to
 right, each to completion before the next).
+
+Decoders and attention graphs (DAPD, arXiv 2603.12996)
+------------------------------------------------------
+:func:`decode` runs one of :data:`DECODERS` for any diffusion workload: ``one`` token per
+step, ``topk`` (k per step), ``threshold`` (Fast-dLLM) through :func:`mdm_sample`, and ``dapd``:
+per step the attention weights averaged over heads and the last ~30% of layers and symmetrised
+(:func:`attention_scores`, ``S = (A + A^T) / 2``) give a graph over the masked positions with an
+edge where ``S_ij > tau_rel * mean_{i != j} S_ij`` (:func:`dependency_graph`); a maximal
+independent set, greedy in Welsh-Powell order (degree, then confidence), is committed
+(:func:`independent_set`), and once fewer than half of the canvas is masked every position with
+confidence > 0.9 is (the tail switch, :func:`dapd_commit`). :func:`edge_auc` scores attention
+against a known dependency graph (Mann-Whitney ROC AUC over position pairs).
 """
 
 from __future__ import annotations
