@@ -10,7 +10,7 @@ For every seed:
    ceil(G / k)), Fast-dLLM for several thresholds, DAPD for several tau (relative to the mean
    off-diagonal score), with and without the tail switch, giving a validity-against-NFE curve.
 
-With ``--rainbow`` the same decoders are also run on the ``rainbow-padding`` base (pretrained
+With ``--rainbow-seeds`` the same decoders are also run on the ``rainbow-padding`` base (pretrained
 with <eos> padding and cached by that workload) at allocated length ``--rainbow-g``: what DAPD
 does to its NFE and validity.
 
@@ -20,7 +20,7 @@ The paper's pilot in this issue: AUC 0.99 (all masked) / 0.945 (half); DAPD tau 
 validity 0.82 at 3.6 NFE against top-k 0.71 at 5 NFE and 0.39 at 3; Fast-dLLM 8 of 9 NFE.
 
     python benchmarks/dapd.py [--seeds 0 1 2] [--clients 10] [--rounds 5] [--local-epochs 2]
-        [--eval-samples 512] [--options ...] [--rainbow]
+        [--eval-samples 512] [--options ...] [--rainbow-seeds 0]
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def collect(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
             f"{rid}: " + ", ".join(f"{r['decoder']}({r['knob']}) {r['validity']:.2f}@{r['nfe']:.1f}" for r in fin),
             flush=True,
         )
-        if args.rainbow:
+        if seed in args.rainbow_seeds:
             for row in rainbow_curve(seed, args):
                 rows.append({"seed": seed, "model": f"rainbow-padding-g{args.rainbow_g}", **row})
     return rows, rounds
@@ -256,7 +256,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--options", default="", help="workload.options of the runs")
     ap.add_argument("--eval-samples", type=int, default=512)
-    ap.add_argument("--rainbow", action="store_true", help="also decode the rainbow-padding base")
+    ap.add_argument(
+        "--rainbow-seeds", type=int, nargs="*", default=[], help="also decode the rainbow-padding base of these seeds"
+    )
     ap.add_argument("--rainbow-options", default="")
     ap.add_argument("--rainbow-g", type=int, default=64)
     ap.add_argument("--rainbow-samples", type=int, default=64)
