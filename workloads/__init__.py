@@ -22,6 +22,8 @@ _BUILTIN = {
     "equation-reasoner": "workloads.equation_reasoner:EquationReasoner",
     "clip-memorisation": "workloads.clip_memorisation:ClipMemorisation",
     "rainbow-padding": "workloads.rainbow_padding:RainbowPadding",
+    "reversal-curse": "workloads.reversal_curse:ReversalCurse",
+    "dapd": "workloads.dapd:Dapd",
 }
 
 

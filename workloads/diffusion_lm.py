@@ -1,8 +1,8 @@
 """Small diffusion language models: a masked-diffusion LM (MDM), its autoregressive twin (ARM),
 their losses and the MDM samplers.
 
-Shared by the diffusion-LM workloads (``rainbow-padding``; the reversal-curse and DAPD
-workloads build on the same pieces). Pure torch: no flwr, no transformers, no download.
+Shared by the diffusion-LM workloads (``rainbow-padding``, ``reversal-curse``, ``dapd``). Pure
+torch: no flwr, no transformers, no download.
 
 Model
 -----
@@ -39,6 +39,18 @@ evaluations), ``tokens_per_step=k`` (top-k per step), ``threshold=tau`` (Fast-dL
 2025, arXiv 2505.22618: every position with confidence >= tau, at least the most confident
 one) and ``block_length=b`` (semi-autoregressive: blocks of b positions decoded left to
 right, each to completion before the next).
+
+Decoders and attention graphs (DAPD, arXiv 2603.12996)
+------------------------------------------------------
+:func:`decode` runs one of :data:`DECODERS` for any diffusion workload: ``one`` token per
+step, ``topk`` (k per step), ``threshold`` (Fast-dLLM) through :func:`mdm_sample`, and ``dapd``:
+per step the attention weights averaged over heads and the last ~30% of layers and symmetrised
+(:func:`attention_scores`, ``S = (A + A^T) / 2``) give a graph over the masked positions with an
+edge where ``S_ij > tau_rel * mean_{i != j} S_ij`` (:func:`dependency_graph`); a maximal
+independent set, greedy in Welsh-Powell order (degree, then confidence), is committed
+(:func:`independent_set`), and once fewer than half of the canvas is masked every position with
+confidence > 0.9 is (the tail switch, :func:`dapd_commit`). :func:`edge_auc` scores attention
+against a known dependency graph (Mann-Whitney ROC AUC over position pairs).
 """
 
 from __future__ import annotations
@@ -467,3 +479,187 @@ def arm_sample(
         x = torch.cat([x, nxt], dim=1)
     step = torch.arange(gen_length, device=x.device).expand(b, gen_length).clone()
     return SampleResult(tokens=x, nfe=torch.full((b,), gen_length, dtype=torch.long), step=step, num_steps=gen_length)
+
+
+# -- attention graphs and decoders shared by every diffusion workload ------------------------------
+DECODERS = ("one", "topk", "threshold", "dapd")
+"""``one``: one token per step (LLaDA); ``topk``: k tokens per step; ``threshold``: Fast-dLLM's
+confidence threshold; ``dapd``: dependency-aware parallel decoding (arXiv 2603.12996)."""
+
+
+@torch.no_grad()
+def attention_scores(maps: list[torch.Tensor], last_fraction: float = 0.3) -> torch.Tensor:
+    """DAPD's dependency scores from a forward's attention maps.
+
+    Parameters
+    ----------
+    maps
+        One (B, H, T, T) attention-weight map per layer (``TransformerLM(..., return_attentions=True)``).
+    last_fraction
+        Share of the layers, counted from the top, that are averaged (at least one layer).
+
+    Returns
+    -------
+    (B, T, T) ``S = (A + A^T) / 2`` with ``A`` the weights averaged over heads and over the last
+    ``ceil(last_fraction * num_layers)`` layers (symmetrised: a dependency has no direction).
+    """
+    n = max(1, math.ceil(last_fraction * len(maps)))
+    a = torch.stack([m.float().mean(dim=1) for m in maps[-n:]]).mean(dim=0)  # (B, T, T)
+    return (a + a.transpose(-1, -2)) / 2
+
+
+def dependency_graph(scores: torch.Tensor, nodes: torch.Tensor, tau_rel: float) -> torch.Tensor:
+    """DAPD's graph over ``nodes``: an edge where the symmetric score exceeds ``tau``.
+
+    ``scores`` (T, T) symmetric, ``nodes`` (T,) bool (the masked positions). ``tau = tau_rel *
+    mean`` with ``mean`` the mean off-diagonal score among the nodes (the threshold is relative,
+    so it does not depend on the sequence length or the attention's temperature). Returns a
+    (T, T) bool adjacency, False on the diagonal and outside the nodes.
+    """
+    if tau_rel <= 0:
+        raise ValueError(f"tau_rel={tau_rel}: must be positive")
+    inside = nodes[:, None] & nodes[None, :]
+    inside = inside & ~torch.eye(len(nodes), dtype=torch.bool, device=nodes.device)
+    if not inside.any():
+        return inside
+    tau = tau_rel * scores[inside].mean()
+    return inside & (scores > tau)
+
+
+def independent_set(adjacency: torch.Tensor, nodes: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    """A maximal independent set of the graph on ``nodes``, greedy in Welsh-Powell order.
+
+    Nodes are visited by decreasing degree, ties by decreasing confidence (the first colour
+    class of Welsh-Powell colouring); a node joins when none of its neighbours has. Returns (T,)
+    bool; never two adjacent nodes, and every node outside the set has a neighbour inside.
+    """
+    degree = adjacency.sum(dim=1)
+    idx = torch.nonzero(nodes).flatten().tolist()
+    idx.sort(key=lambda i: (-int(degree[i]), -float(confidence[i]), i))
+    chosen = torch.zeros_like(nodes)
+    blocked = torch.zeros_like(nodes)
+    for i in idx:
+        if not blocked[i]:
+            chosen[i] = True
+            blocked |= adjacency[i]
+            blocked[i] = True
+    return chosen
+
+
+def dapd_commit(
+    scores: torch.Tensor,
+    masked: torch.Tensor,
+    confidence: torch.Tensor,
+    tau_rel: float,
+    tail: bool = True,
+    tail_threshold: float = 0.9,
+) -> torch.Tensor:
+    """Positions one DAPD step commits, for one sample.
+
+    ``scores`` (G, G) symmetric attention scores of the canvas, ``masked`` (G,) bool,
+    ``confidence`` (G,). While at least half of the canvas is masked (or ``tail`` is off) the
+    step commits a maximal independent set of :func:`dependency_graph`; once fewer than half
+    are masked it commits every masked position with confidence > ``tail_threshold`` (at least
+    the most confident one), as the paper's tail switch does.
+    """
+    if tail and int(masked.sum()) * 2 < len(masked):
+        commit = masked & (confidence > tail_threshold)
+        best = int(confidence.masked_fill(~masked, float("-inf")).argmax())
+        commit[best] = True
+        return commit
+    adjacency = dependency_graph(scores, masked, tau_rel)
+    return independent_set(adjacency, masked, confidence)
+
+
+@torch.no_grad()
+def decode(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    gen_length: int,
+    mask_id: int,
+    decoder: str,
+    *,
+    tokens_per_step: int = 2,
+    threshold: float = 0.9,
+    tau_rel: float = 0.5,
+    tail: bool = True,
+    last_fraction: float = 0.3,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    forbidden: tuple[int, ...] = (),
+) -> SampleResult:
+    """Decoding of a canvas of ``gen_length`` masks after ``prompt`` with one of :data:`DECODERS`.
+
+    ``one``, ``topk`` (``tokens_per_step``) and ``threshold`` are :func:`mdm_sample`; ``dapd``
+    runs a forward with attention maps per step, builds the dependency graph over the masked
+    canvas positions from :func:`attention_scores` (canvas rows and columns only) and commits
+    :func:`dapd_commit`'s positions. Tokens are the argmax (``temperature = 0``) or drawn from
+    ``softmax(logits / temperature)`` with ``generator``; the confidence of a position is the
+    probability of its token. NFE counts forwards per sample.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r}: must be one of {', '.join(DECODERS)}")
+    if decoder != "dapd":
+        k = 1 if decoder == "one" else tokens_per_step
+        thr = threshold if decoder == "threshold" else None
+        return mdm_sample(
+            model,
+            prompt,
+            gen_length,
+            mask_id,
+            tokens_per_step=k,
+            threshold=thr,
+            temperature=temperature,
+            generator=generator,
+            forbidden=forbidden,
+        )
+    device = prompt.device
+    b, plen = prompt.shape
+    x = torch.cat([prompt, torch.full((b, gen_length), mask_id, dtype=prompt.dtype, device=device)], dim=1)
+    step_of = torch.full((b, gen_length), -1, dtype=torch.long, device=device)
+    nfe = torch.zeros(b, dtype=torch.long, device=device)
+    banned = torch.tensor(sorted({mask_id, *forbidden}), device=device)
+    steps = 0
+    while True:
+        masked = x[:, plen:] == mask_id  # (B, G)
+        active = masked.any(dim=1)
+        if not active.any():
+            break
+        logits, maps = model(input_ids=x, return_attentions=True)
+        logits = logits[:, plen:].float()
+        logits[..., banned] = float("-inf")
+        probs = logits.softmax(dim=-1)
+        if temperature > 0:
+            tempered = (logits / temperature).softmax(dim=-1).flatten(0, 1)
+            cand = torch.multinomial(tempered.cpu(), 1, generator=generator).view(b, gen_length).to(device)
+        else:
+            cand = probs.argmax(dim=-1)
+        conf = probs.gather(-1, cand[..., None]).squeeze(-1)  # (B, G)
+        scores = attention_scores(maps, last_fraction)[:, plen:, plen:]
+        commit = torch.zeros_like(masked)
+        for i in torch.nonzero(active).flatten().tolist():
+            commit[i] = dapd_commit(scores[i], masked[i], conf[i], tau_rel, tail)
+        x[:, plen:] = torch.where(commit, cand, x[:, plen:])
+        step_of[commit] = steps
+        nfe += active.long()
+        steps += 1
+    return SampleResult(tokens=x, nfe=nfe, step=step_of, num_steps=steps)
+
+
+def edge_auc(scores: torch.Tensor, truth: torch.Tensor, nodes: torch.Tensor | None = None) -> float:
+    """ROC AUC of ``scores`` as a detector of the true edges, over unordered pairs of ``nodes``.
+
+    ``scores`` (T, T), ``truth`` (T, T) bool symmetric adjacency, ``nodes`` (T,) bool (default:
+    every position). AUC = P(score of a random true edge > score of a random non-edge), ties
+    counting one half (the Mann-Whitney statistic). NaN when either class is empty.
+    """
+    t = scores.shape[0]
+    nodes = torch.ones(t, dtype=torch.bool) if nodes is None else nodes.bool().cpu()
+    upper = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1) & nodes[:, None] & nodes[None, :]
+    s, y = scores.detach().cpu().float()[upper], truth.cpu().bool()[upper]
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).float().sum()
+    ties = (pos[:, None] == neg[None, :]).float().sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))

@@ -1,0 +1,174 @@
+"""dapd: the task's graph and program check, the DAPD step (independent sets, nothing left
+masked), the edge AUC on known cases, the non-IID split and the option checks (one-line config
+errors, exit 2). No training here."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.config import build_config
+from fedsim.errors import ConfigError
+from tests.conftest import run_fedsim
+from workloads import dapd
+from workloads import diffusion_lm as dlm
+
+from .conftest import small_spec
+
+
+def test_true_graph_joins_the_three_positions_of_every_constraint():
+    g = dapd.true_graph(length=5, copies=2)
+    assert g.shape == (18, 18) and torch.equal(g, g.T) and not g.diagonal().any()
+    assert int(g.sum()) == 2 * 2 * 3 * 4  # 4 constraints per copy, 3 pairs each, both directions
+    # constraint 2 of copy 1: X_2, X_3 (positions 10, 11) and Y_2 (position 9 + 5 + 1 = 15)
+    assert g[10, 11] and g[10, 15] and g[11, 15]
+    assert not g[:9, 9:].any()  # no edge between copies
+    assert not g[5, 6]  # two Y values never share a constraint
+
+
+def test_program_check():
+    rng = np.random.default_rng(0)
+    for x in rng.integers(3, size=(50, 10)):
+        canvas = dapd.canvas_tokens(x, 5)
+        assert dapd.is_valid(canvas, 5)
+        bad = list(canvas)
+        bad[7] = dapd.Y0 + (bad[7] - dapd.Y0 + 1) % 3  # break Y_3 of the first copy
+        assert not dapd.is_valid(bad, 5)
+    swapped = dapd.canvas_tokens(np.array([0, 1, 2, 0, 1]), 5)
+    swapped[0] = dapd.Y0  # a Y token at an X position
+    assert not dapd.is_valid(swapped, 5)
+
+
+def test_clients_draw_from_their_own_distributions_and_the_test_set_is_uniform():
+    wl = dapd.Dapd(small_spec(num_clients=3, samples_per_client=300, test_samples=300))
+    train, test = wl.build_data()
+    for k in range(3):
+        x = np.array([r for r, c in zip(train["x"], train["client"], strict=True) if c == k])
+        share = np.bincount(x.ravel(), minlength=3) / x.size
+        assert share[k] == pytest.approx(0.6, abs=0.05) and share.argmax() == k
+    share = np.bincount(np.array(test["x"]).ravel(), minlength=3) / np.array(test["x"]).size
+    assert np.allclose(share, 1 / 3, atol=0.05)
+
+
+def random_scores(g: int, seed: int) -> torch.Tensor:
+    s = torch.rand(g, g, generator=torch.Generator().manual_seed(seed))
+    return (s + s.T) / 2
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_dapd_step_commits_an_independent_set_of_masked_positions(seed):
+    g = 12
+    gen = torch.Generator().manual_seed(seed)
+    scores = random_scores(g, seed)
+    masked = torch.rand(g, generator=gen) < 0.8
+    masked[0] = True
+    conf = torch.rand(g, generator=gen)
+    adj = dlm.dependency_graph(scores, masked, tau_rel=0.8)
+    commit = dlm.dapd_commit(scores, masked, conf, tau_rel=0.8, tail=False)
+    assert commit.any() and not (commit & ~masked).any()
+    assert not (adj & commit[:, None] & commit[None, :]).any()  # never two positions joined by an edge
+    # maximal: every masked position left out has a committed neighbour
+    left = masked & ~commit
+    assert (adj[left] & commit[None, :]).any(dim=1).all()
+    # the graph lives on masked positions only, with tau relative to their mean off-diagonal score
+    inside = masked[:, None] & masked[None, :] & ~torch.eye(g, dtype=torch.bool)
+    tau = 0.8 * scores[inside].mean()
+    assert torch.equal(adj, inside & (scores > tau))
+
+
+@pytest.mark.parametrize("tail", [False, True])
+def test_dapd_steps_end_with_nothing_masked(tail):
+    """The decoding loop on changing random scores: every graph step is an independent set, the
+    tail switch commits confident positions, and the canvas ends fully unmasked."""
+    g = 15
+    masked = torch.ones(g, dtype=torch.bool)
+    for step in range(g):
+        scores = random_scores(g, 100 + step)
+        conf = torch.rand(g, generator=torch.Generator().manual_seed(step))
+        commit = dlm.dapd_commit(scores, masked, conf, tau_rel=0.5, tail=tail)
+        assert commit.any() and not (commit & ~masked).any()
+        if not tail or int(masked.sum()) * 2 >= g:
+            adj = dlm.dependency_graph(scores, masked, 0.5)
+            assert not (adj & commit[:, None] & commit[None, :]).any()
+        masked &= ~commit
+        if not masked.any():
+            break
+    assert not masked.any()
+
+
+def test_dapd_decoder_fills_the_canvas_with_a_real_model():
+    wl = dapd.Dapd(small_spec(options="pretrain_steps=0,eval_samples=6"))
+    model = wl.build_base_model()
+    for decoder in ("one", "topk", "threshold", "dapd", "dapd_notail"):
+        result = wl.decode(model, 6, decoder)
+        canvas = result.tokens[:, 1:]
+        assert (canvas != dapd.MASK).all() and (result.tokens[:, 0] == dapd.BOS).all()
+        assert (result.step >= 0).all() and (result.nfe <= wl.gen_length).all() and (result.nfe >= 1).all()
+    assert (wl.decode(model, 6, "one").nfe == wl.gen_length).all()
+    with pytest.raises(ValueError, match="decoder='zebra'"):
+        dlm.decode(model, torch.zeros(1, 1, dtype=torch.long), 4, dapd.MASK, "zebra")
+
+
+def test_edge_auc_against_the_true_graph_on_known_cases():
+    truth = dapd.true_graph(5, 1)
+    assert dlm.edge_auc(truth.float(), truth) == 1.0
+    assert dlm.edge_auc(-truth.float(), truth) == 0.0
+    assert dlm.edge_auc(torch.ones(9, 9), truth) == 0.5
+    # a hand case on 3 nodes: true edge (0, 1); scores 0.9 on it, 0.5 and 0.95 on the non-edges
+    t3 = torch.zeros(3, 3, dtype=torch.bool)
+    t3[0, 1] = t3[1, 0] = True
+    s3 = torch.tensor([[0.0, 0.9, 0.5], [0.9, 0.0, 0.95], [0.5, 0.95, 0.0]])
+    assert dlm.edge_auc(s3, t3) == 0.5  # beats one non-edge of two
+    # restricted to nodes {0, 1, 2} minus node 2: only the edge is left, no negative pair: NaN
+    assert np.isnan(dlm.edge_auc(s3, t3, torch.tensor([True, True, False])))
+    # the scores are read symmetrically (upper triangle) and against this graph, not another
+    other = torch.roll(truth, 1, dims=1)
+    assert dlm.edge_auc(truth.float(), other) < 1.0
+
+
+def test_attention_scores_average_heads_and_last_layers_and_symmetrise():
+    a = torch.zeros(1, 2, 3, 3)
+    a[0, 0, 0, 1] = 1.0  # layer 0 only: ignored with last_fraction 0.3 of 3 layers
+    b = torch.zeros(1, 2, 3, 3)
+    b[0, 1, 2, 0] = 1.0
+    s = dlm.attention_scores([a, a, b], last_fraction=0.3)
+    assert s.shape == (1, 3, 3) and s[0, 2, 0] == s[0, 0, 2] == 0.25 and s[0, 0, 1] == 0
+    assert dlm.attention_scores([a, a, b], last_fraction=1.0)[0, 0, 1] == pytest.approx(1 / 6)
+
+
+def test_evaluate_reports_every_decoder_and_the_aucs():
+    wl = dapd.Dapd(small_spec(options="pretrain_steps=0,eval_samples=8"))
+    _, test = wl.build_data()
+    m = wl.evaluate(wl.build_base_model(), test)
+    for decoder in dapd.DECODER_NAMES:
+        assert 0 <= m[f"validity_{decoder}"] <= 1 and 1 <= m[f"nfe_{decoder}"] <= wl.gen_length
+    assert m["nfe_one"] == wl.gen_length and m["nfe_topk"] == 5  # ceil(9 / 2)
+    assert 0 <= m["auc_all_masked"] <= 1 and 0 <= m["auc_half_masked"] <= 1
+    assert m["nfe_topk_at_dapd_nfe"] <= m["nfe_dapd"] + 0.5 + 1e-9 or m["nfe_topk_at_dapd_nfe"] == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("eval_decoders=one zebra", "eval_decoders='one zebra': decoders separated by spaces"),
+        ("tau_rel=0", "tau_rel=0.0: DAPD's threshold relative to the mean score must be positive"),
+        ("tau_rel=-1", "tau_rel=-1.0"),
+        ("length=1", "length=1: the number L of X values must be at least 2"),
+        ("copies=0", "copies=0"),
+        ("client_skew=0.2", "client_skew=0.2"),
+        ("threshold=1", "threshold=1.0"),
+        ("topk_k=10", "topk_k=10: tokens per step must be 1..G"),
+        ("pretrain_task=zebra", "pretrain_task='zebra': must be one of format, rule"),
+        ("positions=alibi", "positions='alibi'"),
+    ],
+)
+def test_bad_options_are_one_line_config_errors(options, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        build_config({"workload.name": "dapd", "workload.options": options})
+    assert "\n" not in str(e.value) and str(e.value).startswith("workload.")
+
+
+def test_bad_option_exits_2_before_anything_runs(tmp_path):
+    out = tmp_path / "o"
+    proc = run_fedsim(["run", "--workload", "dapd", "--set", "workload.options=tau_rel=0", "--out", str(out)])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "tau_rel=0" in proc.stderr and not out.exists()

@@ -1,0 +1,96 @@
+"""reversal-curse and dapd through ``fedsim run`` (Flower, Ray) on a minimal budget, their metrics in
+rounds.jsonl, and notebooks/diffusion_zoo.ipynb on those runs and benchmark-shaped CSVs."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from fedsim.results import read_rounds
+from tests.conftest import run_fedsim
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "diffusion_zoo.ipynb"
+OPTIONS = {
+    "reversal-curse": "num_facts=30,num_pretrain_facts=30,pretrain_steps=20",
+    "dapd": "pretrain_steps=20,eval_samples=8",
+}
+
+
+def run(name: str, out: Path) -> Path:
+    args = ["run", "--workload", name, "--clients", "3", "--rounds", "2", "--clients-per-round", "3"]
+    args += ["--set", f"workload.options={OPTIONS[name]}", "--set", "workload.samples_per_client=16"]
+    args += ["--set", "workload.test_samples=16", "--set", "workload.partition=natural", "--out", str(out), "--quiet"]
+    proc = run_fedsim(args, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, isolated_cache):
+    root = tmp_path_factory.mktemp("zoo")
+    return {name: run(name, root / name) for name in OPTIONS}
+
+
+def test_runs_record_the_workload_metrics(runs):
+    rev = read_rounds(runs["reversal-curse"])
+    assert [r["round"] for r in rev] == [1, 2]
+    for r in rev:
+        m = r["metrics"]
+        assert m["primary_metric"] == m["reverse_accuracy"] and m["chance"] == pytest.approx(1 / 30)
+        assert 0 <= m["forward_accuracy"] <= 1 and -1 <= m["grad_cosine"] <= 1
+    dapd = read_rounds(runs["dapd"])
+    for r in dapd:
+        m = r["metrics"]
+        assert m["primary_metric"] == m["validity_dapd"]
+        for decoder in ("one", "topk", "threshold", "dapd", "dapd_notail"):
+            assert 0 <= m[f"validity_{decoder}"] <= 1 and 1 <= m[f"nfe_{decoder}"] <= 9
+        assert 0 <= m["auc_all_masked"] <= 1 and 0 <= m["auc_half_masked"] <= 1
+    assert json.loads((runs["dapd"] / "summary.json").read_text())["workload"] == "dapd"
+
+
+def write(path: Path, keys: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(keys)
+        writer.writerows(rows)
+    return path
+
+
+def test_notebook_executes_on_runs_and_csvs(runs, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    rev_keys = ["setting", "seed", "round", "forward_accuracy", "reverse_accuracy", "reverse_probability", "chance"]
+    rev_keys += ["grad_cosine", "attention_correlation"]
+    rev_rows = [
+        [s, seed, t, 0.1 * t, 0.05 * t, 0.01, 0.005, 0.3 / t, 0.9]
+        for s in ("mdm", "arm")
+        for seed in (0, 1)
+        for t in (1, 2, 3)
+    ]
+    rev_csv = write(tmp_path / "rev.csv", rev_keys, rev_rows)
+    dapd_rows = [
+        [seed, model, decoder, knob, nfe, valid]
+        for seed in (0, 1)
+        for model in ("dapd-base", "dapd-final")
+        for decoder, knob, nfe, valid in (
+            ("topk", 1, 9, 0.9),
+            ("topk", 3, 3, 0.3),
+            ("dapd", 0.5, 4, 0.8),
+            ("auc_all_masked", 0, 0, 0.9),
+        )
+    ]
+    dapd_csv = write(tmp_path / "dapd.csv", ["seed", "model", "decoder", "knob", "nfe", "validity"], dapd_rows)
+    setup = (
+        f"REV_RESULTS = {str(runs['reversal-curse'])!r}\nDAPD_RESULTS = {str(runs['dapd'])!r}\n"
+        f"REV_CSV = {str(rev_csv)!r}\nDAPD_CSV = {str(dapd_csv)!r}"
+    )
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4

@@ -1,0 +1,330 @@
+"""reversal-curse: does a masked-diffusion LM's escape from the reversal curse survive federated
+LoRA? (arXiv 2602.02133)
+
+The paper: an autoregressive LM trained on "a IS b" cannot answer "b IS ?" with a (the reversal
+curse); a masked diffusion LM largely can. The authors trace this to the architecture rather
+than to the any-order objective alone: the MDM's objective also trains "[M] IS b -> a" (the
+statement with its subject masked), and in a one-layer encoder the query, key and value
+weights are shared by every position, so the attention score of that training example (mask
+at position 0 attending to b at +2) and of the reverse probe "b IS [M]" (mask at position 2
+attending to b at -2) are positively correlated, and the gradients of the forward and the
+reverse loss are aligned: minimising the forward loss lowers the reverse loss.
+
+Data (generated in-package; one task per seed): entity tokens in two disjoint pools.
+
+- *pretraining facts*: ``num_pretrain_facts`` pairs (c_j, d_j) stated in both directions
+  ("c IS d" and "d IS c"); the base learns the template and the two-way use of IS,
+- *new facts*: ``num_facts`` = N pairs (a_j, b_j) of fresh entities, stated forward only
+  ("a_j IS b_j"); client k holds the facts with ``j mod num_clients == k`` (natural split).
+
+A statement is the three tokens ``[x, IS, y]``. The MDM is trained with the LLaDA loss on the
+two entity positions (the template token is never masked); the ARM with next-token loss.
+Probes, never in the training data: forward ``[a, IS, [M]] -> b``, reverse ``[b, IS, [M]] -> a``
+for the MDM; the prefixes ``[a, IS]`` and ``[b, IS]`` for the ARM. Chance is 1/N.
+
+Model (option ``model``): ``mdm`` (bidirectional) or ``arm`` (causal), the same transformer of
+:mod:`workloads.diffusion_lm`, one layer by default, rotary positions (``positions=learned``:
+learned absolute positions, the paper's ablation). The ``tiny`` base is pretrained by fedsim on
+the pretraining facts and cached (:mod:`workloads.cache`); federated LoRA (``q k v o up down``)
+then teaches the new facts forward only. The new entities' input embeddings and output rows
+are untrained in the base, so ``embed`` and ``head`` are trained and uploaded dense beside the
+LoRA factors (``extra_trainable``). The ``from-scratch`` preset is the paper's own setting: no
+pretraining, every weight trainable and sent dense (d_model 128, the pilot's size).
+
+Metrics each round on the global model (over the test facts, which are trained facts):
+``forward_accuracy``, ``reverse_accuracy`` (top-1 over the vocabulary; the primary metric),
+``reverse_probability`` (mean probability of the correct reverse answer) and ``chance`` (1/N),
+``grad_cosine``: ``cos(grad L_fwd, grad L_rev)`` over the trainable weights, with ``L_fwd`` the
+training loss of the forward statements (fixed noise) and ``L_rev`` the cross-entropy of the
+reverse probes, ``attention_correlation``: Pearson correlation over facts and heads of the
+layer-averaged attention weight of the mask on b in "[M] IS b" (position 0 -> 2, what the
+forward statement trains) and in the reverse probe "b IS [M]" (position 2 -> 0); 0 for the ARM,
+whose position 0 cannot attend forward. ``loss``: the training loss on the test facts.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import nn
+
+from fedsim.errors import ConfigError
+from workloads import diffusion_lm as dlm
+from workloads.base import Workload
+
+MASK, IS = 0, 1
+SPECIAL = ["<mask>", "IS"]
+MODELS = ("mdm", "arm")
+
+
+def vocab_size(num_facts: int, num_pretrain_facts: int) -> int:
+    return len(SPECIAL) + 2 * (num_facts + num_pretrain_facts)
+
+
+def make_facts(num_facts: int, num_pretrain_facts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(new, pretrain): (N, 2) and (N_pre, 2) entity token ids, every entity in exactly one fact.
+
+    The new facts use ids ``2 .. 2 + 2N - 1``, the pretraining facts the ids after them; within
+    a pool the pairing is a random permutation of the seed.
+    """
+    rng = np.random.default_rng([seed, 0xFAC7])
+    new = len(SPECIAL) + rng.permutation(2 * num_facts).reshape(num_facts, 2)
+    first = len(SPECIAL) + 2 * num_facts
+    pre = first + rng.permutation(2 * num_pretrain_facts).reshape(num_pretrain_facts, 2)
+    return new.astype(np.int64), pre.astype(np.int64)
+
+
+def statements(pairs: np.ndarray) -> torch.Tensor:
+    """(n, 3) ``[x, IS, y]`` for every pair (x, y)."""
+    pairs = torch.as_tensor(pairs, dtype=torch.long)
+    return torch.stack([pairs[:, 0], torch.full_like(pairs[:, 0], IS), pairs[:, 1]], dim=1)
+
+
+class ReversalCurse(Workload):
+    name: ClassVar[str] = "reversal-curse"
+    description: ClassVar[str] = (
+        "one-layer MDM or ARM (cached base on two-way facts) + LoRA on new facts stated forward only; "
+        "forward/reverse accuracy, gradient cosine"
+    )
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # 0.1M parameters; pretraining takes a few seconds.
+        "tiny": {
+            "model": "mdm",
+            "d_model": 64,
+            "num_heads": 4,
+            "num_layers": 1,
+            "d_ff": 256,
+            "positions": "rotary",
+            "num_facts": 200,
+            "num_pretrain_facts": 200,
+            "from_scratch": False,
+            "pretrain_steps": 400,
+            "pretrain_lr": 3e-3,
+        },
+    }
+    presets["from-scratch"] = {**presets["tiny"], "d_model": 128, "d_ff": 512, "from_scratch": True}
+    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {"model": MODELS, "positions": dlm.POSITIONS}
+    primary_metric: ClassVar[str] = "reverse_accuracy"
+    lora_target_modules: ClassVar[list[str]] = ["q", "k", "v", "o", "up", "down"]
+    extra_trainable: ClassVar[list[str]] = ["embed", "head"]
+    label_column: ClassVar[str] = "client"
+    natural_partition_column: ClassVar[str | None] = "client"
+
+    @classmethod
+    def resolve_params(cls, preset: str, options: str = "") -> dict[str, Any]:
+        """The preset with ``workload.options`` applied, and the checks that span keys (one-line errors)."""
+        p = super().resolve_params(preset, options)
+
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"workload.options: {key}={p[key]!r}: {why}")
+
+        if p["num_facts"] < 2:
+            raise bad("num_facts", "the number N of new facts must be at least 2 (chance is 1/N)")
+        if p["num_pretrain_facts"] < 0:
+            raise bad("num_pretrain_facts", "must be 0 or more")
+        for key in ("d_model", "num_heads", "num_layers", "d_ff"):
+            if p[key] < 1:
+                raise bad(key, "must be a positive integer")
+        if p["pretrain_steps"] < 0 or p["pretrain_lr"] <= 0:
+            raise bad("pretrain_steps" if p["pretrain_steps"] < 0 else "pretrain_lr", "out of range")
+        if p["d_model"] % p["num_heads"] or (p["positions"] == "rotary" and (p["d_model"] // p["num_heads"]) % 2):
+            raise bad("d_model", f"must be a multiple of num_heads={p['num_heads']} (an even head width for rotary)")
+        return p
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        p = self.params
+        self.causal = p["model"] == "arm"
+        self.new_facts, self.pretrain_facts = make_facts(p["num_facts"], p["num_pretrain_facts"], spec.seed)
+        self._data: tuple[Dataset, Dataset] | None = None
+
+    # -- model ---------------------------------------------------------------------------
+    def model_config(self) -> dlm.TransformerConfig:
+        p = self.params
+        return dlm.TransformerConfig(
+            vocab_size=vocab_size(p["num_facts"], p["num_pretrain_facts"]),
+            d_model=p["d_model"],
+            num_heads=p["num_heads"],
+            num_layers=p["num_layers"],
+            d_ff=p["d_ff"],
+            positions=p["positions"],
+            max_len=3,
+            causal=self.causal,
+        )
+
+    def pretrain_payload(self) -> dict[str, Any]:
+        """What determines the pretrained base (its cache key)."""
+        from workloads.cache import source_digest
+
+        keys = [k for k in self.params if k != "from_scratch"]
+        return {
+            "workload": self.name,
+            "params": {k: self.params[k] for k in keys},
+            "seed": self.spec.seed,
+            "code": source_digest(sys.modules[__name__], dlm),
+            "torch": torch.__version__.split("+")[0],
+        }
+
+    def _random_model(self) -> nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(self.spec.seed)
+            return dlm.TransformerLM(self.model_config())
+
+    def build_base_model(self) -> nn.Module:
+        """The cached base pretrained on the two-way facts, or a random model (``from_scratch``)."""
+        from workloads.cache import cached_model
+
+        p = self.params
+        if p["from_scratch"] or p["pretrain_steps"] == 0 or p["num_pretrain_facts"] == 0:
+            self.pretrain_meta = {"pretrain": None}
+            return self._random_model().eval()
+        model, self.pretrain_meta = cached_model(self.name, self.pretrain_payload(), self._random_model, self._pretrain)
+        return model.eval()
+
+    def build_model(self) -> nn.Module:
+        """peft LoRA on the base; ``from_scratch``: the random model itself, every weight trainable (sent dense)."""
+        if not self.params["from_scratch"]:
+            return super().build_model()
+        model = self.build_base_model()
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+
+    def _pretrain(self, model: nn.Module) -> dict[str, Any]:
+        """Full-batch AdamW on the pretraining facts stated in both directions."""
+        p = self.params
+        pairs = np.concatenate([self.pretrain_facts, self.pretrain_facts[:, ::-1]])
+        batch = self.batch_of(statements(pairs))
+        opt = torch.optim.AdamW(model.parameters(), lr=p["pretrain_lr"], weight_decay=0.0)
+        model.train()
+        losses = []
+        for step in range(p["pretrain_steps"]):
+            gen = torch.Generator().manual_seed(self.spec.seed * 100003 + step)
+            loss = self.statement_loss(model, batch, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+        acc = self.probe_accuracy(model, pairs)
+        return {"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1], "two_way_accuracy": acc}
+
+    # -- data ----------------------------------------------------------------------------
+    def client_facts(self, client: int) -> list[int]:
+        """Indices j of the new facts client ``client`` holds: ``j mod num_clients == client``."""
+        n, num = self.params["num_facts"], self.spec.num_clients
+        own = [j for j in range(n) if j % num == client]
+        return own or [client % n]  # more clients than facts: share
+
+    def build_data(self) -> tuple[Dataset, Dataset]:
+        """Train rows: each client's own facts, cycled to ``samples_per_client`` rows; test: trained facts."""
+        if self._data is None:
+            spec = self.spec
+            columns: dict[str, list] = {"fact": [], "a": [], "b": [], "client": []}
+            for client in range(spec.num_clients):
+                own = self.client_facts(client)
+                for i in range(spec.samples_per_client):
+                    j = own[i % len(own)]
+                    columns["fact"].append(j)
+                    columns["a"].append(int(self.new_facts[j, 0]))
+                    columns["b"].append(int(self.new_facts[j, 1]))
+                    columns["client"].append(client)
+            seen = sorted(set(columns["fact"]))[: spec.test_samples]
+            test = {"fact": seen, "a": [int(self.new_facts[j, 0]) for j in seen]}
+            test["b"] = [int(self.new_facts[j, 1]) for j in seen]
+            self._data = Dataset.from_dict(columns), Dataset.from_dict(test)
+        return self._data
+
+    @staticmethod
+    def batch_of(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        response = torch.zeros_like(ids, dtype=torch.bool)
+        response[:, 0] = response[:, 2] = True  # the entities; the template token is never masked
+        return {"input_ids": ids, "response": response}
+
+    def collate(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        """Rows to forward statements ``input_ids`` (B, 3) = ``[a, IS, b]`` and ``response`` (B, 3)."""
+        return self.batch_of(statements(np.stack([rows["a"], rows["b"]], axis=1)))
+
+    # -- losses and probes ----------------------------------------------------------------
+    def statement_loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        if self.causal:
+            return dlm.arm_loss(model, batch["input_ids"], batch["response"])
+        return dlm.mdm_loss(model, batch["input_ids"], batch["response"], MASK, generator)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """LLaDA loss on the entities (MDM) or next-token loss (ARM); the noise is a function of the batch."""
+        return self.statement_loss(model, batch, dlm.batch_generator(batch["input_ids"], self.spec.seed))
+
+    def answer_logits(self, model: nn.Module, given: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits of the answer to ``[given, IS, ?]``: position 2 of ``[x, IS, [M]]`` (MDM), or the
+        next token after ``[x, IS]`` (ARM)."""
+        if self.causal:
+            return model(input_ids=torch.stack([given, torch.full_like(given, IS)], dim=1))[:, -1]
+        probe = torch.stack([given, torch.full_like(given, IS), torch.full_like(given, MASK)], dim=1)
+        return model(input_ids=probe)[:, 2]
+
+    @torch.no_grad()
+    def probe_accuracy(self, model: nn.Module, pairs: np.ndarray) -> float:
+        pairs = torch.as_tensor(np.ascontiguousarray(pairs))
+        return float((self.answer_logits(model, pairs[:, 0]).argmax(-1) == pairs[:, 1]).float().mean())
+
+    def grad_cosine(self, model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> float:
+        """cos(grad L_fwd, grad L_rev) over the trainable weights (see the module docstring)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            return 0.0
+        batch = self.batch_of(statements(torch.stack([a, b], dim=1)))
+        with torch.enable_grad():
+            fwd = torch.autograd.grad(self.loss(model, batch), params, allow_unused=True)
+            rev_loss = F.cross_entropy(self.answer_logits(model, b), a)
+            rev = torch.autograd.grad(rev_loss, params, allow_unused=True)
+        flat = [
+            torch.cat(
+                [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gs, params, strict=True)]
+            )
+            for gs in (fwd, rev)
+        ]
+        denom = flat[0].norm() * flat[1].norm()
+        return float(flat[0] @ flat[1] / denom) if denom > 0 else 0.0
+
+    @torch.no_grad()
+    def attention_correlation(self, model: nn.Module, b: torch.Tensor) -> float:
+        """Pearson correlation over facts and heads: weight of position 0 on 2 in ``[M] IS b`` vs of 2 on 0 in ``b IS [M]``."""
+        if self.causal:
+            return 0.0
+        subject_masked = torch.stack([torch.full_like(b, MASK), torch.full_like(b, IS), b], dim=1)
+        reverse_probe = torch.stack([b, torch.full_like(b, IS), torch.full_like(b, MASK)], dim=1)
+        _, maps_f = model(input_ids=subject_masked, return_attentions=True)
+        _, maps_r = model(input_ids=reverse_probe, return_attentions=True)
+        fwd = torch.stack([m[:, :, 0, 2] for m in maps_f]).mean(0).flatten()  # (B * H,)
+        rev = torch.stack([m[:, :, 2, 0] for m in maps_r]).mean(0).flatten()
+        fwd, rev = fwd - fwd.mean(), rev - rev.mean()
+        denom = fwd.norm() * rev.norm()
+        return float(fwd @ rev / denom) if denom > 0 else 0.0
+
+    def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
+        model.eval()
+        a, b = torch.tensor(data["a"]), torch.tensor(data["b"])
+        with torch.no_grad():
+            loss = float(self.loss(model, self.collate(data[:])))
+            fwd = self.answer_logits(model, a)
+            rev = self.answer_logits(model, b)
+            rev_prob = rev.float().softmax(-1).gather(1, a[:, None]).squeeze(1)
+        return {
+            "loss": loss,
+            "forward_accuracy": float((fwd.argmax(-1) == b).float().mean()),
+            "reverse_accuracy": float((rev.argmax(-1) == a).float().mean()),
+            "reverse_probability": float(rev_prob.mean()),
+            "chance": 1.0 / self.params["num_facts"],
+            "grad_cosine": self.grad_cosine(model, a, b),
+            "attention_correlation": self.attention_correlation(model, b),
+        }
+
+    def flops_per_sample(self) -> float:
+        """Training FLOPs of one three-token statement (:func:`diffusion_lm.training_flops_per_token`)."""
+        return 3 * dlm.training_flops_per_token(self.model_config(), 3)
