@@ -100,7 +100,7 @@ def dapd_curve(wl, model, num: int, seed: int) -> list[dict]:
 def rainbow_curve(seed: int, args: argparse.Namespace) -> list[dict]:
     """The decoders on the rainbow-padding base (eos-pretrained, cached), greedy as that workload samples."""
     from fedsim.config import build_config
-    from fedsim.runtime import workload_spec
+    from fedsim.training import workload_spec
     from workloads import diffusion_lm as dlm
     from workloads import rainbow_padding as rp
 

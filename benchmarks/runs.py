@@ -40,7 +40,7 @@ def final_model(folder: Path, flat: dict):
     from safetensors.numpy import load_file
 
     from fedsim.config import build_config
-    from fedsim.runtime import workload_spec
+    from fedsim.training import workload_spec
     from workloads import get_workload_class
     from workloads.base import load_trainable_state
 

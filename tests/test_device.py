@@ -22,7 +22,11 @@ from workloads import get_workload_class
 
 
 def test_gpus_per_client_reaches_ray_client_resources():
-    assert backend_config(build_config({}))["client_resources"] == {"num_cpus": 1.0, "num_gpus": 0.0, "max_restarts": -1}
+    assert backend_config(build_config({}))["client_resources"] == {
+        "num_cpus": 1.0,
+        "num_gpus": 0.0,
+        "max_restarts": -1,
+    }
     cfg = build_config({"simulation.gpus_per_client": 0.25, "simulation.bf16": parse_value("true")})
     assert backend_config(cfg)["client_resources"]["num_gpus"] == 0.25
     assert cfg.simulation.bf16 is True

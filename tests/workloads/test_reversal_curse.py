@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.config import build_config
+from fedsim.checks import checked_config
 from fedsim.errors import ConfigError
 from tests.conftest import run_fedsim
 from workloads import reversal_curse as rc
@@ -97,7 +97,7 @@ def test_evaluate_metrics_on_an_untrained_model():
 )
 def test_bad_options_are_one_line_config_errors(options, message):
     with pytest.raises(ConfigError, match=message) as e:
-        build_config({"workload.name": "reversal-curse", "workload.options": options})
+        checked_config({"workload.name": "reversal-curse", "workload.options": options})
     assert "\n" not in str(e.value) and str(e.value).startswith("workload.")
 
 
