@@ -266,13 +266,11 @@ def _record_value(record: dict[str, Any], name: str) -> float:
 
 
 def _figure(ncols: int = 1, width_in: float = 5.5):
-    import matplotlib
+    """A figure outside pyplot's state (no backend, nothing to close; Jupyter displays it as an image)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=(width_in * ncols, 3.8), dpi=110, squeeze=False)
-    return fig, list(axes[0])
+    fig = Figure(figsize=(width_in * ncols, 3.8), dpi=110)
+    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
 
 
 def _metric_label(runs: Sequence[RunResult]) -> str:
@@ -421,16 +419,12 @@ def effect_points(
     regex = re.compile(pattern)
     out: dict[str, list[tuple[str, float, float, float]]] = {}
     for label, members in group_runs(runs, by).items():
-        finals = [
-            (m.summary or {}).get("final_metrics") or (m.records[-1]["metrics"] if m.records else {}) for m in members
-        ]
-        xs: list[str] = []
-        for f in finals:
-            xs += [match.group(1) for k in f if (match := regex.fullmatch(k)) and match.group(1) not in xs]
-        points = []
-        for x in xs:
-            key = next(k for k in finals[0] if (match := regex.fullmatch(k)) and match.group(1) == x) if finals else x
-            points.append((x, *mean_ci([float(f[key]) if _is_number(f.get(key)) else math.nan for f in finals])[:3]))
+        per_run = []
+        for m in members:
+            final = (m.summary or {}).get("final_metrics") or (m.records[-1]["metrics"] if m.records else {})
+            per_run.append({match.group(1): v for k, v in final.items() if (match := regex.fullmatch(k))})
+        xs = list(dict.fromkeys(x for values in per_run for x in values))
+        points = [(x, *mean_ci([v.get(x, math.nan) for v in per_run])[:3]) for x in xs]
         if points:
             out[label] = points
     return out
@@ -473,15 +467,12 @@ def effect_figure(runs: Sequence[RunResult], workload: str, by: Sequence[str] | 
 
 
 def save_figure(fig, out_dir: str | Path, stem: str) -> list[Path]:
-    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` in ``out_dir`` and close it; returns the paths."""
-    import matplotlib.pyplot as plt
-
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` in ``out_dir``; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
     for p in paths:
         fig.savefig(p)
-    plt.close(fig)
     return paths
 
 
@@ -491,7 +482,7 @@ def campaign_figures(runs: Sequence[RunResult], by: Sequence[str] | None = None)
     figures = {
         "metric_vs_uplink_bits": (
             metric_curves_figure(runs, by, "bits"),
-            "Final metric against cumulative uplink bits",
+            "Metric against cumulative uplink bits",
         ),
         "metric_vs_round": (metric_curves_figure(runs, by, "round"), "Metric against round"),
         "latency_vs_budget": (latency_budget_figure(runs, by), "Time-average latency against the budget"),

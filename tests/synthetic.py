@@ -55,7 +55,9 @@ def write_run(
         if cfg.tsfa.scheduler == "tsfa":
             record["queue"] = 0.05 * t
         writer.append(record)
-    writer.finish(status=status, error=None if status == "ok" else "synthetic failure", primary_metric="accuracy", wall_s=1.0)
+    writer.finish(
+        status=status, error=None if status == "ok" else "synthetic failure", primary_metric="accuracy", wall_s=1.0
+    )
     return folder
 
 
@@ -67,8 +69,7 @@ def write_sweep(folder: Path, runs: list[tuple[str, dict[str, Any], float]], axe
         "name": folder.name,
         "axes": axes,
         "runs": [
-            {"name": n, "folder": f"runs/{n}", "overrides": o, "status": "done", "returncode": 0}
-            for n, o, _ in runs
+            {"name": n, "folder": f"runs/{n}", "overrides": o, "status": "done", "returncode": 0} for n, o, _ in runs
         ],
     }
     (folder / "sweep.json").write_text(json.dumps(index))

@@ -122,10 +122,24 @@ def test_tsfa_latency_and_effect_figures(tmp_path):
 
 
 def test_report_command_writes_page_tables_and_figures(sweep_dir, tmp_path, capsys):
-    extra = write_run(tmp_path / "failed-run", {"run.method": "soft", "soft.rho": 0.5, "run.seed": 9}, 0.1, status="failed")
+    extra = write_run(
+        tmp_path / "failed-run", {"run.method": "soft", "soft.rho": 0.5, "run.seed": 9}, 0.1, status="failed"
+    )
     out = tmp_path / "report"
     with pytest.raises(SystemExit) as e:
-        main(["report", str(sweep_dir), str(extra), "--out", str(out), "--metric", "primary_metric", "--metric", "accuracy"])
+        main(
+            [
+                "report",
+                str(sweep_dir),
+                str(extra),
+                "--out",
+                str(out),
+                "--metric",
+                "primary_metric",
+                "--metric",
+                "accuracy",
+            ]
+        )
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == str(out / "report.md")
     page = (out / "report.md").read_text()

@@ -85,13 +85,13 @@ BAD_SWEEPS = [
     ('[sweep.grid]\n"run.rounds" = 3\n', "axis 'run.rounds'=3: must be a list"),
     ('[[sweep.zip]]\n"soft.rho" = [0.1, 0.2]\n"lora.rank" = [4]\n', "equal lengths"),
     ('[sweep]\nseeds = [0]\n[sweep.grid]\n"run.seed" = [1]\n', "axis 'run.seed' is given more than once"),
-    ('[sweep]\nrepeat = 3\n', "unknown key 'sweep.repeat'"),
+    ("[sweep]\nrepeat = 3\n", "unknown key 'sweep.repeat'"),
     ('[sweep.grid]\n"tsfa.scheduler" = ["tsfa"]\n', "axis 'tsfa.scheduler' value 'tsfa'"),
     ('[sweep.grid]\n"run.clients" = [4]\n[run]\nclients_per_round = 8\n', "run with run.clients=4"),
     ('[sweep.grid]\n"workload.name" = ["no-such-workload"]\n', "axis 'workload.name' value 'no-such-workload'"),
     ('[sweep]\nname = "a b"\n', "sweep.name='a b'"),
     ("[sweep\n", "not valid TOML"),
-    ('[run]\nrounds = 0\n[sweep]\nseeds = [0]\n', "base configuration: run.rounds=0"),
+    ("[run]\nrounds = 0\n[sweep]\nseeds = [0]\n", "base configuration: run.rounds=0"),
     ('[sweep]\nconfig = "missing.toml"\n', "file not found"),
     ('[sweep.grid]\n"tracking.backends" = ["wandb"]\n', "axis 'tracking.backends' value 'wandb'"),
 ]
@@ -111,7 +111,7 @@ def test_bad_sweep_file_exit_2_one_line_nothing_written(tmp_path, capsys, text, 
 
 
 def test_sweep_refuses_other_folders(tmp_path, capsys):
-    path = _write(tmp_path, '[sweep]\nseeds = [0]\n[run]\nclients = 4\nrounds = 2\n')
+    path = _write(tmp_path, "[sweep]\nseeds = [0]\n[run]\nclients = 4\nrounds = 2\n")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("")
     with pytest.raises(SystemExit) as e:
@@ -140,7 +140,7 @@ def test_run_state(tmp_path):
 
 
 def test_concurrent_runs_share_the_cores(tmp_path):
-    path = _write(tmp_path, '[sweep]\nseeds = [0]\n[run]\nclients = 4\nrounds = 2\n')
+    path = _write(tmp_path, "[sweep]\nseeds = [0]\n[run]\nclients = 4\nrounds = 2\n")
     spec = load_sweep(path).runs[0]
     assert "max_concurrent_clients = 4" in run_config_text(spec, jobs=2, ray_address=None, cpus=8)
     assert "max_concurrent_clients = 1" in run_config_text(spec, jobs=4, ray_address=None, cpus=2)
@@ -184,7 +184,7 @@ def fake_sweep(tmp_path, monkeypatch):
     script = tmp_path / "fake_fedsim.py"
     script.write_text(FAKE_RUN)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "log.txt"))
-    path = _write(tmp_path, '[sweep]\nseeds = [1, 13, 2, 3]\n[run]\nclients = 4\nrounds = 2\n')
+    path = _write(tmp_path, "[sweep]\nseeds = [1, 13, 2, 3]\n[run]\nclients = 4\nrounds = 2\n")
     return load_sweep(path), [sys.executable, str(script)], tmp_path
 
 
@@ -200,7 +200,9 @@ def test_execute_runs_in_parallel_records_failures_and_skips_finished(fake_sweep
     assert [r["status"] for r in saved["runs"]] == ["done", "failed", "done", "done"]
     assert saved["runs"][1]["overrides"] == {"run.seed": 13} and saved["axes"] == ["run.seed"]
     csv_lines = (out / "sweep.csv").read_text().splitlines()
-    assert csv_lines[0] == "name,status,returncode,wall_s,run.seed,error" and csv_lines[2].startswith("seed-13,failed,1,")
+    assert csv_lines[0] == "name,status,returncode,wall_s,run.seed,error" and csv_lines[2].startswith(
+        "seed-13,failed,1,"
+    )
     assert (out / "sweep.toml").read_text() == sweep.text
     # two at a time: some run started before another ended
     times: dict[str, list[float]] = {}
