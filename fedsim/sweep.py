@@ -27,6 +27,7 @@ results, of the runs already there.
 
 Sweep folder::
 
+    mlruns/         the MLflow file store of the runs, when tracking.backends has mlflow
     sweep.json      the index: name, axes, and per run its overrides, status, exit code, wall time
     sweep.csv       the same, one row per run (run name, status, one column per axis key)
     sweep.toml      a copy of the sweep file
@@ -303,14 +304,26 @@ def default_jobs(cfg: Config, cpus: int | None = None) -> int:
     return max(1, int(cpus // max(cfg.simulation.cpus_per_client, 1.0)))
 
 
-def run_config_text(spec: RunSpec, jobs: int, ray_address: str | None, cpus: int | None = None) -> str:
+def run_config_text(
+    spec: RunSpec,
+    jobs: int,
+    ray_address: str | None,
+    cpus: int | None = None,
+    out: Path | None = None,
+    sweep_name: str = "",
+) -> str:
     """The TOML a run is started with: its configuration, the Ray address, and its share of the cores.
 
     A local Ray of each of ``jobs`` concurrent runs gets ``cpus / jobs`` client slots (when the
     configuration leaves ``simulation.max_concurrent_clients`` at 0), so the runs share the cores
-    instead of each starting one actor per core.
+    instead of each starting one actor per core. With MLflow tracking on, the runs of a sweep share
+    one store, ``<out>/mlruns`` (unless ``tracking.mlflow_uri`` names one), and one experiment named
+    after the sweep (unless ``tracking.experiment`` names one).
     """
     flat = spec.config.to_flat()
+    if "mlflow" in flat["tracking.backends"] and out is not None:
+        flat["tracking.mlflow_uri"] = flat["tracking.mlflow_uri"] or (out / "mlruns").resolve().as_uri()
+        flat["tracking.experiment"] = flat["tracking.experiment"] or sweep_name
     if ray_address:
         flat["simulation.ray_address"] = ray_address
     elif not flat["simulation.max_concurrent_clients"]:
@@ -472,7 +485,7 @@ def execute(
         if state in ("interrupted", "failed"):
             args = ["run", "--resume", str(folder), "--quiet"]
         else:
-            _atomic_write(cfg_path, run_config_text(spec, jobs, ray_address))
+            _atomic_write(cfg_path, run_config_text(spec, jobs, ray_address, out=out, sweep_name=sweep.name))
             args = ["run", "--config", str(cfg_path), "--out", str(folder), "--quiet", "--force"]
         log = (out / "logs" / f"{spec.name}.log").open("a")
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} fedsim {' '.join(args)}\n")
@@ -486,8 +499,8 @@ def execute(
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         running[spec.name] = (proc, time.monotonic(), log)
-        index.rows[spec.name].status = "running"
-        index.rows[spec.name].returncode = None
+        row = index.rows[spec.name]
+        row.status, row.returncode, row.error = "running", None, None
         index.write()
 
     def reap() -> None:

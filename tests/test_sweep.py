@@ -246,3 +246,20 @@ except Interrupted as e:
     rows = {r["name"]: r for r in json.loads((out / "sweep.json").read_text())["runs"]}
     assert sorted(r["status"] for r in rows.values()) == ["interrupted", "interrupted", "pending", "pending"]
     assert all(rows[n]["returncode"] == 130 for n in rows if rows[n]["status"] == "interrupted")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml")), ids=str)
+def test_experiment_sweep_files_are_valid(path):
+    sweep = load_sweep(path)
+    assert sweep.runs and sweep.name == path.stem
+    assert len({r.name for r in sweep.runs}) == len(sweep.runs)
+
+
+def test_example_sweep_file_is_valid():
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "examples" / "sweep.toml")
+    assert [r.name for r in sweep.runs] == [
+        "method-ideal_seed-0",
+        "method-ideal_seed-1",
+        "method-soft_seed-0",
+        "method-soft_seed-1",
+    ]
