@@ -125,14 +125,12 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path):
     address = f"{host}:{_free_port(host)}"
     session_dir = tempfile.mkdtemp(prefix="fsray-")  # short: Ray's socket paths must stay under 108 bytes
     start = ["ray", "start", "--block", "--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", host]
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     nodes = []
     try:
         head = [*start, "--head", "--include-dashboard", "false", "--port", address.rpartition(":")[2]]
         nodes.append(
             subprocess.Popen(
                 [*head, "--temp-dir", session_dir],
-                env=env,
                 start_new_session=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -142,7 +140,6 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path):
         nodes.append(
             subprocess.Popen(
                 [*start, "--address", address],
-                env=env,
                 start_new_session=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
