@@ -159,8 +159,9 @@ def _axis_values(key: str, values: Any, where: str) -> list[Any]:
 def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep:
     """Read, expand and validate a sweep file; any problem is one-line :class:`ConfigError`.
 
-    Every axis value is checked against the base configuration on its own first (so the error
-    names the axis and the value), then every run's whole configuration is built.
+    The base configuration is built first, then every axis value on its own (key, type, range),
+    then every run's whole configuration (rules across keys, the method and workload registries,
+    the tracking backends); an error names the axis and the value wherever one is to blame.
     """
     from fedsim.cli import resolve_config
 
