@@ -73,7 +73,7 @@ def run_id(seed: int, args: argparse.Namespace) -> str:
 
 def one_run(seed: int, args: argparse.Namespace) -> dict:
     from fedsim.config import build_config
-    from fedsim.runtime import get_runtime
+    from fedsim.training import load_workload
 
     rid = run_id(seed, args)
     path = args.out / "clip_memorisation_runs" / f"{rid}.json"
@@ -82,7 +82,7 @@ def one_run(seed: int, args: argparse.Namespace) -> dict:
         return json.loads(path.read_text())
     flat = overrides(seed, args)
     t0 = time.perf_counter()
-    rt = get_runtime(build_config(flat))  # pretrains (or loads) the bases; LoRA B = 0: the base model
+    rt = load_workload(build_config(flat))  # pretrains (or loads) the bases; LoRA B = 0: the base model
     base = rt.workload.evaluate(rt.model, rt.test)
     base_s = time.perf_counter() - t0
     out = args.out / "clip_memorisation_runs" / rid

@@ -58,7 +58,7 @@ def overrides(size: str, fmt: str, seed: int, args: argparse.Namespace) -> dict:
 def base_metrics(flat: dict) -> tuple[dict, dict, int]:
     """Pretrain (or load) the base in this process and evaluate it: the round-0 point."""
     from fedsim.config import build_config
-    from fedsim.runtime import workload_spec
+    from fedsim.training import workload_spec
     from workloads import get_workload_class
 
     cfg = build_config(flat)

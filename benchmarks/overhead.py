@@ -6,7 +6,7 @@
     of sampled clients receive and return the dense adapter arrays. Both are whole processes,
     timed from start to exit, on the same Ray settings (1 CPU per client).
 (b) the default ``fedsim run --clients 50`` wall time against the sum of its clients' training
-    time measured in-process (``fedsim.runtime.client_update`` for every sampled client of every
+    time measured in-process (``fedsim.training.client_update`` for every sampled client of every
     round, one after another, no Flower), divided by the cores the run uses.
 
 Goals reported: (a) fedsim / plain <= 1.10; (b) wall <= 1.3 x compute / cores.
@@ -88,7 +88,7 @@ def plain_flower(num_clients: int, rounds: int, per_round: int, shapes_file: str
 
 
 def adapter_shapes(cfg) -> dict[str, list[int]]:
-    from fedsim.runtime import initial_state
+    from fedsim.training import initial_state
 
     return {k: list(v.shape) for k, v in initial_state(cfg).items()}
 
@@ -97,11 +97,11 @@ def in_process_compute_s(cfg) -> tuple[float, int]:
     """Sum of client_update wall time over every sampled client of every round, one process."""
     import torch
 
-    from fedsim.rounds import sample_clients
-    from fedsim.runtime import client_update, get_runtime, initial_state
+    from fedsim.seeding import sample_clients
+    from fedsim.training import client_update, initial_state, load_workload
 
     torch.set_num_threads(int(cfg.simulation.cpus_per_client))
-    get_runtime(cfg)
+    load_workload(cfg)
     state = initial_state(cfg)
     total, calls = 0.0, 0
     for r in range(1, cfg.run.rounds + 1):

@@ -82,7 +82,7 @@ def base_run(seed: int, args: argparse.Namespace) -> dict:
         print(f"{run_id}: kept from {path}")
         return json.loads(path.read_text())
     from fedsim.config import build_config
-    from fedsim.runtime import workload_spec
+    from fedsim.training import workload_spec
     from workloads import get_workload_class
 
     cfg = build_config(overrides("eos", seed, args, args.eval_samples))
@@ -117,7 +117,7 @@ def final_metrics(out: Path, scheme: str, seed: int, args: argparse.Namespace) -
     from safetensors.numpy import load_file
 
     from fedsim.config import build_config
-    from fedsim.runtime import workload_spec
+    from fedsim.training import workload_spec
     from workloads import get_workload_class
     from workloads.base import load_trainable_state
 

@@ -1,6 +1,6 @@
 """TSFA (fedsim formulation) experiment: latency control against the budget, and accuracy against V.
 
-Part A (controller only, seconds): the run's own cell (``fedsim.rounds.WirelessModel``: drop,
+Part A (controller only, seconds): the run's own cell (``fedsim.wireless.WirelessModel``: drop,
 path loss, Rayleigh fading per round, device speeds) and the default workload's SOFT payloads at
 rank r, with each client's dropped-rank error from a geometric importance spectrum
 s_i = 0.8^i, and a per-round deadline (``--deadline``, clients that cannot make it are dropped). For each budget T_avg the Lyapunov controller runs ``--controller-rounds`` rounds;
@@ -26,9 +26,10 @@ import numpy as np
 from runs import fedsim_run
 
 from fedsim.config import build_config
-from fedsim.rounds import WirelessModel, sample_clients
-from fedsim.scheduling import PerSizeAllocator, adapter_bits
-from fedsim.tsfa import FixedRhoScheduler, LyapunovController
+from fedsim.methods import get_method
+from fedsim.seeding import sample_clients
+from fedsim.tsfa import FixedRhoScheduler, TsfaScheduler, make_allocator
+from fedsim.wireless import WirelessModel
 
 GRID = (0.0, 0.25, 0.5, 0.75)
 
@@ -47,7 +48,7 @@ def lora_shapes(rank: int) -> dict[str, tuple[int, ...]]:
 def controller_run(cfg, scheduler, rounds: int, rank: int) -> dict:
     wireless = WirelessModel(cfg)
     shapes = lora_shapes(rank)
-    bits = {rho: adapter_bits(shapes, rank, rho, 32, "soft") for rho in GRID}
+    bits = {rho: get_method("soft").adapter_bits(shapes, rank, rho, 32) for rho in GRID}
     s = 0.8 ** np.arange(rank)
     err = {rho: float(np.sum(s[max(1, int(np.ceil((1 - rho) * rank - 1e-9))) :] ** 2)) for rho in GRID}
     flops = 3 * 2 * 6 * (4 * 384 * 384 + 2 * 384 * 1536) * 20
@@ -70,12 +71,12 @@ def part_a(args, out: Path) -> list[dict]:
     cfg = build_config({"run.clients": 50, "run.clients_per_round": 10, "run.seed": args.seed})
     rows = []
     baseline = controller_run(
-        cfg, FixedRhoScheduler(0.0, PerSizeAllocator("reference", 20e6)), args.controller_rounds, args.rank
+        cfg, FixedRhoScheduler(0.0, make_allocator("reference", 10, 20e6)), args.controller_rounds, args.rank
     )
     base_avg = float(np.mean(baseline["latency_s"]))
     for budget in args.budgets:
-        ctl = LyapunovController(
-            PerSizeAllocator("reference", 20e6), budget, args.v_controller, GRID, deadline_s=args.deadline or None
+        ctl = TsfaScheduler(
+            make_allocator("reference", 10, 20e6), budget, args.v_controller, GRID, deadline_s=args.deadline or None
         )
         res = controller_run(cfg, ctl, args.controller_rounds, args.rank)
         burn = args.controller_rounds // 5
@@ -120,7 +121,13 @@ def part_b(args, out: Path) -> tuple[list[dict], list[dict]]:
             }
         )
         traj += [
-            {"v": v, "round": r["round"], "rho": r["rho"], "queue": r["queue"], "round_latency_s": r["round_latency_s"]}
+            {
+                "v": v,
+                "round": r["round"],
+                "rho": r["rho"],
+                "queue_s": r["queue_s"],
+                "round_latency_s": r["round_latency_s"],
+            }
             for r in recs
         ]
         print(
@@ -181,7 +188,7 @@ def main() -> None:
         axes[0][1].set(xlabel="V", ylabel="final metric", title="accuracy against V", xscale="symlog")
         for v in args.vs:
             t = [r for r in traj if r["v"] == v]
-            axes[0][2].plot([r["round"] for r in t], [r["queue"] for r in t], label=f"Q, V={v:g}")
+            axes[0][2].plot([r["round"] for r in t], [r["queue_s"] for r in t], label=f"Q, V={v:g}")
             axes[0][2].plot([r["round"] for r in t], [r["rho"] for r in t], ls="--", label=f"rho, V={v:g}")
         axes[0][2].set(xlabel="round", title="queue and rho trajectories")
         axes[0][2].legend(fontsize=7)

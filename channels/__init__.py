@@ -40,8 +40,3 @@ def build_component(kind: str, name: str, params: object) -> object:
     """An instance of ``name`` with each field read from the attribute of the same name on ``params``."""
     cls = get_component(kind, name)
     return cls(**{f.name: getattr(params, f.name) for f in dataclasses.fields(cls)})
-
-
-def component_fields(cls: type) -> list[dataclasses.Field]:
-    """The parameters of a component (its dataclass fields)."""
-    return list(dataclasses.fields(cls))

@@ -20,13 +20,12 @@ Energy is recorded only; nothing optimises it.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from channels.csvfile import cached_while_unchanged, read_client_table
 
 
 @dataclass(frozen=True)
@@ -67,37 +66,17 @@ class SpeedFileError(ValueError):
     """A device-speed CSV that cannot be used; the message is one line."""
 
 
-@lru_cache(maxsize=8)
-def _read_speeds(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    rows: dict[int, float] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"client_id", "device_flops"} - set(reader.fieldnames or [])
-        if missing:
-            raise SpeedFileError(f"missing column(s) {', '.join(sorted(missing))} (need client_id,device_flops)")
-        for line, row in enumerate(reader, start=2):
-            try:
-                cid, flops = int(row["client_id"]), float(row["device_flops"])
-            except (TypeError, ValueError):
-                raise SpeedFileError(f"line {line}: not numbers: {dict(row)}") from None
-            if not (np.isfinite(flops) and flops > 0):
-                raise SpeedFileError(f"line {line}: device_flops must be a positive FLOP/s, got {flops!r}")
-            if cid in rows:
-                raise SpeedFileError(f"line {line}: client {cid} appears twice")
-            rows[cid] = flops
-    ids = sorted(rows)
-    if ids != list(range(len(ids))):
-        raise SpeedFileError(f"client ids must be 0..K-1 once each, got {ids[:5]}{'...' if len(ids) > 5 else ''}")
-    speeds = np.array([rows[i] for i in ids], dtype=float)
+@cached_while_unchanged()
+def read_speeds_csv(path: str) -> np.ndarray:
+    """Device speeds (K,) in FLOP/s from ``client_id,device_flops`` rows; cached while the file is unchanged."""
+
+    def problem(v: np.ndarray) -> str | None:
+        ok = np.isfinite(v[0]) and v[0] > 0
+        return None if ok else f"device_flops must be a positive FLOP/s, got {float(v[0])!r}"
+
+    speeds = read_client_table(path, ("device_flops",), SpeedFileError, problem)[:, 0]
     speeds.setflags(write=False)
     return speeds
-
-
-def read_speeds_csv(path: str | Path) -> np.ndarray:
-    """Device speeds (K,) in FLOP/s from ``client_id,device_flops`` rows; cached while the file is unchanged."""
-    p = Path(path)
-    st = p.stat()
-    return _read_speeds(str(p.resolve()), st.st_mtime_ns, st.st_size)
 
 
 @dataclass(frozen=True)

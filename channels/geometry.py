@@ -20,12 +20,11 @@ tangent at the hit point).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
+
+from channels.csvfile import cached_while_unchanged, read_client_table
 
 MIN_MOBILE_DISTANCE_M = 1.0
 """A moving client never comes closer than this to the base station (path loss diverges at 0)."""
@@ -50,42 +49,21 @@ class PositionsFileError(ValueError):
     """A positions CSV that cannot be used; the message is one line."""
 
 
-@lru_cache(maxsize=8)
-def _read_positions(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    rows: dict[int, tuple[float, float]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"client_id", "x_m", "y_m"} - set(reader.fieldnames or [])
-        if missing:
-            raise PositionsFileError(f"missing column(s) {', '.join(sorted(missing))} (need client_id,x_m,y_m)")
-        for line, row in enumerate(reader, start=2):
-            try:
-                cid, x, y = int(row["client_id"]), float(row["x_m"]), float(row["y_m"])
-            except (TypeError, ValueError):
-                raise PositionsFileError(f"line {line}: not numbers: {dict(row)}") from None
-            if not (np.isfinite(x) and np.isfinite(y)):
-                raise PositionsFileError(f"line {line}: non-finite position")
-            if cid in rows:
-                raise PositionsFileError(f"line {line}: client {cid} appears twice")
-            rows[cid] = (x, y)
-    ids = sorted(rows)
-    if ids != list(range(len(ids))):
-        raise PositionsFileError(f"client ids must be 0..K-1 once each, got {ids[:5]}{'...' if len(ids) > 5 else ''}")
-    pos = np.array([rows[i] for i in ids], dtype=float).reshape(-1, 2)
-    if np.any(np.hypot(pos[:, 0], pos[:, 1]) <= 0):
-        raise PositionsFileError("a client sits on the base station (distance 0 m)")
-    pos.setflags(write=False)
-    return pos
-
-
-def read_positions_csv(path: str | Path) -> np.ndarray:
+@cached_while_unchanged()
+def read_positions_csv(path: str) -> np.ndarray:
     """Positions (K, 2) in metres from ``client_id,x_m,y_m`` rows; cached while the file is unchanged.
 
     Raises :class:`PositionsFileError` (or OSError) with a one-line reason.
     """
-    p = Path(path)
-    st = p.stat()
-    return _read_positions(str(p.resolve()), st.st_mtime_ns, st.st_size)
+
+    def problem(xy: np.ndarray) -> str | None:
+        return "non-finite position" if not np.all(np.isfinite(xy)) else None
+
+    pos = read_client_table(path, ("x_m", "y_m"), PositionsFileError, problem)
+    if np.any(np.hypot(pos[:, 0], pos[:, 1]) <= 0):
+        raise PositionsFileError("a client sits on the base station (distance 0 m)")
+    pos.setflags(write=False)
+    return pos
 
 
 @dataclass(frozen=True)

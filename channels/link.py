@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from channels.fading import FADING, GaussMarkov, RayleighFading
+from channels.fading import GaussMarkov, RayleighFading
 from channels.geometry import DiscDrop, NoMobility, distance_m
 from channels.pathloss import LogDistancePathLoss, sample_los
 from channels.shadowing import NoShadowing
@@ -78,23 +78,6 @@ class LinkBudget:
     shadowing: object = NoShadowing()
     mobility: object = NoMobility()
     time_correlation: GaussMarkov = field(default_factory=GaussMarkov)
-
-    @classmethod
-    def from_names(
-        cls,
-        *,
-        radius_m: float,
-        min_distance_m: float,
-        pathloss_intercept_db: float,
-        pathloss_slope_db: float,
-        fading: str,
-    ) -> LinkBudget:
-        """The foundation's link (disc drop, log-distance, i.i.d. fading by name, no shadowing)."""
-        return cls(
-            DiscDrop(radius_m, min_distance_m),
-            LogDistancePathLoss(pathloss_intercept_db, pathloss_slope_db),
-            FADING[fading](),
-        )
 
     @property
     def is_memoryless(self) -> bool:

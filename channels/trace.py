@@ -19,11 +19,12 @@ import csv
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from channels.csvfile import cached_while_unchanged
 
 TRACE_COLUMNS = ("round", "client_id", "distance_m", "pathloss_db", "shadowing_db", "fading_gain_db", "los", "gain_db")
 REQUIRED_COLUMNS = ("round", "client_id", "gain_db")
@@ -71,8 +72,9 @@ def _cell(text: str | None, line: int, name: str) -> float:
         raise TraceError(f"line {line}: {name}={text!r} is not a number") from None
 
 
-@lru_cache(maxsize=4)
-def _read(path: str, mtime_ns: int, size: int) -> ChannelTrace:
+@cached_while_unchanged(maxsize=4)
+def read_trace(path: str) -> ChannelTrace:
+    """Parse a trace CSV (cached while the file is unchanged); TraceError or OSError on a bad file."""
     values: dict[tuple[int, int], dict[str, float]] = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -99,13 +101,6 @@ def _read(path: str, mtime_ns: int, size: int) -> ChannelTrace:
     if not values:
         raise TraceError("no rows")
     return ChannelTrace(values)
-
-
-def read_trace(path: str | Path) -> ChannelTrace:
-    """Parse a trace CSV (cached while the file is unchanged); TraceError or OSError on a bad file."""
-    p = Path(path)
-    st = p.stat()
-    return _read(str(p.resolve()), st.st_mtime_ns, st.st_size)
 
 
 def check_trace(trace: ChannelTrace, rounds: int, num_clients: int) -> None:

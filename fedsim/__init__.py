@@ -1,3 +1,3 @@
 """fedsim: a wireless federated LoRA fine-tuning simulator on Flower."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

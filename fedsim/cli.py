@@ -9,25 +9,33 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
 
-from fedsim.config import (
-    Config,
-    ConfigError,
-    RunSection,
-    build_config,
-    describe_keys,
-    load_toml,
-    parse_overrides,
-    parse_value,
-    read_text_file,
-    toml_to_flat,
+from fedsim.checks import checked_config
+from fedsim.cli_common import (
+    ClientsOption,
+    ClientsPerRoundOption,
+    ConfigOption,
+    MethodOption,
+    RoundsOption,
+    SchedulerOption,
+    SeedOption,
+    SetOption,
+    check_out_dir,
+    check_out_file,
+    check_ray_address,
+    default_out_dir,
+    fail,
+    out_path,
+    resolve_config,
+    shortcuts,
 )
+from fedsim.config import Config, ConfigError, describe_keys, load_toml, parse_overrides, read_text_file, toml_to_flat
+from fedsim.deploy import deploy_app
 
 app = typer.Typer(
     name="fedsim",
@@ -38,123 +46,17 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"fedsim: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def resolve_config(config_file: Path | None, sets: list[str], shortcuts: dict[str, Any]) -> Config:
-    """Defaults < TOML file < CLI shortcut options < --set overrides.
-
-    ``run.clients_per_round`` left at its default samples at most ``run.clients`` clients
-    (``--clients 5`` alone samples all 5); a value given anywhere is checked as given.
-    """
-    layers = [load_toml(config_file)] if config_file else []
-    layers.append({k: v for k, v in shortcuts.items() if v is not None})
-    layers.append(parse_overrides(sets))
-    given = {k: v for layer in layers for k, v in layer.items()}
-    clients, default = given.get("run.clients"), RunSection().clients_per_round
-    if "run.clients_per_round" not in given and type(clients) is int and 0 < clients < default:
-        layers.append({"run.clients_per_round": clients})
-    return build_config(*layers)
-
-
-def out_path(text: str, option: str = "--out") -> Path:
-    """A folder path given on the command line; '' (which would mean the current folder) and names
-    the file system cannot hold are one-line errors."""
-    if not text.strip():
-        raise ConfigError(f"{option}={text!r}: must name a folder (use {option}=. for the current folder)")
-    path = Path(text)
-    try:
-        path.exists()
-    except OSError as e:
-        shown = text if len(text) <= 60 else text[:60] + "..."
-        raise ConfigError(f"{option}={shown!r}: not a usable path ({e.strerror or e})") from None
-    return path
-
-
-def check_out_file(path: Path, option: str = "--out") -> None:
-    """Refuse a file path that cannot be written (a folder, a missing or read-only folder, /proc, ...).
-
-    Probed before any work is done: an existing file is opened for appending (not truncated), a new
-    one is created and removed again, so nothing is left behind.
-    """
-    if path.is_dir():
-        raise ConfigError(f"{option}={str(path)!r}: is a folder; name a file")
-    existed = path.exists()
-    try:
-        with path.open("a"):
-            pass
-    except OSError as e:
-        raise ConfigError(f"{option}={str(path)[:200]!r}: cannot write there ({e.strerror or e})") from None
-    if not existed:
-        path.unlink()
-
-
-def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
-    """An existing Ray cluster must answer at ``host:port`` within ``timeout_s`` (else Ray retries for minutes).
-
-    ``auto`` (Ray's own discovery) is left to Ray.
-    """
-    import socket
-
-    if address in ("", "auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ConfigError(f"simulation.ray_address={address!r}: must be HOST:PORT of a Ray cluster's head, or auto")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise ConfigError(
-            f"simulation.ray_address={address!r}: no Ray cluster reachable there within {timeout_s:g} s ({why})"
-        ) from None
-
-
-def default_out_dir(cfg: Config) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("results") / f"{stamp}-{cfg.workload.name}-{cfg.run.method}-seed{cfg.run.seed}"
-
-
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty folder (unless --force) and one that cannot be written; creates nothing."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out={str(out)!r}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out={str(out)!r}: folder exists and is not empty (choose another or pass --force)")
-    created = [p for p in (out, *out.parents) if not p.exists()]
-    probe = out / ".fedsim-write-probe"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out={str(out)!r}: cannot write there ({e.strerror or e})") from None
-    finally:
-        for p in created:  # leave nothing behind: the run creates the folder when it starts
-            if p.exists() and p.is_dir() and not any(p.iterdir()):
-                p.rmdir()
-
-
 @app.command()
 def run(
-    clients: Annotated[int | None, typer.Option(help="Number of clients (run.clients).")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds (run.rounds).")] = None,
-    clients_per_round: Annotated[
-        str | None, typer.Option(help="Clients per round: a count (10) or a fraction (0.2).")
-    ] = None,
+    clients: ClientsOption = None,
+    rounds: RoundsOption = None,
+    clients_per_round: ClientsPerRoundOption = None,
     workload: Annotated[str | None, typer.Option(help="Workload name (workload.name).")] = None,
-    method: Annotated[
-        str | None, typer.Option(help="Upload method (run.method): ideal, soft, soft-noreg, topk, randk, svd.")
-    ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="rho and bandwidth scheduler (tsfa.scheduler): equal, fixed, tsfa.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of every random stream (run.seed).")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file with [section] tables.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
+    method: MethodOption = None,
+    scheduler: SchedulerOption = None,
+    seed: SeedOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
     out: Annotated[str | None, typer.Option(help="Results folder (default results/<time>-...).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this results folder.")] = None,
     force: Annotated[
@@ -165,49 +67,56 @@ def run(
     ray_address: Annotated[str | None, typer.Option(help="Connect to an existing Ray cluster.")] = None,
 ) -> None:
     """Run federated LoRA fine-tuning on Flower's Simulation Runtime with wireless accounting."""
-    shortcuts = {
-        "run.clients": clients,
-        "run.rounds": rounds,
-        "workload.name": workload,
-        "run.method": method,
-        "tsfa.scheduler": scheduler,
-        "run.seed": seed,
-        "simulation.ray_address": ray_address,
-        "run.clients_per_round": None if clients_per_round is None else parse_value(clients_per_round),
-    }
+    keys = shortcuts(
+        clients,
+        rounds,
+        clients_per_round,
+        seed,
+        **{
+            "workload.name": workload,
+            "run.method": method,
+            "tsfa.scheduler": scheduler,
+            "simulation.ray_address": ray_address,
+        },
+    )
     from fedsim.checkpoint import CheckpointError
 
     try:
         if resume is not None:
             if out is not None:
                 raise ConfigError(f"--out={out!r}: a resumed run continues in its own folder; drop --out or --resume")
-            cfg, out_dir, checkpoint = prepare_resume(resume, config, set_ or [], shortcuts, force)
+            cfg, out_dir, checkpoint = prepare_resume(resume, config, set_ or [], keys, force)
         else:
-            cfg = resolve_config(config, set_ or [], shortcuts)
-            out_dir, checkpoint = (out_path(out) if out is not None else default_out_dir(cfg)), None
+            given_out = out_path(out) if out is not None else None  # before the configuration is checked
+            cfg = resolve_config(config, set_ or [], keys)
+            out_dir, checkpoint = given_out or default_out_dir(cfg), None
             check_out_dir(out_dir, force)
         check_ray_address(cfg.simulation.ray_address)
         from fedsim.tracking import check_tracking
 
         check_tracking(cfg)
     except (ConfigError, CheckpointError) as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
 
-    from fedsim.flower.server_app import RunFailed
+    from fedsim.engine import RunFailed
     from fedsim.flower.simulation import run_in_simulation
     from fedsim.progress import ProgressReporter
     from fedsim.results import LOCK, FolderLock
+    from fedsim.schedulers import get_scheduler
+    from fedsim.training import check_workload
 
-    plan = None
-    if cfg.tsfa.scheduler == "tsfa":
-        plan = rank_plan_or_exit(cfg, show=not quiet)
+    try:
+        check_workload(cfg)  # the dataset's files and columns, the rank against the model
+    except ConfigError as e:
+        fail(str(e), 2)
+    plan = rank_plan_or_exit(cfg, show=not quiet) if get_scheduler(cfg.tsfa.scheduler).plans_rank else None
     lock = FolderLock(out_dir)  # held until this process exits: one writer per results folder
     try:
         lock.acquire()
         if resume is None and not force and {p.name for p in out_dir.iterdir()} != {LOCK}:
             raise ConfigError(f"--out={str(out_dir)!r}: another run wrote into this folder meanwhile")
     except ConfigError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     from fedsim.tracking import tracked
 
     reporter = tracked(ProgressReporter(cfg, quiet=quiet), cfg, out_dir)  # TensorBoard / MLflow if configured
@@ -216,7 +125,8 @@ def run(
         with reporter:
             summary = run_in_simulation(cfg, out_dir, reporter, verbose=verbose, resume=checkpoint, plan=plan)
     except RunFailed as e:
-        _fail(f"run failed: {e} (results in {out_dir})", 1)
+        where = f" (results in {out_dir})" if (out_dir / "summary.json").is_file() else ""
+        fail(f"run failed: {e}{where}", 1)
     except KeyboardInterrupt as e:
         from fedsim.flower.simulation import Terminated
 
@@ -263,7 +173,7 @@ def prepare_resume(
     if not (folder / "config.toml").is_file():
         raise ConfigError(f"--resume={str(folder)!r}: not a fedsim results folder (no config.toml)")
     saved_text = read_text_file(folder / "config.toml", "--resume")
-    saved = build_config(toml_to_flat(saved_text, f"{folder / 'config.toml'}"))
+    saved = checked_config(toml_to_flat(saved_text, f"{folder / 'config.toml'}"))
     checkpoint = load_checkpoint(folder)
     if checkpoint is not None and sha256_text(saved_text) != checkpoint.config_sha256 and not force:
         raise ConfigError(
@@ -272,7 +182,7 @@ def prepare_resume(
         )
     layers = [saved.to_flat(), *([load_toml(config_file)] if config_file else [])]
     layers += [{k: v for k, v in shortcuts.items() if v is not None}, parse_overrides(sets)]
-    cfg = build_config(*layers)
+    cfg = checked_config(*layers)
     changed = [k for k, v in cfg.to_flat().items() if saved.to_flat()[k] != v]
     if changed and not force:
         raise ConfigError(
@@ -292,60 +202,74 @@ def prepare_resume(
 
 def rank_plan_or_exit(cfg: Config, show: bool):
     """TSFA's offline stage before any Flower work; an infeasible budget is bad input (exit 2)."""
-    from fedsim.flower.server_app import plan_for
-    from fedsim.rounds import WirelessModel
+    from fedsim.rank_plan import plan_for
+    from fedsim.training import WorkloadHost
     from fedsim.tsfa import InfeasibleBudgetError
+    from fedsim.wireless import WirelessModel
 
     try:
-        plan = plan_for(cfg, WirelessModel(cfg))
+        plan = plan_for(cfg, WirelessModel(cfg), WorkloadHost())
     except (InfeasibleBudgetError, ValueError) as e:
         rows = getattr(e, "rows", None)
         if show and rows:
-            print_plan(rows, None, cfg.tsfa.latency_budget_s)
-        _fail(" ".join(str(e).split()), 2)
+            print_plan(rows, None, cfg.tsfa.latency_budget_s, cfg.tsfa.deadline_s)
+        fail(" ".join(str(e).split()), 2)
     if show:
-        print_plan(plan.rows, plan.chosen_rank, cfg.tsfa.latency_budget_s)
+        print_plan(plan.rows, plan.chosen_rank, cfg.tsfa.latency_budget_s, cfg.tsfa.deadline_s)
     return plan
 
 
-def print_plan(rows, chosen: int | None, budget_s: float) -> None:
+def print_plan(rows, chosen: int | None, budget_s: float, deadline_s: float = 0.0) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"TSFA offline rank plan (T_avg = {budget_s:g} s)")
-    for col in ("rank", "payload per client (Mbit)", "expected latency (s)", "95% CI (s)", "feasible"):
+    within = f", clients that cannot meet d = {deadline_s:g} s dropped" if deadline_s else ""
+    table = Table(title=f"TSFA offline rank plan (T_avg = {budget_s:g} s{within})")
+    columns = ["rank", "payload per client (Mbit)", "expected latency (s)", "95% CI (s)"]
+    columns += ["dropped by the deadline"] if deadline_s else []
+    for col in (*columns, "feasible"):
         table.add_column(col)
     for r in rows:
         mark = " <- chosen" if r.rank == chosen else ""
-        table.add_row(
+        cells = [
             str(r.rank),
             f"{r.payload_bits_per_client_mean / 1e6:.3f}",
             f"{r.expected_latency_s:.4f}",
             f"+-{r.latency_ci95_s:.4f}",
-            f"{'yes' if r.feasible else 'no'}{mark}",
-        )
+        ]
+        cells += [f"{r.dropped_share:.1%}"] if deadline_s else []
+        table.add_row(*cells, f"{'yes' if r.feasible else 'no'}{mark}")
     Console(stderr=True).print(table)
+    if not deadline_s:
+        Console(stderr=True).print(
+            "without tsfa.deadline_s, fading makes upload times heavy-tailed (under Rayleigh fading the mean "
+            "latency is infinite): the estimate is of a finite sample; set a deadline for a bounded plan",
+            style="dim",
+        )
 
 
 @app.command()
 def plan(
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file with [section] tables.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
-    clients: Annotated[int | None, typer.Option(help="Number of clients (run.clients).")] = None,
-    method: Annotated[str | None, typer.Option(help="Upload method (run.method).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    clients: ClientsOption = None,
+    clients_per_round: ClientsPerRoundOption = None,
+    seed: SeedOption = None,
+    method: MethodOption = None,
     out: Annotated[Path | None, typer.Option(help="Also write the table to this CSV file.")] = None,
 ) -> None:
     """TSFA offline stage: expected round latency of each candidate LoRA rank, and the rank it picks."""
     try:
-        cfg = resolve_config(config, set_ or [], {"run.clients": clients, "run.method": method or "soft"})
+        keys = shortcuts(clients, None, clients_per_round, seed, **{"run.method": method or "soft"})
+        cfg = resolve_config(config, set_ or [], keys)
         if out is not None:
             check_out_file(out)
     except ConfigError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     result = rank_plan_or_exit(cfg, show=True)
     typer.echo(f"structural rank: {result.chosen_rank}")
     if out is not None:
-        from fedsim.scheduling import write_plan
+        from fedsim.rank_plan import write_plan
 
         write_plan(result, out)
 
@@ -370,18 +294,18 @@ def show_channels(
     out: Annotated[Path | None, typer.Option(help="Trace CSV to write (with --export-trace).")] = None,
 ) -> None:
     """List the channel components (names, parameters, defaults, units), or export a run's channel trace."""
-    from fedsim.channel_config import describe_components, export_trace_from_results
+    from fedsim.wireless import describe_components, export_trace_from_results
 
     if export_trace is not None:
         if out is None:
-            _fail("--export-trace needs --out FILE.csv", 2)
+            fail("--export-trace needs --out FILE.csv", 2)
         if not (export_trace / "rounds.jsonl").is_file():
-            _fail(f"--export-trace={str(export_trace)!r}: not a results folder (no rounds.jsonl)", 2)
+            fail(f"--export-trace={str(export_trace)!r}: not a results folder (no rounds.jsonl)", 2)
         try:
             check_out_file(out)
             n = export_trace_from_results(export_trace, out)
         except ConfigError as e:
-            _fail(str(e), 2)
+            fail(str(e), 2)
         typer.echo(f"{n} rows written to {out}; replay with --set channel.trace_csv={out}")
         return
 
@@ -414,10 +338,22 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-# ---- fedsim deploy: the same app on Flower's Deployment Engine (fedsim/deploy.py) ----------------
-from fedsim.deploy import deploy_app  # noqa: E402
+app.add_typer(deploy_app, name="deploy")  # the same app on Flower's Deployment Engine (fedsim/deploy.py)
 
-app.add_typer(deploy_app, name="deploy")
+
+@app.command("methods")
+def list_methods() -> None:
+    """List the upload methods (run.method) and the schedulers (tsfa.scheduler)."""
+    from fedsim.methods import METHODS
+    from fedsim.schedulers import SCHEDULERS
+
+    typer.echo("upload methods (--method / run.method):")
+    for m in METHODS.values():
+        flags = ", ".join(f for f, on in (("regulariser", m.regularised), ("client state", m.needs_client_state)) if on)
+        typer.echo(f"  {m.name:<12} {m.description}" + (f" [{flags}]" if flags else ""))
+    typer.echo("schedulers (--scheduler / tsfa.scheduler):")
+    for e in SCHEDULERS.values():
+        typer.echo(f"  {e.name:<12} {e.description}")
 
 
 @app.command("workloads")
@@ -471,7 +407,7 @@ def sweep_command(
         if not dry_run:
             sw.check_folder(spec, folder)
     except ConfigError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     n_jobs = jobs or (1 if ray_address else sw.default_jobs(spec.runs[0].config))
     n_jobs = min(n_jobs, len(spec.runs))
     if dry_run:
@@ -498,7 +434,7 @@ def sweep_command(
     else:
         display.print_summary(index)
     if counts["failed"]:
-        _fail(f"{counts['failed']} of {len(spec.runs)} runs failed (see {folder / 'sweep.csv'} and logs/)", 1)
+        fail(f"{counts['failed']} of {len(spec.runs)} runs failed (see {folder / 'sweep.csv'} and logs/)", 1)
 
 
 @app.command("report")
@@ -525,6 +461,6 @@ def report_command(
                 raise ConfigError(f"--by={key!r}: not a config key (see fedsim config)")
         folder = out_path(out) if out is not None else dirs[0] / "report"
     except ConfigError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     page = write_report(dirs, folder, by=by, metrics=metric or DEFAULT_METRICS)
     typer.echo(str(page))

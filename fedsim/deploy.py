@@ -26,12 +26,25 @@ import sys
 import tempfile
 import time
 import tomllib
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import tomli_w
 import typer
+
+from fedsim.cli_common import (
+    ClientsPerRoundOption,
+    ConfigOption,
+    RoundsOption,
+    SeedOption,
+    SetOption,
+    fail,
+    out_path,
+    resolve_config,
+    results_name,
+    shortcuts,
+)
+from fedsim.config import ConfigError
 
 APP_PACKAGES = ("fedsim", "channels", "workloads")
 IMAGE_RESULTS_ROOT = "/work/results"  # the results volume of the compose `serverapp` service
@@ -50,11 +63,6 @@ class DeployError(RuntimeError):
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
         self.code = code
-
-
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"fedsim: {message}", err=True)
-    raise typer.Exit(code)
 
 
 # ---- Flower's CLI ------------------------------------------------------------------------------
@@ -167,7 +175,7 @@ def run_config(cfg) -> dict[str, Any]:
     """
     from fedsim.config import build_config
 
-    defaults = build_config(extra_checks=False).to_flat()
+    defaults = build_config().to_flat()
     flat = {}
     for key, value in cfg.to_flat().items():
         if isinstance(value, bool | int | float | str):
@@ -350,7 +358,7 @@ def connect_cmd(
     try:
         path = write_connection(flwr_home(), name, address, ca, insecure, default)
     except DeployError as e:
-        _fail(str(e), e.code)
+        fail(str(e), e.code)
     typer.echo(f"SuperLink connection '{name}' -> {address} written to {path}")
 
 
@@ -391,7 +399,7 @@ def register_cmd(
                     raise DeployError(f"{key.name}: flwr supernode register failed: {_flwr_error(proc)}")
                 time.sleep(2)
     except DeployError as e:
-        _fail(str(e), e.code)
+        fail(str(e), e.code)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -401,11 +409,11 @@ def register_cmd(
 def run_cmd(
     superlink: Annotated[str | None, typer.Option(help="Connection name in $FLWR_HOME/config.toml.")] = None,
     clients: Annotated[int | None, typer.Option(help="Number of clients: the number of SuperNodes.")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds (run.rounds).")] = None,
-    clients_per_round: Annotated[str | None, typer.Option(help="A count (3) or a fraction (0.5).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of every random stream (run.seed).")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file with one table per section.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")] = None,
+    rounds: RoundsOption = None,
+    clients_per_round: ClientsPerRoundOption = None,
+    seed: SeedOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
     out: Annotated[str | None, typer.Option(help="Local results folder (default results/deploy-<time>-...).")] = None,
     remote_root: Annotated[
         str, typer.Option(help="Folder where the ServerApp writes results (on the ServerApp's machine).")
@@ -426,29 +434,19 @@ def run_cmd(
     Exit codes: 0 the run completed and summary.json says ok; 1 it failed, was stopped or timed
     out (one line says why); 2 bad input.
     """
-    from fedsim.cli import out_path, resolve_config
-    from fedsim.config import ConfigError, parse_value
-
     if fetch not in ("docker", "local", "none"):
-        _fail(f"--fetch={fetch!r}: must be one of docker, local, none", 2)
-    shortcuts = {
-        "run.clients": clients,
-        "run.rounds": rounds,
-        "run.seed": seed,
-        "run.clients_per_round": None if clients_per_round is None else parse_value(clients_per_round),
-    }
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        fail(f"--fetch={fetch!r}: must be one of docker, local, none", 2)
     try:
-        cfg = resolve_config(config, set_ or [], shortcuts)
+        cfg = resolve_config(config, set_ or [], shortcuts(clients, rounds, clients_per_round, seed))
         app_dir = find_app_dir(app)
-        name = f"deploy-{stamp}-{cfg.workload.name}-{cfg.run.method}-seed{cfg.run.seed}"
+        name = results_name(cfg, "deploy-")
         out_dir = out_path(out) if out is not None else Path("results") / name
         if fetch != "none":
             check_fetch_target(out_dir)  # before anything is submitted
     except ConfigError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     except DeployError as e:
-        _fail(str(e), e.code)
+        fail(str(e), e.code)
     remote_dir = f"{remote_root.rstrip('/')}/{name}"
     say = (lambda _msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
     try:
@@ -466,9 +464,9 @@ def run_cmd(
         )
     except DeployError as e:
         where = f" (results in {out_dir})" if out_dir.is_dir() else ""
-        _fail(f"{e}{where}", e.code)
+        fail(f"{e}{where}", e.code)
     except subprocess.TimeoutExpired as e:
-        _fail(f"{' '.join(map(str, e.cmd[:3]))} did not answer in {e.timeout:g} s", 1)
+        fail(f"{' '.join(map(str, e.cmd[:3]))} did not answer in {e.timeout:g} s", 1)
     summary = outcome["summary"] or {}
     if quiet:
         typer.echo(str(out_dir) if fetch != "none" else str(outcome["run_id"]))

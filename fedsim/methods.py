@@ -3,8 +3,16 @@
 An adapter state is a flat ``{name: array}`` of trainable tensors. Names ending in
 ``lora_A.<adapter>.weight`` / ``lora_B.<adapter>.weight`` pair into LoRA factors (A: (r, d_in),
 B: (d_out, r)); every other trainable tensor (e.g. a classification head) is an *extra*, sent
-dense and averaged by FedAvg. A method is a sparsifier from :mod:`fedsim.soft` applied to every
-LoRA pair, plus whether the SOFT orthogonality regulariser is in the local loss.
+dense and averaged by FedAvg.
+
+An upload method is one :class:`UploadMethod` registered in :data:`METHODS`, the way a PEFT
+method is a config plus a layer plus a registration: its client half (:meth:`~UploadMethod.encode`),
+its server half (:meth:`~UploadMethod.decode`, :meth:`~UploadMethod.aggregate`), its exact
+payload formula per adapted matrix (``matrix_bits``, which the schedulers use to price an upload
+before it is made), whether the SOFT orthogonality regulariser is in the local loss, whether it
+sparsifies at all (a scheduler that chooses rho needs one that does) and whether it keeps state
+on the client between rounds. The shared test in ``tests/test_methods.py`` runs every registered
+method and checks ``matrix_bits`` against the bits its encoder actually produces.
 
 =============  ============  ===========================================================
 method         sparsifier    local loss
@@ -21,42 +29,171 @@ svd            svd           task loss (SVD of B A, top-k triplets, refactored)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from fedsim.soft import (
-    SparseUpdate,
-    aggregate,
-    covariance_norm,
-    dropped_errors_for_rhos,
-    get_sparsifier,
-    mean_abs_cos,
+from fedsim.errors import ConfigError
+from fedsim.soft.budget import (
+    dense_payload_bits,
+    index_bits_per_entry,
+    keep_count,
+    payload_bits,
+    topk_element_budget,
 )
+
+if TYPE_CHECKING:  # torch is imported where an upload is encoded or aggregated, not to check a name
+    import torch
+
+    from fedsim.soft import SparseUpdate
+
+Sparsifier = Callable[..., Any]
+"""``sparsify(A, B, rho, value_bits, generator) -> SparseUpdate`` for one LoRA pair."""
+
+MatrixBits = Callable[[int, int, int, float, int], int]
+"""``matrix_bits(d_in, d_out, rank, rho, value_bits)``: uplink bits of one adapted matrix."""
+
+
+def soft_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:
+    """S = k (d_in + d_out) q + min(r, k ceil(log2 r)),  k = max(1, ceil((1 - rho) r)):
+    k kept ranks of A and B plus the cheaper of an r-bit mask or k rank indices."""
+    return payload_bits(d_in, d_out, rank, keep_count(rank, rho), value_bits)
+
+
+def dense_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:
+    """S = r (d_in + d_out) q: every rank, no index (rho is ignored)."""
+    return dense_payload_bits(d_in, d_out, rank, value_bits)
+
+
+def topk_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:
+    """S = n_A (q + ceil(log2(r d_in))) + n_B (q + ceil(log2(d_out r))): the element counts of
+    :func:`fedsim.soft.topk_element_budget` (SOFT's bits at this rho, less under one element),
+    each with its value and flat index."""
+    n_a, n_b = topk_element_budget(d_in, d_out, rank, rho, value_bits)
+    return n_a * (value_bits + index_bits_per_entry(rank * d_in)) + n_b * (
+        value_bits + index_bits_per_entry(d_out * rank)
+    )
+
+
+def svd_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:
+    """S = k (d_in + d_out) q with k = min(keep_count(r, rho), d_in, d_out): ranks 0..k-1, no index bits."""
+    return min(keep_count(rank, rho), d_in, d_out) * (d_in + d_out) * value_bits
 
 
 @dataclass(frozen=True)
-class Method:
-    sparsifier: str
-    regularised: bool
+class UploadMethod:
+    """One registered upload method (see the module docstring).
+
+    Attributes
+    ----------
+    name : registry key, lowercase (``run.method``).
+    description : one line for listings.
+    sparsify : a :data:`Sparsifier` applied to every LoRA pair, or the name of a
+        :data:`fedsim.soft.SPARSIFIERS` entry.
+    matrix_bits : the exact payload formula of one adapted matrix (:data:`MatrixBits`).
+    regularised : the SOFT orthogonality regulariser (weight ``soft.lambda_orth``) is in the
+        local loss.
+    sparsifies : the upload depends on rho (False: rho is always 0, as for ``ideal``).
+    needs_client_state : the client keeps state between rounds (none of today's methods does).
+    """
+
+    name: str
     description: str
+    sparsify: Sparsifier | str
+    matrix_bits: MatrixBits
+    regularised: bool = False
+    sparsifies: bool = True
+    needs_client_state: bool = False
+
+    def adapter_bits(self, shapes: dict[str, tuple[int, ...]], rank: int, rho: float, value_bits: int) -> int:
+        """Uplink bits of one client's adapter: ``matrix_bits`` of every LoRA pair plus the dense
+        extras (e.g. a classification head) at q bits per value."""
+        pairs, extras = split_state(shapes)
+        total = 0
+        for a_name, b_name in pairs.values():
+            total += self.matrix_bits(shapes[a_name][1], shapes[b_name][0], rank, rho, value_bits)
+        return total + sum(int(np.prod(shapes[name])) * value_bits for name in extras)
+
+    def encode(
+        self, state: dict[str, np.ndarray], rho: float, value_bits: int, generator: torch.Generator
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """The client half: compress a trained adapter for the uplink (see :func:`encode_upload`)."""
+        sparsify = self.sparsify
+        if isinstance(sparsify, str):
+            from fedsim.soft import get_sparsifier
+
+            sparsify = get_sparsifier(sparsify)
+        return encode_upload(state, sparsify, rho, value_bits, generator)
+
+    def decode(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, SparseUpdate], dict[str, np.ndarray]]:
+        """The server half, step 1: the wire arrays back into per-module updates and extras."""
+        return decode_upload(arrays)
+
+    def aggregate(
+        self,
+        global_state: dict[str, np.ndarray],
+        uploads: list[tuple[float, dict[str, SparseUpdate], dict[str, np.ndarray]]],
+    ) -> tuple[dict[str, np.ndarray], float]:
+        """The server half, step 2: the new global adapter and the covariance diagnostic."""
+        return aggregate_uploads(global_state, uploads)
 
 
-METHODS: dict[str, Method] = {
-    "ideal": Method("dense", False, "dense FedAvg of the LoRA factors (no sparsification)"),
-    "soft": Method("soft", True, "SOFT: orthogonality-regularised factors, top-k ranks by s_i = |b_i| |a_i|"),
-    "soft-noreg": Method("soft", False, "SOFT without the regulariser (lambda_orth = 0)"),
-    "topk": Method("topk", False, "element-wise top-k on A and B separately, at SOFT's bits"),
-    "randk": Method("randk", False, "k random ranks"),
-    "svd": Method("svd", False, "SVD truncation of B A, refactored as U sqrt(S), sqrt(S) V^T"),
-}
+METHODS: dict[str, UploadMethod] = {}
+"""The upload methods by name; :func:`register_method` adds one."""
+
+
+def register_method(method: UploadMethod) -> UploadMethod:
+    """Add ``method`` to :data:`METHODS` (names are unique and lowercase); returns it."""
+    if method.name in METHODS or method.name != method.name.lower():
+        raise ValueError(f"upload method {method.name!r}: names must be new and lowercase")
+    METHODS[method.name] = method
+    return method
+
+
+def fixed_rho(method: str, soft_rho: float) -> float:
+    """The sparsification ratio when no scheduler chooses it: ``soft.rho``, or 0 for a method that
+    does not sparsify."""
+    return soft_rho if get_method(method).sparsifies else 0.0
+
+
+def get_method(name: str) -> UploadMethod:
+    """The registered method ``name``; an unknown name is a ConfigError listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"run.method={name!r}: must be one of {', '.join(METHODS)}") from None
+
+
+for _m in (
+    UploadMethod(
+        "ideal",
+        "dense FedAvg of the LoRA factors (no sparsification)",
+        "dense",
+        dense_bits,
+        sparsifies=False,
+    ),
+    UploadMethod(
+        "soft",
+        "SOFT: orthogonality-regularised factors, top-k ranks by s_i = |b_i| |a_i|",
+        "soft",
+        soft_bits,
+        regularised=True,
+    ),
+    UploadMethod("soft-noreg", "SOFT without the regulariser (lambda_orth = 0)", "soft", soft_bits),
+    UploadMethod("topk", "element-wise top-k on A and B separately, at SOFT's bits", "topk", topk_bits),
+    UploadMethod("randk", "k random ranks", "randk", soft_bits),
+    UploadMethod("svd", "SVD truncation of B A, refactored as U sqrt(S), sqrt(S) V^T", "svd", svd_bits),
+):
+    register_method(_m)
 
 SEP = "::"
 
 
-def split_state(state: dict[str, np.ndarray]) -> tuple[dict[str, tuple[str, str]], list[str]]:
-    """LoRA pairs ``{module: (A name, B name)}`` and the names of the extra (dense) tensors."""
+def split_state(state: dict[str, object]) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """LoRA pairs ``{module: (A name, B name)}`` and the names of the extra (dense) tensors of a
+    state (or of any mapping keyed by the state's names, such as its shapes)."""
     pairs: dict[str, tuple[str, str]] = {}
     extras = []
     for name in state:
@@ -77,7 +214,7 @@ def _wire(a: np.ndarray, value_bits: int) -> np.ndarray:
 
 def encode_upload(
     state: dict[str, np.ndarray],
-    method: str,
+    sparsify: Sparsifier,
     rho: float,
     value_bits: int,
     generator: torch.Generator,
@@ -92,7 +229,10 @@ def encode_upload(
     ``dropped_error@<rho>`` for each of ``report_rhos`` (what SOFT would drop at that rho: the
     scalars TSFA's controller asks for).
     """
-    sparsify = get_sparsifier(METHODS[method].sparsifier)
+    import torch
+
+    from fedsim.soft import mean_abs_cos
+
     pairs, extras = split_state(state)
     arrays: dict[str, np.ndarray] = {}
     bits, error, kept, cos, sparsify_s = 0, 0.0, [], [], 0.0
@@ -126,6 +266,10 @@ def dropped_errors(state: dict[str, np.ndarray], rhos: tuple[float, ...]) -> lis
     The few scalars a client reports so that TSFA can weigh accuracy against latency before
     the upload (one sort of the rank importances per matrix; no sparsification is done).
     """
+    import torch
+
+    from fedsim.soft import dropped_errors_for_rhos
+
     total = np.zeros(len(rhos))
     for a_name, b_name in split_state(state)[0].values():
         A, B = torch.from_numpy(state[a_name]), torch.from_numpy(state[b_name])
@@ -135,6 +279,8 @@ def dropped_errors(state: dict[str, np.ndarray], rhos: tuple[float, ...]) -> lis
 
 def decode_upload(arrays: dict[str, np.ndarray]) -> tuple[dict[str, SparseUpdate], dict[str, np.ndarray]]:
     """Inverse of :func:`encode_upload`'s arrays: per-module SparseUpdates and the dense extras."""
+    from fedsim.soft import SparseUpdate
+
     grouped: dict[str, dict[str, np.ndarray]] = {}
     extras = {}
     for key, arr in arrays.items():
@@ -160,6 +306,10 @@ def aggregate_uploads(
     with each client's factors taken as what the server holds for it (sent entries, and the
     previous global value where nothing was sent).
     """
+    import torch
+
+    from fedsim.soft import aggregate, covariance_norm
+
     pairs, extras = split_state(global_state)
     weights = [w for w, _, _ in uploads]
     new_state = dict(global_state)

@@ -110,19 +110,20 @@ class FolderLock:
 
 
 def versions() -> dict[str, str]:
-    import flwr
-    import numpy
-    import ray
-    import torch
+    """The versions a summary records (read from the installed distributions, nothing imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     import fedsim
 
     return {
         "fedsim": fedsim.__version__,
-        "flwr": flwr.__version__,
-        "ray": ray.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        **{name: installed(name) for name in ("flwr", "ray", "torch", "numpy")},
         "python": platform.python_version(),
     }
 
@@ -142,10 +143,17 @@ class ResultsWriter:
         self.cfg = cfg
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "summary.json").unlink(missing_ok=True)
-        _atomic_write(self.folder / MARKER, cfg.to_toml())
+        self.write_config(cfg)
         self.rounds_path = self.folder / "rounds.jsonl"
         self.records: list[dict[str, Any]] = list(records or [])
         _atomic_write(self.rounds_path, "".join(to_json(r) + "\n" for r in self.records))
+
+    def write_config(self, cfg: Config) -> str:
+        """Write ``config.toml`` (the configuration that runs) and return its text."""
+        self.cfg = cfg
+        text = cfg.to_toml()
+        _atomic_write(self.folder / MARKER, text)
+        return text
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -157,6 +165,8 @@ class ResultsWriter:
     def finish(
         self, *, status: str, error: str | None, primary_metric: str, wall_s: float, extra: dict | None = None
     ) -> dict[str, Any]:
+        from fedsim.device import device_info  # imports torch: only when a run ends
+
         recs = self.records
         higher = metric_higher_is_better(self.cfg.workload.name)
         latencies = [r["round_latency_s"] for r in recs]
@@ -180,6 +190,7 @@ class ResultsWriter:
             "total_latency_s": float(sum(latencies)),
             "wall_s": wall_s,
             "versions": versions(),
+            "device": device_info(self.cfg),
             **(extra or {}),
         }
         if recs:

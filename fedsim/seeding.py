@@ -29,3 +29,10 @@ def torch_seed(seed: int, round_: int, client_id: int, purpose: str) -> int:
     return int(
         np.random.SeedSequence(stream_key(seed, round_, client_id, purpose)).generate_state(1, np.uint64)[0] >> 1
     )
+
+
+def sample_clients(seed: int, round_: int, num_clients: int, num_sampled: int) -> list[int]:
+    """Sorted ids of the clients taking part in ``round_``, drawn without replacement from the
+    server's own stream for the round (Flower's own sampling draws node ids from os.urandom)."""
+    chosen = rng(seed, round_, SERVER, "sample-clients").choice(num_clients, size=num_sampled, replace=False)
+    return sorted(int(c) for c in chosen)

@@ -163,7 +163,7 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
     then every run's whole configuration (rules across keys, the method and workload registries,
     the tracking backends); an error names the axis and the value wherever one is to blame.
     """
-    from fedsim.cli import resolve_config
+    from fedsim.cli_common import resolve_config
 
     path = Path(path)
     where = f"sweep file {str(path)!r}"
@@ -221,7 +221,7 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
     values += [("run.seed", s) for s in seeds or []]
     for key, value in values:  # key, type and range of each value on its own
         try:
-            build_config({key: value}, extra_checks=False)
+            build_config({key: value})
         except ConfigError as e:
             raise ConfigError(f"{where}: axis {key!r} value {value!r}: {e}") from None
     from fedsim.tracking import check_tracking
@@ -283,7 +283,7 @@ def check_folder(sweep: Sweep, out: Path) -> None:
         if not saved.is_file():
             continue
         try:
-            old = build_config(toml_to_flat(read_text_file(saved, "run config"), str(saved)), extra_checks=False)
+            old = build_config(toml_to_flat(read_text_file(saved, "run config"), str(saved)))
         except ConfigError as e:
             raise ConfigError(f"--out={str(out)!r}: run {spec.name!r} has an unreadable config.toml ({e})") from None
         new_flat = spec.config.to_flat()
@@ -331,7 +331,7 @@ def run_config_text(
         cpus = cpus or os.cpu_count() or 1
         per_run = cpus / max(jobs, 1) / spec.config.simulation.cpus_per_client
         flat["simulation.max_concurrent_clients"] = max(1, int(per_run))
-    return build_config(flat, extra_checks=False).to_toml()
+    return build_config(flat).to_toml()
 
 
 def fedsim_command() -> list[str]:

@@ -257,7 +257,7 @@ def track_folder(folder: str | Path, cfg: Config | None = None) -> None:
     from fedsim.results import read_rounds
 
     folder = Path(folder)
-    cfg = cfg or build_config(load_toml(folder / "config.toml", "results folder"), extra_checks=False)
+    cfg = cfg or build_config(load_toml(folder / "config.toml", "results folder"))
     tracker = Tracker(cfg, folder)
     tracker.start(first_round=1)
     for record in read_rounds(folder):

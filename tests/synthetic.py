@@ -29,9 +29,10 @@ def write_run(
     cfg = build_config({"run.clients": clients, "run.clients_per_round": clients, "run.rounds": rounds, **overrides})
     writer = ResultsWriter(folder, cfg)
     rng = np.random.default_rng(cfg.run.seed)
+    rho = 0.0 if cfg.run.method == "ideal" else cfg.soft.rho
     for t in range(1, rounds + 1):
         value = final_metric * t / rounds
-        bits = 1_000_000 * (1 - cfg.fixed_rho) * clients
+        bits = 1_000_000 * (1 - rho) * clients
         record: dict[str, Any] = {
             "round": t,
             "status": "ok",
@@ -49,7 +50,7 @@ def write_run(
             "round_latency_s": 0.9 * cfg.tsfa.latency_budget_s + 0.01 * float(rng.standard_normal()),
             "uplink_bits_total": int(bits),
             "metrics": {"accuracy": value, "primary_metric": value, **(extra_metrics or {})},
-            "rho": cfg.fixed_rho,
+            "rho": rho,
             "wall_s": 0.1,
         }
         if cfg.tsfa.scheduler == "tsfa":

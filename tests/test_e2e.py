@@ -38,6 +38,7 @@ def test_small_run_records(small_run):
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2
     assert summary["cumulative_uplink_bits"] == sum(r["uplink_bits_total"] for r in rounds)
     assert summary["versions"]["flwr"].startswith("1.42")
+    assert summary["device"] == {"type": "cpu", "name": "cpu", "gpus_per_client": 0.0, "bf16": False}
     for png in ("metric_vs_round.png", "metric_vs_uplink_bits.png"):
         assert (small_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import tomllib

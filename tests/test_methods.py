@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.methods import METHODS, aggregate_uploads, decode_upload, dropped_errors, encode_upload, split_state
+from fedsim.methods import METHODS, aggregate_uploads, decode_upload, dropped_errors, get_method, split_state
 from fedsim.soft import payload_bits
 
 D_IN, D_OUT, R = 24, 16, 8
@@ -39,7 +39,7 @@ def test_ideal_round_trip_is_fedavg():
     weights = [10.0, 20.0, 30.0]
     uploads = []
     for st, w in zip(states, weights, strict=True):
-        arrays, stats = encode_upload(st, "ideal", 0.0, 32, gen())
+        arrays, stats = get_method("ideal").encode(st, 0.0, 32, gen())
         assert stats["payload_bits"] == sum(a.size for a in st.values()) * 32
         assert stats["dropped_rank_error"] == 0.0
         uploads.append((w, *decode_upload(arrays)))
@@ -59,12 +59,12 @@ def test_ideal_round_trip_is_fedavg():
 @pytest.mark.parametrize("rho", [0.25, 0.5, 0.75])
 def test_soft_payload_is_the_formula_and_topk_matches_it(rho):
     st = make_state(1)
-    _, soft = encode_upload(st, "soft", rho, 32, gen())
+    _, soft = get_method("soft").encode(st, rho, 32, gen())
     k = max(1, math.ceil((1 - rho) * R))
     extras_bits = (4 * D_OUT + 4) * 32
     assert soft["payload_bits"] == 4 * payload_bits(D_IN, D_OUT, R, k, 32) + extras_bits
     assert soft["kept_ranks"] == k
-    _, topk = encode_upload(st, "topk", rho, 32, gen())
+    _, topk = get_method("topk").encode(st, rho, 32, gen())
     assert topk["payload_bits"] <= soft["payload_bits"]
     # at most one element (value + index bits) per factor below SOFT's bits
     assert soft["payload_bits"] - topk["payload_bits"] < 4 * 2 * (32 + math.ceil(math.log2(D_IN * R)))
@@ -75,7 +75,7 @@ def test_every_method_decodes_and_aggregates(tmp_path):
     for method in METHODS:
         uploads = []
         for s in range(2):
-            arrays, stats = encode_upload(make_state(s), method, 0.5, 16, gen(s))
+            arrays, stats = get_method(method).encode(make_state(s), 0.5, 16, gen(s))
             assert all(a.dtype in (np.float16, np.int64, np.float64) for a in arrays.values()), method
             uploads.append((1.0, *decode_upload(arrays)))
         new, cov = aggregate_uploads(g, uploads)
@@ -85,7 +85,7 @@ def test_every_method_decodes_and_aggregates(tmp_path):
 
 def test_unsent_ranks_keep_global_value():
     g = make_state(7)
-    arrays, _ = encode_upload(make_state(8), "soft", 0.75, 32, gen())
+    arrays, _ = get_method("soft").encode(make_state(8), 0.75, 32, gen())
     updates, extras = decode_upload(arrays)
     new, _ = aggregate_uploads(g, [(1.0, updates, extras)])
     for module, (a_name, _) in split_state(g)[0].items():
@@ -100,5 +100,48 @@ def test_reported_dropped_errors_are_what_soft_drops():
     errors = dropped_errors(st, (0.0, 0.5, 0.75))
     assert errors[0] == 0.0 and errors[1] < errors[2]
     for rho, err in zip((0.5, 0.75), errors[1:], strict=True):
-        _, soft = encode_upload(st, "soft", rho, 32, gen())
+        _, soft = get_method("soft").encode(st, rho, 32, gen())
         assert err == pytest.approx(soft["dropped_rank_error"], rel=1e-6)
+
+
+def wire_counts(arrays: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(values, indices) an encoded upload carries: float and integer entries, without the
+    simulator's bookkeeping (``meta``: shapes and kind; ``dropped_rank_error``: a diagnostic)."""
+    sent = {k: a for k, a in arrays.items() if not k.endswith(("::meta", "::dropped_rank_error"))}
+    values = sum(a.size for a in sent.values() if np.issubdtype(a.dtype, np.floating))
+    indices = sum(a.size for a in sent.values() if np.issubdtype(a.dtype, np.integer))
+    return values, indices
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.5, 0.875])
+@pytest.mark.parametrize("value_bits", [16, 32])
+def test_every_method_prices_its_upload_exactly(name, rho, value_bits):
+    """The shared method test: the payload formula a scheduler prices an upload with equals the
+    bits the encoder reports, and those bits carry every value on the wire at q bits plus at most
+    a few bits per index."""
+    method = get_method(name)
+    state = make_state(3)
+    arrays, stats = method.encode(state, rho, value_bits, gen(1))
+    shapes = {k: v.shape for k, v in state.items()}
+    assert stats["payload_bits"] == method.adapter_bits(shapes, R, rho, value_bits)
+    values, indices = wire_counts(arrays)
+    assert (
+        values * value_bits <= stats["payload_bits"] <= values * value_bits + indices * math.ceil(math.log2(R * D_IN))
+    )
+    if not method.sparsifies:
+        assert stats["payload_bits"] == method.adapter_bits(shapes, R, 0.0, value_bits)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_aggregates_its_own_uploads(name):
+    method = get_method(name)
+    g = make_state(99)
+    uploads = []
+    for s in range(3):
+        arrays, stats = method.encode(make_state(s), 0.5, 32, gen(s))
+        uploads.append((float(s + 1), *method.decode(arrays)))
+    new, cov = method.aggregate(g, uploads)
+    assert set(new) == set(g) and all(new[k].shape == g[k].shape for k in g)
+    assert all(np.isfinite(v).all() for v in new.values()) and math.isfinite(cov)
+    assert any(not np.array_equal(new[k], g[k]) for k in g)

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from fedsim.config import build_config
+from fedsim.checks import checked_config
 from fedsim.progress import ProgressReporter
 from fedsim.results import ResultsWriter, best_round, metric_higher_is_better
 
@@ -35,7 +35,7 @@ def test_workload_flags_are_read():
 
 
 def test_summary_reports_the_minimum_for_a_lower_is_better_workload(tmp_path):
-    cfg = build_config({"workload.name": "clip-memorisation", "run.rounds": 5})
+    cfg = checked_config({"workload.name": "clip-memorisation", "run.rounds": 5})
     writer = ResultsWriter(tmp_path / "run", cfg)
     for r in RECORDS:
         writer.append(r)
@@ -45,7 +45,7 @@ def test_summary_reports_the_minimum_for_a_lower_is_better_workload(tmp_path):
     assert (on_disk["best_round"], on_disk["best_metric"]) == (2, 0.20)
     assert (tmp_path / "run" / "metric_vs_round.png").stat().st_size > 0
 
-    cfg_up = build_config({"workload.name": "text-classify", "run.rounds": 5})
+    cfg_up = checked_config({"workload.name": "text-classify", "run.rounds": 5})
     up = ResultsWriter(tmp_path / "up", cfg_up)
     for r in RECORDS:
         up.append(r)
@@ -53,7 +53,7 @@ def test_summary_reports_the_minimum_for_a_lower_is_better_workload(tmp_path):
 
 
 def test_progress_tracks_the_best_in_the_metric_direction(capsys):
-    cfg = build_config({"workload.name": "clip-memorisation", "run.rounds": 5})
+    cfg = checked_config({"workload.name": "clip-memorisation", "run.rounds": 5})
     rep = ProgressReporter(cfg, quiet=True)
     rep("start", {"primary_metric": "memorisation_rate"})
     for r in RECORDS:

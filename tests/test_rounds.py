@@ -1,8 +1,9 @@
 import pytest
 
 from channels.rate import noise_psd_w_hz, shannon_rate_bps
-from fedsim.config import build_config
-from fedsim.rounds import WirelessModel, sample_clients
+from fedsim.checks import checked_config
+from fedsim.seeding import sample_clients
+from fedsim.wireless import WirelessModel
 
 
 def test_sampling_is_seeded_sorted_and_without_replacement():
@@ -13,7 +14,7 @@ def test_sampling_is_seeded_sorted_and_without_replacement():
 
 
 def test_accounting_latency_is_max_of_compute_plus_upload():
-    cfg = build_config({"run.clients": 6, "run.clients_per_round": 3})
+    cfg = checked_config({"run.clients": 6, "run.clients_per_round": 3})
     wm = WirelessModel(cfg)
     recs, latency = wm.account(2, [0, 2, 5], [1_000_000, 2_000_000, 500_000], [10, 20, 30], 1e9)
     assert [r["client_id"] for r in recs] == [0, 2, 5]

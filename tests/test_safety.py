@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fedsim.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, sha256_text
+from fedsim.checks import checked_config
 from fedsim.cli import main
-from fedsim.config import build_config
 from fedsim.deploy import DeployError, fetch_results
 from fedsim.results import finite_or_null, to_json
 
@@ -32,7 +32,7 @@ def assert_one_line_exit_2(code, err, fragment):
 
 def results_folder(path, round_=2, seed=3):
     """A results folder as a run leaves it after ``round_`` rounds: config.toml, rounds.jsonl, checkpoint."""
-    cfg = build_config({"run.clients": 4, "run.clients_per_round": 2, "run.rounds": 5, "run.seed": seed})
+    cfg = checked_config({"run.clients": 4, "run.clients_per_round": 2, "run.rounds": 5, "run.seed": seed})
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.toml").write_text(cfg.to_toml())
     records = [{"round": r, "status": "ok"} for r in range(1, round_ + 1)]
@@ -213,7 +213,7 @@ def test_bad_toml_value_is_reported_even_when_a_shortcut_overrides_it(tmp_path, 
         (["--set", "workload.dataset=https://example.org/data.csv"], "URLs are not accepted"),
         (["--set", "workload.dataset=data/missing.csv"], "no such file or folder"),
         (["--ray-address", "127.0.0.1:1"], "no Ray cluster reachable there"),
-        (["--ray-address", "nonsense"], "must be HOST:PORT"),
+        (["--ray-address", "nonsense"], "HOST:PORT of a Ray cluster"),
     ],
 )
 def test_values_that_would_hang_or_misread_are_refused_fast(args, fragment, tmp_path, capsys, monkeypatch):

@@ -233,7 +233,7 @@ import sys
 from pathlib import Path
 from fedsim.config import build_config
 from fedsim.sweep import Interrupted, RunSpec, Sweep, execute
-runs = [RunSpec(n, o, build_config(flat, extra_checks=False)) for n, o, flat in {specs!r}]
+runs = [RunSpec(n, o, build_config(flat)) for n, o, flat in {specs!r}]
 sweep = Sweep("s", Path({str(sweep.source)!r}), "", ["run.seed"], runs)
 try:
     execute(sweep, Path({str(out)!r}), 2, command={command!r}, poll_s=0.05, stop_grace_s=10)

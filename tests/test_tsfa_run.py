@@ -40,10 +40,10 @@ def test_tsfa_run_records_every_decision(tmp_path):
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     queue = 0.0
     for r in records:
-        for key in ("rho", "queue", "round_latency_s", "objective", "solver_status", "solve_time_s", "fallback"):
+        for key in ("rho", "queue_s", "round_latency_s", "objective", "solver_status", "solve_time_s", "fallback"):
             assert key in r
         assert r["rho"] in (0.0, 0.25, 0.5, 0.75)
-        assert r["queue"] == pytest.approx(queue)  # Q_t used for the decision
+        assert r["queue_s"] == pytest.approx(queue)  # Q_t used for the decision
         queue = max(queue + r["round_latency_s"] - 0.2, 0.0)  # Q_{t+1} = max(Q_t + T_t - T_avg, 0)
         bands = np.array([c["bandwidth_hz"] for c in r["clients"]])
         assert bands.sum() == pytest.approx(20e6, rel=1e-6)

@@ -8,9 +8,12 @@ group ``fedsim.workloads`` (``name = "package.module:WorkloadClass"``), and they
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from fedsim.errors import ConfigError
-from workloads.base import Workload
+
+if TYPE_CHECKING:  # the registry's names are read without importing torch
+    from workloads.base import Workload
 
 ENTRY_POINT_GROUP = "fedsim.workloads"
 
@@ -35,9 +38,14 @@ def registry() -> dict[str, str]:
     return {**found, **_BUILTIN}
 
 
-def get_workload_class(name: str) -> type[Workload]:
-    """The workload class registered under ``name``; unknown names list the known ones."""
+def check_workload_name(name: str) -> str:
+    """``name`` if a workload is registered under it, else a ConfigError listing the known names."""
     known = registry()
     if name not in known:
         raise ConfigError(f"workload.name={name!r}: must be one of {', '.join(sorted(known))}")
-    return _load(known[name])
+    return known[name]
+
+
+def get_workload_class(name: str) -> type[Workload]:
+    """The workload class registered under ``name``; unknown names list the known ones."""
+    return _load(check_workload_name(name))

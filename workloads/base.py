@@ -29,6 +29,8 @@ group ``fedsim.workloads``.
 
 from __future__ import annotations
 
+import contextlib
+import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,15 +68,21 @@ class WorkloadSpec:
 
 def parse_options(text: str) -> dict[str, Any]:
     """``"a=1, b=nl"`` -> ``{"a": 1, "b": "nl"}``; values read as TOML would (else kept as strings)."""
-    from fedsim.config import parse_value
-
     out: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"workload.options={text!r}: expected key=value pairs separated by commas")
-        out[key.strip()] = parse_value(value.strip())
+        out[key.strip()] = _toml_value(value.strip())
     return out
+
+
+def _toml_value(text: str) -> Any:
+    """``3`` -> 3, ``0.5`` -> 0.5, ``true`` -> True, ``nl`` -> 'nl' (what TOML reads, else the text)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 class Workload(ABC):
@@ -93,6 +101,13 @@ class Workload(ABC):
     """Column whose values 0..num_clients-1 name each row's client (``partition = "natural"``)."""
     option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
     """Allowed values of preset keys that take one of a few values (checked for ``workload.options``)."""
+
+    device: torch.device = torch.device("cpu")
+    """Where the model lives and :meth:`batches` puts each batch (set by ``fedsim.training``)."""
+    bf16: bool = False
+    """bfloat16 autocast around the forward passes of training and evaluation (:meth:`autocast`)."""
+    supports_gpu: ClassVar[bool] = True
+    """False for a workload whose loss or evaluation builds CPU tensors of its own (it runs on CPU only)."""
 
     def __init__(self, spec: WorkloadSpec):
         self.spec = spec
@@ -201,11 +216,30 @@ class Workload(ABC):
         return [partitioner.load_partition(i) for i in range(n)]
 
     def batches(self, data: Dataset, batch_size: int, generator: torch.Generator | None) -> Iterator[dict]:
-        """Mini-batches of ``data``, shuffled by ``generator`` (None: in order)."""
+        """Mini-batches of ``data``, shuffled by ``generator`` (None: in order), on :attr:`device`.
+
+        The shuffle and the collation run on the CPU (the same order on every device); only the
+        finished batch's tensors move, and on the CPU nothing is copied.
+        """
         n = len(data)
         order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
         for start in range(0, n, batch_size):
-            yield self.collate(data[order[start : start + batch_size]])
+            yield self.place(self.collate(data[order[start : start + batch_size]]))
+
+    def place(self, batch: dict) -> dict:
+        """``batch`` with its tensors on :attr:`device`; on the CPU the batch itself, untouched."""
+        return batch if self.device.type == "cpu" else to_device(batch, self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast on :attr:`device` when :attr:`bf16`; otherwise nothing (float32 as before)."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch with its tensors on ``device`` (other values as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
@@ -250,9 +284,10 @@ def local_train(
     total, steps = 0.0, 0
     for _ in range(epochs):
         for batch in workload.batches(data, batch_size, generator):
-            loss = workload.loss(model, batch)
-            if extra_loss is not None:
-                loss = loss + extra_loss(model)
+            with workload.autocast():  # a no-op unless simulation.bf16; backward runs outside it
+                loss = workload.loss(model, batch)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -416,6 +416,7 @@ def cosine_alpha_bar(steps: int) -> torch.Tensor:
 
 # -- the workload -------------------------------------------------------------------------------
 class ClipMemorisation(Workload):
+    supports_gpu: ClassVar[bool] = False  # its own batches; CPU noise, positions and targets in the loss and evaluation
     name: ClassVar[str] = "clip-memorisation"
     description: ClassVar[str] = (
         "tiny CLIP text tower + conditional U-Net (DDIM), LoRA on cross-attention + feed-forward; duplicated "
@@ -966,12 +967,12 @@ def load_global_model(folder) -> tuple[ClipMemorisation, nn.Module, int]:
 
     from fedsim.checkpoint import load_checkpoint
     from fedsim.config import build_config, load_toml
-    from fedsim.runtime import get_runtime
+    from fedsim.training import load_workload
     from workloads.base import load_trainable_state
 
     folder = Path(folder)
     cfg = build_config(load_toml(folder / "config.toml", "config.toml"))
-    rt = get_runtime(cfg)
+    rt = load_workload(cfg)
     if not isinstance(rt.workload, ClipMemorisation):
         raise ValueError(f"{folder}: a {cfg.workload.name} run, not clip-memorisation")
     ckpt = load_checkpoint(folder)

@@ -20,10 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-
-from datasets import ClassLabel, Dataset, DatasetDict
+from typing import TYPE_CHECKING
 
 from fedsim.errors import ConfigError
+
+if TYPE_CHECKING:  # a dataset name is checked without loading the datasets library
+    from datasets import Dataset, DatasetDict
 
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 TEST_SPLITS = ("test", "validation", "valid", "dev")
@@ -159,11 +161,36 @@ def load_external(
     test = test.select(range(min(test_size, len(test))))
     if len(train) == 0 or len(test) == 0:
         raise ConfigError(f"workload.dataset={name!r}: needs rows to train and test on (got {len(train)}, {len(test)})")
+    if len(set(train["label"][:10_000])) < 2:
+        raise ConfigError(f"workload.dataset={name!r}: column {label!r} has a single value; training needs two or more")
+    return train, test
+
+
+def load_for_spec(spec, **candidates: Sequence[str]) -> tuple[Dataset, Dataset]:
+    """:func:`load_external` for a workload's spec: ``workload.dataset`` and its columns, sized for
+    every client's samples and the test set, sampled with the run's seed. ``candidates`` are the
+    ``text_candidates`` / ``label_candidates`` the workload guesses columns from."""
+    train, test = load_external(
+        spec.dataset,
+        seed=spec.seed,
+        train_size=spec.num_clients * spec.samples_per_client,
+        test_size=spec.test_samples,
+        text_column=spec.text_column,
+        label_column=spec.label_column,
+        **candidates,
+    )
+    if len(train) < spec.num_clients:
+        raise ConfigError(
+            f"workload.dataset={spec.dataset!r}: {len(train)} training rows for run.clients={spec.num_clients}; "
+            "every client needs at least one"
+        )
     return train, test
 
 
 def class_names(train: Dataset, test: Dataset) -> list[str]:
     """The label names: a ClassLabel's names, else the sorted distinct values of both splits."""
+    from datasets import ClassLabel
+
     feature = train.features["label"]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
@@ -175,6 +202,8 @@ def class_names(train: Dataset, test: Dataset) -> list[str]:
 
 def labels_to_ids(data: Dataset, names: list[str]) -> Dataset:
     """``label`` as integer class ids in ``names`` order (a ClassLabel column already is)."""
+    from datasets import ClassLabel
+
     if isinstance(data.features["label"], ClassLabel):
         return data
     index = {n: i for i, n in enumerate(names)}

@@ -472,15 +472,10 @@ class EquationReasoner(Workload):
         return Dataset.from_dict(columns), Dataset.from_dict(test)
 
     def _load_data(self) -> tuple[Dataset, Dataset]:
-        from workloads.data import load_external
+        from workloads.data import load_for_spec
 
-        train, test = load_external(
-            self.spec.dataset,
-            seed=self.spec.seed,
-            train_size=self.spec.num_clients * self.spec.samples_per_client,
-            test_size=self.spec.test_samples,
-            text_column=self.spec.text_column,
-            label_column=self.spec.label_column,
+        train, test = load_for_spec(
+            self.spec,
             text_candidates=("question", "input", "problem", "text"),
             label_candidates=("answer", "target", "solution", "output"),
         )
@@ -516,6 +511,8 @@ class EquationReasoner(Workload):
         """Greedy decodings of ``questions`` (LoRA active when ``model`` carries it)."""
         t5 = model.get_base_model() if hasattr(model, "get_base_model") else model
         ids, mask = self.tokenizer.batch(questions, self.max_src_len)
+        if self.device.type != "cpu":
+            ids, mask = ids.to(self.device), mask.to(self.device)
         out = t5.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -532,7 +529,7 @@ class EquationReasoner(Workload):
         correct, losses, tokens = [], 0.0, 0
         for start in range(0, len(data), 64):
             rows = data[start : start + 64]
-            batch = self.collate(rows)
+            batch = self.place(self.collate(rows))
             n_tok = int((batch["labels"] != -100).sum())
             losses += float(self.loss(model, batch)) * n_tok
             tokens += n_tok

@@ -238,6 +238,7 @@ def parse_lengths(text: str) -> list[int]:
 
 
 class RainbowPadding(Workload):
+    supports_gpu: ClassVar[bool] = False  # CPU generators and prompts in the LLaDA loss and sampler
     name: ClassVar[str] = "rainbow-padding"
     description: ClassVar[str] = (
         "masked-diffusion LM pretrained by fedsim with <eos> padding (cached) + LoRA; eos/single/rainbow "

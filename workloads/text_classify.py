@@ -314,16 +314,9 @@ class TextClassify(Workload):
         return self._data
 
     def _load_data(self) -> tuple[Dataset, Dataset]:
-        from workloads.data import class_names, labels_to_ids, load_external
+        from workloads.data import class_names, labels_to_ids, load_for_spec
 
-        train, test = load_external(
-            self.spec.dataset,
-            seed=self.spec.seed,
-            train_size=self.spec.num_clients * self.spec.samples_per_client,
-            test_size=self.spec.test_samples,
-            text_column=self.spec.text_column,
-            label_column=self.spec.label_column,
-        )
+        train, test = load_for_spec(self.spec)
         self.class_names = class_names(train, test)
         return labels_to_ids(train, self.class_names), labels_to_ids(test, self.class_names)
 

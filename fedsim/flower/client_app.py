@@ -1,20 +1,19 @@
 """The fedsim ClientApp: one virtual client (simulation) or one SuperNode (deployment).
 
 The configuration arrives with every message, so the ServerApp is the single source of truth.
-The heavy objects (base model, data) live in :mod:`fedsim.runtime`'s per-process cache.
+The heavy objects (base model, data) live in :mod:`fedsim.training`'s per-process cache.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 import torch  # actors must import torch at module level (Flower's ArrayRecord conversions)
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.config import Config
-from fedsim.flower.records import (
+from fedsim.flower.messages import (
     CLIENT_KEY,
     NODE_PROFILE_KEYS,
     RHO_KEY,
@@ -23,9 +22,9 @@ from fedsim.flower.records import (
     from_array_record,
     to_array_record,
 )
-from fedsim.methods import dropped_errors, encode_upload
-from fedsim.runtime import client_update
+from fedsim.methods import dropped_errors, fixed_rho, get_method
 from fedsim.seeding import rng, torch_seed
+from fedsim.training import client_update
 
 app = ClientApp()
 
@@ -34,18 +33,13 @@ TRAINED_META = "fedsim.trained-meta"
 
 
 def inject_faults(cfg: Config, client_id: int, round_: int) -> None:
-    """Crash (faults.client_crash_prob) or stall (faults.client_straggle_prob) this client.
+    """Crash this client (faults.client_crash_prob).
 
-    Each draw comes from the client's own stream for the round, so the same clients fail in the
-    same rounds whatever the scheduling.
+    The draw comes from the client's own stream for the round, so the same clients fail in the
+    same rounds whatever the scheduling. (Stragglers are modelled by the round engine in
+    simulated time, not here.)
     """
-    f = cfg.faults
-    if (
-        f.client_straggle_prob > 0
-        and rng(cfg.run.seed, round_, client_id, "fault-straggle").random() < f.client_straggle_prob
-    ):
-        time.sleep(f.straggle_delay_s)
-    p = f.client_crash_prob
+    p = cfg.faults.client_crash_prob
     if p > 0 and rng(cfg.run.seed, round_, client_id, "fault-crash").random() < p:
         if cfg.faults.client_crash_mode == "exit":
             os._exit(13)  # the process dies as a real crash would: no cleanup, no reply
@@ -89,7 +83,7 @@ def _train(msg: Message, context: Context) -> tuple[Config, int, int, dict, dict
 
 def _upload(cfg: Config, client_id: int, round_: int, state: dict, rho: float, metrics: dict, msg: Message) -> Message:
     gen = torch.Generator().manual_seed(torch_seed(cfg.run.seed, round_, client_id, "sparsify"))
-    arrays, stats = encode_upload(state, cfg.run.method, rho, cfg.lora.value_bits, gen)
+    arrays, stats = get_method(cfg.run.method).encode(state, rho, cfg.lora.value_bits, gen)
     metrics.update(stats)
     return Message(RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
@@ -98,7 +92,7 @@ def _upload(cfg: Config, client_id: int, round_: int, state: dict, rho: float, m
 def train(msg: Message, context: Context) -> Message:
     """Train locally, then sparsify at the configured rho and upload: one message per round."""
     cfg, client_id, round_, state, metrics = _train(msg, context)
-    return _upload(cfg, client_id, round_, state, cfg.fixed_rho, metrics, msg)
+    return _upload(cfg, client_id, round_, state, fixed_rho(cfg.run.method, cfg.soft.rho), metrics, msg)
 
 
 @app.train("local")

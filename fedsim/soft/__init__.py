@@ -2,52 +2,57 @@
 
 LoRA factors follow peft: A = ``lora_A.weight`` (r, d_in), B = ``lora_B.weight`` (d_out, r),
 W = W0 + B A; rank component i is (b_i = B[:, i], a_i = A[i, :]). The math is in the
-docstrings; see docs/method.md section 3. No Flower, Ray or config imports here.
+docstrings and the README's SOFT section. No Flower, Ray or config imports here.
 
 Client: ``orthogonality_penalty`` in the local loss, then a sparsifier from ``SPARSIFIERS``
 (``soft``, ``randk``, ``topk``, ``svd``, ``dense``) gives a ``SparseUpdate`` per adapted
 matrix; ``SparseUpdate.to_arrays`` / ``from_arrays`` cross the wire. Server: ``aggregate``
 and the diagnostics ``covariance_norm``, ``mean_abs_cos``, ``dropped_errors_for_rhos``.
+
+The names below are loaded on first use (PEP 562), so the payload arithmetic of
+:mod:`fedsim.soft.budget` is available without importing torch: a configuration is checked in
+well under a second.
 """
 
-from fedsim.soft.aggregate import aggregate
-from fedsim.soft.budget import dense_payload_bits, index_bits_per_entry, keep_count, payload_bits
-from fedsim.soft.diagnostics import covariance_norm, dropped_errors_for_rhos, mean_abs_cos
-from fedsim.soft.importance import rank_importance
-from fedsim.soft.regularizer import lora_factor_pairs, orthogonality_penalty
-from fedsim.soft.sparsify import (
-    SPARSIFIERS,
-    Sparsifier,
-    get_sparsifier,
-    sparsify_dense,
-    sparsify_randk,
-    sparsify_soft,
-    sparsify_svd,
-    sparsify_topk,
-    topk_element_budget,
-)
-from fedsim.soft.update import SparseUpdate
+from __future__ import annotations
 
-__all__ = [
-    "SPARSIFIERS",
-    "SparseUpdate",
-    "Sparsifier",
-    "aggregate",
-    "covariance_norm",
-    "dense_payload_bits",
-    "dropped_errors_for_rhos",
-    "get_sparsifier",
-    "index_bits_per_entry",
-    "keep_count",
-    "lora_factor_pairs",
-    "mean_abs_cos",
-    "orthogonality_penalty",
-    "payload_bits",
-    "rank_importance",
-    "sparsify_dense",
-    "sparsify_randk",
-    "sparsify_soft",
-    "sparsify_svd",
-    "sparsify_topk",
-    "topk_element_budget",
-]
+import importlib
+from typing import Any
+
+_HOME = {
+    "aggregate": "aggregation",
+    "dense_payload_bits": "budget",
+    "index_bits_per_entry": "budget",
+    "keep_count": "budget",
+    "payload_bits": "budget",
+    "topk_element_budget": "budget",
+    "covariance_norm": "diagnostics",
+    "dropped_errors_for_rhos": "diagnostics",
+    "mean_abs_cos": "diagnostics",
+    "rank_importance": "importance",
+    "lora_factor_pairs": "regularizer",
+    "orthogonality_penalty": "regularizer",
+    "SPARSIFIERS": "sparsify",
+    "Sparsifier": "sparsify",
+    "get_sparsifier": "sparsify",
+    "rank_update": "sparsify",
+    "sparsify_dense": "sparsify",
+    "sparsify_randk": "sparsify",
+    "sparsify_soft": "sparsify",
+    "sparsify_svd": "sparsify",
+    "sparsify_topk": "sparsify",
+    "SparseUpdate": "update",
+}
+"""Public name -> the submodule that defines it."""
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'fedsim.soft' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fedsim.soft.{_HOME[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

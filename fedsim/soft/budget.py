@@ -101,3 +101,35 @@ def dense_payload_bits(d_in: int, d_out: int, rank: int, value_bits: int) -> int
     d_in, d_out = _check_positive_int("d_in", d_in), _check_positive_int("d_out", d_out)
     rank = _check_positive_int("rank", rank)
     return rank * (d_in + d_out) * check_value_bits(value_bits)
+
+
+def topk_element_budget(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> tuple[int, int]:
+    """Element counts (n_A, n_B) of the element-wise top-k baseline at SOFT's payload.
+
+    Each sent element of A costs c_A = q + ceil(log2(r d_in)) bits (value and flat index), of B
+    c_B = q + ceil(log2(d_out r)). With P the SOFT payload for the same (d_in, d_out, r, rho, q),
+    n_A and n_B are the largest counts with n_A c_A + n_B c_B <= P, split in proportion to the
+    factor sizes (n_A : n_B ~ d_in : d_out): first n_X = floor(t f_X) with f_A = d_in / (d_in +
+    d_out), f_B = 1 - f_A and t = P / (f_A c_A + f_B c_B) (in exact integer arithmetic), then
+    single elements are added while they fit, to the factor furthest below its share. Hence
+
+        0 <= P - (n_A c_A + n_B c_B) < min(c_A, c_B),
+
+    i.e. topk carries SOFT's bits up to less than one element. (Counts are capped at the factor
+    sizes, which the budget never reaches when r d_in > 1 and d_out r > 1.)
+    """
+    q = check_value_bits(value_bits)
+    P = payload_bits(d_in, d_out, rank, keep_count(rank, rho), q)
+    size = {"A": rank * d_in, "B": d_out * rank}
+    cost = {"A": q + index_bits_per_entry(size["A"]), "B": q + index_bits_per_entry(size["B"])}
+    share = {"A": d_in / (d_in + d_out), "B": d_out / (d_in + d_out)}
+    # floor(t f_A) = floor(P d_in / (d_in c_A + d_out c_B)), exact in integers
+    denom = d_in * cost["A"] + d_out * cost["B"]
+    n = {"A": min(size["A"], P * d_in // denom), "B": min(size["B"], P * d_out // denom)}
+    while True:
+        left = P - n["A"] * cost["A"] - n["B"] * cost["B"]
+        fits = [x for x in ("A", "B") if cost[x] <= left and n[x] < size[x]]
+        if not fits:
+            return n["A"], n["B"]
+        total = n["A"] + n["B"] + 1
+        n[min(fits, key=lambda x: (n[x] - share[x] * total, x))] += 1

@@ -20,6 +20,7 @@ from fedsim.soft.budget import (
     index_bits_per_entry,
     keep_count,
     payload_bits,
+    topk_element_budget,
 )
 from fedsim.soft.importance import check_factors, rank_importance
 from fedsim.soft.update import SparseUpdate, to_wire
@@ -42,7 +43,7 @@ def dropped_error(dropped_s: Tensor) -> float:
     return float(dropped_s.double().square().sum())
 
 
-def _rank_update(
+def rank_update(
     A: Tensor, B: Tensor, kept: Tensor, value_bits: int, payload: int, error: float, rank: int
 ) -> SparseUpdate:
     """Rank update sending A[kept, :] and B[:, kept] of an adapted matrix of structural rank r."""
@@ -77,7 +78,7 @@ def sparsify_soft(
     k = keep_count(r, rho)
     s = rank_importance(A, B)
     kept, dropped_s = top_ranks(s, k)
-    return _rank_update(A, B, kept, q, payload_bits(A.shape[1], B.shape[0], r, k, q), dropped_error(dropped_s), r)
+    return rank_update(A, B, kept, q, payload_bits(A.shape[1], B.shape[0], r, k, q), dropped_error(dropped_s), r)
 
 
 @torch.no_grad()
@@ -97,7 +98,7 @@ def sparsify_randk(
     perm = torch.randperm(r, generator=generator, device=generator.device).to(A.device)
     kept, dropped = torch.sort(perm[:k]).values, torch.sort(perm[k:]).values
     error = dropped_error(rank_importance(A, B).index_select(0, dropped))
-    return _rank_update(A, B, kept, q, payload_bits(A.shape[1], B.shape[0], r, k, q), error, r)
+    return rank_update(A, B, kept, q, payload_bits(A.shape[1], B.shape[0], r, k, q), error, r)
 
 
 @torch.no_grad()
@@ -125,7 +126,7 @@ def sparsify_svd(
     B_new, A_new = U[:, :k] * root, root[:, None] * Vh[:k]
     kept = torch.arange(k, dtype=torch.int64, device=A.device)
     error = dropped_error(S[k:])
-    return _rank_update(A_new, B_new, kept, q, k * (A.shape[1] + B.shape[0]) * q, error, r)
+    return rank_update(A_new, B_new, kept, q, k * (A.shape[1] + B.shape[0]) * q, error, r)
 
 
 @torch.no_grad()
@@ -140,39 +141,7 @@ def sparsify_dense(
     q = check_value_bits(value_bits)
     check_rho(rho)
     kept = torch.arange(r, dtype=torch.int64, device=A.device)
-    return _rank_update(A, B, kept, q, dense_payload_bits(A.shape[1], B.shape[0], r, q), 0.0, r)
-
-
-def topk_element_budget(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> tuple[int, int]:
-    """Element counts (n_A, n_B) of the element-wise top-k baseline at SOFT's payload.
-
-    Each sent element of A costs c_A = q + ceil(log2(r d_in)) bits (value and flat index), of B
-    c_B = q + ceil(log2(d_out r)). With P the SOFT payload for the same (d_in, d_out, r, rho, q),
-    n_A and n_B are the largest counts with n_A c_A + n_B c_B <= P, split in proportion to the
-    factor sizes (n_A : n_B ~ d_in : d_out): first n_X = floor(t f_X) with f_A = d_in / (d_in +
-    d_out), f_B = 1 - f_A and t = P / (f_A c_A + f_B c_B) (in exact integer arithmetic), then
-    single elements are added while they fit, to the factor furthest below its share. Hence
-
-        0 <= P - (n_A c_A + n_B c_B) < min(c_A, c_B),
-
-    i.e. topk carries SOFT's bits up to less than one element. (Counts are capped at the factor
-    sizes, which the budget never reaches when r d_in > 1 and d_out r > 1.)
-    """
-    q = check_value_bits(value_bits)
-    P = payload_bits(d_in, d_out, rank, keep_count(rank, rho), q)
-    size = {"A": rank * d_in, "B": d_out * rank}
-    cost = {"A": q + index_bits_per_entry(size["A"]), "B": q + index_bits_per_entry(size["B"])}
-    share = {"A": d_in / (d_in + d_out), "B": d_out / (d_in + d_out)}
-    # floor(t f_A) = floor(P d_in / (d_in c_A + d_out c_B)), exact in integers
-    denom = d_in * cost["A"] + d_out * cost["B"]
-    n = {"A": min(size["A"], P * d_in // denom), "B": min(size["B"], P * d_out // denom)}
-    while True:
-        left = P - n["A"] * cost["A"] - n["B"] * cost["B"]
-        fits = [x for x in ("A", "B") if cost[x] <= left and n[x] < size[x]]
-        if not fits:
-            return n["A"], n["B"]
-        total = n["A"] + n["B"] + 1
-        n[min(fits, key=lambda x: (n[x] - share[x] * total, x))] += 1
+    return rank_update(A, B, kept, q, dense_payload_bits(A.shape[1], B.shape[0], r, q), 0.0, r)
 
 
 def _topk_flat(X: Tensor, n: int) -> tuple[Tensor, Tensor]:

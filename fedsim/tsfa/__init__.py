@@ -1,12 +1,12 @@
 """TSFA (fedsim formulation): bandwidth allocation, Lyapunov control of rho, offline rank planning.
 
 Pure NumPy / SciPy / cvxpy: nothing here imports flwr, ray or torch, so the math is tested
-directly. See docs/method.md section 4.
+directly. The equations are in each function's docstring.
 
 - :mod:`fedsim.tsfa.allocator`: min-max latency bandwidth split for one round (cvxpy DPP
   problem compiled once, exact reference solver, heuristics, registry ``ALLOCATORS``).
 - :mod:`fedsim.tsfa.controller`: online stage, virtual queue and drift-plus-penalty choice of
-  rho and band (:class:`LyapunovController`), fixed-rho baselines.
+  rho and band (:class:`TsfaScheduler`), fixed-rho baselines.
 - :mod:`fedsim.tsfa.planner`: offline stage, Monte-Carlo choice of the LoRA rank.
 """
 
@@ -30,7 +30,7 @@ from fedsim.tsfa.controller import (
     PENALTY_MODES,
     Decision,
     FixedRhoScheduler,
-    LyapunovController,
+    TsfaScheduler,
 )
 from fedsim.tsfa.planner import InfeasibleBudgetError, RankPlan, RankPlanRow, plan_rank
 
@@ -45,7 +45,7 @@ __all__ = [
     "Decision",
     "FixedRhoScheduler",
     "InfeasibleBudgetError",
-    "LyapunovController",
+    "TsfaScheduler",
     "RankPlan",
     "RankPlanRow",
     "ReferenceAllocator",

@@ -1,6 +1,6 @@
 """Online stage of TSFA: Lyapunov drift-plus-penalty choice of rho and bandwidth (fedsim formulation).
 
-Long-term constraint (method.md section 2): (1/T) sum_t T_t <= T_avg. Virtual queue
+Long-term constraint (the README's TSFA section): (1/T) sum_t T_t <= T_avg. Virtual queue
 (Neely, Stochastic Network Optimization, 2010, ch. 3):
 
     Q_1 = 0,    Q_{t+1} = max(Q_t + T_t - T_avg, 0)              [s]
@@ -19,7 +19,7 @@ The schedulers here share one interface, ``decide(...) -> Decision`` then
 ``update(round_latency_s)``, and a JSON-serialisable state (``state_dict`` /
 ``load_state_dict``) for checkpoints:
 
-- :class:`LyapunovController`: TSFA online stage ("tsfa").
+- :class:`TsfaScheduler`: TSFA online stage ("tsfa").
 - :class:`FixedRhoScheduler`: a fixed rho with a given allocator ("fixed", or "equal" with the
   equal-split allocator).
 """
@@ -41,7 +41,7 @@ __all__ = [
     "PENALTY_MODES",
     "Decision",
     "FixedRhoScheduler",
-    "LyapunovController",
+    "TsfaScheduler",
 ]
 
 DEFAULT_RHO_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
@@ -72,7 +72,7 @@ class Decision:
         V Pen(rho_t) + Q_t T_t(rho_t) before any deadline drop (NaN for fixed-rho schedulers).
     penalty : float
         Pen(rho_t) as used in the objective (normalised, dimensionless; NaN for fixed rho).
-    queue : float
+    queue_s : float
         Q_t in seconds, the queue the decision was made with.
     solver_status : str
         Status of the allocation of the chosen rho (fallback chain included).
@@ -94,7 +94,7 @@ class Decision:
     per_client_latency_s: np.ndarray
     objective: float
     penalty: float
-    queue: float
+    queue_s: float
     solver_status: str
     solve_time_s: float
     fallback: bool
@@ -115,7 +115,7 @@ class Decision:
             "per_client_latency_s": [num(x) for x in self.per_client_latency_s.tolist()],
             "objective": num(self.objective),
             "penalty": num(self.penalty),
-            "queue": self.queue,
+            "queue_s": self.queue_s,
             "solver_status": self.solver_status,
             "solve_time_s": self.solve_time_s,
             "fallback": self.fallback,
@@ -168,6 +168,33 @@ def _lookup(mapping: Mapping, rho: float, name: str) -> object:
 # --------------------------------------------------------------------------------------------
 # Shared scheduler machinery: queue, state, deadline
 # --------------------------------------------------------------------------------------------
+
+
+def deadline_admission(
+    snr_per_hz: np.ndarray,
+    payload_bits: np.ndarray,
+    compute_time_s: np.ndarray,
+    deadline_s: float,
+    bandwidth_total_hz: float,
+) -> np.ndarray:
+    """The clients that cannot all meet the deadline d: a (K,) bool mask of the dropped ones.
+
+    Greedy on the minimum band each client needs to meet d,
+
+        m_k = min_bandwidth_hz(a_k, S_k / (d - T_cmp_k))   (+inf if T_cmp_k >= d),
+
+    admitting clients in increasing m_k while sum m_k <= B_total: the largest set that can all
+    meet d (a unit-value knapsack, solved exactly by the greedy order).
+    """
+    d = deadline_s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need_bps = np.where(compute_time_s < d, payload_bits / (d - compute_time_s), np.inf)
+    need_hz = np.where(payload_bits > 0, min_bandwidth_hz(snr_per_hz, need_bps), 0.0)
+    need_hz = np.where(compute_time_s <= d, need_hz, np.inf)
+    order = np.argsort(need_hz, kind="stable")
+    dropped = np.zeros(np.shape(snr_per_hz), dtype=bool)
+    dropped[order[~(np.cumsum(need_hz[order]) <= bandwidth_total_hz * (1 + 1e-12))]] = True
+    return dropped
 
 
 class _Scheduler:
@@ -224,7 +251,9 @@ class _Scheduler:
         expected = set(self.state_dict())
         if set(state) != expected:
             raise ValueError(f"scheduler state keys={sorted(state)!r}: expected {sorted(expected)!r}")
-        if state["kind"] != self.kind:
+        if {"lyapunov": "tsfa"}.get(
+            state["kind"], state["kind"]
+        ) != self.kind:  # "lyapunov": the name in checkpoints written before 0.2
             raise ValueError(f"scheduler state kind={state['kind']!r}: this scheduler is {self.kind!r}")
         q = _real("state.queue_s", state["queue_s"])
         s = _real("state.latency_sum_s", state["latency_sum_s"])
@@ -245,13 +274,7 @@ class _Scheduler:
         """Drop the clients that cannot meet ``deadline_s`` and re-solve for the rest.
 
         A min-max allocation equalises latencies, so "drop whoever exceeds the deadline" would
-        drop everyone at once. Admission is therefore greedy on the minimum band each client
-        needs to meet the deadline d,
-
-            m_k = min_bandwidth_hz(a_k, S_k / (d - T_cmp_k))   (+inf if T_cmp_k >= d),
-
-        admitting clients in increasing m_k while sum m_k <= B_total: the largest set that can
-        all meet d (a unit-value knapsack, solved exactly by the greedy order). The allocator
+        drop everyone at once. Admission is therefore :func:`deadline_admission`. The allocator
         then re-solves for the admitted clients; any that still exceed d (possible with a
         heuristic allocator such as the equal split) are dropped in turn and it re-solves again.
         """
@@ -260,14 +283,7 @@ class _Scheduler:
         extra_time, extra_fallback = 0.0, False
         if d is None or res.latency_s <= d * (1 + _DEADLINE_RTOL):
             return res, dropped, extra_time, extra_fallback
-        bt = self.allocator.bandwidth_total_hz
-        with np.errstate(divide="ignore", invalid="ignore"):
-            need_bps = np.where(tcmp < d, payload / (d - tcmp), np.inf)
-        need_hz = np.where(payload > 0, min_bandwidth_hz(a, need_bps), 0.0)
-        need_hz = np.where(tcmp <= d, need_hz, np.inf)
-        order = np.argsort(need_hz, kind="stable")
-        admitted_total = np.cumsum(need_hz[order])
-        dropped[order[~(admitted_total <= bt * (1 + 1e-12))]] = True
+        dropped = deadline_admission(a, payload, tcmp, d, self.allocator.bandwidth_total_hz)
         for _ in range(a.size + 1):
             s_m = np.where(dropped, 0.0, payload)
             t_m = np.where(dropped, 0.0, tcmp)
@@ -306,7 +322,7 @@ class _Scheduler:
             per_client_latency_s=lat,
             objective=float(objective),
             penalty=float(penalty),
-            queue=float(self.queue_s),
+            queue_s=float(self.queue_s),
             solver_status=res.status,
             solve_time_s=float(solve_time_s),
             fallback=bool(fallback),
@@ -339,7 +355,7 @@ class _Scheduler:
 # --------------------------------------------------------------------------------------------
 
 
-class LyapunovController(_Scheduler):
+class TsfaScheduler(_Scheduler):
     """TSFA online stage: drift-plus-penalty choice of rho_t and b_t (fedsim formulation).
 
     Each round, for every rho in the grid (ascending), the allocator gives the min-max band
@@ -375,7 +391,7 @@ class LyapunovController(_Scheduler):
         A bad parameter, e.g. "tsfa.latency_budget_s=-1: must be > 0".
     """
 
-    kind = "lyapunov"
+    kind = "tsfa"
 
     def __init__(
         self,
@@ -463,7 +479,7 @@ class FixedRhoScheduler(_Scheduler):
 
     ``FixedRhoScheduler(rho, make_allocator("minmax", K, B))`` is the fixed-rho baseline with
     the min-max split; with ``make_allocator("equal", K, B)`` it is the equal-split baseline.
-    Same ``decide`` / ``update`` / state interface as :class:`LyapunovController`; Q_t is
+    Same ``decide`` / ``update`` / state interface as :class:`TsfaScheduler`; Q_t is
     tracked for the records when ``latency_budget_s`` is given and never used.
 
     Parameters
@@ -484,7 +500,7 @@ class FixedRhoScheduler(_Scheduler):
         deadline_s: float | None = None,
     ) -> None:
         super().__init__(allocator, latency_budget_s, deadline_s)
-        self.rho = _rho("tsfa.rho", rho)
+        self.rho = _rho("soft.rho", rho)
 
     def decide(
         self,

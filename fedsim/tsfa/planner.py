@@ -1,6 +1,6 @@
 """Offline stage of TSFA: choose the structural LoRA rank from channel statistics (fedsim formulation).
 
-For each candidate rank r (default set {2, 4, 8, 16, 32}, method.md section 4) the expected
+For each candidate rank r (default set {2, 4, 8, 16, 32}, the README's TSFA section) the expected
 round latency with the optimal bandwidth split is estimated by Monte Carlo over the channel
 distribution, at the payloads of a nominal rho (baked into ``payload_bits_for_rank``):
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsim.tsfa.allocator import AllocationResult, solve_reference
+from fedsim.tsfa.controller import deadline_admission
 
 __all__ = ["InfeasibleBudgetError", "RankPlan", "RankPlanRow", "plan_rank"]
 
@@ -48,6 +49,9 @@ class RankPlanRow:
         Half-width of the normal 95% confidence interval of the mean, 1.96 std / sqrt(N), s.
     feasible : bool
         expected_latency_s <= latency_budget_s (the point estimate).
+    dropped_share : float
+        Expected fraction of the round's clients dropped by the deadline (0 without one); the
+        latencies above are then those of the admitted clients.
     """
 
     rank: int
@@ -57,6 +61,7 @@ class RankPlanRow:
     latency_std_s: float
     latency_ci95_s: float
     feasible: bool
+    dropped_share: float = 0.0
 
 
 def _table(rows: Sequence[RankPlanRow]) -> list[dict]:
@@ -69,6 +74,7 @@ def _table(rows: Sequence[RankPlanRow]) -> list[dict]:
             "latency_std_s": r.latency_std_s,
             "latency_ci95_s": r.latency_ci95_s,
             "feasible": r.feasible,
+            "dropped_share": r.dropped_share,
         }
         for r in rows
     ]
@@ -133,6 +139,26 @@ def _check_ranks(candidate_ranks: Sequence[int]) -> list[int]:
     return sorted({int(r) for r in candidate_ranks})
 
 
+def _round_latency(
+    a: np.ndarray,
+    payload: np.ndarray,
+    tcmp: np.ndarray,
+    bandwidth_total_hz: float,
+    allocate: Callable[..., AllocationResult],
+    deadline_s: float | None,
+) -> tuple[float, float]:
+    """(optimal round latency of the admitted clients, share of clients dropped) for one draw."""
+    res = allocate(a, payload, tcmp, bandwidth_total_hz)
+    if deadline_s is None or res.latency_s <= deadline_s:
+        return res.latency_s, 0.0
+    dropped = deadline_admission(a, payload, tcmp, deadline_s, bandwidth_total_hz)
+    if dropped.all():
+        return 0.0, 1.0
+    kept = ~dropped
+    res = allocate(a[kept], payload[kept], tcmp[kept], bandwidth_total_hz)
+    return res.latency_s, float(dropped.mean())
+
+
 def plan_rank(
     candidate_ranks: Sequence[int],
     payload_bits_for_rank: Callable[[int], np.ndarray],
@@ -143,6 +169,7 @@ def plan_rank(
     *,
     bandwidth_total_hz: float,
     allocate: Callable[..., AllocationResult] = solve_reference,
+    deadline_s: float | None = None,
 ) -> RankPlan:
     """Pick the largest LoRA rank whose expected optimal round latency meets T_avg.
 
@@ -150,7 +177,7 @@ def plan_rank(
     ----------
     candidate_ranks : positive integers (sorted and de-duplicated).
     payload_bits_for_rank : r -> (K,) payload S_k(r) in bits at the nominal rho (e.g. the SOFT
-        payload of method.md section 3 summed over the adapted matrices).
+        payload of the README's SOFT section summed over the adapted matrices).
     sample_round : rng -> (a (K,) in Hz, compute_time_s (K,) in s): one draw of the channel
         distribution (and compute times); called ``num_samples`` times, once per draw.
     latency_budget_s : T_avg > 0, seconds.
@@ -159,6 +186,11 @@ def plan_rank(
     bandwidth_total_hz : B_total > 0, Hz.
     allocate : the min-max allocator, ``(a, S, T_cmp, B_total) -> AllocationResult``
         (default: the exact reference solver).
+    deadline_s : the per-round hard deadline d (None: none). Each draw then admits the clients
+        that can all meet d (:func:`~fedsim.tsfa.controller.deadline_admission`, as the run
+        does), and its latency is that of the admitted clients, at most d: the expectation is
+        finite even under Rayleigh fading, whose unbounded upload times give the plan without
+        a deadline a heavy tail.
 
     Returns
     -------
@@ -190,7 +222,8 @@ def plan_rank(
         payload = np.asarray(payload_bits_for_rank(r), dtype=float)
         if payload.shape != draws[0][0].shape:
             raise ValueError(f"payload_bits_for_rank({r}) has shape {payload.shape}: must match a {draws[0][0].shape}")
-        lat = np.array([allocate(a, payload, tcmp, bandwidth_total_hz).latency_s for a, tcmp in draws])
+        outcomes = [_round_latency(a, payload, tcmp, bandwidth_total_hz, allocate, deadline_s) for a, tcmp in draws]
+        lat = np.array([latency for latency, _ in outcomes])
         mean = float(lat.mean())
         std = float(lat.std(ddof=1)) if lat.size > 1 else 0.0
         rows.append(
@@ -202,6 +235,7 @@ def plan_rank(
                 latency_std_s=std,
                 latency_ci95_s=_Z95 * std / math.sqrt(lat.size),
                 feasible=bool(mean <= budget),
+                dropped_share=float(np.mean([share for _, share in outcomes])),
             )
         )
     feasible = [row.rank for row in rows if row.feasible]

@@ -1,4 +1,4 @@
-"""The configured wireless model through fedsim.rounds.WirelessModel (no Flower): reproducibility,
+"""The configured wireless model through fedsim.wireless.WirelessModel (no Flower): reproducibility,
 trace export and replay, downlink, outage, energy, files, and bad input at configuration time."""
 
 import json
@@ -9,8 +9,10 @@ import pytest
 
 from channels.rate import noise_psd_w_hz, shannon_rate_bps
 from channels.trace import rows_from_round_records, write_trace
-from fedsim.config import ConfigError, build_config
-from fedsim.rounds import WirelessModel, sample_clients
+from fedsim.checks import checked_config
+from fedsim.config import ConfigError
+from fedsim.seeding import sample_clients
+from fedsim.wireless import WirelessModel
 
 FLOPS = 2e9
 RICH = {
@@ -43,7 +45,7 @@ def run_rounds(cfg, model=None):
 
 
 def test_default_records_keep_their_fields_and_meaning():
-    cfg = build_config({"run.clients": 6, "run.clients_per_round": 3})
+    cfg = checked_config({"run.clients": 6, "run.clients_per_round": 3})
     recs, latency = WirelessModel(cfg).account(1, [0, 2, 5], [10**6, 2 * 10**6, 5 * 10**5], [10, 20, 30], 1e9)
     for r in recs:
         assert r["gain_db"] == pytest.approx(-r["pathloss_db"] + r["fading_gain_db"])
@@ -56,11 +58,11 @@ def test_default_records_keep_their_fields_and_meaning():
 
 
 def test_deterministic_for_a_seed_and_independent_of_who_is_sampled():
-    cfg = build_config(RICH)
+    cfg = checked_config(RICH)
     a = run_rounds(cfg)
     assert run_rounds(cfg) == a
     assert json.loads(json.dumps(a)) == a  # records are plain JSON
-    other = run_rounds(build_config({**RICH, "run.seed": 4}))
+    other = run_rounds(checked_config({**RICH, "run.seed": 4}))
     assert other != a
     # client 1's channel in round 3 is the same whoever else takes part
     wm = WirelessModel(cfg)
@@ -72,7 +74,7 @@ def test_deterministic_for_a_seed_and_independent_of_who_is_sampled():
 
 def test_time_correlated_state_recomputes_for_any_round():
     """A resumed run asks for round t first; the answer equals the one of a run that went 1..t."""
-    cfg = build_config(RICH)
+    cfg = checked_config(RICH)
     seq = WirelessModel(cfg)
     for t in range(1, 6):
         ch = seq.channel(t)
@@ -83,7 +85,7 @@ def test_time_correlated_state_recomputes_for_any_round():
 
 
 def test_mobility_changes_distances_within_the_cell():
-    cfg = build_config({**RICH, "channel.radius_m": 300.0, "channel.min_distance_m": 20.0})
+    cfg = checked_config({**RICH, "channel.radius_m": 300.0, "channel.min_distance_m": 20.0})
     wm = WirelessModel(cfg)
     d = np.stack([wm.channel(t).distance_m for t in range(1, 8)])
     assert np.all(np.abs(np.diff(d, axis=0)) <= 25.0 + 1e-9)
@@ -92,7 +94,7 @@ def test_mobility_changes_distances_within_the_cell():
 
 
 def test_downlink_outage_and_energy_formulas():
-    cfg = build_config({**RICH, "train.local_epochs": 2})
+    cfg = checked_config({**RICH, "train.local_epochs": 2})
     wm = WirelessModel(cfg)
     ids, bits, samples = [1, 4, 6], [10**6, 2 * 10**6, 3 * 10**6], [10, 20, 30]
     recs, latency = wm.account(2, ids, bits, samples, FLOPS, downlink_bits=4 * 10**6)
@@ -107,25 +109,36 @@ def test_downlink_outage_and_energy_formulas():
         cycles = 2 * r["num_samples"] * FLOPS / 1000.0
         assert r["compute_energy_j"] == pytest.approx(1e-28 * cycles * f_clk**2)
     assert latency == pytest.approx(max(r["downlink_time_s"] + r["compute_time_s"] + r["upload_time_s"] for r in recs))
-    tight = WirelessModel(build_config({**RICH, "channel.outage_deadline_s": 1e-6})).account(2, ids, bits, samples, 1)
+    tight = WirelessModel(checked_config({**RICH, "channel.outage_deadline_s": 1e-6})).account(2, ids, bits, samples, 1)
     assert all(r["outage"] for r in tight[0])
 
 
 def test_trace_export_and_replay_give_identical_records(tmp_path):
-    cfg = build_config(RICH)
+    cfg = checked_config(RICH)
     records = run_rounds(cfg)
     trace = tmp_path / "from_results.csv"
     write_trace(trace, rows_from_round_records(records))
-    replayed = run_rounds(build_config({**RICH, "channel.trace_csv": str(trace)}))
+    replayed = run_rounds(checked_config({**RICH, "channel.trace_csv": str(trace)}))
     assert replayed == records
 
 
 def test_full_cell_trace_replays_under_another_sampling(tmp_path):
-    cfg = build_config(RICH)
+    cfg = checked_config(RICH)
     wm = WirelessModel(cfg)
     trace = tmp_path / "cell.csv"
-    assert wm.export_trace(trace) == cfg.run.rounds * cfg.run.clients
-    cfg2 = build_config({**RICH, "channel.trace_csv": str(trace), "run.clients_per_round": 5})
+
+    def value(t: int, key: str, c: int) -> float | None:
+        column = getattr(wm.channel(t), key)
+        return None if column is None else float(column[c])
+
+    keys = ("distance_m", "pathloss_db", "shadowing_db", "fading_gain_db", "los", "gain_db")
+    rows = [
+        {"round": t, "client_id": c, **{k: value(t, k, c) for k in keys}}
+        for t in range(1, cfg.run.rounds + 1)
+        for c in range(cfg.run.clients)
+    ]
+    assert write_trace(trace, rows) == cfg.run.rounds * cfg.run.clients
+    cfg2 = checked_config({**RICH, "channel.trace_csv": str(trace), "run.clients_per_round": 5})
     wm2 = WirelessModel(cfg2)
     for t in range(1, cfg.run.rounds + 1):
         assert np.array_equal(wm2.channel(t).gain_db, wm.channel(t).gain_db)
@@ -134,7 +147,7 @@ def test_full_cell_trace_replays_under_another_sampling(tmp_path):
     (tmp_path / "gains.csv").write_text(
         "round,client_id,gain_db\n" + "".join(f"{t},{c},-{100 + t + c}\n" for t in range(1, 5) for c in range(8))
     )
-    wm3 = WirelessModel(build_config({**RICH, "channel.trace_csv": str(tmp_path / "gains.csv")}))
+    wm3 = WirelessModel(checked_config({**RICH, "channel.trace_csv": str(tmp_path / "gains.csv")}))
     rec = wm3.account(2, [3], [10**6], [10], FLOPS)[0][0]
     assert rec["gain_db"] == -105.0 and rec["pathloss_db"] is None and rec["los"] is None
 
@@ -144,7 +157,7 @@ def test_positions_and_device_speed_files(tmp_path):
     pos.write_text("client_id,x_m,y_m\n0,30,40\n1,-300,0\n2,0,120\n")
     speeds = tmp_path / "speeds.csv"
     speeds.write_text("client_id,device_flops\n0,1e12\n1,2e12\n2,5e11\n")
-    cfg = build_config(
+    cfg = checked_config(
         {
             "run.clients": 3,
             "run.clients_per_round": 2,
@@ -166,11 +179,11 @@ def test_other_models_run_from_config():
         {"channel.mobility": "constant-velocity", "compute.device_speed": "lognormal"},
         {"compute.device_speed": "fixed", "channel.shadowing_correlation": 1.0, "channel.shadowing": "lognormal"},
     ):
-        cfg = build_config({"run.clients": 5, "run.clients_per_round": 2, "run.rounds": 3, **flat})
+        cfg = checked_config({"run.clients": 5, "run.clients_per_round": 2, "run.rounds": 3, **flat})
         recs = run_rounds(cfg)
         assert all(math.isfinite(r["rate_bps"]) and r["rate_bps"] > 0 for rr in recs for r in rr["clients"])
     fixed = {"channel.shadowing": "lognormal", "channel.shadowing_correlation": 1.0}
-    wm = WirelessModel(build_config({"run.clients": 5, "run.clients_per_round": 2, **fixed}))
+    wm = WirelessModel(checked_config({"run.clients": 5, "run.clients_per_round": 2, **fixed}))
     assert np.array_equal(wm.channel(1).shadowing_db, wm.channel(3).shadowing_db)  # correlation 1: fixed
 
 
@@ -227,7 +240,7 @@ def full_trace(rounds, clients):
 )
 def test_bad_channel_config_is_one_line(flat, fragment):
     with pytest.raises(ConfigError) as e:
-        build_config({"run.clients": 8, "run.clients_per_round": 3, "run.rounds": 3, **flat})
+        checked_config({"run.clients": 8, "run.clients_per_round": 3, "run.rounds": 3, **flat})
     assert fragment in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -250,7 +263,7 @@ def test_bad_channel_config_is_one_line(flat, fragment):
 def test_bad_trace_files(tmp_path, text, fragment):
     path = _trace(tmp_path, text)
     with pytest.raises(ConfigError) as e:
-        build_config({"run.clients": 8, "run.clients_per_round": 3, "run.rounds": 3, "channel.trace_csv": path})
+        checked_config({"run.clients": 8, "run.clients_per_round": 3, "run.rounds": 3, "channel.trace_csv": path})
     msg = str(e.value)
     assert msg.startswith(f"channel.trace_csv={path!r}: ") and fragment in msg and "\n" not in msg
 
@@ -268,14 +281,16 @@ def test_bad_trace_files(tmp_path, text, fragment):
 def test_bad_positions_files(tmp_path, text, fragment):
     p = _trace(tmp_path, text, "pos.csv")
     with pytest.raises(ConfigError) as e:
-        build_config({"run.clients": 3, "run.clients_per_round": 2, "channel.drop": "csv", "channel.positions_csv": p})
+        checked_config(
+            {"run.clients": 3, "run.clients_per_round": 2, "channel.drop": "csv", "channel.positions_csv": p}
+        )
     assert str(e.value).startswith(f"channel.positions_csv={p!r}: ") and fragment in str(e.value)
 
 
 def test_bad_device_speed_file(tmp_path):
     p = _trace(tmp_path, "client_id,device_flops\n0,1e12\n1,-3\n", "speeds.csv")
     with pytest.raises(ConfigError, match="line 3: device_flops must be a positive FLOP/s"):
-        build_config(
+        checked_config(
             {"run.clients": 2, "run.clients_per_round": 2, "compute.device_speed": "csv", "compute.device_speed_csv": p}
         )
 
@@ -303,7 +318,7 @@ def test_fedsim_channels_lists_every_component(capsys):
 def test_fedsim_channels_exports_a_results_trace_that_replays(tmp_path, capsys):
     from fedsim.cli import main
 
-    cfg = build_config(RICH)
+    cfg = checked_config(RICH)
     records = run_rounds(cfg)
     results = tmp_path / "run"
     results.mkdir()
@@ -312,7 +327,7 @@ def test_fedsim_channels_exports_a_results_trace_that_replays(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["channels", "--export-trace", str(results), "--out", str(out)])
     assert e.value.code == 0 and "rows written" in capsys.readouterr().out
-    assert run_rounds(build_config({**RICH, "channel.trace_csv": str(out)})) == records
+    assert run_rounds(checked_config({**RICH, "channel.trace_csv": str(out)})) == records
     with pytest.raises(SystemExit) as e:
         main(["channels", "--export-trace", str(tmp_path / "nothing"), "--out", str(out)])
     assert e.value.code == 2 and "not a results folder" in capsys.readouterr().err
@@ -328,11 +343,11 @@ def test_run_with_a_bad_channel_value_exits_2(capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_positions_set_after_construction_are_used():
-    """A deployed node's profile replaces its drop before round 1 (fedsim.flower.server_app.apply_node_profiles)."""
-    cfg = build_config({"run.clients": 4, "run.clients_per_round": 2})
-    wm = WirelessModel(cfg)
-    before = wm.channel(1).distance_m.copy()
-    wm.positions_m[2] = (123.0, 0.0)
+def test_node_profiles_replace_the_drop():
+    """A deployed node's profile replaces its drop and speed before round 1; other clients keep theirs."""
+    cfg = checked_config({"run.clients": 4, "run.clients_per_round": 2})
+    before = WirelessModel(cfg).channel(1).distance_m
+    wm = WirelessModel(cfg, profiles={2: {"distance-m": 123.0, "device-flops": 3e12}})
+    assert wm.device_flops[2] == 3e12
     after = wm.channel(1).distance_m
     assert after[2] == pytest.approx(123.0) and np.array_equal(np.delete(after, 2), np.delete(before, 2))

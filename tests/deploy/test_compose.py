@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from fedsim.config import build_config
+from fedsim.checks import checked_config
 from fedsim.deploy import find_app_dir, run_config, stage_app, write_connection
 from tests.deploy.federation import REPO
 
@@ -135,7 +135,7 @@ def test_staged_app_declares_the_whole_configuration(tmp_path):
     from flwr.cli.build import build_fab_from_disk
     from flwr.cli.config_utils import load_and_validate
 
-    cfg = build_config({"run.clients": 3, "run.clients_per_round": 3, "workload.samples_per_client": 16})
+    cfg = checked_config({"run.clients": 3, "run.clients_per_round": 3, "workload.samples_per_client": 16})
     flat = {"results-dir": "/work/results/x", **run_config(cfg)}
     stage = stage_app(find_app_dir(None), flat, tmp_path / "app")
     declared = tomllib.loads((stage / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]

@@ -14,10 +14,8 @@ TX_POWER_DBM = 23.0
 RHO_GRID = (0.0, 0.25, 0.5, 0.75)
 
 
-def soft_payload_bits(
-    rank: int, rho: float, d_in: int = 768, d_out: int = 768, matrices: int = 12, q: int = 32
-) -> int:
-    """SOFT upload of one client (method.md section 3), summed over the adapted matrices.
+def soft_payload_bits(rank: int, rho: float, d_in: int = 768, d_out: int = 768, matrices: int = 12, q: int = 32) -> int:
+    """SOFT upload of one client (the README's SOFT section), summed over the adapted matrices.
 
     k = max(1, ceil((1 - rho) r)),  S = k (d_in + d_out) q + min(r, k ceil(log2 r)) per matrix.
     Written out here (rather than imported from fedsim.soft) so the TSFA tests stay torch-free.
@@ -34,7 +32,7 @@ def dropped_error(rank: int, rho: float, decay: float = 0.8) -> float:
 
 
 def path_loss_db(distance_m: np.ndarray) -> np.ndarray:
-    """PL_dB = 128.1 + 37.6 log10(d_km) (method.md section 2 default)."""
+    """PL_dB = 128.1 + 37.6 log10(d_km) (the default of the README's wireless model)."""
     return 128.1 + 37.6 * np.log10(np.asarray(distance_m) / 1000.0)
 
 
@@ -50,3 +48,16 @@ def random_instance(rng: np.random.Generator, num_clients: int, zero_compute_fra
     s = 1e6 * 10.0 ** rng.uniform(0.0, 2.0, num_clients)
     t = rng.uniform(0.0, 1.0, num_clients) * (rng.random(num_clients) >= zero_compute_fraction)
     return a, s, t
+
+
+def cell_rounds(num_clients: int, rounds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The rounds of ``benchmarks/allocator.py`` (same generator, same draws): (a, S, T_cmp) per round.
+
+    Clients uniform in a 500 m disc (min 10 m), drawn once; Rayleigh fading redrawn every round;
+    the SOFT payload of a rank-16 adapter at rho = 0.5; compute times uniform in [0.1, 1] s.
+    """
+    rng = np.random.default_rng([seed, num_clients])
+    distance_m = np.sqrt(rng.uniform(10.0**2, 500.0**2, num_clients))
+    tcmp = rng.uniform(0.1, 1.0, num_clients)
+    payload = np.full(num_clients, float(soft_payload_bits(16, 0.5)))
+    return [(rayleigh_snr_per_hz(rng, distance_m), payload, tcmp) for _ in range(rounds)]

@@ -19,8 +19,8 @@ from fedsim.tsfa import (
     proportional_split,
     solve_reference,
 )
-from fedsim.tsfa.allocator import LN2
-from tests.tsfa.helpers import BANDWIDTH_TOTAL_HZ, random_instance
+from fedsim.tsfa.allocator import LN2, _certified, _polish
+from tests.tsfa.helpers import BANDWIDTH_TOTAL_HZ, cell_rounds, random_instance
 
 B = BANDWIDTH_TOTAL_HZ
 CLIENT_COUNTS = (1, 2, 3, 5, 8, 13, 21, 34, 60)
@@ -49,7 +49,8 @@ def test_cvxpy_matches_reference(inst):
     ref = solve_reference(a, s, t, B)
     res = allocator(a.size).solve(a, s, t)
     assert res.method == "cvxpy" and not res.fallback, res.status
-    assert res.status == "optimal"
+    # "optimal", or Clarabel's optimal_inaccurate accepted on the optimality certificate
+    assert res.status in ("optimal", "certified:optimal_inaccurate"), res.status
     assert abs(res.latency_s - ref.latency_s) <= 1e-4 * ref.latency_s
     for r in (res, ref):
         # the band binds and every client gets some
@@ -80,7 +81,8 @@ def test_reference_beats_any_other_split(inst, seed):
         d -= d.mean()
         b = np.maximum(ref.bandwidth_hz * (1 + 1e-3 * d), 0)
         others.append(client_latency_s(b * B / b.sum(), a, s, t).max())
-    assert ref.latency_s <= min(others) * (1 + 1e-12)
+    # the reference finds tau* to rtol 1e-9 (Brent), so a split can tie it to within that
+    assert ref.latency_s <= min(others) * (1 + 2e-9)
 
 
 def test_reference_rtol_controls_the_deadline():
@@ -198,3 +200,40 @@ def test_registry_contract(name):
 def test_registry_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="tsfa.allocator='cvx'.*equal, minmax, proportional, reference"):
         make_allocator("cvx", 3, B)
+
+
+def test_no_fallback_at_k1000_on_the_hard_rounds():
+    """K = 1000 on the benchmark's cell: rounds where one near-saturated client in a deep fade
+    takes 25-70% of the band (Clarabel stops at optimal_inaccurate there, up to 8% off before
+    the polish) and ordinary ones; all certified within 1e-5 of the reference, none falls back."""
+    picks = {0: [0, 1, 2], 4: [14, 47], 5: [35, 67, 71]}
+    alloc = CvxpyAllocator(1000, B)
+    for seed, rounds in picks.items():
+        draws = cell_rounds(1000, max(rounds) + 2, seed)
+        for i in rounds:
+            a, s, t = draws[1 + i]  # round 0 of the benchmark is its compilation solve
+            res = alloc.solve(a, s, t)
+            assert not res.fallback and res.method == "cvxpy", (seed, i, res.status)
+            ref = solve_reference(a, s, t, B)
+            assert ref.latency_s <= res.latency_s <= ref.latency_s * (1 + 1e-5), (seed, i)
+            assert res.bandwidth_hz.sum() == pytest.approx(B, rel=1e-9)
+    assert alloc.num_fallbacks == 0
+
+
+def test_certificate_and_polish():
+    """The certificate accepts the optimum and rejects a worse split; a polish step never hurts."""
+    rng = np.random.default_rng(5)
+    a, s, t = random_instance(rng, 30)
+    ref = solve_reference(a, s, t, B, rtol=1e-12)
+    assert _certified(a, s, t, B, ref.latency_s, 1e-9)
+    eq = equal_split(a, s, t, B)
+    gap = eq.latency_s / ref.latency_s - 1
+    assert gap > 1e-3
+    assert not _certified(a, s, t, B, eq.latency_s, gap / 2)
+    assert _certified(a, s, t, B, eq.latency_s, gap * 2)
+    for _ in range(5):
+        b = B * rng.dirichlet(np.ones(a.size))
+        before = client_latency_s(b, a, s, t).max()
+        after = _polish(b, a, s, t, B)
+        assert after.sum() == pytest.approx(B, rel=1e-12)
+        assert ref.latency_s * (1 - 1e-9) <= client_latency_s(after, a, s, t).max() <= before

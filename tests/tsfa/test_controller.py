@@ -9,7 +9,7 @@ import pytest
 
 from fedsim.tsfa import (
     FixedRhoScheduler,
-    LyapunovController,
+    TsfaScheduler,
     equal_split,
     make_allocator,
     min_bandwidth_hz,
@@ -60,7 +60,7 @@ def test_thousand_rounds_meet_the_latency_budget():
     channels, tcmp, payloads, errors = synthetic_cell()
     alloc = make_allocator("reference", tcmp.size, B)
     budget_s, burn_in = 0.68, 100
-    ctrl = LyapunovController(alloc, latency_budget_s=budget_s, v=0.5, rho_grid=RHO_GRID)
+    ctrl = TsfaScheduler(alloc, latency_budget_s=budget_s, v=0.5, rho_grid=RHO_GRID)
     decisions = run(ctrl, channels, tcmp, payloads, errors)
     lat = np.array([d.round_latency_s for d in decisions])
 
@@ -80,14 +80,12 @@ def test_thousand_rounds_meet_the_latency_budget():
 
 def test_cvxpy_controller_agrees_with_reference():
     channels, tcmp, payloads, errors = synthetic_cell(num_clients=10, rounds=25, seed=5)
-    ref = LyapunovController(make_allocator("reference", 10, B), 0.6, 0.5)
-    cvx = LyapunovController(make_allocator("minmax", 10, B), 0.6, 0.5)
+    ref = TsfaScheduler(make_allocator("reference", 10, B), 0.6, 0.5)
+    cvx = TsfaScheduler(make_allocator("minmax", 10, B), 0.6, 0.5)
     d_ref = run(ref, channels, tcmp, payloads, errors)
     d_cvx = run(cvx, channels, tcmp, payloads, errors)
     assert [d.rho for d in d_cvx] == [d.rho for d in d_ref]
-    np.testing.assert_allclose(
-        [d.round_latency_s for d in d_cvx], [d.round_latency_s for d in d_ref], rtol=1e-4
-    )
+    np.testing.assert_allclose([d.round_latency_s for d in d_cvx], [d.round_latency_s for d in d_ref], rtol=1e-4)
     assert not any(d.fallback for d in d_cvx)
     assert all(d.solver_status == "optimal" for d in d_cvx)
 
@@ -102,15 +100,15 @@ def _one_round(num_clients=6, seed=0):
 def test_decision_rule_queue_zero_large_and_ties():
     a, t, payloads, errors = _one_round()
     alloc = make_allocator("reference", a.size, B)
-    ctrl = LyapunovController(alloc, 1.0, v=1.0)
+    ctrl = TsfaScheduler(alloc, 1.0, v=1.0)
     d = ctrl.decide(a, t, payloads, errors)
-    assert d.rho == 0.0 and d.queue == 0.0 and d.objective == 0.0  # Q = 0: smallest penalty
+    assert d.rho == 0.0 and d.queue_s == 0.0 and d.objective == 0.0  # Q = 0: smallest penalty
     ctrl.load_state_dict(ctrl.state_dict() | {"queue_s": 1e9})
     d = ctrl.decide(a, t, payloads, errors)
     lat = dict(d.latency_by_rho)
     assert d.rho == min(lat, key=lat.get) == 0.75  # huge Q: shortest round
     assert d.objective == pytest.approx(1.0 * 1.0 + 1e9 * lat[0.75])
-    tie = LyapunovController(alloc, 1.0, v=0.0)  # V = 0 and Q = 0: every objective is 0
+    tie = TsfaScheduler(alloc, 1.0, v=0.0)  # V = 0 and Q = 0: every objective is 0
     assert tie.decide(a, t, payloads, errors).rho == 0.0
 
 
@@ -118,25 +116,25 @@ def test_penalty_modes_and_normalisation():
     a, t, payloads, _ = _one_round()
     alloc = make_allocator("reference", a.size, B)
     errors = {0.0: np.zeros(a.size), 0.25: np.full(a.size, 2.0), 0.5: [1.0] * a.size, 0.75: 8.0}
-    ctrl = LyapunovController(alloc, 1.0, v=3.0)
+    ctrl = TsfaScheduler(alloc, 1.0, v=3.0)
     ctrl.load_state_dict(ctrl.state_dict() | {"queue_s": 1e-12})
     d = ctrl.decide(a, t, payloads, errors)
     assert d.rho == 0.0 and d.penalty == 0.0
     pens = ctrl._penalties(errors)
     assert pens == {0.0: 0.0, 0.25: 0.25, 0.5: 0.125, 0.75: 1.0}  # mean over clients / max over grid
-    surrogate = LyapunovController(alloc, 1.0, v=3.0, penalty="rho")
+    surrogate = TsfaScheduler(alloc, 1.0, v=3.0, penalty="rho")
     assert surrogate._penalties(None) == {r: r for r in RHO_GRID}
-    zero = LyapunovController(alloc, 1.0, v=3.0)
+    zero = TsfaScheduler(alloc, 1.0, v=3.0)
     assert set(zero._penalties(dict.fromkeys(RHO_GRID, 0.0)).values()) == {0.0}
 
 
 def test_queue_update_and_records():
     alloc = make_allocator("reference", 2, B)
-    ctrl = LyapunovController(alloc, latency_budget_s=1.0, v=1.0, penalty="rho")
+    ctrl = TsfaScheduler(alloc, latency_budget_s=1.0, v=1.0, penalty="rho")
     assert [ctrl.update(x) for x in (2.0, 0.5, 0.2, 1.5)] == [1.0, 0.5, 0.0, 0.5]
     assert ctrl.round_index == 4 and ctrl.average_latency_s == pytest.approx(4.2 / 4)
     d = ctrl.decide([1e9, 1e10], [0.1, 0.2], {r: [1e6, 1e6] for r in RHO_GRID})
-    assert d.queue == 0.5 and d.round_index == 5
+    assert d.queue_s == 0.5 and d.round_index == 5
     record = json.loads(json.dumps(d.as_dict()))
     assert record["rho"] == d.rho and record["dropped"] == [] and len(record["bandwidth_hz"]) == 2
 
@@ -144,18 +142,18 @@ def test_queue_update_and_records():
 def test_state_dict_round_trip_resumes_identically():
     channels, tcmp, payloads, errors = synthetic_cell(num_clients=6, rounds=40, seed=9)
     alloc = make_allocator("reference", 6, B)
-    whole = LyapunovController(alloc, 0.55, 0.3)
+    whole = TsfaScheduler(alloc, 0.55, 0.3)
     d_whole = run(whole, channels, tcmp, payloads, errors)
-    first = LyapunovController(alloc, 0.55, 0.3)
+    first = TsfaScheduler(alloc, 0.55, 0.3)
     run(first, channels[:20], tcmp, payloads, errors)
     state = json.loads(json.dumps(first.state_dict()))
-    assert state == first.state_dict() and state["kind"] == "lyapunov"
-    resumed = LyapunovController(alloc, 0.55, 0.3)
+    assert state == first.state_dict() and state["kind"] == "tsfa"
+    resumed = TsfaScheduler(alloc, 0.55, 0.3)
     resumed.load_state_dict(state)
     d_resumed = run(resumed, channels[20:], tcmp, payloads, errors)
     assert [d.rho for d in d_resumed] == [d.rho for d in d_whole[20:]]
     assert resumed.state_dict() == whole.state_dict()
-    with pytest.raises(ValueError, match="kind='lyapunov': this scheduler is 'fixed'"):
+    with pytest.raises(ValueError, match="kind='tsfa': this scheduler is 'fixed'"):
         FixedRhoScheduler(0.0, alloc).load_state_dict(state)
 
 
@@ -175,9 +173,7 @@ def test_deadline_drops_the_clients_that_cannot_make_it():
     assert d.round_latency_s == pytest.approx(ref.latency_s, rel=1e-4)
     assert sched.state_dict()["dropped_total"] == 1
     # a client whose compute alone exceeds the deadline is dropped too; when none can, all are
-    assert FixedRhoScheduler(0.0, alloc, deadline_s=1.0).decide(
-        a, [0.1, 2.0, 0.1, 0.1], payloads
-    ).dropped == (1, 3)
+    assert FixedRhoScheduler(0.0, alloc, deadline_s=1.0).decide(a, [0.1, 2.0, 0.1, 0.1], payloads).dropped == (1, 3)
     none = FixedRhoScheduler(0.0, alloc, deadline_s=0.05).decide(a, t, payloads)
     assert none.dropped == (0, 1, 2, 3) and none.round_latency_s == 0.0
     # met deadline: nothing dropped, same allocation
@@ -195,7 +191,7 @@ def test_deadline_admits_the_largest_set():
     assert need_hz.sum() > B >= need_hz.sum() - need_hz[1]
     alloc = make_allocator("reference", 4, B)
     assert np.all(alloc.solve(a, s, t).per_client_latency_s > 0.2)
-    ctrl = LyapunovController(alloc, 10.0, 1.0, rho_grid=[0.0], deadline_s=0.2)
+    ctrl = TsfaScheduler(alloc, 10.0, 1.0, rho_grid=[0.0], deadline_s=0.2)
     d = ctrl.decide(a, t, {0.0: s}, {0.0: 0.0})
     assert d.dropped == (1,) and d.round_latency_s <= 0.2 * (1 + 1e-9)
 

@@ -8,7 +8,7 @@ import pytest
 from fedsim.tsfa import (
     CvxpyAllocator,
     FixedRhoScheduler,
-    LyapunovController,
+    TsfaScheduler,
     equal_split,
     make_allocator,
     proportional_split,
@@ -59,7 +59,7 @@ def test_reference_failure_falls_back_to_equal_split():
 
 def test_fallback_is_recorded_by_the_controller():
     a, s, t = random_instance(np.random.default_rng(3), 4)
-    ctrl = LyapunovController(CvxpyAllocator(4, B, solver="NOT_A_SOLVER"), 1.0, 1.0, penalty="rho")
+    ctrl = TsfaScheduler(CvxpyAllocator(4, B, solver="NOT_A_SOLVER"), 1.0, 1.0, penalty="rho")
     dec = ctrl.decide(a, t, {r: s * (1 - r) for r in ctrl.rho_grid})
     assert dec.fallback and "reference:optimal" in dec.solver_status
 
@@ -118,15 +118,15 @@ def _alloc():
 def test_bad_controller_parameters(kwargs, message):
     args = {"latency_budget_s": 1.0, "v": 1.0} | kwargs
     with pytest.raises(ValueError, match=message):
-        LyapunovController(_alloc(), **args)
+        TsfaScheduler(_alloc(), **args)
 
 
 def test_bad_fixed_scheduler_and_decide_inputs():
-    with pytest.raises(ValueError, match=r"^tsfa.rho=1: must be in \[0, 1\)$"):
+    with pytest.raises(ValueError, match=r"^soft.rho=1: must be in \[0, 1\)$"):
         FixedRhoScheduler(1, _alloc())
     with pytest.raises(ValueError, match=r"^allocator='minmax': must have a solve"):
         FixedRhoScheduler(0.0, "minmax")
-    ctrl = LyapunovController(_alloc(), 1.0, 1.0, rho_grid=(0.0, 0.5))
+    ctrl = TsfaScheduler(_alloc(), 1.0, 1.0, rho_grid=(0.0, 0.5))
     a, t = [1e9, 1e10], [0.1, 0.2]
     with pytest.raises(ValueError, match=r"payload_bits_by_rho has no entry for rho=0.5"):
         ctrl.decide(a, t, {0.0: [1e6, 1e6]}, {0.0: 0.0, 0.5: 1.0})

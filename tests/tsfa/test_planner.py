@@ -63,6 +63,7 @@ def test_chooses_the_largest_feasible_rank():
         "latency_std_s",
         "latency_ci95_s",
         "feasible",
+        "dropped_share",
     }
 
 

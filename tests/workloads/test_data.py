@@ -105,10 +105,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 
 
 def test_config_rejects_a_missing_local_dataset(tmp_path):
-    from fedsim.config import build_config
+    from fedsim.checks import checked_config
 
     with pytest.raises(ConfigError, match=r"workload.dataset='/.*missing.csv': no such file or folder"):
-        build_config({"workload.dataset": str(tmp_path / "missing.csv")})
+        checked_config({"workload.dataset": str(tmp_path / "missing.csv")})
     f = tmp_path / "reviews.csv"
     write_csv(f, ROWS)
-    assert build_config({"workload.dataset": str(f)}).workload.dataset == str(f)
+    assert checked_config({"workload.dataset": str(f)}).workload.dataset == str(f)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.config import build_config
+from fedsim.checks import checked_config
 from fedsim.errors import ConfigError
 from workloads import cache, get_workload_class, registry
 from workloads.equation_reasoner import EquationReasoner
@@ -36,17 +36,17 @@ def test_options_override_the_preset():
 )
 def test_bad_options_are_one_line_config_errors(options, message):
     with pytest.raises(ConfigError, match=message) as e:
-        build_config({"workload.name": "equation-reasoner", "workload.options": options})
+        checked_config({"workload.name": "equation-reasoner", "workload.options": options})
     assert "\n" not in str(e.value) and str(e.value).startswith("workload.")
 
 
 def test_natural_split_only_where_the_task_has_one():
-    cfg = build_config({"workload.name": "equation-reasoner", "workload.partition": "natural"})
+    cfg = checked_config({"workload.name": "equation-reasoner", "workload.partition": "natural"})
     assert cfg.workload.partition == "natural"
     with pytest.raises(ConfigError, match="workload.partition='natural': text-classify has no natural split"):
-        build_config({"workload.partition": "natural"})
+        checked_config({"workload.partition": "natural"})
     with pytest.raises(ConfigError, match="one of iid, dirichlet, natural"):
-        build_config({"workload.partition": "random"})
+        checked_config({"workload.partition": "random"})
     assert TextClassify.natural_partition_column is None
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.config import build_config
+from fedsim.checks import checked_config
 from fedsim.errors import ConfigError
 from tests.conftest import run_fedsim
 from workloads import diffusion_lm as dlm
@@ -121,7 +121,7 @@ def test_options_and_payload():
 )
 def test_bad_options_are_one_line_config_errors(options, message):
     with pytest.raises(ConfigError, match=message) as e:
-        build_config({"workload.name": "rainbow-padding", "workload.options": options})
+        checked_config({"workload.name": "rainbow-padding", "workload.options": options})
     assert "\n" not in str(e.value) and str(e.value).startswith("workload.")
 
 

@@ -1,8 +1,9 @@
-"""What a process keeps between Flower calls: the workload, its model and its data.
+"""A workload loaded in this process (model and data), local training and evaluation; no Flower.
 
 ClientApps are re-created per message but run inside long-lived Ray actors; the base model and
 data are built once per process here (keyed on the parts of the config they depend on), not
-once per client call. Local training of one client is :func:`client_update`.
+once per client call. Local training of one client is :func:`client_update`; the server's side
+(initial adapter, evaluation, what the rank plan needs) is :class:`WorkloadHost`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from datasets import Dataset
 from torch import nn
 
 from fedsim.config import Config
-from fedsim.methods import METHODS
+from fedsim.device import select_device
+from fedsim.errors import ConfigError
+from fedsim.methods import get_method
 from fedsim.seeding import SERVER, torch_seed
 from fedsim.soft import lora_factor_pairs, orthogonality_penalty
 from workloads import get_workload_class
@@ -44,7 +47,9 @@ def workload_spec(cfg: Config) -> WorkloadSpec:
 
 
 @dataclass
-class Runtime:
+class LoadedWorkload:
+    """A workload instance with its base model (adapters attached) and its train and test data."""
+
     workload: Workload
     model: nn.Module
     train: Dataset
@@ -57,11 +62,11 @@ class Runtime:
         return self._partitions[client_id]
 
 
-_CACHE: dict[tuple, Runtime] = {}
+_CACHE: dict[tuple, LoadedWorkload] = {}
 
 
-def get_runtime(cfg: Config) -> Runtime:
-    """The process-wide runtime for this workload configuration, built on first use."""
+def load_workload(cfg: Config) -> LoadedWorkload:
+    """The process-wide loaded workload for this configuration, built on first use."""
     spec = workload_spec(cfg)
     key = (cfg.workload.name, spec)
     if key not in _CACHE:
@@ -71,27 +76,51 @@ def get_runtime(cfg: Config) -> Runtime:
             torch.manual_seed(torch_seed(cfg.run.seed, 0, SERVER, "init-adapter"))
             model = workload.build_model()
         model.eval()
+        device = select_device(cfg)
+        if device.type != "cpu":  # the CPU path stays exactly as before
+            model.to(device)
+        workload.device, workload.bf16 = device, cfg.simulation.bf16
         train, test = workload.build_data()
         _CACHE.clear()  # one workload per process at a time: free the previous model
-        _CACHE[key] = Runtime(workload, model, train, test)
+        _CACHE[key] = LoadedWorkload(workload, model, train, test)
     return _CACHE[key]
+
+
+def check_workload(cfg: Config) -> None:
+    """Build the workload's model and data in this process and check what only they can tell.
+
+    A ``workload.dataset`` whose files or columns do not fit, and a ``lora.rank`` above the
+    smallest dimension of an adapted layer, are one-line ConfigErrors. Run before anything is
+    started or written; the loaded workload stays cached for the server's own use.
+    """
+    from fedsim.methods import split_state
+
+    state = initial_state(cfg)
+    pairs, _ = split_state(state)
+    if pairs:
+        smallest = min(min(state[a].shape[1], state[b].shape[0]) for a, b in pairs.values())
+        if cfg.lora.rank > smallest:
+            raise ConfigError(
+                f"lora.rank={cfg.lora.rank}: must be at most {smallest}, the smallest dimension of the layers "
+                f"{cfg.workload.name} adapts"
+            )
 
 
 def initial_state(cfg: Config) -> dict[str, np.ndarray]:
     """The global adapter of round 0 (LoRA A random, B = 0, head random), the same everywhere."""
-    return trainable_state(get_runtime(cfg).model)
+    return trainable_state(load_workload(cfg).model)
 
 
 def client_update(
     cfg: Config, client_id: int, round_: int, global_state: dict[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Local training of one client from the global adapter; returns its adapter and metrics."""
-    rt = get_runtime(cfg)
+    rt = load_workload(cfg)
     load_trainable_state(rt.model, global_state)
     data = rt.partition(client_id)
     gen = torch.Generator().manual_seed(torch_seed(cfg.run.seed, round_, client_id, "local-train"))
     extra_loss = None
-    if METHODS[cfg.run.method].regularised and cfg.soft.lambda_orth > 0:
+    if get_method(cfg.run.method).regularised and cfg.soft.lambda_orth > 0:
         lam = cfg.soft.lambda_orth
 
         def extra_loss(model: nn.Module) -> torch.Tensor:
@@ -111,13 +140,38 @@ def client_update(
             generator=gen,
             extra_loss=extra_loss,
         )
-    metrics["train_time_s"] = time.perf_counter() - t0
+    metrics["train_wall_s"] = time.perf_counter() - t0
     metrics["num_samples"] = float(len(data))
     return trainable_state(rt.model), metrics
 
 
 def evaluate_state(cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float]:
     """Server-side evaluation of an adapter on the workload's test set."""
-    rt = get_runtime(cfg)
+    rt = load_workload(cfg)
     load_trainable_state(rt.model, state)
-    return rt.workload.evaluate(rt.model, rt.test)
+    with rt.workload.autocast():
+        return rt.workload.evaluate(rt.model, rt.test)
+
+
+class WorkloadHost:
+    """The server's view of the workload: what the round engine needs, for any LoRA rank.
+
+    Each method takes the configuration because the TSFA rank plan changes ``lora.rank`` after
+    the run starts; the loaded workload for a configuration is cached per process.
+    """
+
+    def primary_metric(self, cfg: Config) -> str:
+        return load_workload(cfg).workload.primary_metric
+
+    def initial_state(self, cfg: Config) -> dict[str, np.ndarray]:
+        return initial_state(cfg)
+
+    def evaluate(self, cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float]:
+        return evaluate_state(cfg, state)
+
+    def flops_per_sample(self, cfg: Config) -> float:
+        return load_workload(cfg).workload.flops_per_sample()
+
+    def partition_sizes(self, cfg: Config) -> list[int]:
+        lw = load_workload(cfg)
+        return [len(lw.partition(c)) for c in range(cfg.run.clients)]

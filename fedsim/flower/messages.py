@@ -1,4 +1,4 @@
-"""Conversions between fedsim's plain values and Flower records."""
+"""Conversions between fedsim's plain values and Flower records and messages."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ from fedsim.config import Config, build_config
 ROUND_KEY = "fedsim.round"
 CLIENT_KEY = "fedsim.client_id"
 RHO_KEY = "fedsim.rho"
+
+
+def message_key(name: str) -> str:
+    """The config-record key of a per-client request value of the round engine (``rho`` -> ``fedsim.rho``)."""
+    return f"fedsim.{name}"
+
 
 NODE_PROFILE_KEYS = ("distance-m", "device-flops")
 """Optional SuperNode node-config keys (``--node-config "... distance-m=120.0 device-flops=1e12"``):
@@ -38,7 +44,7 @@ def config_record(cfg: Config, **extra: Any) -> ConfigRecord:
 def _cached_config(items: tuple[tuple[str, Any], ...]) -> Config:
     # The ServerApp validated everything, registries and files included; a client checks types
     # and ranges only, so a SuperNode needs no copy of the server's trace or position files.
-    return build_config(dict(items), extra_checks=False)
+    return build_config(dict(items))
 
 
 def config_from_record(record: ConfigRecord) -> Config:

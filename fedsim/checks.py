@@ -1,0 +1,108 @@
+"""The checks of a whole configuration: several keys together, the registries, and files.
+
+Ordered from cheap to expensive, so that a wrong name or combination is refused before numpy,
+torch or a workload's libraries are imported (well under a second).
+
+:func:`fedsim.config.build_config` checks each key on its own; :func:`check_config` runs
+before anything starts (Ray, Flower, a results folder), so a bad combination is a one-line
+:class:`~fedsim.errors.ConfigError` naming the keys, the values and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from fedsim.config import Config, build_config
+from fedsim.errors import ConfigError
+
+MAX_TRAIN_ROWS = 20_000_000
+"""Training rows (clients x samples per client) a run builds in memory."""
+
+
+def local_cpus() -> int:
+    """The CPUs this process may use (its affinity, as Ray counts them for a local cluster)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_config(cfg: Config) -> Config:
+    """Raise ConfigError for the first combination of values that cannot run; returns ``cfg``."""
+    from fedsim.methods import get_method
+    from fedsim.schedulers import get_scheduler
+    from workloads import check_workload_name, get_workload_class
+
+    cpr = cfg.run.clients_per_round
+    if isinstance(cpr, int) and cpr > cfg.run.clients:
+        raise ConfigError(f"run.clients_per_round={cpr}: must be at most run.clients={cfg.run.clients}")
+    rows = cfg.run.clients * cfg.workload.samples_per_client
+    if rows > MAX_TRAIN_ROWS:
+        raise ConfigError(
+            f"run.clients={cfg.run.clients}, workload.samples_per_client={cfg.workload.samples_per_client}: "
+            f"{rows} training rows, more than the {MAX_TRAIN_ROWS} a run holds in memory"
+        )
+    if not cfg.simulation.ray_address:  # a local Ray gets this machine's CPUs
+        cpus = local_cpus()
+        sim = cfg.simulation
+        if sim.cpus_per_client > cpus:
+            raise ConfigError(
+                f"simulation.cpus_per_client={sim.cpus_per_client:g}: must be at most the {cpus} CPUs of this machine "
+                "(no ClientApp could ever start)"
+            )
+        if sim.max_concurrent_clients * sim.cpus_per_client > cpus:
+            raise ConfigError(
+                f"simulation.max_concurrent_clients={sim.max_concurrent_clients}: at "
+                f"simulation.cpus_per_client={sim.cpus_per_client:g} must be at most {int(cpus // sim.cpus_per_client)}, "
+                f"the ClientApps this machine's {cpus} CPUs can run at once"
+            )
+    method = get_method(cfg.run.method)
+    scheduler = get_scheduler(cfg.tsfa.scheduler)
+    if scheduler.decides_rho and not method.sparsifies:
+        raise ConfigError(
+            f"tsfa.scheduler={cfg.tsfa.scheduler!r}: chooses a sparsification ratio, so run.method must sparsify "
+            f"(soft, topk, ...), not {cfg.run.method!r}"
+        )
+    if cfg.run.min_clients_per_round > cfg.num_sampled:
+        raise ConfigError(
+            f"run.min_clients_per_round={cfg.run.min_clients_per_round}: must be at most the "
+            f"{cfg.num_sampled} clients sampled per round"
+        )
+    if cfg.compute.device_flops_min > cfg.compute.device_flops_max:
+        raise ConfigError(
+            f"compute.device_flops_min={cfg.compute.device_flops_min!r}: must be at most "
+            f"compute.device_flops_max={cfg.compute.device_flops_max!r}"
+        )
+    if cfg.channel.min_distance_m >= cfg.channel.radius_m:
+        raise ConfigError(
+            f"channel.min_distance_m={cfg.channel.min_distance_m!r}: must be below "
+            f"channel.radius_m={cfg.channel.radius_m!r}"
+        )
+    check_workload_name(cfg.workload.name)
+    if cfg.workload.dataset:
+        from workloads.data import check_dataset_name
+
+        check_dataset_name(cfg.workload.dataset)  # a URL or a missing local path; the data is checked on load
+    from fedsim.wireless import check_channel_config  # numpy and scipy from here on
+
+    check_channel_config(cfg)  # models, positions / device-speed / trace files
+    wl = get_workload_class(cfg.workload.name)  # torch and the workload's libraries from here on
+    if method.sparsifies and not wl.lora_target_modules:
+        raise ConfigError(
+            f"run.method={cfg.run.method!r}: needs LoRA factors, but workload {cfg.workload.name} adapts none "
+            "(use run.method=ideal)"
+        )
+    wl.resolve_params(cfg.workload.preset, cfg.workload.options)  # unknown preset or bad options
+    if cfg.workload.partition == "natural" and (wl.natural_partition_column is None or cfg.workload.dataset):
+        raise ConfigError(
+            f"workload.partition='natural': {cfg.workload.name} has no natural split"
+            f"{' of workload.dataset' if cfg.workload.dataset else ''}; use iid or dirichlet"
+        )
+    return cfg
+
+
+def checked_config(*layers: Mapping[str, Any]) -> Config:
+    """:func:`~fedsim.config.build_config` of the layers, then :func:`check_config`."""
+    return check_config(build_config(*layers))

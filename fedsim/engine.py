@@ -1,0 +1,386 @@
+"""The round engine: a federated run from client sampling to its records, with no Flower.
+
+The engine holds the run's state (global adapter, wireless model, scheduler, upload method) and
+decides everything about a round; the transport only carries messages. Under ``fedsim run`` the
+transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment Engine
+(:mod:`fedsim.flower.server_app`), and in the tests a plain function. One round:
+
+1. sample clients from the seed (:func:`fedsim.seeding.sample_clients`),
+2. one-phase schedulers: send the global adapter, clients train and upload at the fixed rho;
+   two-phase schedulers (TSFA): clients train and report, the scheduler decides rho_t and the
+   band, the admitted clients upload at rho_t,
+3. split the band (the scheduler's decision), drop the clients that miss ``tsfa.deadline_s``,
+4. aggregate the uploads in client-id order (the upload method's server half), evaluate,
+5. account the uplink (channel, payload, latency) and return a typed :class:`RoundRecord`.
+
+A round whose surviving clients are fewer than ``run.min_clients_per_round`` (0: all sampled)
+is recorded with ``status: "failed"`` and the global adapter is unchanged; an adapter that turns
+non-finite ends the run with ``status: "diverged"``.
+
+The transport is a :data:`Send` function: ``send(cfg, action, round_, requests, state)`` delivers
+``requests[client_id]`` (extra per-client values, e.g. ``{"rho": 0.5}``) and, when ``state`` is
+given, the global adapter, to each client, and returns the replies by client id and the
+failures (crashes, timeouts). ``action`` is ``"train"`` (train and upload at the configured
+rho), ``"local"`` (train and report; step 1 of a two-phase round) or ``"upload"`` (upload the
+adapter trained in step 1 at ``rho``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedsim.checkpoint import Checkpoint, save_checkpoint, sha256_text
+from fedsim.config import Config
+from fedsim.errors import ConfigError
+from fedsim.methods import fixed_rho, get_method
+from fedsim.rank_plan import plan_for, write_plan
+from fedsim.records import CLIENT_DIAGNOSTICS, ClientRecord, Failure, RoundRecord, SchedulerOutcome
+from fedsim.results import ResultsWriter
+from fedsim.schedulers import get_scheduler
+from fedsim.seeding import rng, sample_clients
+from fedsim.tsfa import RankPlan
+from fedsim.wireless import WirelessModel
+
+ACTIONS = ("train", "local", "upload")
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    """What one client answered: its upload (wire arrays; None for a report) and its metrics."""
+
+    arrays: dict[str, np.ndarray] | None
+    metrics: dict[str, Any]
+
+
+Send = Callable[
+    [Config, str, int, dict[int, dict[str, Any]], dict[str, np.ndarray] | None],
+    tuple[dict[int, ClientReply], list[Failure]],
+]
+"""``send(cfg, action, round_, requests, state) -> (replies by client id, failures)``; see the module
+docstring. ``cfg`` is the configuration the clients run with (the rank plan's ``lora.rank``)."""
+
+Reporter = Callable[[str, dict[str, Any]], None]
+"""``reporter(event, data)`` with events "start", "round", "end"; used for progress displays."""
+
+
+class RunFailed(RuntimeError):
+    """A run could not go on; the message is one line saying what failed."""
+
+
+class Host(Protocol):
+    """The workload as the server sees it (:class:`fedsim.training.WorkloadHost`, or a test stub)."""
+
+    def primary_metric(self, cfg: Config) -> str: ...
+    def initial_state(self, cfg: Config) -> dict[str, np.ndarray]: ...
+    def evaluate(self, cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float]: ...
+    def flops_per_sample(self, cfg: Config) -> float: ...
+    def partition_sizes(self, cfg: Config) -> list[int]: ...
+
+
+class RoundEngine:
+    """The state of a run between rounds and the logic of one round.
+
+    Parameters
+    ----------
+    cfg : the run's configuration. Under a scheduler that plans the rank, ``lora.rank`` is
+        replaced by the plan's (:attr:`cfg` is what the clients receive).
+    host : the workload (initial adapter, evaluation, sizes).
+    wireless : the cell; built from ``cfg`` when not given (a deployment passes one with its
+        nodes' profiles).
+    plan : the offline rank plan, when the caller has already computed it.
+    resume : continue after this checkpoint's round.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        host: Host,
+        wireless: WirelessModel | None = None,
+        *,
+        plan: RankPlan | None = None,
+        resume: Checkpoint | None = None,
+    ) -> None:
+        self.host = host
+        self.wireless = wireless if wireless is not None else WirelessModel(cfg)
+        self.method = get_method(cfg.run.method)
+        self.schedule = get_scheduler(cfg.tsfa.scheduler)
+        self.plan = None
+        if self.schedule.plans_rank:
+            self.plan = plan if plan is not None else plan_for(cfg, self.wireless, host)
+            cfg = replace(cfg, lora=replace(cfg.lora, rank=self.plan.chosen_rank))
+        self.cfg = cfg
+        self.rho = fixed_rho(cfg.run.method, cfg.soft.rho)
+        self.flops_per_sample = host.flops_per_sample(cfg)
+        initial = host.initial_state(cfg)
+        shapes = {k: v.shape for k, v in initial.items()}
+        self.bits_by_rho = {
+            r: self.method.adapter_bits(shapes, cfg.lora.rank, r, cfg.lora.value_bits) for r in cfg.tsfa.rho_grid
+        }
+        self.scheduler = self.schedule.build(cfg)
+        if resume is not None and resume.scheduler:
+            self.scheduler.load_state_dict(resume.scheduler)
+        self.state = resume.state if resume is not None else initial
+        self.metrics = resume.records[-1]["metrics"] if resume is not None and resume.records else None
+        self.primary = host.primary_metric(cfg)
+
+    # ---- one round ----------------------------------------------------------------------------
+
+    def _straggle_s(self, round_: int, ids: list[int]) -> np.ndarray:
+        """Each client's extra compute time in simulated seconds: ``faults.straggle_delay_s`` for the
+        clients drawn as stragglers (``faults.client_straggle_prob``, the client's own stream)."""
+        f = self.cfg.faults
+        if f.client_straggle_prob <= 0:
+            return np.zeros(len(ids))
+        seed = self.cfg.run.seed
+        hit = [rng(seed, round_, c, "fault-straggle").random() < f.client_straggle_prob for c in ids]
+        return np.where(hit, f.straggle_delay_s, 0.0)
+
+    def _decide(self, round_: int, ids: list[int], num_samples: list[int], payloads: dict, penalties=None):
+        if not ids:
+            return None
+        a = self.wireless.snr_per_hz(round_, ids)
+        tcmp = self.wireless.compute_times_s(ids, num_samples, self.flops_per_sample) + self._straggle_s(round_, ids)
+        return self.scheduler.decide(a, tcmp, payloads, penalties)
+
+    def _client_records(
+        self, round_: int, ids: list[int], metrics: list[dict], bandwidth_hz: list[float], dropped: str | None
+    ) -> tuple[list[ClientRecord], float]:
+        """Records of clients ``ids`` (with their reply metrics) and their latency max_k T_k.
+
+        ``dropped`` is the reason a set of clients did not upload (the deadline): they are
+        recorded with their channel and what they would have sent, at 0 Hz.
+        """
+        straggle = self._straggle_s(round_, ids)
+        fields, latency_s = self.wireless.account(
+            round_,
+            ids,
+            [int(m["payload_bits"]) for m in metrics],
+            [int(m["num_samples"]) for m in metrics],
+            self.flops_per_sample,
+            bandwidth_hz=np.array(bandwidth_hz, dtype=float),
+            downlink_bits=sum(a.size for a in self.state.values()) * self.cfg.lora.value_bits,  # dense broadcast
+            extra_compute_s=straggle,
+        )
+        records = [
+            ClientRecord(
+                **f,
+                dropped=dropped is not None,
+                drop_reason=dropped,
+                straggle_s=float(extra),
+                **{key: m.get(key, 0.0) for key in CLIENT_DIAGNOSTICS},
+                train_loss=m["train_loss"],
+                train_wall_s=m["train_wall_s"],
+            )
+            for f, m, extra in zip(fields, metrics, straggle, strict=True)
+        ]
+        return records, latency_s
+
+    def run_round(self, round_: int, send: Send) -> RoundRecord:
+        """Run round ``round_`` through ``send``; updates the global adapter and returns the record."""
+        cfg = self.cfg
+        t_round = time.perf_counter()
+        clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
+        if self.schedule.two_phase:  # train and report; decide rho_t and b_t; upload at rho_t
+            reports, failures = send(cfg, "local", round_, {c: {} for c in clients}, self.state)
+            decided = sorted(reports)
+            m1 = [reports[c].metrics for c in decided]
+            decision = self._decide(
+                round_,
+                decided,
+                [int(m["num_samples"]) for m in m1],
+                {r: np.full(len(decided), bits) for r, bits in self.bits_by_rho.items()},
+                {r: np.array([m["dropped_errors"][i] for m in m1]) for i, r in enumerate(cfg.tsfa.rho_grid)},
+            )
+            go = [c for i, c in enumerate(decided) if i not in decision.dropped] if decision else []
+            replies: dict[int, ClientReply] = {}
+            if go:
+                replies, late = send(cfg, "upload", round_, {c: {"rho": decision.rho} for c in go}, None)
+                failures = failures + late
+            priced = {c: {**reports[c].metrics, "payload_bits": self.bits_by_rho[decision.rho]} for c in decided}
+        else:  # rho is known: train and upload in one message, then split the band
+            replies, failures = send(cfg, "train", round_, {c: {} for c in clients}, self.state)
+            decided = sorted(replies)
+            decision = self._decide(
+                round_,
+                decided,
+                [int(replies[c].metrics["num_samples"]) for c in decided],
+                {self.rho: np.array([replies[c].metrics["payload_bits"] for c in decided])},
+            )
+            priced = {c: replies[c].metrics for c in decided}
+            for i in decision.dropped if decision else ():
+                del replies[decided[i]]
+        late = self._deadline_failures(decided, decision)
+        failures = failures + late
+        band_of = dict(zip(decided, decision.bandwidth_hz, strict=True)) if decision else {}
+        survivors = sorted(replies)  # client-id order, never arrival order
+        metrics_of = [replies[c].metrics for c in survivors]
+        client_records, latency_s = self._client_records(
+            round_, survivors, metrics_of, [band_of[c] for c in survivors], None
+        )
+        if late:
+            out = sorted(f.client_id for f in late)
+            dropped, _ = self._client_records(round_, out, [priced[c] for c in out], [0.0] * len(out), late[0].reason)
+            client_records += dropped
+        recorded = {r.client_id for r in client_records}
+        lost = [f for f in failures if f.client_id not in recorded and f.client_id >= 0]
+        client_records += [
+            ClientRecord.lost(f.client_id, f.reason, self.wireless.channel_fields(round_, f.client_id), float(s))
+            for f, s in zip(lost, self._straggle_s(round_, [f.client_id for f in lost]), strict=True)
+        ]
+        client_records.sort(key=lambda r: r.client_id)
+        # 0 means every sampled client; a deadline drops clients by design, so then any one suffices
+        need = cfg.run.min_clients_per_round or (1 if cfg.tsfa.deadline_s > 0 else len(clients))
+        ok = len(survivors) >= need and len(survivors) > 0
+        cov_norm = 0.0
+        if ok:
+            uploads = [
+                (m["num_samples"], *self.method.decode(replies[c].arrays))
+                for c, m in zip(survivors, metrics_of, strict=True)
+            ]
+            self.state, cov_norm = self.method.aggregate(self.state, uploads)
+        if ok or self.metrics is None:  # a failed round keeps the adapter, hence its metrics
+            self.metrics = self.host.evaluate(cfg, self.state)
+            self.metrics["primary_metric"] = self.metrics[self.primary]
+        finite = all(np.isfinite(v).all() for v in self.state.values())
+        queue_s = self.scheduler.queue_s
+        self.scheduler.update(latency_s)
+        uploaded = [r for r in client_records if not r.dropped]
+        return RoundRecord(
+            round=round_,
+            status="failed" if not ok else "ok" if finite else "diverged",
+            clients=client_records,
+            failures=sorted(failures, key=lambda f: f.client_id),
+            round_latency_s=latency_s,
+            uplink_bits_total=int(sum(r.payload_bits for r in uploaded)),
+            metrics=self.metrics,
+            **{
+                key: float(np.mean([getattr(r, key) for r in uploaded])) if uploaded else 0.0
+                for key in CLIENT_DIAGNOSTICS
+            },
+            covariance_norm=cov_norm,
+            scheduler=self._outcome(decision, queue_s),
+            wall_s=time.perf_counter() - t_round,
+        )
+
+    def _deadline_failures(self, clients: list[int], decision) -> list[Failure]:
+        if decision is None:
+            return []
+        why = f"deadline: cannot upload within tsfa.deadline_s={self.cfg.tsfa.deadline_s:g}"
+        return [Failure(clients[i], why) for i in decision.dropped]
+
+    def _outcome(self, decision, queue_s: float) -> SchedulerOutcome:
+        if decision is None:
+            return SchedulerOutcome(self.rho, queue_s, None, "no clients", 0.0, False, 0, [])
+        d = decision.as_dict()
+        return SchedulerOutcome(
+            rho=d["rho"],
+            queue_s=d["queue_s"],
+            objective=d["objective"],
+            solver_status=d["solver_status"],
+            solve_time_s=d["solve_time_s"],
+            fallback=d["fallback"],
+            deadline_dropped=len(d["dropped"]),
+            latency_by_rho=d["latency_by_rho"],
+        )
+
+
+# ---- the whole run ------------------------------------------------------------------------------
+
+Connect = Callable[[], tuple[Send, dict[int, dict[str, float]]]]
+"""``connect() -> (send, profiles)``: reach every client (e.g. Flower's discovery) and return the
+transport and each client's channel profile (:class:`~fedsim.wireless.WirelessModel`'s ``profiles``)."""
+
+
+def run(
+    cfg: Config,
+    host: Host,
+    connect: Connect,
+    out_dir: str | Path,
+    reporter: Reporter | None = None,
+    resume: Checkpoint | None = None,
+    plan: RankPlan | None = None,
+) -> dict[str, Any]:
+    """Run the rounds of ``cfg`` (after ``resume``'s round, if given), writing the results folder.
+
+    After every round its record is appended to rounds.jsonl and a checkpoint is committed (not
+    after a diverged round: a resume continues from the last finite adapter). Returns the
+    summary; raises RunFailed when the run cannot go on (connecting failed, results cannot be
+    written), after writing a summary that says why.
+    """
+    report = reporter or (lambda event, data: None)
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    primary = host.primary_metric(cfg)
+    writer = ResultsWriter(out, cfg, records=resume.records if resume else None)
+    first = resume.round + 1 if resume else 1
+    report("start", {"rounds": cfg.run.rounds, "out_dir": str(out), "primary_metric": primary, "first_round": first})
+    diverged = 0  # the round whose global adapter became non-finite
+    try:
+        send, profiles = connect()
+        engine = RoundEngine(cfg, host, WirelessModel(cfg, profiles), plan=plan, resume=resume)
+        if engine.plan is not None:
+            write_plan(engine.plan, out / "rank_plan.csv")
+        config_sha = sha256_text(writer.write_config(engine.cfg))  # what ran: the plan's rank
+        for round_ in range(first, cfg.run.rounds + 1):
+            record = engine.run_round(round_, send).to_dict()
+            writer.append(record)
+            report("round", record)
+            if record["status"] == "diverged":
+                diverged = round_
+                break
+            save_checkpoint(
+                out, Checkpoint(round_, engine.state, writer.records, engine.scheduler.state_dict(), config_sha)
+            )
+    except Exception as e:
+        if isinstance(e, OSError):
+            error = f"cannot write results in {out}: {e.strerror or e}"
+        else:
+            error = str(e) if isinstance(e, RunFailed | ConfigError) else f"{type(e).__name__}: {e}"
+        summary = writer.finish(
+            status="failed", error=error, primary_metric=primary, wall_s=time.perf_counter() - t_start
+        )
+        report("end", summary)
+        if isinstance(e, RunFailed):
+            raise
+        raise RunFailed(error) from e
+    failed = [r["round"] for r in writer.records if r["status"] == "failed"]
+    summary = writer.finish(
+        status="diverged" if diverged else "failed" if failed else "ok",
+        error=run_error(engine.cfg, writer.records, diverged, out),
+        primary_metric=primary,
+        wall_s=time.perf_counter() - t_start,
+        extra={
+            "lora_rank": engine.cfg.lora.rank,
+            "scheduler": cfg.tsfa.scheduler,
+            "latency_budget_s": cfg.tsfa.latency_budget_s,
+        },
+    )
+    report("end", summary)
+    return summary
+
+
+def run_error(cfg: Config, records: list[dict[str, Any]], diverged: int, out: Path) -> str | None:
+    """The summary's one-line error: divergence, or the first failed round and why (None: no error)."""
+    if diverged:
+        return (
+            f"training diverged in round {diverged}: the global adapter has non-finite values "
+            f"(null in rounds.jsonl); try a train.lr below {cfg.train.lr:g}"
+            + (f", e.g. fedsim run --resume {out} --force --set train.lr=..." if diverged > 1 else "")
+        )
+    failed = [r["round"] for r in records if r["status"] == "failed"]
+    if not failed:
+        return None
+    first = next(r for r in records if r["status"] == "failed")
+    why = first["failures"][0] if first["failures"] else {"client_id": "-", "reason": "no clients"}
+    returned = sum(not c["dropped"] for c in first["clients"])
+    return (
+        f"round {first['round']}: client {why['client_id']} failed: {why['reason']} "
+        f"({returned} of {len(first['clients'])} clients returned, "
+        f"run.min_clients_per_round={cfg.run.min_clients_per_round}; failed rounds: {', '.join(map(str, failed))})"
+    )

@@ -1,0 +1,150 @@
+"""The round and client records of ``rounds.jsonl``: typed, frozen, built in one place.
+
+A :class:`RoundRecord` is what the round engine (:mod:`fedsim.engine`) produces once per round;
+its :meth:`~RoundRecord.to_dict` is the JSON object written as one line of ``rounds.jsonl``
+(the README's schema table lists the same fields, a test keeps the two in step). Values that
+are unknown are ``None`` (JSON ``null``), never NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+CLIENT_DIAGNOSTICS = ("kept_ranks", "dropped_rank_error", "mean_abs_cos", "sparsify_time_s")
+"""Per-client upload diagnostics; the round record carries their mean over the round's clients."""
+
+WALL_CLOCK_FIELDS = ("wall_s", "train_wall_s", "sparsify_time_s", "solve_time_s")
+"""Fields measured on the wall clock: the only ones that differ between two runs of one config."""
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """One client's part in a round: its channel, its upload and its local training.
+
+    Every sampled client has a record. One whose upload did not count has ``dropped`` and a
+    ``drop_reason``, 0 Hz and no round total counts it: dropped by the deadline, it is recorded
+    with what it would have sent (``upload_time_s`` and ``upload_energy_j`` null); crashed or
+    timed out, with its channel and null for what only its reply could tell. ``compute_time_s`` includes ``straggle_s``, a straggler's delay in simulated
+    time (``faults.client_straggle_prob``). Units are in the names: distances in m, gains in dB,
+    bandwidth in Hz, rates in bit/s, times in s, energies in J. ``los`` is None when the path-loss model has no LOS state;
+    ``pathloss_db``, ``shadowing_db`` and ``fading_gain_db`` are None when a replayed trace does
+    not carry them.
+    """
+
+    client_id: int
+    dropped: bool
+    drop_reason: str | None
+    distance_m: float
+    gain_db: float
+    bandwidth_hz: float
+    rate_bps: float
+    payload_bits: int | None
+    num_samples: int | None
+    compute_time_s: float | None
+    straggle_s: float
+    upload_time_s: float | None
+    pathloss_db: float | None
+    shadowing_db: float | None
+    fading_gain_db: float | None
+    los: bool | None
+    downlink_time_s: float | None
+    upload_energy_j: float | None
+    compute_energy_j: float | None
+    outage: bool | None
+    kept_ranks: float | None
+    dropped_rank_error: float | None
+    mean_abs_cos: float | None
+    sparsify_time_s: float | None
+    train_loss: float | None
+    train_wall_s: float | None
+
+    @classmethod
+    def lost(cls, client_id: int, reason: str, channel: dict[str, Any], straggle_s: float) -> ClientRecord:
+        """A client whose reply never came (it crashed or timed out): its channel, and null for
+        everything only its reply could tell."""
+        unknown = {f.name: None for f in dataclasses.fields(cls)}
+        return cls(
+            **{
+                **unknown,
+                **channel,
+                "client_id": client_id,
+                "dropped": True,
+                "drop_reason": reason,
+                "bandwidth_hz": 0.0,
+                "rate_bps": 0.0,
+                "straggle_s": straggle_s,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A sampled client whose upload did not count: it crashed, timed out or missed the deadline."""
+
+    client_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SchedulerOutcome:
+    """The scheduler's part of a round: rho_t, the queue Q_t it decided with, and the solver's outcome."""
+
+    rho: float
+    queue_s: float
+    objective: float | None
+    solver_status: str
+    solve_time_s: float
+    fallback: bool
+    deadline_dropped: int
+    latency_by_rho: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One line of ``rounds.jsonl``: everything that happened in round ``round``.
+
+    ``status`` is ``ok``; ``failed`` when fewer than ``run.min_clients_per_round`` clients
+    survived (the adapter is then unchanged); ``diverged`` when the aggregated adapter became
+    non-finite (the run stops there).
+    """
+
+    round: int
+    status: str
+    clients: list[ClientRecord]
+    failures: list[Failure]
+    round_latency_s: float
+    uplink_bits_total: int
+    metrics: dict[str, Any]
+    kept_ranks: float
+    dropped_rank_error: float
+    mean_abs_cos: float
+    sparsify_time_s: float
+    covariance_norm: float
+    scheduler: SchedulerOutcome
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``rounds.jsonl`` (the scheduler's fields inline, in schema order)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "scheduler":
+                out.update(dataclasses.asdict(value))
+            elif f.name in ("clients", "failures"):
+                out[f.name] = [dataclasses.asdict(v) for v in value]
+            else:
+                out[f.name] = value
+        return out
+
+
+def round_record_keys() -> list[str]:
+    """The top-level keys of a ``rounds.jsonl`` record, in order."""
+    keys = [f.name for f in dataclasses.fields(RoundRecord) if f.name not in ("scheduler", "wall_s")]
+    return [*keys, *(f.name for f in dataclasses.fields(SchedulerOutcome)), "wall_s"]
+
+
+def client_record_keys() -> list[str]:
+    """The keys of one per-client record, in order."""
+    return [f.name for f in dataclasses.fields(ClientRecord)]

@@ -1,0 +1,117 @@
+"""Round schedulers: how each round's sparsification ratio rho_t and bandwidth split b_t are chosen.
+
+A scheduler is one :class:`SchedulerEntry` in :data:`SCHEDULERS` (``tsfa.scheduler``). The entry
+declares what it decides and how the round runs; the math lives in :mod:`fedsim.tsfa`:
+
+=======  ==========  ==================  =========  ==============================================
+name     rho_t       b_t                 two-phase  offline rank plan
+=======  ==========  ==================  =========  ==============================================
+equal    fixed       B_total / K each    no         no (the default)
+fixed    fixed       min-max latency     no         no
+tsfa     Lyapunov    min-max latency     yes        yes (:mod:`fedsim.rank_plan`)
+=======  ==========  ==================  =========  ==============================================
+
+"fixed" rho is ``soft.rho`` (0 for a method that does not sparsify). The min-max split is the
+cvxpy allocator with its exact reference as fallback; the Lyapunov choice is drift-plus-penalty
+over ``tsfa.rho_grid`` under the long-term budget ``tsfa.latency_budget_s``.
+
+A two-phase round is what a deployment does when rho is not known in advance: the server
+broadcasts the global adapter; clients train locally and report a few scalars (|D_k| and the
+SOFT dropped-rank error at each rho of the grid); the server observes the channels g_k,t and
+its queue Q_t, decides rho_t and b_t and sends them; clients sparsify at rho_t and upload. A
+one-phase round trains and uploads in one message, and the band is split once the payloads are
+known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fedsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedsim.config import Config
+
+
+@dataclass(frozen=True)
+class SchedulerEntry:
+    """One registered scheduler.
+
+    Attributes
+    ----------
+    name : registry key (``tsfa.scheduler``).
+    description : one line for listings.
+    decides_rho : rho_t is chosen every round (needs a method that sparsifies).
+    decides_bandwidth : b_t comes from an optimiser rather than a fixed rule.
+    two_phase : clients report before they upload (rho_t is decided between the two messages).
+    plans_rank : the LoRA rank is chosen offline before the first round.
+    build : ``build(cfg) -> scheduler`` with ``decide(a, T_cmp, payload_bits_by_rho, penalty_by_rho)``,
+        ``update(T_t)``, ``queue_s`` and ``state_dict`` / ``load_state_dict`` (:mod:`fedsim.tsfa.controller`).
+    """
+
+    name: str
+    description: str
+    decides_rho: bool
+    decides_bandwidth: bool
+    two_phase: bool
+    plans_rank: bool
+    build: Callable[[Config], Any]
+
+
+def _fixed_rho_scheduler(allocator: str) -> Callable[[Config], Any]:
+    def build(cfg: Config) -> Any:
+        from fedsim.methods import fixed_rho
+        from fedsim.tsfa import FixedRhoScheduler, make_allocator
+
+        t = cfg.tsfa
+        return FixedRhoScheduler(
+            fixed_rho(cfg.run.method, cfg.soft.rho),
+            make_allocator(allocator, cfg.num_sampled, cfg.channel.bandwidth_hz),
+            t.latency_budget_s,
+            t.deadline_s or None,
+        )
+
+    return build
+
+
+def _tsfa_scheduler(cfg: Config) -> Any:
+    from fedsim.tsfa import TsfaScheduler, make_allocator
+
+    t = cfg.tsfa
+    allocator = make_allocator("minmax", cfg.num_sampled, cfg.channel.bandwidth_hz)
+    return TsfaScheduler(allocator, t.latency_budget_s, t.v, t.rho_grid, t.penalty, t.deadline_s or None)
+
+
+SCHEDULERS: dict[str, SchedulerEntry] = {
+    e.name: e
+    for e in (
+        SchedulerEntry(
+            "equal", "fixed rho, B_total / K each", False, False, False, False, _fixed_rho_scheduler("equal")
+        ),
+        SchedulerEntry(
+            "fixed", "fixed rho, min-max latency split", False, True, False, False, _fixed_rho_scheduler("minmax")
+        ),
+        SchedulerEntry(
+            "tsfa", "TSFA: Lyapunov rho_t and min-max split, offline rank plan", True, True, True, True, _tsfa_scheduler
+        ),
+    )
+}
+"""The schedulers by name (``tsfa.scheduler``)."""
+
+
+def register_scheduler(entry: SchedulerEntry) -> SchedulerEntry:
+    """Add ``entry`` to :data:`SCHEDULERS` (names are unique and lowercase); returns it."""
+    if entry.name in SCHEDULERS or entry.name != entry.name.lower():
+        raise ValueError(f"scheduler {entry.name!r}: names must be new and lowercase")
+    SCHEDULERS[entry.name] = entry
+    return entry
+
+
+def get_scheduler(name: str) -> SchedulerEntry:
+    """The registered scheduler ``name``; an unknown name is a ConfigError listing the known ones."""
+    try:
+        return SCHEDULERS[name]
+    except KeyError:
+        raise ConfigError(f"tsfa.scheduler={name!r}: must be one of {', '.join(SCHEDULERS)}") from None

@@ -1,0 +1,468 @@
+"""The wireless model of a run: the cell built from ``[channel]`` and ``[compute]``, every round's
+channel, and the per-client accounting of a round (no Flower, no torch).
+
+For round t and participating client k (equal FDMA split b_k = B_total / |S_t| unless a
+scheduler passes its allocation):
+
+    R_k,t   = b_k log2(1 + p g_k,t / (b_k N0))                  (channels.rate)
+    T_k,t   = T_dl,t + T_cmp_k + S_k,t / R_k,t                   (T_dl,t = 0 without a downlink)
+    T_t     = max_k T_k,t                                          (round latency)
+
+The channel model is the one ``[channel]`` configures (:func:`build_link`), or a replayed trace
+(``channel.trace_csv``). Every random draw comes from ``fedsim.seeding`` streams
+keyed on (seed, round, purpose), and the draws cover all clients whether sampled or not, so records
+do not depend on scheduling. Time-correlated channels (mobility, correlated shadowing or fading)
+are advanced round by round from round 1, so any round can be recomputed after a resume.
+
+Also here: :func:`check_channel_config` (the checks of ``[channel]`` and ``[compute]`` that need
+more than one key or a file, run before anything starts), :func:`describe_components` (what
+``fedsim channels`` prints) and :func:`export_trace_from_results`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from channels import REGISTRIES, build_component
+from channels.compute import SpeedFileError, compute_energy_j, compute_time_s, read_speeds_csv
+from channels.fading import GaussMarkov
+from channels.geometry import PositionsFileError, distance_m, read_positions_csv
+from channels.link import LinkBudget, LinkState, RoundChannel
+from channels.rate import (
+    broadcast_time_s,
+    in_outage,
+    noise_psd_w_hz,
+    shannon_rate_bps,
+    snr_per_hz,
+    upload_energy_j,
+    upload_time_s,
+)
+from channels.trace import TraceError, check_trace, read_trace, rows_from_round_records, write_trace
+from channels.units import db_to_linear, dbm_to_w
+from fedsim.config import Config
+from fedsim.errors import ConfigError
+from fedsim.seeding import SERVER, rng, sample_clients
+
+SECTION_OF_KIND = {
+    "drop": "channel",
+    "mobility": "channel",
+    "pathloss": "channel",
+    "shadowing": "channel",
+    "fading": "channel",
+    "device_speed": "compute",
+}
+
+TR38901 = ("umi", "uma")
+TR38901_CARRIER_HZ = (0.5e9, 100e9)  # TR 38.901 covers 0.5-100 GHz
+TR38901_DISTANCE_M = (10.0, 5000.0)  # Table 7.4.1-1 validity of d_2D
+UMA_MAX_UT_HEIGHT_M = 13.0  # above it the standard draws h_E at random (Note 1), which is not modelled
+
+OTHER_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "fading time correlation (gauss-markov)": ("channel.fading_correlation",),
+    "noise and FDMA Shannon rate": (
+        "channel.bandwidth_hz",
+        "channel.tx_power_dbm",
+        "channel.noise_psd_dbm_hz",
+        "channel.noise_figure_db",
+    ),
+    "downlink (none, broadcast)": ("channel.downlink", "channel.downlink_bandwidth_hz", "channel.bs_power_dbm"),
+    "outage": ("channel.outage_deadline_s",),
+    "channel trace replay": ("channel.trace_csv",),
+    "energy (recorded only)": ("channel.tx_power_dbm", "compute.flops_per_cycle", "compute.kappa"),
+}
+"""Parameters of the link that are not registry entries, for ``fedsim channels``."""
+
+
+def build_link(channel: Any) -> LinkBudget:
+    """The link budget of a ``ChannelSection``."""
+    return LinkBudget(
+        drop=build_component("drop", channel.drop, channel),
+        pathloss=build_component("pathloss", channel.pathloss, channel),
+        fading=build_component("fading", channel.fading, channel),
+        shadowing=build_component("shadowing", channel.shadowing, channel),
+        mobility=build_component("mobility", channel.mobility, channel),
+        time_correlation=GaussMarkov(channel.fading_correlation),
+    )
+
+
+def build_device_speed(compute: Any) -> Any:
+    """The device-speed model of a ``ComputeSection``."""
+    return build_component("device_speed", compute.device_speed, compute)
+
+
+def _opt(x: float) -> float | None:
+    """A record value: None where unknown (NaN)."""
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+@dataclass
+class WirelessModel:
+    """The cell of a run: client positions and device speeds, and every round's channel.
+
+    ``profiles`` maps a client id to its own channel profile, as a deployed SuperNode reports it:
+    ``distance-m`` places the client at that distance from the base station (on the x axis),
+    ``device-flops`` sets its device speed in FLOP/s. Clients without a profile keep their seeded
+    drop and speed, so a simulated run is unchanged.
+    """
+
+    cfg: Config
+    profiles: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        c = self.cfg.channel
+        self.link = build_link(c)
+        k, seed = self.cfg.run.clients, self.cfg.run.seed
+        self.positions_m = self.link.place(rng(seed, 0, SERVER, "client-positions"), k)
+        self.device_flops = build_device_speed(self.cfg.compute).sample(rng(seed, 0, SERVER, "device-speeds"), k)
+        for cid, profile in sorted(self.profiles.items()):
+            for key, value in profile.items():
+                if not (np.isfinite(value) and value > 0):
+                    raise ConfigError(f"client {cid}: node config {key}={value!r}: must be a positive number")
+            if "distance-m" in profile:
+                self.positions_m[cid] = (profile["distance-m"], 0.0)
+            if "device-flops" in profile:
+                self.device_flops[cid] = profile["device-flops"]
+        self.tx_power_w = float(dbm_to_w(c.tx_power_dbm))
+        self.bs_power_w = float(dbm_to_w(c.bs_power_dbm))
+        self.n0_w_hz = noise_psd_w_hz(c.noise_psd_dbm_hz, c.noise_figure_db)
+        self.trace = read_trace(c.trace_csv) if c.trace_csv else None
+        self._last_state: LinkState | None = None
+        self._cache: dict[int, RoundChannel] = {}
+
+    def _streams(self, round_: int, purpose: str) -> np.random.Generator:
+        return rng(self.cfg.run.seed, round_, SERVER, purpose)
+
+    def _state(self, round_: int) -> LinkState:
+        """The link state of ``round_``, advanced from the last computed round or from round 1."""
+        if self.link.is_memoryless or round_ <= 1:
+            return self.link.state(round_, self.positions_m, self._streams, None)
+        state = self._last_state
+        if state is None or state.round_ > round_:
+            state = self.link.state(1, self.positions_m, self._streams, None)
+        while state.round_ < round_:
+            state = self.link.state(state.round_ + 1, self.positions_m, self._streams, state)
+        self._last_state = state
+        return state
+
+    def _trace_channel(self, round_: int) -> RoundChannel:
+        k, tr = self.cfg.run.clients, self.trace
+        gain_db = tr.column(round_, k, "gain_db")
+        d = tr.column(round_, k, "distance_m")
+        d = np.where(np.isnan(d), distance_m(self.positions_m), d)  # unknown distance: the drop's
+        return RoundChannel(
+            distance_m=d,
+            gain_linear=db_to_linear(gain_db),
+            pathloss_db=tr.column(round_, k, "pathloss_db"),
+            shadowing_db=tr.column(round_, k, "shadowing_db"),
+            fading_gain_db=tr.column(round_, k, "fading_gain_db"),
+            los=tr.column(round_, k, "los"),  # 1.0 / 0.0 / NaN
+            positions_m=None,
+            total_gain_db=gain_db,
+        )
+
+    def channel(self, round_: int) -> RoundChannel:
+        """The channel of every client in ``round_`` (one block-fading draw for the whole cell)."""
+        if round_ not in self._cache:
+            if len(self._cache) >= 8:
+                self._cache.pop(next(iter(self._cache)))
+            if self.trace is not None:
+                self._cache[round_] = self._trace_channel(round_)
+            else:
+                self._cache[round_] = self.link.channel(self._state(round_))
+        return self._cache[round_]
+
+    def _gains(self, round_: int, client_ids: list[int]) -> np.ndarray:
+        gain = self.channel(round_).gain_linear[np.asarray(client_ids, dtype=int)]
+        if self.trace is not None and np.isnan(gain).any():
+            missing = [int(c) for c, g in zip(client_ids, gain, strict=True) if np.isnan(g)]
+            raise ConfigError(
+                f"channel.trace_csv={self.cfg.channel.trace_csv!r}: round {round_} has no row for clients {missing[:8]}"
+            )
+        return gain
+
+    def snr_per_hz(self, round_: int, client_ids: list[int]) -> np.ndarray:
+        """a_k = p_k g_k / N0 in Hz for the given clients: what a bandwidth allocator needs."""
+        return snr_per_hz(self.tx_power_w, self._gains(round_, client_ids), self.n0_w_hz)
+
+    def sample_snr_per_hz(self, rng_: np.random.Generator, client_ids: list[int]) -> np.ndarray:
+        """a_k of the given clients for one fresh draw of the channel distribution (shadowing, LOS state,
+        fading) at their dropped positions, from ``rng_``: statistics for planning, never one of the
+        run's own realisations."""
+
+        def streams(round_: int, purpose: str) -> np.random.Generator:
+            return np.random.default_rng(rng_.integers(2**63))
+
+        gain = self.link.channel(self.link.state(1, self.positions_m, streams, None)).gain_linear
+        return snr_per_hz(self.tx_power_w, gain[np.asarray(client_ids, dtype=int)], self.n0_w_hz)
+
+    def compute_times_s(self, client_ids: list[int], num_samples: list[int], flops_per_sample: float) -> np.ndarray:
+        """T_cmp_k = E |D_k| F / f_k for the given clients."""
+        ids = np.asarray(client_ids, dtype=int)
+        return compute_time_s(self.cfg.train.local_epochs, num_samples, flops_per_sample, self.device_flops[ids])
+
+    def downlink_time_s(self, round_: int, client_ids: list[int], downlink_bits: float) -> float:
+        """T_dl: broadcast of ``downlink_bits`` decodable by every given client; 0 without a downlink."""
+        c = self.cfg.channel
+        if c.downlink != "broadcast" or not len(client_ids):
+            return 0.0
+        gains = self._gains(round_, client_ids)
+        return broadcast_time_s(downlink_bits, c.downlink_bandwidth_hz, self.bs_power_w, gains, self.n0_w_hz)
+
+    def channel_fields(self, round_: int, client_id: int) -> dict[str, Any]:
+        """The channel part of a client's round record: distance, total gain and its terms, LOS.
+
+        A term the model (or a replayed trace) does not have is None, and so is ``los`` for a
+        path-loss model without a LOS state.
+        """
+        ch = self.channel(round_)
+
+        def part(values: np.ndarray | None) -> float | None:
+            return None if values is None else _opt(values[client_id])
+
+        los = None if ch.los is None or np.isnan(float(ch.los[client_id])) else bool(ch.los[client_id])
+        return {
+            "distance_m": float(ch.distance_m[client_id]),
+            "gain_db": float(ch.gain_db[client_id]),
+            "pathloss_db": part(ch.pathloss_db),
+            "shadowing_db": part(ch.shadowing_db),
+            "fading_gain_db": part(ch.fading_gain_db),
+            "los": los,
+        }
+
+    def account(
+        self,
+        round_: int,
+        client_ids: list[int],
+        payload_bits: list[int],
+        num_samples: list[int],
+        flops_per_sample: float,
+        bandwidth_hz: np.ndarray | None = None,
+        *,
+        downlink_bits: int | None = None,
+        extra_compute_s: np.ndarray | None = None,
+    ) -> tuple[list[dict], float]:
+        """Per-client channel fields of the round record (distance_m ... outage) and the round
+        latency T_t in seconds.
+
+        ``bandwidth_hz`` is the allocation of a scheduler; None splits the band equally.
+        ``downlink_bits`` is the size of the broadcast global model (channel.downlink=broadcast);
+        None takes the largest upload, which is exact for dense uploads. ``extra_compute_s`` is
+        added to each client's compute time (a straggler's delay, in simulated time).
+        """
+        ids = np.asarray(client_ids, dtype=int)
+        if bandwidth_hz is None:
+            bandwidth_hz = np.full(len(ids), self.cfg.channel.bandwidth_hz / max(len(ids), 1))
+        bandwidth_hz = np.asarray(bandwidth_hz, dtype=float)
+        gain = self._gains(round_, client_ids)
+        rate = shannon_rate_bps(bandwidth_hz, self.tx_power_w, gain, self.n0_w_hz)
+        t_up = upload_time_s(payload_bits, rate)
+        t_cmp = self.compute_times_s(client_ids, num_samples, flops_per_sample)
+        if extra_compute_s is not None:
+            t_cmp = t_cmp + np.asarray(extra_compute_s, dtype=float)
+        if downlink_bits is None:
+            downlink_bits = max(payload_bits, default=0)
+        t_dl = self.downlink_time_s(round_, client_ids, downlink_bits)
+        t_total = t_dl + t_cmp + t_up
+        outage = in_outage(t_total, self.cfg.channel.outage_deadline_s)
+        e_up = upload_energy_j(self.tx_power_w, t_up)
+        comp = self.cfg.compute
+        e_cmp = compute_energy_j(
+            self.cfg.train.local_epochs,
+            num_samples,
+            flops_per_sample,
+            self.device_flops[ids],
+            comp.flops_per_cycle,
+            comp.kappa,
+        )
+
+        records = [
+            {
+                "client_id": int(cid),
+                **self.channel_fields(round_, int(cid)),
+                "bandwidth_hz": float(bandwidth_hz[i]),
+                "rate_bps": float(rate[i]),
+                "payload_bits": int(payload_bits[i]),
+                "num_samples": int(num_samples[i]),
+                "compute_time_s": float(t_cmp[i]),
+                "upload_time_s": float(t_up[i]),
+                "downlink_time_s": float(t_dl),
+                "upload_energy_j": float(e_up[i]),
+                "compute_energy_j": float(e_cmp[i]),
+                "outage": bool(outage[i]),
+            }
+            for i, cid in enumerate(ids)
+        ]
+        latency = float(np.max(t_total)) if len(ids) else 0.0
+        return records, latency
+
+
+# ----------------------------------------------------------------------------------------------
+# checks of [channel] and [compute] that need more than one key or a file
+
+
+def _file_error(key: str, path: str, e: Exception) -> ConfigError:
+    if isinstance(e, FileNotFoundError):
+        return ConfigError(f"{key}={path!r}: file not found")
+    if isinstance(e, OSError):
+        return ConfigError(f"{key}={path!r}: cannot read ({e.strerror or e})")
+    if isinstance(e, UnicodeDecodeError):
+        return ConfigError(f"{key}={path!r}: not a text CSV file")
+    return ConfigError(f"{key}={path!r}: {e}")
+
+
+def check_channel_config(cfg: Any) -> None:
+    """Cross-key and file checks of ``[channel]`` and ``[compute]``; ConfigError with one line."""
+    c, k = cfg.channel, cfg.run.clients
+
+    if c.pathloss in TR38901:
+        lo, hi = TR38901_CARRIER_HZ
+        if not lo <= c.carrier_hz <= hi:
+            raise ConfigError(
+                f"channel.carrier_hz={c.carrier_hz!r}: channel.pathloss={c.pathloss} (TR 38.901) needs a carrier "
+                f"in [{lo:g}, {hi:g}] Hz"
+            )
+        if c.pathloss == "uma" and c.ut_height_m > UMA_MAX_UT_HEIGHT_M:
+            raise ConfigError(
+                f"channel.ut_height_m={c.ut_height_m!r}: channel.pathloss=uma supports client heights up to "
+                f"{UMA_MAX_UT_HEIGHT_M:g} m (above, TR 38.901 draws the environment height at random)"
+            )
+        dlo, dhi = TR38901_DISTANCE_M
+        if c.drop == "disc" and (c.min_distance_m < dlo or c.radius_m > dhi):
+            raise ConfigError(
+                f"channel.min_distance_m={c.min_distance_m!r}, channel.radius_m={c.radius_m!r}: "
+                f"channel.pathloss={c.pathloss} (TR 38.901) is valid for distances in [{dlo:g}, {dhi:g}] m"
+            )
+
+    if c.drop != "csv" and c.positions_csv:
+        raise ConfigError(f"channel.positions_csv={c.positions_csv!r}: only used with channel.drop=csv")
+    if c.drop == "csv":
+        if not c.positions_csv:
+            raise ConfigError("channel.positions_csv='': channel.drop=csv needs a CSV file (client_id,x_m,y_m)")
+        try:
+            pos = read_positions_csv(c.positions_csv)
+        except (OSError, UnicodeDecodeError, PositionsFileError) as e:
+            raise _file_error("channel.positions_csv", c.positions_csv, e) from None
+        if len(pos) != k:
+            raise ConfigError(f"channel.positions_csv={c.positions_csv!r}: has {len(pos)} clients, run.clients is {k}")
+        d = distance_m(pos)
+        if c.pathloss in TR38901 and (d.min() < TR38901_DISTANCE_M[0] or d.max() > TR38901_DISTANCE_M[1]):
+            raise ConfigError(
+                f"channel.positions_csv={c.positions_csv!r}: distances {d.min():.1f}..{d.max():.1f} m, "
+                f"channel.pathloss={c.pathloss} (TR 38.901) is valid in [10, 5000] m"
+            )
+        if c.mobility != "none" and (d.min() < c.min_distance_m or d.max() > c.radius_m):
+            raise ConfigError(
+                f"channel.positions_csv={c.positions_csv!r}: distances {d.min():.1f}..{d.max():.1f} m must lie in "
+                f"[channel.min_distance_m, channel.radius_m] = [{c.min_distance_m:g}, {c.radius_m:g}] m "
+                f"when clients move (channel.mobility={c.mobility})"
+            )
+
+    if c.trace_csv:
+        _check_trace_file(cfg)
+
+    comp = cfg.compute
+    if comp.device_speed != "csv" and comp.device_speed_csv:
+        raise ConfigError(
+            f"compute.device_speed_csv={comp.device_speed_csv!r}: only used with compute.device_speed=csv"
+        )
+    if comp.device_speed == "csv":
+        if not comp.device_speed_csv:
+            raise ConfigError(
+                "compute.device_speed_csv='': compute.device_speed=csv needs a CSV file (client_id,device_flops)"
+            )
+        try:
+            speeds = read_speeds_csv(comp.device_speed_csv)
+        except (OSError, UnicodeDecodeError, SpeedFileError) as e:
+            raise _file_error("compute.device_speed_csv", comp.device_speed_csv, e) from None
+        if len(speeds) != k:
+            raise ConfigError(
+                f"compute.device_speed_csv={comp.device_speed_csv!r}: has {len(speeds)} clients, run.clients is {k}"
+            )
+
+
+def _check_trace_file(cfg: Any) -> None:
+    path = cfg.channel.trace_csv
+    try:
+        trace = read_trace(path)
+        check_trace(trace, cfg.run.rounds, cfg.run.clients)
+    except (OSError, UnicodeDecodeError, TraceError) as e:
+        raise _file_error("channel.trace_csv", path, e) from None
+    for round_ in range(1, cfg.run.rounds + 1):
+        needed = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
+        missing = sorted(set(needed) - trace.clients(round_))
+        if missing:
+            raise ConfigError(
+                f"channel.trace_csv={path!r}: round {round_} has no row for sampled clients {missing[:8]} "
+                "(a trace needs every client a run samples)"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# fedsim channels
+
+
+def _config_fields() -> dict[str, dataclasses.Field]:
+    from fedsim.config import SECTIONS
+
+    return {f"{name}.{f.name}": f for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def describe_components() -> list[dict[str, Any]]:
+    """One entry per registered component and per other link parameter group.
+
+    Each entry: ``kind``, ``name``, ``summary`` (first docstring line), ``selector`` (the key that
+    picks it, or None) and ``parameters``: a list of (key, default, unit or allowed values).
+    """
+    fields = _config_fields()
+
+    def param(key: str, unit: str | None) -> tuple[str, Any, str]:
+        f = fields[key]
+        return key, f.default, unit or f.metadata["allowed"]
+
+    out = []
+    for kind, registry in REGISTRIES.items():
+        section = SECTION_OF_KIND[kind]
+        for name, cls in registry.items():
+            doc = (cls.__doc__ or "").strip().splitlines()
+            params = [param(f"{section}.{f.name}", f.metadata.get("unit")) for f in dataclasses.fields(cls)]
+            out.append(
+                {
+                    "kind": kind,
+                    "name": name,
+                    "summary": doc[0] if doc else "",
+                    "selector": f"{section}.{kind}={name}",
+                    "parameters": params,
+                }
+            )
+    for group, keys in OTHER_PARAMETERS.items():
+        out.append(
+            {
+                "kind": "link",
+                "name": group,
+                "summary": "",
+                "selector": None,
+                "parameters": [param(key, None) for key in keys],
+            }
+        )
+    return out
+
+
+def export_trace_from_results(results_dir: str | Path, out_csv: str | Path) -> int:
+    """Write the per-round, per-client channel of a results folder's ``rounds.jsonl`` as a trace CSV."""
+    from fedsim.results import read_rounds
+
+    try:
+        rows = rows_from_round_records(read_rounds(results_dir))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(
+            f"--export-trace={str(results_dir)!r}: rounds.jsonl does not hold fedsim round records ({type(e).__name__})"
+        ) from None
+    return write_trace(out_csv, rows)

@@ -1,0 +1,215 @@
+"""Every kind of bad input, as a user types it: exit 2, one line, no traceback, nothing written, fast.
+
+One real ``fedsim`` process per command line (two at a time): every configuration key with a
+wrong type, a value outside its range and a non-finite value; malformed configuration files;
+bad ``--resume`` folders. A refusal must not wait for torch or a workload to load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from fedsim.config import SECTIONS, describe_keys
+
+WALL_LIMIT_S = 20.0  # generous for a shared CI machine; a refusal takes about a second here
+RANGE = re.compile(r"in ([\[\(])(-?[0-9.e+]+), (-?[0-9.e+]+)([\]\)])")
+REGISTRY_KEYS = {
+    "run.method",
+    "workload.name",
+    "tsfa.scheduler",
+    "channel.drop",
+    "channel.mobility",
+    "channel.pathloss",
+    "channel.shadowing",
+    "channel.fading",
+    "compute.device_speed",
+}
+
+
+def hint_of(key: str):
+    section, name = key.split(".")
+    return SECTIONS[section].__annotations__[name]
+
+
+def key_cases() -> list[tuple[str, list[str]]]:
+    """(name, --set arguments) for every key: wrong type, outside its range, non-finite."""
+    cases = []
+    for key, default, allowed, _ in describe_keys():
+        hint = str(hint_of(key))
+        if "tuple" in hint:
+            cases += [(f"{key} not a list", [f"{key}=5"]), (f"{key} empty", [f"{key}=[]"])]
+            cases.append((f"{key} bad item", [f'{key}=["x"]']))
+            continue
+        if isinstance(default, str):
+            cases.append((f"{key} wrong type", [f"{key}=7"]))
+            if key in REGISTRY_KEYS:
+                cases.append((f"{key} unknown name", [f'{key}="nosuch"']))
+            continue
+        if isinstance(default, bool):
+            cases.append((f"{key} wrong type", [f"{key}=1"]))
+            continue
+        integer = isinstance(default, int)
+        cases.append((f"{key} wrong type", [f"{key}=true"] if integer else [f'{key}="x"']))
+        if isinstance(default, float):
+            cases.append((f"{key} not finite", [f"{key}={'nan' if len(cases) % 2 else '-inf'}"]))
+        m = RANGE.search(allowed)
+        if m:
+            low, high = float(m.group(2)), float(m.group(3))
+            outside = (int(high) + 1 if integer else high * 10 + 1) if len(cases) % 2 else (int(low) - 1)
+            cases.append((f"{key} out of range", [f"{key}={outside}"]))
+    return [(name, [a for s in sets for a in ("--set", s)]) for name, sets in cases]
+
+
+def option_cases() -> list[tuple[str, list[str]]]:
+    return [
+        ("--clients 0", ["--clients", "0"]),
+        ("--clients huge", ["--clients", "100000000000000000000"]),
+        ("--clients text", ["--clients", "x"]),
+        ("--rounds 0", ["--rounds", "0"]),
+        ("--seed -1", ["--seed", "-1"]),
+        ("--clients-per-round 1.5", ["--clients-per-round", "1.5"]),
+        ("--clients-per-round above clients", ["--clients", "4", "--clients-per-round", "9"]),
+        ("--method unknown", ["--method", "foo"]),
+        ("--scheduler unknown", ["--scheduler", "foo"]),
+        ("--workload unknown", ["--workload", "nosuch"]),
+        ("tsfa with ideal", ["--method", "ideal", "--scheduler", "tsfa"]),
+        ("--set without =", ["--set", "run.rounds"]),
+        ("--set unknown section", ["--set", "nosuch.key=1"]),
+        ("--set unknown key", ["--set", "run.nosuch=1"]),
+        ("min clients above sampled", ["--set", "run.min_clients_per_round=99"]),
+        ("device speeds inverted", ["--set", "compute.device_flops_min=3e12"]),
+        ("inner radius above cell", ["--set", "channel.min_distance_m=600"]),
+        ("too many training rows", ["--clients", "100000", "--set", "workload.samples_per_client=1000"]),
+        ("cpus above this machine", ["--set", "simulation.cpus_per_client=4096"]),
+        ("concurrency above this machine", ["--set", "simulation.max_concurrent_clients=4096"]),
+        ("ray address not host:port", ["--ray-address", "nowhere"]),
+        ("positions csv missing", ["--set", "channel.drop=csv", "--set", "channel.positions_csv=/nonexistent.csv"]),
+        ("trace csv missing", ["--set", "channel.trace_csv=/nonexistent.csv"]),
+        ("dataset is a URL", ["--set", "workload.dataset=http://example.com/x.csv"]),
+        ("unknown option", ["--nosuch"]),
+        ("--out empty", ["--out", ""]),
+    ]
+
+
+def file_cases(tmp: Path) -> list[tuple[str, list[str]]]:
+    def config(name: str, text: str) -> list[str]:
+        path = tmp / f"{name}.toml"
+        path.write_text(text)
+        return ["--config", str(path)]
+
+    return [
+        ("toml syntax", config("syntax", "[run\nclients = 3\n")),
+        ("toml top-level value", config("toplevel", "clients = 3\n")),
+        ("toml unknown section", config("section", "[nosuch]\nx = 1\n")),
+        ("toml wrong type", config("type", '[run]\nclients = "many"\n')),
+        ("toml out of range", config("range", "[channel]\ntx_power_dbm = 1e308\n")),
+        ("toml not utf-8", ["--config", str(_bytes(tmp / "latin.toml", b"[run]\nseed = 1 # \xe9\n"))]),
+        ("config missing", ["--config", str(tmp / "missing.toml")]),
+        ("config is a folder", ["--config", str(tmp)]),
+        ("config is /dev/zero", ["--config", "/dev/zero"]),
+    ]
+
+
+def _bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def resume_cases(tmp: Path) -> list[tuple[str, list[str]]]:
+    def folder(name: str, files: dict[str, str]) -> Path:
+        d = tmp / name
+        d.mkdir()
+        for rel, text in files.items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel).write_text(text)
+        return d
+
+    good = "[run]\nclients = 4\nclients_per_round = 2\n"
+    state = {"round": 1, "records": [], "adapter": "../../etc/hostname", "adapter_sha256": "0" * 64}
+    return [
+        ("resume missing", ["--resume", str(tmp / "none")]),
+        ("resume not a results folder", ["--resume", str(folder("empty", {"x.txt": "x"}))]),
+        ("resume config not toml", ["--resume", str(folder("badtoml", {"config.toml": "[[[", "rounds.jsonl": ""}))]),
+        ("resume config out of range", ["--resume", str(folder("range", {"config.toml": "[run]\nclients = 0\n"}))]),
+        (
+            "resume state not json",
+            ["--resume", str(folder("state", {"config.toml": good, "checkpoint/state.json": "{"}))],
+        ),
+        (
+            "resume adapter outside",
+            ["--resume", str(folder("escape", {"config.toml": good, "checkpoint/state.json": json.dumps(state)}))],
+        ),
+        ("resume with --out", ["--resume", str(folder("without", {"config.toml": good})), "--out", str(tmp / "o")]),
+        (
+            "resume summary not json",
+            ["--resume", str(folder("summary", {"config.toml": good, "summary.json": "not json"}))],
+        ),
+    ]
+
+
+def snapshot(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def run_case(args: list[str], out: Path, cwd: Path) -> tuple[int, str, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", *args, *([] if "--out" in args else ["--out", str(out)])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    return proc.returncode, proc.stderr + proc.stdout, time.perf_counter() - t0
+
+
+def test_at_least_150_distinct_bad_command_lines_are_refused_fast_with_one_line(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    cases = key_cases() + option_cases() + file_cases(inputs) + resume_cases(inputs)
+    assert len({tuple(a) for _, a in cases}) == len(cases) >= 150
+    before = snapshot(tmp_path)
+    work = tmp_path / "cwd"
+    work.mkdir()
+
+    def one(i_case):
+        i, (name, args) = i_case
+        return name, args, tmp_path / f"out{i}", *run_case(args, tmp_path / f"out{i}", work)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(one, enumerate(cases)))
+    problems = []
+    for name, args, out, code, text, wall_s in results:
+        lines = [line for line in text.splitlines() if line.strip()]
+        why = []
+        if code != 2:
+            why.append(f"exit {code}")
+        if len(lines) != 1 or not lines[0].startswith("fedsim: "):
+            why.append(f"{len(lines)} lines")
+        if "Traceback" in text:
+            why.append("traceback")
+        if out.exists():
+            why.append("left a folder")
+        if wall_s > WALL_LIMIT_S:
+            why.append(f"{wall_s:.1f} s")
+        if why:
+            problems.append(f"{name} {args}: {', '.join(why)}: {text.strip()[:200]}")
+    assert problems == [], "\n".join(problems)
+    assert snapshot(tmp_path) == before + ["cwd"] or snapshot(work) == [], "a refusal wrote files"
+    assert snapshot(work) == []
+
+
+@pytest.mark.parametrize("name, args", option_cases()[:3])
+def test_the_refusal_names_the_value(name, args, tmp_path):
+    code, text, _ = run_case(args, tmp_path / "out", tmp_path)
+    assert code == 2 and args[-1] in text

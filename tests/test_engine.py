@@ -1,0 +1,276 @@
+"""The round engine without Flower: stub clients answer its requests in-process (milliseconds).
+
+What used to need a subprocess run through Ray (failures, minimum clients, deadline drops, the
+two-phase TSFA round, divergence, resume) is checked here against the engine directly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.checkpoint import load_checkpoint
+from fedsim.config import build_config
+from fedsim.engine import ClientReply, RoundEngine, RunFailed, run
+from fedsim.methods import METHODS, dropped_errors, fixed_rho, get_method
+from fedsim.records import Failure, client_record_keys, round_record_keys
+from fedsim.seeding import rng, sample_clients
+
+D_IN, D_OUT = 6, 5
+A, B, HEAD = "m.lora_A.default.weight", "m.lora_B.default.weight", "head.weight"
+
+
+class StubHost:
+    """A workload whose adapter is one LoRA pair and a head; the metric is the adapter's mean."""
+
+    def primary_metric(self, cfg):
+        return "score"
+
+    def initial_state(self, cfg):
+        g = rng(cfg.run.seed, 0, -1, "stub-init")
+        r = cfg.lora.rank
+        return {
+            A: g.normal(size=(r, D_IN)).astype(np.float32),
+            B: np.zeros((D_OUT, r), np.float32),
+            HEAD: g.normal(size=(2, 3)).astype(np.float32),
+        }
+
+    def evaluate(self, cfg, state):
+        return {"score": float(np.mean([v.mean() for v in state.values()]))}
+
+    def flops_per_sample(self, cfg):
+        return 1e6
+
+    def partition_sizes(self, cfg):
+        return [8 + c % 3 for c in range(cfg.run.clients)]
+
+
+class StubClients:
+    """The client half of every action, with faults chosen by (round, client id)."""
+
+    def __init__(self, crash=(), nan=(), silent=()):
+        self.crash, self.nan, self.silent = set(crash), set(nan), set(silent)
+        self.calls: list[tuple[str, int, dict, bool]] = []
+        self.trained: dict[int, dict] = {}
+
+    def train(self, cfg, round_, cid, state):
+        g = rng(cfg.run.seed, round_, cid, "stub-train")
+        new = {k: state[k] + 0.1 * g.normal(size=state[k].shape).astype(np.float32) for k in sorted(state)}
+        if (round_, cid) in self.nan:
+            new[A][0, 0] = np.nan
+        size = StubHost().partition_sizes(cfg)[cid]
+        return new, {"num_samples": float(size), "train_loss": 1.0 / round_, "train_wall_s": 0.0}
+
+    def upload(self, cfg, round_, cid, state, metrics, rho):
+        gen = torch.Generator().manual_seed(round_ * 1000 + cid)
+        arrays, stats = get_method(cfg.run.method).encode(state, rho, cfg.lora.value_bits, gen)
+        return ClientReply(arrays, {**metrics, **stats})
+
+    def __call__(self, cfg, action, round_, requests, state):
+        replies, failures = {}, []
+        for cid, extra in sorted(requests.items()):
+            self.calls.append((action, round_, dict(extra), state is not None))
+            if (round_, cid) in self.crash:
+                failures.append(Failure(cid, "RuntimeError: injected"))
+                continue
+            if (round_, cid) in self.silent:
+                continue  # the transport reports a timeout for it
+            if action == "upload":
+                trained, metrics = self.trained.pop(cid)
+                replies[cid] = self.upload(cfg, round_, cid, trained, metrics, extra["rho"])
+                continue
+            trained, metrics = self.train(cfg, round_, cid, state)
+            if action == "local":
+                self.trained[cid] = (trained, metrics)
+                replies[cid] = ClientReply(
+                    None, {**metrics, "dropped_errors": dropped_errors(trained, cfg.tsfa.rho_grid)}
+                )
+            else:
+                replies[cid] = self.upload(cfg, round_, cid, trained, metrics, fixed_rho(cfg.run.method, cfg.soft.rho))
+        answered = set(replies) | {f.client_id for f in failures}
+        failures += [Failure(c, "no reply") for c in requests if c not in answered]
+        return replies, failures
+
+
+def make_cfg(**overrides):
+    flat = {"run.clients": 6, "run.clients_per_round": 3, "run.rounds": 3, "run.seed": 4, "run.method": "soft"}
+    return build_config({**flat, **overrides})
+
+
+def test_a_round_aggregates_the_uploads_in_client_order_and_prices_them_exactly():
+    cfg = make_cfg()
+    engine, clients = RoundEngine(cfg, StubHost()), StubClients()
+    start = {k: v.copy() for k, v in engine.state.items()}
+    rec = engine.run_round(1, clients)
+    sampled = sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)
+    assert [c.client_id for c in rec.clients] == sampled and rec.status == "ok" and rec.failures == []
+    # the same uploads aggregated by the method itself give the engine's new state
+    uploads = []
+    for cid in sampled:
+        state, metrics = clients.train(cfg, 1, cid, start)
+        reply = clients.upload(cfg, 1, cid, state, metrics, cfg.soft.rho)
+        uploads.append((metrics["num_samples"], *engine.method.decode(reply.arrays)))
+    expected, _ = engine.method.aggregate(start, uploads)
+    for k in expected:
+        np.testing.assert_array_equal(engine.state[k], expected[k])
+    bits = engine.method.adapter_bits({k: v.shape for k, v in start.items()}, cfg.lora.rank, cfg.soft.rho, 32)
+    assert all(c.payload_bits == bits for c in rec.clients)
+    assert rec.uplink_bits_total == 3 * bits
+    assert list(rec.to_dict()) == round_record_keys()
+    assert list(rec.to_dict()["clients"][0]) == client_record_keys()
+
+
+@pytest.mark.parametrize("min_clients, status", [(0, "failed"), (2, "ok"), (3, "failed")])
+def test_a_crashed_client_fails_the_round_only_below_the_minimum(min_clients, status):
+    cfg = make_cfg(**{"run.min_clients_per_round": min_clients})
+    sampled = sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)
+    victim = sampled[1]
+    engine = RoundEngine(cfg, StubHost())
+    before = {k: v.copy() for k, v in engine.state.items()}
+    rec = engine.run_round(1, StubClients(crash={(1, victim)}))
+    assert rec.status == status
+    assert rec.failures == [Failure(victim, "RuntimeError: injected")]
+    assert [c.client_id for c in rec.clients if not c.dropped] == [c for c in sampled if c != victim]
+    (lost,) = [c for c in rec.clients if c.dropped]
+    assert lost.client_id == victim and lost.drop_reason == "RuntimeError: injected" and lost.payload_bits is None
+    assert lost.gain_db == engine.wireless.channel_fields(1, victim)["gain_db"] and lost.bandwidth_hz == 0.0
+    unchanged = all(np.array_equal(before[k], engine.state[k]) for k in before)
+    assert unchanged == (status == "failed")
+    assert rec.metrics["primary_metric"] == rec.metrics["score"]
+
+
+def test_a_silent_client_is_a_timeout_failure_and_a_round_with_no_survivors_keeps_the_metrics():
+    cfg = make_cfg(**{"run.min_clients_per_round": 1})
+    engine = RoundEngine(cfg, StubHost())
+    first = engine.run_round(1, StubClients())
+    everyone = {(2, c) for c in range(cfg.run.clients)}
+    rec = engine.run_round(2, StubClients(silent=everyone))
+    assert rec.status == "failed" and all(c.dropped for c in rec.clients) and rec.round_latency_s == 0.0
+    assert len(rec.clients) == 3 and rec.uplink_bits_total == 0
+    assert [f.reason for f in rec.failures] == ["no reply"] * 3
+    assert rec.metrics == first.metrics and rec.scheduler.solver_status == "no clients"
+
+
+def test_the_deadline_drops_clients_before_aggregation_and_says_why():
+    cfg = make_cfg(**{"tsfa.scheduler": "fixed", "tsfa.deadline_s": 1e-6, "run.min_clients_per_round": 1})
+    rec = RoundEngine(cfg, StubHost()).run_round(1, StubClients())
+    assert rec.status == "failed" and rec.scheduler.deadline_dropped == 3
+    assert all(f.reason.startswith("deadline: cannot upload within tsfa.deadline_s=1e-06") for f in rec.failures)
+    # every sampled client stays in the record, dropped, with what it would have sent
+    assert [c.client_id for c in rec.clients] == sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)
+    assert all(c.dropped and c.drop_reason == rec.failures[0].reason and c.bandwidth_hz == 0.0 for c in rec.clients)
+    assert all(c.payload_bits > 0 and c.upload_time_s == float("inf") for c in rec.clients)
+    assert rec.uplink_bits_total == 0 and rec.round_latency_s == 0.0
+
+
+def test_a_deadline_lets_a_round_count_with_the_clients_that_meet_it():
+    """With tsfa.deadline_s set, run.min_clients_per_round = 0 means one survivor suffices."""
+    cfg = make_cfg(**{"tsfa.scheduler": "fixed", "tsfa.deadline_s": 10.0})
+    slow = sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)[0]
+    engine = RoundEngine(cfg, StubHost())
+    engine.wireless.device_flops[slow] = 1.0  # 1 FLOP/s: its compute alone misses the deadline
+    rec = engine.run_round(1, StubClients())
+    assert rec.status == "ok" and rec.scheduler.deadline_dropped == 1
+    assert [c.client_id for c in rec.clients if c.dropped] == [slow]
+    assert rec.round_latency_s == max(c.compute_time_s + c.upload_time_s for c in rec.clients if not c.dropped)
+
+
+def test_stragglers_are_late_in_simulated_time_and_the_deadline_decides():
+    cfg = make_cfg(
+        **{
+            "tsfa.scheduler": "fixed",
+            "faults.client_straggle_prob": 0.5,
+            "faults.straggle_delay_s": 30.0,
+            "tsfa.deadline_s": 5.0,
+        }
+    )
+    records = [RoundEngine(cfg, StubHost()).run_round(t, StubClients()) for t in (1, 2, 3)]
+    clients = [c for r in records for c in r.clients]
+    stragglers = [c for c in clients if c.straggle_s > 0]
+    assert stragglers and len(stragglers) < len(clients)
+    assert all(c.straggle_s == 30.0 and c.compute_time_s >= 30.0 and c.dropped for c in stragglers)
+    assert all(not c.dropped for c in clients if c.straggle_s == 0)
+
+
+def test_tsfa_runs_two_phases_and_uploads_at_the_rho_it_decided():
+    cfg = make_cfg(**{"tsfa.scheduler": "tsfa", "tsfa.latency_budget_s": 50.0, "tsfa.plan_samples": 5})
+    engine, clients = RoundEngine(cfg, StubHost()), StubClients()
+    assert engine.plan is not None and engine.cfg.lora.rank == engine.plan.chosen_rank
+    rec = engine.run_round(1, clients)
+    actions = [(a, with_state) for a, _, _, with_state in clients.calls]
+    assert actions == [("local", True)] * 3 + [("upload", False)] * 3
+    rhos = {extra["rho"] for a, _, extra, _ in clients.calls if a == "upload"}
+    assert rhos == {rec.scheduler.rho} and rec.scheduler.rho in cfg.tsfa.rho_grid
+    shapes = {k: v.shape for k, v in StubHost().initial_state(engine.cfg).items()}
+    bits = engine.method.adapter_bits(shapes, engine.cfg.lora.rank, rec.scheduler.rho, 32)
+    assert [c.payload_bits for c in rec.clients] == [bits] * 3
+    assert len(rec.scheduler.latency_by_rho) == len(cfg.tsfa.rho_grid)
+
+
+def test_a_non_finite_adapter_ends_the_run_as_diverged_without_a_checkpoint(tmp_path):
+    cfg = make_cfg()
+    victim = sample_clients(cfg.run.seed, 2, cfg.run.clients, cfg.num_sampled)[0]
+    clients = StubClients(nan={(2, victim)})
+    summary = run(cfg, StubHost(), lambda: (clients, {}), tmp_path)
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+    records = [strict(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["ok", "diverged"]
+    assert records[1]["metrics"]["score"] is None  # NaN is written as null
+    assert strict((tmp_path / "summary.json").read_text())["status"] == "diverged"
+    assert summary["status"] == "diverged" and "round 2" in summary["error"]
+    assert load_checkpoint(tmp_path).round == 1
+
+
+def test_a_connection_failure_writes_a_failed_summary_and_raises_one_line(tmp_path):
+    def connect():
+        raise RunFailed("discovery timed out after 5 s")
+
+    with pytest.raises(RunFailed, match="discovery timed out"):
+        run(make_cfg(), StubHost(), connect, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "discovery timed out after 5 s"
+
+
+@pytest.mark.parametrize("scheduler", ["equal", "fixed", "tsfa"])
+def test_a_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path, scheduler):
+    extra = {"tsfa.scheduler": scheduler, "tsfa.latency_budget_s": 50.0, "tsfa.plan_samples": 5}
+    cfg = make_cfg(**extra)
+    run(cfg, StubHost(), lambda: (StubClients(), {}), tmp_path / "whole")
+    short = make_cfg(**extra, **{"run.rounds": 2})
+    run(short, StubHost(), lambda: (StubClients(), {}), tmp_path / "part")
+    ckpt = load_checkpoint(tmp_path / "part")
+    run(cfg, StubHost(), lambda: (StubClients(), {}), tmp_path / "part", resume=ckpt)
+
+    def strip(folder):
+        rows = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+        for r in rows:
+            r.pop("wall_s"), r.pop("solve_time_s")
+            for c in r["clients"]:
+                c.pop("sparsify_time_s")
+            r.pop("sparsify_time_s")
+        return rows
+
+    assert strip(tmp_path / "whole") == strip(tmp_path / "part")
+
+
+def test_every_method_runs_a_round_and_ideal_never_sparsifies():
+    for name, method in METHODS.items():
+        cfg = make_cfg(**{"run.method": name})
+        rec = RoundEngine(cfg, StubHost()).run_round(1, StubClients())
+        assert rec.status == "ok", name
+        assert rec.scheduler.rho == (cfg.soft.rho if method.sparsifies else 0.0)
+
+
+def test_rounds_below_the_minimum_are_named_in_the_summary(tmp_path):
+    cfg = make_cfg(**{"run.rounds": 2, "run.min_clients_per_round": 1})
+    everyone = {(t, c) for t in (1, 2) for c in range(cfg.run.clients)}
+    summary = run(cfg, StubHost(), lambda: (StubClients(crash=everyone), {}), tmp_path)
+    assert summary["status"] == "failed" and summary["failed_rounds"] == [1, 2]
+    assert summary["error"].startswith("round 1: client ") and "RuntimeError: injected" in summary["error"]
+    assert "(0 of 3 clients returned" in summary["error"] and summary["error"].endswith("failed rounds: 1, 2)")

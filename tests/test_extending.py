@@ -1,0 +1,48 @@
+"""The README's examples of a new upload method and a new scheduler work as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fedsim.methods import METHODS
+from fedsim.schedulers import SCHEDULERS
+from tests import test_methods as shared
+from tests.test_engine import StubClients, StubHost, make_cfg
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture
+def registered():
+    text = README.read_text()
+    section = text[text.index("## Adding an upload method or a scheduler") :]
+    section = section[: section.index("\n## ", 10)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    yield
+    METHODS.pop("bnorm", None)
+    SCHEDULERS.pop("proportional", None)
+
+
+def test_the_readme_method_passes_the_shared_method_tests(registered):
+    assert "bnorm" in METHODS
+    for rho in (0.0, 0.5, 0.875):
+        shared.test_every_method_prices_its_upload_exactly("bnorm", rho, 32)
+    shared.test_every_method_aggregates_its_own_uploads("bnorm")
+
+
+def test_the_readme_method_and_scheduler_run_rounds_of_the_engine(registered):
+    from fedsim.engine import RoundEngine
+
+    cfg = make_cfg(**{"run.method": "bnorm", "tsfa.scheduler": "proportional"})
+    engine = RoundEngine(cfg, StubHost())
+    for round_ in (1, 2):
+        record = engine.run_round(round_, StubClients())
+        assert record.status == "ok" and len(record.clients) == cfg.num_sampled
+    bands = [c.bandwidth_hz for c in record.clients]
+    assert sum(bands) == pytest.approx(cfg.channel.bandwidth_hz) and len(set(bands)) > 1  # not the equal split

@@ -1,0 +1,97 @@
+"""The import structure: no cycles among the project's modules, flwr only under fedsim/flower/,
+and the README's record schema in step with the typed records."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from fedsim.records import client_record_keys, round_record_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("fedsim", "channels", "workloads")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """Project modules imported anywhere in the file (module level or inside functions)."""
+    found = set()
+    this = module_name(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name in known and name != this:
+                found.add(name)
+    return found
+
+
+def test_no_import_cycles():
+    mods = modules()
+    graph = {m: imports(p, set(mods)) for m, p in mods.items()}
+    # a package's __init__ re-exporting its own submodules is not a cycle between layers
+    for m, deps in graph.items():
+        graph[m] = {d for d in deps if not (d.startswith(m + ".") and ROOT.joinpath(*m.split(".")).is_dir())}
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                cycles.append(stack[stack.index(dep) :] + [dep])
+            elif dep not in state:
+                visit(dep, [*stack, dep])
+        state[node] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == [], " ; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_flwr_is_imported_only_under_fedsim_flower():
+    offenders = []
+    for name, path in modules().items():
+        if name.startswith("fedsim.flower"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module]
+            offenders += [f"{name}: {m}" for m in mods if m == "flwr" or m.startswith("flwr.")]
+    assert offenders == []
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(title)
+    end = text.index("\n## ", start)
+    return text[start:end]
+
+
+def test_readme_schema_lists_the_record_fields():
+    section = readme_section("### `rounds.jsonl` record")
+    table_keys = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            table_keys += re.findall(r"`([a-z_]+)`", line.split("|")[1])
+    assert sorted(table_keys) == sorted(round_record_keys())
+    client_part = section[section.index("Per-client record") :]
+    paragraph = client_part.split("\n\n")[0].split("Two runs with the same seed")[0]
+    listed = set(re.findall(r"`([a-z_]+)`", paragraph))
+    assert listed == set(client_record_keys())
