@@ -92,6 +92,9 @@ def run(
             out_dir, checkpoint = given_out or default_out_dir(cfg), None
             check_out_dir(out_dir, force)
         check_ray_address(cfg.simulation.ray_address)
+        from fedsim.tracking import check_tracking
+
+        check_tracking(cfg)
     except (ConfigError, CheckpointError) as e:
         fail(str(e), 2)
 
@@ -114,7 +117,9 @@ def run(
             raise ConfigError(f"--out={str(out_dir)!r}: another run wrote into this folder meanwhile")
     except ConfigError as e:
         fail(str(e), 2)
-    reporter = ProgressReporter(cfg, quiet=quiet)
+    from fedsim.tracking import tracked
+
+    reporter = tracked(ProgressReporter(cfg, quiet=quiet), cfg, out_dir)  # TensorBoard / MLflow if configured
     t0 = time.perf_counter()
     try:
         with reporter:
@@ -369,3 +374,93 @@ def list_workloads() -> None:
         metric = f"{wl.primary_metric} ({'higher' if wl.higher_is_better else 'lower'} is better)"
         table.add_row(name, ", ".join(wl.presets), metric, wl.description)
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # piped: do not wrap to 80
+
+
+# ---- fedsim sweep / report: campaigns of runs (fedsim/sweep.py, fedsim/report.py) ----------------
+@app.command("sweep")
+def sweep_command(
+    file: Annotated[Path, typer.Argument(help="Sweep file: a config TOML with a [sweep] table of axes.")],
+    out: Annotated[str | None, typer.Option(help="Sweep folder (default sweeps/<sweep name>).")] = None,
+    jobs: Annotated[
+        int | None, typer.Option(help="Runs at once (default: cores / simulation.cpus_per_client).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key of every run: section.key=value.")
+    ] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Run every run on this existing Ray cluster.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Validate and list the runs; run nothing, write nothing.")] = False,
+    quiet: Annotated[bool, typer.Option(help="Print only the sweep folder.")] = False,
+) -> None:
+    """Run a campaign: every combination of the sweep file's axes as a `fedsim run`, several at a time.
+
+    Re-running the same command skips finished runs and resumes interrupted or failed ones.
+    """
+    from fedsim import sweep as sw
+
+    try:
+        spec = sw.load_sweep(file, parse_overrides(set_ or []))
+        folder = out_path(out) if out is not None else Path("sweeps") / spec.name
+        if jobs is not None and jobs < 1:
+            raise ConfigError(f"--jobs={jobs}: must be a positive integer")
+        if ray_address:
+            check_ray_address(ray_address)
+        if not dry_run:
+            sw.check_folder(spec, folder)
+    except ConfigError as e:
+        fail(str(e), 2)
+    n_jobs = jobs or (1 if ray_address else sw.default_jobs(spec.runs[0].config))
+    n_jobs = min(n_jobs, len(spec.runs))
+    if dry_run:
+        for run_spec in spec.runs:
+            typer.echo(f"{run_spec.name}\t{sw.run_state(folder / 'runs' / run_spec.name)}")
+        typer.echo(f"{len(spec.runs)} runs, {n_jobs} at a time, in {folder}")
+        return
+    from fedsim.progress import SweepDisplay
+
+    display = SweepDisplay(spec.name, folder, quiet=quiet)
+    try:
+        with display:
+            index = sw.execute(spec, folder, n_jobs, ray_address=ray_address, display=display)
+    except sw.Interrupted as e:
+        typer.echo(
+            f"fedsim: sweep interrupted; finished runs are kept, the others resume from their checkpoints with: "
+            f"fedsim sweep {file} --out {folder}",
+            err=True,
+        )
+        raise typer.Exit(e.code) from None
+    counts = index.counts()
+    if quiet:
+        typer.echo(str(folder))
+    else:
+        display.print_summary(index)
+    if counts["failed"]:
+        fail(f"{counts['failed']} of {len(spec.runs)} runs failed (see {folder / 'sweep.csv'} and logs/)", 1)
+
+
+@app.command("report")
+def report_command(
+    dirs: Annotated[list[Path], typer.Argument(help="Sweep folders, results folders, or folders holding them.")],
+    out: Annotated[str | None, typer.Option(help="Report folder (default <first DIR>/report).")] = None,
+    by: Annotated[
+        list[str] | None, typer.Option(help="Group by this config key (repeatable; default: the sweep axes).")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="Metric to tabulate (repeatable): a final-round metric or a summary.json field."),
+    ] = None,
+) -> None:
+    """Tables (mean and 95% interval over seeds) and figures of many runs, on one Markdown page."""
+    from fedsim.config import describe_keys
+    from fedsim.report import DEFAULT_METRICS, find_run_folders, write_report
+
+    try:
+        find_run_folders(dirs)
+        known = {k for k, *_ in describe_keys()}
+        for key in by or []:
+            if key not in known:
+                raise ConfigError(f"--by={key!r}: not a config key (see fedsim config)")
+        folder = out_path(out) if out is not None else dirs[0] / "report"
+    except ConfigError as e:
+        fail(str(e), 2)
+    page = write_report(dirs, folder, by=by, metrics=metric or DEFAULT_METRICS)
+    typer.echo(str(page))

@@ -307,6 +307,24 @@ class TsfaSection:
     )
 
 
+def _backends(v: str) -> bool:
+    return all(b in ("tensorboard", "mlflow") for b in filter(None, (x.strip() for x in v.split(","))))
+
+
+@dataclass(frozen=True)
+class TrackingSection:
+    """Experiment tracking (``fedsim.tracking``); off by default, needs ``pip install 'fedsim[tracking]'``."""
+
+    backends: str = _f(
+        "",
+        _backends,
+        "'' or a comma-separated list of tensorboard, mlflow",
+        "write TensorBoard events (<out>/tensorboard) and/or an MLflow run",
+    )
+    mlflow_uri: str = _f("", None, "an MLflow tracking URI ('' : file store ./mlruns)", "where MLflow runs go")
+    experiment: str = _f("", None, "an MLflow experiment name ('' : the workload's name)", "MLflow experiment")
+
+
 SECTIONS: dict[str, type] = {
     "run": RunSection,
     "workload": WorkloadSection,
@@ -318,6 +336,7 @@ SECTIONS: dict[str, type] = {
     "soft": SoftSection,
     "faults": FaultsSection,
     "tsfa": TsfaSection,
+    "tracking": TrackingSection,
 }
 
 
@@ -335,6 +354,7 @@ class Config:
     soft: SoftSection = field(default_factory=SoftSection)
     faults: FaultsSection = field(default_factory=FaultsSection)
     tsfa: TsfaSection = field(default_factory=TsfaSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
 
     @property
     def num_sampled(self) -> int:

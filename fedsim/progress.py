@@ -90,3 +90,63 @@ class ProgressReporter:
         table.add_row("wall time", f"{wall_s:.1f} s")
         table.add_row("results", str(out_dir))
         Console().print(table)
+
+
+class SweepDisplay:
+    """The progress of a sweep over its runs: done / running / failed, elapsed and ETA; one line per ended run.
+
+    A ``display(event, data)`` for :func:`fedsim.sweep.execute`.
+    """
+
+    def __init__(self, name: str, folder: Path, quiet: bool = False, console: Console | None = None):
+        self.name, self.folder, self.quiet = name, folder, quiet
+        self.console = console or Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("sweep {task.description}"),
+            BarColumn(bar_width=16),
+            TextColumn("{task.completed}/{task.total} done | {task.fields[running]} running | "),
+            TextColumn("{task.fields[failed]} failed | ETA {task.fields[eta]}"),
+            console=self.console,
+            disable=quiet,
+        )
+        self._task = self._progress.add_task(name, total=1, running=0, failed=0, eta="-")
+
+    def __enter__(self) -> SweepDisplay:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if event == "start":
+            self._progress.update(self._task, total=data["total"], completed=data["skipped"])
+            if not self.quiet:
+                self.console.print(
+                    f"sweep {self.name}: {data['total']} runs ({data['skipped']} already finished), "
+                    f"{data['jobs']} at a time, in {self.folder}"
+                )
+        elif event == "run" and not self.quiet:
+            if data["status"] == "done":
+                self.console.print(f"  done    {data['name']} ({data['wall_s']:.0f} s)")
+            else:
+                self.console.print(f"  {data['status']:<7} {data['name']}: {data['error']}")
+        elif event == "tick":
+            c, eta = data["counts"], data["eta_s"]
+            self._progress.update(
+                self._task,
+                completed=c["done"],
+                running=c["running"],
+                failed=c["failed"],
+                eta="-" if eta is None else f"{eta / 60:.0f} min" if eta >= 120 else f"{eta:.0f} s",
+            )
+
+    def print_summary(self, index: Any) -> None:
+        table = Table(title=f"fedsim sweep {self.name}")
+        for col in ("run", "status", "wall (s)"):
+            table.add_column(col)
+        for row in index.rows.values():
+            wall = "-" if row.wall_s is None else f"{row.wall_s:.0f}"
+            table.add_row(row.name, row.status + (" (skipped)" if row.action == "skip" else ""), wall)
+        Console().print(table)
+        Console().print(f"index: {self.folder / 'sweep.json'}; report with: fedsim report {self.folder}")

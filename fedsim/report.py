@@ -1,0 +1,550 @@
+"""Reports over many runs: the loader, grouped statistics over seeds, and the campaign figures.
+
+``fedsim report DIR...`` and the analysis notebooks use the same functions: :func:`load_runs`
+reads sweep folders and results folders (only their ``config.toml``, ``rounds.jsonl`` and
+``summary.json``), :func:`summarize` gives each metric's mean and 95% t-interval over the runs of
+a group (the seeds), and each ``*_figure`` function returns a matplotlib figure (or None when the
+records do not carry what it plots) that :func:`save_figure` writes as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsim.config import ConfigError, toml_to_flat
+from fedsim.results import is_results_folder, metric_higher_is_better, read_rounds
+
+IGNORED_GROUP_PREFIXES = ("simulation.", "tracking.")
+DEFAULT_METRICS = ("primary_metric", "cumulative_uplink_bits", "mean_round_latency_s")
+
+
+@dataclass
+class RunResult:
+    """One results folder as the report reads it."""
+
+    folder: Path
+    name: str
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    summary: dict[str, Any] | None = None
+    sweep: str | None = None
+    axes: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return (self.summary or {}).get("status", "running")
+
+    @property
+    def primary_metric(self) -> str:
+        return (self.summary or {}).get("primary_metric", "primary_metric")
+
+    def value(self, name: str) -> float:
+        """A metric of the run: a numeric ``summary.json`` field, else a final-round metric; NaN if absent."""
+        summary = self.summary or {}
+        if name in summary and _is_number(summary[name]):
+            return float(summary[name])
+        final = summary.get("final_metrics") or (self.records[-1]["metrics"] if self.records else {})
+        if name == "cumulative_uplink_bits":
+            return float(sum(r["uplink_bits_total"] for r in self.records))
+        if name == "mean_round_latency_s" and self.records:
+            return float(np.mean([r["round_latency_s"] for r in self.records]))
+        v = final.get(name)
+        return float(v) if _is_number(v) else math.nan
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def find_run_folders(paths: Iterable[str | Path]) -> list[tuple[Path, str | None, list[str]]]:
+    """``(results folder, sweep name, sweep axes)`` for every run under ``paths``.
+
+    A sweep folder (with ``sweep.json``) gives its runs in index order; a results folder gives
+    itself; any other folder is searched for results folders. A path with none is a ConfigError.
+    """
+    found: list[tuple[Path, str | None, list[str]]] = []
+    for raw in paths:
+        path = Path(raw)
+        if (path / "sweep.json").is_file():
+            try:
+                index = json.loads((path / "sweep.json").read_text())
+                entries = [(path / r["folder"], index.get("name"), list(index.get("axes", []))) for r in index["runs"]]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{str(path)!r}: sweep.json is not a fedsim sweep index") from None
+            here = [e for e in entries if is_results_folder(e[0])]
+        elif is_results_folder(path):
+            here = [(path, None, [])]
+        elif path.is_dir():
+            here = [(p.parent, None, []) for p in sorted(path.rglob("config.toml")) if is_results_folder(p.parent)]
+        else:
+            raise ConfigError(f"{str(path)!r}: no such folder")
+        if not here:
+            raise ConfigError(f"{str(path)!r}: holds no fedsim results (no config.toml with rounds.jsonl)")
+        found.extend(here)
+    return found
+
+
+def load_run(folder: str | Path, sweep: str | None = None, axes: Sequence[str] = ()) -> RunResult:
+    """One results folder: its flat configuration, its round records and its summary (if written)."""
+    folder = Path(folder)
+    config = toml_to_flat((folder / "config.toml").read_text(), str(folder / "config.toml"))
+    records = read_rounds(folder) if (folder / "rounds.jsonl").is_file() else []
+    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
+    return RunResult(folder, folder.name, config, records, summary, sweep, list(axes))
+
+
+def load_runs(paths: Iterable[str | Path] | str | Path, finished_only: bool = False) -> list[RunResult]:
+    """Every run under ``paths`` (sweep folders, results folders, or folders holding them).
+
+    ``finished_only`` keeps the runs whose summary says ``ok``.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    runs = [load_run(folder, sweep, axes) for folder, sweep, axes in find_run_folders(paths)]
+    return [r for r in runs if r.status == "ok"] if finished_only else runs
+
+
+# ----------------------------------------------------------------------------------------------
+# grouping and statistics
+
+
+def default_group_keys(runs: Sequence[RunResult]) -> list[str]:
+    """The sweeps' axes without the seed; for plain folders, the config keys that differ between runs.
+
+    ``run.seed`` and the ``simulation.*`` / ``tracking.*`` keys never group.
+    """
+    axes: list[str] = []
+    for r in runs:
+        axes += [a for a in r.axes if a not in axes]
+    if not axes:
+        keys = list(runs[0].config) if runs else []
+        axes = [k for k in keys if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
+    return [k for k in axes if k != "run.seed" and not k.startswith(IGNORED_GROUP_PREFIXES)]
+
+
+def group_label(key_values: dict[str, Any]) -> str:
+    """``{"run.method": "soft", "soft.rho": 0.5}`` -> ``"method=soft, rho=0.5"`` (``"all"`` if empty)."""
+    if not key_values:
+        return "all"
+    return ", ".join(f"{k.rpartition('.')[2]}={_show(v)}" for k, v in key_values.items())
+
+
+def _show(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def group_runs(runs: Sequence[RunResult], by: Sequence[str]) -> dict[str, list[RunResult]]:
+    """Runs grouped by the values of ``by``, labelled as :func:`group_label`, in first-seen order."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault(group_label({k: r.config.get(k) for k in by}), []).append(r)
+    return groups
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n)``: the mean of the finite ``values`` and its two-sided t-interval.
+
+    ``mean +- t_{(1+confidence)/2, n-1} s / sqrt(n)`` with ``s`` the sample standard deviation; the
+    interval is NaN for fewer than two values.
+    """
+    from scipy import stats
+
+    x = np.asarray([v for v in values if _is_number(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(x.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, 1
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def summarize(runs: Sequence[RunResult], by: Sequence[str] | None = None, metrics: Sequence[str] = DEFAULT_METRICS):
+    """A pandas DataFrame: one row per group, per metric its ``mean``, ``ci95_low``, ``ci95_high``, and ``n``.
+
+    ``primary_metric`` is each run's final-round primary metric.
+    """
+    import pandas as pd
+
+    by = default_group_keys(runs) if by is None else list(by)
+    rows = []
+    for label, members in group_runs(runs, by).items():
+        row: dict[str, Any] = {"group": label, **{k: members[0].config.get(k) for k in by}, "n": len(members)}
+        for m in metrics:
+            mean, low, high, _ = mean_ci([r.value(m) for r in members])
+            row |= {f"{m}_mean": mean, f"{m}_ci95_low": low, f"{m}_ci95_high": high}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def runs_table(runs: Sequence[RunResult], metrics: Sequence[str] = DEFAULT_METRICS):
+    """A pandas DataFrame, one row per run: name, status, the grouping keys, the seed and the metrics."""
+    import pandas as pd
+
+    keys = [*default_group_keys(runs), "run.seed"]
+    return pd.DataFrame(
+        [
+            {
+                "run": r.name,
+                "status": r.status,
+                **{k: r.config.get(k) for k in keys},
+                **{m: r.value(m) for m in metrics},
+            }
+            for r in runs
+        ]
+    )
+
+
+def markdown_table(table, metrics: Sequence[str], by: Sequence[str]) -> str:
+    """A summary table (of :func:`summarize`) in Markdown: ``mean ± half-width`` per metric."""
+    header = [*(k.rpartition(".")[2] for k in by), "n", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for _, row in table.iterrows():
+        cells = [_show(row[k]) for k in by] + [str(row["n"])]
+        for m in metrics:
+            mean, low, high = row[f"{m}_mean"], row[f"{m}_ci95_low"], row[f"{m}_ci95_high"]
+            cells.append(_fmt_ci(mean, low, high))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_ci(mean: float, low: float, high: float) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    if not math.isfinite(low):
+        return f"{mean:.4g}"
+    return f"{mean:.4g} ± {(high - low) / 2:.2g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# curves over rounds
+
+
+def round_curves(
+    runs: Sequence[RunResult], by: Sequence[str], field_: str = "primary_metric"
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per group, over the rounds every run of the group has: ``round``, ``bits`` (mean cumulative
+    uplink bits), ``mean``, ``low``, ``high`` of ``field_`` (a metric, or a record field such as
+    ``rho`` or ``queue``) across the group's runs. Groups without the field are left out."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for label, members in group_runs(runs, by).items():
+        members = [m for m in members if m.records]
+        if not members:
+            continue
+        n_rounds = min(len(m.records) for m in members)
+        series = np.array([[_record_value(rec, field_) for rec in m.records[:n_rounds]] for m in members], float)
+        if np.all(np.isnan(series)):
+            continue
+        bits = np.array([np.cumsum([rec["uplink_bits_total"] for rec in m.records[:n_rounds]]) for m in members])
+        stats = [mean_ci(series[:, i]) for i in range(n_rounds)]
+        out[label] = {
+            "round": np.array([rec["round"] for rec in members[0].records[:n_rounds]]),
+            "bits": bits.mean(axis=0),
+            "mean": np.array([s[0] for s in stats]),
+            "low": np.array([s[1] for s in stats]),
+            "high": np.array([s[2] for s in stats]),
+        }
+    return out
+
+
+def _record_value(record: dict[str, Any], name: str) -> float:
+    v = record.get(name, record.get("metrics", {}).get(name))
+    return float(v) if _is_number(v) else math.nan
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+
+
+def _figure(ncols: int = 1, width_in: float = 5.5):
+    """A figure outside pyplot's state (no backend, nothing to close; Jupyter displays it as an image)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in * ncols, 3.8), dpi=110)
+    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+
+
+def _metric_label(runs: Sequence[RunResult]) -> str:
+    names = {r.primary_metric for r in runs}
+    if len(names) != 1:
+        return "primary metric"
+    name = names.pop()
+    higher = metric_higher_is_better(runs[0].config.get("workload.name", ""))
+    return f"{name} ({'higher' if higher else 'lower'} is better)"
+
+
+def _band(ax, x, curve, label: str) -> None:
+    (line,) = ax.plot(x, curve["mean"], marker="o", ms=3, label=label)
+    if np.any(np.isfinite(curve["low"])):
+        ax.fill_between(x, curve["low"], curve["high"], color=line.get_color(), alpha=0.2, lw=0)
+
+
+def metric_curves_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None, x: str = "bits"):
+    """The primary metric against cumulative uplink bits (``x="bits"``) or round (``x="round"``),
+    one line per group (mean over its seeds) with its 95% band."""
+    by = default_group_keys(runs) if by is None else by
+    curves = round_curves(runs, by, "primary_metric")
+    if not curves:
+        return None
+    fig, (ax,) = _figure()
+    for label, c in curves.items():
+        _band(ax, c["bits"] / 1e6 if x == "bits" else c["round"], c, label)
+    ax.set_xlabel("cumulative uplink (Mbit)" if x == "bits" else "round")
+    ax.set_ylabel(_metric_label(runs))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def latency_budget_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None):
+    """Time-average round latency against ``tsfa.latency_budget_s`` (mean and 95% interval over seeds),
+    one line per group of the other keys; the dashed diagonal is the budget. None without TSFA runs."""
+    tsfa = [r for r in runs if r.config.get("tsfa.scheduler") == "tsfa"]
+    if not tsfa:
+        return None
+    by = [k for k in (default_group_keys(runs) if by is None else by) if k != "tsfa.latency_budget_s"]
+    fig, (ax,) = _figure()
+    budgets_all: list[float] = []
+    for label, members in group_runs(tsfa, by).items():
+        budgets = sorted({float(m.config["tsfa.latency_budget_s"]) for m in members})
+        budgets_all += budgets
+        stats = [
+            mean_ci([m.value("mean_round_latency_s") for m in members if m.config["tsfa.latency_budget_s"] == b])
+            for b in budgets
+        ]
+        mean = np.array([s[0] for s in stats])
+        err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
+        ax.errorbar(budgets, mean, yerr=np.nan_to_num(err), marker="o", ms=4, capsize=3, label=label)
+    lim = [min(budgets_all), max(budgets_all)]
+    ax.plot(lim, lim, ls="--", color="0.4", label="budget")
+    ax.set_xlabel("latency budget T_avg (s)")
+    ax.set_ylabel("time-average round latency (s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def rho_queue_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None):
+    """rho and the virtual queue against round, per group (mean and 95% band); None if no record has rho."""
+    by = default_group_keys(runs) if by is None else by
+    rho, queue = round_curves(runs, by, "rho"), round_curves(runs, by, "queue")
+    if not rho:
+        return None
+    panels = [("rho", rho), *([("virtual queue Q (s)", queue)] if queue else [])]
+    fig, axes = _figure(len(panels))
+    for ax, (ylabel, curves) in zip(axes, panels, strict=True):
+        for label, c in curves.items():
+            _band(ax, c["round"], c, label)
+        ax.set(xlabel="round", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def bandwidth_heatmap_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None, max_groups: int = 6):
+    """Each client's allocated bandwidth (MHz) per round, for the first run of each group (at most
+    ``max_groups``); blank where a client was not sampled."""
+    by = default_group_keys(runs) if by is None else by
+    firsts = [(label, members[0]) for label, members in group_runs(runs, by).items() if members[0].records]
+    firsts = firsts[:max_groups]
+    if not firsts:
+        return None
+    fig, axes = _figure(len(firsts), width_in=4.2)
+    for ax, (label, run) in zip(axes, firsts, strict=True):
+        clients = int(run.config.get("run.clients", 1))
+        grid = np.full((clients, len(run.records)), np.nan)
+        for j, rec in enumerate(run.records):
+            for c in rec.get("clients", []):
+                if 0 <= c["client_id"] < clients:
+                    grid[c["client_id"], j] = c["bandwidth_hz"] / 1e6
+        im = ax.imshow(grid, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis")
+        ax.set(xlabel="round", ylabel="client", title=f"{label}\n({run.name})")
+        ax.title.set_fontsize(7)
+        ticks = range(len(run.records))
+        ax.set_xticks(list(ticks)[:: max(1, len(run.records) // 10)])
+        ax.set_xticklabels([run.records[i]["round"] for i in ticks][:: max(1, len(run.records) // 10)])
+        fig.colorbar(im, ax=ax, label="bandwidth (MHz)")
+    fig.tight_layout()
+    return fig
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A workload's own effect: families of final-round metrics ``<family><x>`` plotted against x."""
+
+    title: str
+    xlabel: str
+    families: tuple[tuple[str, str], ...]  # (regex with one group, the x; y label)
+    log2_x: bool = False
+
+
+EFFECTS: dict[str, Effect] = {
+    "rainbow-padding": Effect(
+        "response length and validity against the allocated length",
+        "allocated length G",
+        ((r"length_ratio_g(\d+)", "response length / data mean"), (r"validity_g(\d+)", "validity")),
+        log2_x=True,
+    ),
+    "equation-reasoner": Effect(
+        "accuracy by number of operations", "operations", ((r"accuracy_ops(\d+)", "accuracy"),)
+    ),
+    "clip-memorisation": Effect(
+        "memorisation rate by mitigation", "mitigation", ((r"mem_rate_(\w+)", "memorisation rate"),)
+    ),
+    "text-classify": Effect(
+        "accuracy on all, unseen-word and unseen-template sentences",
+        "test subset",
+        ((r"(accuracy|accuracy_unseen_words|accuracy_unseen_templates)", "accuracy"),),
+    ),
+}
+"""Per workload, the final-round metrics that show its paper's effect (see each workload's docstring)."""
+
+
+def effect_points(
+    runs: Sequence[RunResult], pattern: str, by: Sequence[str]
+) -> dict[str, list[tuple[str, float, float, float]]]:
+    """Per group: ``(x, mean, low, high)`` over the group's runs for every final metric matching ``pattern``."""
+    regex = re.compile(pattern)
+    out: dict[str, list[tuple[str, float, float, float]]] = {}
+    for label, members in group_runs(runs, by).items():
+        per_run = []
+        for m in members:
+            final = (m.summary or {}).get("final_metrics") or (m.records[-1]["metrics"] if m.records else {})
+            per_run.append({match.group(1): v for k, v in final.items() if (match := regex.fullmatch(k))})
+        xs = list(dict.fromkeys(x for values in per_run for x in values))
+        points = [(x, *mean_ci([v.get(x, math.nan) for v in per_run])[:3]) for x in xs]
+        if points:
+            out[label] = points
+    return out
+
+
+def effect_figure(runs: Sequence[RunResult], workload: str, by: Sequence[str] | None = None):
+    """The effect plot of ``workload`` (:data:`EFFECTS`) over its runs; None if unknown or not recorded."""
+    effect = EFFECTS.get(workload)
+    mine = [r for r in runs if r.config.get("workload.name") == workload]
+    if effect is None or not mine:
+        return None
+    by = default_group_keys(runs) if by is None else by
+    panels = [(ylabel, effect_points(mine, pattern, by)) for pattern, ylabel in effect.families]
+    panels = [(y, p) for y, p in panels if p]
+    if not panels:
+        return None
+    fig, axes = _figure(len(panels))
+    for ax, (ylabel, groups) in zip(axes, panels, strict=True):
+        numeric = all(x.isdigit() for pts in groups.values() for x, *_ in pts)
+        for i, (label, pts) in enumerate(groups.items()):
+            pts = sorted(pts, key=lambda p: int(p[0])) if numeric else pts
+            mean = np.array([p[1] for p in pts])
+            err = np.nan_to_num(np.array([[p[1] - p[2], p[3] - p[1]] for p in pts]).T)
+            if numeric:
+                ax.errorbar([int(p[0]) for p in pts], mean, yerr=err, marker="o", ms=4, capsize=3, label=label)
+            else:
+                width = 0.8 / len(groups)
+                pos = np.arange(len(pts)) + (i - (len(groups) - 1) / 2) * width
+                ax.bar(pos, mean, width=width, yerr=err, capsize=3, label=label)
+                ax.set_xticks(np.arange(len(pts)))
+                ax.set_xticklabels([p[0] for p in pts], rotation=20, fontsize=7)
+        if numeric and effect.log2_x:
+            ax.set_xscale("log", base=2)
+        ax.set(xlabel=effect.xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{workload}: {effect.title}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, out_dir: str | Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` in ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
+    for p in paths:
+        fig.savefig(p)
+    return paths
+
+
+def campaign_figures(runs: Sequence[RunResult], by: Sequence[str] | None = None) -> dict[str, Any]:
+    """Every report figure the runs' records allow, by file stem (figures that do not apply are left out)."""
+    by = default_group_keys(runs) if by is None else list(by)
+    figures = {
+        "metric_vs_uplink_bits": (
+            metric_curves_figure(runs, by, "bits"),
+            "Metric against cumulative uplink bits",
+        ),
+        "metric_vs_round": (metric_curves_figure(runs, by, "round"), "Metric against round"),
+        "latency_vs_budget": (latency_budget_figure(runs, by), "Time-average latency against the budget"),
+        "rho_queue": (rho_queue_figure(runs, by), "rho and virtual-queue trajectories"),
+        "bandwidth_heatmap": (bandwidth_heatmap_figure(runs, by), "Per-client bandwidth"),
+    }
+    for workload in sorted({r.config.get("workload.name") for r in runs}):
+        figures[f"effect_{workload}"] = (effect_figure(runs, workload, by), f"{workload}: its effect")
+    return {stem: pair for stem, pair in figures.items() if pair[0] is not None}
+
+
+# ----------------------------------------------------------------------------------------------
+# the report page
+
+
+def write_report(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    by: Sequence[str] | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> Path:
+    """Write ``report.md`` with its tables (``summary.csv``, ``runs.csv``) and figures (PNG + SVG) into ``out``.
+
+    Unfinished runs (no ``ok`` summary) are listed but left out of the statistics. Returns the page's path.
+    """
+    all_runs = load_runs(paths)
+    runs = [r for r in all_runs if r.status == "ok"]
+    by = default_group_keys(runs or all_runs) if by is None else list(by)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_table(all_runs, metrics).to_csv(out / "runs.csv", index=False)
+    lines = [
+        "# fedsim report",
+        "",
+        f"Sources: {', '.join(f'`{p}`' for p in paths)}. {len(runs)} finished runs of {len(all_runs)}; "
+        f"grouped by {', '.join(f'`{k}`' for k in by) or 'nothing'}; each cell is the mean over the group's "
+        "runs (seeds) ± the half-width of its 95% t-interval (`summary.csv` has the bounds).",
+        "",
+    ]
+    unfinished = [r for r in all_runs if r.status != "ok"]
+    if unfinished:
+        lines += [
+            "Not included (unfinished or failed): " + ", ".join(f"`{r.name}` ({r.status})" for r in unfinished),
+            "",
+        ]
+    if runs:
+        table = summarize(runs, by, metrics)
+        table.to_csv(out / "summary.csv", index=False)
+        primary = sorted({r.primary_metric for r in runs})
+        lines += [
+            "## Summary",
+            "",
+            f"`primary_metric` is the final round's {', '.join(primary)}.",
+            "",
+            markdown_table(table, metrics, by),
+        ]
+        figures = campaign_figures(runs, by)
+        if figures:
+            lines += ["## Figures", ""]
+        for stem, (fig, title) in figures.items():
+            save_figure(fig, out / "figures", stem)
+            lines += [f"### {title}", "", f"![{title}](figures/{stem}.png)", f"([SVG](figures/{stem}.svg))", ""]
+    page = out / "report.md"
+    page.write_text("\n".join(lines))
+    return page

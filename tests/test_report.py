@@ -1,0 +1,181 @@
+"""fedsim report: the loader, statistics over seeds, tables and figures, on synthetic results folders."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fedsim.cli import main
+from fedsim.report import (
+    campaign_figures,
+    default_group_keys,
+    effect_figure,
+    load_runs,
+    mean_ci,
+    round_curves,
+    summarize,
+    write_report,
+)
+from tests.synthetic import write_run, write_sweep
+
+FINALS = {("soft", 0.5): [0.70, 0.74, 0.75], ("topk", 0.5): [0.60, 0.66, 0.61], ("ideal", 0.0): [0.80, 0.82, 0.85]}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    """Three methods x three seeds, as a sweep folder."""
+    runs = []
+    for (method, rho), finals in FINALS.items():
+        for seed, final in enumerate(finals):
+            overrides = {"run.method": method, "soft.rho": rho, "run.seed": seed}
+            runs.append((f"method-{method}_seed-{seed}", overrides, final))
+    return write_sweep(tmp_path_factory.mktemp("sweeps") / "methods", runs, ["run.method", "run.seed"])
+
+
+def test_mean_ci_is_the_t_interval():
+    x = [0.70, 0.74, 0.75, 0.71]
+    mean, low, high, n = mean_ci(x)
+    ref_low, ref_high = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert n == 4 and mean == pytest.approx(np.mean(x))
+    assert (low, high) == (pytest.approx(ref_low), pytest.approx(ref_high))
+    assert math.isnan(mean_ci([0.5])[1]) and mean_ci([0.5])[0] == 0.5
+    assert mean_ci([0.5, math.nan, 0.7])[3] == 2  # non-finite values are left out
+
+
+def test_summarize_groups_by_the_sweep_axes(sweep_dir):
+    runs = load_runs([sweep_dir])
+    assert len(runs) == 9 and {r.sweep for r in runs} == {"methods"}
+    assert default_group_keys(runs) == ["run.method"]
+    table = summarize(runs)
+    assert list(table["run.method"]) == ["soft", "topk", "ideal"] and list(table["n"]) == [3, 3, 3]
+    for (method, _), finals in FINALS.items():
+        row = table[table["run.method"] == method].iloc[0]
+        low, high = stats.t.interval(0.95, 2, loc=np.mean(finals), scale=stats.sem(finals))
+        assert row["primary_metric_mean"] == pytest.approx(np.mean(finals))
+        assert (row["primary_metric_ci95_low"], row["primary_metric_ci95_high"]) == (
+            pytest.approx(low),
+            pytest.approx(high),
+        )
+    soft = table[table["run.method"] == "soft"].iloc[0]
+    assert soft["cumulative_uplink_bits_mean"] == pytest.approx(3 * 0.5 * 4e6)  # 3 rounds at rho = 0.5
+    # plain results folders (not a sweep): grouped by the keys that differ, seed excluded
+    plain = load_runs([sweep_dir / "runs"])
+    assert len(plain) == 9 and default_group_keys(plain) == ["run.method", "soft.rho"]
+
+
+def test_curves_bands_and_figures(sweep_dir):
+    runs = load_runs(sweep_dir)
+    curves = round_curves(runs, ["run.method"])
+    soft = curves["method=soft"]
+    assert list(soft["round"]) == [1, 2, 3]
+    assert soft["mean"][-1] == pytest.approx(np.mean(FINALS[("soft", 0.5)]))
+    assert np.all(soft["low"] < soft["mean"]) and np.all(soft["high"] > soft["mean"])
+    assert list(soft["bits"]) == pytest.approx([2e6, 4e6, 6e6])
+    figures = campaign_figures(runs, ["run.method"])
+    assert {"metric_vs_uplink_bits", "metric_vs_round", "rho_queue", "bandwidth_heatmap"} <= set(figures)
+    assert "latency_vs_budget" not in figures  # no TSFA runs
+    fig = figures["metric_vs_uplink_bits"][0]
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["method=soft", "method=topk", "method=ideal"]
+    assert len(ax.collections) == 3  # a seed band per method
+    heat = figures["bandwidth_heatmap"][0].axes[0].images[0].get_array()
+    assert heat.shape == (4, 3) and heat[3, 0] == pytest.approx(20 * 4 / 10)  # MHz, client 3 of 4
+
+
+def test_tsfa_latency_and_effect_figures(tmp_path):
+    runs = []
+    for budget in (0.2, 0.4):
+        for seed in (0, 1):
+            overrides = {
+                "run.method": "soft",
+                "tsfa.scheduler": "tsfa",
+                "tsfa.latency_budget_s": budget,
+                "run.seed": seed,
+            }
+            runs.append((f"b{budget}-s{seed}", overrides, 0.5))
+    folder = write_sweep(tmp_path / "tsfa", runs, ["tsfa.latency_budget_s", "run.seed"])
+    loaded = load_runs(folder)
+    figures = campaign_figures(loaded)
+    fig = figures["latency_vs_budget"][0]
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("latency budget")
+    means = ax.containers[0].lines[0].get_ydata()
+    assert list(means) == pytest.approx([0.18, 0.36], abs=0.02)
+    rho_ax, queue_ax = figures["rho_queue"][0].axes[:2]
+    assert queue_ax.get_ylabel().startswith("virtual queue") and len(queue_ax.get_lines()) == 2
+    # a workload's own effect: rainbow padding's metrics per allocated length G
+    g = {f"length_ratio_g{G}": 1.0 - G / 1000 for G in (64, 128, 256)}
+    g |= {f"validity_g{G}": 0.9 for G in (64, 128, 256)}
+    for seed in (0, 1):
+        write_run(tmp_path / "rb" / f"s{seed}", {"run.seed": seed}, 0.5, extra_metrics=g)
+    rb = load_runs(tmp_path / "rb")
+    for r in rb:
+        r.config["workload.name"] = "rainbow-padding"  # the synthetic records carry its metrics
+    fig = effect_figure(rb, "rainbow-padding", [])
+    length_ax = fig.axes[0]
+    assert list(length_ax.containers[0].lines[0].get_xdata()) == [64, 128, 256]
+    assert list(length_ax.containers[0].lines[0].get_ydata()) == pytest.approx([0.936, 0.872, 0.744])
+    assert effect_figure(rb, "no-such-workload") is None
+
+
+def test_report_command_writes_page_tables_and_figures(sweep_dir, tmp_path, capsys):
+    extra = write_run(
+        tmp_path / "failed-run", {"run.method": "soft", "soft.rho": 0.5, "run.seed": 9}, 0.1, status="failed"
+    )
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "report",
+                str(sweep_dir),
+                str(extra),
+                "--out",
+                str(out),
+                "--metric",
+                "primary_metric",
+                "--metric",
+                "accuracy",
+            ]
+        )
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.md")
+    page = (out / "report.md").read_text()
+    assert "| method | n | primary_metric | accuracy |" in page
+    mean = np.mean(FINALS[("ideal", 0.0)])
+    half = stats.t.ppf(0.975, 2) * np.std(FINALS[("ideal", 0.0)], ddof=1) / np.sqrt(3)
+    assert f"| ideal | 3 | {mean:.4g} ± {half:.2g} |" in page
+    assert "`failed-run` (failed)" in page
+    for stem in ("metric_vs_uplink_bits", "metric_vs_round", "rho_queue", "bandwidth_heatmap"):
+        assert f"](figures/{stem}.png)" in page
+        assert (out / "figures" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("group,run.method,n,primary_metric_mean,primary_metric_ci95_low")
+    assert len((out / "runs.csv").read_text().splitlines()) == 11  # header, 9 + 1 runs
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["report", "/no/such/folder"], "no such folder"),
+        (["report", "{tmp}"], "holds no fedsim results"),
+        (["report", "{sweep}", "--by", "run.methd"], "--by='run.methd': not a config key"),
+    ],
+)
+def test_report_bad_input_exit_2(sweep_dir, tmp_path, capsys, args, expected):
+    args = [a.format(tmp=tmp_path, sweep=sweep_dir) for a in args]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+
+
+def test_write_report_lists_unfinished_runs_only(tmp_path):
+    run = write_run(tmp_path / "r", {}, 0.5)
+    (run / "summary.json").unlink()
+    page = write_report([tmp_path], tmp_path / "rep").read_text()
+    assert "0 finished runs of 1" in page and "`r` (running)" in page
