@@ -338,7 +338,7 @@ def latency_budget_figure(runs: Sequence[RunResult], by: Sequence[str] | None = 
 def rho_queue_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None):
     """rho and the virtual queue against round, per group (mean and 95% band); None if no record has rho."""
     by = default_group_keys(runs) if by is None else by
-    rho, queue = round_curves(runs, by, "rho"), round_curves(runs, by, "queue")
+    rho, queue = round_curves(runs, by, "rho"), round_curves(runs, by, "queue_s")
     if not rho:
         return None
     panels = [("rho", rho), *([("virtual queue Q (s)", queue)] if queue else [])]

@@ -9,7 +9,7 @@ What is logged, under the same names in both tools:
 
 - ``metrics/<name>``: the workload's metrics of every round (``metrics/primary_metric`` included);
 - ``round/<field>``: every numeric field of the round record (``round_latency_s``,
-  ``uplink_bits_total``, ``rho``, ``queue``, ...) and ``round/cumulative_uplink_bits``;
+  ``uplink_bits_total``, ``rho``, ``queue_s``, ...) and ``round/cumulative_uplink_bits``;
 - TensorBoard histograms ``clients/<field>`` over the round's clients (``bandwidth_hz``,
   ``rate_bps``, ``payload_bits``, ...);
 - MLflow: parameters = the resolved configuration (every ``section.key``), tags ``workload``,

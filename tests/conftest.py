@@ -1,7 +1,12 @@
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +90,60 @@ def small_run(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == str(out)
     return out
+
+
+@contextlib.contextmanager
+def two_node_ray_cluster(host: str):
+    """A Ray head and a second node on loopback address ``host``; yields ``host:port``.
+
+    Both run as ``ray start --block`` processes of the test, in their own session folder, and
+    are stopped by their process groups (never ``ray stop``, which would end every Ray on the
+    machine, other users' runs included).
+    """
+    address = f"{host}:{_free_port(host)}"
+    session_dir = tempfile.mkdtemp(prefix="fsray-")  # short: Ray's socket paths must stay under 108 bytes
+    start = ["ray", "start", "--block", "--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", host]
+    nodes = []
+    quiet = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    try:
+        head = [*start, "--head", "--include-dashboard", "false", "--port", address.rpartition(":")[2]]
+        nodes.append(subprocess.Popen([*head, "--temp-dir", session_dir], **quiet))
+        _wait_for_nodes(address, 1)
+        nodes.append(subprocess.Popen([*start, "--address", address], **quiet))
+        _wait_for_nodes(address, 2)
+        yield address
+    finally:
+        for node in reversed(nodes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+        shutil.rmtree(session_dir, ignore_errors=True)
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_nodes(address: str, count: int, timeout_s: float = 180) -> None:
+    code = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    deadline = time.time() + timeout_s
+    last = ""
+    while time.time() < deadline:
+        try:
+            probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            continue
+        last = probe.stdout.strip() + probe.stderr[-500:]
+        if probe.stdout.strip().endswith(str(count)):
+            return
+        time.sleep(2)
+    raise AssertionError(f"Ray cluster at {address} did not show {count} nodes: {last}")

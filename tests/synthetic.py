@@ -23,7 +23,7 @@ def write_run(
 ) -> Path:
     """A results folder whose primary metric rises linearly to ``final_metric`` at the last round.
 
-    Every round samples all clients with an equal band split; TSFA runs carry rho and queue, and the
+    Every round samples all clients with an equal band split; TSFA runs carry rho and queue_s, and the
     round latency is ``0.9 * tsfa.latency_budget_s`` plus a seed-dependent wobble.
     """
     cfg = build_config({"run.clients": clients, "run.clients_per_round": clients, "run.rounds": rounds, **overrides})
@@ -54,7 +54,7 @@ def write_run(
             "wall_s": 0.1,
         }
         if cfg.tsfa.scheduler == "tsfa":
-            record["queue"] = 0.05 * t
+            record["queue_s"] = 0.05 * t
         writer.append(record)
     writer.finish(
         status=status, error=None if status == "ok" else "synthetic failure", primary_metric="accuracy", wall_s=1.0

@@ -2,7 +2,8 @@
 
 One real ``fedsim`` process per command line (two at a time): every configuration key with a
 wrong type, a value outside its range and a non-finite value; malformed configuration files;
-bad ``--resume`` folders. A refusal must not wait for torch or a workload to load.
+bad ``--resume`` folders; malformed sweep files. A refusal must not wait for torch or a workload
+to load.
 """
 
 from __future__ import annotations
@@ -156,14 +157,33 @@ def resume_cases(tmp: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
+def sweep_cases(tmp: Path) -> list[tuple[str, list[str]]]:
+    def sweep(name: str, text: str) -> list[str]:
+        path = tmp / f"sweep-{name}.toml"
+        path.write_text(text)
+        return ["sweep", str(path)]
+
+    base = "[run]\nclients = 4\nrounds = 1\n"
+    return [
+        ("sweep syntax", sweep("syntax", "[sweep\n")),
+        ("sweep unknown axis key", sweep("axis", base + '[sweep.grid]\n"run.nosuch" = [1, 2]\n')),
+        ("sweep empty axis", sweep("empty", base + '[sweep.grid]\n"run.method" = []\n')),
+        ("sweep rejected value", sweep("value", base + '[sweep.grid]\n"channel.tx_power_dbm" = [20, 1e308]\n')),
+        ("sweep unknown method", sweep("method", base + '[sweep.grid]\n"run.method" = ["soft", "nosuch"]\n')),
+        ("sweep bad seeds", sweep("seeds", base + '[sweep]\nseeds = ["a"]\n')),
+        ("sweep missing", ["sweep", str(tmp / "none.toml")]),
+    ]
+
+
 def snapshot(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 def run_case(args: list[str], out: Path, cwd: Path) -> tuple[int, str, float]:
     t0 = time.perf_counter()
+    command = args if args[0] == "sweep" else ["run", *args]
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim", "run", *args, *([] if "--out" in args else ["--out", str(out)])],
+        [sys.executable, "-m", "fedsim", *command, *([] if "--out" in args else ["--out", str(out)])],
         capture_output=True,
         text=True,
         timeout=120,
@@ -176,7 +196,7 @@ def run_case(args: list[str], out: Path, cwd: Path) -> tuple[int, str, float]:
 def test_at_least_150_distinct_bad_command_lines_are_refused_fast_with_one_line(tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    cases = key_cases() + option_cases() + file_cases(inputs) + resume_cases(inputs)
+    cases = key_cases() + option_cases() + file_cases(inputs) + resume_cases(inputs) + sweep_cases(inputs)
     assert len({tuple(a) for _, a in cases}) == len(cases) >= 150
     before = snapshot(tmp_path)
     work = tmp_path / "cwd"

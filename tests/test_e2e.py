@@ -3,13 +3,19 @@
 import json
 import math
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from fedsim.results import read_rounds
-from tests.conftest import CLIENT_FIELDS, SMALL, SMALL_RUN, records_without_wall_clock, run_args, run_fedsim
+from tests.conftest import (
+    CLIENT_FIELDS,
+    SMALL,
+    SMALL_RUN,
+    records_without_wall_clock,
+    run_args,
+    run_fedsim,
+    two_node_ray_cluster,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -70,56 +76,13 @@ def test_notebook_executes_on_a_run(small_run, tmp_path):
 @pytest.mark.skipif(shutil.which("ray") is None, reason="ray CLI not installed")
 def test_two_node_ray_cluster(tmp_path):
     """A head and a second node started on loopback, reached with --ray-address."""
-    port = "6399"
-    start = ["ray", "start", "--num-cpus", "1", "--disable-usage-stats"]
-    try:
-        subprocess.run(
-            [*start, "--head", "--include-dashboard", "false", "--port", port, "--node-ip-address", "127.0.0.2"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        subprocess.run(
-            [*start, "--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.2"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        nodes = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                f"import ray; ray.init(address='127.0.0.2:{port}', logging_level='ERROR'); "
-                "print(sum(n['Alive'] for n in ray.nodes()))",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert nodes.stdout.strip().endswith("2"), nodes.stdout + nodes.stderr[-2000:]
+    with two_node_ray_cluster("127.0.0.2") as address:
         out = tmp_path / "cluster"
-        proc = run_fedsim(
-            [
-                "run",
-                "--clients",
-                "3",
-                "--rounds",
-                "1",
-                "--clients-per-round",
-                "2",
-                "--out",
-                str(out),
-                "--quiet",
-                "--ray-address",
-                f"127.0.0.2:{port}",
-                *SMALL,
-            ]
-        )
+        args = ["run", "--clients", "3", "--rounds", "1", "--clients-per-round", "2", "--out", str(out), "--quiet"]
+        proc = run_fedsim([*args, "--ray-address", address, *SMALL])
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert len(read_rounds(out)) == 1
         assert json.loads((out / "summary.json").read_text())["status"] == "ok"
-    finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
 
 
 def test_client_exception_fails_the_run_with_one_line(tmp_path):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,7 +13,7 @@ import time
 import pytest
 
 from fedsim.results import read_rounds
-from tests.conftest import run_fedsim
+from tests.conftest import run_fedsim, two_node_ray_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -104,48 +102,10 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("ray") is None, reason="ray CLI not installed")
 def test_sweep_on_a_two_node_ray_cluster(tmp_path):
-    """A head and a second node on loopback; the sweep's runs reach them with --ray-address.
-
-    Both nodes run as ``ray start --block`` processes of this test, in their own session folder, and
-    are stopped by their process ids (never ``ray stop``, which would end every Ray on the machine).
-    """
-    import tempfile
-
-    host = "127.0.0.3"
-    address = f"{host}:{_free_port(host)}"
-    session_dir = tempfile.mkdtemp(prefix="fsray-")  # short: Ray's socket paths must stay under 108 bytes
-    start = ["ray", "start", "--block", "--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", host]
-    nodes = []
-    try:
-        head = [*start, "--head", "--include-dashboard", "false", "--port", address.rpartition(":")[2]]
-        nodes.append(
-            subprocess.Popen(
-                [*head, "--temp-dir", session_dir],
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        _wait_for_nodes(address, 1)
-        nodes.append(
-            subprocess.Popen(
-                [*start, "--address", address],
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        _wait_for_nodes(address, 2)
+    """A head and a second node on loopback; the sweep's runs reach them with --ray-address."""
+    with two_node_ray_cluster("127.0.0.3") as address:
         path = _sweep_file(tmp_path, rounds=1)
         out = tmp_path / "cluster"
         proc = run_fedsim(["sweep", str(path), "--out", str(out), "--quiet", "--ray-address", address], timeout=600)
@@ -155,30 +115,3 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path):
             assert json.loads((folder / "summary.json").read_text())["status"] == "ok"
             assert f'ray_address = "{address}"' in (folder / "config.toml").read_text()
         assert json.loads((out / "sweep.json").read_text())["jobs"] == 1
-    finally:
-        for node in reversed(nodes):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.pid, signal.SIGTERM)
-            try:
-                node.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
-        shutil.rmtree(session_dir, ignore_errors=True)
-
-
-def _wait_for_nodes(address: str, count: int, timeout_s: float = 180) -> None:
-    code = (
-        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-    )
-    deadline = time.time() + timeout_s
-    last = ""
-    while time.time() < deadline:
-        try:
-            probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        except subprocess.TimeoutExpired:
-            continue
-        last = probe.stdout.strip() + probe.stderr[-500:]
-        if probe.stdout.strip().endswith(str(count)):
-            return
-        time.sleep(2)
-    raise AssertionError(f"Ray cluster at {address} did not show {count} nodes: {last}")

@@ -61,13 +61,13 @@ def test_tensorboard_events_read_back(tmp_path):
     assert {"metrics/primary_metric", "metrics/accuracy", "round/round_latency_s", "round/uplink_bits_total"} <= set(
         tags["scalars"]
     )
-    assert {"round/rho", "round/queue", "round/cumulative_uplink_bits"} <= set(tags["scalars"])
+    assert {"round/rho", "round/queue_s", "round/cumulative_uplink_bits"} <= set(tags["scalars"])
     values = [(e.step, e.value) for e in acc.Scalars("metrics/primary_metric")]
     assert values == [(r["round"], pytest.approx(r["metrics"]["primary_metric"])) for r in records]
     cum = [e.value for e in acc.Scalars("round/cumulative_uplink_bits")]
     assert cum == pytest.approx([sum(r["uplink_bits_total"] for r in records[: i + 1]) for i in range(3)])
-    queue = [e.value for e in acc.Scalars("round/queue")]
-    assert queue == pytest.approx([r["queue"] for r in records])
+    queue = [e.value for e in acc.Scalars("round/queue_s")]
+    assert queue == pytest.approx([r["queue_s"] for r in records])
     hist = acc.Histograms("clients/bandwidth_hz")
     assert [h.step for h in hist] == [1, 2, 3]
     first = hist[0].histogram_value
