@@ -136,7 +136,7 @@ def generate(num: int, length: int, copies: int, rng: np.random.Generator, probs
     return {"x": x.tolist(), "client": [client] * num, "favourite": [fav] * num}
 
 
-class Dapd(Workload):
+class Dapd(dlm.PretrainedOrScratch, Workload):
     name: ClassVar[str] = "dapd"
     description: ClassVar[str] = (
         "masked-diffusion LM on Y_i = X_i + X_{i+1} mod 3 (non-IID clients); DAPD vs one/top-k/Fast-dLLM "
@@ -255,25 +255,6 @@ class Dapd(Workload):
         with torch.random.fork_rng():
             torch.manual_seed(self.spec.seed)
             return dlm.TransformerLM(self.model_config())
-
-    def build_base_model(self) -> nn.Module:
-        """The cached format-pretrained base, or a random model for ``from_scratch`` / ``pretrain_steps = 0``."""
-        from workloads.cache import cached_model
-
-        if self.params["from_scratch"] or self.params["pretrain_steps"] == 0:
-            self.pretrain_meta = {"pretrain": None}
-            return self._random_model().eval()
-        model, self.pretrain_meta = cached_model(self.name, self.pretrain_payload(), self._random_model, self._pretrain)
-        return model.eval()
-
-    def build_model(self) -> nn.Module:
-        """peft LoRA on the base; ``from_scratch``: the random model itself, every weight trainable (sent dense)."""
-        if not self.params["from_scratch"]:
-            return super().build_model()
-        model = self.build_base_model()
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model
 
     def _pretrain(self, model: nn.Module) -> dict[str, Any]:
         """Centralised AdamW on uniform-X canvases (Y uniform for ``format``, the rule for ``rule``)."""

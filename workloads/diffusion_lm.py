@@ -332,6 +332,39 @@ def arm_loss(
 
 
 # -- sampling ------------------------------------------------------------------------------------
+class PretrainedOrScratch:
+    """Mixin for a diffusion workload with a cached pretrained base and a ``from_scratch`` preset.
+
+    The base is pretrained once by the workload's ``_pretrain(model)`` and cached
+    (:func:`workloads.cache.cached_model`); with ``from_scratch`` (the papers' own setting) the
+    random model itself is the trained model, every weight trainable and sent dense. The class
+    provides ``_random_model()``, ``_pretrain(model)`` and ``pretrain_payload()``.
+    """
+
+    def skips_pretraining(self) -> bool:
+        """True when there is nothing to pretrain (``pretrain_steps = 0``)."""
+        return self.params["pretrain_steps"] == 0
+
+    def build_base_model(self) -> nn.Module:
+        """The cached pretrained base, or a random model (``from_scratch``, nothing to pretrain)."""
+        from workloads.cache import cached_model
+
+        if self.params["from_scratch"] or self.skips_pretraining():
+            self.pretrain_meta = {"pretrain": None}
+            return self._random_model().eval()
+        model, self.pretrain_meta = cached_model(self.name, self.pretrain_payload(), self._random_model, self._pretrain)
+        return model.eval()
+
+    def build_model(self) -> nn.Module:
+        """peft LoRA on the base; ``from_scratch``: the random model itself, every weight trainable (sent dense)."""
+        if not self.params["from_scratch"]:
+            return super().build_model()
+        model = self.build_base_model()
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+
+
 @dataclass
 class SampleResult:
     """What a sampler returns.

@@ -85,7 +85,7 @@ def statements(pairs: np.ndarray) -> torch.Tensor:
     return torch.stack([pairs[:, 0], torch.full_like(pairs[:, 0], IS), pairs[:, 1]], dim=1)
 
 
-class ReversalCurse(Workload):
+class ReversalCurse(dlm.PretrainedOrScratch, Workload):
     name: ClassVar[str] = "reversal-curse"
     description: ClassVar[str] = (
         "one-layer MDM or ARM (cached base on two-way facts) + LoRA on new facts stated forward only; "
@@ -175,25 +175,9 @@ class ReversalCurse(Workload):
             torch.manual_seed(self.spec.seed)
             return dlm.TransformerLM(self.model_config())
 
-    def build_base_model(self) -> nn.Module:
-        """The cached base pretrained on the two-way facts, or a random model (``from_scratch``)."""
-        from workloads.cache import cached_model
-
-        p = self.params
-        if p["from_scratch"] or p["pretrain_steps"] == 0 or p["num_pretrain_facts"] == 0:
-            self.pretrain_meta = {"pretrain": None}
-            return self._random_model().eval()
-        model, self.pretrain_meta = cached_model(self.name, self.pretrain_payload(), self._random_model, self._pretrain)
-        return model.eval()
-
-    def build_model(self) -> nn.Module:
-        """peft LoRA on the base; ``from_scratch``: the random model itself, every weight trainable (sent dense)."""
-        if not self.params["from_scratch"]:
-            return super().build_model()
-        model = self.build_base_model()
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model
+    def skips_pretraining(self) -> bool:
+        """Nothing to pretrain: no steps, or no facts to state both ways."""
+        return self.params["pretrain_steps"] == 0 or self.params["num_pretrain_facts"] == 0
 
     def _pretrain(self, model: nn.Module) -> dict[str, Any]:
         """Full-batch AdamW on the pretraining facts stated in both directions."""
