@@ -97,7 +97,8 @@ def test_client_exception_fails_the_run_with_one_line(tmp_path):
     assert "injected client crash" in summary["error"]
 
 
-def test_dead_actor_fails_the_run(tmp_path):
+def test_dead_actors_fail_their_rounds_and_the_run_says_so(tmp_path):
+    """Every client process dies every round: Ray restarts them, each round is recorded as failed."""
     out = tmp_path / "dead"
     proc = run_fedsim(
         run_args(
@@ -114,5 +115,7 @@ def test_dead_actor_fails_the_run(tmp_path):
     )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("fedsim: run failed: round 1: client ") and "ActorDiedError" in last
-    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    assert last.startswith("fedsim: run failed: round 1: client ") and "process died" in last
+    assert "failed rounds: 1, 2)" in last and last.endswith(f"(results in {out})")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failed_rounds"] == [1, 2]
