@@ -121,10 +121,12 @@ def flower_send(grid: Grid, node_of: dict[int, int]) -> Send:
             msgs.append(Message(content, dst_node_id=node_of[cid], message_type=message_type))
         replies: dict[int, ClientReply] = {}
         failures: list[Failure] = []
+        sent = grid.send_and_receive(msgs, timeout=timeout)
         # An error the SuperLink answers for a node (NODE_UNAVAILABLE once a deployed SuperNode missed
-        # its heartbeats) comes from the SuperLink's node id, so match replies by message id too.
+        # its heartbeats) comes from the SuperLink's node id, so match replies by message id too; the
+        # ids exist only once the messages were pushed.
         client_of_msg = {m.metadata.message_id: c for m, c in zip(msgs, clients, strict=True)}
-        for reply in grid.send_and_receive(msgs, timeout=timeout):
+        for reply in sent:
             cid = client_of_msg.get(reply.metadata.reply_to_message_id, client_of.get(reply.metadata.src_node_id, -1))
             if reply.has_error():
                 failures.append(Failure(cid, short_reason(reply.error.reason)))
