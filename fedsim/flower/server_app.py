@@ -19,6 +19,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.checkpoint import Checkpoint
+from fedsim.checks import check_config
 from fedsim.config import Config, ConfigError, config_from_flat
 from fedsim.engine import ClientReply, Reporter, RunFailed, Send, run
 from fedsim.flower.messages import (
@@ -189,7 +190,7 @@ def confined_results_dir(value: str, run_id: int) -> Path:
 def main(grid: Grid, context: Context) -> None:
     flat = dict(context.run_config)
     out_dir = confined_results_dir(str(flat.pop(RESULTS_DIR_KEY, "")), context.run_id)
-    cfg = config_from_flat(flat)
+    cfg = check_config(config_from_flat(flat))  # `flwr run .` reaches here without fedsim's CLI
 
     def log_round(event: str, data: dict[str, Any]) -> None:
         if event == "round":
