@@ -50,7 +50,6 @@ Primary metric: ``validity_dapd``.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, ClassVar
 
 import numpy as np
@@ -237,24 +236,10 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
             max_len=1 + self.gen_length,
         )
 
-    def pretrain_payload(self) -> dict[str, Any]:
-        """What determines the pretrained base (its cache key)."""
-        from workloads.cache import source_digest
-
+    def pretrain_keys(self) -> tuple[str, ...]:
+        """The parameters that determine the pretrained base."""
         keys = ("d_model", "num_heads", "num_layers", "d_ff", "positions", "length", "copies")
-        keys += ("pretrain_task", "pretrain_steps", "pretrain_samples", "pretrain_batch", "pretrain_lr")
-        return {
-            "workload": self.name,
-            "params": {k: self.params[k] for k in keys},
-            "seed": self.spec.seed,
-            "code": source_digest(sys.modules[__name__], dlm),
-            "torch": torch.__version__.split("+")[0],
-        }
-
-    def _random_model(self) -> nn.Module:
-        with torch.random.fork_rng():
-            torch.manual_seed(self.spec.seed)
-            return dlm.TransformerLM(self.model_config())
+        return keys + ("pretrain_task", "pretrain_steps", "pretrain_samples", "pretrain_batch", "pretrain_lr")
 
     def _pretrain(self, model: nn.Module) -> dict[str, Any]:
         """Centralised AdamW on uniform-X canvases (Y uniform for ``format``, the rule for ``rule``)."""

@@ -332,14 +332,49 @@ def arm_loss(
 
 
 # -- sampling ------------------------------------------------------------------------------------
+def _candidates(logits: torch.Tensor, banned, temperature: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs (B, G, V), the token proposed at each position (B, G)): argmax, or a draw at ``temperature``.
+
+    ``logits`` (B, G, V) float; the ``banned`` tokens get probability 0 (modified in place).
+    """
+    logits[..., banned] = float("-inf")
+    probs = logits.softmax(dim=-1)
+    if temperature <= 0:
+        return probs, probs.argmax(dim=-1)
+    b, g, _ = logits.shape
+    tempered = (logits / temperature).softmax(dim=-1).flatten(0, 1)
+    cand = torch.multinomial(tempered.cpu(), 1, generator=generator).view(b, g).to(logits.device)
+    return probs, cand
+
+
 class PretrainedOrScratch:
     """Mixin for a diffusion workload with a cached pretrained base and a ``from_scratch`` preset.
 
     The base is pretrained once by the workload's ``_pretrain(model)`` and cached
     (:func:`workloads.cache.cached_model`); with ``from_scratch`` (the papers' own setting) the
     random model itself is the trained model, every weight trainable and sent dense. The class
-    provides ``_random_model()``, ``_pretrain(model)`` and ``pretrain_payload()``.
+    provides ``model_config()``, ``pretrain_keys()`` (the parameters that determine the base) and
+    ``_pretrain(model)``.
     """
+
+    def pretrain_payload(self) -> dict:
+        """What determines the pretrained base (its cache key)."""
+        import sys
+
+        from workloads.cache import source_digest
+
+        return {
+            "workload": self.name,
+            "params": {k: self.params[k] for k in self.pretrain_keys()},
+            "seed": self.spec.seed,
+            "code": source_digest(sys.modules[type(self).__module__], sys.modules[__name__]),
+            "torch": torch.__version__.split("+")[0],
+        }
+
+    def _random_model(self) -> nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(self.spec.seed)
+            return TransformerLM(self.model_config())
 
     def skips_pretraining(self) -> bool:
         """True when there is nothing to pretrain (``pretrain_steps = 0``)."""
@@ -461,13 +496,7 @@ def mdm_sample(
             if not active.any():
                 break
             logits = model(input_ids=x)[:, plen:].float()  # (B, G, V)
-            logits[..., banned] = float("-inf")
-            probs = logits.softmax(dim=-1)
-            if temperature > 0:
-                tempered = (logits / temperature).softmax(dim=-1).flatten(0, 1)
-                cand = torch.multinomial(tempered.cpu(), 1, generator=generator).view(b, gen_length).to(device)
-            else:
-                cand = probs.argmax(dim=-1)
+            probs, cand = _candidates(logits, banned, temperature, generator)
             conf = probs.gather(-1, cand[..., None]).squeeze(-1).masked_fill(~masked, float("-inf"))
             if threshold is not None:
                 commit = masked & (conf >= threshold)
@@ -659,14 +688,7 @@ def decode(
         if not active.any():
             break
         logits, maps = model(input_ids=x, return_attentions=True)
-        logits = logits[:, plen:].float()
-        logits[..., banned] = float("-inf")
-        probs = logits.softmax(dim=-1)
-        if temperature > 0:
-            tempered = (logits / temperature).softmax(dim=-1).flatten(0, 1)
-            cand = torch.multinomial(tempered.cpu(), 1, generator=generator).view(b, gen_length).to(device)
-        else:
-            cand = probs.argmax(dim=-1)
+        probs, cand = _candidates(logits[:, plen:].float(), banned, temperature, generator)
         conf = probs.gather(-1, cand[..., None]).squeeze(-1)  # (B, G)
         scores = attention_scores(maps, last_fraction)[:, plen:, plen:]
         commit = torch.zeros_like(masked)

@@ -44,7 +44,6 @@ whose position 0 cannot attend forward. ``loss``: the training loss on the test 
 
 from __future__ import annotations
 
-import sys
 from typing import Any, ClassVar
 
 import numpy as np
@@ -157,23 +156,9 @@ class ReversalCurse(dlm.PretrainedOrScratch, Workload):
             causal=self.causal,
         )
 
-    def pretrain_payload(self) -> dict[str, Any]:
-        """What determines the pretrained base (its cache key)."""
-        from workloads.cache import source_digest
-
-        keys = [k for k in self.params if k != "from_scratch"]
-        return {
-            "workload": self.name,
-            "params": {k: self.params[k] for k in keys},
-            "seed": self.spec.seed,
-            "code": source_digest(sys.modules[__name__], dlm),
-            "torch": torch.__version__.split("+")[0],
-        }
-
-    def _random_model(self) -> nn.Module:
-        with torch.random.fork_rng():
-            torch.manual_seed(self.spec.seed)
-            return dlm.TransformerLM(self.model_config())
+    def pretrain_keys(self) -> list[str]:
+        """The parameters that determine the pretrained base: all but ``from_scratch``."""
+        return [k for k in self.params if k != "from_scratch"]
 
     def skips_pretraining(self) -> bool:
         """Nothing to pretrain: no steps, or no facts to state both ways."""
