@@ -206,13 +206,8 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
             raise bad("threshold", "Fast-dLLM's confidence threshold must be in (0, 1)")
         if not 1 <= p["topk_k"] <= p["copies"] * copy_length(p["length"]):
             raise bad("topk_k", "tokens per step must be 1..G")
-        for key in ("d_model", "num_heads", "num_layers", "d_ff", "pretrain_batch", "eval_samples", "pretrain_samples"):
-            if p[key] < 1:
-                raise bad(key, "must be a positive integer")
-        if p["pretrain_steps"] < 0 or p["pretrain_lr"] <= 0:
-            raise bad("pretrain_steps" if p["pretrain_steps"] < 0 else "pretrain_lr", "out of range")
-        if p["d_model"] % p["num_heads"] or (p["positions"] == "rotary" and (p["d_model"] // p["num_heads"]) % 2):
-            raise bad("d_model", f"must be a multiple of num_heads={p['num_heads']} (an even head width for rotary)")
+        if problem := dlm.architecture_error(p, ("pretrain_batch", "eval_samples", "pretrain_samples")):
+            raise bad(*problem)
         return p
 
     def __init__(self, spec):

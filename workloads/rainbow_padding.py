@@ -322,17 +322,12 @@ class RainbowPadding(Workload):
             raise bad("canvas_max", f"must be at least canvas_min={p['canvas_min']}")
         if p["eval_steps"] < 0 or any(p["eval_steps"] and g % p["eval_steps"] for g in lengths):
             raise bad("eval_steps", f"must be 0 (one token per step) or divide every allocated length {lengths}")
-        for key in ("d_model", "num_heads", "num_layers", "d_ff", "pretrain_batch", "eval_samples"):
-            if p[key] < 1:
-                raise bad(key, "must be a positive integer")
-        if p["pretrain_steps"] < 0 or p["pretrain_samples"] < 1:
-            raise bad("pretrain_steps" if p["pretrain_steps"] < 0 else "pretrain_samples", "must be positive")
-        if p["d_model"] % p["num_heads"] or (p["positions"] == "rotary" and (p["d_model"] // p["num_heads"]) % 2):
-            raise bad("d_model", f"must be a multiple of num_heads={p['num_heads']} (an even head width for rotary)")
+        if problem := dlm.architecture_error(p, ("pretrain_batch", "eval_samples", "pretrain_samples")):
+            raise bad(*problem)
         if not 0 <= p["eval_threshold"] < 1:
             raise bad("eval_threshold", "must be in [0, 1) (0: a fixed number of steps, eval_steps)")
-        if p["eval_temperature"] < 0 or p["pretrain_lr"] <= 0:
-            raise bad("eval_temperature" if p["eval_temperature"] < 0 else "pretrain_lr", "out of range")
+        if p["eval_temperature"] < 0:
+            raise bad("eval_temperature", "must be >= 0 (0: greedy)")
         return p
 
     def __init__(self, spec):

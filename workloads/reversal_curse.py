@@ -126,13 +126,8 @@ class ReversalCurse(dlm.PretrainedOrScratch, Workload):
             raise bad("num_facts", "the number N of new facts must be at least 2 (chance is 1/N)")
         if p["num_pretrain_facts"] < 0:
             raise bad("num_pretrain_facts", "must be 0 or more")
-        for key in ("d_model", "num_heads", "num_layers", "d_ff"):
-            if p[key] < 1:
-                raise bad(key, "must be a positive integer")
-        if p["pretrain_steps"] < 0 or p["pretrain_lr"] <= 0:
-            raise bad("pretrain_steps" if p["pretrain_steps"] < 0 else "pretrain_lr", "out of range")
-        if p["d_model"] % p["num_heads"] or (p["positions"] == "rotary" and (p["d_model"] // p["num_heads"]) % 2):
-            raise bad("d_model", f"must be a multiple of num_heads={p['num_heads']} (an even head width for rotary)")
+        if problem := dlm.architecture_error(p):
+            raise bad(*problem)
         return p
 
     def __init__(self, spec):

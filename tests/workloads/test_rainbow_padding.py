@@ -116,7 +116,7 @@ def test_options_and_payload():
         ("eval_steps=24", "eval_steps=24: must be 0"),
         ("d_model=60", "d_model=60: must be a multiple of num_heads"),
         ("positions=alibi", "positions='alibi': must be one of rotary, learned"),
-        ("eval_temperature=-1", "eval_temperature=-1.0: out of range"),
+        ("eval_temperature=-1", "eval_temperature=-1.0: must be >= 0"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(options, message):

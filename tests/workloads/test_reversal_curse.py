@@ -91,7 +91,7 @@ def test_evaluate_metrics_on_an_untrained_model():
         ("num_facts=1", "num_facts=1: the number N of new facts must be at least 2"),
         ("positions=alibi", "positions='alibi': must be one of rotary, learned"),
         ("d_model=60", "d_model=60: must be a multiple of num_heads"),
-        ("pretrain_lr=0", "pretrain_lr=0.0: out of range"),
+        ("pretrain_lr=0", "pretrain_lr=0.0: must be positive"),
         ("num_layer=2", "num_layer=2: reversal-curse preset 'tiny' has keys"),
     ],
 )
