@@ -10,6 +10,8 @@ connections of ``$FLWR_HOME/config.toml`` (default ``~/.flwr``):
   app with that configuration (``flwr run``), wait for the run's real outcome (``flwr run`` returns
   once a run is submitted, whatever happens to it), copy the results folder here, and exit 0 only if
   Flower reports the run completed and ``summary.json`` says ``ok`` (1 otherwise, 2 for bad input).
+  With ``tracking.backends`` set, the fetched records go into this machine's TensorBoard / MLflow
+  (:func:`fedsim.tracking.track_folder`), as ``fedsim run`` logs its own.
 
 ``flwr run --run-config`` only accepts keys that the app's pyproject.toml declares, so ``run``
 submits a staged copy of the app whose ``[tool.flwr.app.config]`` holds the whole resolved
@@ -45,6 +47,7 @@ from fedsim.cli_common import (
     shortcuts,
 )
 from fedsim.config import ConfigError
+from fedsim.tracking import backends, check_tracking, track_folder
 
 APP_PACKAGES = ("fedsim", "channels", "workloads")
 IMAGE_RESULTS_ROOT = "/work/results"  # the results volume of the compose `serverapp` service
@@ -443,6 +446,7 @@ def run_cmd(
         out_dir = out_path(out) if out is not None else Path("results") / name
         if fetch != "none":
             check_fetch_target(out_dir)  # before anything is submitted
+        check_tracking(cfg)
     except ConfigError as e:
         fail(str(e), 2)
     except DeployError as e:
@@ -467,6 +471,8 @@ def run_cmd(
         fail(f"{e}{where}", e.code)
     except subprocess.TimeoutExpired as e:
         fail(f"{' '.join(map(str, e.cmd[:3]))} did not answer in {e.timeout:g} s", 1)
+    if fetch != "none" and backends(cfg):
+        track_folder(out_dir, cfg)  # the fetched records, into this machine's TensorBoard / MLflow
     summary = outcome["summary"] or {}
     if quiet:
         typer.echo(str(out_dir) if fetch != "none" else str(outcome["run_id"]))

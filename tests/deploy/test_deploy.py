@@ -58,7 +58,9 @@ def test_deployed_run_records(federation, tmp_path):
     out = tmp_path / "deployed"
     t0 = time.monotonic()
     proc = federation.submit(
-        ["--clients", "3", "--rounds", "2", "--clients-per-round", "3", "--seed", "7", *SMALL], out
+        ["--clients", "3", "--rounds", "2", "--clients-per-round", "3", "--seed", "7", *SMALL]
+        + ["--set", "tracking.backends=tensorboard"],
+        out,
     )
     assert _finish(federation, proc, 420) == str(out)
     print(f"deployed 2-round run: {time.monotonic() - t0:.0f} s")
@@ -88,6 +90,12 @@ def test_deployed_run_records(federation, tmp_path):
     for png in ("metric_vs_round.png", "metric_vs_uplink_bits.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "config.toml").is_file()
+    # tracking: the fetched records were replayed into TensorBoard on this side
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    steps = [e.step for e in events.Scalars("metrics/primary_metric")]
+    assert steps == [1, 2], steps
 
 
 def _nodes(fed: Federation) -> dict[str, str]:
