@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from fedsim.config import build_config
+from fedsim.records import ClientRecord, RoundRecord, SchedulerOutcome
 from fedsim.results import ResultsWriter
+
+
+def _typed(cls: type, **values: Any) -> Any:
+    """A record dataclass with ``values`` and None for every other field (the schema stays the engine's)."""
+    return cls(**{f.name: None for f in dataclasses.fields(cls)} | values)
 
 
 def write_run(
@@ -23,8 +30,8 @@ def write_run(
 ) -> Path:
     """A results folder whose primary metric rises linearly to ``final_metric`` at the last round.
 
-    Every round samples all clients with an equal band split; TSFA runs carry rho and queue_s, and the
-    round latency is ``0.9 * tsfa.latency_budget_s`` plus a seed-dependent wobble.
+    The records are the engine's typed records (fields not set here are null). Every round samples
+    all clients; TSFA runs carry a rising queue_s, and the round latency is ``0.9 * tsfa.latency_budget_s`` plus a seed-dependent wobble.
     """
     cfg = build_config({"run.clients": clients, "run.clients_per_round": clients, "run.rounds": rounds, **overrides})
     writer = ResultsWriter(folder, cfg)
@@ -33,29 +40,33 @@ def write_run(
     for t in range(1, rounds + 1):
         value = final_metric * t / rounds
         bits = 1_000_000 * (1 - rho) * clients
-        record: dict[str, Any] = {
-            "round": t,
-            "status": "ok",
-            "clients": [
-                {
-                    "client_id": k,
-                    "bandwidth_hz": cfg.channel.bandwidth_hz * (k + 1) / (clients * (clients + 1) / 2),
-                    "rate_bps": 1e7 * (k + 1),
-                    "payload_bits": int(bits / clients),
-                    "train_loss": 1.0 / t,
-                }
-                for k in range(clients)
-            ],
-            "failures": [],
-            "round_latency_s": 0.9 * cfg.tsfa.latency_budget_s + 0.01 * float(rng.standard_normal()),
-            "uplink_bits_total": int(bits),
-            "metrics": {"accuracy": value, "primary_metric": value, **(extra_metrics or {})},
-            "rho": rho,
-            "wall_s": 0.1,
-        }
-        if cfg.tsfa.scheduler == "tsfa":
-            record["queue_s"] = 0.05 * t
-        writer.append(record)
+        clients_ = [
+            _typed(
+                ClientRecord,
+                client_id=k,
+                dropped=False,
+                bandwidth_hz=cfg.channel.bandwidth_hz * (k + 1) / (clients * (clients + 1) / 2),
+                rate_bps=1e7 * (k + 1),
+                payload_bits=int(bits / clients),
+                straggle_s=0.0,
+                train_loss=1.0 / t,
+            )
+            for k in range(clients)
+        ]
+        scheduler = _typed(SchedulerOutcome, rho=rho, queue_s=0.05 * t if cfg.tsfa.scheduler == "tsfa" else 0.0)
+        record = _typed(
+            RoundRecord,
+            round=t,
+            status="ok",
+            clients=clients_,
+            failures=[],
+            round_latency_s=0.9 * cfg.tsfa.latency_budget_s + 0.01 * float(rng.standard_normal()),
+            uplink_bits_total=int(bits),
+            metrics={"accuracy": value, "primary_metric": value, **(extra_metrics or {})},
+            scheduler=scheduler,
+            wall_s=0.1,
+        )
+        writer.append(record.to_dict())
     writer.finish(
         status=status, error=None if status == "ok" else "synthetic failure", primary_metric="accuracy", wall_s=1.0
     )
