@@ -171,6 +171,12 @@ class LoraSection:
     alpha: float = _num(16.0, 0, 1e6, "LoRA scaling alpha (scale alpha/r)", open_low=True)
     dropout: float = _f(0.0, lambda v: 0 <= v < 1, "a number in [0, 1)", "LoRA dropout")
     value_bits: int = _f(32, _one_of(16, 32), "16 or 32", "bits per uploaded value")
+    quant_bits: int = _f(
+        0,
+        _int_in(0, 16),
+        "0 (off) or an integer number of bits in [1, 16]",
+        "stochastic uniform quantisation of every uploaded value (b bits plus one scale per tensor)",
+    )
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment
    band, the admitted clients upload at rho_t,
 3. split the band (the scheduler's decision), drop the clients that miss ``tsfa.deadline_s``,
 4. aggregate the uploads in client-id order (the upload method's server half), evaluate,
-5. account the uplink (channel, payload, latency) and return a typed :class:`RoundRecord`.
+5. account the uplink (channel, payload, latency) and the downlink (the broadcast of the global
+   adapter: :meth:`~fedsim.methods.UploadMethod.downlink_bits`, its time under
+   ``channel.downlink``) and return a typed :class:`RoundRecord`.
 
 A round whose surviving clients are fewer than ``run.min_clients_per_round`` (0: all sampled)
 is recorded with ``status: "failed"`` and the global adapter is unchanged; an adapter that turns
@@ -119,9 +121,9 @@ class RoundEngine:
         self.flops_per_sample = host.flops_per_sample(cfg)
         initial = host.initial_state(cfg)
         shapes = {k: v.shape for k, v in initial.items()}
-        self.bits_by_rho = {
-            r: self.method.adapter_bits(shapes, cfg.lora.rank, r, cfg.lora.value_bits) for r in cfg.tsfa.rho_grid
-        }
+        q, b = cfg.lora.value_bits, cfg.lora.quant_bits
+        self.bits_by_rho = {r: self.method.adapter_bits(shapes, cfg.lora.rank, r, q, b) for r in cfg.tsfa.rho_grid}
+        self.downlink_bits = self.method.downlink_bits(shapes, q)
         self.scheduler = self.schedule.build(cfg)
         if resume is not None and resume.scheduler:
             self.scheduler.load_state_dict(resume.scheduler)
@@ -164,7 +166,7 @@ class RoundEngine:
             [int(m["num_samples"]) for m in metrics],
             self.flops_per_sample,
             bandwidth_hz=np.array(bandwidth_hz, dtype=float),
-            downlink_bits=sum(a.size for a in self.state.values()) * self.cfg.lora.value_bits,  # dense broadcast
+            downlink_bits=self.downlink_bits,
             extra_compute_s=straggle,
         )
         records = [
@@ -258,6 +260,8 @@ class RoundEngine:
             failures=sorted(failures, key=lambda f: f.client_id),
             round_latency_s=latency_s,
             uplink_bits_total=int(sum(r.payload_bits for r in uploaded)),
+            downlink_bits=self.downlink_bits,
+            downlink_s=self.wireless.downlink_time_s(round_, clients, self.downlink_bits),
             metrics=self.metrics,
             **{
                 key: float(np.mean([getattr(r, key) for r in uploaded])) if uploaded else 0.0

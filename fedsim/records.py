@@ -107,7 +107,9 @@ class RoundRecord:
 
     ``status`` is ``ok``; ``failed`` when fewer than ``run.min_clients_per_round`` clients
     survived (the adapter is then unchanged); ``diverged`` when the aggregated adapter became
-    non-finite (the run stops there).
+    non-finite (the run stops there). ``downlink_bits`` is the round's broadcast of the global
+    adapter (sent every round, whatever happens after), ``downlink_s`` its time to the round's
+    sampled clients at the weakest one's rate (0 when ``channel.downlink`` is ``none``).
     """
 
     round: int
@@ -116,6 +118,8 @@ class RoundRecord:
     failures: list[Failure]
     round_latency_s: float
     uplink_bits_total: int
+    downlink_bits: int
+    downlink_s: float
     metrics: dict[str, Any]
     kept_ranks: float
     dropped_rank_error: float
