@@ -174,7 +174,7 @@ class LoraSection:
     quant_bits: int = _f(
         0,
         _int_in(0, 16),
-        "0 (off) or an integer number of bits in [1, 16]",
+        "an integer in [0, 16] (0: off, else bits per value)",
         "stochastic uniform quantisation of every uploaded value (b bits plus one scale per tensor)",
     )
 
@@ -216,6 +216,16 @@ class ChannelSection:
     downlink_bandwidth_hz: float = _num(20e6, 0, 1e12, "downlink band (broadcast)", "Hz", open_low=True)
     bs_power_dbm: float = _num(43.0, -100, 100, "base-station transmit power (broadcast)", "dBm")
     outage_deadline_s: float = _num(0.0, 0, 1e9, "round deadline for outage flags (0: none)", "s")
+    packet_errors: str = _f(
+        "none",
+        _one_of("none", "drop", "retransmit"),
+        "one of none, drop, retransmit",
+        "uplink packet errors q = 1 - exp(-m / SNR): an erased upload is lost (drop) or sent again (retransmit)",
+    )
+    packet_error_m: float = _num(0.023, 0, 1e6, "waterfall threshold m of q = 1 - exp(-m / SNR)", open_low=True)
+    max_transmissions: int = _num(
+        4, 1, 1000, "transmissions of one upload under packet_errors=retransmit (and tsfa.deadline_s)", integer=True
+    )
 
 
 @dataclass(frozen=True)

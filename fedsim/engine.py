@@ -148,6 +148,9 @@ class RoundEngine:
             return None
         a = self.wireless.snr_per_hz(round_, ids)
         tcmp = self.wireless.compute_times_s(ids, num_samples, self.flops_per_sample) + self._straggle_s(round_, ids)
+        if self.cfg.channel.packet_errors == "retransmit":  # price the expected transmissions E[n_k]
+            n_tx = self.wireless.expected_transmissions(round_, ids)
+            payloads = {rho: bits * n_tx for rho, bits in payloads.items()}
         return self.scheduler.decide(a, tcmp, payloads, penalties)
 
     def _client_records(
@@ -169,17 +172,24 @@ class RoundEngine:
             downlink_bits=self.downlink_bits,
             extra_compute_s=straggle,
         )
+        reasons = [dropped] * len(ids)
+        if dropped is None:  # an upload erased on the uplink (channel.packet_errors) is lost for the round
+            n_max = self.cfg.channel.max_transmissions if self.cfg.channel.packet_errors == "retransmit" else 1
+            lost = f"packet error: erased in all {{}} transmissions ({n_max} allowed, channel.packet_errors)"
+            reasons = [None if f["delivered"] else lost.format(f["transmissions"]) for f in fields]
+        for f in fields:
+            del f["delivered"]
         records = [
             ClientRecord(
                 **f,
-                dropped=dropped is not None,
-                drop_reason=dropped,
+                dropped=reason is not None,
+                drop_reason=reason,
                 straggle_s=float(extra),
                 **{key: m.get(key, 0.0) for key in CLIENT_DIAGNOSTICS},
                 train_loss=m["train_loss"],
                 train_wall_s=m["train_wall_s"],
             )
-            for f, m, extra in zip(fields, metrics, straggle, strict=True)
+            for f, m, extra, reason in zip(fields, metrics, straggle, reasons, strict=True)
         ]
         return records, latency_s
 
@@ -225,6 +235,11 @@ class RoundEngine:
         client_records, latency_s = self._client_records(
             round_, survivors, metrics_of, [band_of[c] for c in survivors], None
         )
+        erased = [Failure(r.client_id, r.drop_reason) for r in client_records if r.dropped]
+        if erased:
+            failures = failures + erased
+            survivors = [c for c in survivors if c not in {f.client_id for f in erased}]
+            metrics_of = [replies[c].metrics for c in survivors]
         if late:
             out = sorted(f.client_id for f in late)
             dropped, _ = self._client_records(round_, out, [priced[c] for c in out], [0.0] * len(out), late[0].reason)
@@ -236,8 +251,9 @@ class RoundEngine:
             for f, s in zip(lost, self._straggle_s(round_, [f.client_id for f in lost]), strict=True)
         ]
         client_records.sort(key=lambda r: r.client_id)
-        # 0 means every sampled client; a deadline drops clients by design, so then any one suffices
-        need = cfg.run.min_clients_per_round or (1 if cfg.tsfa.deadline_s > 0 else len(clients))
+        # 0 means every sampled client; a deadline or packet errors drop clients by design: any one suffices
+        by_design = cfg.tsfa.deadline_s > 0 or cfg.channel.packet_errors != "none"
+        need = cfg.run.min_clients_per_round or (1 if by_design else len(clients))
         ok = len(survivors) >= need and len(survivors) > 0
         cov_norm = 0.0
         if ok:

@@ -222,3 +222,26 @@ def test_quantiser_keeps_zeros_and_float16_scales_cover_the_values():
     codes, scale = quantise(x, 8, gen())
     assert scale.dtype == np.float16 and float(scale[0]) >= float(np.abs(x.astype(np.float32)).max())
     assert dequantise(codes, scale, 8).dtype == np.float16
+
+
+@pytest.mark.slow  # loads the tiny text-classify model (about 20 s on a loaded machine)
+def test_ffa_local_training_keeps_a_at_its_initialisation():
+    """The method's ``frozen`` tensors really are not trained (FFA-LoRA trains B and the head
+    only), and the shared model is left as it was for the next client of the process."""
+    from dataclasses import replace
+
+    from fedsim.config import build_config
+    from fedsim.training import client_update, initial_state, load_workload
+
+    flat = {"run.clients": 2, "workload.samples_per_client": 48, "workload.test_samples": 8}  # 3 local steps
+    cfg = build_config({**flat, "run.method": "ffa"})
+    start = initial_state(cfg)
+    trained, _ = client_update(cfg, 0, 1, start)
+    pairs, extras = split_state(start)
+    for a_name, b_name in pairs.values():
+        assert np.array_equal(trained[a_name], start[a_name])
+        assert not np.array_equal(trained[b_name], start[b_name])
+    assert all(not np.array_equal(trained[n], start[n]) for n in extras)
+    assert all(p.requires_grad for n, p in load_workload(cfg).model.named_parameters() if ".lora_" in n)
+    other, _ = client_update(replace(cfg, run=replace(cfg.run, method="ideal")), 0, 1, start)
+    assert all(not np.array_equal(other[a], start[a]) for a, _ in pairs.values())
