@@ -177,6 +177,12 @@ class LoraSection:
         "an integer in [0, 16] (0: off, else bits per value)",
         "stochastic uniform quantisation of every uploaded value (b bits plus one scale per tensor)",
     )
+    downlink_quant_bits: int = _f(
+        0,
+        _int_in(0, 16),
+        "an integer in [0, 16] (0: dense, else bits per value)",
+        "quantisation of the broadcast global adapter (clients train from what they decode)",
+    )
 
 
 @dataclass(frozen=True)

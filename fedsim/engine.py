@@ -12,8 +12,9 @@ transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment
 3. split the band (the scheduler's decision), drop the clients that miss ``tsfa.deadline_s``,
 4. aggregate the uploads in client-id order (the upload method's server half), evaluate,
 5. account the uplink (channel, payload, latency) and the downlink (the broadcast of the global
-   adapter: :meth:`~fedsim.methods.UploadMethod.downlink_bits`, its time under
-   ``channel.downlink``) and return a typed :class:`RoundRecord`.
+   adapter, dense or quantised at ``lora.downlink_quant_bits``:
+   :meth:`~fedsim.methods.UploadMethod.broadcast`, its time under ``channel.downlink``) and
+   return a typed :class:`RoundRecord`.
 
 A round whose surviving clients are fewer than ``run.min_clients_per_round`` (0: all sampled)
 is recorded with ``status: "failed"`` and the global adapter is unchanged; an adapter that turns
@@ -45,7 +46,7 @@ from fedsim.rank_plan import plan_for, write_plan
 from fedsim.records import CLIENT_DIAGNOSTICS, ClientRecord, Failure, RoundRecord, SchedulerOutcome
 from fedsim.results import ResultsWriter
 from fedsim.schedulers import get_scheduler
-from fedsim.seeding import rng, sample_clients
+from fedsim.seeding import SERVER, rng, sample_clients, torch_seed
 from fedsim.tsfa import RankPlan
 from fedsim.wireless import WirelessModel
 
@@ -123,7 +124,7 @@ class RoundEngine:
         shapes = {k: v.shape for k, v in initial.items()}
         q, b = cfg.lora.value_bits, cfg.lora.quant_bits
         self.bits_by_rho = {r: self.method.adapter_bits(shapes, cfg.lora.rank, r, q, b) for r in cfg.tsfa.rho_grid}
-        self.downlink_bits = self.method.downlink_bits(shapes, q)
+        self.downlink_bits = self.method.downlink_bits(shapes, q, cfg.lora.downlink_quant_bits)
         self.scheduler = self.schedule.build(cfg)
         if resume is not None and resume.scheduler:
             self.scheduler.load_state_dict(resume.scheduler)
@@ -198,8 +199,10 @@ class RoundEngine:
         cfg = self.cfg
         t_round = time.perf_counter()
         clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
+        seed = torch_seed(cfg.run.seed, round_, SERVER, "downlink-quant")
+        sent, _ = self.method.broadcast(self.state, cfg.lora.value_bits, cfg.lora.downlink_quant_bits, seed)
         if self.schedule.two_phase:  # train and report; decide rho_t and b_t; upload at rho_t
-            reports, failures = send(cfg, "local", round_, {c: {} for c in clients}, self.state)
+            reports, failures = send(cfg, "local", round_, {c: {} for c in clients}, sent)
             decided = sorted(reports)
             m1 = [reports[c].metrics for c in decided]
             decision = self._decide(
@@ -216,7 +219,7 @@ class RoundEngine:
                 failures = failures + late
             priced = {c: {**reports[c].metrics, "payload_bits": self.bits_by_rho[decision.rho]} for c in decided}
         else:  # rho is known: train and upload in one message, then split the band
-            replies, failures = send(cfg, "train", round_, {c: {} for c in clients}, self.state)
+            replies, failures = send(cfg, "train", round_, {c: {} for c in clients}, sent)
             decided = sorted(replies)
             decision = self._decide(
                 round_,

@@ -22,9 +22,9 @@ plus one scale at q bits (:mod:`fedsim.quantise`), so a tensor of n values costs
 instead of n q; indices are unchanged. The exact formula per matrix is therefore
 ``matrix_bits + sum_j n_j (b - q) + q [n_j > 0]`` with n_j from ``matrix_values``.
 
-Downlink: every round the server broadcasts the tensors a client needs, dense at q bits (the
-``frozen`` ones are known to every client from the seed and are not sent): see
-:meth:`UploadMethod.downlink_bits`.
+Downlink: every round the server broadcasts the tensors a client needs, dense at q bits or
+quantised at ``lora.downlink_quant_bits`` like an upload (the ``frozen`` ones are known to every
+client from the seed and are not sent): see :meth:`UploadMethod.broadcast`.
 
 =============  ============  ===========================================================
 method         sparsifier    local loss
@@ -216,10 +216,31 @@ class UploadMethod:
             raise ValueError(f"upload method {self.name!r} has no matrix_values formula: it cannot be quantised")
         return self.matrix_values(d_in, d_out, rank, rho, value_bits)
 
-    def downlink_bits(self, shapes: dict[str, tuple[int, ...]], value_bits: int) -> int:
+    def downlink_bits(self, shapes: dict[str, tuple[int, ...]], value_bits: int, quant_bits: int = 0) -> int:
         """Bits of the round's broadcast: every tensor of the global adapter but the ``frozen`` ones,
-        dense at q bits per value."""
-        return sum(int(np.prod(shape)) * value_bits for name, shape in shapes.items() if not self.is_frozen(name))
+        dense at q bits per value, or with ``quant_bits`` = b > 0 at n b + q per tensor."""
+        sizes = [int(np.prod(shape)) for name, shape in shapes.items() if not self.is_frozen(name)]
+        return quantised_bits(sizes, quant_bits, value_bits) if quant_bits else sum(sizes) * value_bits
+
+    def broadcast(
+        self, state: dict[str, np.ndarray], value_bits: int, quant_bits: int, seed: int
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """What the clients receive of the global adapter and its bits (:meth:`downlink_bits`).
+
+        Dense (``quant_bits`` = 0): the adapter itself. Quantised: every tensor but the ``frozen``
+        ones (known to every client) as the clients decode it from b-bit codes
+        (:mod:`fedsim.quantise`, draws from a generator seeded with ``seed``); the server keeps
+        its exact adapter for aggregation.
+        """
+        bits = self.downlink_bits({k: v.shape for k, v in state.items()}, value_bits, quant_bits)
+        if not quant_bits:
+            return state, bits
+        import torch
+
+        sent = {k: _wire(v, value_bits) for k, v in state.items() if not self.is_frozen(k)}
+        coded, _ = quantise_arrays(sent, quant_bits, torch.Generator().manual_seed(seed))
+        received = {k: v.astype(np.float32) for k, v in dequantise_arrays(coded).items()}
+        return {k: received.get(k, v) for k, v in state.items()}, bits
 
     def is_frozen(self, name: str) -> bool:
         """Whether local training keeps tensor ``name`` at its global value."""

@@ -99,10 +99,10 @@ def option_cases() -> list[tuple[str, list[str]]]:
         ("unknown option", ["--nosuch"]),
         ("--out empty", ["--out", ""]),
         ("quant bits above 16", ["--set", "lora.quant_bits=17"]),
-        ("quant bits negative", ["--set", "lora.quant_bits=-1"]),
+        ("downlink quant bits above 16", ["--set", "lora.downlink_quant_bits=17"]),
         ("packet error m negative", ["--set", "channel.packet_error_m=-0.023"]),
         ("packet errors unknown mode", ["--set", "channel.packet_errors=sometimes"]),
-        ("no transmission allowed", ["--set", "channel.max_transmissions=0"]),
+        ("packet errors wrong case", ["--set", "channel.packet_errors=Drop"]),
     ]
 
 

@@ -133,3 +133,33 @@ def test_a_quantised_round_is_priced_as_encoded(method):
     assert all(c.payload_bits == engine.bits_by_rho[engine.rho] for c in rec.clients)
     dense = RoundEngine(make_cfg(**{"run.method": method}), StubHost()).bits_by_rho[engine.rho]
     assert engine.bits_by_rho[engine.rho] < dense / 2  # 4 of 32 bits per value, plus scales and indices
+
+
+@pytest.mark.parametrize("method", ["soft", "ffa"])
+def test_a_quantised_downlink_hands_the_clients_what_they_decode(method):
+    cfg = make_cfg(**{"run.method": method, "lora.downlink_quant_bits": 8})
+    engine = RoundEngine(cfg, StubHost())
+    g = np.random.default_rng(1)
+    engine.state = {k: v + g.normal(size=v.shape).astype(np.float32) for k, v in engine.state.items()}
+    before = {k: v.copy() for k, v in engine.state.items()}
+    clients, received = StubClients(), {}
+
+    def send(cfg_, action, round_, requests, state):
+        if state is not None:
+            received.update(state)
+        return clients(cfg_, action, round_, requests, state)
+
+    rec = engine.run_round(1, send)
+    shapes = {k: v.shape for k, v in before.items()}
+    assert rec.downlink_bits == engine.method.downlink_bits(shapes, 32, 8)
+    assert rec.downlink_bits < engine.method.downlink_bits(shapes, 32) / 3
+    for k, v in before.items():
+        if engine.method.is_frozen(k):
+            np.testing.assert_array_equal(received[k], v)  # known to every client: sent as it is
+        else:
+            step = 2 * np.abs(v).max() / 255
+            assert 0 < np.abs(received[k] - v).max() <= step * (1 + 1e-6)
+    # the server aggregates against its exact adapter, not the decoded one
+    dense = RoundEngine(make_cfg(**{"run.method": method}), StubHost())
+    dense.state = {k: v.copy() for k, v in before.items()}
+    assert dense.run_round(1, StubClients()).downlink_bits > rec.downlink_bits
