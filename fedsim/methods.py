@@ -178,7 +178,8 @@ class UploadMethod:
     matrix_values : the values per wire tensor of one matrix (:data:`MatrixValues`): with
         ``matrix_bits``, the exact formula of a quantised upload.
     frozen : fragments of tensor names (e.g. ``".lora_A."``) that local training keeps fixed at
-        the global value; they are never uploaded nor broadcast.
+        the global value. The broadcast leaves them out (every client knows them) and the
+        method's sparsifier must not send them (``sparsify_b_only`` sends B alone).
     """
 
     name: str
