@@ -1,9 +1,10 @@
 """Stochastic uniform quantisation of uploaded values (QSGD-style), with exact bit accounting.
 
 One tensor x of n values (already at its wire precision, q = ``lora.value_bits``) is sent as n
-codes of b bits (b = ``lora.quant_bits``, 1..16) and one scale of q bits (Alistarh et al., "QSGD:
-Communication-Efficient SGD via Gradient Quantization and Encoding", NeurIPS 2017, with a
-max-norm scale and 2^b uniform levels, as in their experiments' bucketed variant):
+codes of b bits (b = ``lora.quant_bits``, 1..16) and one scale of q bits. The rounding is QSGD's
+unbiased stochastic rounding to uniform levels (Alistarh et al., "QSGD: Communication-Efficient
+SGD via Gradient Quantization and Encoding", NeurIPS 2017); the levels here are 2^b points
+spread over [-s, s] with s the max-norm of the tensor (the sign is in the code, not sent apart):
 
     s = max_i |x_i|                  (rounded up to the wire precision, so that |x_i| <= s)
     L = 2^b - 1,  Delta = 2 s / L    (the level spacing)
