@@ -22,6 +22,17 @@ in the time left after the downlink and its computation, S_k > R_k (T_max - T_dl
 (equivalently T_dl + T_cmp_k + S_k / R_k > T_max).
 
 Upload energy: E_up_k = p_k * S_k / R_k joules (transmit power times airtime).
+
+Packet errors (optional): an upload sent at SNR gamma_k = p_k g_k / (b_k N0) on its band is
+erased with probability
+
+    q_k = 1 - exp(-m / gamma_k),      m = 0.023 (waterfall threshold, per resource block)
+
+the SNR-based packet-error model of M. Chen, Z. Yang, W. Saad, C. Yin, H. V. Poor, S. Cui, "A
+Joint Learning and Communications Framework for Federated Learning over Wireless Networks",
+IEEE Trans. Wireless Commun. 20(1), 2021 (their packet error rate with the interference term set
+to zero: FDMA bands do not overlap). Retransmitting until success, at most N times, takes
+E[n] = sum_{j<N} q^j = (1 - q^N) / (1 - q) transmissions on average (1 / (1 - q) as N -> inf).
 """
 
 from __future__ import annotations
@@ -98,3 +109,21 @@ def in_outage(latency_s: ArrayLike, deadline_s: float) -> np.ndarray:
 def upload_energy_j(tx_power_w: ArrayLike, upload_time_s_: ArrayLike) -> np.ndarray:
     """E_up = p T_up in joules (radiated energy; circuit power not modelled)."""
     return np.asarray(tx_power_w, dtype=float) * np.asarray(upload_time_s_, dtype=float)
+
+
+PACKET_ERROR_M = 0.023
+"""Waterfall threshold m of q = 1 - exp(-m / SNR) per resource block (Chen et al. 2021)."""
+
+
+def packet_error_prob(snr_linear: ArrayLike, m: float = PACKET_ERROR_M) -> np.ndarray:
+    """q = 1 - exp(-m / SNR): the chance one transmission is erased; 1 at zero SNR, 0 at infinite SNR."""
+    snr = np.asarray(snr_linear, dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.where(snr > 0, -np.expm1(-m / np.where(snr > 0, snr, 1.0)), 1.0)
+
+
+def expected_transmissions(error_prob: ArrayLike, max_transmissions: int) -> np.ndarray:
+    """E[n] = (1 - q^N) / (1 - q) = sum_{j<N} q^j: mean transmissions of an upload retransmitted
+    until it gets through, at most N times (N at q = 1)."""
+    q = np.asarray(error_prob, dtype=float)
+    return sum(q**j for j in range(max_transmissions)) if max_transmissions > 0 else np.zeros_like(q)

@@ -65,6 +65,11 @@ def check_config(cfg: Config) -> Config:
             f"tsfa.scheduler={cfg.tsfa.scheduler!r}: chooses a sparsification ratio, so run.method must sparsify "
             f"(soft, topk, ...), not {cfg.run.method!r}"
         )
+    if cfg.lora.quant_bits and method.matrix_values is None:
+        raise ConfigError(
+            f"lora.quant_bits={cfg.lora.quant_bits}: run.method={cfg.run.method!r} has no value-count formula "
+            "(UploadMethod.matrix_values), so its quantised upload cannot be priced; use lora.quant_bits=0"
+        )
     if cfg.run.min_clients_per_round > cfg.num_sampled:
         raise ConfigError(
             f"run.min_clients_per_round={cfg.run.min_clients_per_round}: must be at most the "

@@ -171,6 +171,18 @@ class LoraSection:
     alpha: float = _num(16.0, 0, 1e6, "LoRA scaling alpha (scale alpha/r)", open_low=True)
     dropout: float = _f(0.0, lambda v: 0 <= v < 1, "a number in [0, 1)", "LoRA dropout")
     value_bits: int = _f(32, _one_of(16, 32), "16 or 32", "bits per uploaded value")
+    quant_bits: int = _f(
+        0,
+        _int_in(0, 16),
+        "an integer in [0, 16] (0: off, else bits per value)",
+        "stochastic uniform quantisation of every uploaded value (b bits plus one scale per tensor)",
+    )
+    downlink_quant_bits: int = _f(
+        0,
+        _int_in(0, 16),
+        "an integer in [0, 16] (0: dense, else bits per value)",
+        "quantisation of the broadcast global adapter (clients train from what they decode)",
+    )
 
 
 @dataclass(frozen=True)
@@ -210,6 +222,16 @@ class ChannelSection:
     downlink_bandwidth_hz: float = _num(20e6, 0, 1e12, "downlink band (broadcast)", "Hz", open_low=True)
     bs_power_dbm: float = _num(43.0, -100, 100, "base-station transmit power (broadcast)", "dBm")
     outage_deadline_s: float = _num(0.0, 0, 1e9, "round deadline for outage flags (0: none)", "s")
+    packet_errors: str = _f(
+        "none",
+        _one_of("none", "drop", "retransmit"),
+        "one of none, drop, retransmit",
+        "uplink packet errors q = 1 - exp(-m / SNR): an erased upload is lost (drop) or sent again (retransmit)",
+    )
+    packet_error_m: float = _num(0.023, 0, 1e6, "waterfall threshold m of q = 1 - exp(-m / SNR)", open_low=True)
+    max_transmissions: int = _num(
+        4, 1, 1000, "transmissions of one upload under packet_errors=retransmit (and tsfa.deadline_s)", integer=True
+    )
 
 
 @dataclass(frozen=True)

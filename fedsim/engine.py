@@ -11,7 +11,10 @@ transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment
    band, the admitted clients upload at rho_t,
 3. split the band (the scheduler's decision), drop the clients that miss ``tsfa.deadline_s``,
 4. aggregate the uploads in client-id order (the upload method's server half), evaluate,
-5. account the uplink (channel, payload, latency) and return a typed :class:`RoundRecord`.
+5. account the uplink (channel, payload, latency) and the downlink (the broadcast of the global
+   adapter, dense or quantised at ``lora.downlink_quant_bits``:
+   :meth:`~fedsim.methods.UploadMethod.broadcast`, its time under ``channel.downlink``) and
+   return a typed :class:`RoundRecord`.
 
 A round whose surviving clients are fewer than ``run.min_clients_per_round`` (0: all sampled)
 is recorded with ``status: "failed"`` and the global adapter is unchanged; an adapter that turns
@@ -43,7 +46,7 @@ from fedsim.rank_plan import plan_for, write_plan
 from fedsim.records import CLIENT_DIAGNOSTICS, ClientRecord, Failure, RoundRecord, SchedulerOutcome
 from fedsim.results import ResultsWriter
 from fedsim.schedulers import get_scheduler
-from fedsim.seeding import rng, sample_clients
+from fedsim.seeding import SERVER, rng, sample_clients, torch_seed
 from fedsim.tsfa import RankPlan
 from fedsim.wireless import WirelessModel
 
@@ -119,9 +122,9 @@ class RoundEngine:
         self.flops_per_sample = host.flops_per_sample(cfg)
         initial = host.initial_state(cfg)
         shapes = {k: v.shape for k, v in initial.items()}
-        self.bits_by_rho = {
-            r: self.method.adapter_bits(shapes, cfg.lora.rank, r, cfg.lora.value_bits) for r in cfg.tsfa.rho_grid
-        }
+        q, b = cfg.lora.value_bits, cfg.lora.quant_bits
+        self.bits_by_rho = {r: self.method.adapter_bits(shapes, cfg.lora.rank, r, q, b) for r in cfg.tsfa.rho_grid}
+        self.downlink_bits = self.method.downlink_bits(shapes, q, cfg.lora.downlink_quant_bits)
         self.scheduler = self.schedule.build(cfg)
         if resume is not None and resume.scheduler:
             self.scheduler.load_state_dict(resume.scheduler)
@@ -146,6 +149,9 @@ class RoundEngine:
             return None
         a = self.wireless.snr_per_hz(round_, ids)
         tcmp = self.wireless.compute_times_s(ids, num_samples, self.flops_per_sample) + self._straggle_s(round_, ids)
+        if self.cfg.channel.packet_errors == "retransmit":  # price the expected transmissions E[n_k]
+            n_tx = self.wireless.expected_transmissions(round_, ids)
+            payloads = {rho: bits * n_tx for rho, bits in payloads.items()}
         return self.scheduler.decide(a, tcmp, payloads, penalties)
 
     def _client_records(
@@ -164,20 +170,27 @@ class RoundEngine:
             [int(m["num_samples"]) for m in metrics],
             self.flops_per_sample,
             bandwidth_hz=np.array(bandwidth_hz, dtype=float),
-            downlink_bits=sum(a.size for a in self.state.values()) * self.cfg.lora.value_bits,  # dense broadcast
+            downlink_bits=self.downlink_bits,
             extra_compute_s=straggle,
         )
+        reasons = [dropped] * len(ids)
+        if dropped is None:  # an upload erased on the uplink (channel.packet_errors) is lost for the round
+            n_max = self.cfg.channel.max_transmissions if self.cfg.channel.packet_errors == "retransmit" else 1
+            lost = f"packet error: erased in all {{}} transmissions ({n_max} allowed, channel.packet_errors)"
+            reasons = [None if f["delivered"] else lost.format(f["transmissions"]) for f in fields]
+        for f in fields:
+            del f["delivered"]
         records = [
             ClientRecord(
                 **f,
-                dropped=dropped is not None,
-                drop_reason=dropped,
+                dropped=reason is not None,
+                drop_reason=reason,
                 straggle_s=float(extra),
                 **{key: m.get(key, 0.0) for key in CLIENT_DIAGNOSTICS},
                 train_loss=m["train_loss"],
                 train_wall_s=m["train_wall_s"],
             )
-            for f, m, extra in zip(fields, metrics, straggle, strict=True)
+            for f, m, extra, reason in zip(fields, metrics, straggle, reasons, strict=True)
         ]
         return records, latency_s
 
@@ -186,8 +199,10 @@ class RoundEngine:
         cfg = self.cfg
         t_round = time.perf_counter()
         clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
+        seed = torch_seed(cfg.run.seed, round_, SERVER, "downlink-quant")
+        sent, _ = self.method.broadcast(self.state, cfg.lora.value_bits, cfg.lora.downlink_quant_bits, seed)
         if self.schedule.two_phase:  # train and report; decide rho_t and b_t; upload at rho_t
-            reports, failures = send(cfg, "local", round_, {c: {} for c in clients}, self.state)
+            reports, failures = send(cfg, "local", round_, {c: {} for c in clients}, sent)
             decided = sorted(reports)
             m1 = [reports[c].metrics for c in decided]
             decision = self._decide(
@@ -204,7 +219,7 @@ class RoundEngine:
                 failures = failures + late
             priced = {c: {**reports[c].metrics, "payload_bits": self.bits_by_rho[decision.rho]} for c in decided}
         else:  # rho is known: train and upload in one message, then split the band
-            replies, failures = send(cfg, "train", round_, {c: {} for c in clients}, self.state)
+            replies, failures = send(cfg, "train", round_, {c: {} for c in clients}, sent)
             decided = sorted(replies)
             decision = self._decide(
                 round_,
@@ -223,6 +238,11 @@ class RoundEngine:
         client_records, latency_s = self._client_records(
             round_, survivors, metrics_of, [band_of[c] for c in survivors], None
         )
+        erased = [Failure(r.client_id, r.drop_reason) for r in client_records if r.dropped]
+        if erased:
+            failures = failures + erased
+            survivors = [c for c in survivors if c not in {f.client_id for f in erased}]
+            metrics_of = [replies[c].metrics for c in survivors]
         if late:
             out = sorted(f.client_id for f in late)
             dropped, _ = self._client_records(round_, out, [priced[c] for c in out], [0.0] * len(out), late[0].reason)
@@ -234,8 +254,9 @@ class RoundEngine:
             for f, s in zip(lost, self._straggle_s(round_, [f.client_id for f in lost]), strict=True)
         ]
         client_records.sort(key=lambda r: r.client_id)
-        # 0 means every sampled client; a deadline drops clients by design, so then any one suffices
-        need = cfg.run.min_clients_per_round or (1 if cfg.tsfa.deadline_s > 0 else len(clients))
+        # 0 means every sampled client; a deadline or packet errors drop clients by design: any one suffices
+        by_design = cfg.tsfa.deadline_s > 0 or cfg.channel.packet_errors != "none"
+        need = cfg.run.min_clients_per_round or (1 if by_design else len(clients))
         ok = len(survivors) >= need and len(survivors) > 0
         cov_norm = 0.0
         if ok:
@@ -258,6 +279,8 @@ class RoundEngine:
             failures=sorted(failures, key=lambda f: f.client_id),
             round_latency_s=latency_s,
             uplink_bits_total=int(sum(r.payload_bits for r in uploaded)),
+            downlink_bits=self.downlink_bits,
+            downlink_s=self.wireless.downlink_time_s(round_, clients, self.downlink_bits),
             metrics=self.metrics,
             **{
                 key: float(np.mean([getattr(r, key) for r in uploaded])) if uploaded else 0.0

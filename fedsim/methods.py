@@ -10,9 +10,21 @@ method is a config plus a layer plus a registration: its client half (:meth:`~Up
 its server half (:meth:`~UploadMethod.decode`, :meth:`~UploadMethod.aggregate`), its exact
 payload formula per adapted matrix (``matrix_bits``, which the schedulers use to price an upload
 before it is made), whether the SOFT orthogonality regulariser is in the local loss, whether it
-sparsifies at all (a scheduler that chooses rho needs one that does) and whether it keeps state
-on the client between rounds. The shared test in ``tests/test_methods.py`` runs every registered
-method and checks ``matrix_bits`` against the bits its encoder actually produces.
+sparsifies at all (a scheduler that chooses rho needs one that does), which tensors local
+training keeps fixed (``frozen``) and whether it keeps state on the client between rounds. The
+shared test in ``tests/test_methods.py`` runs every registered method, with and without
+quantisation, and checks ``matrix_bits`` / ``matrix_values`` against what its encoder actually
+produces.
+
+Quantised uploads (``lora.quant_bits`` = b in 1..16, 0 = off) work with every method: after the
+method has chosen what to send, every value tensor is sent as b-bit stochastic-rounding codes
+plus one scale at q bits (:mod:`fedsim.quantise`), so a tensor of n values costs n b + q bits
+instead of n q; indices are unchanged. The exact formula per matrix is therefore
+``matrix_bits + sum_j n_j (b - q) + q [n_j > 0]`` with n_j from ``matrix_values``.
+
+Downlink: every round the server broadcasts the tensors a client needs, dense at q bits or
+quantised at ``lora.downlink_quant_bits`` like an upload (the ``frozen`` ones are known to every
+client from the seed and are not sent): see :meth:`UploadMethod.broadcast`.
 
 =============  ============  ===========================================================
 method         sparsifier    local loss
@@ -23,6 +35,7 @@ soft-noreg     soft          task loss (ablation: lambda_orth = 0)
 topk           topk          task loss (element-wise top-k on A and B, same bits as soft)
 randk          randk         task loss (k random ranks)
 svd            svd           task loss (SVD of B A, top-k triplets, refactored)
+ffa            B only        task loss, A frozen at its seeded initialisation (FFA-LoRA)
 =============  ============  ===========================================================
 """
 
@@ -36,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedsim.errors import ConfigError
+from fedsim.quantise import dequantise_arrays, quantise_arrays, quantised_bits
 from fedsim.soft.budget import (
     dense_payload_bits,
     index_bits_per_entry,
@@ -54,6 +68,10 @@ Sparsifier = Callable[..., Any]
 
 MatrixBits = Callable[[int, int, int, float, int], int]
 """``matrix_bits(d_in, d_out, rank, rho, value_bits)``: uplink bits of one adapted matrix."""
+
+MatrixValues = Callable[[int, int, int, float, int], tuple[int, ...]]
+"""``matrix_values(d_in, d_out, rank, rho, value_bits)``: the number of values in each value
+tensor of one adapted matrix's upload (what quantisation codes; one scale per non-empty tensor)."""
 
 
 def soft_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:
@@ -82,6 +100,66 @@ def svd_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> i
     return min(keep_count(rank, rho), d_in, d_out) * (d_in + d_out) * value_bits
 
 
+def b_only_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:
+    """S = d_out r q: all of B, no index (A is not sent; rho is ignored). Half of dense when d_in = d_out."""
+    return d_out * rank * value_bits
+
+
+def rank_values(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> tuple[int, ...]:
+    """(k d_in, d_out k) with k = keep_count(r, rho): the kept rows of A and columns of B."""
+    k = keep_count(rank, rho)
+    return k * d_in, d_out * k
+
+
+def dense_values(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> tuple[int, ...]:
+    """(r d_in, d_out r): all of A and B."""
+    return rank * d_in, d_out * rank
+
+
+def svd_values(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> tuple[int, ...]:
+    """(k d_in, d_out k) with k = min(keep_count(r, rho), d_in, d_out)."""
+    k = min(keep_count(rank, rho), d_in, d_out)
+    return k * d_in, d_out * k
+
+
+def topk_values(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> tuple[int, ...]:
+    """(n_A, n_B) of :func:`fedsim.soft.topk_element_budget`."""
+    return topk_element_budget(d_in, d_out, rank, rho, value_bits)
+
+
+def b_only_values(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> tuple[int, ...]:
+    """(0, d_out r): no value of A, all of B."""
+    return 0, d_out * rank
+
+
+def sparsify_b_only(A: torch.Tensor, B: torch.Tensor, rho: float, value_bits: int, generator=None) -> SparseUpdate:
+    """FFA-LoRA's upload (Sun et al., "Improving LoRA in Privacy-preserving Federated Learning",
+    ICLR 2024): all of B, nothing of A, whose value every client and the server know (it is
+    frozen at the seeded initialisation). Sent as an element update with no entry of A and every
+    entry of B in row-major order; that order is implicit, so the payload has no index bits:
+    S = d_out r q. The server's per-entry average then keeps A and averages B. ``rho`` and
+    ``generator`` are unused; ``dropped_rank_error`` is 0 (nothing trained is left out)."""
+    import torch
+
+    from fedsim.soft import SparseUpdate
+    from fedsim.soft.update import to_wire
+
+    r, d_in, d_out = A.shape[0], A.shape[1], B.shape[0]
+    empty = torch.zeros(0, dtype=torch.int64)
+    return SparseUpdate(
+        d_in=d_in,
+        d_out=d_out,
+        rank=r,
+        value_bits=value_bits,
+        payload_bits=b_only_bits(d_in, d_out, r, rho, value_bits),
+        dropped_rank_error=0.0,
+        A_indices=empty,
+        A_values=to_wire(A.new_zeros(0), value_bits),
+        B_indices=torch.arange(d_out * r, dtype=torch.int64),
+        B_values=to_wire(B.reshape(-1), value_bits),
+    )
+
+
 @dataclass(frozen=True)
 class UploadMethod:
     """One registered upload method (see the module docstring).
@@ -97,6 +175,11 @@ class UploadMethod:
         local loss.
     sparsifies : the upload depends on rho (False: rho is always 0, as for ``ideal``).
     needs_client_state : the client keeps state between rounds (none of today's methods does).
+    matrix_values : the values per wire tensor of one matrix (:data:`MatrixValues`): with
+        ``matrix_bits``, the exact formula of a quantised upload.
+    frozen : fragments of tensor names (e.g. ``".lora_A."``) that local training keeps fixed at
+        the global value. The broadcast leaves them out (every client knows them) and the
+        method's sparsifier must not send them (``sparsify_b_only`` sends B alone).
     """
 
     name: str
@@ -106,18 +189,71 @@ class UploadMethod:
     regularised: bool = False
     sparsifies: bool = True
     needs_client_state: bool = False
+    matrix_values: MatrixValues | None = None
+    frozen: tuple[str, ...] = ()
 
-    def adapter_bits(self, shapes: dict[str, tuple[int, ...]], rank: int, rho: float, value_bits: int) -> int:
+    def adapter_bits(
+        self, shapes: dict[str, tuple[int, ...]], rank: int, rho: float, value_bits: int, quant_bits: int = 0
+    ) -> int:
         """Uplink bits of one client's adapter: ``matrix_bits`` of every LoRA pair plus the dense
-        extras (e.g. a classification head) at q bits per value."""
+        extras (e.g. a classification head) at q bits per value; with ``quant_bits`` = b > 0,
+        every non-empty value tensor costs n b + q instead of n q (:mod:`fedsim.quantise`)."""
         pairs, extras = split_state(shapes)
         total = 0
         for a_name, b_name in pairs.values():
-            total += self.matrix_bits(shapes[a_name][1], shapes[b_name][0], rank, rho, value_bits)
-        return total + sum(int(np.prod(shapes[name])) * value_bits for name in extras)
+            dims = (shapes[a_name][1], shapes[b_name][0], rank, rho, value_bits)
+            total += self.matrix_bits(*dims)
+            if quant_bits:
+                values = self.values_per_tensor(*dims)
+                total += quantised_bits(values, quant_bits, value_bits) - sum(values) * value_bits
+        sizes = [int(np.prod(shapes[name])) for name in extras]
+        if quant_bits:
+            return total + quantised_bits(sizes, quant_bits, value_bits)
+        return total + sum(sizes) * value_bits
+
+    def values_per_tensor(self, d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> tuple[int, ...]:
+        """``matrix_values``; a method without it cannot be quantised (ValueError)."""
+        if self.matrix_values is None:
+            raise ValueError(f"upload method {self.name!r} has no matrix_values formula: it cannot be quantised")
+        return self.matrix_values(d_in, d_out, rank, rho, value_bits)
+
+    def downlink_bits(self, shapes: dict[str, tuple[int, ...]], value_bits: int, quant_bits: int = 0) -> int:
+        """Bits of the round's broadcast: every tensor of the global adapter but the ``frozen`` ones,
+        dense at q bits per value, or with ``quant_bits`` = b > 0 at n b + q per tensor."""
+        sizes = [int(np.prod(shape)) for name, shape in shapes.items() if not self.is_frozen(name)]
+        return quantised_bits(sizes, quant_bits, value_bits) if quant_bits else sum(sizes) * value_bits
+
+    def broadcast(
+        self, state: dict[str, np.ndarray], value_bits: int, quant_bits: int, seed: int
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """What the clients receive of the global adapter and its bits (:meth:`downlink_bits`).
+
+        Dense (``quant_bits`` = 0): the adapter itself. Quantised: every tensor but the ``frozen``
+        ones (known to every client) as the clients decode it from b-bit codes
+        (:mod:`fedsim.quantise`, draws from a generator seeded with ``seed``); the server keeps
+        its exact adapter for aggregation.
+        """
+        bits = self.downlink_bits({k: v.shape for k, v in state.items()}, value_bits, quant_bits)
+        if not quant_bits:
+            return state, bits
+        import torch
+
+        sent = {k: _wire(v, value_bits) for k, v in state.items() if not self.is_frozen(k)}
+        coded, _ = quantise_arrays(sent, quant_bits, torch.Generator().manual_seed(seed))
+        received = {k: v.astype(np.float32) for k, v in dequantise_arrays(coded).items()}
+        return {k: received.get(k, v) for k, v in state.items()}, bits
+
+    def is_frozen(self, name: str) -> bool:
+        """Whether local training keeps tensor ``name`` at its global value."""
+        return any(fragment in name for fragment in self.frozen)
 
     def encode(
-        self, state: dict[str, np.ndarray], rho: float, value_bits: int, generator: torch.Generator
+        self,
+        state: dict[str, np.ndarray],
+        rho: float,
+        value_bits: int,
+        generator: torch.Generator,
+        quant_bits: int = 0,
     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """The client half: compress a trained adapter for the uplink (see :func:`encode_upload`)."""
         sparsify = self.sparsify
@@ -125,7 +261,7 @@ class UploadMethod:
             from fedsim.soft import get_sparsifier
 
             sparsify = get_sparsifier(sparsify)
-        return encode_upload(state, sparsify, rho, value_bits, generator)
+        return encode_upload(state, sparsify, rho, value_bits, generator, quant_bits)
 
     def decode(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, SparseUpdate], dict[str, np.ndarray]]:
         """The server half, step 1: the wire arrays back into per-module updates and extras."""
@@ -173,6 +309,7 @@ for _m in (
         "dense",
         dense_bits,
         sparsifies=False,
+        matrix_values=dense_values,
     ),
     UploadMethod(
         "soft",
@@ -180,11 +317,35 @@ for _m in (
         "soft",
         soft_bits,
         regularised=True,
+        matrix_values=rank_values,
     ),
-    UploadMethod("soft-noreg", "SOFT without the regulariser (lambda_orth = 0)", "soft", soft_bits),
-    UploadMethod("topk", "element-wise top-k on A and B separately, at SOFT's bits", "topk", topk_bits),
-    UploadMethod("randk", "k random ranks", "randk", soft_bits),
-    UploadMethod("svd", "SVD truncation of B A, refactored as U sqrt(S), sqrt(S) V^T", "svd", svd_bits),
+    UploadMethod(
+        "soft-noreg", "SOFT without the regulariser (lambda_orth = 0)", "soft", soft_bits, matrix_values=rank_values
+    ),
+    UploadMethod(
+        "topk",
+        "element-wise top-k on A and B separately, at SOFT's bits",
+        "topk",
+        topk_bits,
+        matrix_values=topk_values,
+    ),
+    UploadMethod("randk", "k random ranks", "randk", soft_bits, matrix_values=rank_values),
+    UploadMethod(
+        "svd",
+        "SVD truncation of B A, refactored as U sqrt(S), sqrt(S) V^T",
+        "svd",
+        svd_bits,
+        matrix_values=svd_values,
+    ),
+    UploadMethod(
+        "ffa",
+        "FFA-LoRA: A frozen at its seeded initialisation, only B trained and sent",
+        sparsify_b_only,
+        b_only_bits,
+        sparsifies=False,
+        matrix_values=b_only_values,
+        frozen=(".lora_A.",),
+    ),
 ):
     register_method(_m)
 
@@ -218,11 +379,14 @@ def encode_upload(
     rho: float,
     value_bits: int,
     generator: torch.Generator,
+    quant_bits: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Compress a trained adapter for the uplink.
 
     Returns the arrays that go on the wire (LoRA pairs as ``module::key`` from
-    :meth:`SparseUpdate.to_arrays`, extras under ``extra::name``) and client statistics:
+    :meth:`SparseUpdate.to_arrays`, extras under ``extra::name``; with ``quant_bits`` > 0 every
+    value array quantised by :func:`fedsim.quantise.quantise_arrays`, its draws from
+    ``generator`` after the sparsifier's) and client statistics:
     ``payload_bits`` (exact bits the channel carries), ``dropped_rank_error`` (sum over
     modules), ``kept_ranks`` (mean over modules), ``mean_abs_cos`` (mean over modules, before
     sparsification), ``sparsify_time_s`` (wall clock of the selection), and
@@ -250,6 +414,9 @@ def encode_upload(
     for name in extras:
         arrays[f"extra{SEP}{name}"] = _wire(state[name], value_bits)
         bits += state[name].size * value_bits
+    if quant_bits:
+        arrays, delta = quantise_arrays(arrays, quant_bits, generator)
+        bits += delta
     stats = {
         "payload_bits": float(bits),
         "dropped_rank_error": error,
@@ -278,9 +445,11 @@ def dropped_errors(state: dict[str, np.ndarray], rhos: tuple[float, ...]) -> lis
 
 
 def decode_upload(arrays: dict[str, np.ndarray]) -> tuple[dict[str, SparseUpdate], dict[str, np.ndarray]]:
-    """Inverse of :func:`encode_upload`'s arrays: per-module SparseUpdates and the dense extras."""
+    """Inverse of :func:`encode_upload`'s arrays: per-module SparseUpdates and the dense extras
+    (quantised values are dequantised first)."""
     from fedsim.soft import SparseUpdate
 
+    arrays = dequantise_arrays(arrays)
     grouped: dict[str, dict[str, np.ndarray]] = {}
     extras = {}
     for key, arr in arrays.items():

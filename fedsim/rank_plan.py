@@ -39,7 +39,8 @@ def plan_structural_rank(
         return a, wireless.compute_times_s(ids, [num_samples[c] for c in ids], flops_per_sample)
 
     def bits_for_rank(rank: int) -> np.ndarray:
-        return np.full(m, float(method.adapter_bits(shapes, rank, cfg.tsfa.nominal_rho, cfg.lora.value_bits)))
+        bits = method.adapter_bits(shapes, rank, cfg.tsfa.nominal_rho, cfg.lora.value_bits, cfg.lora.quant_bits)
+        return np.full(m, float(bits))
 
     return plan_rank(
         cfg.tsfa.candidate_ranks,

@@ -26,8 +26,11 @@ class ClientRecord:
     Every sampled client has a record. One whose upload did not count has ``dropped`` and a
     ``drop_reason``, 0 Hz and no round total counts it: dropped by the deadline, it is recorded
     with what it would have sent (``upload_time_s`` and ``upload_energy_j`` null); crashed or
-    timed out, with its channel and null for what only its reply could tell. ``compute_time_s`` includes ``straggle_s``, a straggler's delay in simulated
-    time (``faults.client_straggle_prob``). Units are in the names: distances in m, gains in dB,
+    timed out, with its channel and null for what only its reply could tell; erased on the uplink
+    (``channel.packet_errors``), with its band and every transmission it made. ``compute_time_s``
+    includes ``straggle_s``, a straggler's delay in simulated time (``faults.client_straggle_prob``).
+    ``packet_error_prob`` is q of one transmission and ``transmissions`` the number made (1 and 0.0
+    without packet errors). Units are in the names: distances in m, gains in dB,
     bandwidth in Hz, rates in bit/s, times in s, energies in J. ``los`` is None when the path-loss model has no LOS state;
     ``pathloss_db``, ``shadowing_db`` and ``fading_gain_db`` are None when a replayed trace does
     not carry them.
@@ -53,6 +56,8 @@ class ClientRecord:
     upload_energy_j: float | None
     compute_energy_j: float | None
     outage: bool | None
+    packet_error_prob: float | None
+    transmissions: int | None
     kept_ranks: float | None
     dropped_rank_error: float | None
     mean_abs_cos: float | None
@@ -107,7 +112,9 @@ class RoundRecord:
 
     ``status`` is ``ok``; ``failed`` when fewer than ``run.min_clients_per_round`` clients
     survived (the adapter is then unchanged); ``diverged`` when the aggregated adapter became
-    non-finite (the run stops there).
+    non-finite (the run stops there). ``downlink_bits`` is the round's broadcast of the global
+    adapter (sent every round, whatever happens after), ``downlink_s`` its time to the round's
+    sampled clients at the weakest one's rate (0 when ``channel.downlink`` is ``none``).
     """
 
     round: int
@@ -116,6 +123,8 @@ class RoundRecord:
     failures: list[Failure]
     round_latency_s: float
     uplink_bits_total: int
+    downlink_bits: int
+    downlink_s: float
     metrics: dict[str, Any]
     kept_ranks: float
     dropped_rank_error: float

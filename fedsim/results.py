@@ -186,6 +186,7 @@ class ResultsWriter:
             "final_metrics": recs[-1]["metrics"] if recs else {},
             **dict(zip(("best_round", "best_metric"), best_round(recs, higher) or (None, None), strict=True)),
             "cumulative_uplink_bits": int(sum(r["uplink_bits_total"] for r in recs)),
+            "cumulative_downlink_bits": int(sum(r.get("downlink_bits", 0) for r in recs)),
             "mean_round_latency_s": float(sum(latencies) / len(latencies)) if latencies else None,
             "total_latency_s": float(sum(latencies)),
             "wall_s": wall_s,

@@ -8,7 +8,9 @@ once per client call. Local training of one client is :func:`client_update`; the
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,6 +113,21 @@ def initial_state(cfg: Config) -> dict[str, np.ndarray]:
     return trainable_state(load_workload(cfg).model)
 
 
+@contextlib.contextmanager
+def frozen(model: nn.Module, is_frozen: Callable[[str], bool]) -> Iterator[None]:
+    """Within the block, the trainable parameters ``is_frozen`` names are not trained
+    (``requires_grad`` False, so the optimiser never sees them); restored afterwards, because the
+    model is shared by every client this process runs."""
+    held = [p for name, p in model.named_parameters() if p.requires_grad and is_frozen(name)]
+    for p in held:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in held:
+            p.requires_grad_(True)
+
+
 def client_update(
     cfg: Config, client_id: int, round_: int, global_state: dict[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -119,15 +136,16 @@ def client_update(
     load_trainable_state(rt.model, global_state)
     data = rt.partition(client_id)
     gen = torch.Generator().manual_seed(torch_seed(cfg.run.seed, round_, client_id, "local-train"))
+    method = get_method(cfg.run.method)
     extra_loss = None
-    if get_method(cfg.run.method).regularised and cfg.soft.lambda_orth > 0:
+    if method.regularised and cfg.soft.lambda_orth > 0:
         lam = cfg.soft.lambda_orth
 
         def extra_loss(model: nn.Module) -> torch.Tensor:
             return lam * orthogonality_penalty(lora_factor_pairs(model))
 
     t0 = time.perf_counter()
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), frozen(rt.model, method.is_frozen):
         torch.manual_seed(torch_seed(cfg.run.seed, round_, client_id, "dropout"))
         metrics = local_train(
             rt.workload,

@@ -5,8 +5,15 @@ For round t and participating client k (equal FDMA split b_k = B_total / |S_t| u
 scheduler passes its allocation):
 
     R_k,t   = b_k log2(1 + p g_k,t / (b_k N0))                  (channels.rate)
-    T_k,t   = T_dl,t + T_cmp_k + S_k,t / R_k,t                   (T_dl,t = 0 without a downlink)
+    T_k,t   = T_dl,t + T_cmp_k + n_k,t S_k,t / R_k,t             (T_dl,t = 0 without a downlink)
     T_t     = max_k T_k,t                                          (round latency)
+
+n_k,t is the number of transmissions of the upload: 1, unless ``channel.packet_errors`` is on.
+Then each transmission is erased with q_k,t = 1 - exp(-m / gamma_k,t), gamma_k,t = p g_k,t / (b_k N0)
+(:func:`channels.rate.packet_error_prob`), drawn from the client's own stream per round and
+attempt. ``drop``: one transmission, an erased upload is lost for the round. ``retransmit``: sent
+again until it gets through, at most ``channel.max_transmissions`` times and, under
+``tsfa.deadline_s``, only while the attempt ends within the deadline; otherwise it is lost.
 
 The channel model is the one ``[channel]`` configures (:func:`build_link`), or a replayed trace
 (``channel.trace_csv``). Every random draw comes from ``fedsim.seeding`` streams
@@ -37,8 +44,10 @@ from channels.geometry import PositionsFileError, distance_m, read_positions_csv
 from channels.link import LinkBudget, LinkState, RoundChannel
 from channels.rate import (
     broadcast_time_s,
+    expected_transmissions,
     in_outage,
     noise_psd_w_hz,
+    packet_error_prob,
     shannon_rate_bps,
     snr_per_hz,
     upload_energy_j,
@@ -74,6 +83,7 @@ OTHER_PARAMETERS: dict[str, tuple[str, ...]] = {
     ),
     "downlink (none, broadcast)": ("channel.downlink", "channel.downlink_bandwidth_hz", "channel.bs_power_dbm"),
     "outage": ("channel.outage_deadline_s",),
+    "uplink packet errors": ("channel.packet_errors", "channel.packet_error_m", "channel.max_transmissions"),
     "channel trace replay": ("channel.trace_csv",),
     "energy (recorded only)": ("channel.tx_power_dbm", "compute.flops_per_cycle", "compute.kappa"),
 }
@@ -216,6 +226,50 @@ class WirelessModel:
         gains = self._gains(round_, client_ids)
         return broadcast_time_s(downlink_bits, c.downlink_bandwidth_hz, self.bs_power_w, gains, self.n0_w_hz)
 
+    def packet_error_probs(self, round_: int, client_ids: list[int], bandwidth_hz: np.ndarray) -> np.ndarray:
+        """q_k = 1 - exp(-m / gamma_k) of one transmission on band b_k (gamma_k = p g_k / (b_k N0));
+        0 when ``channel.packet_errors`` is none."""
+        if self.cfg.channel.packet_errors == "none":
+            return np.zeros(len(client_ids))
+        b = np.asarray(bandwidth_hz, dtype=float)
+        a = self.snr_per_hz(round_, client_ids)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = np.where(b > 0, a / np.where(b > 0, b, 1.0), np.inf)
+        return packet_error_prob(snr, self.cfg.channel.packet_error_m)
+
+    def expected_transmissions(self, round_: int, client_ids: list[int]) -> np.ndarray:
+        """E[n_k] = (1 - q_k^N) / (1 - q_k) under ``packet_errors=retransmit`` with q_k on an equal
+        share of the band (what a scheduler prices before it splits the band); 1 otherwise."""
+        c = self.cfg.channel
+        if c.packet_errors != "retransmit" or not len(client_ids):
+            return np.ones(len(client_ids))
+        share = np.full(len(client_ids), c.bandwidth_hz / len(client_ids))
+        return expected_transmissions(self.packet_error_probs(round_, client_ids, share), c.max_transmissions)
+
+    def _transmissions(
+        self, round_: int, client_ids: list[int], q: np.ndarray, t_before_s: np.ndarray, t_up_s: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n_k, delivered_k): transmissions made and whether the upload got through, from the
+        client's stream for (round, attempt). A client with no band makes no transmission."""
+        c, seed = self.cfg.channel, self.cfg.run.seed
+        if c.packet_errors == "none":
+            return np.ones(len(client_ids), dtype=int), np.ones(len(client_ids), dtype=bool)
+        n = np.zeros(len(client_ids), dtype=int)
+        ok = np.zeros(len(client_ids), dtype=bool)
+        tries = 1 if c.packet_errors == "drop" else c.max_transmissions
+        deadline = self.cfg.tsfa.deadline_s
+        for i, cid in enumerate(client_ids):
+            if not np.isfinite(t_up_s[i]):
+                continue
+            for attempt in range(1, tries + 1):
+                if attempt > 1 and deadline > 0 and t_before_s[i] + attempt * t_up_s[i] > deadline:
+                    break  # this try would end after the deadline
+                n[i] = attempt
+                if rng(seed, round_, int(cid), f"packet-error-{attempt}").random() >= q[i]:
+                    ok[i] = True
+                    break
+        return n, ok
+
     def channel_fields(self, round_: int, client_id: int) -> dict[str, Any]:
         """The channel part of a client's round record: distance, total gain and its terms, LOS.
 
@@ -249,8 +303,10 @@ class WirelessModel:
         downlink_bits: int | None = None,
         extra_compute_s: np.ndarray | None = None,
     ) -> tuple[list[dict], float]:
-        """Per-client channel fields of the round record (distance_m ... outage) and the round
-        latency T_t in seconds.
+        """Per-client channel fields of the round record (distance_m ... outage, packet_error_prob,
+        transmissions) and the round latency T_t in seconds. Each record also has ``delivered``
+        (False: the upload was erased, see the module docstring), which the caller turns into a
+        drop; ``upload_time_s`` and ``upload_energy_j`` count every transmission.
 
         ``bandwidth_hz`` is the allocation of a scheduler; None splits the band equally.
         ``downlink_bits`` is the size of the broadcast global model (channel.downlink=broadcast);
@@ -270,6 +326,10 @@ class WirelessModel:
         if downlink_bits is None:
             downlink_bits = max(payload_bits, default=0)
         t_dl = self.downlink_time_s(round_, client_ids, downlink_bits)
+        q = self.packet_error_probs(round_, client_ids, bandwidth_hz)
+        n_tx, delivered = self._transmissions(round_, client_ids, q, t_dl + t_cmp, t_up)
+        if self.cfg.channel.packet_errors != "none":
+            t_up = np.where(n_tx > 0, n_tx * t_up, t_up)
         t_total = t_dl + t_cmp + t_up
         outage = in_outage(t_total, self.cfg.channel.outage_deadline_s)
         e_up = upload_energy_j(self.tx_power_w, t_up)
@@ -297,6 +357,9 @@ class WirelessModel:
                 "upload_energy_j": float(e_up[i]),
                 "compute_energy_j": float(e_cmp[i]),
                 "outage": bool(outage[i]),
+                "packet_error_prob": float(q[i]),
+                "transmissions": int(n_tx[i]),
+                "delivered": bool(delivered[i]),
             }
             for i, cid in enumerate(ids)
         ]

@@ -98,6 +98,11 @@ def option_cases() -> list[tuple[str, list[str]]]:
         ("dataset is a URL", ["--set", "workload.dataset=http://example.com/x.csv"]),
         ("unknown option", ["--nosuch"]),
         ("--out empty", ["--out", ""]),
+        ("quant bits above 16", ["--set", "lora.quant_bits=17"]),
+        ("downlink quant bits above 16", ["--set", "lora.downlink_quant_bits=17"]),
+        ("packet error m negative", ["--set", "channel.packet_error_m=-0.023"]),
+        ("packet errors unknown mode", ["--set", "channel.packet_errors=sometimes"]),
+        ("packet errors wrong case", ["--set", "channel.packet_errors=Drop"]),
     ]
 
 

@@ -66,7 +66,7 @@ class StubClients:
 
     def upload(self, cfg, round_, cid, state, metrics, rho):
         gen = torch.Generator().manual_seed(round_ * 1000 + cid)
-        arrays, stats = get_method(cfg.run.method).encode(state, rho, cfg.lora.value_bits, gen)
+        arrays, stats = get_method(cfg.run.method).encode(state, rho, cfg.lora.value_bits, gen, cfg.lora.quant_bits)
         return ClientReply(arrays, {**metrics, **stats})
 
     def __call__(self, cfg, action, round_, requests, state):

@@ -32,7 +32,8 @@ def registered():
 def test_the_readme_method_passes_the_shared_method_tests(registered):
     assert "bnorm" in METHODS
     for rho in (0.0, 0.5, 0.875):
-        shared.test_every_method_prices_its_upload_exactly("bnorm", rho, 32)
+        for quant_bits in (0, 8):
+            shared.test_every_method_prices_its_upload_exactly("bnorm", rho, 32, quant_bits)
     shared.test_every_method_aggregates_its_own_uploads("bnorm")
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedsim.methods import METHODS, aggregate_uploads, decode_upload, dropped_errors, get_method, split_state
+from fedsim.quantise import BITS_KEY, dequantise, quantise
 from fedsim.soft import payload_bits
 
 D_IN, D_OUT, R = 24, 16, 8
@@ -104,33 +105,83 @@ def test_reported_dropped_errors_are_what_soft_drops():
         assert err == pytest.approx(soft["dropped_rank_error"], rel=1e-6)
 
 
-def wire_counts(arrays: dict[str, np.ndarray]) -> tuple[int, int]:
-    """(values, indices) an encoded upload carries: float and integer entries, without the
-    simulator's bookkeeping (``meta``: shapes and kind; ``dropped_rank_error``: a diagnostic)."""
-    sent = {k: a for k, a in arrays.items() if not k.endswith(("::meta", "::dropped_rank_error"))}
-    values = sum(a.size for a in sent.values() if np.issubdtype(a.dtype, np.floating))
-    indices = sum(a.size for a in sent.values() if np.issubdtype(a.dtype, np.integer))
-    return values, indices
+def wire_counts(arrays: dict[str, np.ndarray]) -> tuple[int, int, int, int]:
+    """(values, indices, codes, scales) an encoded upload carries: float entries (scales apart),
+    int64 indices, unsigned quantisation codes and ``::scale`` entries, without the simulator's
+    bookkeeping (``meta``: shapes and kind; ``dropped_rank_error``: a diagnostic; ``quant::bits``)."""
+    sent = {k: a for k, a in arrays.items() if not k.endswith(("::meta", "::dropped_rank_error")) and k != BITS_KEY}
+    scales = sum(a.size for k, a in sent.items() if k.endswith("::scale"))
+    values = sum(a.size for a in sent.values() if np.issubdtype(a.dtype, np.floating)) - scales
+    indices = sum(a.size for a in sent.values() if np.issubdtype(a.dtype, np.signedinteger))
+    codes = sum(a.size for a in sent.values() if np.issubdtype(a.dtype, np.unsignedinteger))
+    return values, indices, codes, scales
+
+
+def test_every_method_has_a_value_count_formula():
+    assert all(m.matrix_values is not None for m in METHODS.values())
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 @pytest.mark.parametrize("rho", [0.0, 0.3, 0.5, 0.875])
 @pytest.mark.parametrize("value_bits", [16, 32])
-def test_every_method_prices_its_upload_exactly(name, rho, value_bits):
+@pytest.mark.parametrize("quant_bits", [0, 1, 4, 8, 16])
+def test_every_method_prices_its_upload_exactly(name, rho, value_bits, quant_bits):
     """The shared method test: the payload formula a scheduler prices an upload with equals the
     bits the encoder reports, and those bits carry every value on the wire at q bits plus at most
-    a few bits per index."""
+    a few bits per index; quantised, every value at b bits plus one q-bit scale per value tensor
+    and the same index bits, and the upload decodes to the method's unquantised upload within
+    the quantiser's step."""
     method = get_method(name)
     state = make_state(3)
-    arrays, stats = method.encode(state, rho, value_bits, gen(1))
     shapes = {k: v.shape for k, v in state.items()}
-    assert stats["payload_bits"] == method.adapter_bits(shapes, R, rho, value_bits)
-    values, indices = wire_counts(arrays)
-    assert (
-        values * value_bits <= stats["payload_bits"] <= values * value_bits + indices * math.ceil(math.log2(R * D_IN))
+    plain, plain_stats = method.encode(state, rho, value_bits, gen(1))
+    values, indices, codes, scales = wire_counts(plain)
+    assert codes == scales == 0
+    index_bits = plain_stats["payload_bits"] - values * value_bits
+    assert 0 <= index_bits <= indices * math.ceil(math.log2(R * D_IN))
+    if not quant_bits:
+        assert plain_stats["payload_bits"] == method.adapter_bits(shapes, R, rho, value_bits)
+        if not method.sparsifies:
+            assert plain_stats["payload_bits"] == method.adapter_bits(shapes, R, 0.0, value_bits)
+        return
+    arrays, stats = method.encode(state, rho, value_bits, gen(1), quant_bits)
+    q_values, q_indices, q_codes, q_scales = wire_counts(arrays)
+    assert (q_values, q_indices, q_codes) == (0, indices, values)
+    assert q_scales == sum(1 for k, a in plain.items() if a.dtype.kind == "f" and a.size and "::" in k) - len(
+        [k for k in plain if k.endswith("::dropped_rank_error")]
     )
-    if not method.sparsifies:
-        assert stats["payload_bits"] == method.adapter_bits(shapes, R, 0.0, value_bits)
+    assert stats["payload_bits"] == q_codes * quant_bits + q_scales * value_bits + index_bits
+    assert stats["payload_bits"] == method.adapter_bits(shapes, R, rho, value_bits, quant_bits)
+    # the round trip: what the server decodes is the unquantised upload, within one step per value
+    # (plus the rounding of the decoded value to float16 when q = 16)
+    ulp = 2.0**-10 if value_bits == 16 else 0.0
+    ups, extras = method.decode(arrays)
+    ups0, extras0 = method.decode(plain)
+    for module, up in ups.items():
+        A, _, B, _ = up.decompress()
+        A0, _, B0, _ = ups0[module].decompress()
+        for X, X0 in ((A, A0), (B, B0)):
+            step = 2 * float(X0.abs().max()) / (2**quant_bits - 1)
+            assert float((X - X0).abs().max()) <= step * (1 + 1e-3) + ulp * float(X0.abs().max()) + 1e-6
+    for name_, x in extras.items():
+        top = float(np.abs(extras0[name_]).max())
+        assert np.abs(x - extras0[name_]).max() <= 2 * top / (2**quant_bits - 1) * (1 + 1e-3) + ulp * top + 1e-6
+
+
+def test_ffa_sends_b_only_half_of_dense_for_square_layers():
+    ffa, ideal = get_method("ffa"), get_method("ideal")
+    assert ffa.matrix_bits(32, 32, 8, 0.0, 32) * 2 == ideal.matrix_bits(32, 32, 8, 0.0, 32)
+    state = make_state(4)
+    arrays, stats = ffa.encode(state, 0.5, 32, gen())
+    updates, extras = ffa.decode(arrays)
+    g = make_state(9)
+    new, _ = ffa.aggregate(g, [(1.0, updates, extras)])
+    for a_name, b_name in split_state(g)[0].values():
+        assert np.array_equal(new[a_name], g[a_name])  # A is never sent: the global (frozen) A stays
+        assert np.allclose(new[b_name], state[b_name])
+    shapes = {k: v.shape for k, v in state.items()}
+    a_values = sum(v.size for k, v in state.items() if ".lora_A." in k)
+    assert ffa.downlink_bits(shapes, 32) == ideal.downlink_bits(shapes, 32) - a_values * 32
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -145,3 +196,52 @@ def test_every_method_aggregates_its_own_uploads(name):
     assert set(new) == set(g) and all(new[k].shape == g[k].shape for k in g)
     assert all(np.isfinite(v).all() for v in new.values()) and math.isfinite(cov)
     assert any(not np.array_equal(new[k], g[k]) for k in g)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+def test_quantiser_is_unbiased_and_within_one_step(bits):
+    """E[x^] = x: the mean of N independent draws is within 5 standard errors of x, with the
+    per-draw standard deviation at most step / 2 (a two-point distribution one step wide)."""
+    x = np.random.default_rng(0).normal(size=64).astype(np.float32)
+    s = float(np.abs(x).max())
+    step = 2 * s / (2**bits - 1)
+    g = gen(3)
+    n = 2000
+    draws = np.stack([dequantise(*quantise(x, bits, g), bits) for _ in range(n)]).astype(np.float64)
+    assert np.abs(draws - x).max() <= step * (1 + 1e-6)
+    assert np.all(np.abs(draws.mean(axis=0) - x) <= 5 * (step / 2) / math.sqrt(n) + 1e-7)
+    codes, scale = quantise(x, bits, gen(0))
+    assert codes.dtype == (np.uint8 if bits <= 8 else np.uint16) and codes.max() <= 2**bits - 1
+    assert scale.dtype == np.float32 and float(scale[0]) >= s
+
+
+def test_quantiser_keeps_zeros_and_float16_scales_cover_the_values():
+    codes, scale = quantise(np.zeros(5, np.float32), 4, gen())
+    assert np.array_equal(dequantise(codes, scale, 4), np.zeros(5, np.float32))
+    x = np.asarray([0.1, -0.30004, 0.2], dtype=np.float16)
+    codes, scale = quantise(x, 8, gen())
+    assert scale.dtype == np.float16 and float(scale[0]) >= float(np.abs(x.astype(np.float32)).max())
+    assert dequantise(codes, scale, 8).dtype == np.float16
+
+
+@pytest.mark.slow  # loads the tiny text-classify model (about 20 s on a loaded machine)
+def test_ffa_local_training_keeps_a_at_its_initialisation():
+    """The method's ``frozen`` tensors really are not trained (FFA-LoRA trains B and the head
+    only), and the shared model is left as it was for the next client of the process."""
+    from dataclasses import replace
+
+    from fedsim.config import build_config
+    from fedsim.training import client_update, initial_state, load_workload
+
+    flat = {"run.clients": 2, "workload.samples_per_client": 48, "workload.test_samples": 8}  # 3 local steps
+    cfg = build_config({**flat, "run.method": "ffa"})
+    start = initial_state(cfg)
+    trained, _ = client_update(cfg, 0, 1, start)
+    pairs, extras = split_state(start)
+    for a_name, b_name in pairs.values():
+        assert np.array_equal(trained[a_name], start[a_name])
+        assert not np.array_equal(trained[b_name], start[b_name])
+    assert all(not np.array_equal(trained[n], start[n]) for n in extras)
+    assert all(p.requires_grad for n, p in load_workload(cfg).model.named_parameters() if ".lora_" in n)
+    other, _ = client_update(replace(cfg, run=replace(cfg.run, method="ideal")), 0, 1, start)
+    assert all(not np.array_equal(other[a], start[a]) for a, _ in pairs.values())

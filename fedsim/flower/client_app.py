@@ -83,7 +83,7 @@ def _train(msg: Message, context: Context) -> tuple[Config, int, int, dict, dict
 
 def _upload(cfg: Config, client_id: int, round_: int, state: dict, rho: float, metrics: dict, msg: Message) -> Message:
     gen = torch.Generator().manual_seed(torch_seed(cfg.run.seed, round_, client_id, "sparsify"))
-    arrays, stats = get_method(cfg.run.method).encode(state, rho, cfg.lora.value_bits, gen)
+    arrays, stats = get_method(cfg.run.method).encode(state, rho, cfg.lora.value_bits, gen, cfg.lora.quant_bits)
     metrics.update(stats)
     return Message(RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
