@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedsim import client_state
 from fedsim.checkpoint import Checkpoint, save_checkpoint, sha256_text
 from fedsim.config import Config
 from fedsim.errors import ConfigError
@@ -95,6 +96,9 @@ class RoundEngine:
         nodes' profiles).
     plan : the offline rank plan, when the caller has already computed it.
     resume : continue after this checkpoint's round.
+    client_state_dir : where the clients of a method with client state keep it (sent with every
+        request as ``client_state``; :mod:`fedsim.client_state`). :func:`run` sets
+        ``<results folder>/client_state``; None keeps no state between rounds.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class RoundEngine:
         *,
         plan: RankPlan | None = None,
         resume: Checkpoint | None = None,
+        client_state_dir: str | None = None,
     ) -> None:
         self.host = host
         self.wireless = wireless if wireless is not None else WirelessModel(cfg)
@@ -128,6 +133,7 @@ class RoundEngine:
         self.state = resume.state if resume is not None else initial
         self.metrics = resume.records[-1]["metrics"] if resume is not None and resume.records else None
         self.primary = host.primary_metric(cfg)
+        self.client_state_dir = client_state_dir if self.method.needs_client_state else None
 
     # ---- one round ----------------------------------------------------------------------------
 
@@ -181,13 +187,28 @@ class RoundEngine:
         ]
         return records, latency_s
 
+    def _requests(self, clients: list[int], **values: Any) -> dict[int, dict[str, Any]]:
+        """Each client's request values (plus the client-state folder of a method with state)."""
+        if self.client_state_dir is not None:
+            values["client_state"] = self.client_state_dir
+        return {c: dict(values) for c in clients}
+
+    def _personal_metric(self, replies: dict[int, ClientReply]) -> dict[str, float]:
+        """``personal_<metric>``: the mean over the replying clients of their personal models'
+        metric (clients evaluate the model they hold as the round begins); {} for other methods."""
+        if not self.method.personalised:
+            return {}
+        values = [float(replies[c].metrics["personal_metric"]) for c in sorted(replies)]
+        return {f"personal_{self.primary}": float(np.mean(values))} if values else {}
+
     def run_round(self, round_: int, send: Send) -> RoundRecord:
         """Run round ``round_`` through ``send``; updates the global adapter and returns the record."""
         cfg = self.cfg
         t_round = time.perf_counter()
         clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
         if self.schedule.two_phase:  # train and report; decide rho_t and b_t; upload at rho_t
-            reports, failures = send(cfg, "local", round_, {c: {} for c in clients}, self.state)
+            reports, failures = send(cfg, "local", round_, self._requests(clients), self.state)
+            personal = self._personal_metric(reports)
             decided = sorted(reports)
             m1 = [reports[c].metrics for c in decided]
             decision = self._decide(
@@ -200,11 +221,12 @@ class RoundEngine:
             go = [c for i, c in enumerate(decided) if i not in decision.dropped] if decision else []
             replies: dict[int, ClientReply] = {}
             if go:
-                replies, late = send(cfg, "upload", round_, {c: {"rho": decision.rho} for c in go}, None)
+                replies, late = send(cfg, "upload", round_, self._requests(go, rho=decision.rho), None)
                 failures = failures + late
             priced = {c: {**reports[c].metrics, "payload_bits": self.bits_by_rho[decision.rho]} for c in decided}
         else:  # rho is known: train and upload in one message, then split the band
-            replies, failures = send(cfg, "train", round_, {c: {} for c in clients}, self.state)
+            replies, failures = send(cfg, "train", round_, self._requests(clients), self.state)
+            personal = self._personal_metric(replies)
             decided = sorted(replies)
             decision = self._decide(
                 round_,
@@ -247,6 +269,7 @@ class RoundEngine:
         if ok or self.metrics is None:  # a failed round keeps the adapter, hence its metrics
             self.metrics = self.host.evaluate(cfg, self.state)
             self.metrics["primary_metric"] = self.metrics[self.primary]
+            self.metrics.update(personal)
         finite = all(np.isfinite(v).all() for v in self.state.values())
         queue_s = self.scheduler.queue_s
         self.scheduler.update(latency_s)
@@ -323,7 +346,12 @@ def run(
     diverged = 0  # the round whose global adapter became non-finite
     try:
         send, profiles = connect()
-        engine = RoundEngine(cfg, host, WirelessModel(cfg, profiles), plan=plan, resume=resume)
+        state_dir = out / client_state.FOLDER
+        if resume is not None:  # versions of the interrupted round (fedsim.client_state)
+            client_state.discard_after(state_dir, resume.round)
+        engine = RoundEngine(
+            cfg, host, WirelessModel(cfg, profiles), plan=plan, resume=resume, client_state_dir=str(state_dir.resolve())
+        )
         if engine.plan is not None:
             write_plan(engine.plan, out / "rank_plan.csv")
         config_sha = sha256_text(writer.write_config(engine.cfg))  # what ran: the plan's rank
