@@ -57,8 +57,8 @@ def resolve_root(server_path: str, node_config: dict) -> Path:
     name as a sub-folder) when the node has one, else the server's path (simulation)."""
     node_dir = node_config.get(NODE_STATE_DIR)
     if node_dir:
-        name = Path(server_path).parent.name or "run"
-        return Path(str(node_dir)) / re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(server_path).parent.name).lstrip(".")
+        return Path(str(node_dir)) / (name or "run")
     return Path(server_path)
 
 

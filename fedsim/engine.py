@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedsim import client_state
+from fedsim import client_state, hetero
 from fedsim.checkpoint import Checkpoint, save_checkpoint, sha256_text
 from fedsim.config import Config
 from fedsim.errors import ConfigError
@@ -134,6 +134,8 @@ class RoundEngine:
         self.metrics = resume.records[-1]["metrics"] if resume is not None and resume.records else None
         self.primary = host.primary_metric(cfg)
         self.client_state_dir = client_state_dir if self.method.needs_client_state else None
+        self.hetero = cfg.hetero.rank_rule != "none"
+        self.shapes = shapes
 
     # ---- one round ----------------------------------------------------------------------------
 
@@ -147,11 +149,31 @@ class RoundEngine:
         hit = [rng(seed, round_, c, "fault-straggle").random() < f.client_straggle_prob for c in ids]
         return np.where(hit, f.straggle_delay_s, 0.0)
 
+    def _ranks(self, round_: int, ids: list[int]) -> list[int]:
+        """Each client's LoRA rank under ``hetero.rank_rule`` (:func:`fedsim.hetero.client_ranks`)."""
+        if not self.hetero:
+            return [self.cfg.lora.rank] * len(ids)
+        h = self.cfg.hetero
+        if h.rank_rule == "compute":
+            values = self.wireless.device_flops
+        else:  # channel: the round's gain of every client
+            values = np.nan_to_num(self.wireless.channel(round_).gain_linear, nan=-np.inf)
+        ranks = hetero.client_ranks(values, h.rank_levels)
+        return [int(ranks[c]) for c in ids]
+
+    def _flops(self, round_: int, ids: list[int]) -> float | np.ndarray:
+        """Training FLOPs per sample of each client (its own rank under ``hetero``)."""
+        if not self.hetero:
+            return self.flops_per_sample
+        return np.array(
+            [hetero.flops_per_sample_at_rank(self.flops_per_sample, self.shapes, r) for r in self._ranks(round_, ids)]
+        )
+
     def _decide(self, round_: int, ids: list[int], num_samples: list[int], payloads: dict, penalties=None):
         if not ids:
             return None
         a = self.wireless.snr_per_hz(round_, ids)
-        tcmp = self.wireless.compute_times_s(ids, num_samples, self.flops_per_sample) + self._straggle_s(round_, ids)
+        tcmp = self.wireless.compute_times_s(ids, num_samples, self._flops(round_, ids)) + self._straggle_s(round_, ids)
         return self.scheduler.decide(a, tcmp, payloads, penalties)
 
     def _client_records(
@@ -168,7 +190,7 @@ class RoundEngine:
             ids,
             [int(m["payload_bits"]) for m in metrics],
             [int(m["num_samples"]) for m in metrics],
-            self.flops_per_sample,
+            self._flops(round_, ids),
             bandwidth_hz=np.array(bandwidth_hz, dtype=float),
             downlink_bits=sum(a.size for a in self.state.values()) * self.cfg.lora.value_bits,  # dense broadcast
             extra_compute_s=straggle,
@@ -187,11 +209,16 @@ class RoundEngine:
         ]
         return records, latency_s
 
-    def _requests(self, clients: list[int], **values: Any) -> dict[int, dict[str, Any]]:
-        """Each client's request values (plus the client-state folder of a method with state)."""
+    def _requests(self, round_: int, clients: list[int], **values: Any) -> dict[int, dict[str, Any]]:
+        """Each client's request values, plus the client-state folder of a method with state and
+        each client's LoRA rank under ``hetero``."""
         if self.client_state_dir is not None:
             values["client_state"] = self.client_state_dir
-        return {c: dict(values) for c in clients}
+        requests = {c: dict(values) for c in clients}
+        if self.hetero:
+            for c, r in zip(clients, self._ranks(round_, clients), strict=True):
+                requests[c]["rank"] = r
+        return requests
 
     def _personal_metric(self, replies: dict[int, ClientReply]) -> dict[str, float]:
         """``personal_<metric>``: the mean over the replying clients of their personal models'
@@ -207,7 +234,7 @@ class RoundEngine:
         t_round = time.perf_counter()
         clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
         if self.schedule.two_phase:  # train and report; decide rho_t and b_t; upload at rho_t
-            reports, failures = send(cfg, "local", round_, self._requests(clients), self.state)
+            reports, failures = send(cfg, "local", round_, self._requests(round_, clients), self.state)
             personal = self._personal_metric(reports)
             decided = sorted(reports)
             m1 = [reports[c].metrics for c in decided]
@@ -221,11 +248,11 @@ class RoundEngine:
             go = [c for i, c in enumerate(decided) if i not in decision.dropped] if decision else []
             replies: dict[int, ClientReply] = {}
             if go:
-                replies, late = send(cfg, "upload", round_, self._requests(go, rho=decision.rho), None)
+                replies, late = send(cfg, "upload", round_, self._requests(round_, go, rho=decision.rho), None)
                 failures = failures + late
             priced = {c: {**reports[c].metrics, "payload_bits": self.bits_by_rho[decision.rho]} for c in decided}
         else:  # rho is known: train and upload in one message, then split the band
-            replies, failures = send(cfg, "train", round_, self._requests(clients), self.state)
+            replies, failures = send(cfg, "train", round_, self._requests(round_, clients), self.state)
             personal = self._personal_metric(replies)
             decided = sorted(replies)
             decision = self._decide(
@@ -265,7 +292,10 @@ class RoundEngine:
                 (m["num_samples"], *self.method.decode(replies[c].arrays))
                 for c, m in zip(survivors, metrics_of, strict=True)
             ]
-            self.state, cov_norm = self.method.aggregate(self.state, uploads)
+            if self.hetero:
+                self.state, cov_norm = hetero.aggregate(self.state, uploads, cfg.hetero.aggregation)
+            else:
+                self.state, cov_norm = self.method.aggregate(self.state, uploads)
         if ok or self.metrics is None:  # a failed round keeps the adapter, hence its metrics
             self.metrics = self.host.evaluate(cfg, self.state)
             self.metrics["primary_metric"] = self.metrics[self.primary]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim import client_state
+from fedsim import client_state, hetero
 from fedsim.checkpoint import load_checkpoint
 from fedsim.config import build_config
 from fedsim.engine import ClientReply, RoundEngine, RunFailed, run
@@ -92,7 +92,11 @@ class StubClients:
                 replies[cid] = self.upload(cfg, round_, cid, trained, metrics, extra["rho"], kept)
                 continue
             start, read_round, previous = client_state.begin(method, root, cid, round_, state)
+            if "rank" in extra:
+                start = hetero.keep_ranks(start, extra["rank"])
             trained, metrics = self.train(cfg, round_, cid, start)
+            if "rank" in extra:
+                trained = hetero.truncate(trained, extra["rank"])
             if method.personalised:
                 metrics["personal_metric"] = StubHost().evaluate(cfg, start)["score"]
             if action == "local":
@@ -348,3 +352,53 @@ def test_rounds_below_the_minimum_are_named_in_the_summary(tmp_path):
     assert summary["status"] == "failed" and summary["failed_rounds"] == [1, 2]
     assert summary["error"].startswith("round 1: client ") and "RuntimeError: injected" in summary["error"]
     assert "(0 of 3 clients returned" in summary["error"] and summary["error"].endswith("failed rounds: 1, 2)")
+
+
+@pytest.mark.parametrize("rule", ["compute", "channel"])
+@pytest.mark.parametrize("how", ["zero-pad", "flexlora"])
+def test_heterogeneous_ranks_follow_the_rule_and_price_each_client_at_its_rank(rule, how):
+    cfg = make_cfg(
+        **{
+            "run.method": "ideal",
+            "run.clients_per_round": 6,
+            "lora.rank": 8,
+            "hetero.rank_rule": rule,
+            "hetero.rank_levels": [2, 4, 8],
+            "hetero.aggregation": how,
+        }
+    )
+    engine, clients = RoundEngine(cfg, StubHost()), StubClients()
+    rec = engine.run_round(1, clients)
+    assert rec.status == "ok"
+    values = engine.wireless.device_flops if rule == "compute" else engine.wireless.channel(1).gain_linear
+    order = list(np.argsort(values, kind="stable"))
+    expected = {int(c): (2, 4, 8)[i * 3 // 6] for i, c in enumerate(order)}  # two clients per level
+    ranks = [extra["rank"] for _, _, extra, _ in clients.calls]
+    assert ranks == [expected[c] for c in range(6)]
+    flops = StubHost().flops_per_sample(cfg)
+    for c in rec.clients:
+        r = expected[c.client_id]
+        assert c.payload_bits == r * (D_IN + D_OUT) * 32 + 6 * 32  # dense at its own rank plus the head
+        assert c.kept_ranks == r
+        t = (
+            hetero.flops_per_sample_at_rank(flops, engine.shapes, r)
+            * c.num_samples
+            / engine.wireless.device_flops[c.client_id]
+        )
+        assert c.compute_time_s == pytest.approx(t)
+    # the aggregate from the clients' own factors (dense uploads at float32: exact)
+    start = StubHost().initial_state(cfg)
+    w = np.array([StubHost().partition_sizes(cfg)[c] for c in range(6)], dtype=float)
+    w /= w.sum()
+    padded = []
+    for c in range(6):
+        trained, _ = clients.train(cfg, 1, c, hetero.keep_ranks(start, expected[c]))
+        pa, pb = np.zeros((8, D_IN)), np.zeros((D_OUT, 8))
+        pa[: expected[c]], pb[:, : expected[c]] = trained[A][: expected[c]], trained[B][:, : expected[c]]
+        padded.append((pa, pb))
+    if how == "zero-pad":
+        np.testing.assert_allclose(engine.state[A], sum(wk * pa for wk, (pa, _) in zip(w, padded)), atol=1e-6)
+        np.testing.assert_allclose(engine.state[B], sum(wk * pb for wk, (_, pb) in zip(w, padded)), atol=1e-6)
+    else:  # FlexLoRA: the product of the new factors is the best rank-8 fit of the averaged products
+        W = sum(wk * pb @ pa for wk, (pa, pb) in zip(w, padded))
+        np.testing.assert_allclose(engine.state[B] @ engine.state[A], W, atol=1e-5)  # rank(W) <= 5 here

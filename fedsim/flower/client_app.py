@@ -14,7 +14,7 @@ import torch  # actors must import torch at module level (Flower's ArrayRecord c
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim import client_state
+from fedsim import client_state, hetero
 from fedsim.config import Config
 from fedsim.flower.messages import (
     CLIENT_KEY,
@@ -36,6 +36,7 @@ TRAINED = "fedsim.trained"
 TRAINED_META = "fedsim.trained-meta"
 TRAINED_GLOBAL = "fedsim.trained-global"  # the adapter step 1 started from (methods with client state)
 STATE_KEY = message_key("client_state")
+RANK_KEY = message_key("rank")  # this client's LoRA rank under [hetero]
 
 
 def inject_faults(cfg: Config, client_id: int, round_: int) -> None:
@@ -99,7 +100,12 @@ def _train(msg: Message, context: Context) -> tuple[Config, int, int, dict, dict
     personal = None
     if method.personalised:  # the personal model this client holds as the round begins
         personal = evaluate_state(cfg, start)[load_workload(cfg).workload.primary_metric]
+    rank = msg.content["config"].get(RANK_KEY)
+    if rank is not None:  # train the first `rank` ranks only, upload the rank-`rank` adapter
+        start = hetero.keep_ranks(start, int(rank))
     state, metrics = client_update(cfg, client_id, round_, start)
+    if rank is not None:
+        state = hetero.truncate(state, int(rank))
     metrics["client_id"] = float(client_id)
     if personal is not None:
         metrics["personal_metric"] = float(personal)
