@@ -397,8 +397,12 @@ def test_heterogeneous_ranks_follow_the_rule_and_price_each_client_at_its_rank(r
         pa[: expected[c]], pb[:, : expected[c]] = trained[A][: expected[c]], trained[B][:, : expected[c]]
         padded.append((pa, pb))
     if how == "zero-pad":
-        np.testing.assert_allclose(engine.state[A], sum(wk * pa for wk, (pa, _) in zip(w, padded)), atol=1e-6)
-        np.testing.assert_allclose(engine.state[B], sum(wk * pb for wk, (_, pb) in zip(w, padded)), atol=1e-6)
+        np.testing.assert_allclose(
+            engine.state[A], sum(wk * pa for wk, (pa, _) in zip(w, padded, strict=True)), atol=1e-6
+        )
+        np.testing.assert_allclose(
+            engine.state[B], sum(wk * pb for wk, (_, pb) in zip(w, padded, strict=True)), atol=1e-6
+        )
     else:  # FlexLoRA: the product of the new factors is the best rank-8 fit of the averaged products
-        W = sum(wk * pb @ pa for wk, (pa, pb) in zip(w, padded))
+        W = sum(wk * pb @ pa for wk, (pa, pb) in zip(w, padded, strict=True))
         np.testing.assert_allclose(engine.state[B] @ engine.state[A], W, atol=1e-5)  # rank(W) <= 5 here
