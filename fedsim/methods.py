@@ -23,6 +23,9 @@ soft-noreg     soft          task loss (ablation: lambda_orth = 0)
 topk           topk          task loss (element-wise top-k on A and B, same bits as soft)
 randk          randk         task loss (k random ranks)
 svd            svd           task loss (SVD of B A, top-k triplets, refactored)
+fedsa          A only        task loss (A averaged, B kept on the client: FedSA-LoRA)
+topk-ef        topk          task loss (topk of factors + residual; error feedback)
+soft-ef        soft          task loss + soft.lambda_orth * R_orth (soft with error feedback)
 =============  ============  ===========================================================
 """
 
