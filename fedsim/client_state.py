@@ -15,7 +15,7 @@ and reads, at round t, the newest version from a round < t. Where the folder is:
   call. ``Context`` (shipped to and from the actor with every message) holds no client state,
   so its size does not grow with the number of clients (50 or 50,000 clients: unchanged).
 - ``fedsim deploy`` (Deployment Engine): on the SuperNode, under its node-config key
-  ``state-dir`` (``--node-config "... state-dir=/data/fedsim-state"``) in a sub-folder named
+  ``state-dir`` (``--node-config '... state-dir="/data/fedsim-state"'``) in a sub-folder named
   after the run's results folder; the server's path is then only used for that name, so a
   server cannot make a SuperNode write anywhere else. Without ``state-dir`` the node uses the
   server's path as is (one machine, as in simulation).
