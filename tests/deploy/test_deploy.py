@@ -96,7 +96,20 @@ def test_deployed_client_state_lives_on_the_supernode(federation, tmp_path):
     own disk, the others where the server's message says (one machine here)."""
     out = tmp_path / "fedsa"
     proc = federation.submit(
-        ["--clients", "3", "--rounds", "2", "--clients-per-round", "3", "--seed", "7", "--method", "fedsa", *SMALL], out
+        [
+            "--clients",
+            "3",
+            "--rounds",
+            "2",
+            "--clients-per-round",
+            "3",
+            "--seed",
+            "7",
+            "--set",
+            "run.method=fedsa",
+            *SMALL,
+        ],
+        out,
     )
     assert _finish(federation, proc, 420) == str(out)
     rounds = read_rounds(out)
