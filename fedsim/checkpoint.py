@@ -11,6 +11,11 @@ Written after every round, atomically, in the results folder::
 the valid one, so a crash at any moment leaves a checkpoint that ``--resume`` can trust. The
 random streams are keyed by (seed, round, client, purpose) and carry no state, so the round
 number is the whole RNG state. Nothing here unpickles anything: safetensors and JSON only.
+
+State that clients keep between rounds (``run.method`` fedsa, topk-ef, soft-ef) is not in these
+files: each client writes it, versioned by round, in ``client_state/`` of the results folder (or
+on its SuperNode), and a resume from round t drops the versions after t
+(:mod:`fedsim.client_state`), so checkpoint t and the versions up to t are one consistent state.
 """
 
 from __future__ import annotations

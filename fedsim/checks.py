@@ -70,6 +70,23 @@ def check_config(cfg: Config) -> Config:
             f"lora.quant_bits={cfg.lora.quant_bits}: run.method={cfg.run.method!r} has no value-count formula "
             "(UploadMethod.matrix_values), so its quantised upload cannot be priced; use lora.quant_bits=0"
         )
+    if cfg.hetero.rank_rule != "none":
+        h = cfg.hetero
+        if max(h.rank_levels) > cfg.lora.rank:
+            raise ConfigError(
+                f"hetero.rank_levels={list(h.rank_levels)}: must be at most lora.rank={cfg.lora.rank}, "
+                "the rank of the global adapter"
+            )
+        if method.needs_client_state:
+            raise ConfigError(
+                f"hetero.rank_rule={h.rank_rule!r}: not supported with run.method={cfg.run.method!r} "
+                "(its client state has the client's rank)"
+            )
+        if scheduler.two_phase or scheduler.plans_rank:
+            raise ConfigError(
+                f"hetero.rank_rule={h.rank_rule!r}: not supported with tsfa.scheduler={cfg.tsfa.scheduler!r} "
+                "(use equal or fixed)"
+            )
     if cfg.run.min_clients_per_round > cfg.num_sampled:
         raise ConfigError(
             f"run.min_clients_per_round={cfg.run.min_clients_per_round}: must be at most the "

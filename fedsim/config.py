@@ -347,6 +347,34 @@ class TrackingSection:
     experiment: str = _f("", None, "an MLflow experiment name ('' : the workload's name)", "MLflow experiment")
 
 
+def _rank_levels(v: tuple) -> bool:
+    return 0 < len(v) <= 16 and all(0 < x <= MAX_RANK for x in v) and list(v) == sorted(set(v))
+
+
+@dataclass(frozen=True)
+class HeteroSection:
+    """Heterogeneous LoRA ranks (``fedsim.hetero``): each client trains and uploads at its own rank."""
+
+    rank_rule: str = _f(
+        "none",
+        _one_of("none", "compute", "channel"),
+        "one of none, compute, channel",
+        "what a client's LoRA rank follows: device speed, the round's channel gain, or nothing (lora.rank)",
+    )
+    rank_levels: tuple[int, ...] = _f(
+        (2, 4, 8),
+        _rank_levels,
+        f"a strictly increasing list of 1 to 16 integers in [1, {MAX_RANK}]",
+        "client ranks from the weakest clients to the strongest (equal-size groups)",
+    )
+    aggregation: str = _f(
+        "zero-pad",
+        _one_of("zero-pad", "flexlora"),
+        "one of zero-pad, flexlora",
+        "mixed ranks: zero-padding (HetLoRA) or SVD of the averaged product (FlexLoRA)",
+    )
+
+
 SECTIONS: dict[str, type] = {
     "run": RunSection,
     "workload": WorkloadSection,
@@ -359,6 +387,7 @@ SECTIONS: dict[str, type] = {
     "faults": FaultsSection,
     "tsfa": TsfaSection,
     "tracking": TrackingSection,
+    "hetero": HeteroSection,
 }
 
 
@@ -377,6 +406,7 @@ class Config:
     faults: FaultsSection = field(default_factory=FaultsSection)
     tsfa: TsfaSection = field(default_factory=TsfaSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    hetero: HeteroSection = field(default_factory=HeteroSection)
 
     @property
     def num_sampled(self) -> int:

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedsim import client_state, hetero
 from fedsim.checkpoint import Checkpoint, save_checkpoint, sha256_text
 from fedsim.config import Config
 from fedsim.errors import ConfigError
@@ -98,6 +99,9 @@ class RoundEngine:
         nodes' profiles).
     plan : the offline rank plan, when the caller has already computed it.
     resume : continue after this checkpoint's round.
+    client_state_dir : where the clients of a method with client state keep it (sent with every
+        request as ``client_state``; :mod:`fedsim.client_state`). :func:`run` sets
+        ``<results folder>/client_state``; None keeps no state between rounds.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class RoundEngine:
         *,
         plan: RankPlan | None = None,
         resume: Checkpoint | None = None,
+        client_state_dir: str | None = None,
     ) -> None:
         self.host = host
         self.wireless = wireless if wireless is not None else WirelessModel(cfg)
@@ -131,6 +136,9 @@ class RoundEngine:
         self.state = resume.state if resume is not None else initial
         self.metrics = resume.records[-1]["metrics"] if resume is not None and resume.records else None
         self.primary = host.primary_metric(cfg)
+        self.client_state_dir = client_state_dir if self.method.needs_client_state else None
+        self.hetero = cfg.hetero.rank_rule != "none"
+        self.shapes = shapes
 
     # ---- one round ----------------------------------------------------------------------------
 
@@ -144,11 +152,31 @@ class RoundEngine:
         hit = [rng(seed, round_, c, "fault-straggle").random() < f.client_straggle_prob for c in ids]
         return np.where(hit, f.straggle_delay_s, 0.0)
 
+    def _ranks(self, round_: int, ids: list[int]) -> list[int]:
+        """Each client's LoRA rank under ``hetero.rank_rule`` (:func:`fedsim.hetero.client_ranks`)."""
+        if not self.hetero:
+            return [self.cfg.lora.rank] * len(ids)
+        h = self.cfg.hetero
+        if h.rank_rule == "compute":
+            values = self.wireless.device_flops
+        else:  # channel: the round's gain of every client
+            values = np.nan_to_num(self.wireless.channel(round_).gain_linear, nan=-np.inf)
+        ranks = hetero.client_ranks(values, h.rank_levels)
+        return [int(ranks[c]) for c in ids]
+
+    def _flops(self, round_: int, ids: list[int]) -> float | np.ndarray:
+        """Training FLOPs per sample of each client (its own rank under ``hetero``)."""
+        if not self.hetero:
+            return self.flops_per_sample
+        return np.array(
+            [hetero.flops_per_sample_at_rank(self.flops_per_sample, self.shapes, r) for r in self._ranks(round_, ids)]
+        )
+
     def _decide(self, round_: int, ids: list[int], num_samples: list[int], payloads: dict, penalties=None):
         if not ids:
             return None
         a = self.wireless.snr_per_hz(round_, ids)
-        tcmp = self.wireless.compute_times_s(ids, num_samples, self.flops_per_sample) + self._straggle_s(round_, ids)
+        tcmp = self.wireless.compute_times_s(ids, num_samples, self._flops(round_, ids)) + self._straggle_s(round_, ids)
         if self.cfg.channel.packet_errors == "retransmit":  # price the expected transmissions E[n_k]
             n_tx = self.wireless.expected_transmissions(round_, ids)
             payloads = {rho: bits * n_tx for rho, bits in payloads.items()}
@@ -168,7 +196,7 @@ class RoundEngine:
             ids,
             [int(m["payload_bits"]) for m in metrics],
             [int(m["num_samples"]) for m in metrics],
-            self.flops_per_sample,
+            self._flops(round_, ids),
             bandwidth_hz=np.array(bandwidth_hz, dtype=float),
             downlink_bits=self.downlink_bits,
             extra_compute_s=straggle,
@@ -194,6 +222,25 @@ class RoundEngine:
         ]
         return records, latency_s
 
+    def _requests(self, round_: int, clients: list[int], **values: Any) -> dict[int, dict[str, Any]]:
+        """Each client's request values, plus the client-state folder of a method with state and
+        each client's LoRA rank under ``hetero``."""
+        if self.client_state_dir is not None:
+            values["client_state"] = self.client_state_dir
+        requests = {c: dict(values) for c in clients}
+        if self.hetero:
+            for c, r in zip(clients, self._ranks(round_, clients), strict=True):
+                requests[c]["rank"] = r
+        return requests
+
+    def _personal_metric(self, replies: dict[int, ClientReply]) -> dict[str, float]:
+        """``personal_<metric>``: the mean over the replying clients of their personal models'
+        metric (clients evaluate the model they hold as the round begins); {} for other methods."""
+        if not self.method.personalised:
+            return {}
+        values = [float(replies[c].metrics["personal_metric"]) for c in sorted(replies)]
+        return {f"personal_{self.primary}": float(np.mean(values))} if values else {}
+
     def run_round(self, round_: int, send: Send) -> RoundRecord:
         """Run round ``round_`` through ``send``; updates the global adapter and returns the record."""
         cfg = self.cfg
@@ -202,7 +249,8 @@ class RoundEngine:
         seed = torch_seed(cfg.run.seed, round_, SERVER, "downlink-quant")
         sent, _ = self.method.broadcast(self.state, cfg.lora.value_bits, cfg.lora.downlink_quant_bits, seed)
         if self.schedule.two_phase:  # train and report; decide rho_t and b_t; upload at rho_t
-            reports, failures = send(cfg, "local", round_, {c: {} for c in clients}, sent)
+            reports, failures = send(cfg, "local", round_, self._requests(round_, clients), sent)
+            personal = self._personal_metric(reports)
             decided = sorted(reports)
             m1 = [reports[c].metrics for c in decided]
             decision = self._decide(
@@ -215,11 +263,12 @@ class RoundEngine:
             go = [c for i, c in enumerate(decided) if i not in decision.dropped] if decision else []
             replies: dict[int, ClientReply] = {}
             if go:
-                replies, late = send(cfg, "upload", round_, {c: {"rho": decision.rho} for c in go}, None)
+                replies, late = send(cfg, "upload", round_, self._requests(round_, go, rho=decision.rho), None)
                 failures = failures + late
             priced = {c: {**reports[c].metrics, "payload_bits": self.bits_by_rho[decision.rho]} for c in decided}
         else:  # rho is known: train and upload in one message, then split the band
-            replies, failures = send(cfg, "train", round_, {c: {} for c in clients}, sent)
+            replies, failures = send(cfg, "train", round_, self._requests(round_, clients), sent)
+            personal = self._personal_metric(replies)
             decided = sorted(replies)
             decision = self._decide(
                 round_,
@@ -264,10 +313,14 @@ class RoundEngine:
                 (m["num_samples"], *self.method.decode(replies[c].arrays))
                 for c, m in zip(survivors, metrics_of, strict=True)
             ]
-            self.state, cov_norm = self.method.aggregate(self.state, uploads)
+            if self.hetero:
+                self.state, cov_norm = hetero.aggregate(self.state, uploads, cfg.hetero.aggregation)
+            else:
+                self.state, cov_norm = self.method.aggregate(self.state, uploads)
         if ok or self.metrics is None:  # a failed round keeps the adapter, hence its metrics
             self.metrics = self.host.evaluate(cfg, self.state)
             self.metrics["primary_metric"] = self.metrics[self.primary]
+            self.metrics.update(personal)
         finite = all(np.isfinite(v).all() for v in self.state.values())
         queue_s = self.scheduler.queue_s
         self.scheduler.update(latency_s)
@@ -346,7 +399,12 @@ def run(
     diverged = 0  # the round whose global adapter became non-finite
     try:
         send, profiles = connect()
-        engine = RoundEngine(cfg, host, WirelessModel(cfg, profiles), plan=plan, resume=resume)
+        state_dir = out / client_state.FOLDER
+        if resume is not None:  # versions of the interrupted round (fedsim.client_state)
+            client_state.discard_after(state_dir, resume.round)
+        engine = RoundEngine(
+            cfg, host, WirelessModel(cfg, profiles), plan=plan, resume=resume, client_state_dir=str(state_dir.resolve())
+        )
         if engine.plan is not None:
             write_plan(engine.plan, out / "rank_plan.csv")
         config_sha = sha256_text(writer.write_config(engine.cfg))  # what ran: the plan's rank

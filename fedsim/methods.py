@@ -36,6 +36,9 @@ topk           topk          task loss (element-wise top-k on A and B, same bits
 randk          randk         task loss (k random ranks)
 svd            svd           task loss (SVD of B A, top-k triplets, refactored)
 ffa            B only        task loss, A frozen at its seeded initialisation (FFA-LoRA)
+fedsa          A only        task loss (A averaged, B kept on the client: FedSA-LoRA)
+topk-ef        topk          task loss (topk of factors + residual; error feedback)
+soft-ef        soft          task loss + soft.lambda_orth * R_orth (soft with error feedback)
 =============  ============  ===========================================================
 """
 
@@ -174,7 +177,10 @@ class UploadMethod:
     regularised : the SOFT orthogonality regulariser (weight ``soft.lambda_orth``) is in the
         local loss.
     sparsifies : the upload depends on rho (False: rho is always 0, as for ``ideal``).
-    needs_client_state : the client keeps state between rounds (none of today's methods does).
+    needs_client_state : the client keeps state between rounds (:mod:`fedsim.client_state`):
+        the method overrides :meth:`start_state` and :meth:`encode_stateful`.
+    personalised : each client keeps a personal model; clients report its evaluation
+        (``personal_metric``) and the round records the mean (``personal_<metric>``).
     matrix_values : the values per wire tensor of one matrix (:data:`MatrixValues`): with
         ``matrix_bits``, the exact formula of a quantised upload.
     frozen : fragments of tensor names (e.g. ``".lora_A."``) that local training keeps fixed at
@@ -191,6 +197,7 @@ class UploadMethod:
     needs_client_state: bool = False
     matrix_values: MatrixValues | None = None
     frozen: tuple[str, ...] = ()
+    personalised: bool = False
 
     def adapter_bits(
         self, shapes: dict[str, tuple[int, ...]], rank: int, rho: float, value_bits: int, quant_bits: int = 0
@@ -262,6 +269,28 @@ class UploadMethod:
 
             sparsify = get_sparsifier(sparsify)
         return encode_upload(state, sparsify, rho, value_bits, generator, quant_bits)
+
+    def start_state(
+        self, global_state: dict[str, np.ndarray], client_state: dict[str, np.ndarray] | None
+    ) -> dict[str, np.ndarray]:
+        """The adapter a client trains from: the global one, unless the method keeps part of it
+        on the client (``client_state``: the client's state from its last round, None at first)."""
+        return global_state
+
+    def encode_stateful(
+        self,
+        state: dict[str, np.ndarray],
+        global_state: dict[str, np.ndarray],
+        client_state: dict[str, np.ndarray] | None,
+        rho: float,
+        value_bits: int,
+        generator: torch.Generator,
+        quant_bits: int = 0,
+    ) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, np.ndarray] | None]:
+        """:meth:`encode` for a method with client state: also the client's new state (None:
+        none). ``global_state`` is the adapter the client received this round."""
+        arrays, stats = self.encode(state, rho, value_bits, generator, quant_bits)
+        return arrays, stats, None
 
     def decode(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, SparseUpdate], dict[str, np.ndarray]]:
         """The server half, step 1: the wire arrays back into per-module updates and extras."""
@@ -501,3 +530,159 @@ def aggregate_uploads(
             acc += (w / total) * ex[name]
         new_state[name] = acc.astype(np.float32)
     return new_state, float(np.sqrt(cov_sq))
+
+
+# ---- methods with client state (fedsim.client_state) ---------------------------------------------
+
+
+def fedsa_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:
+    """S = r d_in q: A only (B stays on the client); rho is ignored."""
+    return rank * d_in * value_bits
+
+
+def fedsa_values(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> tuple[int, ...]:
+    """One tensor of r d_in values: A."""
+    return (rank * d_in,)
+
+
+@dataclass(frozen=True)
+class FedSALoRA(UploadMethod):
+    """FedSA-LoRA (Guo et al., ICLR 2025, "Selective Aggregation for LoRA in Federated Learning").
+
+    A is trained, uploaded dense and averaged (weights |D_k|); B is trained and kept on the client
+    (its personal part, in client state); the extras (e.g. the head) are uploaded and averaged.
+    A client trains from the global A and extras with its own B, or the global B before its first
+    round. The global model is the global A and extras with the global B (the initial one: the
+    server never sees a B), so its metric measures what is shared; the personalised models are
+    evaluated by the clients (``personal_metric``, see :meth:`UploadMethod.start_state`).
+    """
+
+    def encode(self, state, rho, value_bits, generator, quant_bits=0):
+        import torch
+
+        from fedsim.soft import mean_abs_cos
+
+        pairs, extras = split_state(state)
+        arrays, bits, cos = {}, 0, []
+        for module, (a_name, b_name) in pairs.items():
+            arrays[f"{module}{SEP}A"] = _wire(state[a_name], value_bits)
+            bits += state[a_name].size * value_bits
+            cos.append(mean_abs_cos(torch.from_numpy(state[a_name]), torch.from_numpy(state[b_name])))
+        for name in extras:
+            arrays[f"extra{SEP}{name}"] = _wire(state[name], value_bits)
+            bits += state[name].size * value_bits
+        if quant_bits:
+            arrays, delta = quantise_arrays(arrays, quant_bits, generator)
+            bits += delta
+        rank = next(iter(state[a].shape[0] for a, _ in pairs.values()), 0)
+        stats = {
+            "payload_bits": float(bits),
+            "dropped_rank_error": 0.0,
+            "kept_ranks": float(rank),
+            "mean_abs_cos": float(np.mean(cos)) if cos else 0.0,
+            "sparsify_time_s": 0.0,
+        }
+        return arrays, stats
+
+    def start_state(self, global_state, client_state):
+        if client_state is None:
+            return global_state
+        return {**global_state, **{k: v for k, v in client_state.items() if k in global_state}}
+
+    def encode_stateful(self, state, global_state, client_state, rho, value_bits, generator, quant_bits=0):
+        arrays, stats = self.encode(state, rho, value_bits, generator, quant_bits)
+        return arrays, stats, {b: state[b] for _, b in split_state(state)[0].values()}
+
+    def decode(self, arrays):
+        updates, extras = {}, {}
+        for key, arr in dequantise_arrays(arrays).items():
+            module, _, field = key.partition(SEP)
+            if module == "extra":
+                extras[field] = arr.astype(np.float32)
+            else:
+                updates[module] = arr.astype(np.float32)
+        return updates, extras
+
+    def aggregate(self, global_state, uploads):
+        """A and the extras: FedAvg; B: unchanged. covariance_norm is 0: the server holds the same
+        B (the global one) for every client."""
+        pairs, extras = split_state(global_state)
+        total = float(sum(w for w, _, _ in uploads))
+        new_state = dict(global_state)
+        for module, (a_name, _) in pairs.items():
+            acc = np.zeros_like(global_state[a_name], dtype=np.float64)
+            for w, ups, _ in uploads:
+                acc += (w / total) * ups[module]
+            new_state[a_name] = acc.astype(np.float32)
+        for name in extras:
+            acc = np.zeros_like(global_state[name], dtype=np.float64)
+            for w, _, ex in uploads:
+                acc += (w / total) * ex[name]
+            new_state[name] = acc.astype(np.float32)
+        return new_state, 0.0
+
+
+@dataclass(frozen=True)
+class ErrorFeedback(UploadMethod):
+    """A sparsifier with error feedback (EF-SGD, Karimireddy et al., ICML 2019; Stich et al. 2018).
+
+    The client adds its residual e (what earlier rounds did not get across) to its trained factors,
+    sparsifies the sum with the base sparsifier, and keeps the new residual
+
+        X~ = X + e,   e' = X~ - H(X~)   for X in every A and B,
+
+    where H(X~) is what the server holds for the client after decoding: the sent entries at wire
+    precision, the global value elsewhere (so unsent entries carry X~ - X_global, the update that
+    was not sent). The residual lives in client state; the payload is the base method's formula.
+    """
+
+    def encode_stateful(self, state, global_state, client_state, rho, value_bits, generator, quant_bits=0):
+        pairs, _ = split_state(state)
+        corrected = dict(state)
+        for names in pairs.values():
+            for name in names:
+                if client_state is not None and name in client_state:
+                    corrected[name] = (state[name] + client_state[name]).astype(np.float32)
+        arrays, stats = self.encode(corrected, rho, value_bits, generator, quant_bits)
+        updates, _ = self.decode(arrays)
+        residual = {}
+        for module, (a_name, b_name) in pairs.items():
+            A_k, mA, B_k, mB = (t.numpy() for t in updates[module].decompress())
+            residual[a_name] = corrected[a_name] - np.where(mA, A_k, global_state[a_name])
+            residual[b_name] = corrected[b_name] - np.where(mB, B_k, global_state[b_name])
+        stats["residual_norm"] = float(
+            np.sqrt(sum(float(np.sum(r.astype(np.float64) ** 2)) for r in residual.values()))
+        )
+        return arrays, stats, residual
+
+
+for _m in (
+    FedSALoRA(
+        "fedsa",
+        "FedSA-LoRA: A averaged, B personal (kept on the client)",
+        "dense",
+        fedsa_bits,
+        sparsifies=False,
+        matrix_values=fedsa_values,
+        needs_client_state=True,
+        personalised=True,
+    ),
+    ErrorFeedback(
+        "topk-ef",
+        "topk with error feedback (residual kept on the client)",
+        "topk",
+        topk_bits,
+        matrix_values=topk_values,
+        needs_client_state=True,
+    ),
+    ErrorFeedback(
+        "soft-ef",
+        "SOFT with error feedback (residual kept on the client)",
+        "soft",
+        soft_bits,
+        regularised=True,
+        matrix_values=rank_values,
+        needs_client_state=True,
+    ),
+):
+    register_method(_m)

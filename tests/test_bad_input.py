@@ -33,6 +33,8 @@ REGISTRY_KEYS = {
     "channel.shadowing",
     "channel.fading",
     "compute.device_speed",
+    "hetero.rank_rule",
+    "hetero.aggregation",
 }
 
 
@@ -83,6 +85,12 @@ def option_cases() -> list[tuple[str, list[str]]]:
         ("--scheduler unknown", ["--scheduler", "foo"]),
         ("--workload unknown", ["--workload", "nosuch"]),
         ("tsfa with ideal", ["--method", "ideal", "--scheduler", "tsfa"]),
+        ("tsfa with fedsa", ["--method", "fedsa", "--scheduler", "tsfa"]),
+        ("hetero rank rule unknown", ["--set", "hetero.rank_rule=memory"]),
+        ("hetero levels not increasing", ["--set", "hetero.rank_levels=[8, 4]"]),
+        ("hetero levels above lora.rank", ["--set", "hetero.rank_rule=compute", "--set", "hetero.rank_levels=[4, 16]"]),
+        ("hetero with client state", ["--method", "topk-ef", "--set", "hetero.rank_rule=compute"]),
+        ("hetero with tsfa", ["--method", "soft", "--scheduler", "tsfa", "--set", "hetero.rank_rule=channel"]),
         ("--set without =", ["--set", "run.rounds"]),
         ("--set unknown section", ["--set", "nosuch.key=1"]),
         ("--set unknown key", ["--set", "run.nosuch=1"]),

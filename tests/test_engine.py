@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedsim import client_state, hetero
 from fedsim.checkpoint import load_checkpoint
 from fedsim.config import build_config
 from fedsim.engine import ClientReply, RoundEngine, RunFailed, run
@@ -64,9 +65,25 @@ class StubClients:
         size = StubHost().partition_sizes(cfg)[cid]
         return new, {"num_samples": float(size), "train_loss": 1.0 / round_, "train_wall_s": 0.0}
 
-    def upload(self, cfg, round_, cid, state, metrics, rho):
+    def upload(self, cfg, round_, cid, state, metrics, rho, kept=(None, None, None, 0)):
+        """``kept``: (client-state folder, received global adapter, previous client state, its round)."""
         gen = torch.Generator().manual_seed(round_ * 1000 + cid)
-        arrays, stats = get_method(cfg.run.method).encode(state, rho, cfg.lora.value_bits, gen, cfg.lora.quant_bits)
+        root, global_state, previous, read_round = kept
+        method = get_method(cfg.run.method)
+        arrays, stats = client_state.finish(
+            method,
+            root,
+            cid,
+            round_,
+            state,
+            global_state,
+            previous,
+            read_round,
+            rho,
+            cfg.lora.value_bits,
+            gen,
+            cfg.lora.quant_bits,
+        )
         return ClientReply(arrays, {**metrics, **stats})
 
     def __call__(self, cfg, action, round_, requests, state):
@@ -78,18 +95,29 @@ class StubClients:
                 continue
             if (round_, cid) in self.silent:
                 continue  # the transport reports a timeout for it
+            method, root = get_method(cfg.run.method), extra.get("client_state")
             if action == "upload":
-                trained, metrics = self.trained.pop(cid)
-                replies[cid] = self.upload(cfg, round_, cid, trained, metrics, extra["rho"])
+                trained, metrics, global_state, read_round = self.trained.pop(cid)
+                previous = client_state.load(root, cid, round_)[1] if root else None
+                kept = (root, global_state, previous, read_round)
+                replies[cid] = self.upload(cfg, round_, cid, trained, metrics, extra["rho"], kept)
                 continue
-            trained, metrics = self.train(cfg, round_, cid, state)
+            start, read_round, previous = client_state.begin(method, root, cid, round_, state)
+            if "rank" in extra:
+                start = hetero.keep_ranks(start, extra["rank"])
+            trained, metrics = self.train(cfg, round_, cid, start)
+            if "rank" in extra:
+                trained = hetero.truncate(trained, extra["rank"])
+            if method.personalised:
+                metrics["personal_metric"] = StubHost().evaluate(cfg, start)["score"]
             if action == "local":
-                self.trained[cid] = (trained, metrics)
+                self.trained[cid] = (trained, metrics, state, read_round)
                 replies[cid] = ClientReply(
                     None, {**metrics, "dropped_errors": dropped_errors(trained, cfg.tsfa.rho_grid)}
                 )
             else:
-                replies[cid] = self.upload(cfg, round_, cid, trained, metrics, fixed_rho(cfg.run.method, cfg.soft.rho))
+                rho = fixed_rho(cfg.run.method, cfg.soft.rho)
+                replies[cid] = self.upload(cfg, round_, cid, trained, metrics, rho, (root, state, previous, read_round))
         answered = set(replies) | {f.client_id for f in failures}
         failures += [Failure(c, "no reply") for c in requests if c not in answered]
         return replies, failures
@@ -237,14 +265,36 @@ def test_a_connection_failure_writes_a_failed_summary_and_raises_one_line(tmp_pa
     assert summary["status"] == "failed" and summary["error"] == "discovery timed out after 5 s"
 
 
-@pytest.mark.parametrize("scheduler", ["equal", "fixed", "tsfa"])
-def test_a_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path, scheduler):
-    extra = {"tsfa.scheduler": scheduler, "tsfa.latency_budget_s": 50.0, "tsfa.plan_samples": 5}
+@pytest.mark.parametrize(
+    "scheduler, method",
+    [
+        ("equal", "soft"),
+        ("fixed", "soft"),
+        ("tsfa", "soft"),
+        ("equal", "fedsa"),
+        ("equal", "topk-ef"),
+        ("tsfa", "soft-ef"),
+    ],
+)
+def test_a_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path, scheduler, method):
+    """Client state (fedsa's personal B, error feedback's residual) is part of what a resume restores."""
+    extra = {
+        "tsfa.scheduler": scheduler,
+        "tsfa.latency_budget_s": 50.0,
+        "tsfa.plan_samples": 5,
+        "run.method": method,
+        "run.rounds": 4,
+    }
     cfg = make_cfg(**extra)
     run(cfg, StubHost(), lambda: (StubClients(), {}), tmp_path / "whole")
-    short = make_cfg(**extra, **{"run.rounds": 2})
+    short = make_cfg(**{**extra, "run.rounds": 2})
     run(short, StubHost(), lambda: (StubClients(), {}), tmp_path / "part")
     ckpt = load_checkpoint(tmp_path / "part")
+    states = tmp_path / "part" / client_state.FOLDER
+    assert states.is_dir() == get_method(method).needs_client_state
+    for folder in states.glob("client-*"):  # what a run killed in round 3 may leave: versions of round 3
+        (folder / "round-000003.safetensors").write_bytes(b"not a safetensors file")
+        (folder / "round-000003.safetensors.tmp").write_bytes(b"half")
     run(cfg, StubHost(), lambda: (StubClients(), {}), tmp_path / "part", resume=ckpt)
 
     def strip(folder):
@@ -257,6 +307,45 @@ def test_a_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path, sched
         return rows
 
     assert strip(tmp_path / "whole") == strip(tmp_path / "part")
+
+
+@pytest.mark.parametrize("method", [name for name, m in METHODS.items() if m.needs_client_state])
+def test_client_state_changes_later_rounds_and_stays_on_the_client(tmp_path, method):
+    """With its state a method's second round differs from the same round without it; the state
+    files are never counted as uplink bits (the payload is the method's formula)."""
+    cfg = make_cfg(**{"run.method": method, "run.clients_per_round": 6})  # every client in every round
+    with_state = RoundEngine(cfg, StubHost(), client_state_dir=str(tmp_path))
+    without = RoundEngine(cfg, StubHost())
+    first = [e.run_round(1, StubClients()) for e in (with_state, without)]
+    assert first[0].to_dict()["metrics"] == first[1].to_dict()["metrics"]
+    second = [e.run_round(2, StubClients()) for e in (with_state, without)]
+    assert any(not np.array_equal(with_state.state[k], without.state[k]) for k in with_state.state) or (
+        second[0].metrics != second[1].metrics
+    )
+    assert sorted(p.name for p in (tmp_path / "client-000000").iterdir()) == [
+        "round-000001.safetensors",
+        "round-000002.safetensors",
+    ]
+    shapes = {k: v.shape for k, v in with_state.state.items()}
+    bits = with_state.method.adapter_bits(shapes, cfg.lora.rank, with_state.rho, 32)
+    assert all(c.payload_bits == bits for c in second[0].clients)
+
+
+def test_fedsa_keeps_b_on_the_clients_and_reports_their_personal_models(tmp_path):
+    cfg = make_cfg(**{"run.method": "fedsa"})
+    engine = RoundEngine(cfg, StubHost(), client_state_dir=str(tmp_path))
+    b0 = engine.state[B].copy()
+    records = [engine.run_round(t, StubClients()) for t in (1, 2, 3)]
+    np.testing.assert_array_equal(engine.state[B], b0)  # the server never sees a B
+    assert all("personal_score" in r.metrics for r in records)
+    # round 1: no client has trained yet, so every personal model is the global one
+    initial = StubHost().evaluate(cfg, StubHost().initial_state(cfg))["score"]
+    assert records[0].metrics["personal_score"] == pytest.approx(initial)
+    assert records[2].metrics["personal_score"] != records[2].metrics["score"]
+    trained = sorted({c.client_id for r in records[:2] for c in r.clients})
+    for cid in trained:
+        _, kept = client_state.load(tmp_path, cid, 3)
+        assert set(kept) == {B} and not np.array_equal(kept[B], b0)
 
 
 def test_every_method_runs_a_round_and_ideal_never_sparsifies():
@@ -274,3 +363,57 @@ def test_rounds_below_the_minimum_are_named_in_the_summary(tmp_path):
     assert summary["status"] == "failed" and summary["failed_rounds"] == [1, 2]
     assert summary["error"].startswith("round 1: client ") and "RuntimeError: injected" in summary["error"]
     assert "(0 of 3 clients returned" in summary["error"] and summary["error"].endswith("failed rounds: 1, 2)")
+
+
+@pytest.mark.parametrize("rule", ["compute", "channel"])
+@pytest.mark.parametrize("how", ["zero-pad", "flexlora"])
+def test_heterogeneous_ranks_follow_the_rule_and_price_each_client_at_its_rank(rule, how):
+    cfg = make_cfg(
+        **{
+            "run.method": "ideal",
+            "run.clients_per_round": 6,
+            "lora.rank": 8,
+            "hetero.rank_rule": rule,
+            "hetero.rank_levels": [2, 4, 8],
+            "hetero.aggregation": how,
+        }
+    )
+    engine, clients = RoundEngine(cfg, StubHost()), StubClients()
+    rec = engine.run_round(1, clients)
+    assert rec.status == "ok"
+    values = engine.wireless.device_flops if rule == "compute" else engine.wireless.channel(1).gain_linear
+    order = list(np.argsort(values, kind="stable"))
+    expected = {int(c): (2, 4, 8)[i * 3 // 6] for i, c in enumerate(order)}  # two clients per level
+    ranks = [extra["rank"] for _, _, extra, _ in clients.calls]
+    assert ranks == [expected[c] for c in range(6)]
+    flops = StubHost().flops_per_sample(cfg)
+    for c in rec.clients:
+        r = expected[c.client_id]
+        assert c.payload_bits == r * (D_IN + D_OUT) * 32 + 6 * 32  # dense at its own rank plus the head
+        assert c.kept_ranks == r
+        t = (
+            hetero.flops_per_sample_at_rank(flops, engine.shapes, r)
+            * c.num_samples
+            / engine.wireless.device_flops[c.client_id]
+        )
+        assert c.compute_time_s == pytest.approx(t)
+    # the aggregate from the clients' own factors (dense uploads at float32: exact)
+    start = StubHost().initial_state(cfg)
+    w = np.array([StubHost().partition_sizes(cfg)[c] for c in range(6)], dtype=float)
+    w /= w.sum()
+    padded = []
+    for c in range(6):
+        trained, _ = clients.train(cfg, 1, c, hetero.keep_ranks(start, expected[c]))
+        pa, pb = np.zeros((8, D_IN)), np.zeros((D_OUT, 8))
+        pa[: expected[c]], pb[:, : expected[c]] = trained[A][: expected[c]], trained[B][:, : expected[c]]
+        padded.append((pa, pb))
+    if how == "zero-pad":
+        np.testing.assert_allclose(
+            engine.state[A], sum(wk * pa for wk, (pa, _) in zip(w, padded, strict=True)), atol=1e-6
+        )
+        np.testing.assert_allclose(
+            engine.state[B], sum(wk * pb for wk, (_, pb) in zip(w, padded, strict=True)), atol=1e-6
+        )
+    else:  # FlexLoRA: the product of the new factors is the best rank-8 fit of the averaged products
+        W = sum(wk * pb @ pa for wk, (pa, pb) in zip(w, padded, strict=True))
+        np.testing.assert_allclose(engine.state[B] @ engine.state[A], W, atol=1e-5)  # rank(W) <= 5 here

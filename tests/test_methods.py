@@ -75,11 +75,12 @@ def test_every_method_decodes_and_aggregates(tmp_path):
     g = make_state(5)
     for method in METHODS:
         uploads = []
+        m = get_method(method)
         for s in range(2):
-            arrays, stats = get_method(method).encode(make_state(s), 0.5, 16, gen(s))
+            arrays, stats = m.encode(make_state(s), 0.5, 16, gen(s))
             assert all(a.dtype in (np.float16, np.int64, np.float64) for a in arrays.values()), method
-            uploads.append((1.0, *decode_upload(arrays)))
-        new, cov = aggregate_uploads(g, uploads)
+            uploads.append((1.0, *m.decode(arrays)))
+        new, cov = m.aggregate(g, uploads)
         assert set(new) == set(g) and all(np.isfinite(v).all() for v in new.values()), method
         assert np.isfinite(cov)
 
@@ -182,6 +183,37 @@ def test_ffa_sends_b_only_half_of_dense_for_square_layers():
     shapes = {k: v.shape for k, v in state.items()}
     a_values = sum(v.size for k, v in state.items() if ".lora_A." in k)
     assert ffa.downlink_bits(shapes, 32) == ideal.downlink_bits(shapes, 32) - a_values * 32
+
+
+@pytest.mark.parametrize("name", sorted(n for n, m in METHODS.items() if m.needs_client_state))
+@pytest.mark.parametrize("rho", [0.3, 0.875])
+def test_client_state_methods_price_their_second_round_exactly(name, rho):
+    """Round 2 of a method with client state (what it kept from round 1 in play) is priced by the
+    same formula; error feedback's residual is exactly what the server did not receive."""
+    method = get_method(name)
+    shapes = {k: v.shape for k, v in make_state(0).items()}
+    global1, trained1 = make_state(10), make_state(3)
+    _, stats1, kept = method.encode_stateful(trained1, global1, None, rho, 16, gen(1))
+    assert kept is not None
+    global2, trained2 = make_state(11), make_state(4)
+    start = method.start_state(global2, kept)
+    arrays, stats2, kept2 = method.encode_stateful(trained2, start, kept, rho, 16, gen(2))
+    assert stats1["payload_bits"] == stats2["payload_bits"] == method.adapter_bits(shapes, R, rho, 16)
+    pairs, _ = split_state(trained2)
+    if method.personalised:  # fedsa: B comes from the client, never from the server
+        for a_name, b_name in pairs.values():
+            assert np.array_equal(start[b_name], trained1[b_name]) and np.array_equal(start[a_name], global2[a_name])
+            assert np.array_equal(kept2[b_name], trained2[b_name])
+        return
+    updates, _ = method.decode(arrays)
+    for module, (a_name, b_name) in pairs.items():
+        A_k, mA, B_k, mB = (t.numpy() for t in updates[module].decompress())
+        corrected = trained2[a_name] + kept[a_name]
+        held = np.where(mA, A_k, start[a_name])
+        np.testing.assert_allclose(kept2[a_name], corrected - held, atol=1e-6)
+        assert np.all(kept2[a_name][~mA] == corrected[~mA] - start[a_name][~mA])  # unsent: the whole update
+        assert np.abs(kept2[a_name][mA]).max() < 1e-2  # sent: only the float16 rounding is left
+        assert kept2[b_name].shape == trained2[b_name].shape
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

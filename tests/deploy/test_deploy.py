@@ -26,15 +26,16 @@ from tests.deploy.federation import Federation
 pytestmark = pytest.mark.slow
 
 PROFILE_2 = {"distance-m": 123.0, "device-flops": 1.5e12}  # supernode-2 holds partition 1
+NODE_3_STATE = "node-3-state"  # supernode-3 (partition 2) keeps client state on its own disk here
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("docker/certs.sh needs openssl")
-    fed = Federation(
-        tmp_path_factory.mktemp("federation"), nodes=3, profiles={2: "distance-m=123.0 device-flops=1.5e12"}
-    )
+    root = tmp_path_factory.mktemp("federation")
+    profiles = {2: "distance-m=123.0 device-flops=1.5e12", 3: f'state-dir="{root / NODE_3_STATE}"'}
+    fed = Federation(root, nodes=3, profiles=profiles)
     try:
         yield fed.start()
     except BaseException:
@@ -96,6 +97,36 @@ def test_deployed_run_records(federation, tmp_path):
     events = EventAccumulator(str(out / "tensorboard")).Reload()
     steps = [e.step for e in events.Scalars("metrics/primary_metric")]
     assert steps == [1, 2], steps
+
+
+def test_deployed_client_state_lives_on_the_supernode(federation, tmp_path):
+    """FedSA-LoRA keeps each client's B between rounds: supernode-3 (node-config ``state-dir``) on its
+    own disk, the others where the server's message says (one machine here)."""
+    out = tmp_path / "fedsa"
+    proc = federation.submit(
+        [
+            "--clients",
+            "3",
+            "--rounds",
+            "2",
+            "--clients-per-round",
+            "3",
+            "--seed",
+            "7",
+            "--set",
+            "run.method=fedsa",
+            *SMALL,
+        ],
+        out,
+    )
+    assert _finish(federation, proc, 420) == str(out)
+    rounds = read_rounds(out)
+    assert [r["status"] for r in rounds] == ["ok", "ok"]
+    assert all("personal_accuracy" in r["metrics"] for r in rounds)
+    node_3 = sorted((federation.root / NODE_3_STATE).glob("*/client-000002/round-*.safetensors"))
+    assert [p.name for p in node_3] == ["round-000001.safetensors", "round-000002.safetensors"]
+    server_side = {p.parent.name for p in federation.server_results.glob("*/client_state/client-*/round-*")}
+    assert server_side >= {"client-000000", "client-000001"} and "client-000002" not in server_side
 
 
 def _nodes(fed: Federation) -> dict[str, str]:
