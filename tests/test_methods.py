@@ -159,14 +159,21 @@ def test_every_method_prices_its_upload_exactly(name, rho, value_bits, quant_bit
     ups, extras = method.decode(arrays)
     ups0, extras0 = method.decode(plain)
     for module, up in ups.items():
-        A, _, B, _ = up.decompress()
-        A0, _, B0, _ = ups0[module].decompress()
-        for X, X0 in ((A, A0), (B, B0)):
+        for X, X0 in zip(_factors(up), _factors(ups0[module]), strict=True):
             step = 2 * float(X0.abs().max()) / (2**quant_bits - 1)
             assert float((X - X0).abs().max()) <= step * (1 + 1e-3) + ulp * float(X0.abs().max()) + 1e-6
     for name_, x in extras.items():
         top = float(np.abs(extras0[name_]).max())
         assert np.abs(x - extras0[name_]).max() <= 2 * top / (2**quant_bits - 1) * (1 + 1e-3) + ulp * top + 1e-6
+
+
+def _factors(update) -> list:
+    """The decoded factors of one module: A and B of a SparseUpdate, or the one array a method
+    such as fedsa decodes to."""
+    if isinstance(update, np.ndarray):
+        return [torch.from_numpy(update)]
+    A, _, B, _ = update.decompress()
+    return [A, B]
 
 
 def test_ffa_sends_b_only_half_of_dense_for_square_layers():
