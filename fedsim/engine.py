@@ -10,7 +10,8 @@ transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment
    two-phase schedulers (TSFA): clients train and report, the scheduler decides rho_t and the
    band, the admitted clients upload at rho_t,
 3. split the band (the scheduler's decision), drop the clients that miss ``tsfa.deadline_s``,
-4. aggregate the uploads in client-id order (the upload method's server half), evaluate,
+4. aggregate the uploads in client-id order (the upload method's server half), evaluate (every
+   ``run.eval_every`` rounds and the final one; the others record ``metrics: null``),
 5. account the uplink (channel, payload, latency) and return a typed :class:`RoundRecord`.
 
 A round whose surviving clients are fewer than ``run.min_clients_per_round`` (0: all sampled)
@@ -244,7 +245,10 @@ class RoundEngine:
                 for c, m in zip(survivors, metrics_of, strict=True)
             ]
             self.state, cov_norm = self.method.aggregate(self.state, uploads)
-        if ok or self.metrics is None:  # a failed round keeps the adapter, hence its metrics
+        if ok:
+            self.metrics = None  # a new adapter: its metrics are unknown until evaluated
+        evaluated = round_ % cfg.run.eval_every == 0 or round_ == cfg.run.rounds
+        if evaluated and self.metrics is None:  # a failed round keeps the adapter, hence its metrics
             self.metrics = self.host.evaluate(cfg, self.state)
             self.metrics["primary_metric"] = self.metrics[self.primary]
         finite = all(np.isfinite(v).all() for v in self.state.values())
@@ -258,7 +262,7 @@ class RoundEngine:
             failures=sorted(failures, key=lambda f: f.client_id),
             round_latency_s=latency_s,
             uplink_bits_total=int(sum(r.payload_bits for r in uploaded)),
-            metrics=self.metrics,
+            metrics=self.metrics if evaluated else None,
             **{
                 key: float(np.mean([getattr(r, key) for r in uploaded])) if uploaded else 0.0
                 for key in CLIENT_DIAGNOSTICS

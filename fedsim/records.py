@@ -116,7 +116,8 @@ class RoundRecord:
     failures: list[Failure]
     round_latency_s: float
     uplink_bits_total: int
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] | None
+    """The workload's evaluation of the global adapter; None in rounds ``run.eval_every`` skips."""
     kept_ranks: float
     dropped_rank_error: float
     mean_abs_cos: float
