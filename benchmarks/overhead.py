@@ -66,6 +66,15 @@ GOALS = {
     "allocator_k50_s": 0.005,
     "allocator_k1000_s": 0.050,
 }
+SECTIONS = (
+    "allocator",
+    "profile",
+    "default_run",
+    "vs_plain_flower_peft",
+    "vs_plain_flower_messages",
+    "startup",
+    "population",
+)
 PLAIN_BACKEND = {"num_cpus": 1.0, "num_gpus": 0.0}
 
 
@@ -526,11 +535,14 @@ def config_per_message_s(cfg, repeats: int = 200) -> dict:
     """Building a message's configuration record on the server and reading it on a client."""
     from fedsim.flower.messages import CLIENT_KEY, ROUND_KEY, config_from_record, config_record
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(repeats):
         config_from_record(config_record(cfg, **{ROUND_KEY: 1, CLIENT_KEY: i}))
-    per_message = (time.perf_counter() - t0) / repeats
-    return {"config_keys": len(cfg.to_flat()), "build_and_read_per_message_s": per_message}
+    return {
+        "config_keys": len(cfg.to_flat()),
+        "build_and_read_per_message_s": (time.perf_counter() - t0) / repeats,
+        "build_and_read_per_message_cpu_s": (time.process_time() - c0) / repeats,
+    }
 
 
 def main() -> None:
@@ -539,6 +551,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--rounds", type=int, default=None, help="default 10 (3 with --quick)")
     p.add_argument("--population", type=int, default=10_000)
+    p.add_argument("--only", nargs="+", choices=SECTIONS, help="measure these figures only (default: all)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
     p.add_argument("--plain-messages", nargs=4, help=argparse.SUPPRESS)
     p.add_argument("--plain-peft", help=argparse.SUPPRESS)
@@ -582,108 +595,118 @@ def main() -> None:
         )
         save()
 
+    def wanted(section: str) -> bool:
+        return args.only is None or section in args.only
+
     common = ["--clients", str(args.clients), "--rounds", str(args.rounds), "--clients-per-round", "10"]
     flat = {"run.clients": args.clients, "run.rounds": args.rounds, "run.clients_per_round": 10}
     cfg = build_config(flat)
 
     # the allocator's re-solve
-    allocator = _sibling("allocator")
-    result["allocator"] = {}
-    for k in (50, 1000):
-        row = next(r for r in allocator.bench_size(k, solves, 0, 0) if r["method"] == "dpp")
-        result["allocator"][f"k{k}"] = {
-            "solves": solves,
-            "median_s": row["median_s"],
-            "mean_s": row["mean_s"],
-            "cpu_median_s": row["cpu_median_s"],
-            "fallbacks": row["fallbacks"],
-            "goal_at_most_s": GOALS[f"allocator_k{k}_s"],
-        }
-    show("allocator")
+    if wanted("allocator"):
+        allocator = _sibling("allocator")
+        result["allocator"] = {}
+        for k in (50, 1000):
+            row = next(r for r in allocator.bench_size(k, solves, 0, 0) if r["method"] == "dpp")
+            result["allocator"][f"k{k}"] = {
+                "solves": solves,
+                "median_s": row["median_s"],
+                "mean_s": row["mean_s"],
+                "cpu_median_s": row["cpu_median_s"],
+                "fallbacks": row["fallbacks"],
+                "goal_at_most_s": GOALS[f"allocator_k{k}_s"],
+            }
+        show("allocator")
 
-    result["config_per_message"] = config_per_message_s(cfg)
-    show("config_per_message")
+        result["config_per_message"] = config_per_message_s(cfg)
+        show("config_per_message")
 
     # the profile of one default run
-    result["profile"] = profile_default_run(args, tmp)
-    show("profile")
+    if wanted("profile"):
+        result["profile"] = profile_default_run(args, tmp)
+        show("profile")
 
     # default run against its clients' compute
-    wall = run_process(fedsim_cmd(*common, "--out", str(tmp / "default")))["wall_s"]
-    compute_s, calls = in_process_compute_s(cfg)
-    used = min(cores, cfg.num_sampled)
-    result["default_run"] = {
-        "wall_s": wall,
-        "clients_compute_in_process_s": compute_s,
-        "client_calls": calls,
-        "cores_used": used,
-        "ratio": wall / (compute_s / used),
-        "goal_at_most": GOALS["default_run_ratio"],
-    }
-    show("default_run")
+    if wanted("default_run"):
+        wall = run_process(fedsim_cmd(*common, "--out", str(tmp / "default")))["wall_s"]
+        compute_s, calls = in_process_compute_s(cfg)
+        used = min(cores, cfg.num_sampled)
+        result["default_run"] = {
+            "wall_s": wall,
+            "clients_compute_in_process_s": compute_s,
+            "client_calls": calls,
+            "cores_used": used,
+            "ratio": wall / (compute_s / used),
+            "goal_at_most": GOALS["default_run_ratio"],
+        }
+        show("default_run")
 
     # fedsim against plain Flower + peft, the same training
-    spec_file = tmp / "peft.json"
-    export_peft_spec(cfg, spec_file)
-    plain = run_process([sys.executable, __file__, "--plain-peft", str(spec_file)])
-    fedsim_run = run_process(fedsim_cmd(*common, "--out", str(tmp / "vs-peft")))
-    result["vs_plain_flower_peft"] = {
-        "plain_flower_peft_s": plain["wall_s"],
-        "plain_final_accuracy": plain["stdout"].strip().splitlines()[-1] if plain["stdout"].strip() else None,
-        "fedsim_s": fedsim_run["wall_s"],
-        "ratio": fedsim_run["wall_s"] / plain["wall_s"],
-        "goal_at_most": GOALS["vs_plain_flower_peft_ratio"],
-    }
-    show("vs_plain_flower_peft")
+    if wanted("vs_plain_flower_peft"):
+        spec_file = tmp / "peft.json"
+        export_peft_spec(cfg, spec_file)
+        plain = run_process([sys.executable, __file__, "--plain-peft", str(spec_file)])
+        fedsim_run = run_process(fedsim_cmd(*common, "--out", str(tmp / "vs-peft")))
+        result["vs_plain_flower_peft"] = {
+            "plain_flower_peft_s": plain["wall_s"],
+            "plain_final_accuracy": plain["stdout"].strip().splitlines()[-1] if plain["stdout"].strip() else None,
+            "fedsim_s": fedsim_run["wall_s"],
+            "ratio": fedsim_run["wall_s"] / plain["wall_s"],
+            "goal_at_most": GOALS["vs_plain_flower_peft_ratio"],
+        }
+        show("vs_plain_flower_peft")
 
     # no training: fedsim against plain Flower moving the same arrays
-    shapes = tmp / "shapes.json"
-    shapes.write_text(json.dumps({k: list(v.shape) for k, v in initial_state(cfg).items()}))
-    plain_s = run_process(
-        [sys.executable, __file__, "--plain-messages", str(args.clients), str(args.rounds), "10", str(shapes)]
-    )["wall_s"]
-    nocompute = [*common, "--set", "train.local_epochs=0", "--set", "workload.test_samples=8"]
-    fedsim_s = run_process(fedsim_cmd(*nocompute, "--out", str(tmp / "nocompute")))["wall_s"]
-    result["vs_plain_flower_messages"] = {
-        "plain_flower_s": plain_s,
-        "fedsim_no_training_s": fedsim_s,
-        "ratio": fedsim_s / plain_s,
-        "goal_at_most": GOALS["vs_plain_flower_messages_ratio"],
-    }
-    show("vs_plain_flower_messages")
+    if wanted("vs_plain_flower_messages"):
+        shapes = tmp / "shapes.json"
+        shapes.write_text(json.dumps({k: list(v.shape) for k, v in initial_state(cfg).items()}))
+        plain_s = run_process(
+            [sys.executable, __file__, "--plain-messages", str(args.clients), str(args.rounds), "10", str(shapes)]
+        )["wall_s"]
+        nocompute = [*common, "--set", "train.local_epochs=0", "--set", "workload.test_samples=8"]
+        fedsim_s = run_process(fedsim_cmd(*nocompute, "--out", str(tmp / "nocompute")))["wall_s"]
+        result["vs_plain_flower_messages"] = {
+            "plain_flower_s": plain_s,
+            "fedsim_no_training_s": fedsim_s,
+            "ratio": fedsim_s / plain_s,
+            "goal_at_most": GOALS["vs_plain_flower_messages_ratio"],
+        }
+        show("vs_plain_flower_messages")
 
     # start-up: process start to the first round's messages
-    startup = _sibling("startup")
-    runs = [startup.one_run("lean", args.clients, tmp, i) for i in range(1 if args.quick else 3)]
-    ok = [r for r in runs if not r.get("failed")]
-    result["startup"] = {
-        "runs": runs,
-        "median_startup_s": float(np.median([r["startup_s"] for r in ok])) if ok else None,
-        "median_ray_ready_s": float(np.median([r["ray_ready_s"] for r in ok])) if ok else None,
-        "median_imported_s": float(np.median([r["imported_s"] for r in ok])) if ok else None,
-        "goal_at_most_s": GOALS["startup_s"],
-    }
-    show("startup")
+    if wanted("startup"):
+        startup = _sibling("startup")
+        runs = [startup.one_run("lean", args.clients, tmp, i) for i in range(1 if args.quick else 3)]
+        ok = [r for r in runs if not r.get("failed")]
+        result["startup"] = {
+            "runs": runs,
+            "median_startup_s": float(np.median([r["startup_s"] for r in ok])) if ok else None,
+            "median_ray_ready_s": float(np.median([r["ray_ready_s"] for r in ok])) if ok else None,
+            "median_imported_s": float(np.median([r["imported_s"] for r in ok])) if ok else None,
+            "goal_at_most_s": GOALS["startup_s"],
+        }
+        show("startup")
 
     # population independence: 10,000 clients against 50, 10 sampled per round, same rounds and data per client
-    population = {}
-    for n in (args.clients, args.population):
-        run = run_process(
-            fedsim_cmd(
-                "--clients", str(n), "--rounds", str(args.rounds), "--clients-per-round", "10",
-                "--set", "workload.partition=iid", "--out", str(tmp / f"population-{n}"),
-            )
-        )  # fmt: skip
-        population[str(n)] = {"wall_s": run["wall_s"], "peak_rss_bytes": run["peak_rss_bytes"]}
-    small, large = population[str(args.clients)], population[str(args.population)]
-    result["population"] = {
-        **population,
-        "wall_ratio": large["wall_s"] / small["wall_s"],
-        "peak_memory_ratio": large["peak_rss_bytes"] / small["peak_rss_bytes"],
-        "goal_wall_ratio_at_most": GOALS["population_wall_ratio"],
-        "goal_peak_memory_ratio_at_most": GOALS["population_peak_memory_ratio"],
-    }
-    show("population")
+    if wanted("population"):
+        population = {}
+        for n in (args.clients, args.population):
+            run = run_process(
+                fedsim_cmd(
+                    "--clients", str(n), "--rounds", str(args.rounds), "--clients-per-round", "10",
+                    "--set", "workload.partition=iid", "--out", str(tmp / f"population-{n}"),
+                )
+            )  # fmt: skip
+            population[str(n)] = {"wall_s": run["wall_s"], "peak_rss_bytes": run["peak_rss_bytes"]}
+        small, large = population[str(args.clients)], population[str(args.population)]
+        result["population"] = {
+            **population,
+            "wall_ratio": large["wall_s"] / small["wall_s"],
+            "peak_memory_ratio": large["peak_rss_bytes"] / small["peak_rss_bytes"],
+            "goal_wall_ratio_at_most": GOALS["population_wall_ratio"],
+            "goal_peak_memory_ratio_at_most": GOALS["population_peak_memory_ratio"],
+        }
+        show("population")
 
     print(f"wrote {args.out}")
 
