@@ -87,7 +87,6 @@ def option_cases() -> list[tuple[str, list[str]]]:
         ("--set unknown section", ["--set", "nosuch.key=1"]),
         ("--set unknown key", ["--set", "run.nosuch=1"]),
         ("min clients above sampled", ["--set", "run.min_clients_per_round=99"]),
-        ("eval_every 0", ["--set", "run.eval_every=0"]),
         ("device speeds inverted", ["--set", "compute.device_flops_min=3e12"]),
         ("inner radius above cell", ["--set", "channel.min_distance_m=600"]),
         ("too many training rows", ["--clients", "100000", "--set", "workload.samples_per_client=1000"]),
