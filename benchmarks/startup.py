@@ -8,7 +8,9 @@ three probes, written to a JSON-lines file:
 - ``imported``:  ``fedsim.cli`` imported (the driver's own imports);
 - ``ray_ready``: ``ray.init`` returned (GCS, raylet, agents up);
 - ``push``:      every ``InMemoryGrid.push_messages`` call with its message type: the first
-                 ``query`` is client discovery, the first ``train`` the first round's messages.
+                 ``query`` is client discovery (none under ``fedsim run``, which addresses the
+                 simulated nodes from the runtime's registration), the first ``train`` the
+                 first round's messages.
 
 Start-up is first ``train`` push minus spawn time (goal: <= 10 s on this machine). The two
 variants run alternately in one loop (``--repeats`` each) so that they share the machine's load:
@@ -148,6 +150,16 @@ def one_run(variant: str, clients: int, tmp: Path, index: int) -> dict:
     }
 
 
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _median(values: list) -> float | None:
+    """The median of the values that exist (None: no run had one, e.g. no discovery under simulation)."""
+    present = [v for v in values if v is not None]
+    return float(np.median(present)) if present else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant (alternating)")
@@ -172,7 +184,7 @@ def main() -> None:
                 continue
             print(
                 f"{variant:>5} #{i}: imports {row['imported_s']:.1f} s, Ray ready {row['ray_ready_s']:.1f} s, "
-                f"discovery {row['discovery_sent_s']:.1f} s, first round sent {row['startup_s']:.1f} s, "
+                f"discovery {_s(row['discovery_sent_s'])}, first round sent {row['startup_s']:.1f} s, "
                 f"exit {row['total_s']:.1f} s; CPU to the first round: driver {row['driver_cpu_s_at_first_round']:.1f} s, "
                 f"Ray {row['ray_cpu_s_at_first_round']:.1f} s in {row['ray_processes']}",
                 flush=True,
@@ -182,11 +194,8 @@ def main() -> None:
     keys = ("imported_s", "ray_ready_s", "discovery_sent_s", "startup_s", "total_s")
     keys += ("ray_cpu_s_at_first_round", "driver_cpu_s_at_first_round")
     ok = [r for r in runs if not r.get("failed")]
-    medians = {
-        v: {k: float(np.median([r[k] for r in ok if r["variant"] == v and r[k] is not None])) for k in keys}
-        for v in VARIANTS
-    }
-    ratios = {k: medians["lean"][k] / medians["full"][k] for k in keys}
+    medians = {v: {k: _median([r[k] for r in ok if r["variant"] == v]) for k in keys} for v in VARIANTS}
+    ratios = {k: medians["lean"][k] / medians["full"][k] if medians["full"][k] else None for k in keys}
     report = {
         "benchmark": "fedsim start-up: process start to the first round's messages sent",
         "machine": {

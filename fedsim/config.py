@@ -127,6 +127,9 @@ class RunSection:
     )
     client_timeout_s: float = _num(0.0, 0, 1e6, "wait this long for client replies (0: no limit)", "s")
     method: str = _f("ideal", None, "a registered upload method (fedsim methods)", "upload method")
+    eval_every: int = _num(
+        1, 1, 10**12, "evaluate the global adapter every k rounds (the final round always; others: null)", integer=True
+    )
 
 
 @dataclass(frozen=True)

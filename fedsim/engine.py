@@ -10,7 +10,8 @@ transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment
    two-phase schedulers (TSFA): clients train and report, the scheduler decides rho_t and the
    band, the admitted clients upload at rho_t,
 3. split the band (the scheduler's decision), drop the clients that miss ``tsfa.deadline_s``,
-4. aggregate the uploads in client-id order (the upload method's server half), evaluate,
+4. aggregate the uploads in client-id order (the upload method's server half), evaluate (every
+   ``run.eval_every`` rounds and the final one; the others record ``metrics: null``),
 5. account the uplink (channel, payload, latency) and the downlink (the broadcast of the global
    adapter, dense or quantised at ``lora.downlink_quant_bits``:
    :meth:`~fedsim.methods.UploadMethod.broadcast`, its time under ``channel.downlink``) and
@@ -317,7 +318,10 @@ class RoundEngine:
                 self.state, cov_norm = hetero.aggregate(self.state, uploads, cfg.hetero.aggregation)
             else:
                 self.state, cov_norm = self.method.aggregate(self.state, uploads)
-        if ok or self.metrics is None:  # a failed round keeps the adapter, hence its metrics
+        if ok:
+            self.metrics = None  # a new adapter: its metrics are unknown until evaluated
+        evaluated = round_ % cfg.run.eval_every == 0 or round_ == cfg.run.rounds
+        if evaluated and self.metrics is None:  # a failed round keeps the adapter, hence its metrics
             self.metrics = self.host.evaluate(cfg, self.state)
             self.metrics["primary_metric"] = self.metrics[self.primary]
             self.metrics.update(personal)
@@ -334,7 +338,7 @@ class RoundEngine:
             uplink_bits_total=int(sum(r.payload_bits for r in uploaded)),
             downlink_bits=self.downlink_bits,
             downlink_s=self.wireless.downlink_time_s(round_, clients, self.downlink_bits),
-            metrics=self.metrics,
+            metrics=self.metrics if evaluated else None,
             **{
                 key: float(np.mean([getattr(r, key) for r in uploaded])) if uploaded else 0.0
                 for key in CLIENT_DIAGNOSTICS

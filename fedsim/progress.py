@@ -53,7 +53,7 @@ class ProgressReporter:
                 self._progress.start_task(self._task)
             elif event == "round":
                 self.cum_bits += data["uplink_bits_total"]
-                value = data["metrics"].get("primary_metric")
+                value = (data["metrics"] or {}).get("primary_metric")  # None: not evaluated (run.eval_every)
                 if data.get("status", "ok") == "ok" and isinstance(value, int | float) and math.isfinite(value):
                     better = max if self.higher_is_better else min
                     self.best = value if self.best is None else better(self.best, value)

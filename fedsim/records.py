@@ -125,7 +125,8 @@ class RoundRecord:
     uplink_bits_total: int
     downlink_bits: int
     downlink_s: float
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] | None
+    """The workload's evaluation of the global adapter; None in rounds ``run.eval_every`` skips."""
     kept_ranks: float
     dropped_rank_error: float
     mean_abs_cos: float

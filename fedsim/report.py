@@ -51,7 +51,7 @@ class RunResult:
         summary = self.summary or {}
         if name in summary and _is_number(summary[name]):
             return float(summary[name])
-        final = summary.get("final_metrics") or (self.records[-1]["metrics"] if self.records else {})
+        final = summary.get("final_metrics") or (self.records[-1]["metrics"] if self.records else {}) or {}
         if name == "cumulative_uplink_bits":
             return float(sum(r["uplink_bits_total"] for r in self.records))
         if name == "mean_round_latency_s" and self.records:
@@ -421,7 +421,7 @@ def effect_points(
     for label, members in group_runs(runs, by).items():
         per_run = []
         for m in members:
-            final = (m.summary or {}).get("final_metrics") or (m.records[-1]["metrics"] if m.records else {})
+            final = (m.summary or {}).get("final_metrics") or (m.records[-1]["metrics"] if m.records else {}) or {}
             per_run.append({match.group(1): v for k, v in final.items() if (match := regex.fullmatch(k))})
         xs = list(dict.fromkeys(x for values in per_run for x in values))
         points = [(x, *mean_ci([v.get(x, math.nan) for v in per_run])[:3]) for x in xs]

@@ -183,7 +183,7 @@ class ResultsWriter:
             "seed": self.cfg.run.seed,
             "primary_metric": primary_metric,
             "higher_is_better": higher,
-            "final_metrics": recs[-1]["metrics"] if recs else {},
+            "final_metrics": next((r["metrics"] for r in reversed(recs) if r.get("metrics")), {}),
             **dict(zip(("best_round", "best_metric"), best_round(recs, higher) or (None, None), strict=True)),
             "cumulative_uplink_bits": int(sum(r["uplink_bits_total"] for r in recs)),
             "cumulative_downlink_bits": int(sum(r.get("downlink_bits", 0) for r in recs)),
@@ -220,7 +220,7 @@ def best_round(records: list[dict[str, Any]], higher_is_better: bool = True) -> 
         (r["round"], v)
         for r in records
         if r.get("status", "ok") == "ok"
-        and isinstance(v := r.get("metrics", {}).get("primary_metric"), int | float)
+        and isinstance(v := (r.get("metrics") or {}).get("primary_metric"), int | float)
         and math.isfinite(v)
     ]
     if not points:
@@ -242,9 +242,11 @@ def plot_results(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rounds = [r["round"] for r in records]
-    metric = [r["metrics"]["primary_metric"] for r in records]
-    bits = np.cumsum([r["uplink_bits_total"] for r in records])
+    bits_all = np.cumsum([r["uplink_bits_total"] for r in records])
+    evaluated = [i for i, r in enumerate(records) if r.get("metrics")]  # run.eval_every skips the others
+    rounds = [records[i]["round"] for i in evaluated]
+    metric = [records[i]["metrics"]["primary_metric"] for i in evaluated]
+    bits = bits_all[evaluated]
     for x, xlabel, name in (
         (rounds, "round", "metric_vs_round.png"),
         (bits / 1e6, "cumulative uplink (Mbit)", "metric_vs_uplink_bits.png"),

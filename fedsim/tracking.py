@@ -72,7 +72,7 @@ def _number(v: Any) -> float | None:
 
 def scalars(record: dict[str, Any], cumulative_bits: int) -> dict[str, float]:
     """The scalars of one round record, by tag (``metrics/accuracy``, ``round/round_latency_s``, ...)."""
-    out = {f"metrics/{k}": x for k, v in record.get("metrics", {}).items() if (x := _number(v)) is not None}
+    out = {f"metrics/{k}": x for k, v in (record.get("metrics") or {}).items() if (x := _number(v)) is not None}
     for key, value in record.items():
         if key not in ("round", "metrics") and (x := _number(value)) is not None:
             out[f"round/{key}"] = x

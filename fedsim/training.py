@@ -56,12 +56,27 @@ class LoadedWorkload:
     model: nn.Module
     train: Dataset
     test: Dataset
-    _partitions: list[Dataset] | None = field(default=None, repr=False)
+    _partitioner: object | None = field(default=None, repr=False)
+    _partitions: dict[int, Dataset] = field(default_factory=dict, repr=False)
 
-    def partition(self, client_id: int) -> Dataset:
-        if self._partitions is None:
-            self._partitions = self.workload.partition(self.train)
-        return self._partitions[client_id]
+    PARTITIONS_KEPT = 1024
+    """Loaded partitions kept per process (the most recent); a partition is a view of the pool."""
+
+    def partition(self, client_id: int, keep: bool = True) -> Dataset:
+        """Client ``client_id``'s data, loaded on first use: only the clients this process trains.
+
+        ``keep=False`` loads it without keeping it (the server's one pass over every client's size).
+        """
+        if client_id in self._partitions:
+            return self._partitions[client_id]
+        if self._partitioner is None:
+            self._partitioner = self.workload.partitioner(self.train)
+        data = self._partitioner.load_partition(client_id)
+        if keep:
+            if len(self._partitions) >= self.PARTITIONS_KEPT:
+                del self._partitions[next(iter(self._partitions))]
+            self._partitions[client_id] = data
+        return data
 
 
 _CACHE: dict[tuple, LoadedWorkload] = {}
@@ -192,4 +207,4 @@ class WorkloadHost:
 
     def partition_sizes(self, cfg: Config) -> list[int]:
         lw = load_workload(cfg)
-        return [len(lw.partition(c)) for c in range(cfg.run.clients)]
+        return [len(lw.partition(c, keep=False)) for c in range(cfg.run.clients)]

@@ -42,6 +42,7 @@ def test_parse_value_reads_toml_literals():
         ({"run.rounds": -2}, "run.rounds=-2"),
         ({"run.clients": 4, "run.clients_per_round": 5}, "run.clients_per_round=5: must be at most run.clients=4"),
         ({"run.clients_per_round": 1.5}, "fraction in (0, 1]"),
+        ({"run.eval_every": 0}, "run.eval_every=0: must be an integer in [1, "),
         ({"run.method": "nope"}, "run.method='nope': must be one of"),
         ({"workload.name": "nope"}, "workload.name='nope': must be one of"),
         ({"workload.preset": "huge"}, "workload.preset='huge'"),

@@ -417,3 +417,48 @@ def test_heterogeneous_ranks_follow_the_rule_and_price_each_client_at_its_rank(r
     else:  # FlexLoRA: the product of the new factors is the best rank-8 fit of the averaged products
         W = sum(wk * pb @ pa for wk, (pa, pb) in zip(w, padded, strict=True))
         np.testing.assert_allclose(engine.state[B] @ engine.state[A], W, atol=1e-5)  # rank(W) <= 5 here
+
+
+class CountingHost(StubHost):
+    def __init__(self):
+        self.evaluated: list[float] = []
+
+    def evaluate(self, cfg, state):
+        out = super().evaluate(cfg, state)
+        self.evaluated.append(out["score"])
+        return out
+
+
+def test_eval_every_evaluates_every_kth_and_the_final_round_and_records_null_between(tmp_path):
+    every, host = CountingHost(), CountingHost()
+    run(make_cfg(**{"run.rounds": 5}), every, lambda: (StubClients(), {}), tmp_path / "every")
+    summary = run(
+        make_cfg(**{"run.rounds": 5, "run.eval_every": 2}), host, lambda: (StubClients(), {}), tmp_path / "k2"
+    )
+    whole = [json.loads(line) for line in (tmp_path / "every" / "rounds.jsonl").read_text().splitlines()]
+    k2 = [json.loads(line) for line in (tmp_path / "k2" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["metrics"] is not None for r in k2] == [False, True, False, True, True]  # 2, 4 and the final 5
+    assert len(host.evaluated) == 3 and len(every.evaluated) == 5
+    for a, b in zip(whole, k2, strict=True):  # training is unchanged: only the skipped metrics differ
+        assert b["metrics"] in (None, a["metrics"])
+        a.pop("metrics"), b.pop("metrics")
+        for r in (a, b):
+            r.pop("wall_s"), r.pop("solve_time_s"), r.pop("sparsify_time_s")
+            for c in r["clients"]:
+                c.pop("sparsify_time_s")
+        assert a == b
+    assert summary["final_metrics"]["score"] == every.evaluated[-1]
+    assert (tmp_path / "k2" / "metric_vs_round.png").stat().st_size > 0
+
+
+def test_eval_every_evaluates_a_failed_round_after_an_unevaluated_one_on_the_current_adapter():
+    cfg = make_cfg(**{"run.rounds": 4, "run.eval_every": 2, "run.min_clients_per_round": 3})
+    crashed = {(2, c) for c in range(cfg.run.clients)}
+    host = CountingHost()
+    engine = RoundEngine(cfg, host)
+    first = engine.run_round(1, StubClients(crash=crashed))
+    assert first.status == "ok" and first.metrics is None and host.evaluated == []
+    second = engine.run_round(2, StubClients(crash=crashed))
+    # the adapter of round 1, never evaluated before: evaluated now, not a stale copy of round 0
+    assert second.status == "failed" and second.metrics["score"] == StubHost().evaluate(cfg, engine.state)["score"]
+    assert len(host.evaluated) == 1

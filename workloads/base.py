@@ -186,7 +186,18 @@ class Workload(ABC):
         return get_peft_model(base, lora)
 
     def partition(self, train: Dataset) -> list[Dataset]:
-        """Split the train pool into one partition per client with a flwr-datasets partitioner."""
+        """Split the train pool into one partition per client (every client's; see :meth:`partitioner`)."""
+        partitioner = self.partitioner(train)
+        return [partitioner.load_partition(i) for i in range(self.spec.num_clients)]
+
+    def partitioner(self, train: Dataset):
+        """The flwr-datasets partitioner of the train pool; ``load_partition(i)`` is client i's data.
+
+        Nothing is split until a partition is loaded, and a loaded partition is a view of the pool
+        (row indices), so a process builds only the partitions of the clients it trains: with
+        10,000 clients an actor never holds 10,000 datasets. Partition ``i`` is the same whether it
+        is loaded alone or with the others.
+        """
         from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
         n = self.spec.num_clients
@@ -213,7 +224,7 @@ class Workload(ABC):
                 seed=self.spec.seed,
             )
         partitioner.dataset = train
-        return [partitioner.load_partition(i) for i in range(n)]
+        return partitioner
 
     def batches(self, data: Dataset, batch_size: int, generator: torch.Generator | None) -> Iterator[dict]:
         """Mini-batches of ``data``, shuffled by ``generator`` (None: in order), on :attr:`device`.

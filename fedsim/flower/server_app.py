@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,12 +154,22 @@ def serve(
     reporter: Reporter | None = None,
     resume: Checkpoint | None = None,
     plan: RankPlan | None = None,
+    nodes: Callable[[], dict[int, int] | None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``cfg`` on ``grid`` with the round engine (see :func:`fedsim.engine.run`); returns the summary."""
+    """Run ``cfg`` on ``grid`` with the round engine (see :func:`fedsim.engine.run`); returns the summary.
+
+    ``nodes``, when given, returns client id -> node id as the launcher knows it (the Simulation
+    Runtime's own registration; simulated nodes have no channel profiles); when it is not given
+    or returns None, :func:`discover` asks every node (deployment).
+    """
 
     def connect() -> tuple[Send, dict[int, dict[str, float]]]:
         profiles: dict[int, dict[str, float]] = {}
-        node_of = discover(grid, cfg, profiles=profiles)
+        node_of = nodes() if nodes is not None else None
+        if node_of is None:
+            node_of = discover(grid, cfg, profiles=profiles)
+        elif sorted(node_of) != list(range(cfg.run.clients)):
+            raise RunFailed(f"the runtime registered {len(node_of)} nodes for run.clients={cfg.run.clients}")
         return flower_send(grid, node_of), profiles
 
     return run(cfg, WorkloadHost(), connect, out_dir, reporter, resume, plan)
@@ -194,8 +205,9 @@ def main(grid: Grid, context: Context) -> None:
 
     def log_round(event: str, data: dict[str, Any]) -> None:
         if event == "round":
+            metric = f"{data['metrics']['primary_metric']:.4f}" if data["metrics"] else "(not evaluated)"
             print(
-                f"[fedsim] round {data['round']}: {data['metrics']['primary_metric']:.4f} "
+                f"[fedsim] round {data['round']}: {metric} "
                 f"latency {data['round_latency_s']:.3f} s, uplink {data['uplink_bits_total'] / 1e6:.2f} Mbit",
                 flush=True,
             )

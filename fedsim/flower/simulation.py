@@ -89,11 +89,12 @@ def run_in_simulation(
             start_new_session=True,
         )
     server_app = ServerApp()
+    nodes = _SimulatedNodes()
 
     @server_app.main()
     def _main(grid, context) -> None:
         try:
-            outcome["summary"] = serve(grid, cfg, out_dir, reporter, resume, plan)
+            outcome["summary"] = serve(grid, cfg, out_dir, reporter, resume, plan, nodes=nodes.node_of)
         except RunFailed as e:
             outcome["error"] = e
 
@@ -108,13 +109,14 @@ def run_in_simulation(
             warnings.simplefilter("ignore")
             _start_ray(backend["init_args"])
             old_sigterm = _catch_sigterm()
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=cfg.run.clients,
-                backend_config=backend,
-                verbose_logging=verbose,
-            )
+            with nodes.captured():
+                run_simulation(
+                    server_app=server_app,
+                    client_app=client_app,
+                    num_supernodes=cfg.run.clients,
+                    backend_config=backend,
+                    verbose_logging=verbose,
+                )
     except Exception as e:  # the runtime itself died (Ray could not start, an actor pool failure, ...)
         if "error" not in outcome and "summary" not in outcome:
             raise RunFailed(f"simulation runtime failed: {type(e).__name__}: {e}") from e
@@ -136,6 +138,56 @@ def run_in_simulation(
     if outcome["summary"]["status"] != "ok":
         raise RunFailed(outcome["summary"]["error"])
     return outcome["summary"]
+
+
+class _SimulatedNodes:
+    """The simulated SuperNodes' node ids by partition id, as Flower's Simulation Runtime registers them.
+
+    The runtime gives node ``i`` of ``run.clients`` the node config ``partition-id = i`` and a
+    random node id (``vce_api._register_nodes`` returns that mapping). Capturing it lets the
+    ServerApp address client ``c`` directly instead of asking every node which partition it
+    holds: discovery would cost one message per client, i.e. minutes for 10,000 clients. The
+    ClientApp still checks that each message reaches the partition it names. With a Flower
+    version that lacks the function, :meth:`node_of` returns None and discovery runs as under
+    deployment.
+    """
+
+    def __init__(self) -> None:
+        self._mapping: dict[int, int] | None = None
+        self._hooked = False
+        self._done = threading.Event()  # registered, or the runtime ended without registering
+
+    @contextlib.contextmanager
+    def captured(self):
+        try:
+            from flwr.server.superlink.fleet.vce import vce_api
+
+            original = vce_api._register_nodes
+        except (ImportError, AttributeError):  # pragma: no cover - another Flower layout: discovery
+            self._done.set()
+            yield
+            return
+
+        def register(*args, **kwargs):
+            nodes = original(*args, **kwargs)
+            self._mapping = {int(p): int(n) for n, p in nodes.items()}
+            self._done.set()
+            return nodes
+
+        vce_api._register_nodes = register
+        self._hooked = True
+        try:
+            yield
+        finally:
+            vce_api._register_nodes = original
+            self._done.set()
+
+    def node_of(self) -> dict[int, int] | None:
+        """Client id -> node id, once the runtime has registered the nodes (None: not captured)."""
+        self._done.wait()
+        if self._hooked and self._mapping is None:
+            raise RunFailed("the simulation runtime ended before it registered its nodes")
+        return self._mapping
 
 
 class Terminated(KeyboardInterrupt):
