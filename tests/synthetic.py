@@ -62,6 +62,8 @@ def write_run(
             failures=[],
             round_latency_s=0.9 * cfg.tsfa.latency_budget_s + 0.01 * float(rng.standard_normal()),
             uplink_bits_total=int(bits),
+            downlink_bits=2_000_000,
+            downlink_s=0.0,
             metrics={"accuracy": value, "primary_metric": value, **(extra_metrics or {})},
             scheduler=scheduler,
             wall_s=0.1,
