@@ -19,8 +19,11 @@ and reads, at round t, the newest version from a round < t. Where the folder is:
 - ``fedsim deploy`` (Deployment Engine): on the SuperNode, under its node-config key
   ``state-dir`` (``--node-config '... state-dir="/data/fedsim-state"'``) in a sub-folder named
   after the run's results folder; the server's path is then only used for that name, so a
-  server cannot make a SuperNode write anywhere else. Without ``state-dir`` the node uses the
-  server's path as is (one machine, as in simulation).
+  server cannot make a SuperNode write anywhere else. A SuperNode without ``state-dir`` refuses
+  a method with client state (its reply is an error: the client fails its rounds). Only the
+  Ray processes of ``fedsim run`` (:data:`SIMULATION_ENV`) write to the server's path; with
+  ``simulation.ray_address`` on a multi-node Ray cluster, that path must be on a file system
+  every node shares.
 
 Checkpoints and ``--resume``: a round's versions are written before the client replies, so
 when the server commits checkpoint t every client that trained in a round <= t has its version
@@ -47,6 +50,10 @@ FOLDER = "client_state"
 NODE_STATE_DIR = "state-dir"
 """The SuperNode node-config key naming where a deployed client keeps its state."""
 
+SIMULATION_ENV = "FEDSIM_SIMULATED_CLIENTS"
+"""Set to ``1`` for the Ray processes of ``fedsim run`` (:mod:`fedsim.flower.simulation`): there the
+server's path is a folder of the user's own run, so a simulated client may write where it says."""
+
 _VERSION = re.compile(r"round-(\d{6,})\.safetensors")
 
 
@@ -56,12 +63,19 @@ def client_folder(root: str | Path, client_id: int) -> Path:
 
 def resolve_root(server_path: str, node_config: dict) -> Path:
     """The folder of this client's run: the SuperNode's ``state-dir`` (with the server folder's
-    name as a sub-folder) when the node has one, else the server's path (simulation)."""
+    name as a sub-folder) when the node has one; the server's path in a simulation
+    (:data:`SIMULATION_ENV`). A SuperNode without ``state-dir`` refuses (RuntimeError): a
+    server never chooses where a deployed node writes."""
     node_dir = node_config.get(NODE_STATE_DIR)
     if node_dir:
         name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(server_path).parent.name).lstrip(".")
         return Path(str(node_dir)) / (name or "run")
-    return Path(server_path)
+    if os.environ.get(SIMULATION_ENV) == "1":
+        return Path(server_path)
+    raise RuntimeError(
+        f"this SuperNode has no node-config {NODE_STATE_DIR} for the client state of this run.method "
+        f"(start it with --node-config {NODE_STATE_DIR}=PATH, a folder on the node)"
+    )
 
 
 def _versions(folder: Path) -> list[tuple[int, Path]]:

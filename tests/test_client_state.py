@@ -1,6 +1,7 @@
 """Client state files (fedsim.client_state): versions by round, pruning, resume, where they live."""
 
 import numpy as np
+import pytest
 
 from fedsim import client_state
 
@@ -42,8 +43,12 @@ def test_discard_after_removes_later_versions_and_half_written_files(tmp_path):
     assert client_state.discard_after(tmp_path / "none", 2) == 0
 
 
-def test_a_supernode_keeps_its_state_under_its_own_state_dir(tmp_path):
+def test_a_supernode_keeps_its_state_under_its_own_state_dir(tmp_path, monkeypatch):
     server = "/srv/results/run-7/client_state"
+    monkeypatch.delenv(client_state.SIMULATION_ENV, raising=False)
+    with pytest.raises(RuntimeError, match="no node-config state-dir"):  # a server never picks a node's path
+        client_state.resolve_root(server, {})
+    monkeypatch.setenv(client_state.SIMULATION_ENV, "1")
     assert client_state.resolve_root(server, {}) == client_state.Path(server)  # simulation: the server's folder
     node = client_state.resolve_root(server, {"state-dir": str(tmp_path)})
     assert node == tmp_path / "run-7"

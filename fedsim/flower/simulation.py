@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.checkpoint import Checkpoint
+from fedsim.client_state import SIMULATION_ENV
 from fedsim.config import Config
 from fedsim.engine import Reporter, RunFailed
 from fedsim.flower.server_app import serve
@@ -221,10 +222,10 @@ def _start_ray(init_args: dict[str, Any]) -> None:
 
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     if "address" in init_args or os.environ.get(FULL_RAY_HEAD_ENV) == "1":
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath, SIMULATION_ENV: "1"}}, **init_args)
         return
-    # Read by the GCS, raylet and workers when they start; both are restored right after.
-    inherited = {"PYTHONPATH": pythonpath, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Read by the GCS, raylet and workers when they start; all are restored right after.
+    inherited = {"PYTHONPATH": pythonpath, "RAY_USAGE_STATS_ENABLED": "0", SIMULATION_ENV: "1"}
     saved = {k: os.environ.get(k) for k in inherited}
     os.environ.update(inherited)
     try:

@@ -26,7 +26,7 @@ from tests.deploy.federation import Federation
 pytestmark = pytest.mark.slow
 
 PROFILE_2 = {"distance-m": 123.0, "device-flops": 1.5e12}  # supernode-2 holds partition 1
-NODE_3_STATE = "node-3-state"  # supernode-3 (partition 2) keeps client state on its own disk here
+NODE_STATE = {1: "node-1-state", 3: "node-3-state"}  # supernodes 1 and 3 keep client state on their own disk
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,10 @@ def federation(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("docker/certs.sh needs openssl")
     root = tmp_path_factory.mktemp("federation")
-    profiles = {2: "distance-m=123.0 device-flops=1.5e12", 3: f'state-dir="{root / NODE_3_STATE}"'}
+    profiles = {
+        2: "distance-m=123.0 device-flops=1.5e12",
+        **{n: f'state-dir="{root / d}"' for n, d in NODE_STATE.items()},
+    }
     fed = Federation(root, nodes=3, profiles=profiles)
     try:
         yield fed.start()
@@ -100,33 +103,23 @@ def test_deployed_run_records(federation, tmp_path):
 
 
 def test_deployed_client_state_lives_on_the_supernode(federation, tmp_path):
-    """FedSA-LoRA keeps each client's B between rounds: supernode-3 (node-config ``state-dir``) on its
-    own disk, the others where the server's message says (one machine here)."""
+    """FedSA-LoRA keeps each client's B between rounds on its SuperNode, under the node-config
+    ``state-dir`` (supernodes 1 and 3); supernode-2 has none and refuses, whatever path the
+    server's message names: its client fails its rounds, the others carry them."""
     out = tmp_path / "fedsa"
-    proc = federation.submit(
-        [
-            "--clients",
-            "3",
-            "--rounds",
-            "2",
-            "--clients-per-round",
-            "3",
-            "--seed",
-            "7",
-            "--set",
-            "run.method=fedsa",
-            *SMALL,
-        ],
-        out,
-    )
+    args = ["--clients", "3", "--rounds", "2", "--clients-per-round", "3", "--seed", "7", *SMALL]
+    proc = federation.submit([*args, "--set", "run.method=fedsa", "--set", "run.min_clients_per_round=2"], out)
     assert _finish(federation, proc, 420) == str(out)
     rounds = read_rounds(out)
     assert [r["status"] for r in rounds] == ["ok", "ok"]
     assert all("personal_accuracy" in r["metrics"] for r in rounds)
-    node_3 = sorted((federation.root / NODE_3_STATE).glob("*/client-000002/round-*.safetensors"))
-    assert [p.name for p in node_3] == ["round-000001.safetensors", "round-000002.safetensors"]
-    server_side = {p.parent.name for p in federation.server_results.glob("*/client_state/client-*/round-*")}
-    assert server_side >= {"client-000000", "client-000001"} and "client-000002" not in server_side
+    for r in rounds:
+        assert [f["client_id"] for f in r["failures"]] == [1]
+        assert "state-dir" in r["failures"][0]["reason"], r["failures"]
+    for node, client in ((1, 0), (3, 2)):
+        kept = sorted((federation.root / NODE_STATE[node]).glob(f"*/client-{client:06d}/round-*.safetensors"))
+        assert [p.name for p in kept] == ["round-000001.safetensors", "round-000002.safetensors"]
+    assert not list(federation.server_results.glob("*/client_state/client-*/round-*"))  # nothing where the server said
 
 
 def _nodes(fed: Federation) -> dict[str, str]:
