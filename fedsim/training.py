@@ -106,12 +106,21 @@ def load_workload(cfg: Config) -> LoadedWorkload:
 def check_workload(cfg: Config) -> None:
     """Build the workload's model and data in this process and check what only they can tell.
 
-    A ``workload.dataset`` whose files or columns do not fit, and a ``lora.rank`` above the
-    smallest dimension of an adapted layer, are one-line ConfigErrors. Run before anything is
-    started or written; the loaded workload stays cached for the server's own use.
+    A ``workload.dataset`` whose files or columns do not fit, a split into ``run.clients``
+    partitions that the partitioner cannot make (e.g. a Dirichlet split with more clients than
+    its minimum partition size allows), and a ``lora.rank`` above the smallest dimension of an
+    adapted layer, are one-line ConfigErrors. Run before anything is started or written; the
+    loaded workload stays cached for the server's own use.
     """
     from fedsim.methods import split_state
 
+    try:  # the partitioner assigns every row when the first partition is loaded
+        load_workload(cfg).partition(0, keep=False)
+    except ValueError as e:
+        raise ConfigError(
+            f"workload.partition={cfg.workload.partition!r}: cannot split the data into run.clients={cfg.run.clients} "
+            f"partitions ({' '.join(str(e).split())[:200]})"
+        ) from None
     state = initial_state(cfg)
     pairs, _ = split_state(state)
     if pairs:
