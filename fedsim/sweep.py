@@ -413,7 +413,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """A run gets SIGTERM (it checkpoints and stops) if the sweep process dies, even by SIGKILL."""
+    """A run gets SIGTERM (it checkpoints and stops) if the sweep process dies, even by SIGKILL.
+
+    It also takes SIGINT again: a sweep started in the background (``nohup fedsim sweep ... &``)
+    inherits SIGINT ignored, and an ignored signal stays ignored across exec, so without this the
+    runs would sit out the stop's grace period and be killed without their checkpoint.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import ctypes
 
