@@ -41,7 +41,11 @@ projections then starts from that base.
 
 Metric: exact final-answer accuracy, the integer after ``####`` in the greedy decoding compared
 with the true answer (parsed with a regular expression, never evaluated), overall and by number
-of operations (``accuracy_ops1`` .. ``accuracy_ops3``).
+of operations (``accuracy_ops1`` .. ``accuracy_ops3``). For targets with equations (``equation``,
+``nl``) two more separate the reasoning chain from its arithmetic: ``plan_accuracy``, the share
+of problems whose generated equations start from the right number and apply the right operations
+with the right operands in the right order (whatever their results), and
+``equation_arithmetic``, the share of generated equations ``a op b = c`` that are true.
 
 Natural split (``workload.partition = "natural"``): client k has its own template family and an
 operation mix dominated by one operation. ``dirichlet`` skews over the template family.
@@ -188,12 +192,37 @@ NL_CLOSE_MORE = [*NL_CLOSE, "the total is {r} .", "so there are {r} .", "in the 
 NL_CLOSE_FIRST = ["{r} is the answer .", "{r} is the final number .", "{r} in the end ."]
 NL_VARIABILITY = (0, 1, 2, 3)
 _ANSWER = re.compile(r"####\s*(\d+)")
+_EQUATION = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)")
 
 
 def parse_answer(text: str) -> int | None:
     """The integer after the first ``####`` (a regular expression; the text is never evaluated)."""
     m = _ANSWER.search(text)
     return int(m.group(1)) if m else None
+
+
+def parse_equations(text: str) -> list[tuple[int, str, int, int]]:
+    """Every ``a op b = c`` before the ``####`` of ``text``, as ``(a, op, b, c)`` (read, never evaluated)."""
+    body = text.split("####")[0]
+    return [(int(a), op, int(b), int(c)) for a, op, b, c in _EQUATION.findall(body)]
+
+
+def chain_scores(generated: str, target: str) -> tuple[bool, list[bool]] | None:
+    """How a generated solution's equations compare with the target's; None if the target has none.
+
+    Returns ``(plan, arithmetic)``: ``plan`` is True when the generation has the target's number of
+    equations, starts from the target's first number and applies the same operations with the same
+    operands in order (whatever its results: the chain is set up right); ``arithmetic`` has one
+    entry per generated equation, True when ``a op b`` equals its ``c``.
+    """
+    want = parse_equations(target)
+    if not want:
+        return None
+    got = parse_equations(generated)
+    plan = len(got) == len(want) and got[0][0] == want[0][0]
+    plan = plan and all(g[1:3] == w[1:3] for g, w in zip(got, want, strict=True))
+    value = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    return plan, [value[op](a, b) == c for a, op, b, c in got]
 
 
 def vocabulary_texts() -> list[str]:
@@ -636,18 +665,26 @@ class EquationReasoner(Workload):
     def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
         model.eval()
         longest = max(len(self.tokenizer.encode(t)) for t in data["target"])
-        correct, losses, tokens = [], 0.0, 0
+        correct, plans, arithmetic, losses, tokens = [], [], [], 0.0, 0
         for start in range(0, len(data), 64):
             rows = data[start : start + 64]
             batch = self.place(self.collate(rows))
             n_tok = int((batch["labels"] != -100).sum())
             losses += float(self.loss(model, batch)) * n_tok
             tokens += n_tok
-            for text, answer in zip(self.generate(model, rows["question"], longest + 8), rows["answer"], strict=True):
+            texts = self.generate(model, rows["question"], longest + 8)
+            for text, answer, target in zip(texts, rows["answer"], rows["target"], strict=True):
                 correct.append(parse_answer(text) == answer)
+                scores = chain_scores(text, target)
+                if scores is not None:
+                    plans.append(scores[0])
+                    arithmetic += scores[1]
         correct_a = np.asarray(correct, dtype=bool)
         ops = np.asarray(data["num_ops"])
         out = {"accuracy": float(correct_a.mean()), "loss": losses / max(tokens, 1)}
+        if plans:  # targets with equations (equation, nl): the chain's set-up and its arithmetic apart
+            out["plan_accuracy"] = float(np.mean(plans))
+            out["equation_arithmetic"] = float(np.mean(arithmetic)) if arithmetic else 0.0
         for k in (1, 2, 3):
             if (ops == k).any():
                 out[f"accuracy_ops{k}"] = float(correct_a[ops == k].mean())

@@ -88,3 +88,19 @@ def test_bad_levels_are_refused_with_one_line(value):
     with pytest.raises(ConfigError, match=f"nl_variability={value!r}|nl_variability=") as err:
         eq.EquationReasoner.resolve_params("tiny", f"nl_variability={value}")
     assert "\n" not in str(err.value) and "nl_variability" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("generated", "plan", "arithmetic"),
+    [
+        ("5 + 3 = 8 8 * 2 = 16 #### 16", True, [True, True]),
+        ("5 + 3 = 8 8 * 2 = 17 #### 17", True, [True, False]),  # right chain, an arithmetic slip
+        ("we begin with 5 . adding 3 gives 5 + 3 = 9 . 9 * 2 = 18 . #### 18", True, [False, True]),
+        ("5 + 4 = 9 9 * 2 = 18 #### 18", False, [True, True]),  # a wrong operand
+        ("5 + 3 = 8 #### 8", False, [True]),  # a step missing
+        ("#### 16", False, []),
+    ],
+)
+def test_chain_scores_separate_the_plan_from_the_arithmetic(generated, plan, arithmetic):
+    assert eq.chain_scores(generated, "5+3=8 8*2=16 #### 16") == (plan, arithmetic)
+    assert eq.chain_scores(generated, "#### 16") is None  # answer-only targets have no chain
