@@ -127,6 +127,26 @@ def test_sweep_refuses_other_folders(tmp_path, capsys):
         check_folder(sweep, out)
 
 
+def test_sweep_compares_the_configuration_a_run_was_started_with(tmp_path):
+    """A TSFA run records its planned lora.rank in its config.toml: the same sweep again is accepted,
+    a changed one is still refused."""
+    path = _write(
+        tmp_path, '[sweep]\nseeds = [0]\n[run]\nmethod = "soft"\nclients = 4\nrounds = 3\n[tsfa]\nscheduler = "tsfa"\n'
+    )
+    sweep = load_sweep(path)
+    out = tmp_path / "sw"
+    (out / "configs").mkdir(parents=True)
+    (out / "sweep.json").write_text("{}")
+    (out / "configs" / "seed-0.toml").write_text(run_config_text(sweep.runs[0], 1, None, out=out))
+    write_run(
+        out / "runs" / "seed-0", {"run.seed": 0, "run.method": "soft", "tsfa.scheduler": "tsfa", "lora.rank": 4}, 0.5
+    )
+    check_folder(sweep, out)  # the rank the run planned is not a change of the sweep
+    changed = load_sweep(_write(tmp_path, path.read_text().replace("rounds = 3", "rounds = 5")))
+    with pytest.raises(ConfigError, match="other values of run.rounds"):
+        check_folder(changed, out)
+
+
 def test_run_state(tmp_path):
     assert run_state(tmp_path / "none") == "pending"
     assert run_state(write_run(tmp_path / "ok", {}, 0.5)) == "done"
