@@ -16,7 +16,7 @@ operations, and answer-only fails beyond one operation. Each run writes
 run found there.
 
     python benchmarks/equation_format.py [--sizes tiny small] [--formats equation nl answer]
-        [--seeds 0] [--pretrain-steps 1500] [--clients 10] [--rounds 5] [--clients-per-round 5]
+        [--seeds 0] [--pretrain-steps 1500] [--nl-variability 1] [--clients 10] [--rounds 5] [--clients-per-round 5]
         [--samples-per-client 96] [--local-epochs 2]
 """
 
@@ -43,7 +43,8 @@ def overrides(size: str, fmt: str, seed: int, args: argparse.Namespace) -> dict:
         "workload.name": "equation-reasoner",
         "workload.preset": size,
         "workload.options": f"target_format={fmt},pretrain_steps={args.pretrain_steps}"
-        + (f",pretrain_problems={args.pretrain_problems}" if args.pretrain_problems else ""),
+        + (f",pretrain_problems={args.pretrain_problems}" if args.pretrain_problems else "")
+        + (f",nl_variability={args.nl_variability}" if fmt == "nl" else ""),
         "workload.partition": "natural",
         "workload.test_samples": args.test_samples,
         "workload.samples_per_client": args.samples_per_client,
@@ -72,6 +73,8 @@ def one_run(size: str, fmt: str, seed: int, args: argparse.Namespace) -> dict:
     run_id = f"{size}-{fmt}-seed{seed}-steps{args.pretrain_steps}-c{args.clients}-r{args.rounds}-e{args.local_epochs}"
     if args.pretrain_problems:
         run_id += f"-p{args.pretrain_problems}"
+    if fmt == "nl" and args.nl_variability != 1:
+        run_id += f"-v{args.nl_variability}"
     path = args.out / "equation_format_runs" / f"{run_id}.json"
     if path.is_file() and not args.force:
         print(f"{run_id}: kept from {path}")
@@ -196,6 +199,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--pretrain-problems", type=int, default=0, help="0: the preset's number")
+    ap.add_argument("--nl-variability", type=int, default=1, choices=range(4), help="nl targets' variability")
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--clients-per-round", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)

@@ -47,17 +47,23 @@ class RunResult:
         return (self.summary or {}).get("primary_metric", "primary_metric")
 
     def value(self, name: str) -> float:
-        """A metric of the run: a numeric ``summary.json`` field, else a final-round metric; NaN if absent."""
+        """A metric of the run: a numeric ``summary.json`` field, else a final-round metric, else for
+        ``mean_<field>`` the mean over rounds of a round-record field or metric (``mean_rho``,
+        ``mean_queue_s``, ``mean_round_latency_s``); NaN if absent."""
         summary = self.summary or {}
         if name in summary and _is_number(summary[name]):
             return float(summary[name])
         final = summary.get("final_metrics") or (self.records[-1]["metrics"] if self.records else {}) or {}
         if name == "cumulative_uplink_bits":
             return float(sum(r["uplink_bits_total"] for r in self.records))
-        if name == "mean_round_latency_s" and self.records:
-            return float(np.mean([r["round_latency_s"] for r in self.records]))
         v = final.get(name)
-        return float(v) if _is_number(v) else math.nan
+        if _is_number(v):
+            return float(v)
+        if name.startswith("mean_") and self.records:
+            series = np.array([_record_value(r, name.removeprefix("mean_")) for r in self.records])
+            if np.isfinite(series).any():
+                return float(np.nanmean(series))
+        return math.nan
 
 
 def _is_number(v: Any) -> bool:

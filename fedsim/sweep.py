@@ -272,7 +272,10 @@ def run_state(folder: Path) -> str:
 def check_folder(sweep: Sweep, out: Path) -> None:
     """Refuse an output folder that holds something else, or runs made with another configuration.
 
-    ``simulation.*`` and ``tracking.*`` keys may differ (where and how a run executes).
+    A run's configuration is the one the sweep started it with (``configs/NAME.toml``), not its
+    results folder's ``config.toml``, which records what the run decided itself (TSFA's planned
+    ``lora.rank``); a folder without the former is compared with the latter. ``simulation.*`` and
+    ``tracking.*`` keys may differ (where and how a run executes).
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out={str(out)!r}: exists and is not a folder")
@@ -282,6 +285,8 @@ def check_folder(sweep: Sweep, out: Path) -> None:
         saved = out / "runs" / spec.name / "config.toml"
         if not saved.is_file():
             continue
+        started = out / "configs" / f"{spec.name}.toml"
+        saved = started if started.is_file() else saved
         try:
             old = build_config(toml_to_flat(read_text_file(saved, "run config"), str(saved)))
         except ConfigError as e:
@@ -413,7 +418,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """A run gets SIGTERM (it checkpoints and stops) if the sweep process dies, even by SIGKILL."""
+    """A run gets SIGTERM (it checkpoints and stops) if the sweep process dies, even by SIGKILL.
+
+    It also takes SIGINT again: a sweep started in the background (``nohup fedsim sweep ... &``)
+    inherits SIGINT ignored, and an ignored signal stays ignored across exec, so without this the
+    runs would sit out the stop's grace period and be killed without their checkpoint.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import ctypes
 

@@ -104,6 +104,14 @@ def option_cases() -> list[tuple[str, list[str]]]:
         ("positions csv missing", ["--set", "channel.drop=csv", "--set", "channel.positions_csv=/nonexistent.csv"]),
         ("trace csv missing", ["--set", "channel.trace_csv=/nonexistent.csv"]),
         ("dataset is a URL", ["--set", "workload.dataset=http://example.com/x.csv"]),
+        (
+            "nl_variability out of range",
+            ["--workload", "equation-reasoner", "--set", "workload.options=target_format=nl,nl_variability=9"],
+        ),
+        (
+            "nl_variability not a level",
+            ["--workload", "equation-reasoner", "--set", "workload.options=nl_variability=high"],
+        ),
         ("unknown option", ["--nosuch"]),
         ("--out empty", ["--out", ""]),
         ("quant bits above 16", ["--set", "lora.quant_bits=17"]),

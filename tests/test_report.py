@@ -104,6 +104,12 @@ def test_tsfa_latency_and_effect_figures(tmp_path):
     assert ax.get_xlabel().startswith("latency budget")
     means = ax.containers[0].lines[0].get_ydata()
     assert list(means) == pytest.approx([0.18, 0.36], abs=0.02)
+    # mean_<field>: a round-record field averaged over rounds (queue_s = 0.05 t over 3 rounds)
+    table = summarize(loaded, metrics=["mean_queue_s", "mean_rho", "mean_nosuch", "mean_round_latency_s"])
+    assert list(table["mean_queue_s_mean"]) == pytest.approx([0.1, 0.1])
+    assert list(table["mean_rho_mean"]) == pytest.approx([0.5, 0.5])
+    assert table["mean_nosuch_mean"].isna().all()
+    assert list(table["mean_round_latency_s_mean"]) == pytest.approx([0.18, 0.36], abs=0.02)
     rho_ax, queue_ax = figures["rho_queue"][0].axes[:2]
     assert queue_ax.get_ylabel().startswith("virtual queue") and len(queue_ax.get_lines()) == 2
     # a workload's own effect: rainbow padding's metrics per allocated length G

@@ -127,6 +127,26 @@ def test_sweep_refuses_other_folders(tmp_path, capsys):
         check_folder(sweep, out)
 
 
+def test_sweep_compares_the_configuration_a_run_was_started_with(tmp_path):
+    """A TSFA run records its planned lora.rank in its config.toml: the same sweep again is accepted,
+    a changed one is still refused."""
+    path = _write(
+        tmp_path, '[sweep]\nseeds = [0]\n[run]\nmethod = "soft"\nclients = 4\nrounds = 3\n[tsfa]\nscheduler = "tsfa"\n'
+    )
+    sweep = load_sweep(path)
+    out = tmp_path / "sw"
+    (out / "configs").mkdir(parents=True)
+    (out / "sweep.json").write_text("{}")
+    (out / "configs" / "seed-0.toml").write_text(run_config_text(sweep.runs[0], 1, None, out=out))
+    write_run(
+        out / "runs" / "seed-0", {"run.seed": 0, "run.method": "soft", "tsfa.scheduler": "tsfa", "lora.rank": 4}, 0.5
+    )
+    check_folder(sweep, out)  # the rank the run planned is not a change of the sweep
+    changed = load_sweep(_write(tmp_path, path.read_text().replace("rounds = 3", "rounds = 5")))
+    with pytest.raises(ConfigError, match="other values of run.rounds"):
+        check_folder(changed, out)
+
+
 def test_run_state(tmp_path):
     assert run_state(tmp_path / "none") == "pending"
     assert run_state(write_run(tmp_path / "ok", {}, 0.5)) == "done"
@@ -152,7 +172,8 @@ FAKE_RUN = """
 import json, os, signal, sys, time, tomllib
 from pathlib import Path
 args = sys.argv[2:]  # after "run"
-signal.signal(signal.SIGINT, lambda *a: sys.exit(130))
+if os.environ.get("FAKE_OWN_SIGINT", "1") == "1":
+    signal.signal(signal.SIGINT, lambda *a: sys.exit(130))
 if "--resume" in args:
     out = Path(args[args.index("--resume") + 1])
     cfg = tomllib.loads((out / "config.toml").read_text())
@@ -167,7 +188,10 @@ else:
 log = Path(os.environ["FAKE_LOG"])
 with log.open("a") as f:
     f.write(f"{out.name} {time.time()}\\n")
-time.sleep(float(os.environ.get("FAKE_SLEEP", "0.3")))
+try:
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0.3")))
+except KeyboardInterrupt:  # as fedsim run: Python's own SIGINT handler, then exit 130
+    sys.exit(130)
 with log.open("a") as f:
     f.write(f"{out.name} {time.time()}\\n")
 if cfg["run"]["seed"] == 13 and "--resume" not in args:
@@ -223,7 +247,10 @@ def test_execute_runs_in_parallel_records_failures_and_skips_finished(fake_sweep
     assert {line.split()[0] for line in (tmp / "log.txt").read_text().splitlines()} == {"seed-13"}
 
 
-def test_ctrl_c_stops_the_runs_and_keeps_the_index(fake_sweep):
+@pytest.mark.parametrize("background", [False, True], ids=["ctrl-c", "sigterm-to-background-sweep"])
+def test_ctrl_c_stops_the_runs_and_keeps_the_index(fake_sweep, background):
+    """Ctrl-C, and SIGTERM to a sweep started in the background (SIGINT ignored, as ``nohup ... &``
+    leaves it): every run stops at once with its own exit 130, not after the grace period."""
     sweep, command, tmp = fake_sweep
     out = tmp / "sw"
     # the sweep is rebuilt without the registries' checks: this process only needs to start quickly
@@ -236,18 +263,25 @@ from fedsim.sweep import Interrupted, RunSpec, Sweep, execute
 runs = [RunSpec(n, o, build_config(flat)) for n, o, flat in {specs!r}]
 sweep = Sweep("s", Path({str(sweep.source)!r}), "", ["run.seed"], runs)
 try:
-    execute(sweep, Path({str(out)!r}), 2, command={command!r}, poll_s=0.05, stop_grace_s=10)
+    execute(sweep, Path({str(out)!r}), 2, command={command!r}, poll_s=0.05, stop_grace_s=60)
 except Interrupted as e:
     sys.exit(e.code)
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "FAKE_SLEEP": "30"})
+    env = {**os.environ, "FAKE_SLEEP": "90", "FAKE_OWN_SIGINT": "0" if background else "1"}
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, preexec_fn=ignore_sigint if background else None)
     deadline = time.time() + 60
     while time.time() < deadline:
         if (tmp / "log.txt").is_file() and len((tmp / "log.txt").read_text().splitlines()) >= 2:
             break
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 130
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM if background else signal.SIGINT)
+    assert proc.wait(timeout=50) == (143 if background else 130)
+    assert time.monotonic() - t0 < 40  # the runs stopped themselves: no grace period, no SIGKILL
     rows = {r["name"]: r for r in json.loads((out / "sweep.json").read_text())["runs"]}
     assert sorted(r["status"] for r in rows.values()) == ["interrupted", "interrupted", "pending", "pending"]
     assert all(rows[n]["returncode"] == 130 for n in rows if rows[n]["status"] == "interrupted")

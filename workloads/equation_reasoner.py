@@ -16,7 +16,15 @@ lists. The same solution is rendered in three target formats::
     nl        we begin with 5 coins . 3 more makes 5+3=8 . multiplying by 2 gives 8*2=16 . so the answer is 16 . #### 16
     answer    #### 16
 
-``target_format`` (a preset key; ``--set workload.options=target_format=nl``) picks one. Problems
+``target_format`` (a preset key; ``--set workload.options=target_format=nl``) picks one.
+``nl_variability`` (0-3, default 1) sets how varied the ``nl`` solutions are, to test the paper's
+hypothesis that this variability is what hurts small models: 0 writes one fixed phrasing per
+sentence; 1 (the default) draws each sentence from 3 phrasings; 2 from larger sets of paraphrases
+(clauses x verbs: 16-24 phrasings of a step, 8 openings, 6 closings); 3 also puts the equation
+or number first in half of the sentences and a connective before half of the steps (170-250
+phrasings of a step, 11 openings, 9 closings). The questions, equations and answers are the same at every level (the paraphrases have
+their own generator, seeded from the seed), and the paraphrases use only words the tokenizer
+already has, so the model is the same too. Problems
 are split by a hash of their numbers and operations into three disjoint sets: one to pretrain the
 base on, one for the clients, and held-out test problems with number combinations seen by
 neither.
@@ -33,7 +41,11 @@ projections then starts from that base.
 
 Metric: exact final-answer accuracy, the integer after ``####`` in the greedy decoding compared
 with the true answer (parsed with a regular expression, never evaluated), overall and by number
-of operations (``accuracy_ops1`` .. ``accuracy_ops3``).
+of operations (``accuracy_ops1`` .. ``accuracy_ops3``). For targets with equations (``equation``,
+``nl``) two more separate the reasoning chain from its arithmetic: ``plan_accuracy``, the share
+of problems whose generated equations start from the right number and apply the right operations
+with the right operands in the right order (whatever their results), and
+``equation_arithmetic``, the share of generated equations ``a op b = c`` that are true.
 
 Natural split (``workload.partition = "natural"``): client k has its own template family and an
 operation mix dominated by one operation. ``dirichlet`` skews over the template family.
@@ -155,13 +167,62 @@ NL_STEP = {
     "*": ["{b} times as many is {eq} .", "multiplying by {b} gives {eq} .", "growing {b} times makes {eq} ."],
 }
 NL_CLOSE = ["so the answer is {r} .", "the final number is {r} .", "that leaves {r} in the end ."]
+# More varied natural-language solutions (``nl_variability`` 2 and 3), from the words above only, so
+# the vocabulary (hence the model) does not depend on the level. A step is a clause naming the
+# operation and its operand, a verb, and the equation; level 3 also puts the equation first,
+# prefixes a connective, and reorders the opening and closing clauses.
+NL_OPEN_MORE = [
+    *NL_OPEN,
+    "there are {a} {o} at first .",
+    "first we have {a} .",
+    "the number of {o} starts at {a} .",
+    "first there are {a} .",
+    "at first the total is {a} .",
+]
+NL_OPEN_FIRST = ["{a} {o} at first .", "{a} is the starting amount .", "{a} is the number at first ."]
+NL_CLAUSE = {
+    "+": ["adding {b}", "after {b} more", "{b} more", "with {b} more", "with {b} extra", "after adding {b}"],
+    "-": ["taking away {b}", "removing {b}", "after {b} are gone", "after removing {b}", "with {b} taken out"],
+    "*": ["{b} times as many", "multiplying by {b}", "growing {b} times", "after multiplying by {b}"],
+}
+NL_VERB = ["gives", "makes", "leaves", "is"]
+NL_AFTER = ["by {c}", ", {c}", ", that is {c}"]
+NL_LINK = ["then", "next", "later", "and", "so"]
+NL_CLOSE_MORE = [*NL_CLOSE, "the total is {r} .", "so there are {r} .", "in the end we have {r} ."]
+NL_CLOSE_FIRST = ["{r} is the answer .", "{r} is the final number .", "{r} in the end ."]
+NL_VARIABILITY = (0, 1, 2, 3)
 _ANSWER = re.compile(r"####\s*(\d+)")
+_EQUATION = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)")
 
 
 def parse_answer(text: str) -> int | None:
     """The integer after the first ``####`` (a regular expression; the text is never evaluated)."""
     m = _ANSWER.search(text)
     return int(m.group(1)) if m else None
+
+
+def parse_equations(text: str) -> list[tuple[int, str, int, int]]:
+    """Every ``a op b = c`` before the ``####`` of ``text``, as ``(a, op, b, c)`` (read, never evaluated)."""
+    body = text.split("####")[0]
+    return [(int(a), op, int(b), int(c)) for a, op, b, c in _EQUATION.findall(body)]
+
+
+def chain_scores(generated: str, target: str) -> tuple[bool, list[bool]] | None:
+    """How a generated solution's equations compare with the target's; None if the target has none.
+
+    Returns ``(plan, arithmetic)``: ``plan`` is True when the generation has the target's number of
+    equations, starts from the target's first number and applies the same operations with the same
+    operands in order (whatever its results: the chain is set up right); ``arithmetic`` has one
+    entry per generated equation, True when ``a op b`` equals its ``c``.
+    """
+    want = parse_equations(target)
+    if not want:
+        return None
+    got = parse_equations(generated)
+    plan = len(got) == len(want) and got[0][0] == want[0][0]
+    plan = plan and all(g[1:3] == w[1:3] for g, w in zip(got, want, strict=True))
+    value = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    return plan, [value[op](a, b) == c for a, op, b, c in got]
 
 
 def vocabulary_texts() -> list[str]:
@@ -216,10 +277,58 @@ def combination_bucket(start: int, steps: list[tuple[str, int, int]]) -> int:
     return zlib.crc32(key.encode()) % 10
 
 
+def nl_solution(
+    rng: np.random.Generator | None,
+    level: int,
+    start: int,
+    steps: list[tuple[str, int, int]],
+    equations: list[str],
+    obj: str,
+) -> list[str]:
+    """The sentences of a natural-language solution at ``nl_variability`` ``level`` 0, 2 or 3.
+
+    0: one fixed phrasing per sentence (no draws). 2: the opening, each step and the closing drawn
+    from larger sets of paraphrases (clause, verb, equation). 3: as 2, and each sentence's clauses
+    in either order (the equation or number first), steps with or without a leading connective.
+    The same equations and answer at every level; level 1 is :func:`render`'s own drawing.
+    """
+    answer = steps[-1][2]
+    if level == 0:
+        return [
+            NL_OPEN[1].format(a=start),
+            *(NL_STEP[op][0].format(b=b, eq=eq) for (op, b, _), eq in zip(steps, equations, strict=True)),
+            NL_CLOSE[0].format(r=answer),
+        ]
+    assert rng is not None and level in (2, 3)
+    flip = (lambda: bool(rng.integers(2))) if level == 3 else (lambda: False)
+    out = [_pick(rng, NL_OPEN_FIRST if flip() else NL_OPEN_MORE).format(a=start, o=obj)]
+    for (op, b, _), eq in zip(steps, equations, strict=True):
+        clause = _pick(rng, NL_CLAUSE[op]).format(b=b)
+        if flip():
+            sentence = f"{eq} {_pick(rng, NL_AFTER).format(c=clause)}"
+        else:
+            sentence = f"{clause} {_pick(rng, NL_VERB)} {eq}"
+        if flip():
+            sentence = f"{_pick(rng, NL_LINK)} {sentence}"
+        out.append(sentence + " .")
+    out.append(_pick(rng, NL_CLOSE_FIRST if flip() else NL_CLOSE_MORE).format(r=answer))
+    return out
+
+
 def render(
-    rng: np.random.Generator, start: int, steps: list[tuple[str, int, int]], family: int
+    rng: np.random.Generator,
+    start: int,
+    steps: list[tuple[str, int, int]],
+    family: int,
+    nl_variability: int = 1,
+    nl_rng: np.random.Generator | None = None,
 ) -> tuple[str, dict[str, str]]:
-    """Question text and the solution in every format, with names and phrasings drawn from ``rng``."""
+    """Question text and the solution in every format, with names and phrasings drawn from ``rng``.
+
+    ``nl_variability`` other than 1 renders the natural-language solution with
+    :func:`nl_solution`, drawing from ``nl_rng``, so the questions, equations and answers (and
+    every draw from ``rng``) are the same at every level.
+    """
     name, pron = PEOPLE[int(rng.integers(len(PEOPLE)))]
     fill = {
         "n": name,
@@ -244,6 +353,8 @@ def render(
     nl = [_pick(rng, NL_OPEN).format(**fill)]
     nl += [_pick(rng, NL_STEP[op]).format(b=b, eq=eq) for (op, b, _), eq in zip(steps, equations, strict=True)]
     nl.append(_pick(rng, NL_CLOSE).format(r=answer))
+    if nl_variability != 1:
+        nl = nl_solution(nl_rng, nl_variability, start, steps, equations, fill["o"])
     targets = {
         "equation": " ".join(equations) + f" #### {answer}",
         "nl": " ".join(nl) + f" #### {answer}",
@@ -261,11 +372,13 @@ def generate_problems(
     families: list[int] | None = None,
     op_weights: np.ndarray | None = None,
     client: int = -1,
+    nl_variability: int = 1,
+    nl_rng: np.random.Generator | None = None,
 ) -> dict[str, list]:
     """``num`` problems whose number combinations fall in ``buckets``, as dataset columns.
 
     Columns: ``question``, ``target`` (in ``target_format``), ``answer`` (int), ``num_ops``
-    (1..3, uniform), ``family``, ``client``.
+    (1..3, uniform), ``family``, ``client``. ``nl_variability`` and ``nl_rng``: see :func:`render`.
     """
     weights = np.full(3, 1 / 3) if op_weights is None else op_weights
     rows: dict[str, list] = {k: [] for k in ("question", "target", "answer", "num_ops", "family", "client")}
@@ -275,7 +388,7 @@ def generate_problems(
         if combination_bucket(start, steps) not in buckets:
             continue
         family = int(rng.integers(len(FAMILIES))) if families is None else families[int(rng.integers(len(families)))]
-        question, targets = render(rng, start, steps, family)
+        question, targets = render(rng, start, steps, family, nl_variability, nl_rng)
         rows["question"].append(question)
         rows["target"].append(targets[target_format])
         rows["answer"].append(steps[-1][2])
@@ -311,6 +424,7 @@ class EquationReasoner(Workload):
             "pretrain_batch": 32,
             "pretrain_lr": 3e-3,
             "target_format": "equation",
+            "nl_variability": 1,
             "max_value": 99,
         },
         # 1.4M parameters: about 10 minutes of pretraining on one CPU core.
@@ -324,6 +438,7 @@ class EquationReasoner(Workload):
             "pretrain_batch": 64,
             "pretrain_lr": 2e-3,
             "target_format": "equation",
+            "nl_variability": 1,
             "max_value": 99,
         },
         # The paper's T5-Tiny shape (d_model 256, d_ff 1024, 4 heads, 4+4 layers), 7.4M parameters: for a GPU.
@@ -337,10 +452,14 @@ class EquationReasoner(Workload):
             "pretrain_batch": 128,
             "pretrain_lr": 1e-3,
             "target_format": "equation",
+            "nl_variability": 1,
             "max_value": 99,
         },
     }
-    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {"target_format": FORMATS}
+    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "target_format": FORMATS,
+        "nl_variability": NL_VARIABILITY,
+    }
     primary_metric: ClassVar[str] = "accuracy"
     lora_target_modules: ClassVar[list[str]] = ["q", "v"]
     label_column: ClassVar[str] = "family"
@@ -382,9 +501,12 @@ class EquationReasoner(Workload):
         from workloads import text_tools
         from workloads.cache import source_digest
 
+        params = dict(self.params)
+        if params["target_format"] != "nl":
+            del params["nl_variability"]  # it changes nl targets only: other formats share one base
         return {
             "workload": self.name,
-            "params": dict(self.params),
+            "params": params,
             "vocab": self.tokenizer.vocab,
             "seed": self.spec.seed,
             "code": source_digest(sys.modules[__name__], text_tools),
@@ -413,7 +535,14 @@ class EquationReasoner(Workload):
         """Centralised training of the whole base on the pretraining problems (AdamW, cosine decay)."""
         p = self.params
         rng = np.random.default_rng([self.spec.seed, 0xBA5E])
-        rows = generate_problems(p["pretrain_problems"], rng, PRETRAIN_BUCKETS, p["target_format"], p["max_value"])
+        rows = generate_problems(
+            p["pretrain_problems"],
+            rng,
+            PRETRAIN_BUCKETS,
+            p["target_format"],
+            p["max_value"],
+            **self._nl_args(0xBA5E),
+        )
         data = Dataset.from_dict(rows)
         gen = torch.Generator().manual_seed(self.spec.seed)
         opt = torch.optim.AdamW(model.parameters(), lr=p["pretrain_lr"], weight_decay=0.0)
@@ -449,6 +578,13 @@ class EquationReasoner(Workload):
             self._data = self._load_data() if self.spec.dataset else self._generate_data()
         return self._data
 
+    def _nl_args(self, *stream: int) -> dict[str, Any]:
+        """``nl_variability`` and its own generator (seed, ``stream``) for :func:`generate_problems`."""
+        return {
+            "nl_variability": self.params["nl_variability"],
+            "nl_rng": np.random.default_rng([self.spec.seed, *stream, 0x4E1]),
+        }
+
     def _generate_data(self) -> tuple[Dataset, Dataset]:
         p, spec = self.params, self.spec
         columns: dict[str, list] = {}
@@ -464,11 +600,14 @@ class EquationReasoner(Workload):
                 [family],
                 weights,
                 client,
+                **self._nl_args(client, 0xDA7A),
             )
             for k, v in rows.items():
                 columns.setdefault(k, []).extend(v)
         rng = np.random.default_rng([spec.seed, 0x7E57])
-        test = generate_problems(spec.test_samples, rng, TEST_BUCKETS, p["target_format"], p["max_value"])
+        test = generate_problems(
+            spec.test_samples, rng, TEST_BUCKETS, p["target_format"], p["max_value"], **self._nl_args(0x7E57)
+        )
         return Dataset.from_dict(columns), Dataset.from_dict(test)
 
     def _load_data(self) -> tuple[Dataset, Dataset]:
@@ -526,18 +665,26 @@ class EquationReasoner(Workload):
     def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
         model.eval()
         longest = max(len(self.tokenizer.encode(t)) for t in data["target"])
-        correct, losses, tokens = [], 0.0, 0
+        correct, plans, arithmetic, losses, tokens = [], [], [], 0.0, 0
         for start in range(0, len(data), 64):
             rows = data[start : start + 64]
             batch = self.place(self.collate(rows))
             n_tok = int((batch["labels"] != -100).sum())
             losses += float(self.loss(model, batch)) * n_tok
             tokens += n_tok
-            for text, answer in zip(self.generate(model, rows["question"], longest + 8), rows["answer"], strict=True):
+            texts = self.generate(model, rows["question"], longest + 8)
+            for text, answer, target in zip(texts, rows["answer"], rows["target"], strict=True):
                 correct.append(parse_answer(text) == answer)
+                scores = chain_scores(text, target)
+                if scores is not None:
+                    plans.append(scores[0])
+                    arithmetic += scores[1]
         correct_a = np.asarray(correct, dtype=bool)
         ops = np.asarray(data["num_ops"])
         out = {"accuracy": float(correct_a.mean()), "loss": losses / max(tokens, 1)}
+        if plans:  # targets with equations (equation, nl): the chain's set-up and its arithmetic apart
+            out["plan_accuracy"] = float(np.mean(plans))
+            out["equation_arithmetic"] = float(np.mean(arithmetic)) if arithmetic else 0.0
         for k in (1, 2, 3):
             if (ops == k).any():
                 out[f"accuracy_ops{k}"] = float(correct_a[ops == k].mean())
