@@ -402,6 +402,19 @@ def _wire(a: np.ndarray, value_bits: int) -> np.ndarray:
     return a.astype(np.float16 if value_bits == 16 else np.float32)
 
 
+def _with_extras(arrays, bits, state, extras, value_bits, quant_bits, generator):
+    """An upload's arrays and bits with the dense extras added (``extra::name`` at q bits per
+    value) and, with ``quant_bits`` = b > 0, every value array quantised (its bits adjusted)."""
+    arrays = dict(arrays)
+    for name in extras:
+        arrays[f"extra{SEP}{name}"] = _wire(state[name], value_bits)
+        bits += state[name].size * value_bits
+    if quant_bits:
+        arrays, delta = quantise_arrays(arrays, quant_bits, generator)
+        bits += delta
+    return arrays, bits
+
+
 def encode_upload(
     state: dict[str, np.ndarray],
     sparsify: Sparsifier,
@@ -440,12 +453,7 @@ def encode_upload(
         error += update.dropped_rank_error
         kept.append(update.kept_ranks if update.kept_ranks is not None else A.shape[0])
         cos.append(mean_abs_cos(A, B))
-    for name in extras:
-        arrays[f"extra{SEP}{name}"] = _wire(state[name], value_bits)
-        bits += state[name].size * value_bits
-    if quant_bits:
-        arrays, delta = quantise_arrays(arrays, quant_bits, generator)
-        bits += delta
+    arrays, bits = _with_extras(arrays, bits, state, extras, value_bits, quant_bits, generator)
     stats = {
         "payload_bits": float(bits),
         "dropped_rank_error": error,
@@ -568,12 +576,7 @@ class FedSALoRA(UploadMethod):
             arrays[f"{module}{SEP}A"] = _wire(state[a_name], value_bits)
             bits += state[a_name].size * value_bits
             cos.append(mean_abs_cos(torch.from_numpy(state[a_name]), torch.from_numpy(state[b_name])))
-        for name in extras:
-            arrays[f"extra{SEP}{name}"] = _wire(state[name], value_bits)
-            bits += state[name].size * value_bits
-        if quant_bits:
-            arrays, delta = quantise_arrays(arrays, quant_bits, generator)
-            bits += delta
+        arrays, bits = _with_extras(arrays, bits, state, extras, value_bits, quant_bits, generator)
         rank = next(iter(state[a].shape[0] for a, _ in pairs.values()), 0)
         stats = {
             "payload_bits": float(bits),
