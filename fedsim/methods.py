@@ -186,6 +186,9 @@ class UploadMethod:
     frozen : fragments of tensor names (e.g. ``".lora_A."``) that local training keeps fixed at
         the global value. The broadcast leaves them out (every client knows them) and the
         method's sparsifier must not send them (``sparsify_b_only`` sends B alone).
+    local_only : fragments of tensor names that stay on the clients (e.g. FedSA-LoRA's
+        ``".lora_B."``): the server never changes them, so, like ``frozen`` ones, every client
+        knows the global value from the seed and the broadcast leaves them out.
     """
 
     name: str
@@ -198,6 +201,7 @@ class UploadMethod:
     matrix_values: MatrixValues | None = None
     frozen: tuple[str, ...] = ()
     personalised: bool = False
+    local_only: tuple[str, ...] = ()
 
     def adapter_bits(
         self, shapes: dict[str, tuple[int, ...]], rank: int, rho: float, value_bits: int, quant_bits: int = 0
@@ -225,9 +229,10 @@ class UploadMethod:
         return self.matrix_values(d_in, d_out, rank, rho, value_bits)
 
     def downlink_bits(self, shapes: dict[str, tuple[int, ...]], value_bits: int, quant_bits: int = 0) -> int:
-        """Bits of the round's broadcast: every tensor of the global adapter but the ``frozen`` ones,
-        dense at q bits per value, or with ``quant_bits`` = b > 0 at n b + q per tensor."""
-        sizes = [int(np.prod(shape)) for name, shape in shapes.items() if not self.is_frozen(name)]
+        """Bits of the round's broadcast: every tensor of the global adapter but those every client
+        knows (``frozen``, ``local_only``), dense at q bits per value, or with ``quant_bits`` = b > 0
+        at n b + q per tensor."""
+        sizes = [int(np.prod(shape)) for name, shape in shapes.items() if self.is_broadcast(name)]
         return quantised_bits(sizes, quant_bits, value_bits) if quant_bits else sum(sizes) * value_bits
 
     def broadcast(
@@ -235,8 +240,8 @@ class UploadMethod:
     ) -> tuple[dict[str, np.ndarray], int]:
         """What the clients receive of the global adapter and its bits (:meth:`downlink_bits`).
 
-        Dense (``quant_bits`` = 0): the adapter itself. Quantised: every tensor but the ``frozen``
-        ones (known to every client) as the clients decode it from b-bit codes
+        Dense (``quant_bits`` = 0): the adapter itself. Quantised: every tensor :meth:`is_broadcast`
+        names as the clients decode it from b-bit codes
         (:mod:`fedsim.quantise`, draws from a generator seeded with ``seed``); the server keeps
         its exact adapter for aggregation.
         """
@@ -245,10 +250,14 @@ class UploadMethod:
             return state, bits
         import torch
 
-        sent = {k: _wire(v, value_bits) for k, v in state.items() if not self.is_frozen(k)}
+        sent = {k: _wire(v, value_bits) for k, v in state.items() if self.is_broadcast(k)}
         coded, _ = quantise_arrays(sent, quant_bits, torch.Generator().manual_seed(seed))
         received = {k: v.astype(np.float32) for k, v in dequantise_arrays(coded).items()}
         return {k: received.get(k, v) for k, v in state.items()}, bits
+
+    def is_broadcast(self, name: str) -> bool:
+        """Whether the round's broadcast carries tensor ``name`` (not ``frozen``, not ``local_only``)."""
+        return not any(fragment in name for fragment in (*self.frozen, *self.local_only))
 
     def is_frozen(self, name: str) -> bool:
         """Whether local training keeps tensor ``name`` at its global value."""
@@ -667,6 +676,7 @@ for _m in (
         fedsa_bits,
         sparsifies=False,
         matrix_values=fedsa_values,
+        local_only=(".lora_B.",),
         needs_client_state=True,
         personalised=True,
     ),

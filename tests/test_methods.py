@@ -192,6 +192,20 @@ def test_ffa_sends_b_only_half_of_dense_for_square_layers():
     assert ffa.downlink_bits(shapes, 32) == ideal.downlink_bits(shapes, 32) - a_values * 32
 
 
+def test_fedsa_broadcasts_no_b():
+    """FedSA-LoRA's B stays on the clients and the server never changes the global one: the
+    broadcast carries A and the extras only."""
+    fedsa, ideal = get_method("fedsa"), get_method("ideal")
+    state = make_state(4)
+    shapes = {k: v.shape for k, v in state.items()}
+    b_values = sum(v.size for k, v in state.items() if ".lora_B." in k)
+    assert fedsa.downlink_bits(shapes, 32) == ideal.downlink_bits(shapes, 32) - b_values * 32
+    sent, bits = fedsa.broadcast(state, 32, 8, seed=1)
+    assert bits == fedsa.downlink_bits(shapes, 32, 8)
+    for k, v in state.items():
+        assert np.array_equal(sent[k], v) == (".lora_B." in k)  # B is not sent: the clients' own value
+
+
 @pytest.mark.parametrize("name", sorted(n for n, m in METHODS.items() if m.needs_client_state))
 @pytest.mark.parametrize("rho", [0.3, 0.875])
 def test_client_state_methods_price_their_second_round_exactly(name, rho):
