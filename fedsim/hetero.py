@@ -95,13 +95,6 @@ def flops_per_sample_at_rank(base_flops: float, shapes: dict[str, tuple[int, ...
     return base_flops * (1.0 + rank * lora / dense)
 
 
-def _held(update: Any, global_A: np.ndarray, global_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A client's factors at its own rank as the server holds them (global value where unsent)."""
-    A_k, mA, B_k, mB = (t.numpy() for t in update.decompress())
-    r = A_k.shape[0]
-    return np.where(mA, A_k, global_A[:r]), np.where(mB, B_k, global_B[:, :r])
-
-
 def aggregate(
     global_state: dict[str, np.ndarray], uploads: list[tuple[float, dict[str, Any], dict[str, np.ndarray]]], how: str
 ) -> tuple[dict[str, np.ndarray], float]:
@@ -110,7 +103,7 @@ def aggregate(
     diagnostic of the zero-padded held factors (see :func:`fedsim.methods.aggregate_uploads`)."""
     import torch
 
-    from fedsim.methods import split_state
+    from fedsim.methods import average_extras, split_state
     from fedsim.soft import covariance_norm
 
     if how not in AGGREGATIONS:
@@ -125,7 +118,7 @@ def aggregate(
         R = gA.shape[0]
         padded_A, padded_B = [], []
         for _, ups, _ in uploads:
-            A_k, B_k = _held(ups[module], gA, gB)
+            A_k, B_k = (t.numpy() for t in ups[module].held(torch.from_numpy(gA), torch.from_numpy(gB)))
             pA, pB = np.zeros_like(gA, dtype=np.float64), np.zeros_like(gB, dtype=np.float64)
             pA[: A_k.shape[0]], pB[:, : B_k.shape[1]] = A_k, B_k
             padded_A.append(pA)
@@ -144,9 +137,5 @@ def aggregate(
         held_A = [torch.from_numpy(a.astype(np.float32)) for a in padded_A]
         held_B = [torch.from_numpy(b.astype(np.float32)) for b in padded_B]
         cov_sq += covariance_norm(held_A, held_B, list(weights)) ** 2
-    for name in extras:
-        acc = np.zeros_like(global_state[name], dtype=np.float64)
-        for s, (_, _, ex) in zip(shares, uploads, strict=True):
-            acc += s * ex[name]
-        new_state[name] = acc.astype(np.float32)
+    new_state.update(average_extras(global_state, extras, uploads))
     return new_state, float(np.sqrt(cov_sq))

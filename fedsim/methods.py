@@ -534,19 +534,24 @@ def aggregate_uploads(
         updates = [(w, ups[module]) for w, ups, _ in uploads]
         A_new, B_new = aggregate(gA, gB, updates)
         new_state[a_name], new_state[b_name] = A_new.numpy(), B_new.numpy()
-        held_A, held_B = [], []
-        for _, up in updates:
-            A_k, mA, B_k, mB = up.decompress()
-            held_A.append(torch.where(mA, A_k, gA))
-            held_B.append(torch.where(mB, B_k, gB))
-        cov_sq += covariance_norm(held_A, held_B, weights) ** 2
-    total = float(sum(weights))
+        held = [up.held(gA, gB) for _, up in updates]
+        cov_sq += covariance_norm([a for a, _ in held], [b for _, b in held], weights) ** 2
+    new_state.update(average_extras(global_state, extras, uploads))
+    return new_state, float(np.sqrt(cov_sq))
+
+
+def average_extras(
+    global_state: dict[str, np.ndarray], extras: list[str], uploads: list[tuple[float, Any, dict[str, np.ndarray]]]
+) -> dict[str, np.ndarray]:
+    """FedAvg of the dense extras (e.g. a head): sum_k (w_k / sum_j w_j) extras_k, in client-id order."""
+    total = float(sum(w for w, _, _ in uploads))
+    out = {}
     for name in extras:
         acc = np.zeros_like(global_state[name], dtype=np.float64)
         for w, _, ex in uploads:
             acc += (w / total) * ex[name]
-        new_state[name] = acc.astype(np.float32)
-    return new_state, float(np.sqrt(cov_sq))
+        out[name] = acc.astype(np.float32)
+    return out
 
 
 # ---- methods with client state (fedsim.client_state) ---------------------------------------------
@@ -626,11 +631,7 @@ class FedSALoRA(UploadMethod):
             for w, ups, _ in uploads:
                 acc += (w / total) * ups[module]
             new_state[a_name] = acc.astype(np.float32)
-        for name in extras:
-            acc = np.zeros_like(global_state[name], dtype=np.float64)
-            for w, _, ex in uploads:
-                acc += (w / total) * ex[name]
-            new_state[name] = acc.astype(np.float32)
+        new_state.update(average_extras(global_state, extras, uploads))
         return new_state, 0.0
 
 
@@ -649,6 +650,8 @@ class ErrorFeedback(UploadMethod):
     """
 
     def encode_stateful(self, state, global_state, client_state, rho, value_bits, generator, quant_bits=0):
+        import torch
+
         pairs, _ = split_state(state)
         corrected = dict(state)
         for names in pairs.values():
@@ -659,9 +662,11 @@ class ErrorFeedback(UploadMethod):
         updates, _ = self.decode(arrays)
         residual = {}
         for module, (a_name, b_name) in pairs.items():
-            A_k, mA, B_k, mB = (t.numpy() for t in updates[module].decompress())
-            residual[a_name] = corrected[a_name] - np.where(mA, A_k, global_state[a_name])
-            residual[b_name] = corrected[b_name] - np.where(mB, B_k, global_state[b_name])
+            held_A, held_B = updates[module].held(
+                torch.from_numpy(global_state[a_name]), torch.from_numpy(global_state[b_name])
+            )
+            residual[a_name] = corrected[a_name] - held_A.numpy()
+            residual[b_name] = corrected[b_name] - held_B.numpy()
         stats["residual_norm"] = float(
             np.sqrt(sum(float(np.sum(r.astype(np.float64) ** 2)) for r in residual.values()))
         )

@@ -153,6 +153,12 @@ class SparseUpdate:
             out += [dense.view(shape), mask.view(shape)]
         return out[0], out[1], out[2], out[3]
 
+    def held(self, global_A: Tensor, global_B: Tensor) -> tuple[Tensor, Tensor]:
+        """The factors the server holds for this client: the sent entries, and the global value
+        elsewhere (its first ``rank`` ranks when the client's rank is below the global one)."""
+        A, mA, B, mB = self.decompress()
+        return torch.where(mA, A, global_A[: self.rank]), torch.where(mB, B, global_B[:, : self.rank])
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """NumPy arrays for a Flower ``ArrayRecord`` (the caller prefixes the keys per module).
 
