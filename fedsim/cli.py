@@ -143,6 +143,8 @@ def interrupted(out_dir: Path, code: int = 130) -> None:
 
     os._exit, because the ServerApp thread may still be waiting on clients and would hold a
     normal interpreter exit; every file it writes is replaced atomically, so nothing is torn.
+    Ray is still running here (see :func:`fedsim.flower.simulation.run_in_simulation`): the
+    reaper stops its processes once this process has gone.
     """
     from fedsim.checkpoint import CheckpointError, load_checkpoint
 

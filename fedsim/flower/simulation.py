@@ -104,7 +104,7 @@ def run_in_simulation(
     if not verbose:
         flwr_logger.setLevel(logging.CRITICAL)
     backend = backend_config(cfg, ray_dir)
-    old_sigterm = None
+    old_sigterm, interrupted = None, False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -121,17 +121,20 @@ def run_in_simulation(
     except Exception as e:  # the runtime itself died (Ray could not start, an actor pool failure, ...)
         if "error" not in outcome and "summary" not in outcome:
             raise RunFailed(f"simulation runtime failed: {type(e).__name__}: {e}") from e
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: Flower's worker threads may still be inside a Ray call, and any Ray
+        # call after ray.shutdown() ends this process at once with exit 1. So Ray is left running
+        # for the caller's immediate exit (the CLI's os._exit): the reaper, whose pipe closes with
+        # this process, stops Ray's processes and removes the session folder; a Ray cluster ends
+        # the job when its driver disconnects.
+        interrupted = True
+        raise
     finally:
         flwr_logger.setLevel(old_level)
-        _shutdown_ray()
         if old_sigterm is not None:
             signal.signal(signal.SIGTERM, old_sigterm)
-        if ray_dir:
-            shutil.rmtree(ray_dir, ignore_errors=True)
-        if reaper is not None:
-            reaper.stdin.close()  # nothing left for it to do
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                reaper.wait(timeout=10)
+        if not interrupted:
+            _stop_ray(ray_dir, reaper)
     if "error" in outcome:
         raise outcome["error"]
     if "summary" not in outcome:
@@ -295,6 +298,17 @@ def _catch_sigterm():
         raise Terminated()
 
     return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _stop_ray(ray_dir: str | None, reaper: subprocess.Popen | None) -> None:
+    """After a run: stop Ray, remove its session folder and release the reaper."""
+    _shutdown_ray()
+    if ray_dir:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    if reaper is not None:
+        reaper.stdin.close()  # nothing left for it to do
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            reaper.wait(timeout=10)
 
 
 def _shutdown_ray(grace_s: float = 5.0) -> None:
