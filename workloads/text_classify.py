@@ -321,9 +321,16 @@ class TextClassify(Workload):
         return labels_to_ids(train, self.class_names), labels_to_ids(test, self.class_names)
 
     def _generate_data(self) -> tuple[Dataset, Dataset]:
+        from workloads import text_classify
+        from workloads.cache import cached_dataset, source_digest
+
         n_train = self.spec.num_clients * self.spec.samples_per_client
         p = self.params
-        train = generate_topics(n_train, self.spec.seed * 7919 + 1, p["distractor_fraction"])
+        # The train pool grows with run.clients (480,000 sentences for 10,000 clients): generated
+        # once, by the driver, and memory-mapped by every Ray actor and later run.
+        train_args = (n_train, self.spec.seed * 7919 + 1, p["distractor_fraction"])
+        payload = {"generator": "generate_topics", "args": train_args, "code": source_digest(text_classify)}
+        train = cached_dataset(f"{self.name}-data", payload, lambda: generate_topics(*train_args))
         test = generate_topics(
             self.spec.test_samples,
             self.spec.seed * 7919 + 2,
