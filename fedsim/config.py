@@ -268,6 +268,12 @@ class SimulationSection:
     )
     gpus_per_client: float = _num(0.0, 0, 64, "Ray GPUs per ClientApp actor (0: CPU; a fraction shares a GPU)")
     bf16: bool = _f(False, None, "true or false", "bfloat16 autocast in training and evaluation")
+    overlap_eval: bool = _f(
+        True,
+        None,
+        "true or false",
+        "evaluate the global adapter while the next round's clients train (records unchanged)",
+    )
 
 
 @dataclass(frozen=True)

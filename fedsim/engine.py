@@ -11,7 +11,9 @@ transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment
    band, the admitted clients upload at rho_t,
 3. split the band (the scheduler's decision), drop the clients that miss ``tsfa.deadline_s``,
 4. aggregate the uploads in client-id order (the upload method's server half), evaluate (every
-   ``run.eval_every`` rounds and the final one; the others record ``metrics: null``),
+   ``run.eval_every`` rounds and the final one; the others record ``metrics: null``; with
+   ``simulation.overlap_eval`` the evaluation runs in a background thread while the next
+   round's clients train, and the round is written when it is done),
 5. account the uplink (channel, payload, latency) and the downlink (the broadcast of the global
    adapter, dense or quantised at ``lora.downlink_quant_bits``:
    :meth:`~fedsim.methods.UploadMethod.broadcast`, its time under ``channel.downlink``) and
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,6 +91,26 @@ class Host(Protocol):
     def partition_sizes(self, cfg: Config) -> list[int]: ...
 
 
+@dataclass(frozen=True)
+class PendingRound:
+    """A round whose clients and accounting are done; its evaluation may still be running."""
+
+    record: RoundRecord
+    """The round's record, ``metrics`` not filled in."""
+    metrics: Future | None
+    """The global adapter's evaluation (None: a round ``run.eval_every`` skips)."""
+
+    def result(self) -> RoundRecord:
+        """The complete record (waits for the evaluation)."""
+        return self.record if self.metrics is None else replace(self.record, metrics=self.metrics.result())
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
 class RoundEngine:
     """The state of a run between rounds and the logic of one round.
 
@@ -135,7 +158,13 @@ class RoundEngine:
         if resume is not None and resume.scheduler:
             self.scheduler.load_state_dict(resume.scheduler)
         self.state = resume.state if resume is not None else initial
-        self.metrics = resume.records[-1]["metrics"] if resume is not None and resume.records else None
+        metrics = resume.records[-1]["metrics"] if resume is not None and resume.records else None
+        self._metrics: Future | None = None if metrics is None else _done(metrics)
+        """The current global adapter's evaluation (None: not evaluated yet)."""
+        self._background = (
+            ThreadPoolExecutor(1, thread_name_prefix="fedsim-eval") if cfg.simulation.overlap_eval else None
+        )
+        """One thread that evaluates, and then writes, each round in order (None: all inline)."""
         self.primary = host.primary_metric(cfg)
         self.client_state_dir = client_state_dir if self.method.needs_client_state else None
         self.hetero = cfg.hetero.rank_rule != "none"
@@ -242,8 +271,28 @@ class RoundEngine:
         values = [float(replies[c].metrics["personal_metric"]) for c in sorted(replies)]
         return {f"personal_{self.primary}": float(np.mean(values))} if values else {}
 
+    def later(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """``fn(*args)`` in the background thread, after what was queued before (inline without one)."""
+        if self._background is not None:
+            return self._background.submit(fn, *args)
+        return _done(fn(*args))
+
+    def close(self) -> None:
+        """Wait for the background thread's queue and stop it."""
+        if self._background is not None:
+            self._background.shutdown(wait=True)
+
+    def _evaluation(self, cfg: Config, state: dict[str, np.ndarray], personal: dict[str, float]) -> dict[str, Any]:
+        metrics = self.host.evaluate(cfg, state)
+        return {**metrics, "primary_metric": metrics[self.primary], **personal}
+
     def run_round(self, round_: int, send: Send) -> RoundRecord:
         """Run round ``round_`` through ``send``; updates the global adapter and returns the record."""
+        return self.start_round(round_, send).result()
+
+    def start_round(self, round_: int, send: Send) -> PendingRound:
+        """Run round ``round_`` through ``send`` and update the global adapter; its evaluation may
+        still be running in the background when this returns."""
         cfg = self.cfg
         t_round = time.perf_counter()
         clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
@@ -319,17 +368,15 @@ class RoundEngine:
             else:
                 self.state, cov_norm = self.method.aggregate(self.state, uploads)
         if ok:
-            self.metrics = None  # a new adapter: its metrics are unknown until evaluated
+            self._metrics = None  # a new adapter: its metrics are unknown until evaluated
         evaluated = round_ % cfg.run.eval_every == 0 or round_ == cfg.run.rounds
-        if evaluated and self.metrics is None:  # a failed round keeps the adapter, hence its metrics
-            self.metrics = self.host.evaluate(cfg, self.state)
-            self.metrics["primary_metric"] = self.metrics[self.primary]
-            self.metrics.update(personal)
+        if evaluated and self._metrics is None:  # a failed round keeps the adapter, hence its metrics
+            self._metrics = self.later(self._evaluation, cfg, self.state, personal)
         finite = all(np.isfinite(v).all() for v in self.state.values())
         queue_s = self.scheduler.queue_s
         self.scheduler.update(latency_s)
         uploaded = [r for r in client_records if not r.dropped]
-        return RoundRecord(
+        record = RoundRecord(
             round=round_,
             status="failed" if not ok else "ok" if finite else "diverged",
             clients=client_records,
@@ -338,7 +385,7 @@ class RoundEngine:
             uplink_bits_total=int(sum(r.payload_bits for r in uploaded)),
             downlink_bits=self.downlink_bits,
             downlink_s=self.wireless.downlink_time_s(round_, clients, self.downlink_bits),
-            metrics=self.metrics if evaluated else None,
+            metrics=None,  # filled in by PendingRound.result()
             **{
                 key: float(np.mean([getattr(r, key) for r in uploaded])) if uploaded else 0.0
                 for key in CLIENT_DIAGNOSTICS
@@ -347,6 +394,7 @@ class RoundEngine:
             scheduler=self._outcome(decision, queue_s),
             wall_s=time.perf_counter() - t_round,
         )
+        return PendingRound(record, self._metrics if evaluated else None)
 
     def _deadline_failures(self, clients: list[int], decision) -> list[Failure]:
         if decision is None:
@@ -412,16 +460,28 @@ def run(
         if engine.plan is not None:
             write_plan(engine.plan, out / "rank_plan.csv")
         config_sha = sha256_text(writer.write_config(engine.cfg))  # what ran: the plan's rank
-        for round_ in range(first, cfg.run.rounds + 1):
-            record = engine.run_round(round_, send).to_dict()
+
+        def commit(pending: PendingRound, state: dict[str, np.ndarray], scheduler: dict) -> None:
+            record = pending.result().to_dict()
             writer.append(record)
             report("round", record)
-            if record["status"] == "diverged":
-                diverged = round_
-                break
-            save_checkpoint(
-                out, Checkpoint(round_, engine.state, writer.records, engine.scheduler.state_dict(), config_sha)
-            )
+            if record["status"] != "diverged":
+                save_checkpoint(out, Checkpoint(record["round"], state, writer.records, scheduler, config_sha))
+
+        committed = None  # the previous round's commit: evaluated and written while this round trains
+        try:
+            for round_ in range(first, cfg.run.rounds + 1):
+                pending = engine.start_round(round_, send)
+                if committed is not None:
+                    committed.result()  # raises what writing the previous round raised
+                committed = engine.later(commit, pending, engine.state, engine.scheduler.state_dict())
+                if pending.record.status == "diverged":
+                    diverged = round_
+                    break
+        finally:
+            engine.close()  # the last round is evaluated and written
+        if committed is not None:
+            committed.result()
     except Exception as e:
         if isinstance(e, OSError):
             error = f"cannot write results in {out}: {e.strerror or e}"

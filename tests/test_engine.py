@@ -7,6 +7,7 @@ two-phase TSFA round, divergence, resume) is checked here against the engine dir
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -462,3 +463,51 @@ def test_eval_every_evaluates_a_failed_round_after_an_unevaluated_one_on_the_cur
     # the adapter of round 1, never evaluated before: evaluated now, not a stale copy of round 0
     assert second.status == "failed" and second.metrics["score"] == StubHost().evaluate(cfg, engine.state)["score"]
     assert len(host.evaluated) == 1
+
+
+class OverlapProbeHost(StubHost):
+    """Evaluating round t waits (up to 30 s) until round t + 1's messages have been sent."""
+
+    def __init__(self):
+        self.sent: set[int] = set()
+        self.changed = threading.Condition()
+        self.overlapped: list[bool | None] = []
+
+    def send(self, clients):
+        def send(cfg, action, round_, requests, state):
+            with self.changed:
+                self.sent.add(round_)
+                self.changed.notify_all()
+            return clients(cfg, action, round_, requests, state)
+
+        return send
+
+    def evaluate(self, cfg, state):
+        round_ = len(self.overlapped) + 1
+        if round_ < cfg.run.rounds:
+            with self.changed:
+                self.overlapped.append(self.changed.wait_for(lambda: round_ + 1 in self.sent, timeout=30))
+        else:
+            self.overlapped.append(None)  # the last round: nothing to overlap with
+        return super().evaluate(cfg, state)
+
+
+def test_evaluation_overlaps_the_next_round_and_leaves_the_records_as_they_are(tmp_path):
+    host = OverlapProbeHost()
+    run(make_cfg(), host, lambda: (host.send(StubClients()), {}), tmp_path / "overlap")
+    assert host.overlapped == [True, True, None]  # round t evaluated while round t + 1's clients trained
+    serial = make_cfg(**{"simulation.overlap_eval": False})
+    run(serial, StubHost(), lambda: (StubClients(), {}), tmp_path / "serial")
+
+    def strip(folder):
+        rows = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+        for r in rows:
+            r.pop("wall_s"), r.pop("solve_time_s"), r.pop("sparsify_time_s")
+            for c in r["clients"]:
+                c.pop("sparsify_time_s")
+        return rows
+
+    assert strip(tmp_path / "overlap") == strip(tmp_path / "serial")
+    assert load_checkpoint(tmp_path / "overlap").round == 3
+    summaries = [json.loads((tmp_path / f / "summary.json").read_text()) for f in ("overlap", "serial")]
+    assert summaries[0]["final_metrics"] == summaries[1]["final_metrics"]
