@@ -277,10 +277,10 @@ class RoundEngine:
             return self._background.submit(fn, *args)
         return _done(fn(*args))
 
-    def close(self) -> None:
-        """Wait for the background thread's queue and stop it."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the background thread after its queue (``wait``), or after what it is doing now."""
         if self._background is not None:
-            self._background.shutdown(wait=True)
+            self._background.shutdown(wait=wait, cancel_futures=not wait)
 
     def _evaluation(self, cfg: Config, state: dict[str, np.ndarray], personal: dict[str, float]) -> dict[str, Any]:
         metrics = self.host.evaluate(cfg, state)
@@ -469,6 +469,7 @@ def run(
                 save_checkpoint(out, Checkpoint(record["round"], state, writer.records, scheduler, config_sha))
 
         committed = None  # the previous round's commit: evaluated and written while this round trains
+        stop_at_once = False
         try:
             for round_ in range(first, cfg.run.rounds + 1):
                 pending = engine.start_round(round_, send)
@@ -478,8 +479,11 @@ def run(
                 if pending.record.status == "diverged":
                     diverged = round_
                     break
+        except KeyboardInterrupt:
+            stop_at_once = True  # Ctrl-C, SIGTERM: the last checkpoint written is where a resume starts
+            raise
         finally:
-            engine.close()  # the last round is evaluated and written
+            engine.close(wait=not stop_at_once)  # else the last round is evaluated and written first
         if committed is not None:
             committed.result()
     except Exception as e:
