@@ -346,17 +346,20 @@ def profile_child(events_file: str, argv: list[str]) -> None:
 
         setattr(owner, name, wrapper)
 
-    import fedsim.cli
-
-    spans.append({"label": "imports", "start_s": 0.0, "s": time.perf_counter() - t_start})
+    # What a run imports anyway (torch, transformers, peft, datasets, flwr, ray), here before the
+    # probes can be set
     import ray
     from flwr.server.superlink.fleet.vce import vce_api
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
+    import fedsim.cli
     import fedsim.engine
+    import fedsim.flower.simulation
     import fedsim.results
     import fedsim.training
     import fedsim.wireless
+
+    spans.append({"label": "imports", "start_s": 0.0, "s": time.perf_counter() - t_start})
 
     timed(fedsim.training, "check_workload", "workload check (driver: model build, data)")
     timed(ray, "init", "ray start")
@@ -407,8 +410,6 @@ def profile_child(events_file: str, argv: list[str]) -> None:
 
     InMemoryGrid.push_messages = push_messages
     # the ServerApp runs in a thread of its own: profile that thread (the round engine, the transport)
-    import fedsim.flower.simulation
-
     profiler = cProfile.Profile()
     serve = fedsim.flower.simulation.serve
     fedsim.flower.simulation.serve = lambda *a, **k: profiler.runcall(serve, *a, **k)
