@@ -263,7 +263,9 @@ def round_curves(
 
 
 def _record_value(record: dict[str, Any], name: str) -> float:
-    v = record.get(name, record.get("metrics", {}).get(name))
+    """A round-record field or metric; NaN if absent (``metrics`` is null in rounds that
+    ``run.eval_every`` skips)."""
+    v = record.get(name, (record.get("metrics") or {}).get(name))
     return float(v) if _is_number(v) else math.nan
 
 
@@ -289,9 +291,12 @@ def _metric_label(runs: Sequence[RunResult]) -> str:
 
 
 def _band(ax, x, curve, label: str) -> None:
-    (line,) = ax.plot(x, curve["mean"], marker="o", ms=3, label=label)
-    if np.any(np.isfinite(curve["low"])):
-        ax.fill_between(x, curve["low"], curve["high"], color=line.get_color(), alpha=0.2, lw=0)
+    """The mean line and its band over the rounds that have a value (``run.eval_every`` skips some)."""
+    ok = np.isfinite(curve["mean"])
+    x = np.asarray(x)[ok]
+    (line,) = ax.plot(x, curve["mean"][ok], marker="o", ms=3, label=label)
+    if np.any(np.isfinite(curve["low"][ok])):
+        ax.fill_between(x, curve["low"][ok], curve["high"][ok], color=line.get_color(), alpha=0.2, lw=0)
 
 
 def metric_curves_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None, x: str = "bits"):

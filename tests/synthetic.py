@@ -31,7 +31,7 @@ def write_run(
     """A results folder whose primary metric rises linearly to ``final_metric`` at the last round.
 
     The records are the engine's typed records (fields not set here are null). Every round samples
-    all clients; TSFA runs carry a rising queue_s, and the round latency is ``0.9 * tsfa.latency_budget_s`` plus a seed-dependent wobble.
+    all clients; rounds that ``run.eval_every`` skips have ``metrics: null``; TSFA runs carry a rising queue_s, and the round latency is ``0.9 * tsfa.latency_budget_s`` plus a seed-dependent wobble.
     """
     cfg = build_config({"run.clients": clients, "run.clients_per_round": clients, "run.rounds": rounds, **overrides})
     writer = ResultsWriter(folder, cfg)
@@ -64,7 +64,11 @@ def write_run(
             uplink_bits_total=int(bits),
             downlink_bits=2_000_000,
             downlink_s=0.0,
-            metrics={"accuracy": value, "primary_metric": value, **(extra_metrics or {})},
+            metrics=(
+                {"accuracy": value, "primary_metric": value, **(extra_metrics or {})}
+                if t % cfg.run.eval_every == 0 or t == rounds
+                else None  # a round that run.eval_every skips, as the engine records it
+            ),
             scheduler=scheduler,
             wall_s=0.1,
         )

@@ -127,6 +127,23 @@ def test_tsfa_latency_and_effect_figures(tmp_path):
     assert effect_figure(rb, "no-such-workload") is None
 
 
+def test_rounds_without_evaluation(tmp_path):
+    """run.eval_every > 1: the skipped rounds have metrics null; curves skip them, the report is written."""
+    runs = [(f"seed-{s}", {"run.seed": s, "run.eval_every": 2}, 0.5 + 0.1 * s) for s in range(3)]
+    folder = write_sweep(tmp_path / "ev", runs, ["run.seed"], rounds=5)
+    loaded = load_runs(folder)
+    curve = round_curves(loaded, [])["all"]
+    assert list(np.isfinite(curve["mean"])) == [False, True, False, True, True]
+    assert curve["mean"][-1] == pytest.approx(0.6)
+    fig = campaign_figures(loaded, [])["metric_vs_round"][0]
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [2, 4, 5]  # one line through the evaluated rounds
+    table = summarize(loaded, [], metrics=["primary_metric", "mean_accuracy"])
+    assert table["primary_metric_mean"][0] == pytest.approx(0.6)
+    assert table["mean_accuracy_mean"][0] == pytest.approx(np.mean([0.6 * t / 5 for t in (2, 4, 5)]))
+    page = write_report([folder], tmp_path / "rep")
+    assert "figures/metric_vs_round.png" in page.read_text()
+
+
 def test_report_command_writes_page_tables_and_figures(sweep_dir, tmp_path, capsys):
     extra = write_run(
         tmp_path / "failed-run", {"run.method": "soft", "soft.rho": 0.5, "run.seed": 9}, 0.1, status="failed"
