@@ -419,6 +419,24 @@ EFFECTS: dict[str, Effect] = {
         "test subset",
         ((r"(accuracy|accuracy_unseen_words|accuracy_unseen_templates)", "accuracy"),),
     ),
+    "reversal-curse": Effect(
+        "forward against reverse top-1 accuracy of facts taught forward only",
+        "probe",
+        (
+            (r"(forward|reverse)_accuracy", "top-1 accuracy"),
+            (r"(reverse_probability|chance)", "probability of the answer"),
+            (r"(grad_cosine|attention_correlation)", "cosine / correlation"),
+        ),
+    ),
+    "dapd": Effect(
+        "validity and NFE per decoder",
+        "decoder",
+        (
+            (r"validity_(\w+)", "validity"),
+            (r"nfe_(\w+)", "NFE (forwards per sample)"),
+            (r"auc_(all_masked|half_masked)", "attention edge AUC"),
+        ),
+    ),
 }
 """Per workload, the final-round metrics that show its paper's effect (see each workload's docstring)."""
 

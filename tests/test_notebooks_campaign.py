@@ -66,6 +66,11 @@ def test_workload_zoo(tmp_path):
     extra = {"accuracy_unseen_words": 0.4, "accuracy_unseen_templates": 0.5}
     for s in (0, 1):
         write_run(tmp_path / "more" / f"s{s}", {"run.seed": s, "run.method": "soft"}, 0.7, extra_metrics=extra)
-    outputs = execute("workload_zoo.ipynb", tmp_path, [sweep, tmp_path / "more"])
-    assert "## text-classify (4 runs)" in _markdown(outputs)
-    assert _images(outputs) == 1
+    reversal = {"forward_accuracy": 1.0, "reverse_accuracy": 0.0, "reverse_probability": 0.001, "chance": 0.005}
+    for s in (0, 1):
+        overrides = {"workload.name": "reversal-curse", "workload.options": "model=arm", "run.seed": s}
+        write_run(tmp_path / "rc" / f"s{s}", overrides, 0.0, extra_metrics=reversal)
+    outputs = execute("workload_zoo.ipynb", tmp_path, [sweep, tmp_path / "more", tmp_path / "rc"])
+    markdown = _markdown(outputs)
+    assert "## text-classify (4 runs)" in markdown and "## reversal-curse (2 runs)" in markdown
+    assert _images(outputs) == 2

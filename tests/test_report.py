@@ -202,3 +202,62 @@ def test_write_report_lists_unfinished_runs_only(tmp_path):
     (run / "summary.json").unlink()
     page = write_report([tmp_path], tmp_path / "rep").read_text()
     assert "0 finished runs of 1" in page and "`r` (running)" in page
+
+
+def _bars(ax) -> dict[str, list[float]]:
+    """A bar chart's series: per label, the bar heights."""
+    from matplotlib.container import BarContainer
+
+    return {c.get_label(): [p.get_height() for p in c] for c in ax.containers if isinstance(c, BarContainer)}
+
+
+def test_reversal_curse_and_dapd_effect_figures(tmp_path):
+    # reversal curse: forward and reverse accuracy per architecture (the ARM never answers the reverse)
+    finals = {"model=mdm": (0.9, 0.8, 0.035, 0.3), "model=arm": (1.0, 0.0, 0.0002, 0.1)}
+    runs = []
+    for options, (fwd, rev, prob, cosine) in finals.items():
+        for seed in (0, 1, 2):
+            metrics = {
+                "forward_accuracy": fwd,
+                "reverse_accuracy": rev + 0.01 * seed,
+                "reverse_probability": prob,
+                "chance": 0.005,
+                "grad_cosine": cosine,
+                "attention_correlation": 0.5 if options == "model=mdm" else 0.0,
+            }
+            overrides = {"workload.name": "reversal-curse", "workload.options": options, "run.seed": seed}
+            runs.append((f"{options}-{seed}", overrides, rev, metrics))
+    for name, overrides, final, metrics in runs:
+        write_run(tmp_path / "rc" / "runs" / name, overrides, final, extra_metrics=metrics)
+    rc = load_runs(tmp_path / "rc")
+    assert default_group_keys(rc) == ["workload.options"]
+    figures = campaign_figures(rc)
+    accuracy_ax, probability_ax, cosine_ax = figures["effect_reversal-curse"][0].axes
+    assert [t.get_text() for t in accuracy_ax.get_xticklabels()] == ["forward", "reverse"]
+    bars = _bars(accuracy_ax)
+    assert set(bars) == {"options=model=mdm", "options=model=arm"}
+    assert bars["options=model=mdm"] == pytest.approx([0.9, 0.81])
+    assert bars["options=model=arm"] == pytest.approx([1.0, 0.01])
+    assert _bars(probability_ax)["options=model=arm"] == pytest.approx([0.0002, 0.005])
+    assert [t.get_text() for t in cosine_ax.get_xticklabels()] == ["grad_cosine", "attention_correlation"]
+    # dapd: validity and NFE per decoder, top-k at DAPD's NFE among them, and the attention AUCs
+    metrics = {"validity_one": 0.2, "nfe_one": 9.0, "validity_dapd": 0.3, "nfe_dapd": 4.7}
+    metrics |= {"validity_topk_at_dapd_nfe": 0.1, "nfe_topk_at_dapd_nfe": 5.0}
+    metrics |= {"auc_all_masked": 0.9, "auc_half_masked": 0.8}
+    for seed in (0, 1):
+        write_run(
+            tmp_path / "dapd" / f"s{seed}", {"workload.name": "dapd", "run.seed": seed}, 0.3, extra_metrics=metrics
+        )
+    dapd = load_runs(tmp_path / "dapd")
+    validity_ax, nfe_ax, auc_ax = effect_figure(dapd, "dapd").axes
+    decoders = [t.get_text() for t in validity_ax.get_xticklabels()]
+    assert sorted(decoders) == ["dapd", "one", "topk_at_dapd_nfe"]
+    assert [t.get_text() for t in nfe_ax.get_xticklabels()] == decoders
+    (validity,) = _bars(validity_ax).values()
+    (nfe,) = _bars(nfe_ax).values()
+    assert dict(zip(decoders, validity, strict=True)) == pytest.approx(
+        {"one": 0.2, "dapd": 0.3, "topk_at_dapd_nfe": 0.1}
+    )
+    assert dict(zip(decoders, nfe, strict=True)) == pytest.approx({"one": 9.0, "dapd": 4.7, "topk_at_dapd_nfe": 5.0})
+    assert list(_bars(auc_ax).values())[0] == pytest.approx([0.9, 0.8])
+    assert effect_figure(dapd, "reversal-curse") is None  # not this workload's runs
