@@ -408,6 +408,7 @@ def sweep_command(
             check_ray_address(ray_address)
         if not dry_run:
             sw.check_folder(spec, folder)
+        sw.check_rank_plans(spec)  # TSFA budgets no rank meets, as `fedsim run` would refuse them
     except ConfigError as e:
         fail(str(e), 2)
     n_jobs = jobs or (1 if ray_address else sw.default_jobs(spec.runs[0].config))

@@ -21,7 +21,8 @@ every run) with one more table, ``[sweep]``::
 
 Each run's configuration is the defaults < ``sweep.config`` < the file's tables < ``--set`` < the
 run's axis values, resolved as ``fedsim run`` resolves its options (:func:`fedsim.cli.resolve_config`).
-Every run is validated before anything runs. A run is named after its axis values
+Every run is validated before anything runs (with the offline rank plan of TSFA runs:
+:func:`check_rank_plans`). A run is named after its axis values
 (``method-soft_rho-0.25_seed-0``), so adding a value to an axis keeps the names, hence the finished
 results, of the runs already there.
 
@@ -245,6 +246,47 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
         names[rname] = overrides
         runs.append(RunSpec(rname, dict(overrides), cfg))
     return Sweep(name=name, source=path, text=path.read_text(), axes=keys, runs=runs)
+
+
+PLAN_BLIND_KEYS = ("tsfa.latency_budget_s", "tsfa.v", "tsfa.penalty", "run.rounds")
+"""Keys the offline rank plan does not read: runs that differ only in these share one plan."""
+
+
+def check_rank_plans(sweep: Sweep) -> None:
+    """Refuse, before anything runs, a run whose ``tsfa.latency_budget_s`` no candidate rank meets.
+
+    ``fedsim run`` refuses such a budget (exit 2) after its offline rank plan; a sweep checks all
+    of its runs first, one plan per group of runs that differ only in :data:`PLAN_BLIND_KEYS` (and
+    ``simulation.*``, ``tracking.*``), so a campaign with one infeasible budget fails at once
+    instead of recording a failed run per seed. Builds each group's model once (seconds).
+    """
+    from fedsim.rank_plan import plan_for
+    from fedsim.schedulers import get_scheduler
+    from fedsim.training import WorkloadHost
+    from fedsim.tsfa import InfeasibleBudgetError
+    from fedsim.wireless import WirelessModel
+
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in sweep.runs:
+        if get_scheduler(spec.config.tsfa.scheduler).plans_rank:
+            flat = spec.config.to_flat()
+            key = {k: v for k, v in flat.items() if k not in PLAN_BLIND_KEYS and not k.startswith(UNCHECKED_SECTIONS)}
+            groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(spec)
+
+    def refused(run: RunSpec, error: Exception) -> ConfigError:
+        return ConfigError(f"sweep file {str(sweep.source)!r}: run {run.name!r}: {' '.join(str(error).split())}")
+
+    host = WorkloadHost()
+    for runs in groups.values():
+        widest = max(runs, key=lambda r: r.config.tsfa.latency_budget_s)
+        try:
+            plan = plan_for(widest.config, WirelessModel(widest.config), host)
+        except InfeasibleBudgetError as e:  # every budget of the group is too small
+            raise refused(widest, e) from None
+        for run in runs:
+            budget_s = run.config.tsfa.latency_budget_s
+            if not plan.meets(budget_s):
+                raise refused(run, InfeasibleBudgetError(budget_s, plan.rows))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -110,6 +110,43 @@ def test_bad_sweep_file_exit_2_one_line_nothing_written(tmp_path, capsys, text, 
     assert not out.exists()
 
 
+TSFA_SWEEP = """
+[sweep]
+seeds = [0, 1]
+[sweep.grid]
+"tsfa.latency_budget_s" = [{budgets}]
+[run]
+method = "soft"
+clients = 4
+clients_per_round = 2
+[tsfa]
+scheduler = "tsfa"
+plan_samples = 20
+[workload]
+samples_per_client = 16
+test_samples = 64
+"""
+
+
+def test_sweep_refuses_a_budget_no_rank_meets_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(_write(tmp_path, TSFA_SWEEP.format(budgets="10.0, 0.0001"))), "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "run 'latency_budget_s-0.0001_seed-0': tsfa.latency_budget_s=0.0001: no candidate rank meets it" in err
+    assert "smallest feasible budget is" in err
+    assert not out.exists()
+    # the feasible budget alone passes the same check: the dry run lists its runs, writes nothing
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(_write(tmp_path, TSFA_SWEEP.format(budgets="10.0"))), "--out", str(out), "--dry-run"])
+    assert e.value.code == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[:2] == ["latency_budget_s-10_seed-0\tpending", "latency_budget_s-10_seed-1\tpending"]
+    assert not out.exists()
+
+
 def test_sweep_refuses_other_folders(tmp_path, capsys):
     path = _write(tmp_path, "[sweep]\nseeds = [0]\n[run]\nclients = 4\nrounds = 2\n")
     (tmp_path / "busy").mkdir()

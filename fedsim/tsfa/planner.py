@@ -105,6 +105,13 @@ class RankPlan:
         """The rows as a list of plain dicts (JSON/CSV ready), sorted by rank."""
         return _table(self.rows)
 
+    def meets(self, latency_budget_s: float) -> bool:
+        """Whether some rank of these rows is feasible under another budget (expected latency <= it).
+
+        The rows do not depend on the budget, so one plan answers for every budget of a sweep.
+        """
+        return any(r.expected_latency_s <= latency_budget_s for r in self.rows)
+
 
 class InfeasibleBudgetError(ValueError):
     """No candidate rank meets the latency budget; ``smallest_feasible_budget_s`` would.

@@ -115,3 +115,17 @@ def test_duplicates_are_merged_and_the_plan_is_reproducible():
     a = plan(1e6, ranks=[8, 2, 8], seed=3)
     b = plan(1e6, ranks=[2, 8], seed=3)
     assert [r.rank for r in a.rows] == [2, 8] and a.rows == b.rows
+
+
+def test_one_plan_answers_for_every_budget():
+    """RankPlan.meets(T) is exactly whether planning again at T finds a feasible rank."""
+    base = unconstrained()
+    latencies = sorted(r.expected_latency_s for r in base.rows)
+    for budget_s in (0.5 * latencies[0], latencies[0], 0.5 * (latencies[0] + latencies[1]), 2 * latencies[-1]):
+        try:
+            again = plan(budget_s)
+        except InfeasibleBudgetError:
+            again = None
+        assert base.meets(budget_s) == (again is not None), budget_s
+        if again is not None:  # the rows' latencies never depended on the budget
+            assert [r.expected_latency_s for r in again.rows] == [r.expected_latency_s for r in base.rows]
