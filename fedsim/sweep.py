@@ -260,11 +260,7 @@ def check_rank_plans(sweep: Sweep) -> None:
     ``simulation.*``, ``tracking.*``), so a campaign with one infeasible budget fails at once
     instead of recording a failed run per seed. Builds each group's model once (seconds).
     """
-    from fedsim.rank_plan import plan_for
     from fedsim.schedulers import get_scheduler
-    from fedsim.training import WorkloadHost
-    from fedsim.tsfa import InfeasibleBudgetError
-    from fedsim.wireless import WirelessModel
 
     groups: dict[str, list[RunSpec]] = {}
     for spec in sweep.runs:
@@ -272,6 +268,12 @@ def check_rank_plans(sweep: Sweep) -> None:
             flat = spec.config.to_flat()
             key = {k: v for k, v in flat.items() if k not in PLAN_BLIND_KEYS and not k.startswith(UNCHECKED_SECTIONS)}
             groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(spec)
+    if not groups:
+        return
+    from fedsim.rank_plan import plan_for
+    from fedsim.training import WorkloadHost
+    from fedsim.tsfa import InfeasibleBudgetError
+    from fedsim.wireless import WirelessModel
 
     def refused(run: RunSpec, error: Exception) -> ConfigError:
         return ConfigError(f"sweep file {str(sweep.source)!r}: run {run.name!r}: {' '.join(str(error).split())}")
