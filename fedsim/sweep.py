@@ -249,7 +249,7 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
 
 
 PLAN_BLIND_KEYS = ("tsfa.latency_budget_s", "tsfa.v", "tsfa.penalty", "run.rounds")
-"""Keys the offline rank plan does not read: runs that differ only in these share one plan."""
+"""Keys the offline rank plan's rows do not depend on: runs that differ only in these share one plan."""
 
 
 def check_rank_plans(sweep: Sweep) -> None:
