@@ -213,10 +213,6 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
     def resolve(overrides: Mapping[str, Any]) -> Config:
         return resolve_config(config_file, [], {**base, **(sets or {}), **overrides})
 
-    try:
-        resolve({})
-    except ConfigError as e:
-        raise ConfigError(f"{where}: base configuration: {e}") from None
     values = [(k, v) for k, vs in grid.items() for v in vs]
     values += [(k, v) for group in zips for k, vs in group.items() for v in vs]
     values += [("run.seed", s) for s in seeds or []]
@@ -225,6 +221,10 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
             build_config({key: value})
         except ConfigError as e:
             raise ConfigError(f"{where}: axis {key!r} value {value!r}: {e}") from None
+    try:
+        resolve({})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: base configuration: {e}") from None
     from fedsim.tracking import check_tracking
 
     runs: list[RunSpec] = []
