@@ -131,14 +131,19 @@ def cached_dataset(kind: str, payload: Mapping[str, Any], generate: Callable[[],
 
 @contextmanager
 def _entry(kind: str, payload: Mapping[str, Any]) -> Iterator[tuple[Path, Path]]:
-    """Hold the lock of ``payload``'s entry; yields its folder and an empty staging folder beside it."""
+    """Hold the lock of ``payload``'s entry; yields its folder and an empty staging folder beside it.
+
+    Only the lock's holder stages an entry, so a staging folder of this key found under the lock
+    was left by a process killed while it built the entry; it is removed.
+    """
     key = content_hash(payload)
     folder = cache_root() / kind / key
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{key}.{os.getpid()}.tmp"
     with open(folder.parent / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        shutil.rmtree(staging, ignore_errors=True)
+        for stale in folder.parent.glob(f".{key}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir()
         try:
             yield folder, staging

@@ -70,7 +70,10 @@ def test_cache_builds_once_then_loads(tmp_path, monkeypatch):
         return {"loss": 0.5}
 
     payload = {"arch": [3, 4, 3], "seed": 0, "code": "abc"}
+    stale = tmp_path / "toy" / f".{cache.content_hash(payload)}.999999.tmp"  # a killed pretraining's staging
+    (stale / "part").mkdir(parents=True)
     a, meta_a = cache.cached_model("toy", payload, build, pretrain)
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir() if p.name.endswith(".tmp")) == []
     b, meta_b = cache.cached_model("toy", payload, build, pretrain)
     assert calls == [1] and not meta_a["cached"] and meta_b["cached"]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
