@@ -559,7 +559,10 @@ def execute(
         row.status, row.returncode, row.error = "running", None, None
         index.write()
 
-    def reap() -> None:
+    def reap(stopped: bool = False) -> None:
+        """Record the runs that ended; ``stopped``: the sweep stopped them, so a run that did not
+        finish or fail on its own was interrupted, whatever its exit code (Ray can end a process
+        that is stopped while its actors start with exit 1)."""
         for name, (proc, started, log) in list(running.items()):
             code = proc.poll()
             if code is None:
@@ -573,7 +576,7 @@ def execute(
             if code == 0 and state == "done":
                 row.status, row.error = "done", None
                 walls.append(wall)
-            elif code in (130, 143) or (code < 0 and state != "failed"):
+            elif code in (130, 143) or ((code < 0 or stopped) and state != "failed"):
                 row.status, row.error = "interrupted", f"stopped (exit {code})"
             else:
                 row.status = "failed"
@@ -604,7 +607,7 @@ def execute(
     except (KeyboardInterrupt, Interrupted) as e:
         code = e.code if isinstance(e, Interrupted) else 130
         _stop(running, stop_grace_s)
-        reap()
+        reap(stopped=True)
         for spec, _ in queue:
             index.rows[spec.name].status = "pending"
         index.write()

@@ -209,8 +209,9 @@ FAKE_RUN = """
 import json, os, signal, sys, time, tomllib
 from pathlib import Path
 args = sys.argv[2:]  # after "run"
+STOP_EXIT = int(os.environ.get("FAKE_STOP_EXIT", "130"))  # fedsim run's; Ray can make it 1
 if os.environ.get("FAKE_OWN_SIGINT", "1") == "1":
-    signal.signal(signal.SIGINT, lambda *a: sys.exit(130))
+    signal.signal(signal.SIGINT, lambda *a: sys.exit(STOP_EXIT))
 if "--resume" in args:
     out = Path(args[args.index("--resume") + 1])
     cfg = tomllib.loads((out / "config.toml").read_text())
@@ -228,7 +229,7 @@ with log.open("a") as f:
 try:
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0.3")))
 except KeyboardInterrupt:  # as fedsim run: Python's own SIGINT handler, then exit 130
-    sys.exit(130)
+    sys.exit(STOP_EXIT)
 with log.open("a") as f:
     f.write(f"{out.name} {time.time()}\\n")
 if cfg["run"]["seed"] == 13 and "--resume" not in args:
@@ -284,10 +285,15 @@ def test_execute_runs_in_parallel_records_failures_and_skips_finished(fake_sweep
     assert {line.split()[0] for line in (tmp / "log.txt").read_text().splitlines()} == {"seed-13"}
 
 
-@pytest.mark.parametrize("background", [False, True], ids=["ctrl-c", "sigterm-to-background-sweep"])
-def test_ctrl_c_stops_the_runs_and_keeps_the_index(fake_sweep, background):
+@pytest.mark.parametrize(
+    "background, stop_exit",
+    [(False, 130), (True, 130), (False, 1)],
+    ids=["ctrl-c", "sigterm-to-background-sweep", "a-stopped-run-exits-1"],
+)
+def test_ctrl_c_stops_the_runs_and_keeps_the_index(fake_sweep, background, stop_exit):
     """Ctrl-C, and SIGTERM to a sweep started in the background (SIGINT ignored, as ``nohup ... &``
-    leaves it): every run stops at once with its own exit 130, not after the grace period."""
+    leaves it): every run stops at once with its own exit 130, not after the grace period. A run
+    the sweep stopped is interrupted, not failed, also when it exits 1 (as Ray can make it)."""
     sweep, command, tmp = fake_sweep
     out = tmp / "sw"
     # the sweep is rebuilt without the registries' checks: this process only needs to start quickly
@@ -305,6 +311,7 @@ except Interrupted as e:
     sys.exit(e.code)
 """
     env = {**os.environ, "FAKE_SLEEP": "90", "FAKE_OWN_SIGINT": "0" if background else "1"}
+    env["FAKE_STOP_EXIT"] = str(stop_exit)
 
     def ignore_sigint():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -321,7 +328,7 @@ except Interrupted as e:
     assert time.monotonic() - t0 < 40  # the runs stopped themselves: no grace period, no SIGKILL
     rows = {r["name"]: r for r in json.loads((out / "sweep.json").read_text())["runs"]}
     assert sorted(r["status"] for r in rows.values()) == ["interrupted", "interrupted", "pending", "pending"]
-    assert all(rows[n]["returncode"] == 130 for n in rows if rows[n]["status"] == "interrupted")
+    assert all(rows[n]["returncode"] == stop_exit for n in rows if rows[n]["status"] == "interrupted")
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml")), ids=str)
