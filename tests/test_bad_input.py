@@ -9,25 +9,14 @@ to load.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from fedsim.config import SECTIONS, describe_keys
+from tests.helpers.refusals import problems_of, run_case, run_cases, snapshot
 
-# A refusal takes about 0.6 s of CPU here, and about 6 s where it has to import a workload's class
-# (and torch) to check its options. CPU time is the work a refusal does and stays put on a busy
-# machine, where wall time can triple; the wall limit catches a refusal that waits (on Ray, a
-# lock, the network).
-CPU_LIMIT_S = 15.0
-WALL_LIMIT_S = 90.0
 RANGE = re.compile(r"in ([\[\(])(-?[0-9.e+]+), (-?[0-9.e+]+)([\]\)])")
 REGISTRY_KEYS = {
     "run.method",
@@ -202,65 +191,15 @@ def sweep_cases(tmp: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-def snapshot(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def run_case(args: list[str], out: Path, cwd: Path) -> tuple[int, str, float, float]:
-    """Exit code, output, wall seconds and the process's own CPU seconds (user + system)."""
-    command = args if args[0] == "sweep" else ["run", *args]
-    argv = [sys.executable, "-m", "fedsim", *command, *([] if "--out" in args else ["--out", str(out)])]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    with tempfile.TemporaryFile(mode="w+") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
-        while True:  # wait4 reaps the process and reads its own usage (Popen.wait would reap it first)
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - t0 > 120:
-                proc.kill()
-            time.sleep(0.02)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall_s = time.perf_counter() - t0
-        log.seek(0)
-        return proc.returncode, log.read(), wall_s, usage.ru_utime + usage.ru_stime
-
-
 def test_at_least_150_distinct_bad_command_lines_are_refused_fast_with_one_line(tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     cases = key_cases() + option_cases() + file_cases(inputs) + resume_cases(inputs) + sweep_cases(inputs)
     assert len({tuple(a) for _, a in cases}) == len(cases) >= 150
     before = snapshot(tmp_path)
-    work = tmp_path / "cwd"
-    work.mkdir()
-
-    def one(i_case):
-        i, (name, args) = i_case
-        return name, args, tmp_path / f"out{i}", *run_case(args, tmp_path / f"out{i}", work)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(one, enumerate(cases)))
-    problems = []
-    for name, args, out, code, text, wall_s, cpu_s in results:
-        lines = [line for line in text.splitlines() if line.strip()]
-        why = []
-        if code != 2:
-            why.append(f"exit {code}")
-        if len(lines) != 1 or not lines[0].startswith("fedsim: "):
-            why.append(f"{len(lines)} lines")
-        if "Traceback" in text:
-            why.append("traceback")
-        if out.exists():
-            why.append("left a folder")
-        if cpu_s > CPU_LIMIT_S or wall_s > WALL_LIMIT_S:
-            why.append(f"{cpu_s:.1f} s CPU, {wall_s:.1f} s wall")
-        if why:
-            problems.append(f"{name} {args}: {', '.join(why)}: {text.strip()[:200]}")
-    assert problems == [], "\n".join(problems)
-    assert snapshot(tmp_path) == before + ["cwd"] or snapshot(work) == [], "a refusal wrote files"
-    assert snapshot(work) == []
+    results = run_cases(cases, tmp_path)
+    assert problems_of(results) == [], "\n".join(problems_of(results))
+    assert snapshot(tmp_path) == sorted([*before, "cwd"]), "a refusal wrote files"
 
 
 @pytest.mark.parametrize("name, args", option_cases()[:3])

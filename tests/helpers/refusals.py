@@ -1,0 +1,119 @@
+"""Bad input as a user types it: one real ``fedsim`` process per command line, checked for the promise.
+
+The promise (README, Reliability): exit 2, one line starting ``fedsim: ``, no traceback, nothing
+written, and little CPU. A refusal's CPU time is the work it does and stays put on a busy
+machine, where wall time can triple; the wall limit only catches a refusal that waits (on Ray,
+a lock, the network).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CPU_LIMIT_S = 15.0
+WALL_LIMIT_S = 90.0
+KILL_AFTER_S = 120.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What one bad command line did."""
+
+    name: str
+    args: tuple[str, ...]
+    out: Path | None
+    code: int
+    text: str
+    wall_s: float
+    cpu_s: float
+
+    def problems(self, cpu_limit_s: float = CPU_LIMIT_S) -> list[str]:
+        """Every way this refusal broke the promise (empty when it kept it)."""
+        lines = [line for line in self.text.splitlines() if line.strip()]
+        why = []
+        if self.code != 2:
+            why.append(f"exit {self.code}")
+        if len(lines) != 1 or not lines[0].startswith("fedsim: "):
+            why.append(f"{len(lines)} lines")
+        if "Traceback" in self.text:
+            why.append("traceback")
+        if self.out is not None and self.out.exists():
+            why.append("left a folder")
+        if self.cpu_s > cpu_limit_s or self.wall_s > WALL_LIMIT_S:
+            why.append(f"{self.cpu_s:.1f} s CPU, {self.wall_s:.1f} s wall")
+        return why
+
+
+def fedsim_argv(args: list[str], out: Path | None) -> list[str]:
+    """``python -m fedsim`` with ``args``; a bare option list means ``run``; ``--out`` added for run/sweep."""
+    commands = {"run", "sweep", "report", "plan", "deploy", "channels", "config", "workloads", "methods"}
+    command = list(args) if args and args[0] in commands else ["run", *args]
+    if out is not None and command[0] in ("run", "sweep") and "--out" not in command and "--resume" not in command:
+        command += ["--out", str(out)]
+    return [sys.executable, "-m", "fedsim", *command]
+
+
+def run_case(
+    args: list[str], out: Path | None, cwd: Path, env: dict[str, str] | None = None
+) -> tuple[int, str, float, float]:
+    """Exit code, output, wall seconds and the process's own CPU seconds (user + system)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    with tempfile.TemporaryFile(mode="w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            fedsim_argv(args, out), stdout=log, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=full_env
+        )
+        while True:  # wait4 reaps the process and reads its own usage (Popen.wait would reap it first)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - t0 > KILL_AFTER_S:
+                proc.kill()
+            time.sleep(0.02)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall_s = time.perf_counter() - t0
+        log.seek(0)
+        return proc.returncode, log.read(), wall_s, usage.ru_utime + usage.ru_stime
+
+
+def run_cases(
+    cases: Iterable[tuple[str, list[str]]],
+    root: Path,
+    env: dict[str, str] | None = None,
+    workers: int = 2,
+) -> list[Refusal]:
+    """Run every case as a real process (``workers`` at a time), each with its own ``--out`` under ``root``."""
+    work = root / "cwd"
+    work.mkdir(exist_ok=True)
+    cases = list(cases)
+
+    def one(i_case) -> Refusal:
+        i, (name, args) = i_case
+        out = root / f"out{i}"
+        return Refusal(name, tuple(args), out, *run_case(list(args), out, work, env))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, enumerate(cases)))
+
+
+def problems_of(results: Iterable[Refusal], cpu_limit_s: float = CPU_LIMIT_S) -> list[str]:
+    """One line per refusal that broke the promise."""
+    return [
+        f"{r.name} {list(r.args)}: {', '.join(why)}: {r.text.strip()[:200]}"
+        for r in results
+        if (why := r.problems(cpu_limit_s))
+    ]
+
+
+def snapshot(root: Path) -> list[str]:
+    """Every path under ``root``, relative and sorted (to show that nothing was written)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
