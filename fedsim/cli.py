@@ -6,7 +6,6 @@ line naming the key, the value and what is allowed; nothing is written).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from fedsim.cli_common import (
 )
 from fedsim.config import Config, ConfigError, describe_keys, load_toml, parse_overrides, read_text_file, toml_to_flat
 from fedsim.deploy import deploy_app
+from fedsim.signals import Terminated, catch_sigterm, exit_soon_after_sigterm, leave
 
 app = typer.Typer(
     name="fedsim",
@@ -98,6 +98,7 @@ def run(
     except (ConfigError, CheckpointError) as e:
         fail(str(e), 2)
 
+    exit_soon_after_sigterm(lambda: interrupted_line(out_dir))  # even while Ray's start blocks the main thread
     from fedsim.engine import RunFailed
     from fedsim.flower.simulation import run_in_simulation
     from fedsim.progress import ProgressReporter
@@ -128,8 +129,6 @@ def run(
         where = f" (results in {out_dir})" if (out_dir / "summary.json").is_file() else ""
         fail(f"run failed: {e}{where}", 1)
     except KeyboardInterrupt as e:
-        from fedsim.flower.simulation import Terminated
-
         interrupted(out_dir, 143 if isinstance(e, Terminated) else 130)
     if quiet:
         typer.echo(str(out_dir))
@@ -141,22 +140,27 @@ def interrupted(out_dir: Path, code: int = 130) -> None:
     """Ctrl-C (exit 130) or SIGTERM (exit 143): the last completed round is already checkpointed;
     say how to resume and leave now.
 
-    os._exit, because the ServerApp thread may still be waiting on clients and would hold a
-    normal interpreter exit; every file it writes is replaced atomically, so nothing is torn.
-    Ray is still running here (see :func:`fedsim.flower.simulation.run_in_simulation`): the
-    reaper stops its processes once this process has gone.
+    Leaves with os._exit (:func:`fedsim.signals.leave`), because the ServerApp thread may still be
+    waiting on clients and would hold a normal interpreter exit; every file it writes is replaced
+    atomically, so nothing is torn. Ray is still running here (see
+    :func:`fedsim.flower.simulation.run_in_simulation`): the reaper stops its processes once this
+    process has gone.
     """
+    leave(interrupted_line(out_dir), code)
+
+
+def interrupted_line(out_dir: Path) -> str:
+    """What a stopped run says: the round it can resume after, or that there is nothing to resume."""
     from fedsim.checkpoint import CheckpointError, load_checkpoint
 
+    if not (out_dir / "config.toml").is_file():  # the folder holds at most the lock: nothing was written
+        return f"interrupted before the run started; nothing to resume: run the same command again ({out_dir})"
     try:
         ckpt = load_checkpoint(out_dir)
         done = f"after round {ckpt.round}" if ckpt else "before the first round completed"
     except CheckpointError:
         done = "(checkpoint unreadable)"
-    sys.stdout.flush()
-    sys.stderr.write(f"fedsim: interrupted {done}; resume with: fedsim run --resume {out_dir}\n")
-    sys.stderr.flush()
-    os._exit(code)
+    return f"interrupted {done}; resume with: fedsim run --resume {out_dir}"
 
 
 def prepare_resume(
@@ -327,12 +331,15 @@ def show_channels(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's usage errors become one line and exit code 2."""
     command = typer.main.get_command(app)
+    catch_sigterm()  # a SIGTERM at any moment stops the command as Ctrl-C does (exit 143, not 15 or a kill)
     try:
         code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="fedsim", standalone_mode=False)
     except click.exceptions.UsageError as e:
         typer.echo(f"fedsim: {e.format_message()}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:  # Ctrl-C or SIGTERM outside a run's own handling (see `run`)
+        if isinstance(e.__cause__, Terminated):
+            leave("terminated", 143)
         typer.echo("fedsim: aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as e:

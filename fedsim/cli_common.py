@@ -15,6 +15,7 @@ import typer
 
 from fedsim.checks import checked_config
 from fedsim.config import Config, ConfigError, RunSection, load_toml, parse_overrides, parse_value
+from fedsim.results import LOCK
 
 ClientsOption = Annotated[int | None, typer.Option(help="Number of clients (run.clients).")]
 RoundsOption = Annotated[int | None, typer.Option(help="Federated rounds (run.rounds).")]
@@ -131,10 +132,14 @@ def default_out_dir(cfg: Config) -> Path:
 
 
 def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty folder (unless --force) and one that cannot be written; creates nothing."""
+    """Refuse a non-empty folder (unless --force) and one that cannot be written; creates nothing.
+
+    A folder that holds only fedsim's lock file (a run stopped before it wrote anything) counts as
+    empty: the run takes the lock again, and refuses if another process holds it.
+    """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out={str(out)!r}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not force:
         raise ConfigError(f"--out={str(out)!r}: folder exists and is not empty (choose another or pass --force)")
     created = [p for p in (out, *out.parents) if not p.exists()]
     probe = out / ".fedsim-write-probe"

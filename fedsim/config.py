@@ -85,6 +85,10 @@ MAX_CLIENTS = 100_000
 """Clients a run can hold: positions, speeds and partitions are built for every one of them."""
 MAX_SEED = 2**63 - 1
 """TOML (config.toml) and the streams' entropy words hold signed 64-bit integers."""
+CLIENT_TIMEOUT_MIN_S = 60
+"""Shortest ``run.client_timeout_s``. The limit is wall-clock from the send, and a client's first reply
+includes its start-up (imports and model build: about 8 s on a quiet 2-core machine, 18 s on a busy
+one), so a shorter limit would fail healthy clients on a loaded machine."""
 MAX_RANK = 4096
 """Above any adapted layer's width in the zoo; the model's own dimensions are checked when it is built."""
 
@@ -125,7 +129,12 @@ class RunSection:
         "fewest surviving clients for a round to count (0: all sampled; 1 under tsfa.deadline_s)",
         integer=True,
     )
-    client_timeout_s: float = _num(0.0, 0, 1e6, "wait this long for client replies (0: no limit)", "s")
+    client_timeout_s: float = _f(
+        0.0,
+        lambda v: v == 0 or (math.isfinite(v) and CLIENT_TIMEOUT_MIN_S <= v <= 1e6),
+        f"0 (no limit) or a number in [{CLIENT_TIMEOUT_MIN_S}, 1e+06] s",
+        "wall-clock wait for each message's replies, a client's start-up included in its first (0: no limit)",
+    )
     method: str = _f("ideal", None, "a registered upload method (fedsim methods)", "upload method")
     eval_every: int = _num(
         1, 1, 10**12, "evaluate the global adapter every k rounds (the final round always; others: null)", integer=True

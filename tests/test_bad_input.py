@@ -114,6 +114,7 @@ def option_cases() -> list[tuple[str, list[str]]]:
         ("packet error m negative", ["--set", "channel.packet_error_m=-0.023"]),
         ("packet errors unknown mode", ["--set", "channel.packet_errors=sometimes"]),
         ("packet errors wrong case", ["--set", "channel.packet_errors=Drop"]),
+        ("client timeout below a client's start-up", ["--set", "run.client_timeout_s=5"]),
     ]
 
 

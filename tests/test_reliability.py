@@ -269,3 +269,72 @@ def test_driver_killed_alone_leaves_no_ray_process_or_folder(tmp_path):
         if proc.poll() is None:
             proc.kill()
     os.rmdir(ray_tmp)
+
+
+@pytest.mark.parametrize(
+    "moment, to_group",
+    [("checks", False), ("ray-starting", True), ("ray-starting", False), ("ray-started", False)],
+    ids=["during-checks-driver", "ray-starting-group", "ray-starting-driver", "ray-started-driver"],
+)
+def test_sigterm_at_any_moment_exits_143_at_once_and_leaves_nothing(moment, to_group, tmp_path):
+    """SIGTERM before Ray, while ``ray.init`` runs, or just after, to the driver alone or to its
+    process group (as ``timeout`` and ``docker stop`` send it): exit 143 within 5 s with one line, no
+    process of the run alive 5 s later, and a folder that the same command can use again."""
+    import glob
+    import tempfile
+
+    import psutil
+
+    from fedsim.cli_common import check_out_dir
+
+    out = tmp_path / "out"
+    ray_tmp = tempfile.mkdtemp(prefix="t", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsim", *run_args(4, 2, 2, "--out", str(out))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_TMPDIR": ray_tmp},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        if moment == "checks":
+            time.sleep(2.0)  # the CLI has started: it is importing and checking the configuration
+        else:
+            while not glob.glob(os.path.join(ray_tmp, "fedsim-ray-*", "session_*")):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.05)
+            time.sleep(2.0 if moment == "ray-starting" else 0)
+            if moment == "ray-started":  # the raylet is up: ray.init has returned or is about to
+                while not glob.glob(os.path.join(ray_tmp, "fedsim-ray-*", "session_*", "sockets", "raylet")):
+                    assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                    time.sleep(0.05)
+        tree = process_tree(proc.pid)
+        t0 = time.monotonic()
+        if to_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        exit_s = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, (proc.returncode, err[-2000:])
+    assert exit_s <= 5.0, exit_s
+    lines = [line for line in err.splitlines() if line.strip()]  # the progress line may come first
+    assert lines and lines[-1].startswith("fedsim: ") and "Traceback" not in err, err[-2000:]
+    assert sum(line.startswith("fedsim: ") for line in lines) == 1, err[-2000:]
+    time.sleep(5.0)
+    alive = [p for p in tree[1:] if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    alive += [p for p in psutil.process_iter(["cmdline"]) if any(ray_tmp in c for c in p.info["cmdline"] or ())]
+    assert not alive, [p.name() for p in alive]
+    if out.exists() and not (out / "config.toml").exists():
+        assert {p.name for p in out.iterdir()} <= {".fedsim.lock"}
+        check_out_dir(out, force=False)  # the same command may use it again, without --force
+    deadline = time.monotonic() + 30
+    while os.listdir(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert os.listdir(ray_tmp) == []
+    os.rmdir(ray_tmp)

@@ -27,6 +27,7 @@ from fedsim.client_state import SIMULATION_ENV
 from fedsim.config import Config
 from fedsim.engine import Reporter, RunFailed
 from fedsim.flower.server_app import serve
+from fedsim.signals import Terminated, catch_sigterm
 from fedsim.tsfa import RankPlan
 
 
@@ -109,7 +110,7 @@ def run_in_simulation(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _start_ray(backend["init_args"])
-            old_sigterm = _catch_sigterm()
+            old_sigterm = catch_sigterm()
             with nodes.captured():
                 run_simulation(
                     server_app=server_app,
@@ -242,10 +243,6 @@ class _AddressRecordingGrid:
             self._nodes.sending(node_ids, -1)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, Slurm, ``docker stop``): stop as Ctrl-C does, but exit 143."""
-
-
 RAY_START_ATTEMPTS = 3
 """Starts of a local Ray before giving up: its raylet must register within a fixed 30 s, which a
 saturated machine can miss (a busy machine makes a run slower, never makes it fail)."""
@@ -258,8 +255,10 @@ def _start_ray(init_args: dict[str, Any]) -> None:
     """Start (or connect to) Ray here, in the main thread, before Flower would.
 
     Flower's backend starts Ray only when it is not running yet, with the same arguments. Starting it
-    here lets :func:`_catch_sigterm` install its handler after Ray's own ones: Ray's core worker
-    replaces the process's SIGTERM handler with one that dumps a C++ stack and aborts (exit 134).
+    here lets :func:`fedsim.signals.catch_sigterm` install its handler again after Ray's own ones:
+    ``ray.init`` replaces the process's SIGTERM handler with one that exits with status 15 (and
+    its core worker with one that dumps a C++ stack and aborts); a SIGTERM while ``ray.init`` runs
+    becomes :class:`~fedsim.signals.Terminated` here, so the run stops as at any other moment.
     Actors get the driver's ``sys.path``, as under Flower's own start.
 
     A local Ray (no ``address``) starts lean (see :func:`_lean_ray_head`) and passes ``sys.path``
@@ -273,7 +272,7 @@ def _start_ray(init_args: dict[str, Any]) -> None:
 
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     if "address" in init_args or os.environ.get(FULL_RAY_HEAD_ENV) == "1":
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath, SIMULATION_ENV: "1"}}, **init_args)
+        _ray_init(ray, runtime_env={"env_vars": {"PYTHONPATH": pythonpath, SIMULATION_ENV: "1"}}, **init_args)
         return
     # Read by the GCS, raylet and workers when they start; all are restored right after.
     # RAY_worker_niceness: Ray lowers its workers' priority by 15 below the driver's by default;
@@ -291,7 +290,7 @@ def _start_ray(init_args: dict[str, Any]) -> None:
         for attempt in range(1, RAY_START_ATTEMPTS + 1):
             try:
                 with _lean_ray_head():
-                    ray.init(**init_args)
+                    _ray_init(ray, **init_args)
                 break
             except Exception as e:  # Ray gives its raylet a fixed 30 s to register with the GCS
                 if "timed out during startup" not in str(e) or attempt == RAY_START_ATTEMPTS:
@@ -303,6 +302,24 @@ def _start_ray(init_args: dict[str, Any]) -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _ray_init(ray, **init_args: Any) -> None:
+    """``ray.init`` with this process's SIGTERM handler kept, and a SIGTERM during it raised as Terminated.
+
+    ``ray.init`` installs a handler that calls ``sys.exit(15)``: a ``timeout`` or ``docker stop``
+    while Ray starts would unwind as an ordinary exit, print no resume line and end with status 15.
+    """
+    handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        ray.init(**init_args)
+    except SystemExit as e:
+        if e.code != signal.SIGTERM:
+            raise
+        raise Terminated() from None
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager
@@ -343,17 +360,6 @@ def _lean_ray_head():
     finally:
         ray_node.Node.__init__ = original_init
         ray_node.Node.start_api_server = original_api_server
-
-
-def _catch_sigterm():
-    """Turn SIGTERM into :class:`Terminated` in the main thread; returns the handler it replaced."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def on_sigterm(signum, frame):
-        raise Terminated()
-
-    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _stop_ray(ray_dir: str | None, reaper: subprocess.Popen | None) -> None:
