@@ -35,7 +35,7 @@ from fedsim.cli_common import (
 )
 from fedsim.config import Config, ConfigError, describe_keys, load_toml, parse_overrides, read_text_file, toml_to_flat
 from fedsim.deploy import deploy_app
-from fedsim.signals import Terminated, catch_sigterm, exit_soon_after_sigterm, leave
+from fedsim.signals import Terminated, catch_sigterm, exit_soon_after_sigterm, leave, sigterm_received
 
 app = typer.Typer(
     name="fedsim",
@@ -337,13 +337,15 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.UsageError as e:
         typer.echo(f"fedsim: {e.format_message()}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort as e:  # Ctrl-C or SIGTERM outside a run's own handling (see `run`)
-        if isinstance(e.__cause__, Terminated):
-            leave("terminated", 143)
+    except click.exceptions.Abort:
         typer.echo("fedsim: aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    if code == 130:  # Typer's answer to a KeyboardInterrupt outside a run's own handling (see `run`)
+        if sigterm_received():
+            leave("terminated", 143)
+        leave("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

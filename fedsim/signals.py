@@ -23,6 +23,15 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, Slurm, ``docker stop``): stop as Ctrl-C does, but exit 143."""
 
 
+_received = threading.Event()
+
+
+def sigterm_received() -> bool:
+    """Whether this process has received SIGTERM since :func:`catch_sigterm` (Typer reports
+    any KeyboardInterrupt as exit 130, so the CLI asks here which one it was)."""
+    return _received.is_set()
+
+
 def catch_sigterm():
     """Turn SIGTERM into :class:`Terminated` in the main thread; returns the handler it replaced.
 
@@ -33,6 +42,7 @@ def catch_sigterm():
         return None
 
     def on_sigterm(signum, frame):
+        _received.set()
         raise Terminated()
 
     return signal.signal(signal.SIGTERM, on_sigterm)
@@ -59,7 +69,7 @@ def leave(line: str, code: int) -> None:
     os._exit(code)
 
 
-def exit_soon_after_sigterm(last_words: Callable[[], str], grace_s: float = 2.0) -> None:
+def exit_soon_after_sigterm(last_words: Callable[[], str], grace_s: float = 1.5) -> None:
     """After a SIGTERM, end the process with exit 143 within ``grace_s`` even if the main thread is stuck.
 
     ``last_words()`` gives the line to print (it is called only if the main thread did not leave

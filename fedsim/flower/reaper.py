@@ -72,7 +72,7 @@ def watch(driver_pid: int, ray_dir: str, every_s: float = 1.0) -> None:
         known.update(ray_processes(ray_dir, driver))
     sys.stdin.read()
     known.update(ray_processes(ray_dir))
-    end_processes(list(known.values()))
+    end_processes(list(known.values()), grace_s=1.0)  # the run is over: nothing of theirs to save
     shutil.rmtree(ray_dir, ignore_errors=True)
 
 

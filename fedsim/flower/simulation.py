@@ -88,6 +88,8 @@ def run_in_simulation(
         reaper = subprocess.Popen(
             [sys.executable, "-m", "fedsim.flower.reaper", str(os.getpid()), ray_dir],
             stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,  # not the driver's: a pipeline reading them ends with the driver
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
     server_app = ServerApp()
