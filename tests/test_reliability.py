@@ -329,7 +329,7 @@ def test_sigterm_at_any_moment_exits_143_at_once_and_leaves_nothing(moment, to_g
     time.sleep(5.0)
     alive = [p for p in tree[1:] if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     alive += [p for p in psutil.process_iter(["cmdline"]) if any(ray_tmp in c for c in p.info["cmdline"] or ())]
-    assert not alive, [p.name() for p in alive]
+    assert not alive, [" ".join(p.cmdline())[:200] for p in alive]
     if out.exists() and not (out / "config.toml").exists():
         assert {p.name for p in out.iterdir()} <= {".fedsim.lock"}
         check_out_dir(out, force=False)  # the same command may use it again, without --force

@@ -20,9 +20,13 @@ import psutil
 
 
 def is_ray_process(p: psutil.Process) -> bool:
-    """A Ray service (GCS, raylet, dashboard, agents, monitors) or worker (``ray::...``)."""
+    """A Ray service (GCS, raylet, dashboard, agents, monitors) or worker (``ray::...``).
+
+    An agent still starting (before it sets its title ``ray::...``) is ``python -u .../ray/...py``:
+    the program is the third word.
+    """
     try:
-        return p.name().startswith("ray::") or any("/ray/" in part for part in p.cmdline()[:2])
+        return p.name().startswith("ray::") or any("/ray/" in part for part in p.cmdline()[:3])
     except psutil.Error:
         return False
 
@@ -60,6 +64,10 @@ def end_processes(procs: list[psutil.Process], grace_s: float = 3.0, terminate: 
     psutil.wait_procs(alive, timeout=grace_s)
 
 
+REAP_PASSES = 5
+"""Scans for the run's Ray processes after the driver has gone, until one finds none alive."""
+
+
 def watch(driver_pid: int, ray_dir: str, every_s: float = 1.0) -> None:
     """Until standard input closes, keep a list of the driver's Ray processes; then reap them.
 
@@ -71,8 +79,13 @@ def watch(driver_pid: int, ray_dir: str, every_s: float = 1.0) -> None:
     while not select.select([sys.stdin], [], [], every_s)[0]:
         known.update(ray_processes(ray_dir, driver))
     sys.stdin.read()
-    known.update(ray_processes(ray_dir))
-    end_processes(list(known.values()), grace_s=1.0)  # the run is over: nothing of theirs to save
+    for _ in range(REAP_PASSES):  # a raylet killed while starting its agents leaves them to the next pass
+        known.update(ray_processes(ray_dir))
+        alive = [p for p in known.values() if p.is_running()]
+        if not alive:
+            break
+        end_processes(alive, grace_s=1.0)  # the run is over: nothing of theirs to save
+        known = {}
     shutil.rmtree(ray_dir, ignore_errors=True)
 
 
