@@ -8,8 +8,9 @@ connections of ``$FLWR_HOME/config.toml`` (default ``~/.flwr``):
 - ``fedsim deploy register KEY.pub ...``: register SuperNode public keys (SuperNode auth);
 - ``fedsim deploy run``: resolve and validate the configuration as ``fedsim run`` does, submit the
   app with that configuration (``flwr run``), wait for the run's real outcome (``flwr run`` returns
-  once a run is submitted, whatever happens to it), copy the results folder here, and exit 0 only if
-  Flower reports the run completed and ``summary.json`` says ``ok`` (1 otherwise, 2 for bad input).
+  once a run is submitted, whatever happens to it), copy the results folder here into a new folder,
+  and exit 0 only if Flower reports the run completed and ``summary.json`` says ``ok`` (1 otherwise,
+  2 for bad input).
   With ``tracking.backends`` set, the fetched records go into this machine's TensorBoard / MLflow
   (:func:`fedsim.tracking.track_folder`), as ``fedsim run`` logs its own.
 
@@ -20,6 +21,7 @@ configuration (every ``section.key``) and ``results-dir``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -234,40 +236,68 @@ def wait_for_run(run_id: int, superlink: str | None, timeout_s: float, on_change
 
 
 def check_fetch_target(out: Path) -> None:
-    """Refuse an ``--out`` that fetching could destroy: it must be absent, empty, or a fedsim results folder.
+    """``--out`` must not exist or be an empty folder: deploy writes each run into a new folder.
 
-    Checked before anything is submitted (exit 2). Nothing here deletes or creates anything.
+    Checked before anything is submitted (exit 2) and again at the fetch; creates nothing.
     """
-    from fedsim.results import is_results_folder
-
+    advice = "deploy writes each run into a new folder: choose another --out or omit it"
     if out.exists() and not out.is_dir():
-        raise DeployError(f"--out={str(out)!r}: exists and is not a folder", 2)
-    if out.is_dir() and any(out.iterdir()) and not is_results_folder(out):
-        raise DeployError(
-            f"--out={str(out)!r}: folder exists, is not empty and is not a fedsim results folder; choose another",
-            2,
-        )
+        raise DeployError(f"--out={str(out)!r}: exists and is not a folder; {advice}", 2)
+    if out.is_dir() and any(out.iterdir()):
+        raise DeployError(f"--out={str(out)!r}: folder exists and is not empty; {advice}", 2)
+
+
+def default_out(name: str) -> Path:
+    """``results/<name>``, or ``results/<name>-2``, ``-3``, ... where that exists (a run in the same second)."""
+    out, n = Path("results") / name, 1
+    while out.exists() or out.is_symlink():
+        n += 1
+        out = Path("results") / f"{name}-{n}"
+    return out
 
 
 def fetch_results(mode: str, remote_dir: str, out: Path, container: str | None) -> None:
-    """Copy the ServerApp's results folder to ``out`` ('local': same file system; 'docker': docker cp).
+    """Copy the ServerApp's results folder into ``out`` ('local': same file system; 'docker': docker cp).
 
-    The copy lands in a new temporary folder beside ``out`` and is moved into place only once it is
-    complete, so a failed fetch leaves ``out`` as it was. An existing ``out`` is replaced only when it
-    is empty or a fedsim results folder (:func:`check_fetch_target`); nothing else is ever deleted.
+    ``out`` must be absent (it is created) or an empty folder (it is kept and the files go into it):
+    :func:`check_fetch_target`. The copy lands in a hidden folder inside ``out``, and its files are
+    moved next to it only once it is complete; a name that appeared in ``out`` meanwhile stops the
+    fetch. A failed fetch removes only what it created (the files it moved, and ``out`` if it created
+    it), so ``out`` is left as it was; nothing else is ever replaced or deleted.
     """
-    check_fetch_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.fetch-", dir=out.parent))  # ours alone
+    kept = f"nothing was overwritten; the results stay in {remote_dir} on the ServerApp's machine"
     try:
-        fetched = staging / "results"
+        check_fetch_target(out)
+    except DeployError as e:  # something appeared at --out during the run: exit 1, the run is over
+        raise DeployError(f"{e} ({kept})") from None
+    created = not out.is_dir()
+    try:
+        out.mkdir(parents=True, exist_ok=not created)  # FileExistsError: someone made it since the check
+        staging = Path(tempfile.mkdtemp(prefix=".fedsim-fetch-", dir=out))  # ours alone
+    except OSError as e:
+        raise DeployError(f"fetching the results into {out}: {e}") from None
+    fetched = staging / "results"
+    moved: list[Path] = []
+    done = False
+    try:
         _copy_results(mode, remote_dir, fetched, container)
-        if out.exists():
-            old = staging / "replaced"
-            os.replace(out, old)  # an empty folder or an earlier fedsim result, checked above
-        os.replace(fetched, out)
+        for entry in sorted(fetched.iterdir()):
+            target = out / entry.name
+            if target.exists() or target.is_symlink():
+                raise DeployError(f"--out={str(out)!r}: {entry.name} appeared there during the fetch ({kept})")
+            os.rename(entry, target)
+            moved.append(target)
+        done = True
+    except OSError as e:
+        raise DeployError(f"fetching the results into {out}: {e}") from None
     finally:
+        if not done:
+            for target in moved:  # back into the staging folder, removed below
+                os.rename(target, fetched / target.name)
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):  # still holds what someone else put there meanwhile
+                out.rmdir()
 
 
 def _copy_results(mode: str, remote_dir: str, dest: Path, container: str | None) -> None:
@@ -332,17 +362,19 @@ def deploy_run(
             logs.wait(timeout=10)
     outcome: dict[str, Any] = {"run_id": run_id, "flwr_status": info["status"], "details": info.get("status-details")}
     summary = None
-    if fetch != "none" and out is not None:
+    fetched = fetch != "none" and out is not None
+    if fetched:
         fetch_results(fetch, remote_dir, out, container)
         summary_path = out / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     outcome["summary"] = summary
+    where = f" (results in {out})" if fetched else ""
     if info["status"] != "finished:completed":
         detail = (summary or {}).get("error") or info.get("status-details") or info["status"]
-        raise DeployError(f"run {run_id} {info['status']}: {detail}")
-    if fetch != "none" and (summary is None or summary.get("status") != "ok"):
+        raise DeployError(f"run {run_id} {info['status']}: {detail}{where}")
+    if fetched and (summary is None or summary.get("status") != "ok"):
         detail = (summary or {}).get("error") or "no summary.json in the results folder"
-        raise DeployError(f"run {run_id} failed: {detail}")
+        raise DeployError(f"run {run_id} failed: {detail}{where}")
     return outcome
 
 
@@ -417,7 +449,9 @@ def run_cmd(
     seed: SeedOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
-    out: Annotated[str | None, typer.Option(help="Local results folder (default results/deploy-<time>-...).")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="New local results folder, absent or empty (default results/deploy-<time>-...).")
+    ] = None,
     remote_root: Annotated[
         str, typer.Option(help="Folder where the ServerApp writes results (on the ServerApp's machine).")
     ] = IMAGE_RESULTS_ROOT,
@@ -432,8 +466,9 @@ def run_cmd(
     stream: Annotated[bool, typer.Option(help="Stream the run's logs (flwr log --stream).")] = False,
     quiet: Annotated[bool, typer.Option(help="Print only the results path.")] = False,
 ) -> None:
-    """Submit fedsim to a federation, wait for its real outcome, fetch the results folder.
+    """Submit fedsim to a federation, wait for its real outcome, fetch the results into a new folder.
 
+    --out must not exist or be an empty folder.
     Exit codes: 0 the run completed and summary.json says ok; 1 it failed, was stopped or timed
     out (one line says why); 2 bad input.
     """
@@ -443,7 +478,7 @@ def run_cmd(
         cfg = resolve_config(config, set_ or [], shortcuts(clients, rounds, clients_per_round, seed))
         app_dir = find_app_dir(app)
         name = results_name(cfg, "deploy-")
-        out_dir = out_path(out) if out is not None else Path("results") / name
+        out_dir = out_path(out) if out is not None else default_out(name)
         if fetch != "none":
             check_fetch_target(out_dir)  # before anything is submitted
         check_tracking(cfg)
@@ -467,8 +502,7 @@ def run_cmd(
             say=say,
         )
     except DeployError as e:
-        where = f" (results in {out_dir})" if out_dir.is_dir() else ""
-        fail(f"{e}{where}", e.code)
+        fail(str(e), e.code)
     except subprocess.TimeoutExpired as e:
         fail(f"{' '.join(map(str, e.cmd[:3]))} did not answer in {e.timeout:g} s", 1)
     if fetch != "none" and backends(cfg):
