@@ -17,6 +17,10 @@ connections of ``$FLWR_HOME/config.toml`` (default ``~/.flwr``):
 ``flwr run --run-config`` only accepts keys that the app's pyproject.toml declares, so ``run``
 submits a staged copy of the app whose ``[tool.flwr.app.config]`` holds the whole resolved
 configuration (every ``section.key``) and ``results-dir``.
+
+Flower's CLI starts a SuperLink of its own on this machine (``flower-superlink --insecure
+--simulation``, detached, still running after fedsim exits) when the connection it resolves is
+its local one; :func:`check_connection` refuses every such case before ``flwr`` is called.
 """
 
 from __future__ import annotations
@@ -76,6 +80,52 @@ class DeployError(RuntimeError):
 def flwr_home() -> Path:
     """Flower's home folder: ``$FLWR_HOME`` or ``~/.flwr`` (connections, installed apps)."""
     return Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+
+
+# Flower 1.42 (flwr/cli/constant.py, local_superlink.py): a connection with one of these addresses, or
+# with no address but simulation ``options``, makes every ``flwr`` command start a local SuperLink
+LOCAL_ADDRESSES = (":local:", ":local-in-memory:")
+
+
+def check_connection(home: Path, name: str | None) -> None:
+    """Refuse a SuperLink connection for which Flower's CLI would start a SuperLink on this machine.
+
+    ``flwr`` resolves ``name`` (else ``[superlink] default``) in ``<home>/config.toml``. Where that
+    file is missing it writes Flower's default one, whose default connection is the local one; a
+    connection whose address is ``:local:`` / ``:local-in-memory:``, or that has no address, also
+    means local. In each of these cases ``flwr`` starts a detached ``flower-superlink --simulation``
+    that outlives fedsim, so each is refused here (exit 2), before ``flwr`` runs, with tomllib alone.
+    A name or default that the file lacks is refused too, with the same advice.
+    """
+    path = home / "config.toml"
+    advice = f"run `fedsim deploy connect {name or 'NAME'} --address HOST:PORT --ca ca.crt` first"
+    if not path.is_file():
+        raise DeployError(f"no SuperLink connection: {path} does not exist; {advice}", 2)
+    try:
+        links = tomllib.loads(path.read_text()).get("superlink")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise DeployError(f"{path}: not readable as TOML ({e}); {advice}", 2) from None
+    links = links if isinstance(links, dict) else {}
+    if name is None:
+        name = links.get("default")
+        if not isinstance(name, str):
+            raise DeployError(
+                f"no SuperLink connection: no --superlink and no [superlink] default in {path}; "
+                f"{advice} (with --default) or pass --superlink NAME",
+                2,
+            )
+        advice = f"run `fedsim deploy connect {name} --address HOST:PORT --ca ca.crt` first"
+    conn = links.get(name)
+    if name == "default" or not isinstance(conn, dict):
+        raise DeployError(f"no SuperLink connection {name!r} in {path}; {advice}", 2)
+    address = conn.get("address")
+    if not isinstance(address, str) or address in ("", *LOCAL_ADDRESSES):
+        what = f"address {address!r}" if isinstance(address, str) else "no address"
+        raise DeployError(
+            f"SuperLink connection {name!r} in {path} has {what}, which is no SuperLink to deploy to "
+            f"(Flower would start a local simulation SuperLink); {advice}",
+            2,
+        )
 
 
 def _flwr_exe() -> str:
@@ -160,12 +210,17 @@ def find_app_dir(app: Path | None) -> Path:
 
 
 def stage_app(app_dir: Path, flat_config: dict[str, Any], dest: Path) -> Path:
-    """Copy the app into ``dest`` with ``flat_config`` as its whole ``[tool.flwr.app.config]``."""
+    """Copy the app into ``dest`` with ``flat_config`` as its whole ``[tool.flwr.app.config]``.
+
+    A legacy ``[tool.flwr.federations]`` table is left out: ``flwr run`` would migrate it into
+    ``$FLWR_HOME/config.toml`` (and its default with it) after :func:`check_connection`.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for pkg in APP_PACKAGES:
         shutil.copytree(app_dir / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     project = tomllib.loads((app_dir / "pyproject.toml").read_text())
     project["tool"]["flwr"]["app"]["config"] = dict(flat_config)
+    project["tool"]["flwr"].pop("federations", None)
     (dest / "pyproject.toml").write_text(tomli_w.dumps(project))
     if (app_dir / "README.md").is_file():
         shutil.copy(app_dir / "README.md", dest / "README.md")
@@ -330,6 +385,16 @@ def _copy_results(mode: str, remote_dir: str, dest: Path, container: str | None)
         raise DeployError(f"docker cp {container}:{remote_dir}: {_one_line(cp.stderr)}")
 
 
+def _end(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """Stop a process we started: SIGTERM, then SIGKILL if it has not exited within ``grace_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def deploy_run(
     cfg,
     *,
@@ -358,8 +423,7 @@ def deploy_run(
         info = wait_for_run(run_id, superlink, timeout_s, lambda i: say(f"run {run_id}: {i['status']}"))
     finally:
         if logs is not None:
-            logs.terminate()
-            logs.wait(timeout=10)
+            _end(logs)
     outcome: dict[str, Any] = {"run_id": run_id, "flwr_status": info["status"], "details": info.get("status-details")}
     summary = None
     fetched = fetch != "none" and out is not None
@@ -407,6 +471,9 @@ def register_cmd(
 ) -> None:
     """Register SuperNode public keys with a SuperLink started with --enable-supernode-auth.
 
+    Without --address the connection (--superlink, else the default) must name a SuperLink with an
+    address: Flower's local simulation one is refused, as by `fedsim deploy run`.
+
     A key that is already registered is fine (the SuperLink keeps its node id across restarts).
     """
     env: dict[str, str] = {}
@@ -417,6 +484,8 @@ def register_cmd(
             write_connection(Path(tmp.name), "fedsim", address, ca, default=True)
             env["FLWR_HOME"] = tmp.name
             superlink = "fedsim"
+        else:
+            check_connection(flwr_home(), superlink)  # else `flwr supernode register` may start a SuperLink here
         for key in keys:
             if not key.is_file():
                 raise DeployError(f"{key}: public key file not found", 2)
@@ -468,7 +537,8 @@ def run_cmd(
 ) -> None:
     """Submit fedsim to a federation, wait for its real outcome, fetch the results into a new folder.
 
-    --out must not exist or be an empty folder.
+    --out must not exist or be an empty folder. The SuperLink connection (--superlink, else the
+    default) must name a SuperLink with an address: Flower's local simulation one is refused.
     Exit codes: 0 the run completed and summary.json says ok; 1 it failed, was stopped or timed
     out (one line says why); 2 bad input.
     """
@@ -481,6 +551,7 @@ def run_cmd(
         out_dir = out_path(out) if out is not None else default_out(name)
         if fetch != "none":
             check_fetch_target(out_dir)  # before anything is submitted
+        check_connection(flwr_home(), superlink)  # else `flwr run` may start a SuperLink here
         check_tracking(cfg)
     except ConfigError as e:
         fail(str(e), 2)

@@ -5,7 +5,8 @@
   fills an empty folder without replacing it, and a failed fetch leaves ``--out`` as it was.
 - No SuperLink connection, or Flower's local one: ``flwr`` would start a detached
   ``flower-superlink --simulation`` that outlives fedsim. Refused (exit 2, one line) before ``flwr``
-  runs; no Flower process is left and ``$FLWR_HOME`` is not written.
+  runs; no Flower process is left and ``$FLWR_HOME`` is not written. The staged app carries no
+  federations for ``flwr run`` to migrate, and ``flwr log --stream`` is killed if SIGTERM does not end it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
+import tomllib
 from pathlib import Path
 
 import psutil
@@ -22,7 +26,7 @@ import tomli_w
 
 import fedsim.deploy as deploy
 from fedsim.deploy import DeployError, fetch_results
-from tests.helpers.refusals import Refusal, run_case
+from tests.helpers.refusals import Refusal, run_case, snapshot
 
 FLOWER_COMMANDS = ("flower-superlink", "flower-superexec", "flwr")
 
@@ -114,7 +118,7 @@ def test_default_out_never_names_an_existing_folder(tmp_path, monkeypatch):
     assert deploy.default_out("deploy-x") == Path("results/deploy-x-3")
 
 
-# ---- refusals as real processes --------------------------------------------------------------------
+# ---- item 2: no SuperLink connection, or Flower's local one: refused before `flwr` runs -------------
 
 
 def free_port() -> int:
@@ -148,6 +152,28 @@ def kill_tree(pid: int) -> None:
 
 
 CONNECTION = {"address": "127.0.0.1:9", "insecure": True}  # a SuperLink address (nothing listens: fails fast)
+CONFIGS = {
+    "no config.toml": None,  # flwr writes its default one, whose default is the local connection
+    "flower's default config": {
+        "superlink": {"default": "local", "local": {"address": ":local:"}, "supergrid": {"address": "api.flower.ai"}}
+    },
+    "in-memory local default": {"superlink": {"default": "mem", "mem": {"address": ":local-in-memory:"}}},
+    "options without address": {"superlink": {"default": "sim", "sim": {"options": {"num-supernodes": 2}}}},
+    "no [superlink] table": {"other": {"x": 1}},
+    "no default": {"superlink": {"prod": CONNECTION}},
+    "default names no connection": {"superlink": {"default": "gone", "prod": CONNECTION}},
+}
+CASES = [
+    ("no config.toml", [], "no SuperLink connection: "),
+    ("flower's default config", [], "SuperLink connection 'local'"),
+    ("in-memory local default", [], "address ':local-in-memory:'"),
+    ("options without address", [], "SuperLink connection 'sim'"),
+    ("no [superlink] table", [], "no --superlink and no [superlink] default"),
+    ("no default", [], "no --superlink and no [superlink] default"),
+    ("default names no connection", [], "no SuperLink connection 'gone'"),
+    ("no default", ["--superlink", "nosuch"], "no SuperLink connection 'nosuch'"),
+    ("flower's default config", ["--superlink", "local"], "address ':local:'"),
+]
 
 
 def flwr_home(root: Path, config: dict | None) -> Path:
@@ -182,6 +208,36 @@ def refused(root: Path, args: list[str], home: Path, out: Path | None) -> Refusa
     return result
 
 
+@pytest.mark.parametrize("case, args, fragment", CASES, ids=[f"{c} {' '.join(a)}".strip() for c, a, _ in CASES])
+def test_deploy_run_without_a_superlink_is_refused_before_flower_runs(tmp_path, case, args, fragment):
+    home = flwr_home(tmp_path, CONFIGS[case])
+    written = snapshot(home)
+    out = tmp_path / "out"
+    # --fetch none --timeout 5: should the refusal ever break, the run it submits ends soon
+    cmd = ["deploy", "run", "--out", str(out), "--fetch", "none", "--timeout", "5", *args]
+    result = refused(tmp_path, cmd, home, out)
+    assert result.problems() == [], result.text
+    assert fragment in result.text and "fedsim deploy connect" in result.text, result.text
+    assert snapshot(home) == written  # flwr would have written its default config.toml
+
+
+def test_deploy_register_without_a_superlink_is_refused_before_flower_runs(tmp_path):
+    home = flwr_home(tmp_path, None)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = tmp_path / "supernode-1.pub"  # a valid key: flwr checks it before it resolves the connection
+    key.write_bytes(
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    result = refused(tmp_path, ["deploy", "register", str(key)], home, None)
+    assert result.problems() == [], result.text
+    assert "no SuperLink connection" in result.text
+    assert list(home.iterdir()) == []
+
+
 def test_deploy_run_refuses_an_existing_results_folder_before_submitting(tmp_path):
     """Given a SuperLink connection, ``--out`` naming an earlier run's folder (with the user's notes in
     it) is refused before anything is submitted; the folder is left exactly as it was."""
@@ -194,3 +250,37 @@ def test_deploy_run_refuses_an_existing_results_folder_before_submitting(tmp_pat
     assert f"--out={str(mine)!r}: folder exists and is not empty" in result.text
     assert "choose another --out or omit it" in result.text
     assert tree(mine) == before
+
+
+def test_a_superlink_with_an_address_passes_the_connection_check(tmp_path):
+    home = flwr_home(tmp_path, {"superlink": {"default": "prod", "prod": CONNECTION, "local": {"address": ":local:"}}})
+    deploy.check_connection(home, None)
+    deploy.check_connection(home, "prod")
+    with pytest.raises(DeployError, match="'local'"):
+        deploy.check_connection(home, "local")
+
+
+def test_the_stream_process_is_killed_when_it_ignores_sigterm():
+    """``flwr log --stream`` is ended with SIGTERM, then SIGKILL: it never outlives ``deploy run``."""
+    ignores_sigterm = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", ignores_sigterm], stdout=subprocess.PIPE)
+    assert proc.stdout.readline()  # its handler is in place
+    deploy._end(proc, grace_s=1)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_staged_app_carries_no_federations_for_flwr_to_migrate(tmp_path):
+    """``flwr run`` migrates a pyproject's ``[tool.flwr.federations]`` (a local simulation one, and its
+    default) into ``$FLWR_HOME/config.toml`` after the connection check; the staged app has none."""
+    app = tmp_path / "app"
+    for pkg in deploy.APP_PACKAGES:
+        (app / pkg).mkdir(parents=True)
+    federations = {"default": "local-sim", "local-sim": {"options": {"num-supernodes": 3}}}
+    project = {"tool": {"flwr": {"app": {"config": {}}, "federations": federations}}}
+    (app / "pyproject.toml").write_text(tomli_w.dumps(project))
+    staged = deploy.stage_app(app, {"run.rounds": 2}, tmp_path / "staged")
+    flwr = tomllib.loads((staged / "pyproject.toml").read_text())["tool"]["flwr"]
+    assert flwr == {"app": {"config": {"run.rounds": 2}}}
