@@ -8,18 +8,24 @@ connections of ``$FLWR_HOME/config.toml`` (default ``~/.flwr``):
 - ``fedsim deploy register KEY.pub ...``: register SuperNode public keys (SuperNode auth);
 - ``fedsim deploy run``: resolve and validate the configuration as ``fedsim run`` does, submit the
   app with that configuration (``flwr run``), wait for the run's real outcome (``flwr run`` returns
-  once a run is submitted, whatever happens to it), copy the results folder here, and exit 0 only if
-  Flower reports the run completed and ``summary.json`` says ``ok`` (1 otherwise, 2 for bad input).
+  once a run is submitted, whatever happens to it), copy the results folder here into a new folder,
+  and exit 0 only if Flower reports the run completed and ``summary.json`` says ``ok`` (1 otherwise,
+  2 for bad input).
   With ``tracking.backends`` set, the fetched records go into this machine's TensorBoard / MLflow
   (:func:`fedsim.tracking.track_folder`), as ``fedsim run`` logs its own.
 
 ``flwr run --run-config`` only accepts keys that the app's pyproject.toml declares, so ``run``
 submits a staged copy of the app whose ``[tool.flwr.app.config]`` holds the whole resolved
 configuration (every ``section.key``) and ``results-dir``.
+
+Flower's CLI starts a SuperLink of its own on this machine (``flower-superlink --insecure
+--simulation``, detached, still running after fedsim exits) when the connection it resolves is
+its local one; :func:`check_connection` refuses every such case before ``flwr`` is called.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -74,6 +80,52 @@ class DeployError(RuntimeError):
 def flwr_home() -> Path:
     """Flower's home folder: ``$FLWR_HOME`` or ``~/.flwr`` (connections, installed apps)."""
     return Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+
+
+# Flower 1.42 (flwr/cli/constant.py, local_superlink.py): a connection with one of these addresses, or
+# with no address but simulation ``options``, makes every ``flwr`` command start a local SuperLink
+LOCAL_ADDRESSES = (":local:", ":local-in-memory:")
+
+
+def check_connection(home: Path, name: str | None) -> None:
+    """Refuse a SuperLink connection for which Flower's CLI would start a SuperLink on this machine.
+
+    ``flwr`` resolves ``name`` (else ``[superlink] default``) in ``<home>/config.toml``. Where that
+    file is missing it writes Flower's default one, whose default connection is the local one; a
+    connection whose address is ``:local:`` / ``:local-in-memory:``, or that has no address, also
+    means local. In each of these cases ``flwr`` starts a detached ``flower-superlink --simulation``
+    that outlives fedsim, so each is refused here (exit 2), before ``flwr`` runs, with tomllib alone.
+    A name or default that the file lacks is refused too, with the same advice.
+    """
+    path = home / "config.toml"
+    advice = f"run `fedsim deploy connect {name or 'NAME'} --address HOST:PORT --ca ca.crt` first"
+    if not path.is_file():
+        raise DeployError(f"no SuperLink connection: {path} does not exist; {advice}", 2)
+    try:
+        links = tomllib.loads(path.read_text()).get("superlink")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise DeployError(f"{path}: not readable as TOML ({e}); {advice}", 2) from None
+    links = links if isinstance(links, dict) else {}
+    if name is None:
+        name = links.get("default")
+        if not isinstance(name, str):
+            raise DeployError(
+                f"no SuperLink connection: no --superlink and no [superlink] default in {path}; "
+                f"{advice} (with --default) or pass --superlink NAME",
+                2,
+            )
+        advice = f"run `fedsim deploy connect {name} --address HOST:PORT --ca ca.crt` first"
+    conn = links.get(name)
+    if name == "default" or not isinstance(conn, dict):
+        raise DeployError(f"no SuperLink connection {name!r} in {path}; {advice}", 2)
+    address = conn.get("address")
+    if not isinstance(address, str) or address in ("", *LOCAL_ADDRESSES):
+        what = f"address {address!r}" if isinstance(address, str) else "no address"
+        raise DeployError(
+            f"SuperLink connection {name!r} in {path} has {what}, which is no SuperLink to deploy to "
+            f"(Flower would start a local simulation SuperLink); {advice}",
+            2,
+        )
 
 
 def _flwr_exe() -> str:
@@ -158,12 +210,17 @@ def find_app_dir(app: Path | None) -> Path:
 
 
 def stage_app(app_dir: Path, flat_config: dict[str, Any], dest: Path) -> Path:
-    """Copy the app into ``dest`` with ``flat_config`` as its whole ``[tool.flwr.app.config]``."""
+    """Copy the app into ``dest`` with ``flat_config`` as its whole ``[tool.flwr.app.config]``.
+
+    A legacy ``[tool.flwr.federations]`` table is left out: ``flwr run`` would migrate it into
+    ``$FLWR_HOME/config.toml`` (and its default with it) after :func:`check_connection`.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for pkg in APP_PACKAGES:
         shutil.copytree(app_dir / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     project = tomllib.loads((app_dir / "pyproject.toml").read_text())
     project["tool"]["flwr"]["app"]["config"] = dict(flat_config)
+    project["tool"]["flwr"].pop("federations", None)
     (dest / "pyproject.toml").write_text(tomli_w.dumps(project))
     if (app_dir / "README.md").is_file():
         shutil.copy(app_dir / "README.md", dest / "README.md")
@@ -234,40 +291,68 @@ def wait_for_run(run_id: int, superlink: str | None, timeout_s: float, on_change
 
 
 def check_fetch_target(out: Path) -> None:
-    """Refuse an ``--out`` that fetching could destroy: it must be absent, empty, or a fedsim results folder.
+    """``--out`` must not exist or be an empty folder: deploy writes each run into a new folder.
 
-    Checked before anything is submitted (exit 2). Nothing here deletes or creates anything.
+    Checked before anything is submitted (exit 2) and again at the fetch; creates nothing.
     """
-    from fedsim.results import is_results_folder
-
+    advice = "deploy writes each run into a new folder: choose another --out or omit it"
     if out.exists() and not out.is_dir():
-        raise DeployError(f"--out={str(out)!r}: exists and is not a folder", 2)
-    if out.is_dir() and any(out.iterdir()) and not is_results_folder(out):
-        raise DeployError(
-            f"--out={str(out)!r}: folder exists, is not empty and is not a fedsim results folder; choose another",
-            2,
-        )
+        raise DeployError(f"--out={str(out)!r}: exists and is not a folder; {advice}", 2)
+    if out.is_dir() and any(out.iterdir()):
+        raise DeployError(f"--out={str(out)!r}: folder exists and is not empty; {advice}", 2)
+
+
+def default_out(name: str) -> Path:
+    """``results/<name>``, or ``results/<name>-2``, ``-3``, ... where that exists (a run in the same second)."""
+    out, n = Path("results") / name, 1
+    while out.exists() or out.is_symlink():
+        n += 1
+        out = Path("results") / f"{name}-{n}"
+    return out
 
 
 def fetch_results(mode: str, remote_dir: str, out: Path, container: str | None) -> None:
-    """Copy the ServerApp's results folder to ``out`` ('local': same file system; 'docker': docker cp).
+    """Copy the ServerApp's results folder into ``out`` ('local': same file system; 'docker': docker cp).
 
-    The copy lands in a new temporary folder beside ``out`` and is moved into place only once it is
-    complete, so a failed fetch leaves ``out`` as it was. An existing ``out`` is replaced only when it
-    is empty or a fedsim results folder (:func:`check_fetch_target`); nothing else is ever deleted.
+    ``out`` must be absent (it is created) or an empty folder (it is kept and the files go into it):
+    :func:`check_fetch_target`. The copy lands in a hidden folder inside ``out``, and its files are
+    moved next to it only once it is complete; a name that appeared in ``out`` meanwhile stops the
+    fetch. A failed fetch removes only what it created (the files it moved, and ``out`` if it created
+    it), so ``out`` is left as it was; nothing else is ever replaced or deleted.
     """
-    check_fetch_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.fetch-", dir=out.parent))  # ours alone
+    kept = f"nothing was overwritten; the results stay in {remote_dir} on the ServerApp's machine"
     try:
-        fetched = staging / "results"
+        check_fetch_target(out)
+    except DeployError as e:  # something appeared at --out during the run: exit 1, the run is over
+        raise DeployError(f"{e} ({kept})") from None
+    created = not out.is_dir()
+    try:
+        out.mkdir(parents=True, exist_ok=not created)  # FileExistsError: someone made it since the check
+        staging = Path(tempfile.mkdtemp(prefix=".fedsim-fetch-", dir=out))  # ours alone
+    except OSError as e:
+        raise DeployError(f"fetching the results into {out}: {e}") from None
+    fetched = staging / "results"
+    moved: list[Path] = []
+    done = False
+    try:
         _copy_results(mode, remote_dir, fetched, container)
-        if out.exists():
-            old = staging / "replaced"
-            os.replace(out, old)  # an empty folder or an earlier fedsim result, checked above
-        os.replace(fetched, out)
+        for entry in sorted(fetched.iterdir()):
+            target = out / entry.name
+            if target.exists() or target.is_symlink():
+                raise DeployError(f"--out={str(out)!r}: {entry.name} appeared there during the fetch ({kept})")
+            os.rename(entry, target)
+            moved.append(target)
+        done = True
+    except OSError as e:
+        raise DeployError(f"fetching the results into {out}: {e}") from None
     finally:
+        if not done:
+            for target in moved:  # back into the staging folder, removed below
+                os.rename(target, fetched / target.name)
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):  # still holds what someone else put there meanwhile
+                out.rmdir()
 
 
 def _copy_results(mode: str, remote_dir: str, dest: Path, container: str | None) -> None:
@@ -300,6 +385,16 @@ def _copy_results(mode: str, remote_dir: str, dest: Path, container: str | None)
         raise DeployError(f"docker cp {container}:{remote_dir}: {_one_line(cp.stderr)}")
 
 
+def _end(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """Stop a process we started: SIGTERM, then SIGKILL if it has not exited within ``grace_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def deploy_run(
     cfg,
     *,
@@ -328,21 +423,22 @@ def deploy_run(
         info = wait_for_run(run_id, superlink, timeout_s, lambda i: say(f"run {run_id}: {i['status']}"))
     finally:
         if logs is not None:
-            logs.terminate()
-            logs.wait(timeout=10)
+            _end(logs)
     outcome: dict[str, Any] = {"run_id": run_id, "flwr_status": info["status"], "details": info.get("status-details")}
     summary = None
-    if fetch != "none" and out is not None:
+    fetched = fetch != "none" and out is not None
+    if fetched:
         fetch_results(fetch, remote_dir, out, container)
         summary_path = out / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     outcome["summary"] = summary
+    where = f" (results in {out})" if fetched else ""
     if info["status"] != "finished:completed":
         detail = (summary or {}).get("error") or info.get("status-details") or info["status"]
-        raise DeployError(f"run {run_id} {info['status']}: {detail}")
-    if fetch != "none" and (summary is None or summary.get("status") != "ok"):
+        raise DeployError(f"run {run_id} {info['status']}: {detail}{where}")
+    if fetched and (summary is None or summary.get("status") != "ok"):
         detail = (summary or {}).get("error") or "no summary.json in the results folder"
-        raise DeployError(f"run {run_id} failed: {detail}")
+        raise DeployError(f"run {run_id} failed: {detail}{where}")
     return outcome
 
 
@@ -375,6 +471,9 @@ def register_cmd(
 ) -> None:
     """Register SuperNode public keys with a SuperLink started with --enable-supernode-auth.
 
+    Without --address the connection (--superlink, else the default) must name a SuperLink with an
+    address: Flower's local simulation one is refused, as by `fedsim deploy run`.
+
     A key that is already registered is fine (the SuperLink keeps its node id across restarts).
     """
     env: dict[str, str] = {}
@@ -385,6 +484,8 @@ def register_cmd(
             write_connection(Path(tmp.name), "fedsim", address, ca, default=True)
             env["FLWR_HOME"] = tmp.name
             superlink = "fedsim"
+        else:
+            check_connection(flwr_home(), superlink)  # else `flwr supernode register` may start a SuperLink here
         for key in keys:
             if not key.is_file():
                 raise DeployError(f"{key}: public key file not found", 2)
@@ -417,7 +518,9 @@ def run_cmd(
     seed: SeedOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
-    out: Annotated[str | None, typer.Option(help="Local results folder (default results/deploy-<time>-...).")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="New local results folder, absent or empty (default results/deploy-<time>-...).")
+    ] = None,
     remote_root: Annotated[
         str, typer.Option(help="Folder where the ServerApp writes results (on the ServerApp's machine).")
     ] = IMAGE_RESULTS_ROOT,
@@ -432,8 +535,10 @@ def run_cmd(
     stream: Annotated[bool, typer.Option(help="Stream the run's logs (flwr log --stream).")] = False,
     quiet: Annotated[bool, typer.Option(help="Print only the results path.")] = False,
 ) -> None:
-    """Submit fedsim to a federation, wait for its real outcome, fetch the results folder.
+    """Submit fedsim to a federation, wait for its real outcome, fetch the results into a new folder.
 
+    --out must not exist or be an empty folder. The SuperLink connection (--superlink, else the
+    default) must name a SuperLink with an address: Flower's local simulation one is refused.
     Exit codes: 0 the run completed and summary.json says ok; 1 it failed, was stopped or timed
     out (one line says why); 2 bad input.
     """
@@ -443,9 +548,10 @@ def run_cmd(
         cfg = resolve_config(config, set_ or [], shortcuts(clients, rounds, clients_per_round, seed))
         app_dir = find_app_dir(app)
         name = results_name(cfg, "deploy-")
-        out_dir = out_path(out) if out is not None else Path("results") / name
+        out_dir = out_path(out) if out is not None else default_out(name)
         if fetch != "none":
             check_fetch_target(out_dir)  # before anything is submitted
+        check_connection(flwr_home(), superlink)  # else `flwr run` may start a SuperLink here
         check_tracking(cfg)
     except ConfigError as e:
         fail(str(e), 2)
@@ -467,8 +573,7 @@ def run_cmd(
             say=say,
         )
     except DeployError as e:
-        where = f" (results in {out_dir})" if out_dir.is_dir() else ""
-        fail(f"{e}{where}", e.code)
+        fail(str(e), e.code)
     except subprocess.TimeoutExpired as e:
         fail(f"{' '.join(map(str, e.cmd[:3]))} did not answer in {e.timeout:g} s", 1)
     if fetch != "none" and backends(cfg):
