@@ -12,7 +12,6 @@ import pytest
 from fedsim.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, sha256_text
 from fedsim.checks import checked_config
 from fedsim.cli import main
-from fedsim.deploy import DeployError, fetch_results
 from fedsim.results import finite_or_null, to_json
 
 
@@ -42,37 +41,7 @@ def results_folder(path, round_=2, seed=3):
     return path
 
 
-# ---- fedsim deploy: the fetch never deletes what fedsim did not create ---------------------------
-
-
-def test_fetch_refuses_a_foreign_folder_and_leaves_it_intact(tmp_path):
-    remote = results_folder(tmp_path / "remote")
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "sentinel.txt").write_text("keep me")
-    with pytest.raises(DeployError) as e:
-        fetch_results("local", str(remote), mine, None)
-    assert e.value.code == 2 and "not a fedsim results folder" in str(e.value)
-    assert [p.name for p in mine.iterdir()] == ["sentinel.txt"]
-    assert (mine / "sentinel.txt").read_text() == "keep me"
-
-
-def test_failed_fetch_leaves_an_earlier_result_as_it_was(tmp_path):
-    earlier = results_folder(tmp_path / "out")
-    before = sorted(p.relative_to(earlier) for p in earlier.rglob("*"))
-    with pytest.raises(DeployError, match="no results folder"):
-        fetch_results("local", str(tmp_path / "missing"), earlier, None)
-    assert sorted(p.relative_to(earlier) for p in earlier.rglob("*")) == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
-
-
-def test_fetch_replaces_an_earlier_result_and_fills_an_empty_folder(tmp_path):
-    remote = results_folder(tmp_path / "remote", round_=3)
-    for out in (results_folder(tmp_path / "earlier", round_=1), tmp_path / "empty"):
-        out.mkdir(exist_ok=True)
-        fetch_results("local", str(remote), out, None)
-        assert load_checkpoint(out).round == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "empty", "remote"]
+# ---- fedsim deploy: a run goes into a new folder (the fetch itself: tests/deploy/test_deploy_safety.py) ---
 
 
 def test_deploy_run_refuses_a_foreign_out_before_submitting(tmp_path, capsys):
@@ -80,7 +49,7 @@ def test_deploy_run_refuses_a_foreign_out_before_submitting(tmp_path, capsys):
     mine.mkdir()
     (mine / "sentinel.txt").write_text("keep me")
     code, err = run_in_process(["deploy", "run", "--out", str(mine), "--fetch", "local"], capsys)
-    assert_one_line_exit_2(code, err, "not a fedsim results folder")
+    assert_one_line_exit_2(code, err, "folder exists and is not empty")
     assert (mine / "sentinel.txt").read_text() == "keep me"
 
 
