@@ -76,6 +76,9 @@ def run(
     ray_address: Annotated[str | None, typer.Option(help="Connect to an existing Ray cluster.")] = None,
 ) -> None:
     """Run federated LoRA fine-tuning on Flower's Simulation Runtime with wireless accounting."""
+    from workloads.cache import keep_torch_cache_here
+
+    keep_torch_cache_here()  # before torch is imported: nothing of the run in the temp folder
     keys = shortcuts(
         clients,
         rounds,

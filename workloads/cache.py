@@ -50,10 +50,23 @@ if TYPE_CHECKING:
 
 ENV_VAR = "FEDSIM_CACHE"
 
+TORCH_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+"""Where torch keeps its compile cache; torch makes the folder when ``torch._dynamo`` is first
+imported (peft imports it), by default ``<temp folder>/torchinductor_<user>``."""
+
 
 def cache_root() -> Path:
     """``$FEDSIM_CACHE`` if set, else ``~/.cache/fedsim`` (read at every call, so tests can redirect it)."""
     return Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "fedsim")
+
+
+def keep_torch_cache_here() -> None:
+    """Put torch's compile cache in ``<cache root>/torchinductor`` unless ``TORCHINDUCTOR_CACHE_DIR`` is set.
+
+    Call before torch is imported. Processes started afterwards inherit the variable (Ray's
+    workers: :mod:`fedsim.flower.simulation`), so a run leaves nothing in the temp folder.
+    """
+    os.environ.setdefault(TORCH_CACHE_ENV, os.path.abspath(cache_root() / "torchinductor"))
 
 
 def content_hash(payload: Mapping[str, Any]) -> str:

@@ -28,6 +28,7 @@ from fedsim.config import Config
 from fedsim.engine import Reporter, RunFailed
 from fedsim.flower.server_app import serve
 from fedsim.tsfa import RankPlan
+from workloads.cache import TORCH_CACHE_ENV
 
 
 def backend_config(cfg: Config, ray_dir: str | None = None) -> dict[str, Any]:
@@ -260,7 +261,8 @@ def _start_ray(init_args: dict[str, Any]) -> None:
     Flower's backend starts Ray only when it is not running yet, with the same arguments. Starting it
     here lets :func:`_catch_sigterm` install its handler after Ray's own ones: Ray's core worker
     replaces the process's SIGTERM handler with one that dumps a C++ stack and aborts (exit 134).
-    Actors get the driver's ``sys.path``, as under Flower's own start.
+    Actors get the driver's ``sys.path``, as under Flower's own start, and its torch compile cache
+    folder (:func:`workloads.cache.keep_torch_cache_here`: not the temp folder).
 
     A local Ray (no ``address``) starts lean (see :func:`_lean_ray_head`) and passes ``sys.path``
     through the environment that its processes inherit instead of a runtime environment: the
@@ -273,7 +275,9 @@ def _start_ray(init_args: dict[str, Any]) -> None:
 
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     if "address" in init_args or os.environ.get(FULL_RAY_HEAD_ENV) == "1":
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath, SIMULATION_ENV: "1"}}, **init_args)
+        torch_cache = {TORCH_CACHE_ENV: os.environ[TORCH_CACHE_ENV]} if TORCH_CACHE_ENV in os.environ else {}
+        env_vars = {"PYTHONPATH": pythonpath, SIMULATION_ENV: "1", **torch_cache}
+        ray.init(runtime_env={"env_vars": env_vars}, **init_args)
         return
     # Read by the GCS, raylet and workers when they start; all are restored right after.
     # RAY_worker_niceness: Ray lowers its workers' priority by 15 below the driver's by default;
