@@ -16,6 +16,22 @@ State that clients keep between rounds (``run.method`` fedsa, topk-ef, soft-ef) 
 files: each client writes it, versioned by round, in ``client_state/`` of the results folder (or
 on its SuperNode), and a resume from round t drops the versions after t
 (:mod:`fedsim.client_state`), so checkpoint t and the versions up to t are one consistent state.
+
+What ``--resume`` trusts. The adapter's SHA-256 in state.json only says that the adapter file is
+the one state.json names (a torn or bit-flipped file is refused): anyone who can rewrite the
+adapter can rewrite state.json too. So a resume also checks what the checkpoint does not attest
+itself, and refuses (exit 2, one line, nothing written) where it differs:
+
+- :func:`check_folders`: no symbolic link in ``checkpoint/`` or ``client_state/`` (a resume
+  deletes files there); before any heavy import, like
+- :func:`check_records`: records of rounds 1..t, each of the round record's type
+  (:func:`fedsim.records.json_problem`), equal to the first t lines of ``rounds.jsonl``;
+- :func:`check_tensors`, once the model is built and before Ray starts: the adapter's tensor
+  names, shapes and dtypes are those of the adapter the configuration builds, and each kept
+  client-state version holds tensors of the adapter with its shapes.
+
+The values of the tensors cannot be checked: a checkpoint is trusted for them (and for the
+scheduler's state) as much as the results folder it lies in.
 """
 
 from __future__ import annotations
@@ -31,6 +47,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from fedsim import client_state
+from fedsim.records import json_problem
 from fedsim.results import to_json
 
 FOLDER = "checkpoint"
@@ -73,7 +91,7 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint) -> None:
     """Write the adapter, then commit by atomically replacing state.json; prune older adapters."""
     d = folder / FOLDER
     d.mkdir(exist_ok=True)
-    adapter = d / f"adapter-{ckpt.round:06d}.safetensors"
+    adapter = d / adapter_name(ckpt.round)
     tmp = adapter.with_suffix(".tmp")
     save_file({k: np.ascontiguousarray(v) for k, v in ckpt.state.items()}, str(tmp))
     with tmp.open("rb+") as f:
@@ -96,6 +114,13 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint) -> None:
 
 
 ADAPTER_NAME = re.compile(r"adapter-(\d{6,})\.safetensors")  # what save_checkpoint writes
+
+
+def adapter_name(round_: int) -> str:
+    """The file name of the adapter after round ``round_`` in the checkpoint folder."""
+    return f"adapter-{round_:06d}.safetensors"
+
+
 STATE_MAX_BYTES = 1 << 30  # every round's records; bounds what a swapped-in file can cost
 
 
@@ -131,7 +156,7 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
     match = ADAPTER_NAME.fullmatch(name) if isinstance(name, str) else None
     if match is None or int(match.group(1)) != round_:
         raise CheckpointError(
-            f"checkpoint {path} names adapter {str(name)[:80]!r}; only adapter-{round_:06d}.safetensors is accepted"
+            f"checkpoint {path} names adapter {str(name)[:80]!r}; only {adapter_name(round_)} is accepted"
         )
     adapter = folder / FOLDER / name
     if adapter.is_symlink() or not adapter.is_file():
@@ -143,3 +168,103 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"checkpoint adapter {adapter} does not load ({e})") from None
     return Checkpoint(round=round_, state=dict(state), records=records, scheduler=scheduler, config_sha256=config_sha)
+
+
+# ---- what a resume checks before it trusts a checkpoint (see the module docstring) -----------------
+
+
+def check_folders(folder: Path) -> None:
+    """Raise CheckpointError when ``checkpoint/`` or ``client_state/`` of results folder ``folder``,
+    or anything in them, is a symbolic link.
+
+    A resume reads these folders and replaces and deletes files in them, so nothing there may
+    lead outside the results folder; with no link, every path in them resolves inside it.
+    """
+    for top in (folder / FOLDER, folder / client_state.FOLDER):
+        for path in (top, *(top.rglob("*") if top.is_dir() and not top.is_symlink() else ())):
+            if path.is_symlink():
+                raise CheckpointError(
+                    f"{path} is a symbolic link, not a regular file or folder; a resume reads and writes only "
+                    "inside the results folder"
+                )
+
+
+def check_records(folder: Path, ckpt: Checkpoint) -> None:
+    """Raise CheckpointError unless ``ckpt`` holds the records of rounds 1 to ``ckpt.round``, each a
+    round record (:func:`fedsim.records.json_problem`), and ``rounds.jsonl``, where it exists,
+    starts with the same records (it may hold a round after them: the round a crash interrupted)."""
+    from fedsim.config import ConfigError, read_text_file
+
+    where = folder / FOLDER / STATE
+    rounds = [r.get("round") for r in ckpt.records]
+    if rounds != list(range(1, ckpt.round + 1)):
+        shown = str(rounds) if len(rounds) <= 8 else f"[{rounds[0]!r}, ..., {rounds[-1]!r}] ({len(rounds)} records)"
+        raise CheckpointError(f"checkpoint {where} holds the records of rounds {shown[:120]}, not 1 to {ckpt.round}")
+    for record in ckpt.records:
+        problem = json_problem(record)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {where}: the record of round {record['round']} {problem}")
+    path = folder / "rounds.jsonl"
+    if not os.path.lexists(path):
+        return
+    try:
+        lines = [line for line in read_text_file(path, "rounds.jsonl", STATE_MAX_BYTES).splitlines() if line.strip()]
+    except ConfigError as e:
+        raise CheckpointError(f"{path} is unreadable ({str(e).split(': ', 1)[-1]})") from None
+    if len(lines) < ckpt.round:
+        raise CheckpointError(f"{path} holds {len(lines)} rounds; checkpoint {where} holds {ckpt.round}")
+    for record, line in zip(ckpt.records, lines, strict=False):
+        try:
+            same = json.loads(line) == record
+        except json.JSONDecodeError:
+            same = False
+        if not same:
+            raise CheckpointError(f"{path}: round {record['round']} differs from its record in checkpoint {where}")
+
+
+def check_tensors(folder: Path, ckpt: Checkpoint, expected: dict[str, np.ndarray], with_client_state: bool) -> None:
+    """Raise CheckpointError naming the first tensor that does not fit the adapter a run builds.
+
+    Parameters
+    ----------
+    folder : the results folder of ``ckpt``.
+    ckpt : the checkpoint to resume from.
+    expected : the global adapter of round 0 that the configuration builds
+        (:func:`fedsim.training.initial_state`): the checkpoint's adapter must have exactly its
+        tensor names, shapes and dtypes.
+    with_client_state : the method keeps client state (:mod:`fedsim.client_state`): every
+        client's version that the resume keeps must hold only tensors of the adapter, with its
+        shapes (read from the safetensors header, not loaded).
+    """
+    from safetensors import safe_open
+
+    found = {name: (tuple(a.shape), a.dtype) for name, a in ckpt.state.items()}
+    _check_tensors(f"checkpoint adapter {folder / FOLDER / adapter_name(ckpt.round)}", found, expected, whole=True)
+    if not with_client_state:
+        return
+    for path in client_state.kept_after_resume(folder / client_state.FOLDER, ckpt.round):
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                found = {name: (tuple(f.get_slice(name).get_shape()), None) for name in f.keys()}  # header only
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"client state {path} does not load ({' '.join(str(e).split())[:120]})") from None
+        _check_tensors(f"client state {path}", found, expected, whole=False)
+
+
+def _check_tensors(what: str, found: dict[str, tuple], expected: dict[str, np.ndarray], whole: bool) -> None:
+    """``found``: name -> (shape, dtype or None: not checked) of the tensors of ``what``; ``whole``:
+    it must hold every tensor of ``expected``, else some of them (client state: B, or A and B)."""
+    for name in sorted(found.keys() | (expected.keys() if whole else set())):
+        if name not in expected:
+            raise CheckpointError(f"{what} has tensor {name!r}, which the configuration does not build")
+        if name not in found:
+            raise CheckpointError(f"{what} lacks tensor {name!r}, which the configuration builds")
+        shape, dtype = found[name]
+        if shape != expected[name].shape:
+            raise CheckpointError(
+                f"{what}: tensor {name!r} has shape {shape}; the configuration builds {expected[name].shape}"
+            )
+        if dtype is not None and dtype != expected[name].dtype:
+            raise CheckpointError(
+                f"{what}: tensor {name!r} is {dtype}; the configuration builds {expected[name].dtype}"
+            )

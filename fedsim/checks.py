@@ -29,11 +29,31 @@ def local_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def check_cache_root() -> None:
+    """Raise ConfigError unless fedsim's cache root (``FEDSIM_CACHE``, :mod:`workloads.cache`) is a
+    folder this process may write in, or one it may make: every run builds or loads entries there."""
+    from workloads.cache import ENV_VAR, cache_root
+
+    root = cache_root()
+    given = f"{ENV_VAR}={str(root)!r}" if os.environ.get(ENV_VAR) else f"{ENV_VAR} (not set: {str(root)!r})"
+    try:
+        existing = next(p for p in (root, *root.parents) if p.exists())
+    except OSError as e:
+        raise ConfigError(f"{given}: cannot be used ({e.strerror or e}); set {ENV_VAR} to a folder") from None
+    if not existing.is_dir():
+        where = "is a file" if existing == root else f"is inside {str(existing)!r}, which is not a folder"
+        raise ConfigError(f"{given}: {where}; set {ENV_VAR} to a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{given}: cannot write in {str(existing)!r}; set {ENV_VAR} to a folder you may write in")
+
+
 def check_config(cfg: Config) -> Config:
     """Raise ConfigError for the first combination of values that cannot run; returns ``cfg``."""
     from fedsim.methods import get_method
     from fedsim.schedulers import get_scheduler
     from workloads import check_workload_name, get_workload_class
+
+    check_cache_root()
 
     cpr = cfg.run.clients_per_round
     if isinstance(cpr, int) and cpr > cfg.run.clients:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import click
 import typer
 
-from fedsim.checks import checked_config
+from fedsim.checks import check_config
 from fedsim.cli_common import (
     ClientsOption,
     ClientsPerRoundOption,
@@ -33,7 +33,16 @@ from fedsim.cli_common import (
     resolve_config,
     shortcuts,
 )
-from fedsim.config import Config, ConfigError, describe_keys, load_toml, parse_overrides, read_text_file, toml_to_flat
+from fedsim.config import (
+    Config,
+    ConfigError,
+    build_config,
+    describe_keys,
+    load_toml,
+    parse_overrides,
+    read_text_file,
+    toml_to_flat,
+)
 from fedsim.deploy import deploy_app
 from fedsim.signals import Terminated, catch_sigterm, exit_soon_after_sigterm, leave, sigterm_received
 
@@ -67,6 +76,9 @@ def run(
     ray_address: Annotated[str | None, typer.Option(help="Connect to an existing Ray cluster.")] = None,
 ) -> None:
     """Run federated LoRA fine-tuning on Flower's Simulation Runtime with wireless accounting."""
+    from workloads.cache import keep_torch_cache_here
+
+    keep_torch_cache_here()  # before torch is imported: nothing of the run in the temp folder
     keys = shortcuts(
         clients,
         rounds,
@@ -79,13 +91,16 @@ def run(
             "simulation.ray_address": ray_address,
         },
     )
-    from fedsim.checkpoint import CheckpointError
+    from fedsim.checkpoint import CheckpointError, check_records
 
     try:
         if resume is not None:
             if out is not None:
                 raise ConfigError(f"--out={out!r}: a resumed run continues in its own folder; drop --out or --resume")
             cfg, out_dir, checkpoint = prepare_resume(resume, config, set_ or [], keys, force)
+            if checkpoint is not None:
+                check_records(out_dir, checkpoint)
+            check_config(cfg)  # the values together: imports torch and the workload
         else:
             given_out = out_path(out) if out is not None else None  # before the configuration is checked
             cfg = resolve_config(config, set_ or [], keys)
@@ -111,6 +126,18 @@ def run(
     except ConfigError as e:
         fail(str(e), 2)
     plan = rank_plan_or_exit(cfg, show=not quiet) if get_scheduler(cfg.tsfa.scheduler).plans_rank else None
+    if checkpoint is not None:  # its tensors against the adapter that this configuration builds (the plan's rank)
+        from dataclasses import replace
+
+        from fedsim.checkpoint import check_tensors
+        from fedsim.methods import get_method
+        from fedsim.training import initial_state
+
+        built = initial_state(cfg if plan is None else replace(cfg, lora=replace(cfg.lora, rank=plan.chosen_rank)))
+        try:
+            check_tensors(out_dir, checkpoint, built, get_method(cfg.run.method).needs_client_state)
+        except CheckpointError as e:
+            fail(str(e), 2)
     lock = FolderLock(out_dir)  # held until this process exits: one writer per results folder
     try:
         lock.acquire()
@@ -170,16 +197,23 @@ def prepare_resume(
 
     Refused without ``--force``: new values given on this command line, a ``config.toml`` edited
     since the last checkpoint (its SHA-256 differs from the one the checkpoint recorded), and a
-    finished run.
+    finished run. Refused always: a link in ``checkpoint/`` or ``client_state/``
+    (:func:`~fedsim.checkpoint.check_folders`) and a checkpoint that does not load.
+
+    Nothing here imports torch or a workload, so these refusals cost well under a second: each
+    key's value is checked, but not the values together; the caller runs
+    :func:`~fedsim.checks.check_config` on the returned configuration (after
+    :func:`~fedsim.checkpoint.check_records`, which is as cheap).
     """
     import json
 
-    from fedsim.checkpoint import load_checkpoint, sha256_text
+    from fedsim.checkpoint import check_folders, load_checkpoint, sha256_text
 
     if not (folder / "config.toml").is_file():
         raise ConfigError(f"--resume={str(folder)!r}: not a fedsim results folder (no config.toml)")
     saved_text = read_text_file(folder / "config.toml", "--resume")
-    saved = checked_config(toml_to_flat(saved_text, f"{folder / 'config.toml'}"))
+    saved = build_config(toml_to_flat(saved_text, f"{folder / 'config.toml'}"))
+    check_folders(folder)
     checkpoint = load_checkpoint(folder)
     if checkpoint is not None and sha256_text(saved_text) != checkpoint.config_sha256 and not force:
         raise ConfigError(
@@ -188,7 +222,7 @@ def prepare_resume(
         )
     layers = [saved.to_flat(), *([load_toml(config_file)] if config_file else [])]
     layers += [{k: v for k, v in shortcuts.items() if v is not None}, parse_overrides(sets)]
-    cfg = checked_config(*layers)
+    cfg = build_config(*layers)
     changed = [k for k, v in cfg.to_flat().items() if saved.to_flat()[k] != v]
     if changed and not force:
         raise ConfigError(

@@ -135,6 +135,13 @@ def discard_after(root: str | Path, round_: int) -> int:
     return removed
 
 
+def kept_after_resume(root: str | Path, round_: int) -> list[Path]:
+    """Every client's versions that a resume from checkpoint ``round_`` keeps (rounds <= ``round_``)."""
+    root = Path(root)
+    folders = sorted(root.glob("client-*")) if root.is_dir() else []
+    return [p for folder in folders for t, p in _versions(folder) if t <= round_]
+
+
 def size_bytes(root: str | Path) -> int:
     """Bytes the client states of a run occupy on disk (all clients, all kept versions)."""
     root = Path(root)

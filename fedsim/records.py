@@ -9,6 +9,8 @@ are unknown are ``None`` (JSON ``null``), never NaN.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,3 +160,78 @@ def round_record_keys() -> list[str]:
 def client_record_keys() -> list[str]:
     """The keys of one per-client record, in order."""
     return [f.name for f in dataclasses.fields(ClientRecord)]
+
+
+def json_problem(value: Any, cls: type = RoundRecord, where: str = "") -> str | None:
+    """Why ``value`` is not the JSON form of a ``cls`` record, or None when it is.
+
+    The fields and their types are those of the dataclasses above (:func:`typing.get_type_hints`),
+    in the form :meth:`RoundRecord.to_dict` writes: a record-typed field inline (the scheduler's
+    outcome), a list of records as a list of objects. Every field must be present and no other;
+    a ``float`` may be ``null``, as :func:`fedsim.results.to_json` writes a non-finite number.
+
+    Parameters
+    ----------
+    value : parsed JSON, e.g. one line of ``rounds.jsonl``.
+    cls : the record type (:class:`RoundRecord`, :class:`ClientRecord`, :class:`Failure`).
+    where : how the returned phrase names ``value`` (empty: the phrase starts with the field).
+
+    Returns
+    -------
+    None, or a short phrase naming the first field that is missing, unknown or of the wrong type,
+    e.g. ``"clients[2].gain_db is 'x', not float"``.
+    """
+    if not isinstance(value, dict):
+        return f"{where or 'the record'} is {_show(value)}, not an object"
+    fields = _json_fields(cls)
+    within = f"{where} " if where else ""
+    for name in [*fields, *value]:
+        if name not in fields:
+            return f"{within}has an unknown field {_show(name)}"
+        if name not in value:
+            return f"{within}lacks the field {name!r}"
+        problem = _type_problem(value[name], fields[name], f"{where}.{name}" if where else name)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _json_fields(cls: type) -> dict[str, Any]:
+    """Field name -> type in a record's JSON object (a record-typed field inline, as ``to_dict`` writes it)."""
+    out: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        out.update(_json_fields(hint) if dataclasses.is_dataclass(hint) else {name: hint})
+    return out
+
+
+_JSON_TYPES = {
+    Any: lambda v: True,
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
+    str: lambda v: isinstance(v, str),
+    dict: lambda v: isinstance(v, dict),
+}
+"""What a parsed JSON value of each field type may be (``float``: also null, a non-finite number)."""
+
+
+def _type_problem(value: Any, hint: Any, where: str) -> str | None:
+    """None when parsed JSON ``value`` has the type ``hint``, else a phrase naming ``where`` and what is wrong."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        problems = [_type_problem(value, h, where) for h in args]
+        return None if None in problems else problems[0]
+    if dataclasses.is_dataclass(hint):
+        return json_problem(value, hint, where)
+    if (origin or hint) is list:
+        if not isinstance(value, list):
+            return f"{where} is {_show(value)}, not a list"
+        problems = (_type_problem(item, args[0], f"{where}[{i}]") for i, item in enumerate(value) if args)
+        return next(filter(None, problems), None)
+    return None if _JSON_TYPES[origin or hint](value) else f"{where} is {_show(value)}, not {hint.__name__}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

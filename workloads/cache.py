@@ -11,7 +11,8 @@ Layout (``FEDSIM_CACHE`` overrides the root, default ``~/.cache/fedsim``)::
 
     <root>/<kind>/<key>/model.safetensors   the weights (safetensors: no pickles)
     <root>/<kind>/<key>/data/               a dataset (Arrow, as ``datasets`` saves it)
-    <root>/<kind>/<key>/meta.json           what determined it, and how it was made
+    <root>/<kind>/<key>/meta.json           what determined it, how it was made, and the SHA-256
+                                            of each file of the entry ("sha256")
 
 ``key`` is a SHA-256 content hash of a JSON payload holding everything that determines the
 entry: the architecture, the pretraining recipe or generator parameters, the seed and the code
@@ -19,6 +20,13 @@ version (a hash of the source files that build the data and train the model). Ch
 them gives a new key; nothing is ever overwritten in place. Concurrent processes (the driver and
 Ray actors) serialise on a lock file, so exactly one of them makes an entry and the others load
 its result. Nothing is downloaded.
+
+Every load checks the entry's files against the SHA-256 in its meta.json (a key is a hash of
+what determines an entry, not of its bytes, so a bit flip or a truncated file would otherwise be
+loaded, or fail with a traceback). An entry that differs, cannot be read, or has no hashes (made
+by an older fedsim) is removed and built again, with one warning line on stderr. The check
+reads the files once more: 84 ms for the largest cached base (equation-reasoner ``t5-tiny``,
+29.6 MB), about 4% of its load (2.0 s: build, check, load; a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,17 +44,29 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 if TYPE_CHECKING:
     from datasets import Dataset
+    from torch import nn
 
 ENV_VAR = "FEDSIM_CACHE"
+
+TORCH_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+"""Where torch keeps its compile cache; torch makes the folder when ``torch._dynamo`` is first
+imported (peft imports it), by default ``<temp folder>/torchinductor_<user>``."""
 
 
 def cache_root() -> Path:
     """``$FEDSIM_CACHE`` if set, else ``~/.cache/fedsim`` (read at every call, so tests can redirect it)."""
     return Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "fedsim")
+
+
+def keep_torch_cache_here() -> None:
+    """Put torch's compile cache in ``<cache root>/torchinductor`` unless ``TORCHINDUCTOR_CACHE_DIR`` is set.
+
+    Call before torch is imported. Processes started afterwards inherit the variable (Ray's
+    workers: :mod:`fedsim.flower.simulation`), so a run leaves nothing in the temp folder.
+    """
+    os.environ.setdefault(TORCH_CACHE_ENV, os.path.abspath(cache_root() / "torchinductor"))
 
 
 def content_hash(payload: Mapping[str, Any]) -> str:
@@ -133,8 +154,11 @@ def cached_dataset(kind: str, payload: Mapping[str, Any], generate: Callable[[],
 def _entry(kind: str, payload: Mapping[str, Any]) -> Iterator[tuple[Path, Path]]:
     """Hold the lock of ``payload``'s entry; yields its folder and an empty staging folder beside it.
 
-    Only the lock's holder stages an entry, so a staging folder of this key found under the lock
-    was left by a process killed while it built the entry; it is removed.
+    The folder, when it exists, is a published entry whose files have the SHA-256 that its
+    meta.json lists: one that does not (or an entry of an older fedsim, without them) is removed,
+    with one warning line on stderr, and the caller builds it again. Only the lock's holder stages
+    an entry, so a staging folder of this key found under the lock was left by a process killed
+    while it built the entry; it is removed.
     """
     key = content_hash(payload)
     folder = cache_root() / kind / key
@@ -144,6 +168,10 @@ def _entry(kind: str, payload: Mapping[str, Any]) -> Iterator[tuple[Path, Path]]
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         for stale in folder.parent.glob(f".{key}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
+        damage = _damage(folder) if folder.is_dir() else None
+        if damage is not None:
+            sys.stderr.write(f"fedsim: warning: cache entry {folder} {damage}; removed, building it again\n")
+            shutil.rmtree(folder)
         staging.mkdir()
         try:
             yield folder, staging
@@ -152,6 +180,31 @@ def _entry(kind: str, payload: Mapping[str, Any]) -> Iterator[tuple[Path, Path]]
 
 
 def _publish(staging: Path, folder: Path, meta: Mapping[str, Any]) -> None:
-    """Write ``meta.json`` and move the staged entry into place: it appears whole or not at all."""
+    """Write ``meta.json``, with the SHA-256 of every file of the entry, and move the staged entry
+    into place: it appears whole or not at all."""
+    from fedsim.checkpoint import sha256_file
+
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    meta = {**meta, HASHES: {p.relative_to(staging).as_posix(): sha256_file(p) for p in files}}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
     os.replace(staging, folder)
+
+
+HASHES = "sha256"
+"""The key of ``meta.json`` that maps each file of the entry (path inside it) to its SHA-256."""
+
+
+def _damage(folder: Path) -> str | None:
+    """What makes the published entry in ``folder`` unusable (None: each file in meta.json has its SHA-256)."""
+    from fedsim.checkpoint import sha256_file
+
+    try:
+        hashes = json.loads((folder / "meta.json").read_text())[HASHES]
+        for name, expected in sorted(hashes.items()):
+            if sha256_file(folder / name) != expected:
+                return f"is corrupt ({name} differs from its SHA-256 in meta.json)"
+    except KeyError:
+        return "is unverifiable (meta.json lists no SHA-256: made by an older fedsim)"
+    except (OSError, ValueError, AttributeError) as e:
+        return f"is unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    return None if hashes else "is unverifiable (meta.json lists no file)"

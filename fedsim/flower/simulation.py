@@ -29,6 +29,7 @@ from fedsim.engine import Reporter, RunFailed
 from fedsim.flower.server_app import serve
 from fedsim.signals import Terminated, catch_sigterm
 from fedsim.tsfa import RankPlan
+from workloads.cache import TORCH_CACHE_ENV
 
 
 def backend_config(cfg: Config, ray_dir: str | None = None) -> dict[str, Any]:
@@ -261,7 +262,8 @@ def _start_ray(init_args: dict[str, Any]) -> None:
     ``ray.init`` replaces the process's SIGTERM handler with one that exits with status 15 (and
     its core worker with one that dumps a C++ stack and aborts); a SIGTERM while ``ray.init`` runs
     becomes :class:`~fedsim.signals.Terminated` here, so the run stops as at any other moment.
-    Actors get the driver's ``sys.path``, as under Flower's own start.
+    Actors get the driver's ``sys.path``, as under Flower's own start, and its torch compile cache
+    folder (:func:`workloads.cache.keep_torch_cache_here`: not the temp folder).
 
     A local Ray (no ``address``) starts lean (see :func:`_lean_ray_head`) and passes ``sys.path``
     through the environment that its processes inherit instead of a runtime environment: the
@@ -274,7 +276,9 @@ def _start_ray(init_args: dict[str, Any]) -> None:
 
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     if "address" in init_args or os.environ.get(FULL_RAY_HEAD_ENV) == "1":
-        _ray_init(ray, runtime_env={"env_vars": {"PYTHONPATH": pythonpath, SIMULATION_ENV: "1"}}, **init_args)
+        torch_cache = {TORCH_CACHE_ENV: os.environ[TORCH_CACHE_ENV]} if TORCH_CACHE_ENV in os.environ else {}
+        env_vars = {"PYTHONPATH": pythonpath, SIMULATION_ENV: "1", **torch_cache}
+        _ray_init(ray, runtime_env={"env_vars": env_vars}, **init_args)
         return
     # Read by the GCS, raylet and workers when they start; all are restored right after.
     # RAY_worker_niceness: Ray lowers its workers' priority by 15 below the driver's by default;
