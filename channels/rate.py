@@ -74,8 +74,8 @@ def shannon_rate_bps(
         snr = a / b
         # log1p: an SNR below 1e-16 still has a rate; an SNR past the float range (a band of 1e-300 Hz)
         # has log(1 + a / b) = log(a) - log(b), not infinity
-        nats = np.where(np.isinf(snr), np.log(a) - np.log(b), np.log1p(snr))
-    return np.where(b > 0, b * nats / np.log(2.0), 0.0)
+        rate = b * np.where(np.isinf(snr), np.log(a) - np.log(b), np.log1p(snr)) / np.log(2.0)
+    return np.where(b > 0, rate, 0.0)
 
 
 def upload_time_s(payload_bits: ArrayLike, rate_bps: ArrayLike) -> np.ndarray:
