@@ -328,7 +328,7 @@ def run_state(folder: Path) -> str:
     if summary.is_file():
         try:
             status = json.loads(summary.read_text()).get("status")
-        except (OSError, json.JSONDecodeError, AttributeError):
+        except (OSError, ValueError, RecursionError, AttributeError):  # unreadable, not UTF-8, not JSON
             status = None
         if status == "ok":
             return "done"
@@ -437,7 +437,7 @@ class Index:
         if previous.is_file():
             try:
                 old = {r["name"]: r for r in json.loads(previous.read_text()).get("runs", [])}
-            except (OSError, json.JSONDecodeError, AttributeError, TypeError, KeyError):
+            except (OSError, ValueError, RecursionError, AttributeError, TypeError, KeyError):
                 old = {}
             for name, row in self.rows.items():
                 if name in old:

@@ -380,3 +380,10 @@ def test_runs_sharing_a_folder_are_refused_before_any_run_is_resolved(tmp_path, 
     path = _write(tmp_path, '[sweep.grid]\n"soft.rho" = [0.1234561, 0.1234562]\n')
     with pytest.raises(ConfigError, match="runs 'rho-0.123456' and 'rho-0.123456' would share one run folder"):
         load_sweep(path)
+
+
+def test_run_state_of_an_unreadable_summary_is_pending(tmp_path):
+    for name, content in (("latin", b'{"status": "\xe9"}'), ("deep", b"[" * 100_000), ("garbage", b"{")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_bytes(content)
+        assert run_state(tmp_path / name) == "pending", name
