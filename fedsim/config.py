@@ -486,7 +486,8 @@ def loads_toml(text: str, where: str) -> dict[str, Any]:
 
 
 def parse_value(text: str, where: str = "value") -> Any:
-    """A CLI value as TOML would read it (``3``, ``0.5``, ``true``, ``[0, 0.5]``), else a string."""
+    """A CLI value as TOML would read it (``3``, ``0.5``, ``true``, ``[0, 0.5]``), else a string; nested
+    deeper than :data:`MAX_TOML_DEPTH`, a ConfigError naming ``where``."""
     try:
         return loads_toml(f"v = {text}", where)["v"]
     except tomllib.TOMLDecodeError:
