@@ -70,8 +70,11 @@ def shannon_rate_bps(
     """
     b = np.asarray(bandwidth_hz, dtype=float)
     a = snr_per_hz(tx_power_w, gain_linear, noise_psd_w_hz_)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = b * np.log2(1.0 + a / b)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        snr = a / b
+        # log1p: an SNR below 1e-16 still has a rate; an SNR past the float range (a band of 1e-300 Hz)
+        # has log(1 + a / b) = log(a) - log(b), not infinity
+        rate = b * np.where(np.isinf(snr), np.log(a) - np.log(b), np.log1p(snr)) / np.log(2.0)
     return np.where(b > 0, rate, 0.0)
 
 

@@ -497,16 +497,15 @@ def report_command(
 ) -> None:
     """Tables (mean and 95% interval over seeds) and figures of many runs, on one Markdown page."""
     from fedsim.config import describe_keys
-    from fedsim.report import DEFAULT_METRICS, find_run_folders, write_report
+    from fedsim.report import DEFAULT_METRICS, write_report
 
     try:
-        find_run_folders(dirs)
+        folder = out_path(out) if out is not None else dirs[0] / "report"
         known = {k for k, *_ in describe_keys()}
         for key in by or []:
             if key not in known:
                 raise ConfigError(f"--by={key!r}: not a config key (see fedsim config)")
-        folder = out_path(out) if out is not None else dirs[0] / "report"
+        page = write_report(dirs, folder, by=by, metrics=metric or DEFAULT_METRICS)  # checks --out, reads, writes
     except ConfigError as e:
         fail(str(e), 2)
-    page = write_report(dirs, folder, by=by, metrics=metric or DEFAULT_METRICS)
     typer.echo(str(page))

@@ -462,10 +462,43 @@ def describe_keys() -> list[tuple[str, Any, str, str]]:
 # parsing and validation
 
 
-def parse_value(text: str) -> Any:
-    """A CLI value as TOML would read it (``3``, ``0.5``, ``true``, ``[0, 0.5]``), else a string."""
+MAX_TOML_DEPTH = 16
+"""Deepest nesting of tables, dotted keys and arrays in a TOML file or ``--set`` value. A sweep file
+needs 5 (``[sweep.grid.tsfa]`` ``rho_grid = [[0.0, 0.5]]``); deeper input would only exhaust the
+parser's or a later repr's recursion."""
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep tables (dicts) and arrays (lists) nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def loads_toml(text: str, where: str) -> dict[str, Any]:
+    """fedsim's one TOML parser: ``text`` as a table nested at most :data:`MAX_TOML_DEPTH` deep.
+
+    Bad syntax raises ``tomllib.TOMLDecodeError``; deeper nesting is a one-line ConfigError naming
+    ``where`` (tomllib recurses once per array level, so a 10^5-deep array exhausts Python's stack).
+    """
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        data = tomllib.loads(text)
+    except RecursionError:
+        data = None
+    if data is None or nesting_depth(data) > MAX_TOML_DEPTH:
+        raise ConfigError(f"{where}: nested more than {MAX_TOML_DEPTH} levels deep (tables, dotted keys or arrays)")
+    return data
+
+
+def parse_value(text: str, where: str = "value") -> Any:
+    """A CLI value as TOML would read it (``3``, ``0.5``, ``true``, ``[0, 0.5]``), else a string; nested
+    deeper than :data:`MAX_TOML_DEPTH`, a ConfigError naming ``where``."""
+    try:
+        return loads_toml(f"v = {text}", where)["v"]
     except tomllib.TOMLDecodeError:
         return text
 
@@ -559,7 +592,7 @@ def load_toml(path: str | Path, what: str = "--config") -> dict[str, Any]:
 def toml_to_flat(text: str, where: str) -> dict[str, Any]:
     """TOML text with one table per section -> ``{"section.key": value}``; ``where`` names it in errors."""
     try:
-        data = tomllib.loads(text)
+        data = loads_toml(text, where)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: not valid TOML ({e})") from None
     flat: dict[str, Any] = {}
@@ -577,10 +610,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["a.b=1", ...]`` -> ``{"a.b": 1}``; an item without ``=`` is an error."""
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        key, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, for example run.rounds=5")
-        out[key.strip()] = parse_value(text.strip())
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        out[key] = parse_value(text, f"--set {key}={shown}")
     return out
 
 

@@ -2,7 +2,7 @@
 
 ``fedsim report DIR...`` and the analysis notebooks use the same functions: :func:`load_runs`
 reads sweep folders and results folders (only their ``config.toml``, ``rounds.jsonl`` and
-``summary.json``), :func:`summarize` gives each metric's mean and 95% t-interval over the runs of
+``summary.json``, each checked: see :func:`load_run` for the limits), :func:`summarize` gives each metric's mean and 95% t-interval over the runs of
 a group (the seeds), and each ``*_figure`` function returns a matplotlib figure (or None when the
 records do not carry what it plots) that :func:`save_figure` writes as PNG and SVG.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +20,25 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.config import ConfigError, toml_to_flat
-from fedsim.results import is_results_folder, metric_higher_is_better, read_rounds
+from fedsim.cli_common import check_out_dir
+from fedsim.config import ConfigError, nesting_depth, read_text_file, toml_to_flat
+from fedsim.results import is_results_folder, metric_higher_is_better
 
 IGNORED_GROUP_PREFIXES = ("simulation.", "tracking.")
 DEFAULT_METRICS = ("primary_metric", "cumulative_uplink_bits", "mean_round_latency_s")
+MAX_SEARCH_DEPTH = 8
+"""Folder levels below a DIR searched for results folders (``sweeps/NAME/runs/RUN`` is 3)."""
+MAX_JSON_BYTES = 64 << 20
+"""A ``summary.json``, ``sweep.json`` or one line of ``rounds.jsonl``: a round record with 10,000
+sampled clients is at most 10 MB (under 1 kB per client record with every field set)."""
+MAX_ROUNDS_BYTES = 512 << 20
+"""A whole ``rounds.jsonl`` (held in memory as Python objects, several times its size): 50 rounds
+that sample all of 10,000 clients, or 5,000 rounds of 100."""
+MAX_JSON_DEPTH = 16
+"""JSON nesting a report accepts (a round record nests 3 deep: record, clients, client)."""
+REPORT_MARKER = ".fedsim-report"
+"""The file that marks a folder as a report's own output: only such a folder (or an empty or new
+one) is written into."""
 
 
 @dataclass
@@ -74,36 +89,149 @@ def find_run_folders(paths: Iterable[str | Path]) -> list[tuple[Path, str | None
     """``(results folder, sweep name, sweep axes)`` for every run under ``paths``.
 
     A sweep folder (with ``sweep.json``) gives its runs in index order; a results folder gives
-    itself; any other folder is searched for results folders. A path with none is a ConfigError.
+    itself; any other folder is searched for results folders, at most :data:`MAX_SEARCH_DEPTH`
+    levels down. A path with none is a ConfigError.
     """
     found: list[tuple[Path, str | None, list[str]]] = []
     for raw in paths:
         path = Path(raw)
         if (path / "sweep.json").is_file():
+            index = read_json(path / "sweep.json")
             try:
-                index = json.loads((path / "sweep.json").read_text())
                 entries = [(path / r["folder"], index.get("name"), list(index.get("axes", []))) for r in index["runs"]]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            except (KeyError, TypeError, AttributeError):
                 raise ConfigError(f"{str(path)!r}: sweep.json is not a fedsim sweep index") from None
             here = [e for e in entries if is_results_folder(e[0])]
         elif is_results_folder(path):
             here = [(path, None, [])]
         elif path.is_dir():
-            here = [(p.parent, None, []) for p in sorted(path.rglob("config.toml")) if is_results_folder(p.parent)]
+            here = [(p, None, []) for p in results_folders_under(path)]
         else:
             raise ConfigError(f"{str(path)!r}: no such folder")
         if not here:
-            raise ConfigError(f"{str(path)!r}: holds no fedsim results (no config.toml with rounds.jsonl)")
+            raise ConfigError(
+                f"{str(path)!r}: holds no fedsim results (no config.toml with rounds.jsonl, "
+                f"searched {MAX_SEARCH_DEPTH} folder levels down)"
+            )
         found.extend(here)
     return found
 
 
+def results_folders_under(root: Path) -> list[Path]:
+    """The results folders at most :data:`MAX_SEARCH_DEPTH` levels below ``root``, sorted.
+
+    Level by level (no recursion, so a folder tree thousands of levels deep costs nothing past the
+    limit); links to folders are not followed, and a results folder is not searched further.
+    """
+    found, level = [], [root]
+    for _ in range(MAX_SEARCH_DEPTH + 1):
+        below = []
+        for folder in level:
+            if is_results_folder(folder):
+                found.append(folder)
+                continue
+            try:
+                with os.scandir(folder) as entries:
+                    below += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+            except OSError as e:
+                raise ConfigError(f"{str(folder)!r}: cannot read the folder ({e.strerror or e})") from None
+        level = below
+    return sorted(found)
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text nested at most :data:`MAX_JSON_DEPTH` deep, or a one-line ConfigError naming ``where``."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else f"nested more than {MAX_JSON_DEPTH} levels deep"
+        raise ConfigError(f"{where}: not valid JSON ({why})") from None
+    if nesting_depth(value) > MAX_JSON_DEPTH:
+        raise ConfigError(f"{where}: not valid JSON (nested more than {MAX_JSON_DEPTH} levels deep)")
+    return value
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of at most :data:`MAX_JSON_BYTES` (UTF-8, a regular file), parsed by :func:`parse_json`."""
+    return parse_json(read_text_file(path, "file", MAX_JSON_BYTES), f"file={str(path)!r}")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The round records of a ``rounds.jsonl``: at most :data:`MAX_ROUNDS_BYTES` in all and
+    :data:`MAX_JSON_BYTES` per line, read line by line (never more than the limits), each a JSON
+    object with the fields a report uses."""
+    records = []
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size > MAX_ROUNDS_BYTES:
+            raise ConfigError(f"file={str(path)!r}: larger than {MAX_ROUNDS_BYTES} bytes, too large to report on")
+        for number, raw in enumerate(iter(lambda: f.readline(MAX_JSON_BYTES + 1), b""), 1):
+            where = f"file={str(path)!r} line {number}"
+            if len(raw) > MAX_JSON_BYTES or f.tell() > MAX_ROUNDS_BYTES:
+                raise ConfigError(f"{where}: longer than {MAX_JSON_BYTES} bytes (or the file than {MAX_ROUNDS_BYTES})")
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                raise ConfigError(f"{where}: not UTF-8 text") from None
+            if text.strip():
+                records.append(_checked_record(parse_json(text, where), where))
+    return records
+
+
+def _checked_record(record: Any, where: str) -> dict[str, Any]:
+    """A round record with the fields the report reads: ``round`` and ``uplink_bits_total`` numbers,
+    ``metrics`` an object or null, ``clients`` a list of objects with ``client_id`` and ``bandwidth_hz``."""
+    ok = (
+        isinstance(record, dict)
+        and _is_number(record.get("round"))
+        and _is_number(record.get("uplink_bits_total"))
+        and isinstance(record.get("metrics"), dict | None)
+        and isinstance(record.get("clients", []), list)
+        and all(
+            isinstance(c, dict) and _is_number(c.get("client_id")) and _is_number(c.get("bandwidth_hz"))
+            for c in record.get("clients", [])
+        )
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where}: not a fedsim round record (a JSON object with numbers round and uplink_bits_total, "
+            "metrics an object or null, clients a list of objects with client_id and bandwidth_hz)"
+        )
+    return record
+
+
+def _checked_summary(summary: Any, where: str) -> dict[str, Any]:
+    """A run summary: a JSON object whose ``status`` and ``primary_metric`` (if given) are strings and
+    ``final_metrics`` an object or null."""
+    ok = (
+        isinstance(summary, dict)
+        and isinstance(summary.get("status", ""), str)
+        and isinstance(summary.get("primary_metric", ""), str)
+        and isinstance(summary.get("final_metrics"), dict | None)
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where}: not a fedsim run summary (a JSON object with strings status and primary_metric, "
+            "final_metrics an object or null)"
+        )
+    return summary
+
+
 def load_run(folder: str | Path, sweep: str | None = None, axes: Sequence[str] = ()) -> RunResult:
-    """One results folder: its flat configuration, its round records and its summary (if written)."""
+    """One results folder: its flat configuration, its round records and its summary (if written).
+
+    A file that is not what a run writes is a one-line ConfigError naming it (not UTF-8, not valid
+    JSON or TOML, nested deeper than :data:`MAX_JSON_DEPTH`, a JSON line that is not a round record,
+    a summary that is not an object), as is one over its size limit (:data:`MAX_JSON_BYTES` for
+    ``summary.json`` and each line of ``rounds.jsonl``, :data:`MAX_ROUNDS_BYTES` for the whole
+    ``rounds.jsonl``, 4 MB for ``config.toml``).
+    """
     folder = Path(folder)
-    config = toml_to_flat((folder / "config.toml").read_text(), str(folder / "config.toml"))
-    records = read_rounds(folder) if (folder / "rounds.jsonl").is_file() else []
-    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
+    config_path, rounds_path, summary_path = (folder / name for name in ("config.toml", "rounds.jsonl", "summary.json"))
+    config = toml_to_flat(read_text_file(config_path, "file"), f"file={str(config_path)!r}")
+    records = read_records(rounds_path) if rounds_path.is_file() else []
+    summary = (
+        _checked_summary(read_json(summary_path), f"file={str(summary_path)!r}") if summary_path.is_file() else None
+    )
     return RunResult(folder, folder.name, config, records, summary, sweep, list(axes))
 
 
@@ -536,12 +664,16 @@ def write_report(
     """Write ``report.md`` with its tables (``summary.csv``, ``runs.csv``) and figures (PNG + SVG) into ``out``.
 
     Unfinished runs (no ``ok`` summary) are listed but left out of the statistics. Returns the page's path.
+    ``out`` is checked (:func:`check_report_folder`) before anything is read, and every run is read
+    and checked (:func:`load_run`) before anything is written.
     """
+    out = Path(out)
+    check_report_folder(out)
     all_runs = load_runs(paths)
     runs = [r for r in all_runs if r.status == "ok"]
     by = default_group_keys(runs or all_runs) if by is None else list(by)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT_MARKER).write_text("written by fedsim report, which may overwrite this folder\n")
     runs_table(all_runs, metrics).to_csv(out / "runs.csv", index=False)
     lines = [
         "# fedsim report",
@@ -577,3 +709,15 @@ def write_report(
     page = out / "report.md"
     page.write_text("\n".join(lines))
     return page
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse an ``out`` folder that is not the report's to write: one that exists, is not empty and
+    has no :data:`REPORT_MARKER` (the user's own files), is not a folder, or cannot be written.
+    Creates nothing."""
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARKER).is_file():
+        raise ConfigError(
+            f"--out={str(out)!r}: folder exists, is not empty and is not a fedsim report (no {REPORT_MARKER}); "
+            "choose a new or empty folder"
+        )
+    check_out_dir(out, force=True)  # exists as a file, or cannot be written

@@ -43,6 +43,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -58,6 +59,10 @@ from fedsim.config import Config, ConfigError, build_config, read_text_file, tom
 
 SWEEP_KEYS = ("name", "config", "seeds", "grid", "zip")
 INDEX = "sweep.json"
+MAX_RUNS = 1000
+"""Runs a sweep may have (axis lengths times seeds, counted before the grid is built). Every run is
+validated before any starts, at 10-30 ms each (1000 runs: under half a minute); the largest campaign
+in experiments/ has 45 runs, and a larger grid is more likely a mistake in the file."""
 UNCHECKED_SECTIONS = ("simulation.", "tracking.")
 """Keys that say where and how a run executes, not what it computes: a sweep may change them on a re-run."""
 
@@ -149,6 +154,21 @@ def run_name(overrides: Mapping[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9.+_-]", "-", "_".join(parts))[:200]
 
 
+def check_run_names(combos: Sequence[Mapping[str, Any]], where: str) -> None:
+    """Refuse two runs whose folders would be one: the same :func:`run_name`, or names that differ
+    only in case (one folder on a case-insensitive file system)."""
+    seen: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    for overrides in combos:
+        name = run_name(overrides)
+        if name.casefold() in seen:
+            other, other_overrides = seen[name.casefold()]
+            raise ConfigError(
+                f"{where}: runs {other!r} and {name!r} would share one run folder ({dict(other_overrides)} and "
+                f"{dict(overrides)}); give the axes values whose names differ"
+            )
+        seen[name.casefold()] = (name, overrides)
+
+
 def _axis_values(key: str, values: Any, where: str) -> list[Any]:
     if not isinstance(values, list):
         raise ConfigError(f"{where}: axis {key!r}={values!r}: must be a list of values")
@@ -168,7 +188,8 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
 
     path = Path(path)
     where = f"sweep file {str(path)!r}"
-    flat = toml_to_flat(read_text_file(path, "sweep file"), where)
+    text = read_text_file(path, "sweep file")
+    flat = toml_to_flat(text, where)
     spec = {k.partition(".")[2]: v for k, v in flat.items() if k.startswith("sweep.")}
     base = {k: v for k, v in flat.items() if not k.startswith("sweep.")}
     for key in spec:
@@ -209,6 +230,16 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         raise ConfigError(f"{where}: axis {repeated[0]!r} is given more than once (grid, zip or seeds)")
+    lengths = (
+        [len(v) for v in grid.values()]
+        + [len(next(iter(z.values()))) for z in zips]
+        + ([len(seeds)] if seeds is not None else [])
+    )
+    if math.prod(lengths) > MAX_RUNS:
+        shown = " x ".join(map(str, lengths))
+        raise ConfigError(f"{where}: {shown} = {math.prod(lengths)} runs, more than the {MAX_RUNS} a sweep may have")
+    combos = expand(grid, zips, seeds)
+    check_run_names(combos, where)
 
     def resolve(overrides: Mapping[str, Any]) -> Config:
         return resolve_config(config_file, [], {**base, **(sets or {}), **overrides})
@@ -228,8 +259,7 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
     from fedsim.tracking import check_tracking
 
     runs: list[RunSpec] = []
-    names: dict[str, dict[str, Any]] = {}
-    for overrides in expand(grid, zips, seeds):
+    for overrides in combos:
         try:
             cfg = resolve(overrides)
             check_tracking(cfg)
@@ -240,12 +270,8 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
                 raise ConfigError(f"{where}: axis {culprit!r} value {overrides[culprit]!r}: {message}") from None
             shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
             raise ConfigError(f"{where}: run with {shown}: {message}") from None
-        rname = run_name(overrides)
-        if rname in names:
-            raise ConfigError(f"{where}: two runs are both named {rname!r} ({names[rname]} and {overrides})")
-        names[rname] = overrides
-        runs.append(RunSpec(rname, dict(overrides), cfg))
-    return Sweep(name=name, source=path, text=path.read_text(), axes=keys, runs=runs)
+        runs.append(RunSpec(run_name(overrides), dict(overrides), cfg))
+    return Sweep(name=name, source=path, text=text, axes=keys, runs=runs)
 
 
 PLAN_BLIND_KEYS = ("tsfa.latency_budget_s", "tsfa.v", "tsfa.penalty", "run.rounds")
@@ -302,7 +328,7 @@ def run_state(folder: Path) -> str:
     if summary.is_file():
         try:
             status = json.loads(summary.read_text()).get("status")
-        except (OSError, json.JSONDecodeError, AttributeError):
+        except (OSError, ValueError, RecursionError, AttributeError):  # unreadable, not UTF-8, not JSON
             status = None
         if status == "ok":
             return "done"
@@ -411,7 +437,7 @@ class Index:
         if previous.is_file():
             try:
                 old = {r["name"]: r for r in json.loads(previous.read_text()).get("runs", [])}
-            except (OSError, json.JSONDecodeError, AttributeError, TypeError, KeyError):
+            except (OSError, ValueError, RecursionError, AttributeError, TypeError, KeyError):
                 old = {}
             for name, row in self.rows.items():
                 if name in old:

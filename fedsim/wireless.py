@@ -72,6 +72,9 @@ TR38901 = ("umi", "uma")
 TR38901_CARRIER_HZ = (0.5e9, 100e9)  # TR 38.901 covers 0.5-100 GHz
 TR38901_DISTANCE_M = (10.0, 5000.0)  # Table 7.4.1-1 validity of d_2D
 UMA_MAX_UT_HEIGHT_M = 13.0  # above it the standard draws h_E at random (Note 1), which is not modelled
+LONGEST_ROUND_S = 1e9
+"""The longest time fedsim's keys allow a round (tsfa.latency_budget_s, tsfa.deadline_s,
+channel.outage_deadline_s): a link that takes longer for one bit is refused."""
 
 OTHER_PARAMETERS: dict[str, tuple[str, ...]] = {
     "fading time correlation (gauss-markov)": ("channel.fading_correlation",),
@@ -404,6 +407,7 @@ def check_channel_config(cfg: Any) -> None:
                 f"channel.pathloss={c.pathloss} (TR 38.901) is valid for distances in [{dlo:g}, {dhi:g}] m"
             )
 
+    closest_m = c.min_distance_m  # where a client can be closest to the base station
     if c.drop != "csv" and c.positions_csv:
         raise ConfigError(f"channel.positions_csv={c.positions_csv!r}: only used with channel.drop=csv")
     if c.drop == "csv":
@@ -416,6 +420,7 @@ def check_channel_config(cfg: Any) -> None:
         if len(pos) != k:
             raise ConfigError(f"channel.positions_csv={c.positions_csv!r}: has {len(pos)} clients, run.clients is {k}")
         d = distance_m(pos)
+        closest_m = min(closest_m, float(d.min()))
         if c.pathloss in TR38901 and (d.min() < TR38901_DISTANCE_M[0] or d.max() > TR38901_DISTANCE_M[1]):
             raise ConfigError(
                 f"channel.positions_csv={c.positions_csv!r}: distances {d.min():.1f}..{d.max():.1f} m, "
@@ -430,6 +435,15 @@ def check_channel_config(cfg: Any) -> None:
 
     if c.trace_csv:
         _check_trace_file(cfg)
+    else:
+        rate = best_mean_rate_bps(c, closest_m)
+        if rate * LONGEST_ROUND_S < 1:
+            raise ConfigError(
+                f"channel.bandwidth_hz={c.bandwidth_hz:g}, channel.tx_power_dbm={c.tx_power_dbm:g}, "
+                f"channel.noise_psd_dbm_hz={c.noise_psd_dbm_hz:g}, channel.noise_figure_db={c.noise_figure_db:g}: "
+                f"the best-placed client's mean uplink rate is at most {rate:.3g} bit/s, so one bit takes longer than "
+                f"{LONGEST_ROUND_S:g} s, the longest round fedsim allows; raise the band or the power, or lower the noise"
+            )
 
     comp = cfg.compute
     if comp.device_speed != "csv" and comp.device_speed_csv:
@@ -449,6 +463,25 @@ def check_channel_config(cfg: Any) -> None:
             raise ConfigError(
                 f"compute.device_speed_csv={comp.device_speed_csv!r}: has {len(speeds)} clients, run.clients is {k}"
             )
+
+
+def best_mean_rate_bps(channel: Any, distance_m_: float) -> float:
+    """An upper bound on any client's mean uplink rate (bit/s) in the cell of a ``ChannelSection``.
+
+    E[R] = E[B log2(1 + p g / (B N0))] <= B log2(1 + p E[g] / (B N0)) (Jensen: log is concave), on
+    the whole band B, at the mean gain of the closest place a client can be (``distance_m_``; line
+    of sight where the path-loss model has the state): fading has E|h|^2 = 1, and log-normal
+    shadowing of sigma dB multiplies the mean gain by exp((sigma ln 10 / 10)^2 / 2).
+    """
+    link = build_link(channel)
+    los = np.array([True]) if link.pathloss.has_los_state else None
+    sigma_db = float(link.shadowing.to_db(np.array(1.0)))
+    with np.errstate(divide="ignore", over="ignore"):
+        gain_db = -link.pathloss.loss_db(np.array([distance_m_]), los)[0] + sigma_db**2 * math.log(10) / 20
+        noise = noise_psd_w_hz(channel.noise_psd_dbm_hz, channel.noise_figure_db)
+        return float(
+            shannon_rate_bps(channel.bandwidth_hz, dbm_to_w(channel.tx_power_dbm), db_to_linear(gain_db), noise)
+        )
 
 
 def _check_trace_file(cfg: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,3 +262,45 @@ def test_reversal_curse_and_dapd_effect_figures(tmp_path):
     assert dict(zip(decoders, nfe, strict=True)) == pytest.approx({"one": 9.0, "dapd": 4.7, "topk_at_dapd_nfe": 5.0})
     assert list(_bars(auc_ax).values())[0] == pytest.approx([0.9, 0.8])
     assert effect_figure(dapd, "reversal-curse") is None  # not this workload's runs
+
+
+def test_report_rewrites_its_own_output_and_nothing_else(sweep_dir, tmp_path):
+    from fedsim.config import ConfigError
+    from fedsim.report import REPORT_MARKER
+
+    out = tmp_path / "rep"
+    write_report([sweep_dir], out)
+    assert (out / REPORT_MARKER).is_file()
+    write_report([sweep_dir], out)  # its own earlier output
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    with pytest.raises(ConfigError, match="is not empty and is not a fedsim report"):
+        write_report([sweep_dir], mine)
+    assert [p.name for p in mine.iterdir()] == ["report.md"] and (mine / "report.md").read_text() == "my notes"
+
+
+def test_rounds_are_read_within_the_limits(tmp_path, monkeypatch):
+    import fedsim.report as rp
+    from fedsim.config import ConfigError
+
+    run = write_run(tmp_path / "r", {}, 0.5)
+    line = (run / "rounds.jsonl").read_text().splitlines()[0]
+    assert len(rp.read_records(run / "rounds.jsonl")) == 3
+    monkeypatch.setattr(rp, "MAX_JSON_BYTES", len(line))  # the newline is one byte too many
+    with pytest.raises(ConfigError, match="rounds.jsonl' line 1: longer than"):
+        rp.read_records(run / "rounds.jsonl")
+    monkeypatch.setattr(rp, "MAX_ROUNDS_BYTES", 10)
+    with pytest.raises(ConfigError, match="larger than 10 bytes"):
+        rp.read_records(run / "rounds.jsonl")
+
+
+def test_the_folder_search_stops_at_its_depth(tmp_path):
+    from fedsim.config import ConfigError
+    from fedsim.report import MAX_SEARCH_DEPTH, find_run_folders
+
+    write_run(tmp_path / "a" / Path(*["d"] * (MAX_SEARCH_DEPTH - 1)) / "run", {}, 0.5)
+    assert [f.name for f, *_ in find_run_folders([tmp_path / "a"])] == ["run"]
+    write_run(tmp_path / "b" / Path(*["d"] * MAX_SEARCH_DEPTH) / "run", {}, 0.5)
+    with pytest.raises(ConfigError, match=f"searched {MAX_SEARCH_DEPTH} folder levels down"):
+        find_run_folders([tmp_path / "b"])

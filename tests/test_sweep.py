@@ -346,3 +346,44 @@ def test_example_sweep_file_is_valid():
         "method-soft_seed-0",
         "method-soft_seed-1",
     ]
+
+
+def test_a_grid_over_the_maximum_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    import fedsim.sweep as sw
+
+    def never(*args, **kwargs):
+        raise AssertionError("the grid was built")
+
+    monkeypatch.setattr(sw, "expand", never)
+    values = ", ".join(str(i) for i in range(1, 1001))
+    path = _write(tmp_path, f'[sweep]\nseeds = [0, 1]\n[sweep.grid]\n"run.rounds" = [{values}]\n')
+    with pytest.raises(ConfigError, match=f"1000 x 2 = 2000 runs, more than the {sw.MAX_RUNS} a sweep may have"):
+        load_sweep(path)
+
+
+def test_runs_that_would_share_a_folder_are_refused():
+    from fedsim.sweep import check_run_names
+
+    check_run_names([{"soft.rho": 0.25}, {"soft.rho": 0.5}], "sweep file 's.toml'")
+    for values in (["a=1", "a/1"], ["Soft", "soft"]):
+        with pytest.raises(ConfigError, match="would share one run folder"):
+            check_run_names([{"workload.options": v} for v in values], "sweep file 's.toml'")
+
+
+def test_runs_sharing_a_folder_are_refused_before_any_run_is_resolved(tmp_path, monkeypatch):
+    """Resolving a run imports torch and the workload (seconds): the names are compared first."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("a run was resolved")
+
+    monkeypatch.setattr("fedsim.cli_common.resolve_config", never)
+    path = _write(tmp_path, '[sweep.grid]\n"soft.rho" = [0.1234561, 0.1234562]\n')
+    with pytest.raises(ConfigError, match="runs 'rho-0.123456' and 'rho-0.123456' would share one run folder"):
+        load_sweep(path)
+
+
+def test_run_state_of_an_unreadable_summary_is_pending(tmp_path):
+    for name, content in (("latin", b'{"status": "\xe9"}'), ("deep", b"[" * 100_000), ("garbage", b"{")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_bytes(content)
+        assert run_state(tmp_path / name) == "pending", name
