@@ -177,6 +177,25 @@ def test_bad_datasets_are_refused_in_one_line_and_leave_the_hugging_face_cache_e
     assert snapshot(outputs) == ["cwd"], "a refusal wrote files"
 
 
+def test_an_infeasible_rank_plan_is_refused_in_one_line_without_its_table(roots):
+    inputs, outputs, hf, env = roots
+    args = ["--workload", "reversal-curse", "--set", "workload.options=pretrain_steps=0", "--clients", "4"]
+    args += [
+        "--clients-per-round",
+        "2",
+        "--method",
+        "soft",
+        "--scheduler",
+        "tsfa",
+        "--set",
+        "tsfa.latency_budget_s=1e-6",
+    ]
+    results = run_cases([("infeasible budget", args)], outputs, env)
+    # The plan needs the model (torch, peft): about 16 s of CPU on the shared 2-core machine.
+    assert problems_of(results, cpu_limit_s=30) == [], "\n".join(problems_of(results, cpu_limit_s=30))
+    assert "tsfa.latency_budget_s" in results[0].text
+
+
 def fedsim(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "fedsim", *args], capture_output=True, text=True, env=env)
