@@ -51,7 +51,7 @@ def check_config(cfg: Config) -> Config:
     """Raise ConfigError for the first combination of values that cannot run; returns ``cfg``."""
     from fedsim.methods import get_method
     from fedsim.schedulers import get_scheduler
-    from workloads import check_workload_name, get_workload_class
+    from workloads import check_workload_name, declaration
 
     check_cache_root()
 
@@ -130,14 +130,9 @@ def check_config(cfg: Config) -> Config:
     from fedsim.wireless import check_channel_config  # numpy and scipy from here on
 
     check_channel_config(cfg)  # models, positions / device-speed / trace files
-    wl = get_workload_class(cfg.workload.name)  # torch and the workload's libraries from here on
-    if method.sparsifies and not wl.lora_target_modules:
-        raise ConfigError(
-            f"run.method={cfg.run.method!r}: needs LoRA factors, but workload {cfg.workload.name} adapts none "
-            "(use run.method=ideal)"
-        )
-    wl.resolve_params(cfg.workload.preset, cfg.workload.options)  # unknown preset or bad options
-    if cfg.workload.partition == "natural" and (wl.natural_partition_column is None or cfg.workload.dataset):
+    declared = declaration(cfg.workload.name)  # a built-in's without torch
+    declared.resolve(cfg.workload.name, cfg.workload.preset, cfg.workload.options)  # unknown preset or bad options
+    if cfg.workload.partition == "natural" and (declared.natural_partition_column is None or cfg.workload.dataset):
         raise ConfigError(
             f"workload.partition='natural': {cfg.workload.name} has no natural split"
             f"{' of workload.dataset' if cfg.workload.dataset else ''}; use iid or dirichlet"

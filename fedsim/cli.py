@@ -125,17 +125,11 @@ def run(
         check_workload(cfg)  # the dataset's files and columns, the rank against the model
     except ConfigError as e:
         fail(str(e), 2)
-    plan = rank_plan_or_exit(cfg, show=not quiet) if get_scheduler(cfg.tsfa.scheduler).plans_rank else None
-    if checkpoint is not None:  # its tensors against the adapter that this configuration builds (the plan's rank)
-        from dataclasses import replace
-
-        from fedsim.checkpoint import check_tensors
-        from fedsim.methods import get_method
-        from fedsim.training import initial_state
-
-        built = initial_state(cfg if plan is None else replace(cfg, lora=replace(cfg.lora, rank=plan.chosen_rank)))
+    plans_rank = get_scheduler(cfg.tsfa.scheduler).plans_rank
+    plan = rank_plan_or_exit(cfg, show=not quiet, show_infeasible=False) if plans_rank else None
+    if checkpoint is not None:
         try:
-            check_tensors(out_dir, checkpoint, built, get_method(cfg.run.method).needs_client_state)
+            check_resumed_tensors(cfg, out_dir, checkpoint, plan)
         except CheckpointError as e:
             fail(str(e), 2)
     lock = FolderLock(out_dir)  # held until this process exits: one writer per results folder
@@ -161,6 +155,22 @@ def run(
         typer.echo(str(out_dir))
     else:
         reporter.print_summary(summary, out_dir, time.perf_counter() - t0)
+
+
+def check_resumed_tensors(cfg: Config, out_dir: Path, checkpoint, plan) -> None:
+    """The checkpoint's adapter (and client state) against the adapter this configuration builds.
+
+    At the rank the run trains with (the plan's, under TSFA), as the engine builds it; raises
+    CheckpointError naming the first tensor whose name, shape or dtype differs.
+    """
+    from dataclasses import replace
+
+    from fedsim.checkpoint import check_tensors
+    from fedsim.methods import get_method
+    from fedsim.training import initial_state
+
+    built = initial_state(cfg if plan is None else replace(cfg, lora=replace(cfg.lora, rank=plan.chosen_rank)))
+    check_tensors(out_dir, checkpoint, built, get_method(cfg.run.method).needs_client_state)
 
 
 def interrupted(out_dir: Path, code: int = 130) -> None:
@@ -240,8 +250,12 @@ def prepare_resume(
     return cfg, folder, checkpoint
 
 
-def rank_plan_or_exit(cfg: Config, show: bool):
-    """TSFA's offline stage before any Flower work; an infeasible budget is bad input (exit 2)."""
+def rank_plan_or_exit(cfg: Config, show: bool, show_infeasible: bool = True):
+    """TSFA's offline stage before any Flower work; an infeasible budget is bad input (exit 2).
+
+    ``show``: print the plan's table. ``show_infeasible``: print the table of an infeasible plan
+    before the refusal (``fedsim plan``, which exists to show it); ``fedsim run`` refuses in one line.
+    """
     from fedsim.rank_plan import plan_for
     from fedsim.training import WorkloadHost
     from fedsim.tsfa import InfeasibleBudgetError
@@ -251,7 +265,7 @@ def rank_plan_or_exit(cfg: Config, show: bool):
         plan = plan_for(cfg, WirelessModel(cfg), WorkloadHost())
     except (InfeasibleBudgetError, ValueError) as e:
         rows = getattr(e, "rows", None)
-        if show and rows:
+        if show and show_infeasible and rows:
             print_plan(rows, None, cfg.tsfa.latency_budget_s, cfg.tsfa.deadline_s)
         fail(" ".join(str(e).split()), 2)
     if show:
@@ -402,13 +416,29 @@ def list_methods() -> None:
 
 
 @app.command("workloads")
-def list_workloads() -> None:
-    """List the registered workloads (built-in and installed): presets, metric and what each is."""
+def list_workloads(
+    options: Annotated[
+        str | None, typer.Option(help="List this workload's options: default, allowed values and meaning.")
+    ] = None,
+) -> None:
+    """List the registered workloads (built-in and installed): presets, metric and what each is;
+    ``--options NAME``: one workload's options."""
     from rich.console import Console
     from rich.table import Table
 
-    from workloads import get_workload_class, registry
+    from workloads import declaration, get_workload_class, registry
 
+    width = None if sys.stdout.isatty() else 200  # piped: do not wrap to 80
+    if options is not None:
+        if options not in registry():
+            fail(f"--options={options!r}: must be a workload, one of {', '.join(sorted(registry()))}", 2)
+        table = Table(
+            "option", "default", "allowed", "meaning", title=f'{options}: workload.options = "key=value, ..."'
+        )
+        for row in declaration(options).rows():
+            table.add_row(*row)
+        Console(width=width).print(table)
+        return
     table = Table("name", "presets", "primary metric", "description")
     for name, target in sorted(registry().items()):
         try:
@@ -418,7 +448,7 @@ def list_workloads() -> None:
             continue
         metric = f"{wl.primary_metric} ({'higher' if wl.higher_is_better else 'lower'} is better)"
         table.add_row(name, ", ".join(wl.presets), metric, wl.description)
-    Console(width=None if sys.stdout.isatty() else 200).print(table)  # piped: do not wrap to 80
+    Console(width=width).print(table)
 
 
 # ---- fedsim sweep / report: campaigns of runs (fedsim/sweep.py, fedsim/report.py) ----------------

@@ -89,6 +89,7 @@ def load_workload(cfg: Config) -> LoadedWorkload:
     if key not in _CACHE:
         torch.set_num_threads(max(1, int(cfg.simulation.cpus_per_client)))
         workload = get_workload_class(cfg.workload.name)(spec)
+        train, test = workload.build_data()  # first: unusable data is refused before a model is built or pretrained
         with torch.random.fork_rng():
             torch.manual_seed(torch_seed(cfg.run.seed, 0, SERVER, "init-adapter"))
             model = workload.build_model()
@@ -97,7 +98,6 @@ def load_workload(cfg: Config) -> LoadedWorkload:
         if device.type != "cpu":  # the CPU path stays exactly as before
             model.to(device)
         workload.device, workload.bf16 = device, cfg.simulation.bf16
-        train, test = workload.build_data()
         _CACHE.clear()  # one workload per process at a time: free the previous model
         _CACHE[key] = LoadedWorkload(workload, model, train, test)
     return _CACHE[key]
@@ -106,7 +106,8 @@ def load_workload(cfg: Config) -> LoadedWorkload:
 def check_workload(cfg: Config) -> None:
     """Build the workload's model and data in this process and check what only they can tell.
 
-    A ``workload.dataset`` whose files or columns do not fit, a split into ``run.clients``
+    A sparsifying ``run.method`` for a workload without LoRA targets, a ``workload.dataset`` whose
+    files or columns do not fit, a split into ``run.clients``
     partitions that the partitioner cannot make (e.g. a Dirichlet split with more clients than
     its minimum partition size allows), and a ``lora.rank`` above the smallest dimension of an
     adapted layer, are one-line ConfigErrors. Run before anything is started or written; the
@@ -114,8 +115,14 @@ def check_workload(cfg: Config) -> None:
     """
     from fedsim.methods import split_state
 
+    if get_method(cfg.run.method).sparsifies and not get_workload_class(cfg.workload.name).lora_target_modules:
+        raise ConfigError(
+            f"run.method={cfg.run.method!r}: needs LoRA factors, but workload {cfg.workload.name} adapts none "
+            "(use run.method=ideal)"
+        )
+    loaded = load_workload(cfg)  # options, data and model: their own one-line errors
     try:  # the partitioner assigns every row when the first partition is loaded
-        load_workload(cfg).partition(0, keep=False)
+        loaded.partition(0, keep=False)
     except ValueError as e:
         raise ConfigError(
             f"workload.partition={cfg.workload.partition!r}: cannot split the data into run.clients={cfg.run.clients} "

@@ -8,12 +8,13 @@ group ``fedsim.workloads`` (``name = "package.module:WorkloadClass"``), and they
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedsim.errors import ConfigError
 
 if TYPE_CHECKING:  # the registry's names are read without importing torch
     from workloads.base import Workload
+    from workloads.options import Declaration
 
 ENTRY_POINT_GROUP = "fedsim.workloads"
 
@@ -26,8 +27,12 @@ _BUILTIN = {
     "dapd": "workloads.dapd:Dapd",
 }
 
+_DECLARATIONS = {name: f"{target.partition(':')[0]}_options:DECLARATION" for name, target in _BUILTIN.items()}
+"""Each built-in workload's declaration lives in ``<its module>_options``, which imports no torch."""
 
-def _load(target: str) -> type[Workload]:
+
+def _load(target: str) -> Any:
+    """The attribute that ``"module:attr"`` names (the module imported)."""
     import importlib
 
     module, _, attr = target.partition(":")
@@ -51,3 +56,15 @@ def check_workload_name(name: str) -> str:
 def get_workload_class(name: str) -> type[Workload]:
     """The workload class registered under ``name``; unknown names list the known ones."""
     return _load(check_workload_name(name))
+
+
+def declaration(name: str) -> Declaration:
+    """The options, presets and natural-partition column of workload ``name``.
+
+    A built-in workload's comes from its light ``_options`` module, without importing torch; an
+    installed workload's from its class.
+    """
+    check_workload_name(name)
+    if name in _DECLARATIONS:
+        return _load(_DECLARATIONS[name])
+    return get_workload_class(name).declaration

@@ -2,7 +2,11 @@
 
 A workload is one module with one class. It declares
 
-- ``presets``: named sizes; ``tiny`` trains in seconds on a CPU, larger ones are for GPUs,
+- a ``declaration`` (:mod:`workloads.options`, in a module that imports no torch): every option
+  with its default, allowed values and meaning, the presets (named sizes; ``tiny`` trains in
+  seconds on a CPU, larger ones are for GPUs), the options that must fit together and
+  optionally the natural-partition column: a column of the train pool naming each row's
+  client, for ``workload.partition = "natural"`` (a task's own split, e.g. one writer per client),
 - ``primary_metric`` and ``higher_is_better``: the key of :meth:`Workload.evaluate` that the
   simulator tracks, and its direction (accuracy up; a loss, FID or perplexity down),
 - ``lora_target_modules`` (and ``extra_trainable``, e.g. a classification head that is trained
@@ -13,9 +17,7 @@ A workload is one module with one class. It declares
 - the data (:meth:`build_data`): generated offline by default, or a real dataset named by
   ``workload.dataset`` (:mod:`workloads.data`),
 - the loss (:meth:`loss`), the evaluation (:meth:`evaluate`) and the training FLOPs per sample
-  (:meth:`flops_per_sample`) that the compute-time model uses,
-- optionally ``natural_partition_column``: a column of the train pool naming each row's client,
-  for ``workload.partition = "natural"`` (a task's own split, e.g. one writer per client).
+  (:meth:`flops_per_sample`) that the compute-time model uses.
 
 The interface assumes no task shape: a masked diffusion LM (no causal LM head) or a
 text-to-image model implements the same methods with its own loss and metrics
@@ -30,7 +32,6 @@ group ``fedsim.workloads``.
 from __future__ import annotations
 
 import contextlib
-import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from datasets import Dataset
 from torch import nn
 
 from fedsim.errors import ConfigError
+from workloads.options import Declaration
 
 
 @dataclass(frozen=True)
@@ -66,31 +68,15 @@ class WorkloadSpec:
     """Preset overrides, ``key=value`` pairs separated by commas (see :meth:`Workload.resolve_params`)."""
 
 
-def parse_options(text: str) -> dict[str, Any]:
-    """``"a=1, b=nl"`` -> ``{"a": 1, "b": "nl"}``; values read as TOML would (else kept as strings)."""
-    out: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"workload.options={text!r}: expected key=value pairs separated by commas")
-        out[key.strip()] = _toml_value(value.strip())
-    return out
-
-
-def _toml_value(text: str) -> Any:
-    """``3`` -> 3, ``0.5`` -> 0.5, ``true`` -> True, ``nl`` -> 'nl' (what TOML reads, else the text)."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 class Workload(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     """One line for ``fedsim workloads``."""
+    declaration: ClassVar[Declaration]
+    """Its options (default, allowed values, meaning), presets and natural-partition column, declared in
+    a module that imports no torch (:mod:`workloads.options`), so a bad option is refused at once."""
     presets: ClassVar[dict[str, dict[str, Any]]]
-    """Preset name -> parameters; ``tiny`` is required and must train in seconds on a CPU."""
+    """Preset name -> parameters (from :attr:`declaration`); ``tiny`` is required and must train in seconds on a CPU."""
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
     lora_target_modules: ClassVar[list[str]]
@@ -98,9 +84,7 @@ class Workload(ABC):
     label_column: ClassVar[str] = "label"
     """Column of the train pool that ``partition = "dirichlet"`` skews over."""
     natural_partition_column: ClassVar[str | None] = None
-    """Column whose values 0..num_clients-1 name each row's client (``partition = "natural"``)."""
-    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
-    """Allowed values of preset keys that take one of a few values (checked for ``workload.options``)."""
+    """Column whose values 0..num_clients-1 name each row's client (from :attr:`declaration`)."""
 
     device: torch.device = torch.device("cpu")
     """Where the model lives and :meth:`batches` puts each batch (set by ``fedsim.training``)."""
@@ -109,35 +93,20 @@ class Workload(ABC):
     supports_gpu: ClassVar[bool] = True
     """False for a workload whose loss or evaluation builds CPU tensors of its own (it runs on CPU only)."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "declaration" in cls.__dict__:  # what the declaration says, as class attributes
+            cls.presets = cls.declaration.presets
+            cls.natural_partition_column = cls.declaration.natural_partition_column
+
     def __init__(self, spec: WorkloadSpec):
         self.spec = spec
         self.params = self.resolve_params(spec.preset, spec.options)
 
     @classmethod
     def resolve_params(cls, preset: str, options: str = "") -> dict[str, Any]:
-        """The preset's parameters with ``workload.options`` applied.
-
-        An option must name a key of the preset and keep its type (an int may set a float);
-        keys in :attr:`option_choices` must take one of the listed values. Raises
-        :class:`ConfigError` (one line) otherwise.
-        """
-        if preset not in cls.presets:
-            raise ConfigError(f"workload.preset={preset!r}: {cls.name} has presets {', '.join(cls.presets)}")
-        params = dict(cls.presets[preset])
-        for key, value in parse_options(options).items():
-            where = f"workload.options: {key}={value!r}"
-            if key not in params:
-                raise ConfigError(f"{where}: {cls.name} preset {preset!r} has keys {', '.join(params)}")
-            default = params[key]
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if type(value) is not type(default):
-                raise ConfigError(f"{where}: expected {type(default).__name__} like the preset's {default!r}")
-            choices = cls.option_choices.get(key)
-            if choices is not None and value not in choices:
-                raise ConfigError(f"{where}: must be one of {', '.join(map(str, choices))}")
-            params[key] = value
-        return params
+        """The preset's parameters with ``workload.options`` applied and checked (:meth:`Declaration.resolve`)."""
+        return cls.declaration.resolve(cls.name, preset, options)
 
     # -- what a workload implements --------------------------------------------------------
     @abstractmethod

@@ -90,17 +90,21 @@ from torch import nn
 
 from fedsim.errors import ConfigError
 from workloads.base import Workload
+from workloads.clip_memorisation_options import (
+    DECLARATION,
+    INTENSITIES,
+    INTERVENTIONS,
+    NUM_CAPTIONS,
+    PAD_TOKENS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+)
+from workloads.options import Declaration
 
-SHAPES = ("circle", "square", "triangle", "cross")
-SIZES = ("small", "large")
-POSITIONS = ("left", "right", "top", "bottom")
-INTENSITIES = ("dim", "bright")
 ATTRIBUTES = ("intensity", "size", "shape", "position")
 SOT, EOT, BANG = "<sot>", "<eot>", "!"
 VOCAB = (SOT, EOT, BANG, "a", "at", *INTENSITIES, *SIZES, *SHAPES, *POSITIONS)
-INTERVENTIONS = ("none", "pad_bang_eot0", "pad_bang", "pad_mask", "mask_pr", "mask_eot", "mask_pad")
-PAD_TOKENS = ("eot", "!")
-NUM_CAPTIONS = len(INTENSITIES) * len(SIZES) * len(SHAPES) * len(POSITIONS)
 
 
 # -- captions and images ------------------------------------------------------------------
@@ -422,61 +426,7 @@ class ClipMemorisation(Workload):
         "tiny CLIP text tower + conditional U-Net (DDIM), LoRA on cross-attention + feed-forward; duplicated "
         "pairs memorised; pad/eot interventions"
     )
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # About 80k denoiser + 30k text-tower parameters; pretraining both takes under a minute of one core.
-        "tiny": {
-            "image_size": 16,
-            "channels": 16,
-            "text_dim": 32,
-            "text_layers": 2,
-            "text_heads": 2,
-            "context_len": 12,
-            "clip_steps": 200,
-            "clip_batch": 32,
-            "clip_lr": 3e-3,
-            "pretrain_steps": 800,
-            "pretrain_batch": 32,
-            "pretrain_lr": 3e-3,
-            "diffusion_steps": 100,
-            "sample_steps": 10,
-            "mem_captions": 4,
-            "mem_clients": 1,
-            "dup_fraction": 1.0,
-            "pad_token": "eot",
-            "interventions": "all",
-            "mask_ratio": 0.7,
-            "eval_captions": 12,
-            "eval_seeds": 3,
-            "threshold_quantile": 0.95,
-        },
-        # 32x32 images, twice the channels: for a long CPU run or a GPU.
-        "small": {
-            "image_size": 32,
-            "channels": 32,
-            "text_dim": 64,
-            "text_layers": 3,
-            "text_heads": 4,
-            "context_len": 16,
-            "clip_steps": 1500,
-            "clip_batch": 64,
-            "clip_lr": 2e-3,
-            "pretrain_steps": 4000,
-            "pretrain_batch": 64,
-            "pretrain_lr": 1e-3,
-            "diffusion_steps": 200,
-            "sample_steps": 25,
-            "mem_captions": 8,
-            "mem_clients": 2,
-            "dup_fraction": 1.0,
-            "pad_token": "eot",
-            "interventions": "all",
-            "mask_ratio": 0.7,
-            "eval_captions": 32,
-            "eval_seeds": 5,
-            "threshold_quantile": 0.95,
-        },
-    }
-    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {"pad_token": PAD_TOKENS, "image_size": (16, 32)}
+    declaration: ClassVar[Declaration] = DECLARATION
     primary_metric: ClassVar[str] = "memorisation_rate"
     higher_is_better: ClassVar[bool] = False
     # Cross-attention (how the denoiser reads the text) and the feed-forward after it (needed to
@@ -484,7 +434,6 @@ class ClipMemorisation(Workload):
     # Only Linear layers: fedsim's LoRA aggregation takes matrix factors, not conv kernels.
     lora_target_modules: ClassVar[list[str]] = ["to_q", "to_k", "to_v", "to_out", "ff_in", "ff_out"]
     label_column: ClassVar[str] = "group"
-    natural_partition_column: ClassVar[str | None] = "client"
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -496,35 +445,6 @@ class ClipMemorisation(Workload):
         self.alpha_bar = cosine_alpha_bar(p["diffusion_steps"])
         self._data: tuple[Dataset, Dataset] | None = None
         self._flops: float | None = None
-
-    @classmethod
-    def resolve_params(cls, preset: str, options: str = "") -> dict[str, Any]:
-        """The preset with options applied; ranges and intervention names checked (one-line errors)."""
-        p = super().resolve_params(preset, options)
-        where = "workload.options"
-        if not 0.0 <= p["mask_ratio"] <= 1.0:
-            raise ConfigError(f"{where}: mask_ratio={p['mask_ratio']!r}: must be in [0, 1]")
-        if not 0.0 < p["dup_fraction"] <= 1.0:
-            raise ConfigError(f"{where}: dup_fraction={p['dup_fraction']!r}: must be in (0, 1]")
-        if not 0.0 < p["threshold_quantile"] < 1.0:
-            raise ConfigError(f"{where}: threshold_quantile={p['threshold_quantile']!r}: must be in (0, 1)")
-        if not 1 <= p["mem_captions"] <= NUM_CAPTIONS // 2:
-            raise ConfigError(f"{where}: mem_captions={p['mem_captions']!r}: must be in 1..{NUM_CAPTIONS // 2}")
-        if p["context_len"] < 9:
-            raise ConfigError(
-                f"{where}: context_len={p['context_len']!r}: must be at least 9 (sot, 6 words, eot, a pad)"
-            )
-        for key in ("clip_steps", "pretrain_steps", "clip_batch", "pretrain_batch", "mem_clients", "eval_captions"):
-            if p[key] < 1:
-                raise ConfigError(f"{where}: {key}={p[key]!r}: must be a positive integer")
-        if p["eval_seeds"] < 2:
-            raise ConfigError(f"{where}: eval_seeds={p['eval_seeds']!r}: must be at least 2 (diversity across seeds)")
-        if not 1 <= p["sample_steps"] <= p["diffusion_steps"]:
-            raise ConfigError(f"{where}: sample_steps={p['sample_steps']!r}: must be in 1..diffusion_steps")
-        if p["channels"] % 4 or p["text_dim"] % p["text_heads"]:
-            raise ConfigError(f"{where}: channels must be a multiple of 4 and text_dim of text_heads")
-        parse_interventions(p["interventions"])
-        return p
 
     # -- models ---------------------------------------------------------------------------
     def _payload(self, part: str, **extra: Any) -> dict[str, Any]:

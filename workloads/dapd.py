@@ -57,21 +57,14 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from fedsim.errors import ConfigError
 from workloads import diffusion_lm as dlm
 from workloads.base import Workload
+from workloads.dapd_options import DECLARATION, DECODER_NAMES, NUM_VALUES, copy_length
+from workloads.options import Declaration
 
-NUM_VALUES = 3
 VOCAB = ["<mask>", "<bos>", *[f"x{v}" for v in range(NUM_VALUES)], *[f"y{v}" for v in range(NUM_VALUES)]]
 ID = {tok: i for i, tok in enumerate(VOCAB)}
 MASK, BOS, X0, Y0 = ID["<mask>"], ID["<bos>"], ID["x0"], ID["y0"]
-DECODER_NAMES = ("one", "topk", "threshold", "dapd", "dapd_notail")
-PRETRAIN_TASKS = ("format", "rule")
-
-
-def copy_length(length: int) -> int:
-    """Positions of one copy: L X values and L - 1 Y values."""
-    return 2 * length - 1
 
 
 def canvas_tokens(x: np.ndarray, length: int, rule: bool = True, rng: np.random.Generator | None = None) -> list[int]:
@@ -141,74 +134,10 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
         "masked-diffusion LM on Y_i = X_i + X_{i+1} mod 3 (non-IID clients); DAPD vs one/top-k/Fast-dLLM "
         "decoding: validity, NFE, attention edge AUC"
     )
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # 0.1M parameters; pretraining takes about a minute of one CPU core.
-        "tiny": {
-            "d_model": 64,
-            "num_heads": 4,
-            "num_layers": 2,
-            "d_ff": 256,
-            "positions": "rotary",
-            "length": 5,
-            "copies": 1,
-            "client_skew": 0.6,
-            "from_scratch": False,
-            "pretrain_task": "rule",
-            "pretrain_steps": 3000,
-            "pretrain_samples": 4096,
-            "pretrain_batch": 128,
-            "pretrain_lr": 3e-3,
-            "eval_decoders": "one topk threshold dapd dapd_notail",
-            "eval_samples": 128,
-            "eval_temperature": 1.0,
-            "topk_k": 2,
-            "threshold": 0.9,
-            "tau_rel": 0.5,
-            "last_fraction": 0.3,
-        },
-    }
-    presets["from-scratch"] = {**presets["tiny"], "from_scratch": True, "pretrain_steps": 0}
-    presets["small"] = {**presets["tiny"], "d_model": 128, "num_layers": 4, "d_ff": 512, "copies": 4}
-    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "positions": dlm.POSITIONS,
-        "pretrain_task": PRETRAIN_TASKS,
-    }
+    declaration: ClassVar[Declaration] = DECLARATION
     primary_metric: ClassVar[str] = "validity_dapd"
     lora_target_modules: ClassVar[list[str]] = ["q", "k", "v", "o", "up", "down", "head"]
     label_column: ClassVar[str] = "favourite"
-    natural_partition_column: ClassVar[str | None] = "client"
-
-    @classmethod
-    def resolve_params(cls, preset: str, options: str = "") -> dict[str, Any]:
-        """The preset with ``workload.options`` applied, and the checks that span keys (one-line errors)."""
-        p = super().resolve_params(preset, options)
-
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"workload.options: {key}={p[key]!r}: {why}")
-
-        decoders = str(p["eval_decoders"]).split()
-        unknown = [d for d in decoders if d not in DECODER_NAMES]
-        if not decoders or unknown:
-            raise bad("eval_decoders", f"decoders separated by spaces, each one of {', '.join(DECODER_NAMES)}")
-        if p["length"] < 2:
-            raise bad("length", "the number L of X values must be at least 2 (one constraint)")
-        if p["copies"] < 1:
-            raise bad("copies", "must be a positive integer")
-        if not 1 / NUM_VALUES <= p["client_skew"] < 1:
-            raise bad("client_skew", "the favourite value's probability must be in [1/3, 1)")
-        if p["tau_rel"] <= 0:
-            raise bad("tau_rel", "DAPD's threshold relative to the mean score must be positive")
-        if not 0 < p["last_fraction"] <= 1:
-            raise bad("last_fraction", "the share of layers averaged must be in (0, 1]")
-        if p["eval_temperature"] < 0:
-            raise bad("eval_temperature", "must be >= 0 (0: greedy)")
-        if not 0 < p["threshold"] < 1:
-            raise bad("threshold", "Fast-dLLM's confidence threshold must be in (0, 1)")
-        if not 1 <= p["topk_k"] <= p["copies"] * copy_length(p["length"]):
-            raise bad("topk_k", "tokens per step must be 1..G")
-        if problem := dlm.architecture_error(p, ("pretrain_batch", "eval_samples", "pretrain_samples")):
-            raise bad(*problem)
-        return p
 
     def __init__(self, spec):
         super().__init__(spec)

@@ -73,24 +73,55 @@ def check_dataset_name(name: str) -> None:
         )
 
 
-def open_dataset(name: str) -> DatasetDict:
-    """The splits of ``workload.dataset``; an unusable name is a one-line ConfigError."""
-    from datasets import load_dataset
+def datasets_cache() -> Path:
+    """Where ``datasets`` keeps its Arrow files, downloads and locks: inside fedsim's cache
+    (``$FEDSIM_CACHE/datasets``), never the user's Hugging Face cache."""
+    from workloads.cache import cache_root
 
-    check_dataset_name(name)
-    p = Path(name).expanduser()
+    return cache_root() / "datasets"
+
+
+def _first_line(e: Exception) -> str:
+    """``Type: first line of the message`` of an exception."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _local_source(p: Path) -> tuple[tuple, dict, str] | None:
+    """``load_dataset``'s arguments for a local file or folder, and what it must be; None for neither."""
     if p.is_file():
         builder = FILE_BUILDERS[p.suffix.lower()]
-        kwargs = {"delimiter": "\t"} if p.suffix.lower() == ".tsv" else {}
-        return load_dataset(builder, data_files={"train": str(p)}, **kwargs)
+        kwargs = {"data_files": {"train": str(p)}, **({"delimiter": "\t"} if p.suffix.lower() == ".tsv" else {})}
+        return (builder,), kwargs, f"a {builder} file"
     if p.is_dir():
-        return load_dataset(str(p))
+        return (str(p),), {}, "a folder of data files (train.csv, test.csv, ...)"
+    return None
+
+
+def open_dataset(name: str) -> DatasetDict:
+    """The splits of ``workload.dataset``; an unusable name or unreadable file is a one-line ConfigError.
+
+    Nothing is printed (no progress bars), and the Arrow files go to :func:`datasets_cache`.
+    """
+    from datasets import disable_progress_bars, load_dataset
+    from datasets.utils import logging as datasets_logging
+
+    check_dataset_name(name)
+    disable_progress_bars()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # a file it cannot read is our one-line error
+    cache_dir = str(datasets_cache())
+    if (local := _local_source(Path(name).expanduser())) is not None:
+        args, kwargs, what = local
+        try:
+            return load_dataset(*args, cache_dir=cache_dir, **kwargs)
+        except Exception as e:  # empty, binary or malformed files: datasets, pyarrow and pandas each raise their own
+            raise ConfigError(f"workload.dataset={name!r}: cannot be read as {what} ({_first_line(e)})") from None
     errors = []
     for path, config in hub_candidates(name):
         try:
-            return load_dataset(path, config)
+            return load_dataset(path, config, cache_dir=cache_dir)
         except Exception as e:  # offline, unknown name, missing config: try the next reading
-            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            errors.append(_first_line(e))
     raise ConfigError(
         f"workload.dataset={name!r}: not a local file or folder, and the Hugging Face Hub did not give it ({errors[-1]})"
     )

@@ -63,8 +63,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workloads.options import POSITIONS
+
 LLADA_EPS = 1e-3
-POSITIONS = ("rotary", "learned")
 
 
 @dataclass(frozen=True)
@@ -106,25 +107,6 @@ class TransformerConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
         if self.positions == "rotary" and (self.d_model // self.num_heads) % 2:
             raise ValueError(f"rotary positions need an even head width, not {self.d_model // self.num_heads}")
-
-
-def architecture_error(p: dict, positive: tuple[str, ...] = ()) -> tuple[str, str] | None:
-    """The first problem with a workload's transformer and pretraining options, as ``(key, why)``.
-
-    Checks ``d_model``, ``num_heads``, ``num_layers``, ``d_ff`` and the keys in ``positive`` are
-    positive integers, ``pretrain_steps >= 0``, ``pretrain_lr > 0``, and the head width
-    (``d_model / num_heads``: a whole number, even for rotary positions). None when all hold.
-    """
-    for key in ("d_model", "num_heads", "num_layers", "d_ff", *positive):
-        if p[key] < 1:
-            return key, "must be a positive integer"
-    if p["pretrain_steps"] < 0:
-        return "pretrain_steps", "must be 0 or more"
-    if p["pretrain_lr"] <= 0:
-        return "pretrain_lr", "must be positive"
-    if p["d_model"] % p["num_heads"] or (p["positions"] == "rotary" and (p["d_model"] // p["num_heads"]) % 2):
-        return "d_model", f"must be a multiple of num_heads={p['num_heads']} (an even head width for rotary)"
-    return None
 
 
 def rotary_tables(length: int, d_head: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,9 +67,10 @@ from datasets import Dataset
 from torch import nn
 
 from workloads.base import Workload
+from workloads.equation_reasoner_options import DECLARATION
+from workloads.options import Declaration
 from workloads.text_tools import WordTokenizer
 
-FORMATS = ("equation", "nl", "answer")
 OPS = ("+", "-", "*")
 PRETRAIN_BUCKETS, CLIENT_BUCKETS, TEST_BUCKETS = range(1, 5), range(5, 10), range(0, 1)
 
@@ -190,7 +191,6 @@ NL_AFTER = ["by {c}", ", {c}", ", that is {c}"]
 NL_LINK = ["then", "next", "later", "and", "so"]
 NL_CLOSE_MORE = [*NL_CLOSE, "the total is {r} .", "so there are {r} .", "in the end we have {r} ."]
 NL_CLOSE_FIRST = ["{r} is the answer .", "{r} is the final number .", "{r} in the end ."]
-NL_VARIABILITY = (0, 1, 2, 3)
 _ANSWER = re.compile(r"####\s*(\d+)")
 _EQUATION = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)")
 
@@ -412,58 +412,10 @@ class EquationReasoner(Workload):
     description: ClassVar[str] = (
         "T5 pretrained by fedsim (cached) + LoRA(q, v) on 1-3 step word problems; equation / nl / answer targets"
     )
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # 0.24M parameters; pretraining takes about 30 s of one CPU core.
-        "tiny": {
-            "d_model": 64,
-            "d_ff": 256,
-            "num_heads": 4,
-            "num_layers": 2,
-            "pretrain_steps": 400,
-            "pretrain_problems": 12800,
-            "pretrain_batch": 32,
-            "pretrain_lr": 3e-3,
-            "target_format": "equation",
-            "nl_variability": 1,
-            "max_value": 99,
-        },
-        # 1.4M parameters: about 10 minutes of pretraining on one CPU core.
-        "small": {
-            "d_model": 128,
-            "d_ff": 512,
-            "num_heads": 4,
-            "num_layers": 3,
-            "pretrain_steps": 3000,
-            "pretrain_problems": 60000,
-            "pretrain_batch": 64,
-            "pretrain_lr": 2e-3,
-            "target_format": "equation",
-            "nl_variability": 1,
-            "max_value": 99,
-        },
-        # The paper's T5-Tiny shape (d_model 256, d_ff 1024, 4 heads, 4+4 layers), 7.4M parameters: for a GPU.
-        "t5-tiny": {
-            "d_model": 256,
-            "d_ff": 1024,
-            "num_heads": 4,
-            "num_layers": 4,
-            "pretrain_steps": 20000,
-            "pretrain_problems": 400000,
-            "pretrain_batch": 128,
-            "pretrain_lr": 1e-3,
-            "target_format": "equation",
-            "nl_variability": 1,
-            "max_value": 99,
-        },
-    }
-    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "target_format": FORMATS,
-        "nl_variability": NL_VARIABILITY,
-    }
+    declaration: ClassVar[Declaration] = DECLARATION
     primary_metric: ClassVar[str] = "accuracy"
     lora_target_modules: ClassVar[list[str]] = ["q", "v"]
     label_column: ClassVar[str] = "family"
-    natural_partition_column: ClassVar[str | None] = "client"
 
     max_src_len: ClassVar[int] = 96
     max_tgt_len: ClassVar[int] = 128

@@ -78,12 +78,19 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from fedsim.errors import ConfigError
 from workloads import diffusion_lm as dlm
 from workloads.base import Workload
+from workloads.options import Declaration
+from workloads.rainbow_padding_options import (
+    DECLARATION,
+    MAX_PAD_TOKENS,
+    MAX_RESPONSE,
+    MIN_RESPONSE,
+    PADDINGS,
+    parse_lengths,
+)
 
 NUM_SYMBOLS = 16
-MAX_PAD_TOKENS = 16
 SYMBOLS = [chr(ord("a") + i) for i in range(NUM_SYMBOLS)]
 STOP = "."
 SPECIAL = ["<mask>", "<eos>", "<pad>", "<bos>", "<sep>"]
@@ -96,10 +103,7 @@ SYM0 = ID["a"]
 TARGET0 = ID["<to:a>"]
 PAD0 = ID["<pad0>"]
 PROMPT_LEN = 4
-MIN_RESPONSE, MAX_RESPONSE = 5, 30
-"""Response lengths in tokens (walk symbols + the stop symbol, <eos> not counted)."""
 TASK_SEED = 0x5A1B0  # the successor maps: one task for every run seed
-PADDINGS = ("eos", "single", "rainbow")
 
 
 def successor_maps(seed: int = TASK_SEED) -> np.ndarray:
@@ -232,11 +236,6 @@ def first_half_mask(step: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def parse_lengths(text: str) -> list[int]:
-    """``"32 64 128"`` -> ``[32, 64, 128]``."""
-    return [int(v) for v in str(text).split()]
-
-
 class RainbowPadding(Workload):
     supports_gpu: ClassVar[bool] = False  # CPU generators and prompts in the LLaDA loss and sampler
     name: ClassVar[str] = "rainbow-padding"
@@ -244,91 +243,11 @@ class RainbowPadding(Workload):
         "masked-diffusion LM pretrained by fedsim with <eos> padding (cached) + LoRA; eos/single/rainbow "
         "padding, validity and answer length vs allocated length"
     )
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # 0.11M parameters; pretraining takes about a minute and a half of one CPU core.
-        "tiny": {
-            "d_model": 64,
-            "num_heads": 4,
-            "num_layers": 2,
-            "d_ff": 256,
-            "positions": "rotary",
-            "padding": "rainbow",
-            "pad_tokens": 7,
-            "canvas_min": 32,
-            "canvas_max": 64,
-            "pretrain_steps": 1000,
-            "pretrain_samples": 25600,
-            "pretrain_batch": 32,
-            "pretrain_lr": 3e-3,
-            "eval_lengths": "32 64 128 256",
-            "eval_threshold": 0.9,
-            "eval_steps": 0,
-            "eval_samples": 64,
-            "eval_temperature": 0.0,
-        },
-        # 0.8M parameters, canvases up to 128 and longer pretraining: for a GPU (not measured here).
-        "small": {
-            "d_model": 128,
-            "num_heads": 4,
-            "num_layers": 4,
-            "d_ff": 512,
-            "positions": "rotary",
-            "padding": "rainbow",
-            "pad_tokens": 7,
-            "canvas_min": 32,
-            "canvas_max": 128,
-            "pretrain_steps": 3000,
-            "pretrain_samples": 96000,
-            "pretrain_batch": 32,
-            "pretrain_lr": 2e-3,
-            "eval_lengths": "32 64 128 256 512",
-            "eval_threshold": 0.9,
-            "eval_steps": 0,
-            "eval_samples": 256,
-            "eval_temperature": 0.0,
-        },
-    }
-    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {"padding": PADDINGS, "positions": dlm.POSITIONS}
+    declaration: ClassVar[Declaration] = DECLARATION
     primary_metric: ClassVar[str] = "validity"
     lora_target_modules: ClassVar[list[str]] = ["q", "k", "v", "o", "up", "down", "head"]
     extra_trainable: ClassVar[list[str]] = ["embed"]
     label_column: ClassVar[str] = "start"
-    natural_partition_column: ClassVar[str | None] = "client"
-
-    @classmethod
-    def resolve_params(cls, preset: str, options: str = "") -> dict[str, Any]:
-        """The preset with ``workload.options`` applied, and the checks that span keys (one-line errors)."""
-        p = super().resolve_params(preset, options)
-
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"workload.options: {key}={p[key]!r}: {why}")
-
-        if not 1 <= p["pad_tokens"] <= MAX_PAD_TOKENS:
-            raise bad("pad_tokens", f"the number K of rainbow pad tokens must be 1..{MAX_PAD_TOKENS}")
-        try:
-            lengths = parse_lengths(p["eval_lengths"])
-        except ValueError:
-            lengths = []
-        if not lengths:
-            raise bad("eval_lengths", "expected allocated lengths separated by spaces, e.g. '32 64 128 256'")
-        if min(lengths) <= MAX_RESPONSE:
-            raise bad(
-                "eval_lengths",
-                f"every allocated length must hold the longest valid answer and <eos> (>= {MAX_RESPONSE + 1})",
-            )
-        if p["canvas_min"] <= MAX_RESPONSE:
-            raise bad("canvas_min", f"a training canvas must hold the longest answer and <eos> (>= {MAX_RESPONSE + 1})")
-        if p["canvas_max"] < p["canvas_min"]:
-            raise bad("canvas_max", f"must be at least canvas_min={p['canvas_min']}")
-        if p["eval_steps"] < 0 or any(p["eval_steps"] and g % p["eval_steps"] for g in lengths):
-            raise bad("eval_steps", f"must be 0 (one token per step) or divide every allocated length {lengths}")
-        if problem := dlm.architecture_error(p, ("pretrain_batch", "eval_samples", "pretrain_samples")):
-            raise bad(*problem)
-        if not 0 <= p["eval_threshold"] < 1:
-            raise bad("eval_threshold", "must be in [0, 1) (0: a fixed number of steps, eval_steps)")
-        if p["eval_temperature"] < 0:
-            raise bad("eval_temperature", "must be >= 0 (0: greedy)")
-        return p
 
     def __init__(self, spec):
         super().__init__(spec)

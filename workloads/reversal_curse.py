@@ -52,13 +52,13 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
-from fedsim.errors import ConfigError
 from workloads import diffusion_lm as dlm
 from workloads.base import Workload
+from workloads.options import Declaration
+from workloads.reversal_curse_options import DECLARATION
 
 MASK, IS = 0, 1
 SPECIAL = ["<mask>", "IS"]
-MODELS = ("mdm", "arm")
 
 
 def vocab_size(num_facts: int, num_pretrain_facts: int) -> int:
@@ -90,45 +90,11 @@ class ReversalCurse(dlm.PretrainedOrScratch, Workload):
         "one-layer MDM or ARM (cached base on two-way facts) + LoRA on new facts stated forward only; "
         "forward/reverse accuracy, gradient cosine"
     )
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # 0.1M parameters; pretraining takes a few seconds.
-        "tiny": {
-            "model": "mdm",
-            "d_model": 64,
-            "num_heads": 4,
-            "num_layers": 1,
-            "d_ff": 256,
-            "positions": "rotary",
-            "num_facts": 200,
-            "num_pretrain_facts": 200,
-            "from_scratch": False,
-            "pretrain_steps": 400,
-            "pretrain_lr": 3e-3,
-        },
-    }
-    presets["from-scratch"] = {**presets["tiny"], "d_model": 128, "d_ff": 512, "from_scratch": True}
-    option_choices: ClassVar[dict[str, tuple[Any, ...]]] = {"model": MODELS, "positions": dlm.POSITIONS}
+    declaration: ClassVar[Declaration] = DECLARATION
     primary_metric: ClassVar[str] = "reverse_accuracy"
     lora_target_modules: ClassVar[list[str]] = ["q", "k", "v", "o", "up", "down"]
     extra_trainable: ClassVar[list[str]] = ["embed", "head"]
     label_column: ClassVar[str] = "client"
-    natural_partition_column: ClassVar[str | None] = "client"
-
-    @classmethod
-    def resolve_params(cls, preset: str, options: str = "") -> dict[str, Any]:
-        """The preset with ``workload.options`` applied, and the checks that span keys (one-line errors)."""
-        p = super().resolve_params(preset, options)
-
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"workload.options: {key}={p[key]!r}: {why}")
-
-        if p["num_facts"] < 2:
-            raise bad("num_facts", "the number N of new facts must be at least 2 (chance is 1/N)")
-        if p["num_pretrain_facts"] < 0:
-            raise bad("num_pretrain_facts", "must be 0 or more")
-        if problem := dlm.architecture_error(p):
-            raise bad(*problem)
-        return p
 
     def __init__(self, spec):
         super().__init__(spec)

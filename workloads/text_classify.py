@@ -27,7 +27,7 @@ Data (``workload.dataset``): any text classification set through :mod:`workloads
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ from datasets import Dataset
 from torch import nn
 
 from workloads.base import Workload
+from workloads.options import Declaration
+from workloads.text_classify_options import DECLARATION
 
 TOPICS = ["sport", "food", "technology", "weather", "music", "health", "finance", "travel"]
 
@@ -264,19 +266,12 @@ class EncoderClassifier(nn.Module):
 
 
 # How hard the generated task is (calibrated so the default run ends near 0.85 accuracy).
-_GENERATED = {"distractor_fraction": 0.7, "test_unseen_words": 0.5, "test_unseen_templates": 0.5}
-
-
 class TextClassify(Workload):
     name: ClassVar[str] = "text-classify"
     description: ClassVar[str] = (
         "Pretrained MiniLM-L6 encoder + LoRA(query, value), 8-topic sentences with distractors (or workload.dataset)"
     )
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"max_len": 20, "pretrained": True, **_GENERATED},
-        "base": {"max_len": 64, "pretrained": True, **_GENERATED},
-        "random-init": {"max_len": 20, "pretrained": False, **_GENERATED},
-    }
+    declaration: ClassVar[Declaration] = DECLARATION
     primary_metric: ClassVar[str] = "accuracy"
     lora_target_modules: ClassVar[list[str]] = ["query", "value"]
     extra_trainable: ClassVar[list[str]] = ["head"]

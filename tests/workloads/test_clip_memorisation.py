@@ -149,9 +149,9 @@ def test_federated_data_puts_the_duplicates_on_the_first_client():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ("interventions=none+mask_tokens", "unknown mask_tokens"),
-        ("mask_ratio=1.5", "mask_ratio=1.5: must be in [0, 1]"),
-        ("mask_ratio=-0.1", "must be in [0, 1]"),
+        ("interventions=none+mask_tokens", "interventions='none+mask_tokens': must be a string of 1 to 7 items"),
+        ("mask_ratio=1.5", "mask_ratio=1.5: must be a number in [0, 1]"),
+        ("mask_ratio=-0.1", "must be a number in [0, 1]"),
         ("pad_token=pad", "must be one of eot, !"),
         ("eval_seeds=1", "eval_seeds=1"),
         ("sample_steps=1000", "sample_steps=1000"),

@@ -7,6 +7,7 @@ import pytest
 
 from fedsim.errors import ConfigError
 from workloads import equation_reasoner as eq
+from workloads.equation_reasoner_options import NL_VARIABILITY
 from workloads.text_tools import WordTokenizer
 
 from .conftest import small_spec
@@ -32,7 +33,7 @@ def step_phrasings(level: int, n: int = 600) -> tuple[dict[str, set[str]], list[
 
 def test_level_0_writes_one_phrasing_and_higher_levels_more():
     counts = []
-    for level in eq.NL_VARIABILITY:
+    for level in NL_VARIABILITY:
         seen, problems = step_phrasings(level)
         counts.append(min(len(s) for s in seen.values()))
         for start, steps, targets in problems:

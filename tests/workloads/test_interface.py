@@ -31,8 +31,8 @@ def test_options_override_the_preset():
     ("options", "message"),
     [
         ("target_format=prose", "target_format='prose': must be one of equation, nl, answer"),
-        ("d_model=wide", "d_model='wide': expected int"),
-        ("depth=3", "depth=3: equation-reasoner preset 'tiny' has keys"),
+        ("d_model=wide", "d_model='wide': must be an integer in"),
+        ("depth=3", "depth=3: equation-reasoner has options"),
         ("target_format", "expected key=value pairs"),
     ],
 )

@@ -25,7 +25,7 @@ py-modules = ["toy_workload"]
 
 MODULE = '''
 """toy-parity: is the number of ones in 8 bits above 4? A 2-layer MLP with LoRA on its hidden layer."""
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,12 +33,13 @@ from datasets import Dataset
 from torch import nn
 
 from workloads.base import Workload
+from workloads.options import Declaration, Option, Range
 
 
 class ToyParity(Workload):
     name: ClassVar[str] = "toy-parity"
     description: ClassVar[str] = "Third-party test workload: majority of 8 bits with a small MLP"
-    presets: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {"hidden": 32}}
+    declaration: ClassVar[Declaration] = Declaration({"hidden": Option(32, Range(2, 1024), "hidden width")})
     primary_metric: ClassVar[str] = "accuracy"
     lora_target_modules: ClassVar[list[str]] = ["hidden"]
     extra_trainable: ClassVar[list[str]] = ["classifier"]

@@ -107,16 +107,16 @@ def test_options_and_payload():
     ("options", "message"),
     [
         ("padding=zebra", "padding='zebra': must be one of eos, single, rainbow"),
-        ("pad_tokens=0", "pad_tokens=0: the number K of rainbow pad tokens must be 1..16"),
+        ("pad_tokens=0", "pad_tokens=0: must be an integer in"),
         ("pad_tokens=17", "pad_tokens=17"),
-        ("eval_lengths=16 64", "eval_lengths='16 64': every allocated length must hold the longest valid answer"),
-        ("eval_lengths=abc", "eval_lengths='abc': expected allocated lengths"),
-        ("canvas_min=20", "canvas_min=20: a training canvas must hold"),
+        ("eval_lengths=16 64", "eval_lengths='16 64': must be a string of 1 to 8 items"),
+        ("eval_lengths=abc", "eval_lengths='abc': must be a string"),
+        ("canvas_min=20", "canvas_min=20: must be an integer in"),
         ("canvas_max=40, canvas_min=48", "canvas_max=40: must be at least canvas_min=48"),
         ("eval_steps=24", "eval_steps=24: must be 0"),
         ("d_model=60", "d_model=60: must be a multiple of num_heads"),
         ("positions=alibi", "positions='alibi': must be one of rotary, learned"),
-        ("eval_temperature=-1", "eval_temperature=-1.0: must be >= 0"),
+        ("eval_temperature=-1", "eval_temperature=-1.0: must be a number in"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(options, message):

@@ -1,0 +1,75 @@
+"""The options of :mod:`workloads.dapd` (light: read without importing torch; see :mod:`workloads.options`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workloads.options import (
+    BATCH,
+    BOOL,
+    POSITIONS,
+    Declaration,
+    Option,
+    Range,
+    Words,
+    head_width_error,
+    transformer_options,
+)
+
+NUM_VALUES = 3
+DECODER_NAMES = ("one", "topk", "threshold", "dapd", "dapd_notail")
+PRETRAIN_TASKS = ("format", "rule")
+SAMPLES = Range(1, 1_000_000)
+"""Generated rows held in memory at once (a million short canvases is a few hundred MB)."""
+
+
+def copy_length(length: int) -> int:
+    """Positions of one copy: L X values and L - 1 Y values."""
+    return 2 * length - 1
+
+
+def combination_error(p: dict[str, Any]) -> tuple[str, str] | None:
+    """The head width, and top-k's tokens per step within the G generated positions."""
+    if p["topk_k"] > p["copies"] * copy_length(p["length"]):
+        return (
+            "topk_k",
+            f"tokens per step must be at most G = copies * (2 length - 1) = {p['copies'] * copy_length(p['length'])}",
+        )
+    return head_width_error(p)
+
+
+DECLARATION = Declaration(
+    options={
+        **transformer_options(num_layers=2, pretrain_steps=3000, pretrain_lr=3e-3),
+        "positions": Option("rotary", POSITIONS, "position encoding"),
+        "length": Option(5, Range(2, 32), "the number L of X values per copy (L - 1 constraints)"),
+        "copies": Option(1, Range(1, 16), "independent copies of the task on one canvas"),
+        "client_skew": Option(
+            0.6, Range(1 / NUM_VALUES, 1, high_open=True), "a client's favourite value's probability"
+        ),
+        "from_scratch": Option(False, BOOL, "train the random model itself, every weight (no LoRA)"),
+        "pretrain_task": Option("rule", PRETRAIN_TASKS, "pretraining data: Y by the rule, or uniform (format only)"),
+        "pretrain_samples": Option(4096, SAMPLES, "pretraining canvases"),
+        "pretrain_batch": Option(128, BATCH, "pretraining batch size"),
+        "eval_decoders": Option(
+            "one topk threshold dapd dapd_notail",
+            Words(DECODER_NAMES, max_words=len(DECODER_NAMES)),
+            "decoders evaluated",
+        ),
+        "eval_samples": Option(128, Range(1, 10_000), "canvases decoded per evaluation"),
+        "eval_temperature": Option(1.0, Range(0, 10), "sampling temperature (0: greedy)"),
+        "topk_k": Option(2, Range(1, 1024), "top-k decoder's tokens per step"),
+        "threshold": Option(0.9, Range(0, 1, low_open=True, high_open=True), "Fast-dLLM's confidence threshold"),
+        "tau_rel": Option(0.5, Range(0, 100, low_open=True), "DAPD's threshold relative to the mean score"),
+        "last_fraction": Option(
+            0.3, Range(0, 1, low_open=True), "share of the last layers whose attention is averaged"
+        ),
+    },
+    preset_overrides={
+        "tiny": {},  # 0.1M parameters; pretraining takes about a minute of one CPU core.
+        "from-scratch": {"from_scratch": True, "pretrain_steps": 0},
+        "small": {"d_model": 128, "num_layers": 4, "d_ff": 512, "copies": 4},
+    },
+    combination=combination_error,
+    natural_partition_column="client",
+)
