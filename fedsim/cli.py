@@ -473,12 +473,13 @@ def sweep_command(
     from fedsim import sweep as sw
 
     try:
-        spec = sw.load_sweep(file, parse_overrides(set_ or []))
-        folder = out_path(out) if out is not None else Path("sweeps") / spec.name
-        if jobs is not None and jobs < 1:
+        if jobs is not None and jobs < 1:  # the options first: resolving the runs costs seconds
             raise ConfigError(f"--jobs={jobs}: must be a positive integer")
+        given_out = out_path(out) if out is not None else None
         if ray_address:
             check_ray_address(ray_address)
+        spec = sw.load_sweep(file, parse_overrides(set_ or []))
+        folder = given_out or Path("sweeps") / spec.name
         if not dry_run:
             sw.check_folder(spec, folder)
         sw.check_rank_plans(spec)  # TSFA budgets no rank meets, as `fedsim run` would refuse them

@@ -115,9 +115,13 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
     """
     import socket
 
+    from fedsim.config import is_ray_address
+
+    if not is_ray_address(address):
+        raise ConfigError(f"--ray-address={address!r}: must be auto, local or HOST:PORT of a Ray cluster's head")
     if address in ("", "auto", "local"):
         return
-    host, _, port = address.split("://", 1)[-1].rpartition(":")  # its form is a config check
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:

@@ -46,7 +46,8 @@ def _ip_address(v: Any) -> bool:
     return True
 
 
-def _ray_address(v: Any) -> bool:
+def is_ray_address(v: Any) -> bool:
+    """The form of ``simulation.ray_address`` (and ``--ray-address``): '', auto, local or HOST:PORT."""
     if v in ("", "auto", "local"):
         return True
     host, sep, port = v.split("://", 1)[-1].rpartition(":")
@@ -264,7 +265,7 @@ class SimulationSection:
         1.0, 0, 4096, "Ray CPUs per ClientApp actor (a local Ray has this machine's CPUs)", open_low=True
     )
     ray_address: str = _f(
-        "", _ray_address, "'' (start one), auto, or HOST:PORT of a Ray cluster's head", "existing Ray cluster"
+        "", is_ray_address, "'' (start one), auto, or HOST:PORT of a Ray cluster's head", "existing Ray cluster"
     )
     max_concurrent_clients: int = _num(
         0, 0, 4096, "ClientApps run at once (0: as many as the CPUs allow)", integer=True

@@ -59,6 +59,11 @@ def check_dataset_name(name: str) -> None:
             f"workload.dataset={name!r}: unknown file type {p.suffix!r}; use one of {', '.join(FILE_BUILDERS)}"
         )
     if p.exists():
+        for f in [p] if p.is_file() else sorted(x for x in p.iterdir() if x.suffix.lower() in FILE_BUILDERS):
+            if (problem := _unreadable(f)) is not None:
+                raise ConfigError(f"workload.dataset={name!r}: {f.name} {problem}")
+        if p.is_dir() and not any(x.suffix.lower() in FILE_BUILDERS for x in p.iterdir()):
+            raise ConfigError(f"workload.dataset={name!r}: the folder holds no data file ({', '.join(FILE_BUILDERS)})")
         return
     if "://" in name:
         raise ConfigError(
@@ -71,6 +76,42 @@ def check_dataset_name(name: str) -> None:
             f"workload.dataset={name!r}: neither an existing file or folder nor a Hub dataset name "
             "(name or owner/name, optionally :config)"
         )
+
+
+PEEK_BYTES = 1 << 16
+"""What :func:`_unreadable` reads of a file: enough for a header and a first record."""
+
+
+def _unreadable(f: Path) -> str | None:
+    """Why ``f`` cannot be a data file of its type, from its first bytes (None when it may be).
+
+    Catches what ``datasets`` would refuse only after seconds of imports: an empty file, a binary
+    one under a text suffix (a NUL byte, or not UTF-8), a JSON Lines file whose first line is not
+    a JSON object, a Parquet file without its magic bytes. The rest is checked when it is loaded.
+    """
+    import codecs
+    import json
+
+    if f.stat().st_size == 0:
+        return "is empty"
+    with f.open("rb") as fh:
+        head = fh.read(PEEK_BYTES)
+    if f.suffix.lower() == ".parquet":
+        return None if head.startswith(b"PAR1") else "is not a Parquet file (no PAR1 magic)"
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut character is fine
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    if "\x00" in text:
+        return "is binary (a NUL byte), not text"
+    if f.suffix.lower() == ".jsonl" and "\n" in text.lstrip():
+        first = text.lstrip().split("\n", 1)[0]
+        try:
+            if not isinstance(json.loads(first), dict):
+                return "line 1 is not a JSON object"
+        except json.JSONDecodeError:
+            return "line 1 is not JSON"
+    return None
 
 
 def datasets_cache() -> Path:
