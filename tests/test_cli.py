@@ -3,7 +3,7 @@
 import pytest
 
 from fedsim.cli import main
-from tests.conftest import run_fedsim
+from tests.helpers.runs import run_fedsim
 
 
 def run_in_process(args, capsys):

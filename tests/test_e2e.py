@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from fedsim.results import read_rounds
-from tests.conftest import (
+from tests.helpers.runs import (
     CLIENT_FIELDS,
     SMALL,
     SMALL_RUN,

@@ -10,7 +10,7 @@ import pytest
 from fedsim.methods import METHODS
 from fedsim.schedulers import SCHEDULERS
 from tests import test_methods as shared
-from tests.test_engine import StubClients, StubHost, make_cfg
+from tests.helpers.engine import StubClients, StubHost, make_cfg
 
 EXTENDING = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 

@@ -6,7 +6,7 @@ import torch
 
 from fedsim import hetero
 from fedsim.methods import aggregate_uploads, get_method
-from tests.test_methods import D_IN, D_OUT, R, make_state
+from tests.helpers.methods import D_IN, D_OUT, R, make_state
 
 
 def test_clients_split_into_equal_groups_by_the_quantity():

@@ -95,3 +95,22 @@ def test_documented_schema_lists_the_record_fields():
     paragraph = client_part.split("\n\n")[0].split("Two runs with the same seed")[0]
     listed = set(re.findall(r"`([a-z_]+)`", paragraph))
     assert listed == set(client_record_keys())
+
+
+def test_tests_import_helpers_not_other_test_modules():
+    """Shared test code lives in tests/helpers/ (or is a conftest fixture): a test module or a
+    conftest imported by another module would run or collect twice and hide who owns the code."""
+    offending = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                last = name.rsplit(".", 1)[-1]
+                if last.startswith("test_") or last == "conftest":
+                    offending.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offending == []

@@ -9,21 +9,7 @@ import torch
 from fedsim.methods import METHODS, aggregate_uploads, decode_upload, dropped_errors, get_method, split_state
 from fedsim.quantise import BITS_KEY, dequantise, quantise
 from fedsim.soft import payload_bits
-
-D_IN, D_OUT, R = 24, 16, 8
-
-
-def make_state(seed: int) -> dict[str, np.ndarray]:
-    g = np.random.default_rng(seed)
-    state = {}
-    for layer in range(2):
-        for proj in ("query", "value"):
-            prefix = f"base_model.model.layer.{layer}.{proj}"
-            state[f"{prefix}.lora_A.default.weight"] = g.normal(size=(R, D_IN)).astype(np.float32)
-            state[f"{prefix}.lora_B.default.weight"] = g.normal(size=(D_OUT, R)).astype(np.float32)
-    state["base_model.model.head.modules_to_save.default.weight"] = g.normal(size=(4, D_OUT)).astype(np.float32)
-    state["base_model.model.head.modules_to_save.default.bias"] = g.normal(size=4).astype(np.float32)
-    return state
+from tests.helpers.methods import D_IN, D_OUT, R, make_state
 
 
 def gen(seed=0):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.synthetic import write_run, write_sweep
+from tests.helpers.synthetic import write_run, write_sweep
 
 pytestmark = pytest.mark.slow
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from fedsim.seeding import rng, sample_clients
-from tests.conftest import SMALL_RUN, records_without_wall_clock, run_args, run_fedsim
+from tests.helpers.runs import SMALL_RUN, records_without_wall_clock, run_args, run_fedsim
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from fedsim.report import (
     summarize,
     write_report,
 )
-from tests.synthetic import write_run, write_sweep
+from tests.helpers.synthetic import write_run, write_sweep
 
 FINALS = {("soft", 0.5): [0.70, 0.74, 0.75], ("topk", 0.5): [0.60, 0.66, 0.61], ("ideal", 0.0): [0.80, 0.82, 0.85]}
 

@@ -16,7 +16,7 @@ import pytest
 from fedsim.cli import main
 from fedsim.config import ConfigError
 from fedsim.sweep import check_folder, execute, expand, load_sweep, run_config_text, run_name, run_state
-from tests.synthetic import write_run
+from tests.helpers.synthetic import write_run
 
 
 def test_expand_grid_zip_seeds():

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fedsim.results import read_rounds
-from tests.conftest import run_fedsim, two_node_ray_cluster
+from tests.helpers.runs import run_fedsim, two_node_ray_cluster
 
 pytestmark = pytest.mark.slow
 

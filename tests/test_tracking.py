@@ -12,7 +12,7 @@ import pytest
 from fedsim.config import ConfigError, build_config
 from fedsim.results import read_rounds
 from fedsim.tracking import Tracker, TrackingReporter, check_tracking, track_folder, tracked
-from tests.synthetic import write_run
+from tests.helpers.synthetic import write_run
 
 
 def test_tracking_is_off_by_default_and_checked():

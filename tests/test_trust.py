@@ -33,9 +33,9 @@ from fedsim.engine import run
 from fedsim.methods import get_method
 from fedsim.records import ClientRecord, json_problem
 from fedsim.results import LOCK
-from tests.conftest import SMALL, run_fedsim
+from tests.helpers.engine import HEAD, A, B, StubClients, StubHost, make_cfg
 from tests.helpers.refusals import run_case
-from tests.test_engine import HEAD, A, B, StubClients, StubHost, make_cfg
+from tests.helpers.runs import SMALL, run_fedsim
 
 SMALL_WORKLOAD = {"workload.samples_per_client": 16, "workload.test_samples": 64}
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL, run_fedsim
+from tests.helpers.runs import SMALL, run_fedsim
 
 pytestmark = pytest.mark.slow
 

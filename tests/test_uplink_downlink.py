@@ -12,7 +12,7 @@ from channels.rate import expected_transmissions, packet_error_prob
 from fedsim.engine import RoundEngine
 from fedsim.seeding import rng, sample_clients
 from fedsim.wireless import WirelessModel
-from tests.test_engine import StubClients, StubHost, make_cfg
+from tests.helpers.engine import StubClients, StubHost, make_cfg
 
 
 def test_packet_error_probability_is_the_waterfall_model():

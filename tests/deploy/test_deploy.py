@@ -20,8 +20,8 @@ from fedsim.checks import checked_config
 from fedsim.config import describe_keys
 from fedsim.results import read_rounds
 from fedsim.wireless import WirelessModel
-from tests.conftest import CLIENT_FIELDS, SMALL
 from tests.deploy.federation import Federation
+from tests.helpers.runs import CLIENT_FIELDS, SMALL
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from fedsim.tsfa import (
     solve_reference,
 )
 from fedsim.tsfa.allocator import LN2, _certified, _polish
-from tests.tsfa.helpers import BANDWIDTH_TOTAL_HZ, cell_rounds, random_instance
+from tests.helpers.tsfa import BANDWIDTH_TOTAL_HZ, cell_rounds, random_instance
 
 B = BANDWIDTH_TOTAL_HZ
 CLIENT_COUNTS = (1, 2, 3, 5, 8, 13, 21, 34, 60)

@@ -15,7 +15,7 @@ from fedsim.tsfa import (
     min_bandwidth_hz,
     solve_reference,
 )
-from tests.tsfa.helpers import (
+from tests.helpers.tsfa import (
     BANDWIDTH_TOTAL_HZ,
     RHO_GRID,
     dropped_error,

@@ -14,7 +14,7 @@ from fedsim.tsfa import (
     proportional_split,
     solve_reference,
 )
-from tests.tsfa.helpers import BANDWIDTH_TOTAL_HZ, random_instance
+from tests.helpers.tsfa import BANDWIDTH_TOTAL_HZ, random_instance
 
 B = BANDWIDTH_TOTAL_HZ
 

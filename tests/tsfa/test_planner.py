@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedsim.tsfa import InfeasibleBudgetError, RankPlan, plan_rank
-from tests.tsfa.helpers import BANDWIDTH_TOTAL_HZ, rayleigh_snr_per_hz, soft_payload_bits
+from tests.helpers.tsfa import BANDWIDTH_TOTAL_HZ, rayleigh_snr_per_hz, soft_payload_bits
 
 RANKS = (2, 4, 8, 16, 32)
 K = 8

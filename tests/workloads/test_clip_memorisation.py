@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from fedsim.errors import ConfigError
-from tests.conftest import run_fedsim
+from tests.helpers.runs import run_fedsim
+from tests.helpers.workloads import small_spec
 from workloads import clip_memorisation as cm
-
-from .conftest import small_spec
 
 L = 12
 

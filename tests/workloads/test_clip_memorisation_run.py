@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.results import read_rounds
-from tests.conftest import run_fedsim
+from tests.helpers.runs import run_fedsim
 from workloads.clip_memorisation import INTERVENTIONS
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,9 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
+from tests.helpers.workloads import small_spec
 from workloads import get_workload_class, registry
 from workloads.base import Workload, load_trainable_state, trainable_state
-
-from .conftest import small_spec
 
 NAMES = sorted(registry())
 LR = 3e-3  # train.lr's default

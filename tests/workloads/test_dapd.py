@@ -8,11 +8,10 @@ import torch
 
 from fedsim.checks import checked_config
 from fedsim.errors import ConfigError
-from tests.conftest import run_fedsim
+from tests.helpers.runs import run_fedsim
+from tests.helpers.workloads import small_spec
 from workloads import dapd
 from workloads import diffusion_lm as dlm
-
-from .conftest import small_spec
 
 
 def test_true_graph_joins_the_three_positions_of_every_constraint():

@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from fedsim.errors import ConfigError
+from tests.helpers.workloads import small_spec
 from workloads import data as wdata
 from workloads.equation_reasoner import EquationReasoner
 from workloads.text_classify import TextClassify
-
-from .conftest import small_spec
 
 
 def write_csv(path, rows, header=("sentence", "sentiment")):

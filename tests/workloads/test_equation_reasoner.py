@@ -5,10 +5,9 @@ import re
 import numpy as np
 import pytest
 
+from tests.helpers.workloads import small_spec
 from workloads import equation_reasoner as eq
 from workloads.text_tools import WordTokenizer, split_words
-
-from .conftest import small_spec
 
 TOK = WordTokenizer(eq.vocabulary_texts())
 

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from fedsim.errors import ConfigError
+from tests.helpers.workloads import small_spec
 from workloads import equation_reasoner as eq
 from workloads.equation_reasoner_options import NL_VARIABILITY
 from workloads.text_tools import WordTokenizer
-
-from .conftest import small_spec
 
 TOK = WordTokenizer(eq.vocabulary_texts())
 NUMBER = re.compile(r"\d+")

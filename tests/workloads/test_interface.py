@@ -8,11 +8,10 @@ from torch import nn
 
 from fedsim.checks import checked_config
 from fedsim.errors import ConfigError
+from tests.helpers.workloads import small_spec
 from workloads import cache, get_workload_class, registry
 from workloads.equation_reasoner import EquationReasoner
 from workloads.text_classify import TextClassify, generate_topics
-
-from .conftest import small_spec
 
 
 def test_registry_lists_the_builtins():

@@ -7,11 +7,10 @@ import torch
 
 from fedsim.checks import checked_config
 from fedsim.errors import ConfigError
-from tests.conftest import run_fedsim
+from tests.helpers.runs import run_fedsim
+from tests.helpers.workloads import small_spec
 from workloads import diffusion_lm as dlm
 from workloads import rainbow_padding as rp
-
-from .conftest import small_spec
 
 
 def test_successor_maps_make_a_strongly_connected_out_degree_two_graph():

@@ -8,10 +8,9 @@ import torch
 
 from fedsim.checks import checked_config
 from fedsim.errors import ConfigError
-from tests.conftest import run_fedsim
+from tests.helpers.runs import run_fedsim
+from tests.helpers.workloads import small_spec
 from workloads import reversal_curse as rc
-
-from .conftest import small_spec
 
 
 def test_facts_use_every_entity_once_in_two_disjoint_pools():
