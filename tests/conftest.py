@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite (helpers live in tests/helpers/)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,3 +16,28 @@ def small_run(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == str(out)
     return out
+
+
+TEST_CACHE_ENV = "FEDSIM_TEST_CACHE"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def workload_cache(request, tmp_path_factory):
+    """The workload cache (pretrained bases, generated data) of every test and every run it starts.
+
+    ``$FEDSIM_TEST_CACHE`` if set, else pytest's own cache folder (``.pytest_cache``), else a fresh
+    temporary folder: entries are keyed by everything that determines them (the source code
+    included) and verified on load, so a base pretrained by one test session serves the next one
+    and both tiers of CI, and the user's own cache is never touched. No network: offline Hub.
+    """
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    root = os.environ.get(TEST_CACHE_ENV) or (cache.mkdir("fedsim-cache") if cache else tmp_path_factory.mktemp("fc"))
+    saved = {k: os.environ.get(k) for k in ("FEDSIM_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    os.environ["FEDSIM_CACHE"] = str(root)
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    yield str(root)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -1,22 +1,6 @@
-"""Workload tests: an isolated base-model cache per session, no network, small specs."""
-
-import os
+"""Workload tests: one torch thread (the base-model cache is the suite's, see tests/conftest.py)."""
 
 import pytest
-
-
-@pytest.fixture(scope="session", autouse=True)
-def isolated_cache(tmp_path_factory):
-    """Pretrained bases go to a fresh folder for the session (built once, shared by the tests)."""
-    saved = {k: os.environ.get(k) for k in ("FEDSIM_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    os.environ["FEDSIM_CACHE"] = str(tmp_path_factory.mktemp("fedsim-cache"))
-    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-    yield os.environ["FEDSIM_CACHE"]
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -29,7 +29,7 @@ def run(name: str, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, isolated_cache):
+def runs(tmp_path_factory, workload_cache):
     root = tmp_path_factory.mktemp("zoo")
     return {name: run(name, root / name) for name in OPTIONS}
 

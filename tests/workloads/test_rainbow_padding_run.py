@@ -17,7 +17,7 @@ OPTIONS = "pretrain_steps=30,pretrain_samples=960,eval_lengths=32 64,eval_sample
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, isolated_cache):
+def tiny_run(tmp_path_factory, workload_cache):
     out = tmp_path_factory.mktemp("rainbow") / "run"
     args = ["run", "--workload", "rainbow-padding", "--clients", "3", "--rounds", "2", "--clients-per-round", "3"]
     args += ["--set", f"workload.options={OPTIONS}", "--set", "workload.samples_per_client=16"]
