@@ -37,7 +37,6 @@ scheduler's state) as much as the results folder it lies in.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -132,18 +131,18 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
     ``adapter-<round>.safetensors`` for its own round, so never a path outside the checkpoint
     folder) or when the adapter's SHA-256 differs.
     """
-    from fedsim.config import ConfigError, read_text_file
+    from fedsim.config import ConfigError, parse_json, read_text_file
 
     path = folder / FOLDER / STATE
     if not os.path.lexists(path):
         return None
     try:
-        meta = json.loads(read_text_file(path, "checkpoint", STATE_MAX_BYTES))
+        meta = parse_json(read_text_file(path, "checkpoint", STATE_MAX_BYTES), f"checkpoint={str(path)!r}")
         round_, name, expected = meta["round"], meta["adapter"], meta["adapter_sha256"]
         records, scheduler, config_sha = meta["records"], meta.get("scheduler") or {}, meta["config_sha256"]
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path} is unreadable ({str(e).split(': ', 1)[-1]})") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__})") from None
     typed = (
         isinstance(round_, int) and not isinstance(round_, bool) and round_ >= 1,
@@ -193,7 +192,7 @@ def check_records(folder: Path, ckpt: Checkpoint) -> None:
     """Raise CheckpointError unless ``ckpt`` holds the records of rounds 1 to ``ckpt.round``, each a
     round record (:func:`fedsim.records.json_problem`), and ``rounds.jsonl``, where it exists,
     starts with the same records (it may hold a round after them: the round a crash interrupted)."""
-    from fedsim.config import ConfigError, read_text_file
+    from fedsim.config import ConfigError, parse_json, read_text_file
 
     where = folder / FOLDER / STATE
     rounds = [r.get("round") for r in ckpt.records]
@@ -215,8 +214,8 @@ def check_records(folder: Path, ckpt: Checkpoint) -> None:
         raise CheckpointError(f"{path} holds {len(lines)} rounds; checkpoint {where} holds {ckpt.round}")
     for record, line in zip(ckpt.records, lines, strict=False):
         try:
-            same = json.loads(line) == record
-        except json.JSONDecodeError:
+            same = parse_json(line, str(path)) == record
+        except ConfigError:  # not JSON, or nested too deep
             same = False
         if not same:
             raise CheckpointError(f"{path}: round {record['round']} differs from its record in checkpoint {where}")

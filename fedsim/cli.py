@@ -39,6 +39,7 @@ from fedsim.config import (
     build_config,
     describe_keys,
     load_toml,
+    parse_json,
     parse_overrides,
     read_text_file,
     toml_to_flat,
@@ -215,8 +216,6 @@ def prepare_resume(
     :func:`~fedsim.checks.check_config` on the returned configuration (after
     :func:`~fedsim.checkpoint.check_records`, which is as cheap).
     """
-    import json
-
     from fedsim.checkpoint import check_folders, load_checkpoint, sha256_text
 
     if not (folder / "config.toml").is_file():
@@ -241,9 +240,10 @@ def prepare_resume(
         )
     summary = folder / "summary.json"
     if summary.exists():
+        text = read_text_file(summary, "--resume")
         try:
-            status = json.loads(read_text_file(summary, "--resume")).get("status")
-        except (json.JSONDecodeError, AttributeError):
+            status = parse_json(text, "summary.json").get("status")
+        except (ConfigError, AttributeError):
             raise ConfigError(f"--resume={str(folder)!r}: summary.json is not a JSON object") from None
         if status == "ok" and not force:
             raise ConfigError(f"--resume={str(folder)!r}: the run is finished; pass --force to continue it anyway")

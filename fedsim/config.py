@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -559,6 +560,22 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 CONFIG_MAX_BYTES = 4 << 20  # a configuration file is a few kB; this bounds what a wrong path can cost
+
+
+MAX_JSON_DEPTH = 16
+"""Deepest JSON fedsim reads (a results folder's files, a checkpoint's state): its own are at most 6."""
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text nested at most :data:`MAX_JSON_DEPTH` deep, or a one-line ConfigError naming ``where``."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else f"nested more than {MAX_JSON_DEPTH} levels deep"
+        raise ConfigError(f"{where}: not valid JSON ({why})") from None
+    if nesting_depth(value) > MAX_JSON_DEPTH:
+        raise ConfigError(f"{where}: not valid JSON (nested more than {MAX_JSON_DEPTH} levels deep)")
+    return value
 
 
 def read_text_file(path: str | Path, what: str, max_bytes: int = CONFIG_MAX_BYTES) -> str:

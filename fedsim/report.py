@@ -21,21 +21,13 @@ from typing import Any
 import numpy as np
 
 from fedsim.cli_common import check_out_dir
-from fedsim.config import ConfigError, nesting_depth, read_text_file, toml_to_flat
-from fedsim.results import is_results_folder, metric_higher_is_better
+from fedsim.config import ConfigError, parse_json, read_text_file, toml_to_flat
+from fedsim.results import MAX_JSON_BYTES, is_results_folder, metric_higher_is_better, read_rounds
 
 IGNORED_GROUP_PREFIXES = ("simulation.", "tracking.")
 DEFAULT_METRICS = ("primary_metric", "cumulative_uplink_bits", "mean_round_latency_s")
 MAX_SEARCH_DEPTH = 8
 """Folder levels below a DIR searched for results folders (``sweeps/NAME/runs/RUN`` is 3)."""
-MAX_JSON_BYTES = 64 << 20
-"""A ``summary.json``, ``sweep.json`` or one line of ``rounds.jsonl``: a round record with 10,000
-sampled clients is at most 10 MB (under 1 kB per client record with every field set)."""
-MAX_ROUNDS_BYTES = 512 << 20
-"""A whole ``rounds.jsonl`` (held in memory as Python objects, several times its size): 50 rounds
-that sample all of 10,000 clients, or 5,000 rounds of 100."""
-MAX_JSON_DEPTH = 16
-"""JSON nesting a report accepts (a round record nests 3 deep: record, clients, client)."""
 REPORT_MARKER = ".fedsim-report"
 """The file that marks a folder as a report's own output: only such a folder (or an empty or new
 one) is written into."""
@@ -139,42 +131,15 @@ def results_folders_under(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def parse_json(text: str, where: str) -> Any:
-    """JSON text nested at most :data:`MAX_JSON_DEPTH` deep, or a one-line ConfigError naming ``where``."""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        why = e.msg if isinstance(e, json.JSONDecodeError) else f"nested more than {MAX_JSON_DEPTH} levels deep"
-        raise ConfigError(f"{where}: not valid JSON ({why})") from None
-    if nesting_depth(value) > MAX_JSON_DEPTH:
-        raise ConfigError(f"{where}: not valid JSON (nested more than {MAX_JSON_DEPTH} levels deep)")
-    return value
-
-
 def read_json(path: Path) -> Any:
     """A JSON file of at most :data:`MAX_JSON_BYTES` (UTF-8, a regular file), parsed by :func:`parse_json`."""
     return parse_json(read_text_file(path, "file", MAX_JSON_BYTES), f"file={str(path)!r}")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The round records of a ``rounds.jsonl``: at most :data:`MAX_ROUNDS_BYTES` in all and
-    :data:`MAX_JSON_BYTES` per line, read line by line (never more than the limits), each a JSON
-    object with the fields a report uses."""
-    records = []
-    with path.open("rb") as f:
-        if os.fstat(f.fileno()).st_size > MAX_ROUNDS_BYTES:
-            raise ConfigError(f"file={str(path)!r}: larger than {MAX_ROUNDS_BYTES} bytes, too large to report on")
-        for number, raw in enumerate(iter(lambda: f.readline(MAX_JSON_BYTES + 1), b""), 1):
-            where = f"file={str(path)!r} line {number}"
-            if len(raw) > MAX_JSON_BYTES or f.tell() > MAX_ROUNDS_BYTES:
-                raise ConfigError(f"{where}: longer than {MAX_JSON_BYTES} bytes (or the file than {MAX_ROUNDS_BYTES})")
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError:
-                raise ConfigError(f"{where}: not UTF-8 text") from None
-            if text.strip():
-                records.append(_checked_record(parse_json(text, where), where))
-    return records
+    """The round records of a ``rounds.jsonl`` (:func:`fedsim.results.read_rounds`), each with the
+    fields a report uses."""
+    return read_rounds(path.parent, check=_checked_record)
 
 
 def _checked_record(record: Any, where: str) -> dict[str, Any]:

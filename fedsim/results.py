@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +129,46 @@ def versions() -> dict[str, str]:
     }
 
 
-def read_rounds(folder: str | Path) -> list[dict[str, Any]]:
-    """All round records of a results folder, in order."""
+MAX_JSON_BYTES = 64 << 20
+"""A JSON file of a results or sweep folder (``summary.json``, ``sweep.json``) or one line of ``rounds.jsonl``: a round record with 10,000
+sampled clients is at most 10 MB (under 1 kB per client record with every field set)."""
+MAX_ROUNDS_BYTES = 512 << 20
+"""A whole ``rounds.jsonl`` (held in memory as Python objects, several times its size): 50 rounds
+that sample all of 10,000 clients, or 5,000 rounds of 100."""
+
+
+def read_rounds(folder: str | Path, check: Callable[[Any, str], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """All round records of a results folder, in order, read within the limits.
+
+    At most :data:`MAX_ROUNDS_BYTES` in all and :data:`MAX_JSON_BYTES` a line, read line by line
+    (never more than the limits), each line UTF-8 JSON (:func:`fedsim.config.parse_json`) and an
+    object, or what ``check(record, where)`` accepts. Anything else is a one-line ConfigError
+    naming the file and the line: a results folder may come from anywhere.
+    """
+    from fedsim.config import ConfigError, parse_json
+
     path = Path(folder) / "rounds.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size > MAX_ROUNDS_BYTES:
+            raise ConfigError(f"file={str(path)!r}: larger than {MAX_ROUNDS_BYTES} bytes, too large to read")
+        for number, raw in enumerate(iter(lambda: f.readline(MAX_JSON_BYTES + 1), b""), 1):
+            where = f"file={str(path)!r} line {number}"
+            if len(raw) > MAX_JSON_BYTES or f.tell() > MAX_ROUNDS_BYTES:
+                raise ConfigError(f"{where}: longer than {MAX_JSON_BYTES} bytes (or the file than {MAX_ROUNDS_BYTES})")
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                raise ConfigError(f"{where}: not UTF-8 text") from None
+            if not text.strip():
+                continue
+            record = parse_json(text, where)
+            if check is not None:
+                record = check(record, where)
+            elif not isinstance(record, dict):
+                raise ConfigError(f"{where}: not a round record (a JSON object)")
+            records.append(record)
+    return records
 
 
 class ResultsWriter:

@@ -2,8 +2,9 @@
 
 One real ``fedsim`` process per command line (two at a time): every configuration key with a
 wrong type, a value outside its range and a non-finite value; malformed configuration files;
-bad ``--resume`` folders; malformed sweep files. A refusal must not wait for torch or a workload
-to load.
+bad ``--resume`` folders; malformed sweep files; bad environments (``FEDSIM_CACHE``, ``FLWR_HOME``).
+A refusal must not wait for torch or a workload to load. The report, sweep and plan families are in
+``test_bad_input_files.py``, the workload options and datasets in ``test_bad_input_workloads.py``.
 """
 
 from __future__ import annotations
@@ -168,6 +169,13 @@ def resume_cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ),
         ("resume with --out", ["--resume", str(folder("without", {"config.toml": good})), "--out", str(tmp / "o")]),
         (
+            "resume state nested 10^5 deep",
+            [
+                "--resume",
+                str(folder("nested", {"config.toml": good, "checkpoint/state.json": "[" * 100_000 + "]" * 100_000})),
+            ],
+        ),
+        (
             "resume summary not json",
             ["--resume", str(folder("summary", {"config.toml": good, "summary.json": "not json"}))],
         ),
@@ -207,3 +215,52 @@ def test_at_least_150_distinct_bad_command_lines_are_refused_fast_with_one_line(
 def test_the_refusal_names_the_value(name, args, tmp_path):
     code, text, *_ = run_case(args, tmp_path / "out", tmp_path)
     assert code == 2 and args[-1] in text
+
+
+def environment_cases(tmp: Path) -> list[tuple[str, list[str], dict[str, str]]]:
+    """Bad environments: (name, arguments, environment). Each is refused before anything runs."""
+    a_file = tmp / "a-file"
+    a_file.write_text("x")
+    empty_home = tmp / "flwr-home"
+    empty_home.mkdir()
+    local_home = tmp / "flwr-local"
+    local_home.mkdir()
+    (local_home / "config.toml").write_text('[superlink]\ndefault = "local"\n[superlink.local]\naddress = ":local:"\n')
+    return [
+        ("FEDSIM_CACHE is a file", ["--clients", "4"], {"FEDSIM_CACHE": str(a_file)}),
+        ("FEDSIM_CACHE below a file", ["--clients", "4"], {"FEDSIM_CACHE": str(a_file / "cache")}),
+        ("sweep with FEDSIM_CACHE a file", ["sweep", str(EXAMPLE_SWEEP), "--dry-run"], {"FEDSIM_CACHE": str(a_file)}),
+        ("plan with FEDSIM_CACHE a file", ["plan"], {"FEDSIM_CACHE": str(a_file)}),
+        (
+            "deploy run without a SuperLink connection",
+            ["deploy", "run", "--clients", "2"],
+            {"FLWR_HOME": str(empty_home)},
+        ),
+        (
+            "deploy run on Flower's local connection",
+            ["deploy", "run", "--clients", "2"],
+            {"FLWR_HOME": str(local_home)},
+        ),
+        ("deploy run --superlink unknown", ["deploy", "run", "--superlink", "nosuch"], {"FLWR_HOME": str(local_home)}),
+    ]
+
+
+EXAMPLE_SWEEP = Path(__file__).resolve().parents[1] / "examples" / "sweep.toml"
+
+
+def test_bad_environments_are_refused_fast_with_one_line(tmp_path):
+    from tests.helpers.refusals import Refusal
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    results = []
+    for i, (name, args, env) in enumerate(environment_cases(inputs)):
+        out = tmp_path / f"out{i}"
+        results.append(Refusal(name, tuple(args), out, *run_case(args, out, work, env)))
+    assert problems_of(results) == [], "\n".join(problems_of(results))
+    assert snapshot(work) == []
+    named = {r.name: r.text for r in results}
+    assert all("FEDSIM_CACHE" in named[n] for n in named if n.startswith(("FEDSIM", "sweep", "plan")))
+    assert all("fedsim deploy connect" in named[n] for n in named if n.startswith("deploy"))

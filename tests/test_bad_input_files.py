@@ -17,7 +17,8 @@ import pytest
 
 from channels.rate import shannon_rate_bps
 from fedsim.config import MAX_TOML_DEPTH, nesting_depth
-from fedsim.report import MAX_JSON_BYTES, MAX_ROUNDS_BYTES, MAX_SEARCH_DEPTH
+from fedsim.report import MAX_SEARCH_DEPTH
+from fedsim.results import MAX_JSON_BYTES, MAX_ROUNDS_BYTES
 from fedsim.sweep import MAX_RUNS
 from tests.helpers.refusals import problems_of, run_cases, snapshot
 

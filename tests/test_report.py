@@ -282,15 +282,16 @@ def test_report_rewrites_its_own_output_and_nothing_else(sweep_dir, tmp_path):
 
 def test_rounds_are_read_within_the_limits(tmp_path, monkeypatch):
     import fedsim.report as rp
+    import fedsim.results as results
     from fedsim.config import ConfigError
 
     run = write_run(tmp_path / "r", {}, 0.5)
     line = (run / "rounds.jsonl").read_text().splitlines()[0]
     assert len(rp.read_records(run / "rounds.jsonl")) == 3
-    monkeypatch.setattr(rp, "MAX_JSON_BYTES", len(line))  # the newline is one byte too many
+    monkeypatch.setattr(results, "MAX_JSON_BYTES", len(line))  # the newline is one byte too many
     with pytest.raises(ConfigError, match="rounds.jsonl' line 1: longer than"):
         rp.read_records(run / "rounds.jsonl")
-    monkeypatch.setattr(rp, "MAX_ROUNDS_BYTES", 10)
+    monkeypatch.setattr(results, "MAX_ROUNDS_BYTES", 10)
     with pytest.raises(ConfigError, match="larger than 10 bytes"):
         rp.read_records(run / "rounds.jsonl")
 
