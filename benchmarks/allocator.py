@@ -1,6 +1,6 @@
 """Bandwidth allocator solve time per round: DPP re-solve, rebuild every round, reference solver.
 
-TSFA (fedsim formulation), the README's TSFA section. For each K, clients are dropped once uniformly
+TSFA (fedsim formulation), docs/schedulers.md, TSFA. For each K, clients are dropped once uniformly
 in a 500 m disc (min 10 m), PL_dB = 128.1 + 37.6 log10(d_km), and every round draws Rayleigh
 block fading (the system-model defaults: p = 23 dBm, N0 = -174 dBm/Hz, B = 20 MHz); payloads
 are the SOFT upload of a rank-16 adapter at rho = 0.5 on 12 matrices of 768 x 768; compute

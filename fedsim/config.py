@@ -69,7 +69,7 @@ def _num(
     """A number in [low, high] (or (low, high] with ``open_low``); the range is part of the message.
 
     Every numeric key has a finite range, chosen from what the physics, the model and the machine
-    allow (see the README's reliability section): a value outside it could overflow a float
+    allow (see docs/reliability.md): a value outside it could overflow a float
     (a power of 1e308 dBm), exhaust memory (a billion clients) or never finish.
     """
 

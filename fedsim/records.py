@@ -2,7 +2,7 @@
 
 A :class:`RoundRecord` is what the round engine (:mod:`fedsim.engine`) produces once per round;
 its :meth:`~RoundRecord.to_dict` is the JSON object written as one line of ``rounds.jsonl``
-(the README's schema table lists the same fields, a test keeps the two in step). Values that
+(the schema table of docs/results.md lists the same fields, a test keeps the two in step). Values that
 are unknown are ``None`` (JSON ``null``), never NaN.
 """
 

@@ -3,7 +3,7 @@
 Layout::
 
     config.toml                  resolved configuration (every key)
-    rounds.jsonl                 one JSON record per completed round (schema in the README)
+    rounds.jsonl                 one JSON record per completed round (schema in docs/results.md)
     summary.json                 written last: status, final metrics, totals, versions
     metric_vs_round.png          primary metric against round
     metric_vs_uplink_bits.png    primary metric against cumulative uplink bits

@@ -2,7 +2,7 @@
 
 LoRA factors follow peft: A = ``lora_A.weight`` (r, d_in), B = ``lora_B.weight`` (d_out, r),
 W = W0 + B A; rank component i is (b_i = B[:, i], a_i = A[i, :]). The math is in the
-docstrings and the README's SOFT section. No Flower, Ray or config imports here.
+docstrings and docs/methods.md. No Flower, Ray or config imports here.
 
 Client: ``orthogonality_penalty`` in the local loss, then a sparsifier from ``SPARSIFIERS``
 (``soft``, ``randk``, ``topk``, ``svd``, ``dense``) gives a ``SparseUpdate`` per adapted

@@ -91,7 +91,7 @@ def dropped_errors_for_rhos(A: Tensor, B: Tensor, rhos: Iterable[float]) -> list
     E(rho) = sum_{i > k(rho)} s_(i)^2,  s_(1) >= ... >= s_(r),  k(rho) = max(1, ceil((1 - rho) r))
 
     Bitwise equal to ``sparsify_soft(A, B, rho, q).dropped_rank_error``; a client reports
-    these few scalars so the TSFA controller can price each rho (the README's TSFA section).
+    these few scalars so the TSFA controller can price each rho (docs/schedulers.md, TSFA).
 
     Parameters
     ----------

@@ -42,7 +42,7 @@ def orthogonality_penalty(pairs: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
         R(A, B) = 1 / (r (r - 1)) * sum_{i != j} [cos(a_i, a_j)^2 + cos(b_i, b_j)^2]
 
     and R_orth is the mean of R(A, B) over the pairs (0 for r = 1). Local loss:
-    L_task + lambda_orth * R_orth (the README's SOFT section; default lambda_orth = 0.1).
+    L_task + lambda_orth * R_orth (docs/methods.md; default lambda_orth = 0.1).
 
     R only depends on directions, so it pushes A A^T and B^T B towards *diagonal* matrices
     without touching the rank norms: the importance s_i = ||b_i|| ||a_i|| stays informative. (A

@@ -1,6 +1,6 @@
 """Min-max latency bandwidth allocation for one FDMA round: TSFA (fedsim formulation).
 
-Problem (the README's TSFA section and wireless model). Client k has a_k = p_k g_k / N0 in Hz
+Problem (docs/schedulers.md (TSFA) and docs/wireless.md). Client k has a_k = p_k g_k / N0 in Hz
 (``channels.rate.snr_per_hz``), a payload of S_k bits and a compute time T_cmp_k in seconds.
 With b_k Hz its upload rate is R_k(b_k) = b_k log2(1 + a_k / b_k) bit/s and its latency
 T_k = T_cmp_k + S_k / R_k(b_k). The round allocation solves

@@ -1,6 +1,6 @@
 """Online stage of TSFA: Lyapunov drift-plus-penalty choice of rho and bandwidth (fedsim formulation).
 
-Long-term constraint (the README's TSFA section): (1/T) sum_t T_t <= T_avg. Virtual queue
+Long-term constraint (docs/schedulers.md, TSFA): (1/T) sum_t T_t <= T_avg. Virtual queue
 (Neely, Stochastic Network Optimization, 2010, ch. 3):
 
     Q_1 = 0,    Q_{t+1} = max(Q_t + T_t - T_avg, 0)              [s]

@@ -1,6 +1,6 @@
 """Offline stage of TSFA: choose the structural LoRA rank from channel statistics (fedsim formulation).
 
-For each candidate rank r (default set {2, 4, 8, 16, 32}, the README's TSFA section) the expected
+For each candidate rank r (default set {2, 4, 8, 16, 32}, docs/schedulers.md, TSFA) the expected
 round latency with the optimal bandwidth split is estimated by Monte Carlo over the channel
 distribution, at the payloads of a nominal rho (baked into ``payload_bits_for_rank``):
 
@@ -184,7 +184,7 @@ def plan_rank(
     ----------
     candidate_ranks : positive integers (sorted and de-duplicated).
     payload_bits_for_rank : r -> (K,) payload S_k(r) in bits at the nominal rho (e.g. the SOFT
-        payload of the README's SOFT section summed over the adapted matrices).
+        payload of docs/methods.md summed over the adapted matrices).
     sample_round : rng -> (a (K,) in Hz, compute_time_s (K,) in s): one draw of the channel
         distribution (and compute times); called ``num_samples`` times, once per draw.
     latency_budget_s : T_avg > 0, seconds.

@@ -219,7 +219,7 @@ def _published(service: dict) -> list[tuple[str, str, str]]:
 
 
 def _check_least_privilege(services: dict, certs: str, bind_address: str) -> None:
-    """The rules of the README's security model, on compose services with variables resolved."""
+    """The rules of the security model (docs/deployment.md), on compose services with variables resolved."""
     certs = certs.rstrip("/")
     expected = _expected_cert_mounts()
     assert set(services) == set(expected)

@@ -1,6 +1,6 @@
 """Bad input as a user types it: one real ``fedsim`` process per command line, checked for the promise.
 
-The promise (README, Reliability): exit 2, one line starting ``fedsim: ``, no traceback, nothing
+The promise (docs/reliability.md): exit 2, one line starting ``fedsim: ``, no traceback, nothing
 written, and little CPU. A refusal's CPU time is the work it does and stays put on a busy
 machine, where wall time can triple; the wall limit only catches a refusal that waits (on Ray,
 a lock, the network).

@@ -15,7 +15,7 @@ RHO_GRID = (0.0, 0.25, 0.5, 0.75)
 
 
 def soft_payload_bits(rank: int, rho: float, d_in: int = 768, d_out: int = 768, matrices: int = 12, q: int = 32) -> int:
-    """SOFT upload of one client (the README's SOFT section), summed over the adapted matrices.
+    """SOFT upload of one client (docs/methods.md), summed over the adapted matrices.
 
     k = max(1, ceil((1 - rho) r)),  S = k (d_in + d_out) q + min(r, k ceil(log2 r)) per matrix.
     Written out here (rather than imported from fedsim.soft) so the TSFA tests stay torch-free.
@@ -32,7 +32,7 @@ def dropped_error(rank: int, rho: float, decay: float = 0.8) -> float:
 
 
 def path_loss_db(distance_m: np.ndarray) -> np.ndarray:
-    """PL_dB = 128.1 + 37.6 log10(d_km) (the default of the README's wireless model)."""
+    """PL_dB = 128.1 + 37.6 log10(d_km) (the default of docs/wireless.md)."""
     return 128.1 + 37.6 * np.log10(np.asarray(distance_m) / 1000.0)
 
 
