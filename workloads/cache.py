@@ -205,6 +205,6 @@ def _damage(folder: Path) -> str | None:
                 return f"is corrupt ({name} differs from its SHA-256 in meta.json)"
     except KeyError:
         return "is unverifiable (meta.json lists no SHA-256: made by an older fedsim)"
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError, RecursionError) as e:  # RecursionError: JSON nested too deep
         return f"is unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
     return None if hashes else "is unverifiable (meta.json lists no file)"
