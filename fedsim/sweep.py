@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import Config, ConfigError, build_config, read_text_file, toml_to_flat
+from fedsim.config import Config, ConfigError, build_config, parse_json, read_text_file, toml_to_flat
 
 SWEEP_KEYS = ("name", "config", "seeds", "grid", "zip")
 INDEX = "sweep.json"
@@ -327,8 +327,8 @@ def run_state(folder: Path) -> str:
     summary = folder / "summary.json"
     if summary.is_file():
         try:
-            status = json.loads(summary.read_text()).get("status")
-        except (OSError, ValueError, RecursionError, AttributeError):  # unreadable, not UTF-8, not JSON
+            status = parse_json(read_text_file(summary, "summary.json"), "summary.json").get("status")
+        except (ConfigError, AttributeError):  # unreadable, not UTF-8, not JSON, too deep, not an object
             status = None
         if status == "ok":
             return "done"
@@ -436,8 +436,8 @@ class Index:
         previous = out / INDEX
         if previous.is_file():
             try:
-                old = {r["name"]: r for r in json.loads(previous.read_text()).get("runs", [])}
-            except (OSError, ValueError, RecursionError, AttributeError, TypeError, KeyError):
+                old = {r["name"]: r for r in parse_json(read_text_file(previous, INDEX), INDEX).get("runs", [])}
+            except (ConfigError, AttributeError, TypeError, KeyError):  # an index fedsim cannot read: start afresh
                 old = {}
             for name, row in self.rows.items():
                 if name in old:
