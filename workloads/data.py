@@ -59,11 +59,12 @@ def check_dataset_name(name: str) -> None:
             f"workload.dataset={name!r}: unknown file type {p.suffix!r}; use one of {', '.join(FILE_BUILDERS)}"
         )
     if p.exists():
-        for f in [p] if p.is_file() else sorted(x for x in p.iterdir() if x.suffix.lower() in FILE_BUILDERS):
+        files = [p] if p.is_file() else sorted(x for x in p.iterdir() if x.suffix.lower() in FILE_BUILDERS)
+        if not files:
+            raise ConfigError(f"workload.dataset={name!r}: the folder holds no data file ({', '.join(FILE_BUILDERS)})")
+        for f in files:
             if (problem := _unreadable(f)) is not None:
                 raise ConfigError(f"workload.dataset={name!r}: {f.name} {problem}")
-        if p.is_dir() and not any(x.suffix.lower() in FILE_BUILDERS for x in p.iterdir()):
-            raise ConfigError(f"workload.dataset={name!r}: the folder holds no data file ({', '.join(FILE_BUILDERS)})")
         return
     if "://" in name:
         raise ConfigError(
