@@ -9,6 +9,7 @@ written, little CPU (see ``tests/helpers/refusals.py``).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from fedsim.config import MAX_TOML_DEPTH, nesting_depth
 from fedsim.report import MAX_SEARCH_DEPTH
 from fedsim.results import MAX_JSON_BYTES, MAX_ROUNDS_BYTES
 from fedsim.sweep import MAX_RUNS
-from tests.helpers.refusals import problems_of, run_cases, snapshot
+from tests.helpers.refusals import CAMPAIGN, problems_of, run_cases, snapshot
 
 RECORD = {"round": 1, "uplink_bits_total": 1000, "metrics": {"accuracy": 0.5}, "clients": []}
 RUN_FILES = {
@@ -192,7 +193,8 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def test_bad_files_and_extreme_values_are_refused_fast_with_one_line(tmp_path, deep):
+@pytest.mark.parametrize("every", CAMPAIGN)
+def test_bad_files_and_extreme_values_are_refused_fast_with_one_line(tmp_path, deep, every):
     inputs = tmp_path / "inputs"
     families = {"report": lambda tmp: report_cases(tmp, deep), "sweep": sweep_cases, "plan": plan_cases}
     cases, family_of = [], {}
@@ -203,11 +205,11 @@ def test_bad_files_and_extreme_values_are_refused_fast_with_one_line(tmp_path, d
             family_of[name] = family
     assert len({tuple(a) for _, a in cases}) == len(cases) >= 35
     before = snapshot(tmp_path)
-    results = run_cases(cases, tmp_path)
+    results = run_cases(cases[::every], tmp_path)
     assert problems_of(results) == [], "\n".join(problems_of(results))
     assert snapshot(tmp_path) == sorted([*before, "cwd"]), "a refusal wrote files"
     for family in families:  # the CPU time of each family's refusals (shown with pytest -s)
-        cpu = [r.cpu_s for r in results if family_of[r.name] == family]
+        cpu = [r.cpu_s for r in results if family_of[r.name] == family] or [math.nan]
         print(f"{family}: {len(cpu)} refusals, CPU median {statistics.median(cpu):.2f} s, max {max(cpu):.2f} s")
 
 

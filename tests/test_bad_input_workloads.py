@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.errors import ConfigError
-from tests.helpers.refusals import REPO, problems_of, run_cases, snapshot
+from tests.helpers.refusals import CAMPAIGN, REPO, problems_of, run_cases, snapshot
 from workloads import declaration, registry
 from workloads.options import Option, Range
 
@@ -152,12 +152,13 @@ def test_a_range_is_finite():
         Range(0, math.inf)
 
 
-def test_bad_options_combinations_presets_and_out_are_refused_in_one_line_fast(roots):
+@pytest.mark.parametrize("every", CAMPAIGN)
+def test_bad_options_combinations_presets_and_out_are_refused_in_one_line_fast(roots, every):
     inputs, outputs, hf, env = roots
     cases = command_line_cases() + other_cases(inputs)
     assert len(cases) >= 30 and {name.split()[0] for name, _ in cases} >= set(WORKLOADS)
     before = snapshot(outputs.parent)
-    results = run_cases(cases, outputs, env)
+    results = run_cases(cases[::every], outputs, env)
     assert problems_of(results) == [], "\n".join(problems_of(results))
     missing = [r.name for r in results if "workload.options" in " ".join(r.args) and "workload.options" not in r.text]
     assert missing == [], f"the refusal does not name workload.options: {missing}"
@@ -166,9 +167,10 @@ def test_bad_options_combinations_presets_and_out_are_refused_in_one_line_fast(r
     print(f"CPU per refusal: median {cpu[len(cpu) // 2]:.2f} s, max {cpu[-1]:.2f} s over {len(cpu)}")
 
 
-def test_bad_datasets_are_refused_in_one_line_and_leave_the_hugging_face_cache_empty(roots):
+@pytest.mark.parametrize("every", CAMPAIGN)
+def test_bad_datasets_are_refused_in_one_line_and_leave_the_hugging_face_cache_empty(roots, every):
     inputs, outputs, hf, env = roots
-    cases = dataset_cases(inputs)
+    cases = dataset_cases(inputs)[::every]
     results = run_cases(cases, outputs, env)
     assert problems_of(results) == [], "\n".join(problems_of(results))
     unnamed = [r.text for r, (_, args) in zip(results, cases, strict=True) if args[-1].split("=", 1)[1] not in r.text]
@@ -177,6 +179,7 @@ def test_bad_datasets_are_refused_in_one_line_and_leave_the_hugging_face_cache_e
     assert snapshot(outputs) == ["cwd"], "a refusal wrote files"
 
 
+@pytest.mark.slow  # the plan needs the model; test_sweep checks the planner's refusal in the fast tier
 def test_an_infeasible_rank_plan_is_refused_in_one_line_without_its_table(roots):
     inputs, outputs, hf, env = roots
     args = ["--workload", "reversal-curse", "--set", "workload.options=pretrain_steps=0", "--clients", "4"]

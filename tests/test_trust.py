@@ -231,6 +231,7 @@ def test_resume_refuses_untrusted_folders_before_importing_torch(tamper, fragmen
     refuse(folder, fragment, tmp_path, cpu_limit_s=1.0)
 
 
+@pytest.mark.slow  # a real process that builds the model; test_trust checks check_tensors in process above
 def test_resume_refuses_an_adapter_swapped_with_its_sha256_recomputed(tmp_path, monkeypatch):
     """The attack of issue 27: other tensors in the adapter file, state.json's SHA-256 rewritten to match."""
     from fedsim.training import initial_state

@@ -18,10 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 CPU_LIMIT_S = 15.0
 WALL_LIMIT_S = 90.0
 KILL_AFTER_S = 120.0
+
+SAMPLE_EVERY = 6
+CAMPAIGN = [pytest.param(SAMPLE_EVERY, id="sample"), pytest.param(1, id="all", marks=pytest.mark.slow)]
+"""A refusal campaign's two tiers, as ``every`` (run ``cases[::every]``): the fast tier runs every
+6th case, which spreads over all of the campaign's families; the slow tier runs every case."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""The contract every registered workload's ``tiny`` preset meets (one shared test matrix)."""
+"""The contract every registered workload's ``tiny`` preset meets (one shared test matrix).
+
+The pretrained bases are the quick ones of :data:`tests.helpers.workloads.QUICK_BASES`: the contract
+is about the code paths, and a base pretrained for seconds exercises all of them."""
 
 import math
 
@@ -6,7 +9,7 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from tests.helpers.workloads import small_spec
+from tests.helpers.workloads import quick_spec
 from workloads import get_workload_class, registry
 from workloads.base import Workload, load_trainable_state, trainable_state
 
@@ -15,7 +18,7 @@ LR = 3e-3  # train.lr's default
 
 
 def build(name: str, seed: int = 0):
-    wl = get_workload_class(name)(small_spec(seed=seed))
+    wl = get_workload_class(name)(quick_spec(name, seed=seed))
     with torch.random.fork_rng():
         torch.manual_seed(1234)
         model = wl.build_model()
@@ -103,5 +106,5 @@ def test_deterministic_for_a_seed(built):
     finally:
         load_trainable_state(m1, s1)
         load_trainable_state(m2, s2)
-    other, _ = type(wl1)(small_spec(seed=1)).build_data()
+    other, _ = type(wl1)(quick_spec(wl1.name, seed=1)).build_data()
     assert other.to_dict() != train1.to_dict()

@@ -69,17 +69,17 @@ def test_partitions_kept_per_process_are_bounded(monkeypatch):
 
 
 def test_a_split_the_partitioner_cannot_make_is_a_config_error_before_ray():
-    """A Dirichlet split of 2000 clients at alpha 0.05 cannot give every client its minimum share:
+    """A Dirichlet split of 500 clients at alpha 0.02 cannot give every client its minimum share:
     one line naming workload.partition and run.clients, from the driver's own check."""
     from fedsim.checks import checked_config
     from fedsim.errors import ConfigError
     from fedsim.training import check_workload
 
     cfg = checked_config(
-        {"run.clients": 2000, "run.clients_per_round": 10, "workload.dirichlet_alpha": 0.05, "workload.preset": "tiny"}
+        {"run.clients": 500, "run.clients_per_round": 10, "workload.dirichlet_alpha": 0.02, "workload.preset": "tiny"}
     )
     with (
         pytest.warns(UserWarning),
-        pytest.raises(ConfigError, match=r"workload.partition='dirichlet'.*run.clients=2000"),
+        pytest.raises(ConfigError, match=r"workload.partition='dirichlet'.*run.clients=500"),
     ):
         check_workload(cfg)
