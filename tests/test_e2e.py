@@ -2,19 +2,14 @@
 
 import json
 import math
-import shutil
 
 import pytest
 
 from fedsim.results import read_rounds
 from tests.helpers.runs import (
     CLIENT_FIELDS,
-    SMALL,
-    SMALL_RUN,
-    records_without_wall_clock,
     run_args,
     run_fedsim,
-    two_node_ray_cluster,
 )
 
 pytestmark = pytest.mark.slow
@@ -53,13 +48,6 @@ def test_small_run_records(small_run):
     assert cfg["run"]["clients"] == 4 and cfg["run"]["seed"] == 7 and cfg["workload"]["test_samples"] == 64
 
 
-def test_same_seed_same_records(small_run, tmp_path):
-    out = tmp_path / "again"
-    proc = run_fedsim([*SMALL_RUN, "--out", str(out), "--quiet"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert records_without_wall_clock(out) == records_without_wall_clock(small_run)
-
-
 def test_notebook_executes_on_a_run(small_run, tmp_path):
     import nbformat
     from nbclient import NotebookClient
@@ -71,18 +59,6 @@ def test_notebook_executes_on_a_run(small_run, tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
-
-
-@pytest.mark.skipif(shutil.which("ray") is None, reason="ray CLI not installed")
-def test_two_node_ray_cluster(tmp_path):
-    """A head and a second node started on loopback, reached with --ray-address."""
-    with two_node_ray_cluster("127.0.0.2") as address:
-        out = tmp_path / "cluster"
-        args = ["run", "--clients", "3", "--rounds", "1", "--clients-per-round", "2", "--out", str(out), "--quiet"]
-        proc = run_fedsim([*args, "--ray-address", address, *SMALL])
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert len(read_rounds(out)) == 1
-        assert json.loads((out / "summary.json").read_text())["status"] == "ok"
 
 
 def test_client_exception_fails_the_run_with_one_line(tmp_path):

@@ -131,6 +131,17 @@ def test_tsfa_runs_two_phases_and_uploads_at_the_rho_it_decided():
     assert len(rec.scheduler.latency_by_rho) == len(cfg.tsfa.rho_grid)
 
 
+def test_the_fixed_scheduler_splits_the_band_min_max_at_its_rho():
+    """``tsfa.scheduler=fixed``: SOFT at the fixed rho, the band split so that every client's
+    compute + upload time is equal (the min-max optimum, solved by cvxpy), all of it used."""
+    cfg = make_cfg(**{"tsfa.scheduler": "fixed"})
+    rec = RoundEngine(cfg, StubHost()).run_round(1, StubClients())
+    latency = [c.compute_time_s + c.upload_time_s for c in rec.clients]
+    assert sum(c.bandwidth_hz for c in rec.clients) == pytest.approx(cfg.channel.bandwidth_hz, rel=1e-6)
+    assert max(latency) - min(latency) < 1e-3 * max(latency)
+    assert rec.scheduler.rho == cfg.soft.rho and rec.scheduler.solver_status.startswith("optimal")
+
+
 def test_a_non_finite_adapter_ends_the_run_as_diverged_without_a_checkpoint(tmp_path):
     cfg = make_cfg()
     victim = sample_clients(cfg.run.seed, 2, cfg.run.clients, cfg.num_sampled)[0]

@@ -104,7 +104,8 @@ def _has(module: str) -> bool:
 
 @pytest.mark.skipif(shutil.which("ray") is None, reason="ray CLI not installed")
 def test_sweep_on_a_two_node_ray_cluster(tmp_path):
-    """A head and a second node on loopback; the sweep's runs reach them with --ray-address."""
+    """A head and a second node on loopback; the sweep's runs reach them with --ray-address (this is
+    also the test of ``fedsim run --ray-address``: a sweep runs each of its runs with it)."""
     with two_node_ray_cluster("127.0.0.3") as address:
         path = _sweep_file(tmp_path, rounds=1)
         out = tmp_path / "cluster"
@@ -113,5 +114,6 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path):
         for seed in (0, 1):
             folder = out / "runs" / f"seed-{seed}"
             assert json.loads((folder / "summary.json").read_text())["status"] == "ok"
+            assert [r["round"] for r in read_rounds(folder)] == [1]
             assert f'ray_address = "{address}"' in (folder / "config.toml").read_text()
         assert json.loads((out / "sweep.json").read_text())["jobs"] == 1

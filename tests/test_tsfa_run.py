@@ -54,35 +54,6 @@ def test_tsfa_run_records_every_decision(tmp_path):
         assert [rho for rho, _ in r["latency_by_rho"]] == [0.0, 0.25, 0.5, 0.75]
 
 
-def test_fixed_scheduler_uses_min_max_band(tmp_path):
-    out = tmp_path / "fixed"
-    proc = run_fedsim(
-        [
-            "run",
-            "--clients",
-            "4",
-            "--rounds",
-            "1",
-            "--clients-per-round",
-            "3",
-            "--out",
-            str(out),
-            "--quiet",
-            "--method",
-            "soft",
-            "--scheduler",
-            "fixed",
-            *SMALL,
-        ]
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (r,) = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    lat = [c["compute_time_s"] + c["upload_time_s"] for c in r["clients"]]
-    assert sum(c["bandwidth_hz"] for c in r["clients"]) == pytest.approx(20e6, rel=1e-6)
-    assert max(lat) - min(lat) < 1e-3 * max(lat)  # min-max split: equal latencies at the optimum
-    assert r["rho"] == 0.5 and r["solver_status"].startswith("optimal")
-
-
 def test_infeasible_budget_names_the_smallest_feasible_one(tmp_path):
     proc = run_fedsim(
         [
