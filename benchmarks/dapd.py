@@ -16,8 +16,9 @@ does to its NFE and validity.
 
 Writes ``benchmarks/results/dapd.csv`` (seed, model, decoder, knob, nfe, validity), the rounds
 (``dapd_rounds.csv``) and ``dapd.png`` (validity against NFE, mean over seeds; AUC per round).
-The paper's pilot in this issue: AUC 0.99 (all masked) / 0.945 (half); DAPD tau = 0.5 x mean:
-validity 0.82 at 3.6 NFE against top-k 0.71 at 5 NFE and 0.39 at 3; Fast-dLLM 8 of 9 NFE.
+The reference pilot (centralised, 2 layers, d 64, L = 5): AUC 0.99 (all masked) / 0.945 (half);
+DAPD tau = 0.5 x mean: validity 0.82 at 3.6 NFE against top-k 0.71 at 5 NFE and 0.39 at 3;
+Fast-dLLM 8 of 9 NFE.
 
     python benchmarks/dapd.py [--seeds 0 1 2] [--clients 10] [--rounds 5] [--local-epochs 2]
         [--eval-samples 512] [--options ...] [--rainbow-seeds 0]
