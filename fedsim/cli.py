@@ -525,6 +525,13 @@ def report_command(
         list[str] | None,
         typer.Option(help="Metric to tabulate (repeatable): a final-round metric or a summary.json field."),
     ] = None,
+    paired: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=A,B: also the per-seed differences A - B with their interval (repeatable), "
+            "e.g. run.method=soft,topk."
+        ),
+    ] = None,
 ) -> None:
     """Tables (mean and 95% interval over seeds) and figures of many runs, on one Markdown page."""
     from fedsim.config import describe_keys
@@ -536,7 +543,7 @@ def report_command(
         for key in by or []:
             if key not in known:
                 raise ConfigError(f"--by={key!r}: not a config key (see fedsim config)")
-        page = write_report(dirs, folder, by=by, metrics=metric or DEFAULT_METRICS)  # checks --out, reads, writes
+        page = write_report(dirs, folder, by=by, metrics=metric or DEFAULT_METRICS, paired=paired or ())
     except ConfigError as e:
         fail(str(e), 2)
     typer.echo(str(page))

@@ -285,6 +285,70 @@ def summarize(runs: Sequence[RunResult], by: Sequence[str] | None = None, metric
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class Pairing:
+    """``--paired KEY=A,B``: runs with ``KEY = A`` against runs with ``KEY = B``, seed by seed."""
+
+    key: str
+    a: str
+    b: str
+
+    @property
+    def title(self) -> str:
+        return f"{self.key.rpartition('.')[2]}: {self.a} minus {self.b}"
+
+
+def parse_pairing(text: str, runs: Sequence[RunResult]) -> Pairing:
+    """``KEY=A,B`` as a :class:`Pairing` of two values that runs have.
+
+    A value may itself hold commas (``workload.options=model=mdm,model=arm``): of the ways to cut
+    the text at a comma, the one whose both sides are values of ``KEY`` among ``runs`` is taken.
+    Raises ConfigError naming ``--paired`` when no cut, or more than one, matches.
+    """
+    key, sep, rest = text.partition("=")
+    values = sorted({_show(r.config.get(key)) for r in runs if key in r.config})
+    if not sep or not values:
+        raise ConfigError(f"--paired={text!r}: must be KEY=A,B with KEY a config key the runs have")
+    cuts = [(rest[:i], rest[i + 1 :]) for i, ch in enumerate(rest) if ch == ","]
+    found = [(a, b) for a, b in cuts if a in values and b in values and a != b]
+    if len(found) != 1:
+        shown = ", ".join(repr(v) for v in values[:8])
+        raise ConfigError(f"--paired={text!r}: A and B must be two values of {key} among the runs ({shown})")
+    return Pairing(key, *found[0])
+
+
+def paired_differences(
+    runs: Sequence[RunResult], pairing: Pairing, by: Sequence[str], metrics: Sequence[str] = DEFAULT_METRICS
+):
+    """A pandas DataFrame like :func:`summarize`'s of the per-seed differences A - B.
+
+    Runs are grouped by ``by`` without ``pairing.key``; within a group, the run with ``KEY = A``
+    and the run with ``KEY = B`` of the same ``run.seed`` make a pair (seeds present on one side
+    only are left out), and each metric's row holds the mean of the pair differences with its
+    95% t-interval, and ``n``, the number of pairs. Pairing removes the between-seed variation that
+    both sides share (the same base, data and channel draws), which unpaired intervals include.
+    """
+    import pandas as pd
+
+    others = [k for k in by if k != pairing.key]
+    rows = []
+    for label, members in group_runs(runs, others).items():
+        sides = {
+            side: {r.config.get("run.seed"): r for r in members if _show(r.config.get(pairing.key)) == value}
+            for side, value in (("a", pairing.a), ("b", pairing.b))
+        }
+        seeds = [s for s in sides["a"] if s in sides["b"]]
+        if not seeds:
+            continue
+        row: dict[str, Any] = {"group": label, **{k: members[0].config.get(k) for k in others}, "n": len(seeds)}
+        for m in metrics:
+            diffs = [sides["a"][s].value(m) - sides["b"][s].value(m) for s in seeds]
+            mean, low, high, _ = mean_ci(diffs)
+            row |= {f"{m}_mean": mean, f"{m}_ci95_low": low, f"{m}_ci95_high": high}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def runs_table(runs: Sequence[RunResult], metrics: Sequence[str] = DEFAULT_METRICS):
     """A pandas DataFrame, one row per run: name, status, the grouping keys, the seed and the metrics."""
     import pandas as pd
@@ -625,8 +689,10 @@ def write_report(
     out: str | Path,
     by: Sequence[str] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    paired: Sequence[str] = (),
 ) -> Path:
-    """Write ``report.md`` with its tables (``summary.csv``, ``runs.csv``) and figures (PNG + SVG) into ``out``.
+    """Write ``report.md`` with its tables (``summary.csv``, ``runs.csv``, ``paired.csv`` for each
+    ``paired`` ``KEY=A,B``, see :func:`paired_differences`) and figures (PNG + SVG) into ``out``.
 
     Unfinished runs (no ``ok`` summary) are listed but left out of the statistics. Returns the page's path.
     ``out`` is checked (:func:`check_report_folder`) before anything is read, and every run is read
@@ -637,6 +703,7 @@ def write_report(
     all_runs = load_runs(paths)
     runs = [r for r in all_runs if r.status == "ok"]
     by = default_group_keys(runs or all_runs) if by is None else list(by)
+    pairings = [parse_pairing(text, runs) for text in paired]  # refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_MARKER).write_text("written by fedsim report, which may overwrite this folder\n")
     runs_table(all_runs, metrics).to_csv(out / "runs.csv", index=False)
@@ -665,6 +732,23 @@ def write_report(
             "",
             markdown_table(table, metrics, by),
         ]
+        if pairings:
+            tables = []
+            for pairing in pairings:
+                diffs = paired_differences(runs, pairing, by, metrics)
+                tables.append(diffs.assign(paired=pairing.title))
+                others = [k for k in by if k != pairing.key]
+                lines += [
+                    f"## Paired: {pairing.title}",
+                    "",
+                    "Each cell is the mean over seeds of the difference between the two runs of a seed "
+                    "± the half-width of its 95% t-interval; `n` is the number of seeds with both runs.",
+                    "",
+                    markdown_table(diffs, metrics, others) if len(diffs) else "No seed has both runs.\n",
+                ]
+            import pandas as pd
+
+            pd.concat(tables).to_csv(out / "paired.csv", index=False)
         figures = campaign_figures(runs, by)
         if figures:
             lines += ["## Figures", ""]

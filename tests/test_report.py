@@ -10,12 +10,15 @@ import pytest
 from scipy import stats
 
 from fedsim.cli import main
+from fedsim.errors import ConfigError
 from fedsim.report import (
     campaign_figures,
     default_group_keys,
     effect_figure,
     load_runs,
     mean_ci,
+    paired_differences,
+    parse_pairing,
     round_curves,
     summarize,
     write_report,
@@ -305,3 +308,51 @@ def test_the_folder_search_stops_at_its_depth(tmp_path):
     write_run(tmp_path / "b" / Path(*["d"] * MAX_SEARCH_DEPTH) / "run", {}, 0.5)
     with pytest.raises(ConfigError, match=f"searched {MAX_SEARCH_DEPTH} folder levels down"):
         find_run_folders([tmp_path / "b"])
+
+
+def test_paired_differences_are_per_seed_differences_with_their_t_interval(sweep_dir):
+    runs = load_runs(sweep_dir)
+    pairing = parse_pairing("run.method=soft,topk", runs)
+    table = paired_differences(runs, pairing, ["run.method"], ["primary_metric"])
+    diffs = np.subtract(FINALS[("soft", 0.5)], FINALS[("topk", 0.5)])
+    low, high = stats.t.interval(0.95, 2, loc=diffs.mean(), scale=stats.sem(diffs))
+    (row,) = table.to_dict("records")
+    assert row["n"] == 3 and row["primary_metric_mean"] == pytest.approx(diffs.mean())
+    assert (row["primary_metric_ci95_low"], row["primary_metric_ci95_high"]) == (
+        pytest.approx(low),
+        pytest.approx(high),
+    )
+
+
+def test_a_paired_value_may_hold_commas_and_a_bad_pairing_is_refused(tmp_path):
+    runs = []
+    for options, finals in (("model=mdm,num_facts=40", [0.9, 0.95]), ("model=arm,num_facts=40", [0.0, 0.1])):
+        for seed, final in enumerate(finals):
+            runs.append((f"{options[6:9]}-{seed}", {"workload.options": options, "run.seed": seed}, final))
+    sweep = write_sweep(tmp_path / "rc", runs, ["workload.options", "run.seed"])
+    loaded = load_runs(sweep)
+    pairing = parse_pairing("workload.options=model=mdm,num_facts=40,model=arm,num_facts=40", loaded)
+    assert (pairing.a, pairing.b) == ("model=mdm,num_facts=40", "model=arm,num_facts=40")
+    for bad in ("workload.options=model=mdm", "nosuch.key=a,b", "workload.options", "run.seed=0,0"):
+        with pytest.raises(ConfigError, match="--paired="):
+            parse_pairing(bad, loaded)
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(sweep), "--out", str(out), "--paired", "workload.options=a,b"])
+    assert e.value.code == 2 and not out.exists()
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "report",
+                str(sweep),
+                "--out",
+                str(out),
+                "--paired",
+                "workload.options=model=mdm,num_facts=40,model=arm,num_facts=40",
+            ]
+        )
+    assert e.value.code == 0
+    page = (out / "report.md").read_text()
+    assert "## Paired: options: model=mdm,num_facts=40 minus model=arm,num_facts=40" in page
+    assert "| n | primary_metric |" in page and "| 2 | 0.875 ± " in page
+    assert (out / "paired.csv").read_text().startswith("group,n,")
