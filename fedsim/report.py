@@ -303,14 +303,41 @@ def runs_table(runs: Sequence[RunResult], metrics: Sequence[str] = DEFAULT_METRI
     )
 
 
-def markdown_table(table, metrics: Sequence[str], by: Sequence[str]) -> str:
-    """A summary table (of :func:`summarize`) in Markdown: ``mean ± half-width`` per metric."""
-    header = [*(k.rpartition(".")[2] for k in by), "n", *metrics]
+COLUMNS: dict[str, tuple[str, float]] = {
+    "tsfa.latency_budget_s": ("T_avg (s)", 1.0),
+    "tsfa.v": ("V", 1.0),
+    "cumulative_uplink_bits": ("uplink (Mbit)", 1e-6),
+    "mean_round_latency_s": ("mean round latency (s)", 1.0),
+    "lora_rank": ("planned rank", 1.0),
+    "mean_rho": ("mean rho", 1.0),
+    "mean_queue_s": ("mean Q (s)", 1.0),
+    "macro_f1": ("macro-F1", 1.0),
+    "accuracy_unseen_words": ("unseen words", 1.0),
+    "accuracy_unseen_templates": ("unseen templates", 1.0),
+}
+"""Markdown column labels (with units) of config keys and metrics, and the factor a metric's values are
+multiplied by in that column. Other config keys show their last part (``run.method`` -> ``method``),
+other metrics their name; ``primary_metric`` is ``final <its name>``. ``summary.csv`` stays unscaled."""
+
+
+def column(key: str, primary: str = "primary metric") -> tuple[str, float]:
+    """The Markdown label and scale of a config key or metric (:data:`COLUMNS`); ``primary`` names the
+    runs' primary metric."""
+    if key == "primary_metric":
+        return f"final {primary}", 1.0
+    return COLUMNS.get(key, (key.rpartition(".")[2], 1.0))
+
+
+def markdown_table(table, metrics: Sequence[str], by: Sequence[str], primary: str = "primary metric") -> str:
+    """A summary table (of :func:`summarize`) in Markdown: ``mean ± half-width`` per metric, the columns
+    labelled (and scaled) by :func:`column`."""
+    header = [*(column(k)[0] for k in by), "n", *(column(m, primary)[0] for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for _, row in table.iterrows():
         cells = [_show(row[k]) for k in by] + [str(row["n"])]
         for m in metrics:
-            mean, low, high = row[f"{m}_mean"], row[f"{m}_ci95_low"], row[f"{m}_ci95_high"]
+            scale = column(m)[1]
+            mean, low, high = (row[f"{m}_{part}"] * scale for part in ("mean", "ci95_low", "ci95_high"))
             cells.append(_fmt_ci(mean, low, high))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -657,13 +684,13 @@ def write_report(
     if runs:
         table = summarize(runs, by, metrics)
         table.to_csv(out / "summary.csv", index=False)
-        primary = sorted({r.primary_metric for r in runs})
+        primary = ", ".join(sorted({r.primary_metric for r in runs}))
         lines += [
             "## Summary",
             "",
-            f"`primary_metric` is the final round's {', '.join(primary)}.",
+            f"`primary_metric` is the final round's {primary}.",
             "",
-            markdown_table(table, metrics, by),
+            markdown_table(table, metrics, by, primary),
         ]
         figures = campaign_figures(runs, by)
         if figures:

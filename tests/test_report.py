@@ -167,7 +167,7 @@ def test_report_command_writes_page_tables_and_figures(sweep_dir, tmp_path, caps
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == str(out / "report.md")
     page = (out / "report.md").read_text()
-    assert "| method | n | primary_metric | accuracy |" in page
+    assert "| method | n | final accuracy | accuracy |" in page
     mean = np.mean(FINALS[("ideal", 0.0)])
     half = stats.t.ppf(0.975, 2) * np.std(FINALS[("ideal", 0.0)], ddof=1) / np.sqrt(3)
     assert f"| ideal | 3 | {mean:.4g} ± {half:.2g} |" in page
