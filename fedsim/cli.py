@@ -525,8 +525,18 @@ def report_command(
         list[str] | None,
         typer.Option(help="Metric to tabulate (repeatable): a final-round metric or a summary.json field."),
     ] = None,
+    into: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also replace the table block of the sweep's file on this Markdown page "
+            "(<!-- table: experiments/x.toml --> ... <!-- /table -->)."
+        ),
+    ] = None,
 ) -> None:
-    """Tables (mean and 95% interval over seeds) and figures of many runs, on one Markdown page."""
+    """Tables (mean and 95% interval over seeds) and figures of many runs, on one Markdown page.
+
+    With --into, the summary table also fills the block of the sweep's experiments file on a docs page.
+    """
     from fedsim.config import describe_keys
     from fedsim.report import DEFAULT_METRICS, write_report
 
@@ -536,7 +546,7 @@ def report_command(
         for key in by or []:
             if key not in known:
                 raise ConfigError(f"--by={key!r}: not a config key (see fedsim config)")
-        page = write_report(dirs, folder, by=by, metrics=metric or DEFAULT_METRICS)  # checks --out, reads, writes
+        page = write_report(dirs, folder, by=by, metrics=metric or DEFAULT_METRICS, into=into)  # checks, reads, writes
     except ConfigError as e:
         fail(str(e), 2)
     typer.echo(str(page))

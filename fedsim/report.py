@@ -9,6 +9,7 @@ records do not carry what it plots) that :func:`save_figure` writes as PNG and S
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -652,17 +653,22 @@ def write_report(
     out: str | Path,
     by: Sequence[str] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    into: str | Path | None = None,
 ) -> Path:
     """Write ``report.md`` with its tables (``summary.csv``, ``runs.csv``) and figures (PNG + SVG) into ``out``.
 
     Unfinished runs (no ``ok`` summary) are listed but left out of the statistics. Returns the page's path.
-    ``out`` is checked (:func:`check_report_folder`) before anything is read, and every run is read
-    and checked (:func:`load_run`) before anything is written.
+    ``out`` (:func:`check_report_folder`) and ``into`` (:func:`check_into`) are checked before anything is
+    read, and every run is read and checked (:func:`load_run`) before anything is written. With ``into``,
+    the summary table also replaces the table block of the sweep's file on that page (:func:`write_into`).
     """
     out = Path(out)
     check_report_folder(out)
+    key = check_into(Path(into), sweep_file_key(paths, Path(into))) if into is not None else None
     all_runs = load_runs(paths)
     runs = [r for r in all_runs if r.status == "ok"]
+    if key is not None and not runs:
+        raise ConfigError(f"--into={str(into)!r}: none of the {len(all_runs)} runs has finished; nothing to tabulate")
     by = default_group_keys(runs or all_runs) if by is None else list(by)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_MARKER).write_text("written by fedsim report, which may overwrite this folder\n")
@@ -685,19 +691,16 @@ def write_report(
         table = summarize(runs, by, metrics)
         table.to_csv(out / "summary.csv", index=False)
         primary = ", ".join(sorted({r.primary_metric for r in runs}))
-        lines += [
-            "## Summary",
-            "",
-            f"`primary_metric` is the final round's {primary}.",
-            "",
-            markdown_table(table, metrics, by, primary),
-        ]
+        markdown = markdown_table(table, metrics, by, primary)
+        lines += ["## Summary", "", f"`primary_metric` is the final round's {primary}.", "", markdown]
         figures = campaign_figures(runs, by)
         if figures:
             lines += ["## Figures", ""]
         for stem, (fig, title) in figures.items():
             save_figure(fig, out / "figures", stem)
             lines += [f"### {title}", "", f"![{title}](figures/{stem}.png)", f"([SVG](figures/{stem}.svg))", ""]
+        if key is not None:
+            write_into(Path(into), key, markdown)
     page = out / "report.md"
     page.write_text("\n".join(lines))
     return page
@@ -713,3 +716,140 @@ def check_report_folder(out: Path) -> None:
             "choose a new or empty folder"
         )
     check_out_dir(out, force=True)  # exists as a file, or cannot be written
+
+
+# ----------------------------------------------------------------------------------------------
+# table blocks on documentation pages (``fedsim report --into``)
+
+TABLE_OPEN = re.compile(r"<!-- table: (?P<source>\S+)(?: (?P<rest>.*?))? -->")
+"""A table block's opening line: ``<!-- table: SOURCE -->``, SOURCE the experiments file or benchmark
+script that produces the table, optionally followed by its arguments or a note in parentheses. A note
+starting ``(pasted`` marks the report's table pasted by hand; another note (``(paired, from runs.csv;
+pasted)``) marks a different table from the same source, which ``--into`` leaves alone."""
+TABLE_CLOSE = re.compile(r"<!-- /table(?: sha256:(?P<digest>[0-9a-f]{16}))? -->")
+"""A table block's closing line; ``fedsim report --into`` writes it with the digest of the table
+(:func:`table_digest`), so a hand edit of a produced table shows."""
+
+
+@dataclass(frozen=True)
+class TableBlock:
+    """A table block of a page: its source and the rest of its opening marker, the line numbers (from 0)
+    of its markers (``end`` None when it is not closed), the closing digest, and the text in between."""
+
+    source: str
+    rest: str
+    start: int
+    end: int | None
+    digest: str | None
+    body: str
+
+    @property
+    def pasted(self) -> bool:
+        """Marked as pasted by hand: a note in parentheses with the word ``pasted``."""
+        return re.search(r"\(.*\bpasted\b.*\)", self.rest) is not None
+
+
+def table_blocks(text: str) -> list[TableBlock]:
+    """The table blocks of a Markdown page, in order; markers inside fenced code (examples) are not
+    blocks. A block ends at the first closing line after its opening; one with another opening or the
+    end of the page first is not closed (``end`` None)."""
+    lines = text.splitlines()
+    markers, fenced = [], False  # (line number, opening or closing match) outside fenced code
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and (match := TABLE_OPEN.fullmatch(stripped) or TABLE_CLOSE.fullmatch(stripped)):
+            markers.append((i, match))
+    blocks = []
+    for k, (i, opening) in enumerate(markers):
+        if opening.re is not TABLE_OPEN:
+            continue
+        following = markers[k + 1] if k + 1 < len(markers) else (None, None)
+        end, closing = following if following[1] and following[1].re is TABLE_CLOSE else (None, None)
+        body = "".join(f"{line}\n" for line in lines[i + 1 : end]) if end is not None else ""
+        blocks.append(TableBlock(opening["source"], opening["rest"] or "", i, end, closing and closing["digest"], body))
+    return blocks
+
+
+def table_digest(table: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a block's table text (its lines, each ending in a newline)."""
+    return hashlib.sha256(table.encode()).hexdigest()[:16]
+
+
+def sweep_file_key(paths: Sequence[str | Path], page: Path) -> str:
+    """The block key ``--into`` fills on ``page``: the one sweep file the sweep folders ``paths`` ran
+    (their ``sweep.json`` ``sweep_file``, relative to the current folder when relative), as a POSIX path
+    relative to the deepest folder above ``page`` that holds it (``experiments/x.toml`` for ``docs/x.md``)."""
+    files = set()
+    for raw in paths:
+        index_path = Path(raw) / "sweep.json"
+        if not index_path.is_file():
+            raise ConfigError(
+                f"--into={str(page)!r}: {str(raw)!r} is not a sweep folder (no sweep.json); "
+                "--into fills a page from the folder of one sweep"
+            )
+        index = read_json(index_path)
+        sweep_file = index.get("sweep_file") if isinstance(index, dict) else None
+        if not isinstance(sweep_file, str) or not sweep_file:
+            raise ConfigError(f"--into={str(page)!r}: {str(index_path)!r} names no sweep_file; rerun the sweep")
+        files.add(Path(sweep_file).resolve())
+    if len(files) != 1:
+        raise ConfigError(
+            f"--into={str(page)!r}: the folders are sweeps of {len(files)} files; "
+            "--into fills a page from the folder of one sweep"
+        )
+    (sweep_file,) = files
+    folder = next(f for f in page.resolve().parents if sweep_file.is_relative_to(f))
+    return sweep_file.relative_to(folder).as_posix()
+
+
+def _into_block(text: str, key: str, page: Path) -> TableBlock:
+    """The one block of ``key`` on the page ``--into`` fills: no note, or a ``(pasted`` note; else a ConfigError."""
+    mine = [b for b in table_blocks(text) if b.source == key and (not b.rest or b.rest.startswith("(pasted"))]
+    marker = f"<!-- table: {key} -->"
+    if len(mine) != 1:
+        raise ConfigError(
+            f"--into={str(page)!r}: has {len(mine)} {marker} blocks; exactly one is allowed "
+            f"(the marker, the table, <!-- /table -->)"
+        )
+    if mine[0].end is None:
+        raise ConfigError(
+            f"--into={str(page)!r}: the {marker} block on line {mine[0].start + 1} has no <!-- /table --> line "
+            "before the next block or the end; close it"
+        )
+    return mine[0]
+
+
+def _read_page(page: Path, key: str) -> str:
+    if not page.is_file():
+        raise ConfigError(
+            f"--into={str(page)!r}: no such file; --into takes an existing page with one <!-- table: {key} --> block"
+        )
+    return read_text_file(page, "--into")
+
+
+def check_into(page: Path, key: str) -> str:
+    """Refuse a page ``--into`` cannot fill (missing, or without exactly one closed block of ``key``);
+    returns ``key``. Writes nothing."""
+    _into_block(_read_page(page, key), key, page)
+    return key
+
+
+def fill_table(text: str, key: str, table: str, page: Path) -> str:
+    """The page ``text`` with the block of ``key`` holding ``table`` (its opening marker without a note, its
+    closing marker with :func:`table_digest`); every other line as it was."""
+    block = _into_block(text, key, page)
+    lines = text.splitlines(keepends=True)
+    newline = "\n" if lines[block.end].endswith("\n") else ""
+    filled = [f"<!-- table: {key} -->\n", table, f"<!-- /table sha256:{table_digest(table)} -->{newline}"]
+    return "".join(lines[: block.start] + filled + lines[block.end + 1 :])
+
+
+def write_into(page: Path, key: str, table: str) -> None:
+    """Replace the block of ``key`` on ``page`` by ``table`` (:func:`fill_table`), atomically: a temporary
+    file in the page's folder, then :func:`os.replace`."""
+    text = fill_table(_read_page(page, key), key, table, page)
+    tmp = page.with_name(f".{page.name}.fedsim-tmp")
+    tmp.write_text(text)
+    os.replace(tmp, page)
