@@ -345,11 +345,16 @@ def markdown_table(table, metrics: Sequence[str], by: Sequence[str], primary: st
 
 
 def _fmt_ci(mean: float, low: float, high: float) -> str:
+    """``mean ± half-width``: the half-width to 2 significant digits and the mean to the same decimal
+    place (``0.59 ± 0.30``, ``41 ± 34``); the mean alone (4 significant digits) without an interval or
+    with a zero-width one (every run the same), ``-`` without a value."""
     if not math.isfinite(mean):
         return "-"
-    if not math.isfinite(low):
+    half = (high - low) / 2
+    if not math.isfinite(half) or half <= 0:
         return f"{mean:.4g}"
-    return f"{mean:.4g} ± {(high - low) / 2:.2g}"
+    decimals = max(0, 1 - math.floor(math.log10(half)))
+    return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
 
 
 # ----------------------------------------------------------------------------------------------

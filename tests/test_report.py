@@ -170,7 +170,8 @@ def test_report_command_writes_page_tables_and_figures(sweep_dir, tmp_path, caps
     assert "| method | n | final accuracy | accuracy |" in page
     mean = np.mean(FINALS[("ideal", 0.0)])
     half = stats.t.ppf(0.975, 2) * np.std(FINALS[("ideal", 0.0)], ddof=1) / np.sqrt(3)
-    assert f"| ideal | 3 | {mean:.4g} ± {half:.2g} |" in page
+    assert f"| ideal | 3 | {mean:.3f} ± {half:.3f} |" in page  # the mean to the half-width's 2 digits
+    assert f"{mean:.3f} ± {half:.3f}" == "0.823 ± 0.063"
     assert "`failed-run` (failed)" in page
     for stem in ("metric_vs_uplink_bits", "metric_vs_round", "rho_queue", "bandwidth_heatmap"):
         assert f"](figures/{stem}.png)" in page
@@ -366,8 +367,8 @@ def test_report_into_replaces_only_the_block(docs_repo, tmp_path, capsys):
     assert paired.body == "| other | table |\n" and paired.pasted and paired.digest is None
     header = "| method | n | final accuracy | uplink (Mbit) | mean round latency (s) |\n"
     soft = next(line for line in produced.body.splitlines() if line.startswith("| soft |"))
-    assert produced.body.startswith(header) and soft.startswith("| soft | 3 | 0.73 ± ")
-    assert soft.split(" | ")[3] == "6 ± 0"  # 6e6 bits, in Mbit
+    assert produced.body.startswith(header) and soft.startswith("| soft | 3 | 0.730 ± 0.066 |")
+    assert soft.split(" | ")[3] == "6"  # 6e6 bits in Mbit, the same in every run
     assert produced.body in (tmp_path / "rep" / "report.md").read_text()  # the same labels on report.md
     summary = (tmp_path / "rep" / "summary.csv").read_text()
     assert ",6000000.0," in summary  # summary.csv stays in bits
