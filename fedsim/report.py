@@ -315,6 +315,7 @@ COLUMNS: dict[str, tuple[str, float]] = {
     "macro_f1": ("macro-F1", 1.0),
     "accuracy_unseen_words": ("unseen words", 1.0),
     "accuracy_unseen_templates": ("unseen templates", 1.0),
+    "personal_accuracy": ("personal accuracy", 1.0),
 }
 """Markdown column labels (with units) of config keys and metrics, and the factor a metric's values are
 multiplied by in that column. Other config keys show their last part (``run.method`` -> ``method``),
