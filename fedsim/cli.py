@@ -532,8 +532,19 @@ def report_command(
             "e.g. run.method=soft,topk."
         ),
     ] = None,
+    into: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also replace the table block of the sweep's file on this Markdown page "
+            "(<!-- table: experiments/x.toml --> ... <!-- /table -->)."
+        ),
+    ] = None,
 ) -> None:
-    """Tables (mean and 95% interval over seeds) and figures of many runs, on one Markdown page."""
+    """Tables (mean and 95% interval over seeds) and figures of many runs, on one Markdown page.
+
+    With --into, the summary table (and the --paired tables) also fill the block of the sweep's
+    experiments file on a docs page.
+    """
     from fedsim.config import describe_keys
     from fedsim.report import DEFAULT_METRICS, write_report
 
@@ -543,7 +554,10 @@ def report_command(
         for key in by or []:
             if key not in known:
                 raise ConfigError(f"--by={key!r}: not a config key (see fedsim config)")
-        page = write_report(dirs, folder, by=by, metrics=metric or DEFAULT_METRICS, paired=paired or ())
+        metrics = metric or DEFAULT_METRICS
+        page = write_report(
+            dirs, folder, by=by, metrics=metrics, paired=paired or (), into=into
+        )  # checks, reads, writes
     except ConfigError as e:
         fail(str(e), 2)
     typer.echo(str(page))

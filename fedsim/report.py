@@ -9,6 +9,7 @@ records do not carry what it plots) that :func:`save_figure` writes as PNG and S
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -298,6 +299,12 @@ class Pairing:
         return f"{self.key.rpartition('.')[2]}: {self.a} minus {self.b}"
 
 
+PAIRED_NOTE = (
+    "Each cell is the mean over seeds of the difference between the two runs of a seed "
+    "± the half-width of its 95% t-interval; `n` is the number of seeds with both runs."
+)
+
+
 def parse_pairing(text: str, runs: Sequence[RunResult]) -> Pairing:
     """``KEY=A,B`` as a :class:`Pairing` of two values that runs have.
 
@@ -367,25 +374,58 @@ def runs_table(runs: Sequence[RunResult], metrics: Sequence[str] = DEFAULT_METRI
     )
 
 
-def markdown_table(table, metrics: Sequence[str], by: Sequence[str]) -> str:
-    """A summary table (of :func:`summarize`) in Markdown: ``mean ± half-width`` per metric."""
-    header = [*(k.rpartition(".")[2] for k in by), "n", *metrics]
+COLUMNS: dict[str, tuple[str, float]] = {
+    "tsfa.latency_budget_s": ("T_avg (s)", 1.0),
+    "tsfa.v": ("V", 1.0),
+    "cumulative_uplink_bits": ("uplink (Mbit)", 1e-6),
+    "mean_round_latency_s": ("mean round latency (s)", 1.0),
+    "lora_rank": ("planned rank", 1.0),
+    "mean_rho": ("mean rho", 1.0),
+    "mean_queue_s": ("mean Q (s)", 1.0),
+    "macro_f1": ("macro-F1", 1.0),
+    "accuracy_unseen_words": ("unseen words", 1.0),
+    "accuracy_unseen_templates": ("unseen templates", 1.0),
+    "personal_accuracy": ("personal accuracy", 1.0),
+}
+"""Markdown column labels (with units) of config keys and metrics, and the factor a metric's values are
+multiplied by in that column. Other config keys show their last part (``run.method`` -> ``method``),
+other metrics their name; ``primary_metric`` is ``final <its name>``. ``summary.csv`` stays unscaled."""
+
+
+def column(key: str, primary: str = "primary metric") -> tuple[str, float]:
+    """The Markdown label and scale of a config key or metric (:data:`COLUMNS`); ``primary`` names the
+    runs' primary metric."""
+    if key == "primary_metric":
+        return f"final {primary}", 1.0
+    return COLUMNS.get(key, (key.rpartition(".")[2], 1.0))
+
+
+def markdown_table(table, metrics: Sequence[str], by: Sequence[str], primary: str = "primary metric") -> str:
+    """A summary table (of :func:`summarize`) in Markdown: ``mean ± half-width`` per metric, the columns
+    labelled (and scaled) by :func:`column`."""
+    header = [*(column(k)[0] for k in by), "n", *(column(m, primary)[0] for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for _, row in table.iterrows():
         cells = [_show(row[k]) for k in by] + [str(row["n"])]
         for m in metrics:
-            mean, low, high = row[f"{m}_mean"], row[f"{m}_ci95_low"], row[f"{m}_ci95_high"]
+            scale = column(m)[1]
+            mean, low, high = (row[f"{m}_{part}"] * scale for part in ("mean", "ci95_low", "ci95_high"))
             cells.append(_fmt_ci(mean, low, high))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _fmt_ci(mean: float, low: float, high: float) -> str:
+    """``mean ± half-width``: the half-width to 2 significant digits and the mean to the same decimal
+    place (``0.59 ± 0.30``, ``41 ± 34``); the mean alone (4 significant digits) without an interval or
+    with a zero-width one (every run the same), ``-`` without a value."""
     if not math.isfinite(mean):
         return "-"
-    if not math.isfinite(low):
+    half = (high - low) / 2
+    if not math.isfinite(half) or half <= 0:
         return f"{mean:.4g}"
-    return f"{mean:.4g} ± {(high - low) / 2:.2g}"
+    decimals = max(0, 1 - math.floor(math.log10(half)))
+    return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -690,18 +730,23 @@ def write_report(
     by: Sequence[str] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     paired: Sequence[str] = (),
+    into: str | Path | None = None,
 ) -> Path:
     """Write ``report.md`` with its tables (``summary.csv``, ``runs.csv``, ``paired.csv`` for each
     ``paired`` ``KEY=A,B``, see :func:`paired_differences`) and figures (PNG + SVG) into ``out``.
 
     Unfinished runs (no ``ok`` summary) are listed but left out of the statistics. Returns the page's path.
-    ``out`` is checked (:func:`check_report_folder`) before anything is read, and every run is read
-    and checked (:func:`load_run`) before anything is written.
+    ``out`` (:func:`check_report_folder`) and ``into`` (:func:`check_into`) are checked before anything is
+    read, and every run is read and checked (:func:`load_run`) before anything is written. With ``into``,
+    the summary table also replaces the table block of the sweep's file on that page (:func:`write_into`).
     """
     out = Path(out)
     check_report_folder(out)
+    key = check_into(Path(into), sweep_file_key(paths, Path(into))) if into is not None else None
     all_runs = load_runs(paths)
     runs = [r for r in all_runs if r.status == "ok"]
+    if key is not None and not runs:
+        raise ConfigError(f"--into={str(into)!r}: none of the {len(all_runs)} runs has finished; nothing to tabulate")
     by = default_group_keys(runs or all_runs) if by is None else list(by)
     pairings = [parse_pairing(text, runs) for text in paired]  # refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -724,37 +769,29 @@ def write_report(
     if runs:
         table = summarize(runs, by, metrics)
         table.to_csv(out / "summary.csv", index=False)
-        primary = sorted({r.primary_metric for r in runs})
-        lines += [
-            "## Summary",
-            "",
-            f"`primary_metric` is the final round's {', '.join(primary)}.",
-            "",
-            markdown_table(table, metrics, by),
-        ]
-        if pairings:
-            tables = []
-            for pairing in pairings:
-                diffs = paired_differences(runs, pairing, by, metrics)
-                tables.append(diffs.assign(paired=pairing.title))
-                others = [k for k in by if k != pairing.key]
-                lines += [
-                    f"## Paired: {pairing.title}",
-                    "",
-                    "Each cell is the mean over seeds of the difference between the two runs of a seed "
-                    "± the half-width of its 95% t-interval; `n` is the number of seeds with both runs.",
-                    "",
-                    markdown_table(diffs, metrics, others) if len(diffs) else "No seed has both runs.\n",
-                ]
+        primary = ", ".join(sorted({r.primary_metric for r in runs}))
+        markdown = markdown_table(table, metrics, by, primary)
+        lines += ["## Summary", "", f"`primary_metric` is the final round's {primary}.", "", markdown]
+        paired_tables = []
+        for pairing in pairings:
+            diffs = paired_differences(runs, pairing, by, metrics)
+            others = [k for k in by if k != pairing.key]
+            text = markdown_table(diffs, metrics, others, primary) if len(diffs) else "No seed has both runs.\n"
+            paired_tables.append((pairing, diffs, text))
+            lines += [f"## Paired: {pairing.title}", "", PAIRED_NOTE, "", text]
+        if paired_tables:
             import pandas as pd
 
-            pd.concat(tables).to_csv(out / "paired.csv", index=False)
+            pd.concat([d.assign(paired=p.title) for p, d, _ in paired_tables]).to_csv(out / "paired.csv", index=False)
+            markdown += "".join(f"\nPaired, {p.title}:\n\n{text}" for p, _, text in paired_tables)
         figures = campaign_figures(runs, by)
         if figures:
             lines += ["## Figures", ""]
         for stem, (fig, title) in figures.items():
             save_figure(fig, out / "figures", stem)
             lines += [f"### {title}", "", f"![{title}](figures/{stem}.png)", f"([SVG](figures/{stem}.svg))", ""]
+        if key is not None:
+            write_into(Path(into), key, markdown)
     page = out / "report.md"
     page.write_text("\n".join(lines))
     return page
@@ -770,3 +807,140 @@ def check_report_folder(out: Path) -> None:
             "choose a new or empty folder"
         )
     check_out_dir(out, force=True)  # exists as a file, or cannot be written
+
+
+# ----------------------------------------------------------------------------------------------
+# table blocks on documentation pages (``fedsim report --into``)
+
+TABLE_OPEN = re.compile(r"<!-- table: (?P<source>\S+)(?: (?P<rest>.*?))? -->")
+"""A table block's opening line: ``<!-- table: SOURCE -->``, SOURCE the experiments file or benchmark
+script that produces the table, optionally followed by its arguments or a note in parentheses. A note
+starting ``(pasted`` marks the report's table pasted by hand; another note (``(paired, from runs.csv;
+pasted)``) marks a different table from the same source, which ``--into`` leaves alone."""
+TABLE_CLOSE = re.compile(r"<!-- /table(?: sha256:(?P<digest>[0-9a-f]{16}))? -->")
+"""A table block's closing line; ``fedsim report --into`` writes it with the digest of the table
+(:func:`table_digest`), so a hand edit of a produced table shows."""
+
+
+@dataclass(frozen=True)
+class TableBlock:
+    """A table block of a page: its source and the rest of its opening marker, the line numbers (from 0)
+    of its markers (``end`` None when it is not closed), the closing digest, and the text in between."""
+
+    source: str
+    rest: str
+    start: int
+    end: int | None
+    digest: str | None
+    body: str
+
+    @property
+    def pasted(self) -> bool:
+        """Marked as pasted by hand: a note in parentheses with the word ``pasted``."""
+        return re.search(r"\(.*\bpasted\b.*\)", self.rest) is not None
+
+
+def table_blocks(text: str) -> list[TableBlock]:
+    """The table blocks of a Markdown page, in order; markers inside fenced code (examples) are not
+    blocks. A block ends at the first closing line after its opening; one with another opening or the
+    end of the page first is not closed (``end`` None)."""
+    lines = text.splitlines()
+    markers, fenced = [], False  # (line number, opening or closing match) outside fenced code
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and (match := TABLE_OPEN.fullmatch(stripped) or TABLE_CLOSE.fullmatch(stripped)):
+            markers.append((i, match))
+    blocks = []
+    for k, (i, opening) in enumerate(markers):
+        if opening.re is not TABLE_OPEN:
+            continue
+        following = markers[k + 1] if k + 1 < len(markers) else (None, None)
+        end, closing = following if following[1] and following[1].re is TABLE_CLOSE else (None, None)
+        body = "".join(f"{line}\n" for line in lines[i + 1 : end]) if end is not None else ""
+        blocks.append(TableBlock(opening["source"], opening["rest"] or "", i, end, closing and closing["digest"], body))
+    return blocks
+
+
+def table_digest(table: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a block's table text (its lines, each ending in a newline)."""
+    return hashlib.sha256(table.encode()).hexdigest()[:16]
+
+
+def sweep_file_key(paths: Sequence[str | Path], page: Path) -> str:
+    """The block key ``--into`` fills on ``page``: the one sweep file the sweep folders ``paths`` ran
+    (their ``sweep.json`` ``sweep_file``, relative to the current folder when relative), as a POSIX path
+    relative to the deepest folder above ``page`` that holds it (``experiments/x.toml`` for ``docs/x.md``)."""
+    files = set()
+    for raw in paths:
+        index_path = Path(raw) / "sweep.json"
+        if not index_path.is_file():
+            raise ConfigError(
+                f"--into={str(page)!r}: {str(raw)!r} is not a sweep folder (no sweep.json); "
+                "--into fills a page from the folder of one sweep"
+            )
+        index = read_json(index_path)
+        sweep_file = index.get("sweep_file") if isinstance(index, dict) else None
+        if not isinstance(sweep_file, str) or not sweep_file:
+            raise ConfigError(f"--into={str(page)!r}: {str(index_path)!r} names no sweep_file; rerun the sweep")
+        files.add(Path(sweep_file).resolve())
+    if len(files) != 1:
+        raise ConfigError(
+            f"--into={str(page)!r}: the folders are sweeps of {len(files)} files; "
+            "--into fills a page from the folder of one sweep"
+        )
+    (sweep_file,) = files
+    folder = next(f for f in page.resolve().parents if sweep_file.is_relative_to(f))
+    return sweep_file.relative_to(folder).as_posix()
+
+
+def _into_block(text: str, key: str, page: Path) -> TableBlock:
+    """The one block of ``key`` on the page ``--into`` fills: no note, or a ``(pasted`` note; else a ConfigError."""
+    mine = [b for b in table_blocks(text) if b.source == key and (not b.rest or b.rest.startswith("(pasted"))]
+    marker = f"<!-- table: {key} -->"
+    if len(mine) != 1:
+        raise ConfigError(
+            f"--into={str(page)!r}: has {len(mine)} {marker} blocks; exactly one is allowed "
+            f"(the marker, the table, <!-- /table -->)"
+        )
+    if mine[0].end is None:
+        raise ConfigError(
+            f"--into={str(page)!r}: the {marker} block on line {mine[0].start + 1} has no <!-- /table --> line "
+            "before the next block or the end; close it"
+        )
+    return mine[0]
+
+
+def _read_page(page: Path, key: str) -> str:
+    if not page.is_file():
+        raise ConfigError(
+            f"--into={str(page)!r}: no such file; --into takes an existing page with one <!-- table: {key} --> block"
+        )
+    return read_text_file(page, "--into")
+
+
+def check_into(page: Path, key: str) -> str:
+    """Refuse a page ``--into`` cannot fill (missing, or without exactly one closed block of ``key``);
+    returns ``key``. Writes nothing."""
+    _into_block(_read_page(page, key), key, page)
+    return key
+
+
+def fill_table(text: str, key: str, table: str, page: Path) -> str:
+    """The page ``text`` with the block of ``key`` holding ``table`` (its opening marker without a note, its
+    closing marker with :func:`table_digest`); every other line as it was."""
+    block = _into_block(text, key, page)
+    lines = text.splitlines(keepends=True)
+    newline = "\n" if lines[block.end].endswith("\n") else ""
+    filled = [f"<!-- table: {key} -->\n", table, f"<!-- /table sha256:{table_digest(table)} -->{newline}"]
+    return "".join(lines[: block.start] + filled + lines[block.end + 1 :])
+
+
+def write_into(page: Path, key: str, table: str) -> None:
+    """Replace the block of ``key`` on ``page`` by ``table`` (:func:`fill_table`), atomically: a temporary
+    file in the page's folder, then :func:`os.replace`."""
+    text = fill_table(_read_page(page, key), key, table, page)
+    tmp = page.with_name(f".{page.name}.fedsim-tmp")
+    tmp.write_text(text)
+    os.replace(tmp, page)

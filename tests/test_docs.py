@@ -44,3 +44,28 @@ def test_the_site_builds_strictly_and_opens_on_getting_started(tmp_path):
     assert not (ROOT / "docs" / "configuration.md").exists()  # generated, never committed
     # no web fonts fetched by the built pages
     assert "fonts.googleapis.com" not in index
+
+
+def test_results_tables_are_produced_by_fedsim_report_or_marked_pasted():
+    """Every ``<!-- table: experiments/X.toml -->`` block names an existing sweep file and is closed; a
+    closing digest matches the table (a produced table edited by hand fails), and a table without one
+    says in its marker that it was pasted. Blocks of ``benchmarks/*.py`` scripts name an existing script."""
+    from fedsim.report import table_blocks, table_digest
+
+    problems = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for block in table_blocks(page.read_text()):
+            where = f"{page.relative_to(ROOT)}:{block.start + 1}: {block.source}"
+            script = block.source.startswith("benchmarks/") and block.source.endswith(".py")
+            sweep = block.source.startswith("experiments/") and block.source.endswith(".toml")
+            if not (script or sweep):
+                problems.append(f"{where}: neither an experiments/*.toml file nor a benchmarks/*.py script")
+            elif not (ROOT / block.source).is_file():
+                problems.append(f"{where}: no such file")
+            elif block.end is None:
+                problems.append(f"{where}: no <!-- /table --> line")
+            elif sweep and block.digest is not None and block.digest != table_digest(block.body):
+                problems.append(f"{where}: the table differs from what fedsim report --into wrote (edited by hand?)")
+            elif sweep and block.digest is None and not block.pasted:
+                problems.append(f"{where}: pasted; regenerate with fedsim report --into, or mark it (pasted; ...)")
+    assert not problems, "\n".join(problems)

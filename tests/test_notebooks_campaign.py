@@ -41,7 +41,7 @@ def test_soft_vs_baselines(tmp_path):
     ]
     sweep = write_sweep(tmp_path / "soft", runs, ["run.method", "soft.rho", "run.seed"])
     outputs = execute("soft_vs_baselines.ipynb", tmp_path, [sweep])
-    assert "| method | rho | n | primary_metric |" in _markdown(outputs)
+    assert "| method | rho | n | final primary metric |" in _markdown(outputs)
     assert _images(outputs) == 2  # against bits and against round
 
 
@@ -57,7 +57,7 @@ def test_tsfa_latency(tmp_path):
     ]
     sweep = write_sweep(tmp_path / "tsfa", runs, ["tsfa.latency_budget_s", "run.seed"])
     outputs = execute("tsfa_latency.ipynb", tmp_path, [sweep])
-    assert "| latency_budget_s | n | mean_round_latency_s |" in _markdown(outputs)
+    assert "| T_avg (s) | n | mean round latency (s) |" in _markdown(outputs)
     assert _images(outputs) == 3  # latency vs budget, rho/queue, bandwidth
 
 

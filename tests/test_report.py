@@ -170,10 +170,11 @@ def test_report_command_writes_page_tables_and_figures(sweep_dir, tmp_path, caps
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == str(out / "report.md")
     page = (out / "report.md").read_text()
-    assert "| method | n | primary_metric | accuracy |" in page
+    assert "| method | n | final accuracy | accuracy |" in page
     mean = np.mean(FINALS[("ideal", 0.0)])
     half = stats.t.ppf(0.975, 2) * np.std(FINALS[("ideal", 0.0)], ddof=1) / np.sqrt(3)
-    assert f"| ideal | 3 | {mean:.4g} ± {half:.2g} |" in page
+    assert f"| ideal | 3 | {mean:.3f} ± {half:.3f} |" in page  # the mean to the half-width's 2 digits
+    assert f"{mean:.3f} ± {half:.3f}" == "0.823 ± 0.063"
     assert "`failed-run` (failed)" in page
     for stem in ("metric_vs_uplink_bits", "metric_vs_round", "rho_queue", "bandwidth_heatmap"):
         assert f"](figures/{stem}.png)" in page
@@ -354,5 +355,161 @@ def test_a_paired_value_may_hold_commas_and_a_bad_pairing_is_refused(tmp_path):
     assert e.value.code == 0
     page = (out / "report.md").read_text()
     assert "## Paired: options: model=mdm,num_facts=40 minus model=arm,num_facts=40" in page
-    assert "| n | primary_metric |" in page and "| 2 | 0.875 ± " in page
+    assert "| n | final accuracy |" in page and "| 2 | 0.88 ± 0.32 |" in page  # t(0.975, 1) x 0.035 / sqrt(2)
     assert (out / "paired.csv").read_text().startswith("group,n,")
+
+
+# ----------------------------------------------------------------------------------------------
+# --into: the table block of the sweep's file on a docs page
+
+PAGE = """# Results
+
+Measured somewhere.
+
+```bash
+fedsim report sweeps/x --into docs/page.md
+```
+
+<!-- table: experiments/x.toml -->
+| hand | made |
+| --- | --- |
+| 1 | 2 |
+<!-- /table -->
+
+<!-- table: experiments/x.toml (paired, from runs.csv; pasted) -->
+| other | table |
+<!-- /table -->
+
+The prose after the table.
+"""
+
+
+@pytest.fixture
+def docs_repo(sweep_dir, tmp_path):
+    """A repository with ``experiments/x.toml`` and ``docs/page.md``, and a copy of the sweep naming that file."""
+    import json
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / "experiments").mkdir(parents=True)
+    (repo / "experiments" / "x.toml").write_text("[sweep]\nseeds = [0, 1, 2]\n")
+    (repo / "docs").mkdir()
+    (repo / "docs" / "page.md").write_text(PAGE)
+    sweep = shutil.copytree(sweep_dir, tmp_path / "sweep", ignore=shutil.ignore_patterns("report"))
+    index = json.loads((sweep / "sweep.json").read_text())
+    (sweep / "sweep.json").write_text(json.dumps(index | {"sweep_file": str(repo / "experiments" / "x.toml")}))
+    return repo, sweep
+
+
+def test_report_into_replaces_only_the_block(docs_repo, tmp_path, capsys):
+    from fedsim.report import table_blocks, table_digest
+
+    repo, sweep = docs_repo
+    page = repo / "docs" / "page.md"
+    for _ in range(2):  # the second run rewrites its own block the same way
+        with pytest.raises(SystemExit) as e:
+            main(["report", str(sweep), "--out", str(tmp_path / "rep"), "--into", str(page)])
+        assert e.value.code == 0
+    text = page.read_text()
+    before, after = PAGE.split("<!-- table: experiments/x.toml -->\n")[0], PAGE.split("| 1 | 2 |\n<!-- /table -->")[1]
+    assert text.startswith(before) and text.endswith(after)
+    produced, paired = table_blocks(text)
+    assert (produced.source, produced.rest, produced.digest) == ("experiments/x.toml", "", table_digest(produced.body))
+    assert paired.body == "| other | table |\n" and paired.pasted and paired.digest is None
+    header = "| method | n | final accuracy | uplink (Mbit) | mean round latency (s) |\n"
+    soft = next(line for line in produced.body.splitlines() if line.startswith("| soft |"))
+    assert produced.body.startswith(header) and soft.startswith("| soft | 3 | 0.730 ± 0.066 |")
+    assert soft.split(" | ")[3] == "6"  # 6e6 bits in Mbit, the same in every run
+    assert produced.body in (tmp_path / "rep" / "report.md").read_text()  # the same labels on report.md
+    summary = (tmp_path / "rep" / "summary.csv").read_text()
+    assert ",6000000.0," in summary  # summary.csv stays in bits
+    assert capsys.readouterr().err == ""
+
+
+def test_report_into_a_relative_sweep_file_and_a_pasted_block(docs_repo, tmp_path, monkeypatch):
+    import json
+
+    repo, sweep = docs_repo
+    index = json.loads((sweep / "sweep.json").read_text())
+    (sweep / "sweep.json").write_text(json.dumps(index | {"sweep_file": "experiments/x.toml"}))
+    page = repo / "docs" / "page.md"
+    marked = "<!-- table: experiments/x.toml (pasted; regenerate with the command above) -->"
+    page.write_text(PAGE.replace("<!-- table: experiments/x.toml -->", marked))
+    monkeypatch.chdir(repo)  # the sweep ran here
+    write_report([sweep], tmp_path / "rep", into=page)
+    text = page.read_text()
+    assert marked not in text and "<!-- table: experiments/x.toml -->\n| method |" in text
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "--into='{page}': no such file; --into takes an existing page with one <!-- table: "),
+        ("no block", "has 0 <!-- table: experiments/x.toml --> blocks; exactly one is allowed"),
+        ("two blocks", "has 2 <!-- table: experiments/x.toml --> blocks; exactly one is allowed"),
+        ("unclosed", "block on line 9 has no <!-- /table --> line before the next block or the end"),
+        ("not a sweep", "is not a sweep folder (no sweep.json); --into fills a page from the folder of one sweep"),
+    ],
+)
+def test_report_into_refusals_write_nothing(docs_repo, tmp_path, capsys, case, expected):
+    repo, sweep = docs_repo
+    page = repo / "docs" / "page.md"
+    block = PAGE[PAGE.index("<!-- table: experiments/x.toml -->") : PAGE.index("\n<!-- table: experiments/x.toml (")]
+    text = {
+        "missing": None,
+        "no block": PAGE.replace(block, ""),
+        "two blocks": PAGE.replace(block, block + "\n" + block),
+        "unclosed": PAGE.replace(block, block.replace("<!-- /table -->", "")),
+        "not a sweep": PAGE,
+    }[case]
+    if text is None:
+        page.unlink()
+    else:
+        page.write_text(text)
+    source = sweep / "runs" / "method-soft_seed-0" if case == "not a sweep" else sweep
+    out = tmp_path / "rep"
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(source), "--out", str(out), "--into", str(page)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected.format(page=page) in err, err
+    assert not out.exists()
+    assert page.read_text() == text if text is not None else not page.exists()
+
+
+def test_the_table_digest_round_trips():
+    from fedsim.report import fill_table, table_blocks, table_digest
+
+    table = "| a | b |\n| --- | --- |\n| 1 | 2 |\n"
+    text = fill_table(PAGE, "experiments/x.toml", table, Path("page.md"))
+    (block, _) = table_blocks(text)
+    assert block.body == table and block.digest == table_digest(table)
+    assert fill_table(text, "experiments/x.toml", table, Path("page.md")) == text
+    edited = text.replace("| 1 | 2 |", "| 1 | 3 |")
+    (block, _) = table_blocks(edited)
+    assert block.digest != table_digest(block.body)  # a hand edit shows
+
+
+def test_report_into_with_paired_puts_both_tables_in_the_block(docs_repo, tmp_path):
+    from fedsim.report import table_blocks, table_digest
+
+    repo, sweep = docs_repo
+    page = repo / "docs" / "page.md"
+    args = [
+        "report",
+        str(sweep),
+        "--out",
+        str(tmp_path / "rep"),
+        "--into",
+        str(page),
+        "--paired",
+        "run.method=soft,topk",
+    ]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 0
+    produced, _ = table_blocks(page.read_text())
+    assert produced.digest == table_digest(produced.body)
+    summary, paired = produced.body.split("\nPaired, method: soft minus topk:\n\n")
+    assert summary.startswith("| method | n | final accuracy |") and paired.startswith("| n | final accuracy |")
+    assert paired.splitlines()[2].startswith("| 3 | 0.107 ± 0.076 |")  # soft - topk per seed: 0.10, 0.08, 0.14

@@ -79,7 +79,7 @@ def test_sweep_killed_halfway_resumes_without_redoing_finished_runs(tmp_path, mo
     report = run_fedsim(["report", str(out)], timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     page = (out / "report" / "report.md").read_text()
-    assert "2 finished runs of 2" in page and "| n | primary_metric | cumulative_uplink_bits |" in page
+    assert "2 finished runs of 2" in page and "| n | final accuracy | uplink (Mbit) |" in page
     assert (out / "report" / "figures" / "metric_vs_uplink_bits.svg").is_file()
     if "tensorboard" in tracking:
         assert any((out / "runs" / "seed-1" / "tensorboard").iterdir())
