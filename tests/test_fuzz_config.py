@@ -59,9 +59,7 @@ def malformed():
     )
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(args=malformed())
-def test_malformed_input_exit_2_one_line(args, tmp_path_factory, capsys):
+def check_refused(args, tmp_path_factory, capsys) -> None:
     out = tmp_path_factory.mktemp("fuzz") / "out"
     with mock.patch("fedsim.flower.simulation.run_in_simulation", side_effect=AssertionError(f"valid: {args}")):
         with pytest.raises(SystemExit) as e:
@@ -71,3 +69,19 @@ def test_malformed_input_exit_2_one_line(args, tmp_path_factory, capsys):
     assert len([line for line in err.splitlines() if line.strip()]) == 1, (args, err)
     assert "Traceback" not in err
     assert not out.exists()
+
+
+FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@settings(max_examples=150, **FUZZ)
+@given(args=malformed())
+def test_malformed_input_exit_2_one_line(args, tmp_path_factory, capsys):
+    check_refused(args, tmp_path_factory, capsys)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, **FUZZ)
+@given(args=malformed())
+def test_malformed_input_exit_2_one_line_many(args, tmp_path_factory, capsys):
+    check_refused(args, tmp_path_factory, capsys)
