@@ -8,6 +8,10 @@ MODELS = ("mdm", "arm")
 FACTS = Range(2, 20_000)
 """Every fact adds two entity tokens: 20,000 new and 20,000 pretraining facts make an 80,000-token vocabulary."""
 
+TRAIN = {"local_epochs": 40, "batch_size": 8, "lr": 3e-3}
+"""What the new facts need to be learnt at all (and the effect to show) in a default run; see
+docs/workloads/reversal-curse.md."""
+
 DECLARATION = Declaration(
     options={
         "model": Option("mdm", MODELS, "masked diffusion (mdm) or autoregressive (arm) model"),
@@ -23,4 +27,5 @@ DECLARATION = Declaration(
     },
     combination=head_width_error,
     natural_partition_column="client",
+    train_defaults={preset: TRAIN for preset in ("tiny", "from-scratch")},
 )
