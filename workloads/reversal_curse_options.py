@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from workloads.options import BOOL, POSITIONS, Declaration, Option, Range, head_width_error, transformer_options
+from workloads.options import (
+    BOOL,
+    LEARNING_RATE,
+    POSITIONS,
+    Declaration,
+    Option,
+    Range,
+    head_width_error,
+    transformer_options,
+)
 
 MODELS = ("mdm", "arm")
 FACTS = Range(2, 20_000)
@@ -20,6 +29,7 @@ DECLARATION = Declaration(
         "num_facts": Option(200, FACTS, "the number N of new facts, stated forward only (chance is 1/N)"),
         "num_pretrain_facts": Option(200, Range(0, FACTS.high), "facts the base is pretrained on, both ways"),
         "from_scratch": Option(False, BOOL, "train the random model itself, every weight (no LoRA)"),
+        "probe_lr": Option(0.1, LEARNING_RATE, "SGD step of the reverse_loss_drop metric (one forward-only step)"),
     },
     preset_overrides={
         "tiny": {},  # 0.1M parameters; pretraining takes a few seconds.
