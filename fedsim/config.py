@@ -653,17 +653,18 @@ def check_train_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
     return {f"train.{key}": getattr(checked, key) for key in values}
 
 
-def preset_train_defaults(name: Any, preset: Any) -> dict[str, Any]:
+def preset_train_defaults(name: str, preset: str) -> dict[str, Any]:
     """The flat ``train.*`` defaults that workload ``name``'s ``preset`` declares (``{}`` for none, or
     for a name or preset that is not registered: :func:`fedsim.checks.check_config` refuses those).
 
     A built-in workload's declaration is read without importing torch (:func:`workloads.declaration`).
     """
-    from workloads import declaration, registry
+    from workloads import declaration
 
-    if not isinstance(name, str) or name not in registry():
+    try:
+        return declaration(name).train_defaults_of(preset)
+    except ConfigError:  # not a registered workload
         return {}
-    return declaration(name).train_defaults_of(preset)
 
 
 def build_config(*layers: Mapping[str, Any]) -> Config:
@@ -679,10 +680,12 @@ def build_config(*layers: Mapping[str, Any]) -> Config:
         for name, values in _nest(layer).items():  # a bad value is reported even if a later layer overrides it
             _check_section(name, SECTIONS[name], values)
         merged.update(layer)
-    workload = WorkloadSection()
-    preset = preset_train_defaults(
-        merged.get("workload.name", workload.name), merged.get("workload.preset", workload.preset)
-    )
+    workload, train_keys = WorkloadSection(), {f"train.{f.name}" for f in dataclasses.fields(TrainSection)}
+    preset = {}
+    if not train_keys <= merged.keys():  # a whole configuration (carried, saved) needs no look-up
+        preset = preset_train_defaults(
+            merged.get("workload.name", workload.name), merged.get("workload.preset", workload.preset)
+        )
     nested = _nest({**preset, **merged})
     sections = {name: _check_section(name, SECTIONS[name], nested.get(name, {})) for name in SECTIONS}
     return Config(**sections)
