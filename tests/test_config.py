@@ -90,7 +90,7 @@ def test_a_workload_preset_sets_train_defaults_under_every_layer(tmp_path):
     rc = {"workload.name": "reversal-curse"}
     assert checked_config().train.local_epochs == 1  # text-classify's presets set none
     tiny = checked_config(rc).train
-    assert (tiny.local_epochs, tiny.batch_size, tiny.lr) == (40, 8, 3e-3)
+    assert (tiny.local_epochs, tiny.batch_size, tiny.lr) == (20, 8, 3e-3)
     assert checked_config(rc, {"workload.preset": "from-scratch"}).train.local_epochs == 40
     f = tmp_path / "c.toml"
     f.write_text('[workload]\nname = "reversal-curse"\n[train]\nlocal_epochs = 1\n')

@@ -149,9 +149,9 @@ def test_score_correlation_is_per_head_pre_softmax_and_bounded():
 def test_tiny_preset_train_defaults_reach_the_resolved_config():
     cfg = checked_config({"workload.name": "reversal-curse"})
     saved = tomllib.loads(cfg.to_toml())["train"]  # what a run's config.toml records
-    assert (saved["local_epochs"], saved["batch_size"], saved["lr"]) == (40, 8, 3e-3)
+    assert (saved["local_epochs"], saved["batch_size"], saved["lr"]) == (20, 8, 3e-3)
     rows = {row[0]: row for row in DECLARATION.rows()}
-    assert rows["train.local_epochs"][1] == "40" and rows["train.local_epochs"][2] == "an integer in [0, 1000]"
+    assert rows["train.local_epochs"][1:3] == ("tiny: 20, from-scratch: 40", "an integer in [0, 1000]")
     given = checked_config({"workload.name": "reversal-curse"}, {"train.local_epochs": 3})
     assert given.train.local_epochs == 3 and given.train.batch_size == 8
 
