@@ -3,8 +3,9 @@
 For every seed and setting, one ``fedsim run --workload reversal-curse`` (natural split: every
 client holds its own facts, stated forward only) records per round the forward and reverse
 top-1 accuracy, the mean probability of the correct reverse answer against chance (1/N), the
-cosine between the gradients of the forward and the reverse loss and the forward/reverse
-attention correlation (see :mod:`workloads.reversal_curse`). Settings:
+cosine between the gradients of the forward and the reverse loss, the reverse loss's drop after
+one forward step and the forward/reverse attention score correlation (see
+:mod:`workloads.reversal_curse`). Settings:
 
 - ``mdm``, ``arm``: the ``tiny`` preset, a base pretrained (and cached) on disjoint two-way
   facts, then federated LoRA (plus dense embeddings and output rows) on the new facts;
@@ -48,7 +49,8 @@ METRICS = (
     "reverse_probability",
     "chance",
     "grad_cosine",
-    "attention_correlation",
+    "reverse_loss_drop",
+    "score_correlation",
 )
 PAPER = (
     "pilot (central, 1 layer, d 128, N 200): ARM reverse acc 0.000 (prob < chance); MDM 0.92 at 500 steps, 1.00 later"
@@ -103,7 +105,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def table(rows: list[dict]) -> str:
     """Markdown: the last round's metrics per setting, mean +- std over seeds, and the first round's cosine."""
     lines = [
-        "| setting | forward acc | reverse acc | reverse prob / chance | grad cosine (round 1) | grad cosine (last) | attn corr |",
+        "| setting | forward acc | reverse acc | reverse prob / chance | grad cosine (round 1) | grad cosine (last) | score corr |",
         "|---|---|---|---|---|---|---|",
     ]
     for setting in dict.fromkeys(r["setting"] for r in rows):
@@ -119,7 +121,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {setting} | {cell(end, lambda r: r['forward_accuracy'])} | {cell(end, lambda r: r['reverse_accuracy'])} "
             f"| {cell(end, lambda r: r['reverse_probability'] / r['chance'])} | {cell(first, lambda r: r['grad_cosine'])} "
-            f"| {cell(end, lambda r: r['grad_cosine'])} | {cell(end, lambda r: r['attention_correlation'])} |"
+            f"| {cell(end, lambda r: r['grad_cosine'])} | {cell(end, lambda r: r['score_correlation'])} |"
         )
     return "\n".join(lines)
 

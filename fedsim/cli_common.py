@@ -61,7 +61,7 @@ def results_name(cfg: Config, prefix: str = "") -> str:
 
 
 def resolve_config(config_file: Path | None, sets: list[str], shortcuts: dict[str, Any]) -> Config:
-    """Defaults < TOML file < CLI shortcut options < --set overrides.
+    """Defaults < the workload preset's train.* defaults < TOML file < CLI shortcut options < --set overrides.
 
     ``run.clients_per_round`` left at its default samples at most ``run.clients`` clients
     (``--clients 5`` alone samples all 5); a value given anywhere is checked as given.

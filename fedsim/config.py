@@ -1,10 +1,12 @@
 """The run configuration: frozen, typed, validated once at the edge.
 
-A configuration is built from three layers, later ones winning:
+A configuration is built from four layers, later ones winning:
 
 1. the defaults in the dataclasses below,
-2. a TOML file (``--config FILE.toml``) with one table per section,
-3. ``key=value`` overrides (``--set channel.radius_m=250`` and the CLI's shortcut options).
+2. the ``train.*`` defaults of the workload's preset (:func:`preset_train_defaults`, e.g. the
+   local epochs a toy needs to show its paper's effect),
+3. a TOML file (``--config FILE.toml``) with one table per section,
+4. ``key=value`` overrides (``--set channel.radius_m=250`` and the CLI's shortcut options).
 
 Every key is ``section.name``. A wrong key or value raises :class:`ConfigError` whose message is
 one line naming the key, the value and what is allowed. The flat form (``to_flat``) is what
@@ -28,7 +30,15 @@ import tomli_w
 from channels import REGISTRIES as CHANNEL_REGISTRIES
 from fedsim.errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "build_config", "config_from_flat", "load_toml", "parse_overrides"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "build_config",
+    "check_train_defaults",
+    "config_from_flat",
+    "load_toml",
+    "parse_overrides",
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -636,18 +646,47 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def check_train_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"local_epochs": 40, ...}`` checked against the ``train.*`` keys' own types and ranges, as
+    ``{"train.local_epochs": 40, ...}``; a wrong key or value raises a one-line ConfigError."""
+    checked = _check_section("train", TrainSection, values)
+    return {f"train.{key}": getattr(checked, key) for key in values}
+
+
+def preset_train_defaults(name: str, preset: str) -> dict[str, Any]:
+    """The flat ``train.*`` defaults that workload ``name``'s ``preset`` declares (``{}`` for none, or
+    for a name or preset that is not registered: :func:`fedsim.checks.check_config` refuses those).
+
+    A built-in workload's declaration is read without importing torch (:func:`workloads.declaration`).
+    """
+    from workloads import declaration
+
+    try:
+        return declaration(name).train_defaults_of(preset)
+    except ConfigError:  # not a registered workload
+        return {}
+
+
 def build_config(*layers: Mapping[str, Any]) -> Config:
     """Merge flat layers over the defaults, validate every key, and return a frozen Config.
 
-    Each key is checked on its own (type, range); the checks that involve several keys, the
-    registries or files are :func:`fedsim.checks.check_config`, one layer up.
+    Under the layers lie the ``train.*`` defaults of the workload preset they name
+    (:func:`preset_train_defaults`), so any layer that gives such a key overrides it. Each key is
+    checked on its own (type, range); the checks that involve several keys, the registries or
+    files are :func:`fedsim.checks.check_config`, one layer up.
     """
     merged: dict[str, Any] = {}
     for layer in layers:
         for name, values in _nest(layer).items():  # a bad value is reported even if a later layer overrides it
             _check_section(name, SECTIONS[name], values)
         merged.update(layer)
-    nested = _nest(merged)
+    workload, train_keys = WorkloadSection(), {f"train.{f.name}" for f in dataclasses.fields(TrainSection)}
+    preset = {}
+    if not train_keys <= merged.keys():  # a whole configuration (carried, saved) needs no look-up
+        preset = preset_train_defaults(
+            merged.get("workload.name", workload.name), merged.get("workload.preset", workload.preset)
+        )
+    nested = _nest({**preset, **merged})
     sections = {name: _check_section(name, SECTIONS[name], nested.get(name, {})) for name in SECTIONS}
     return Config(**sections)
 

@@ -210,7 +210,9 @@ def test_workloads_options_lists_every_option_with_default_range_and_meaning(nam
     assert done.returncode == 0, done.stderr
     header = done.stdout.split("\n", 3)[:3]
     assert all(column in "".join(header) for column in ("option", "default", "allowed", "meaning")), header
-    assert all(f" {key} " in done.stdout for key in declaration(name).options)
+    decl = declaration(name)
+    train_keys = [key for preset in decl.preset_overrides for key in decl.train_defaults_of(preset)]
+    assert all(f" {key} " in done.stdout for key in [*decl.options, *train_keys])
 
 
 def test_workloads_options_refuses_an_unknown_workload_in_one_line():

@@ -84,3 +84,38 @@ def test_override_without_equals_is_an_error():
 
 def test_config_is_hashable_value_object():
     assert hash(Config()) == hash(Config())
+
+
+def test_a_workload_preset_sets_train_defaults_under_every_layer(tmp_path):
+    rc = {"workload.name": "reversal-curse"}
+    assert checked_config().train.local_epochs == 1  # text-classify's presets set none
+    tiny = checked_config(rc).train
+    assert (tiny.local_epochs, tiny.batch_size, tiny.lr) == (20, 8, 3e-3)
+    assert checked_config(rc, {"workload.preset": "from-scratch"}).train.local_epochs == 40
+    f = tmp_path / "c.toml"
+    f.write_text('[workload]\nname = "reversal-curse"\n[train]\nlocal_epochs = 1\n')
+    from_file = checked_config(load_toml(f))
+    assert from_file.train.local_epochs == 1 and from_file.train.batch_size == 8  # the file wins where it speaks
+    assert checked_config(load_toml(f), parse_overrides(["train.local_epochs=7"])).train.local_epochs == 7
+    assert checked_config(rc, parse_overrides(["train.lr=0.01"])).train.lr == 0.01
+    # a resumed or carried configuration (every key given) keeps its own values
+    flat = checked_config(rc, {"train.local_epochs": 2}).to_flat()
+    assert config_from_flat(flat).train.local_epochs == 2
+
+
+def test_a_preset_train_default_out_of_range_or_unknown_is_refused_when_declared():
+    from workloads.options import Declaration, Option, Range
+
+    options = {"width": Option(8, Range(1, 64), "width")}
+    with pytest.raises(ValueError, match=r"preset 'tiny': train.local_epochs=5000: must be an integer in \[0, 1000\]"):
+        Declaration(options, train_defaults={"tiny": {"local_epochs": 5000}})
+    with pytest.raises(ValueError, match="train.lr=0.0: must be a number in"):
+        Declaration(options, train_defaults={"tiny": {"lr": 0.0}})
+    with pytest.raises(ValueError, match="unknown config key 'train.epochs'"):
+        Declaration(options, train_defaults={"tiny": {"epochs": 3}})
+    with pytest.raises(ValueError, match="preset 'base' is not one of tiny"):
+        Declaration(options, train_defaults={"base": {"local_epochs": 3}})
+    ok = Declaration(options, {"tiny": {}, "base": {}}, train_defaults={"base": {"lr": 1}})
+    assert ok.train_defaults_of("base") == {"train.lr": 1.0} and ok.train_defaults_of("tiny") == {}
+    row = ok.rows()[-1]
+    assert row[:3] == ("train.lr", "tiny: 0.003, base: 1.0", "a number in (0, 10]")

@@ -228,7 +228,7 @@ def test_reversal_curse_and_dapd_effect_figures(tmp_path):
                 "reverse_probability": prob,
                 "chance": 0.005,
                 "grad_cosine": cosine,
-                "attention_correlation": 0.5 if options == "model=mdm" else 0.0,
+                "score_correlation": 0.5 if options == "model=mdm" else 0.0,
             }
             overrides = {"workload.name": "reversal-curse", "workload.options": options, "run.seed": seed}
             runs.append((f"{options}-{seed}", overrides, rev, metrics))
@@ -244,7 +244,7 @@ def test_reversal_curse_and_dapd_effect_figures(tmp_path):
     assert bars["options=model=mdm"] == pytest.approx([0.9, 0.81])
     assert bars["options=model=arm"] == pytest.approx([1.0, 0.01])
     assert _bars(probability_ax)["options=model=arm"] == pytest.approx([0.0002, 0.005])
-    assert [t.get_text() for t in cosine_ax.get_xticklabels()] == ["grad_cosine", "attention_correlation"]
+    assert [t.get_text() for t in cosine_ax.get_xticklabels()] == ["grad_cosine", "score_correlation"]
     # dapd: validity and NFE per decoder, top-k at DAPD's NFE among them, and the attention AUCs
     metrics = {"validity_one": 0.2, "nfe_one": 9.0, "validity_dapd": 0.3, "nfe_dapd": 4.7}
     metrics |= {"validity_topk_at_dapd_nfe": 0.1, "nfe_topk_at_dapd_nfe": 5.0}

@@ -3,10 +3,13 @@
 A workload declares a :class:`Declaration`: its options (:class:`Option`: the ``tiny`` preset's
 default, a :class:`Range` for numbers or a tuple of choices / :class:`Words` for strings, and what
 the option means), its presets as overrides of those defaults, a check of the options that only
-make sense together (e.g. ``d_model`` a multiple of ``num_heads``) and its natural-partition
-column. The declaration lives in a light module (no torch, numpy or datasets), so that
+make sense together (e.g. ``d_model`` a multiple of ``num_heads``), its natural-partition
+column, and the ``train.*`` defaults a preset needs (e.g. the local epochs that show its paper's
+effect; checked against those keys' own ranges when declared, overridden by any value the user
+gives: :func:`fedsim.config.build_config`). The declaration lives in a light module (no torch, numpy or datasets), so that
 :func:`workloads.declaration` and :meth:`Declaration.resolve` refuse a bad option in well under a
-second, before any heavy import; ``fedsim workloads --options NAME`` prints the table.
+second, before any heavy import; ``fedsim workloads --options NAME`` prints the table, the
+presets' ``train.*`` defaults included.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedsim.config import check_train_defaults, describe_keys
 from fedsim.errors import ConfigError
 
 
@@ -111,6 +115,21 @@ class Declaration:
     combination: Combination | None = None
     natural_partition_column: str | None = None
     """Column whose values 0..num_clients-1 name each row's client (``partition = "natural"``)."""
+    train_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Preset name -> defaults of ``train.*`` keys it needs, e.g. ``{"tiny": {"local_epochs": 40}}``."""
+
+    def __post_init__(self):
+        for preset, values in self.train_defaults.items():
+            if preset not in self.preset_overrides:
+                raise ValueError(f"train_defaults: preset {preset!r} is not one of {', '.join(self.preset_overrides)}")
+            try:
+                check_train_defaults(values)
+            except ConfigError as e:
+                raise ValueError(f"train_defaults of preset {preset!r}: {e}") from None
+
+    def train_defaults_of(self, preset: str) -> dict[str, Any]:
+        """The flat ``train.*`` defaults of ``preset`` (``{"train.local_epochs": 40}``); ``{}`` for none."""
+        return check_train_defaults(self.train_defaults.get(preset, {}))
 
     @property
     def presets(self) -> dict[str, dict[str, Any]]:
@@ -141,16 +160,25 @@ class Declaration:
         return params
 
     def rows(self) -> list[tuple[str, str, str, str]]:
-        """(option, defaults by preset, allowed values, meaning) for ``fedsim workloads --options``."""
+        """(option, defaults by preset, allowed values, meaning) for ``fedsim workloads --options``: the
+        options, then the ``train.*`` keys a preset sets (a preset that does not: the built-in default)."""
         rows = []
         for key, option in self.options.items():
             by_preset = {name: values[key] for name, values in self.presets.items()}
-            if len(set(map(repr, by_preset.values()))) == 1:
-                default = repr(option.default)
-            else:
-                default = ", ".join(f"{name}: {value!r}" for name, value in by_preset.items())
-            rows.append((key, default, option.rule(), option.meaning))
+            rows.append((key, _by_preset(by_preset), option.rule(), option.meaning))
+        keys = {key: (default, allowed, doc) for key, default, allowed, doc in describe_keys()}
+        for key in dict.fromkeys(k for name in self.preset_overrides for k in self.train_defaults_of(name)):
+            built_in, allowed, doc = keys[key]
+            by_preset = {name: self.train_defaults_of(name).get(key, built_in) for name in self.preset_overrides}
+            rows.append((key, _by_preset(by_preset), allowed, f"{doc} (this workload's default; --set overrides it)"))
         return rows
+
+
+def _by_preset(values: dict[str, Any]) -> str:
+    """``'3'`` when every preset has the value 3, else ``'tiny: 3, base: 5'``."""
+    if len(set(map(repr, values.values()))) == 1:
+        return repr(next(iter(values.values())))
+    return ", ".join(f"{name}: {value!r}" for name, value in values.items())
 
 
 def parse_options(text: str) -> dict[str, Any]:

@@ -34,16 +34,29 @@ pretraining, every weight trainable and sent dense (d_model 128, the pilot's siz
 Metrics each round on the global model (over the test facts, which are trained facts):
 ``forward_accuracy``, ``reverse_accuracy`` (top-1 over the vocabulary; the primary metric),
 ``reverse_probability`` (mean probability of the correct reverse answer) and ``chance`` (1/N),
-``grad_cosine``: ``cos(grad L_fwd, grad L_rev)`` over the trainable weights, with ``L_fwd`` the
-training loss of the forward statements (fixed noise) and ``L_rev`` the cross-entropy of the
-reverse probes, ``attention_correlation``: Pearson correlation over facts and heads of the
-layer-averaged attention weight of the mask on b in "[M] IS b" (position 0 -> 2, what the
-forward statement trains) and in the reverse probe "b IS [M]" (position 2 -> 0); 0 for the ARM,
-whose position 0 cannot attend forward. ``loss``: the training loss on the test facts.
+and three of the paper's mechanism, each over the *attention factors*: the trainable weights of
+the ``q k v o`` projections, i.e. their LoRA factors (the projections themselves under
+``from_scratch``), never the dense embedding and output rows, whose shared "push every other
+entity down" part would make any two losses' gradients agree:
+
+- ``grad_cosine``: ``cos(grad L_fwd, grad L_rev)``, with ``L_fwd`` the training loss of the
+  forward statements (fixed noise) and ``L_rev`` the cross-entropy of the reverse probes; the
+  paper expects it positive for the MDM and at or below 0 for the ARM,
+- ``reverse_loss_drop``: ``L_rev`` before minus after one SGD step of size ``probe_lr`` on
+  ``L_fwd`` (the model restored afterwards); positive when learning the forward statements
+  lowers the reverse loss (to first order ``probe_lr * grad L_fwd . grad L_rev``),
+- ``score_correlation``: per layer and head, the Pearson correlation over facts of the
+  pre-softmax attention score of the mask on b in "[M] IS b" (position 0 -> 2, what the
+  forward statement trains) and in the reverse probe "b IS [M]" (position 2 -> 0), then the
+  mean over layers and heads; 0 for the ARM, whose position 0 cannot attend forward.
+
+``loss``: the training loss on the test facts.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, ClassVar
 
 import numpy as np
@@ -84,6 +97,31 @@ def statements(pairs: np.ndarray) -> torch.Tensor:
     return torch.stack([pairs[:, 0], torch.full_like(pairs[:, 0], IS), pairs[:, 1]], dim=1)
 
 
+ATTENTION_WEIGHT = re.compile(r"\.attn\.[qkvo]\.")
+"""Matches the parameter names of the attention projections (and of their LoRA factors)."""
+
+
+def attention_scores(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """(layers, B, H, T, T) pre-softmax attention scores ``q k^T / sqrt(d_head)`` of every layer of a
+    :class:`~workloads.diffusion_lm.TransformerLM` (LoRA included), read from each attention's input."""
+    inputs: list[tuple] = []
+    layers = [m for m in model.modules() if isinstance(m, dlm.Attention)]
+    hooks = [m.register_forward_pre_hook(lambda _, args: inputs.append(args[:2])) for m in layers]
+    try:
+        model(input_ids=input_ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    scores = []
+    for attn, (x, rope) in zip(layers, inputs, strict=True):
+        bsz, t, _ = x.shape
+        q, k = (z.view(bsz, t, attn.num_heads, attn.d_head).transpose(1, 2) for z in (attn.q(x), attn.k(x)))
+        if rope is not None:
+            q, k = dlm.apply_rotary(q, *rope), dlm.apply_rotary(k, *rope)
+        scores.append(q @ k.transpose(-1, -2) / math.sqrt(attn.d_head))
+    return torch.stack(scores)
+
+
 class ReversalCurse(dlm.PretrainedOrScratch, Workload):
     name: ClassVar[str] = "reversal-curse"
     description: ClassVar[str] = (
@@ -118,8 +156,8 @@ class ReversalCurse(dlm.PretrainedOrScratch, Workload):
         )
 
     def pretrain_keys(self) -> list[str]:
-        """The parameters that determine the pretrained base: all but ``from_scratch``."""
-        return [k for k in self.params if k != "from_scratch"]
+        """The parameters that determine the pretrained base: all but ``from_scratch`` and ``probe_lr``."""
+        return [k for k in self.params if k not in ("from_scratch", "probe_lr")]
 
     def skips_pretraining(self) -> bool:
         """Nothing to pretrain: no steps, or no facts to state both ways."""
@@ -203,15 +241,27 @@ class ReversalCurse(dlm.PretrainedOrScratch, Workload):
         pairs = torch.as_tensor(np.ascontiguousarray(pairs))
         return float((self.answer_logits(model, pairs[:, 0]).argmax(-1) == pairs[:, 1]).float().mean())
 
+    @staticmethod
+    def attention_factors(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """The trainable weights of the attention projections ``q k v o`` (every layer): their LoRA
+        factors (the base weights are frozen), or the projections themselves (``from_scratch``);
+        never the embeddings, the output head or the feed-forward."""
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad and ATTENTION_WEIGHT.search(n)]
+
+    def forward_and_reverse_loss(self, model: nn.Module, a: torch.Tensor, b: torch.Tensor):
+        """(L_fwd, L_rev): the training loss of the statements ``[a, IS, b]`` (fixed noise) and the
+        cross-entropy of the reverse probes' answer ``a`` (see the module docstring)."""
+        batch = self.batch_of(statements(torch.stack([a, b], dim=1)))
+        return self.loss(model, batch), F.cross_entropy(self.answer_logits(model, b), a)
+
     def grad_cosine(self, model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> float:
-        """cos(grad L_fwd, grad L_rev) over the trainable weights (see the module docstring)."""
-        params = [p for p in model.parameters() if p.requires_grad]
+        """cos(grad L_fwd, grad L_rev) over the attention factors (:meth:`attention_factors`); 0 without any."""
+        params = [p for _, p in self.attention_factors(model)]
         if not params:
             return 0.0
-        batch = self.batch_of(statements(torch.stack([a, b], dim=1)))
         with torch.enable_grad():
-            fwd = torch.autograd.grad(self.loss(model, batch), params, allow_unused=True)
-            rev_loss = F.cross_entropy(self.answer_logits(model, b), a)
+            fwd_loss, rev_loss = self.forward_and_reverse_loss(model, a, b)
+            fwd = torch.autograd.grad(fwd_loss, params, allow_unused=True)
             rev = torch.autograd.grad(rev_loss, params, allow_unused=True)
         flat = [
             torch.cat(
@@ -222,20 +272,46 @@ class ReversalCurse(dlm.PretrainedOrScratch, Workload):
         denom = flat[0].norm() * flat[1].norm()
         return float(flat[0] @ flat[1] / denom) if denom > 0 else 0.0
 
+    def reverse_loss_drop(self, model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> float:
+        """L_rev before minus after one SGD step (``probe_lr``) on L_fwd over the attention factors.
+
+        Positive: learning the forward statements lowers the reverse loss. The factors are restored
+        afterwards (bit for bit), so the model is unchanged; 0 without any factors.
+        """
+        params = [p for _, p in self.attention_factors(model)]
+        if not params:
+            return 0.0
+        saved = [p.detach().clone() for p in params]
+        try:
+            with torch.enable_grad():
+                fwd_loss, before = self.forward_and_reverse_loss(model, a, b)
+                grads = torch.autograd.grad(fwd_loss, params, allow_unused=True)
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    if g is not None:
+                        p.sub_(self.params["probe_lr"] * g)
+                _, after = self.forward_and_reverse_loss(model, a, b)
+        finally:
+            with torch.no_grad():
+                for p, old in zip(params, saved, strict=True):
+                    p.copy_(old)
+        return float(before.detach() - after)
+
     @torch.no_grad()
-    def attention_correlation(self, model: nn.Module, b: torch.Tensor) -> float:
-        """Pearson correlation over facts and heads: weight of position 0 on 2 in ``[M] IS b`` vs of 2 on 0 in ``b IS [M]``."""
+    def score_correlation(self, model: nn.Module, b: torch.Tensor) -> float:
+        """Per layer and head, the Pearson correlation over facts of the pre-softmax attention score of
+        the mask on b in ``[M] IS b`` (0 -> 2) and in ``b IS [M]`` (2 -> 0); their mean. 0 for the ARM
+        (position 0 cannot attend forward); a head whose scores do not vary over facts counts 0."""
         if self.causal:
             return 0.0
         subject_masked = torch.stack([torch.full_like(b, MASK), torch.full_like(b, IS), b], dim=1)
         reverse_probe = torch.stack([b, torch.full_like(b, IS), torch.full_like(b, MASK)], dim=1)
-        _, maps_f = model(input_ids=subject_masked, return_attentions=True)
-        _, maps_r = model(input_ids=reverse_probe, return_attentions=True)
-        fwd = torch.stack([m[:, :, 0, 2] for m in maps_f]).mean(0).flatten()  # (B * H,)
-        rev = torch.stack([m[:, :, 2, 0] for m in maps_r]).mean(0).flatten()
-        fwd, rev = fwd - fwd.mean(), rev - rev.mean()
-        denom = fwd.norm() * rev.norm()
-        return float(fwd @ rev / denom) if denom > 0 else 0.0
+        fwd = attention_scores(model, subject_masked)[:, :, :, 0, 2]  # (layers, B, H)
+        rev = attention_scores(model, reverse_probe)[:, :, :, 2, 0]
+        fwd, rev = fwd - fwd.mean(1, keepdim=True), rev - rev.mean(1, keepdim=True)
+        denom = fwd.norm(dim=1) * rev.norm(dim=1)  # (layers, H)
+        per_head = torch.where(denom > 0, (fwd * rev).sum(1) / denom.clamp_min(1e-30), torch.zeros_like(denom))
+        return float(per_head.mean())
 
     def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
         model.eval()
@@ -252,7 +328,8 @@ class ReversalCurse(dlm.PretrainedOrScratch, Workload):
             "reverse_probability": float(rev_prob.mean()),
             "chance": 1.0 / self.params["num_facts"],
             "grad_cosine": self.grad_cosine(model, a, b),
-            "attention_correlation": self.attention_correlation(model, b),
+            "reverse_loss_drop": self.reverse_loss_drop(model, a, b),
+            "score_correlation": self.score_correlation(model, b),
         }
 
     def flops_per_sample(self) -> float:

@@ -1,6 +1,10 @@
 """reversal-curse: the generated facts (pools disjoint, reverse probes never in training), the
-natural split, the probes of the MDM and the ARM, and the option checks (one-line config
-errors, exit 2). No training here beyond the cached base the contract test builds."""
+natural split, the probes of the MDM and the ARM, the mechanism metrics (gradient cosine and
+loss drop over the attention factors, pre-softmax score correlation), the presets' train
+defaults, and the option checks (one-line config errors, exit 2). No training here beyond the
+cached base the contract test builds."""
+
+import tomllib
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from fedsim.errors import ConfigError
 from tests.helpers.runs import run_fedsim
 from tests.helpers.workloads import small_spec
 from workloads import reversal_curse as rc
+from workloads.reversal_curse_options import DECLARATION
 
 
 def test_facts_use_every_entity_once_in_two_disjoint_pools():
@@ -59,8 +64,8 @@ def test_probes_read_the_answer_position_and_the_arm_is_causal():
         logits = wl.answer_logits(model, given)
         assert logits.shape == (3, wl.model_config().vocab_size)
         assert model.cfg.causal == (model_kind == "arm")
-    # the ARM's answer does not look past [x, IS]; the reverse attention correlation is 0 for it
-    assert wl.attention_correlation(model, given) == 0.0
+    # the ARM's answer does not look past [x, IS]; the reverse score correlation is 0 for it
+    assert wl.score_correlation(model, given) == 0.0
 
 
 def test_from_scratch_preset_trains_every_weight_dense():
@@ -80,7 +85,75 @@ def test_evaluate_metrics_on_an_untrained_model():
     m = wl.evaluate(model, test)
     assert m["chance"] == 1 / 20
     assert 0 <= m["reverse_probability"] < 0.2 and m["forward_accuracy"] <= 0.2
-    assert -1 <= m["grad_cosine"] <= 1 and -1 <= m["attention_correlation"] <= 1
+    assert -1 <= m["grad_cosine"] <= 1 and -1 <= m["score_correlation"] <= 1
+    assert np.isfinite(m["reverse_loss_drop"])
+
+
+def lora_model_and_facts(model_kind: str, **options):
+    """A random tiny base with LoRA (no pretraining), its test facts as (a, b) and the workload."""
+    extra = "".join(f",{k}={v}" for k, v in options.items())
+    wl = rc.ReversalCurse(small_spec(options=f"model={model_kind},pretrain_steps=0,num_facts=20{extra}"))
+    _, test = wl.build_data()
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = wl.build_model()
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # peft starts B at 0: give the factors a gradient of their own
+                torch.nn.init.normal_(param, std=0.1)
+    return wl, model, torch.tensor(test["a"]), torch.tensor(test["b"])
+
+
+def test_gradient_cosine_and_loss_drop_use_the_attention_lora_factors_only():
+    wl, model, a, b = lora_model_and_facts("mdm")
+    names = [n for n, _ in wl.attention_factors(model)]
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    assert {n.split(".attn.")[1][0] for n in names} == set("qkvo")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("embed" in n for n in trainable) and not any("embed" in n or "head" in n for n in names)
+    assert not any(".up." in n or ".down." in n for n in names)
+    # the cosine is that of the two gradients over exactly these factors
+    params = [p for _, p in wl.attention_factors(model)]
+    fwd_loss, rev_loss = wl.forward_and_reverse_loss(model, a, b)
+    g_f = torch.cat([g.flatten() for g in torch.autograd.grad(fwd_loss, params)])
+    g_r = torch.cat([g.flatten() for g in torch.autograd.grad(rev_loss, params)])
+    assert wl.grad_cosine(model, a, b) == pytest.approx(float(g_f @ g_r / (g_f.norm() * g_r.norm())), abs=1e-5)
+    # a small forward step changes the reverse loss by about lr * (g_f . g_r), first order
+    wl.params["probe_lr"] = 1e-3
+    assert wl.reverse_loss_drop(model, a, b) == pytest.approx(1e-3 * float(g_f @ g_r), rel=0.05, abs=1e-7)
+
+
+@pytest.mark.parametrize("model_kind", ["mdm", "arm"])
+def test_reverse_loss_drop_restores_the_model(model_kind):
+    wl, model, a, b = lora_model_and_facts(model_kind, probe_lr=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    drop = wl.reverse_loss_drop(model, a, b)
+    assert drop != 0.0 and np.isfinite(drop)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_score_correlation_is_per_head_pre_softmax_and_bounded():
+    wl, model, _, b = lora_model_and_facts("mdm")
+    scores = rc.attention_scores(model, torch.stack([b, torch.full_like(b, rc.IS), b], dim=1))
+    cfg = wl.model_config()
+    assert scores.shape == (cfg.num_layers, len(b), cfg.num_heads, 3, 3)
+    # the softmax of the scores is the model's own attention map
+    _, maps = model(input_ids=torch.stack([b, torch.full_like(b, rc.IS), b], dim=1), return_attentions=True)
+    assert torch.allclose(scores[0].softmax(-1), maps[0], atol=1e-6)
+    value = wl.score_correlation(model, b)
+    assert -1 <= value <= 1 and value != 0.0
+    # one fact repeated: no head's scores vary over the facts, and each counts 0
+    assert wl.score_correlation(model, b[:1].repeat(5)) == 0.0
+
+
+def test_tiny_preset_train_defaults_reach_the_resolved_config():
+    cfg = checked_config({"workload.name": "reversal-curse"})
+    saved = tomllib.loads(cfg.to_toml())["train"]  # what a run's config.toml records
+    assert (saved["local_epochs"], saved["batch_size"], saved["lr"]) == (20, 8, 3e-3)
+    rows = {row[0]: row for row in DECLARATION.rows()}
+    assert rows["train.local_epochs"][1:3] == ("tiny: 20, from-scratch: 40", "an integer in [0, 1000]")
+    given = checked_config({"workload.name": "reversal-curse"}, {"train.local_epochs": 3})
+    assert given.train.local_epochs == 3 and given.train.batch_size == 8
 
 
 @pytest.mark.parametrize(
