@@ -22,29 +22,38 @@ between copies.
 Model: a bidirectional transformer MDM (:mod:`workloads.diffusion_lm`; rotary positions, the
 prompt token anchors them; tiny: d_model 64, 2 layers, 4 heads, 0.1M parameters) with the LLaDA
 loss over the canvas. The base is pretrained by fedsim on uniform-X canvases of the task and
-cached (:mod:`workloads.cache`; ``pretrain_steps`` 3000 of 128 canvases on ``tiny``, about a
-minute of one CPU core: the rule is an XOR-like function of two positions, and the loss sits at
-log 3 for the first ~1500 steps before it drops). Federated LoRA (``q k v o up down head``) then
-fine-tunes it on the clients' skewed data; the question is whether the attention graph that DAPD
-reads, and DAPD's validity, survive that. ``pretrain_task = "format"`` pretrains on the format
-only (Y drawn independently of X), a base that knows where the tokens go but not the rule; the
-``from-scratch`` preset trains every weight of a random model, sent dense. (In pilots neither
-learnt the rule within a federated budget of a few rounds.)
+cached (:mod:`workloads.cache`): AdamW, ``pretrain_steps`` of ``pretrain_batch`` canvases, the
+learning rate warmed up linearly over ``pretrain_warmup`` steps to ``pretrain_lr`` and decayed by
+a cosine to 0 (:func:`pretrain_lr`), the gradient norm clipped at ``pretrain_clip``. The rule is
+an XOR-like function of two positions and the loss sits on a plateau at log 3 before it drops; a
+base that has not left it cannot model the joint, so cannot show dependency-aware decoding. The
+guard: the base's one-token-per-step validity (:meth:`Dapd.base_validity`, kept in the cache
+entry's meta) below ``min_base_validity`` refuses the run with one line. Federated LoRA
+(``q k v o up down head``) then fine-tunes it on the clients' skewed data; the question is
+whether the attention graph that DAPD reads, and DAPD's validity, survive that.
+``pretrain_task = "format"`` pretrains on the format only (Y drawn independently of X), a base
+that knows where the tokens go but not the rule (the guard refuses it unless
+``min_base_validity = 0``); the ``from-scratch`` preset trains every weight of a random model,
+sent dense. (In pilots neither learnt the rule within a federated budget of a few rounds.)
 
 Non-IID clients: client k draws its X values from its own distribution, ``client_skew`` on its
 favourite value ``k mod 3`` and the rest split evenly (the test set is uniform); ``label_column``
 is the favourite value, ``natural_partition_column`` the client.
 
-Evaluation on ``eval_samples`` canvases decoded greedily from all masks, for every decoder of
-``eval_decoders`` (``one``: G NFE; ``topk``: ``topk_k`` per step; ``threshold``: Fast-dLLM at
+Evaluation on ``eval_samples`` canvases decoded from all masks at ``eval_temperature`` (1: tokens
+drawn from the softmax; 0: greedy, which gives every sample the same canvas), for every decoder
+of ``eval_decoders`` (``one``: G NFE; ``topk``: ``topk_k`` per step; ``threshold``: Fast-dLLM at
 ``threshold``; ``dapd``: tau = ``tau_rel`` x mean off-diagonal score with the tail switch;
 ``dapd_notail``: the same without it): ``validity_{decoder}`` and ``nfe_{decoder}`` (mean
-forwards per sample). ``validity_topk_at_dapd_nfe``: top-k with as many steps as DAPD's mean NFE
-(rounded; ``k = ceil(G / steps)``), ``nfe_topk_at_dapd_nfe`` its NFE. ``auc_all_masked``: ROC
-AUC of the attention scores of an all-mask canvas against the true graph (all position pairs);
+forwards per sample); top-k for every k of ``eval_topk_ks``: ``validity_topk{k}``, ``nfe_topk{k}``.
+``validity_topk_at_dapd_nfe``: top-k with the largest k whose NFE ``ceil(G / k)`` is at least
+DAPD's mean NFE (:func:`topk_at_nfe`: top-k never gets fewer forwards than DAPD),
+``nfe_topk_at_dapd_nfe`` its NFE, ``k_topk_at_dapd_nfe`` its k. ``auc_all_masked``: ROC AUC of
+the attention scores of an all-mask canvas against the true graph (all position pairs);
 ``auc_half_masked``: the same over the pairs of masked positions when a random half of a test
 canvas is masked, averaged over the samples. ``loss``: the LLaDA loss on the test set.
-Primary metric: ``validity_dapd``.
+Primary metric: ``dapd_gain_at_matched_nfe`` = ``validity_dapd - validity_topk_at_dapd_nfe``
+(DAPD's validity above top-k's at no more NFE; higher is better).
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from fedsim.errors import ConfigError
 from workloads import diffusion_lm as dlm
 from workloads.base import Workload
 from workloads.dapd_options import DECLARATION, DECODER_NAMES, NUM_VALUES, copy_length
@@ -65,6 +75,8 @@ from workloads.options import Declaration
 VOCAB = ["<mask>", "<bos>", *[f"x{v}" for v in range(NUM_VALUES)], *[f"y{v}" for v in range(NUM_VALUES)]]
 ID = {tok: i for i, tok in enumerate(VOCAB)}
 MASK, BOS, X0, Y0 = ID["<mask>"], ID["<bos>"], ID["x0"], ID["y0"]
+GUARD_SAMPLES = 256
+"""Canvases the base's one-token-per-step validity is measured on (``min_base_validity``)."""
 
 
 def canvas_tokens(x: np.ndarray, length: int, rule: bool = True, rng: np.random.Generator | None = None) -> list[int]:
@@ -120,6 +132,26 @@ def client_distribution(client: int, skew: float) -> np.ndarray:
     return probs
 
 
+def pretrain_lr(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Learning rate of pretraining step ``step`` (0-based) of ``steps``.
+
+    Linear warm-up to ``peak`` over the first ``min(warmup, steps)`` steps, then cosine decay from
+    ``peak`` to 0 at step ``steps``.
+    """
+    warmup = min(warmup, steps)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def topk_at_nfe(gen_length: int, nfe: float) -> int:
+    """The largest tokens per step k whose top-k NFE, ``ceil(G / k)``, is at least ``nfe``.
+
+    Top-k at a decoder's (mean, fractional) NFE: never fewer forwards than that decoder spent.
+    """
+    return max(k for k in range(1, gen_length + 1) if math.ceil(gen_length / k) >= nfe - 1e-9)
+
+
 def generate(num: int, length: int, copies: int, rng: np.random.Generator, probs=None, client: int = -1) -> dict:
     """``num`` rows: ``x`` (m * L X values drawn from ``probs``, default uniform), ``client``, ``favourite``."""
     probs = np.full(NUM_VALUES, 1 / NUM_VALUES) if probs is None else probs
@@ -135,7 +167,7 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
         "decoding: validity, NFE, attention edge AUC"
     )
     declaration: ClassVar[Declaration] = DECLARATION
-    primary_metric: ClassVar[str] = "validity_dapd"
+    primary_metric: ClassVar[str] = "dapd_gain_at_matched_nfe"
     lora_target_modules: ClassVar[list[str]] = ["q", "k", "v", "o", "up", "down", "head"]
     label_column: ClassVar[str] = "favourite"
 
@@ -163,10 +195,16 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
     def pretrain_keys(self) -> tuple[str, ...]:
         """The parameters that determine the pretrained base."""
         keys = ("d_model", "num_heads", "num_layers", "d_ff", "positions", "length", "copies")
-        return keys + ("pretrain_task", "pretrain_steps", "pretrain_samples", "pretrain_batch", "pretrain_lr")
+        pretrain = ("pretrain_task", "pretrain_steps", "pretrain_samples", "pretrain_batch", "pretrain_lr")
+        return keys + pretrain + ("pretrain_warmup", "pretrain_clip")
 
     def _pretrain(self, model: nn.Module) -> dict[str, Any]:
-        """Centralised AdamW on uniform-X canvases (Y uniform for ``format``, the rule for ``rule``)."""
+        """Centralised AdamW on uniform-X canvases (Y uniform for ``format``, the rule for ``rule``).
+
+        The learning rate follows :func:`pretrain_lr` (linear warm-up, cosine decay to 0) and the
+        gradient norm is clipped at ``pretrain_clip``; the statistics end with the base's
+        one-token-per-step validity (:meth:`base_validity`), which the guard reads from the cache.
+        """
         p = self.params
         rng = np.random.default_rng([self.spec.seed, 0xBA5E])
         rows = generate(p["pretrain_samples"], self.length, self.copies, rng)["x"]
@@ -178,15 +216,52 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
         opt = torch.optim.AdamW(model.parameters(), lr=p["pretrain_lr"], weight_decay=0.0)
         model.train()
         losses = []
-        for _ in range(p["pretrain_steps"]):
+        for step in range(p["pretrain_steps"]):
+            for group in opt.param_groups:
+                group["lr"] = pretrain_lr(step, p["pretrain_steps"], p["pretrain_lr"], p["pretrain_warmup"])
             pick = torch.randint(len(ids), (p["pretrain_batch"],), generator=gen)
             loss = dlm.mdm_loss(model, ids[pick], response[pick], MASK, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if p["pretrain_clip"] > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), p["pretrain_clip"])
             opt.step()
             losses.append(float(loss.detach()))
         model.eval()
-        return {"steps": len(losses), "loss_first": losses[0], "loss_last_50": float(np.mean(losses[-50:]))}
+        return {
+            "steps": len(losses),
+            "loss_first": losses[0],
+            "loss_last_50": float(np.mean(losses[-50:])),
+            "validity_one": self.base_validity(model),
+        }
+
+    def base_validity(self, model: nn.Module) -> float:
+        """One-token-per-step validity of :data:`GUARD_SAMPLES` canvases drawn at temperature 1 (fixed noise)."""
+        prompt = torch.full((GUARD_SAMPLES, 1), BOS, dtype=torch.long)
+        result = dlm.decode(
+            model,
+            prompt,
+            self.gen_length,
+            MASK,
+            "one",
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(self.spec.seed * 7919 + 2),
+            forbidden=(BOS,),
+        )
+        return self.validity(result)
+
+    def build_base_model(self) -> nn.Module:
+        """The cached base; refuses (one-line ConfigError) one whose validity is below ``min_base_validity``."""
+        model = super().build_base_model()
+        stats = self.pretrain_meta.get("pretrain")
+        floor = self.params["min_base_validity"]
+        if stats is not None and stats["validity_one"] < floor:
+            raise ConfigError(
+                f"workload.options: min_base_validity={floor!r}: the pretrained base's one-token-per-step validity "
+                f"is {stats['validity_one']:.3f} ({GUARD_SAMPLES} canvases, temperature 1), below it: the base does "
+                "not model the task (pretrain longer, or set min_base_validity=0)"
+            )
+        return model
 
     # -- data ----------------------------------------------------------------------------
     def build_data(self) -> tuple[Dataset, Dataset]:
@@ -216,7 +291,7 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
 
     # -- evaluation ----------------------------------------------------------------------
     def decode(self, model: nn.Module, num: int, decoder: str, tokens_per_step: int | None = None) -> dlm.SampleResult:
-        """``num`` canvases decoded greedily from all masks (``dapd_notail``: DAPD without the tail switch)."""
+        """``num`` canvases decoded from all masks at ``eval_temperature`` (``dapd_notail``: DAPD without the tail switch)."""
         p = self.params
         prompt = torch.full((num, 1), BOS, dtype=torch.long)
         return dlm.decode(
@@ -283,10 +358,15 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
             result = self.decode(model, num, "dapd")
             out["validity_dapd"], out["nfe_dapd"] = self.validity(result), float(result.nfe.float().mean())
             dapd = "dapd"
-        steps = max(1, round(out[f"nfe_{dapd}"]))
-        result = self.decode(model, num, "topk", tokens_per_step=math.ceil(self.gen_length / steps))
+        for k in sorted({int(k) for k in str(p["eval_topk_ks"]).split()}):
+            result = self.decode(model, num, "topk", tokens_per_step=k)
+            out[f"validity_topk{k}"], out[f"nfe_topk{k}"] = self.validity(result), float(result.nfe.float().mean())
+        k = topk_at_nfe(self.gen_length, out[f"nfe_{dapd}"])
+        result = self.decode(model, num, "topk", tokens_per_step=k)
         out["validity_topk_at_dapd_nfe"] = self.validity(result)
         out["nfe_topk_at_dapd_nfe"] = float(result.nfe.float().mean())
+        out["k_topk_at_dapd_nfe"] = float(k)
+        out["dapd_gain_at_matched_nfe"] = out[f"validity_{dapd}"] - out["validity_topk_at_dapd_nfe"]
         out.update(self.attention_auc(model, data))
         return out
 

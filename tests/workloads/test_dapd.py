@@ -1,6 +1,9 @@
 """dapd: the task's graph and program check, the DAPD step (independent sets, nothing left
-masked), the edge AUC on known cases, the non-IID split and the option checks (one-line config
-errors, exit 2). No training here."""
+masked), the edge AUC on known cases, the non-IID split, the pretraining recipe (warm-up and
+cosine schedule, clipping) and the weak-base guard on a few steps, the matched-NFE primary metric
+and the option checks (one-line config errors, exit 2). No full pretraining here."""
+
+import math
 
 import numpy as np
 import pytest
@@ -141,8 +144,68 @@ def test_evaluate_reports_every_decoder_and_the_aucs():
     for decoder in dapd.DECODER_NAMES:
         assert 0 <= m[f"validity_{decoder}"] <= 1 and 1 <= m[f"nfe_{decoder}"] <= wl.gen_length
     assert m["nfe_one"] == wl.gen_length and m["nfe_topk"] == 5  # ceil(9 / 2)
+    assert m["nfe_topk3"] == 3 and m["nfe_topk5"] == 2  # eval_topk_ks = "3 5"
     assert 0 <= m["auc_all_masked"] <= 1 and 0 <= m["auc_half_masked"] <= 1
-    assert m["nfe_topk_at_dapd_nfe"] <= m["nfe_dapd"] + 0.5 + 1e-9 or m["nfe_topk_at_dapd_nfe"] == 1
+    # top-k at DAPD's NFE: the largest k that spends no fewer forwards than DAPD
+    k = int(m["k_topk_at_dapd_nfe"])
+    assert m["nfe_topk_at_dapd_nfe"] == math.ceil(9 / k) >= m["nfe_dapd"] - 1e-9
+    assert k == 9 or math.ceil(9 / (k + 1)) < m["nfe_dapd"]
+    assert m["dapd_gain_at_matched_nfe"] == m["validity_dapd"] - m["validity_topk_at_dapd_nfe"]
+    assert dapd.Dapd.primary_metric == "dapd_gain_at_matched_nfe" and dapd.Dapd.higher_is_better
+
+
+@pytest.mark.parametrize(
+    ("nfe", "k"), [(9, 1), (8.2, 1), (5.01, 1), (5, 2), (4.3, 2), (3.5, 2), (3, 4), (2, 8), (1, 9)]
+)
+def test_topk_at_nfe_spends_no_fewer_forwards(nfe, k):
+    assert dapd.topk_at_nfe(9, nfe) == k
+
+
+def test_pretrain_lr_warms_up_linearly_then_decays_by_cosine():
+    lrs = [dapd.pretrain_lr(s, 110, 1e-2, 10) for s in range(110)]
+    assert lrs[:10] == pytest.approx([1e-3 * (s + 1) for s in range(10)])
+    assert lrs[10] == pytest.approx(1e-2) and lrs[60] == pytest.approx(5e-3)  # the cosine's half-way point
+    assert lrs[-1] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert dapd.pretrain_lr(0, 4, 1.0, 0) == 1.0 and dapd.pretrain_lr(3, 4, 1.0, 100) == 1.0  # warm-up <= steps
+
+
+@pytest.mark.parametrize("clip", [0.05, 0.0])
+def test_pretraining_follows_the_schedule_and_clips_the_gradient(monkeypatch, clip):
+    opts = f"pretrain_steps=6,pretrain_warmup=2,pretrain_lr=0.01,pretrain_clip={clip},pretrain_samples=32"
+    wl = dapd.Dapd(small_spec(options=opts + ",pretrain_batch=8"))
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(
+            (self.param_groups[0]["lr"], float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        )
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    stats = wl._pretrain(wl._random_model())
+    lrs, norms = zip(*seen, strict=True)
+    assert list(lrs) == pytest.approx([dapd.pretrain_lr(s, 6, 0.01, 2) for s in range(6)])
+    if clip:
+        assert max(norms) <= clip * (1 + 1e-4)
+    else:
+        assert max(norms) > 0.05  # the same steps unclipped: the clip above did something
+    assert stats["steps"] == 6 and 0 <= stats["validity_one"] <= 1
+
+
+def test_a_weak_base_is_refused_with_one_line_and_its_validity_is_cached():
+    opts = "pretrain_steps=3,pretrain_samples=32,pretrain_warmup=1"
+    with pytest.raises(ConfigError) as e:
+        dapd.Dapd(small_spec(options=opts + ",min_base_validity=0.95")).build_base_model()
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("workload.options: min_base_validity=0.95: ")
+    # the measured validity is in the cache entry's meta: the same base with the guard off loads it
+    wl = dapd.Dapd(small_spec(options=opts + ",min_base_validity=0"))
+    wl.build_base_model()
+    measured = wl.pretrain_meta["pretrain"]["validity_one"]
+    assert wl.pretrain_meta["cached"] and measured < 0.95 and f"validity is {measured:.3f}" in message
 
 
 @pytest.mark.parametrize(
@@ -158,6 +221,11 @@ def test_evaluate_reports_every_decoder_and_the_aucs():
         ("topk_k=10", "topk_k=10: tokens per step must be at most G"),
         ("pretrain_task=zebra", "pretrain_task='zebra': must be one of format, rule"),
         ("positions=alibi", "positions='alibi'"),
+        ("pretrain_clip=-1", "pretrain_clip=-1.0: must be a number in"),
+        ("pretrain_warmup=-5", "pretrain_warmup=-5: must be an integer in"),
+        ("min_base_validity=1.5", "min_base_validity=1.5: must be a number in"),
+        ("eval_topk_ks=3 10", "eval_topk_ks='3 10': tokens per step must be at most G"),
+        ("eval_topk_ks=3 0", "eval_topk_ks='3 0': must be a string of"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(options, message):
@@ -171,3 +239,11 @@ def test_bad_option_exits_2_before_anything_runs(tmp_path):
     proc = run_fedsim(["run", "--workload", "dapd", "--set", "workload.options=tau_rel=0", "--out", str(out)])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "tau_rel=0" in proc.stderr and not out.exists()
+
+
+def test_the_guard_exits_2_with_one_line_before_anything_runs(tmp_path):
+    out = tmp_path / "o"
+    options = "workload.options=pretrain_steps=3,pretrain_samples=32,min_base_validity=0.95"
+    proc = run_fedsim(["run", "--workload", "dapd", "--set", options, "--out", str(out)])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "min_base_validity=0.95" in proc.stderr and not out.exists()
