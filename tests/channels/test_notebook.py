@@ -2,6 +2,10 @@
 
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a Jupyter kernel (notebooks run in the slow tier)
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "channels.ipynb"
 
 

@@ -241,6 +241,7 @@ def test_bad_option_exits_2_before_anything_runs(tmp_path):
     assert "tau_rel=0" in proc.stderr and not out.exists()
 
 
+@pytest.mark.slow  # a real process that pretrains; the refusal itself is checked in process above
 def test_the_guard_exits_2_with_one_line_before_anything_runs(tmp_path):
     out = tmp_path / "o"
     options = "workload.options=pretrain_steps=3,pretrain_samples=32,min_base_validity=0.95"

@@ -113,6 +113,7 @@ def fedsim(site, *args, timeout=600):
     )
 
 
+@pytest.mark.slow  # the fixture pip-installs a package (about 15 s)
 def test_installed_workload_is_listed(site):
     proc = fedsim(site, "workloads")
     assert proc.returncode == 0, proc.stderr
