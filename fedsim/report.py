@@ -268,6 +268,12 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     return mean, mean - half, mean + half, n
 
 
+def ci_cells(metric: str, values: Sequence[float]) -> dict[str, float]:
+    """A table row's cells of ``metric``: ``<metric>_mean``, ``_ci95_low``, ``_ci95_high`` of :func:`mean_ci`."""
+    mean, low, high, _ = mean_ci(values)
+    return {f"{metric}_mean": mean, f"{metric}_ci95_low": low, f"{metric}_ci95_high": high}
+
+
 def summarize(runs: Sequence[RunResult], by: Sequence[str] | None = None, metrics: Sequence[str] = DEFAULT_METRICS):
     """A pandas DataFrame: one row per group, per metric its ``mean``, ``ci95_low``, ``ci95_high``, and ``n``.
 
@@ -280,8 +286,7 @@ def summarize(runs: Sequence[RunResult], by: Sequence[str] | None = None, metric
     for label, members in group_runs(runs, by).items():
         row: dict[str, Any] = {"group": label, **{k: members[0].config.get(k) for k in by}, "n": len(members)}
         for m in metrics:
-            mean, low, high, _ = mean_ci([r.value(m) for r in members])
-            row |= {f"{m}_mean": mean, f"{m}_ci95_low": low, f"{m}_ci95_high": high}
+            row |= ci_cells(m, [r.value(m) for r in members])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -350,8 +355,7 @@ def paired_differences(
         row: dict[str, Any] = {"group": label, **{k: members[0].config.get(k) for k in others}, "n": len(seeds)}
         for m in metrics:
             diffs = [sides["a"][s].value(m) - sides["b"][s].value(m) for s in seeds]
-            mean, low, high, _ = mean_ci(diffs)
-            row |= {f"{m}_mean": mean, f"{m}_ci95_low": low, f"{m}_ci95_high": high}
+            row |= ci_cells(m, diffs)
         rows.append(row)
     return pd.DataFrame(rows)
 
