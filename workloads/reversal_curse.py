@@ -34,17 +34,31 @@ pretraining, every weight trainable and sent dense (d_model 128, the pilot's siz
 Metrics each round on the global model (over the test facts, which are trained facts):
 ``forward_accuracy``, ``reverse_accuracy`` (top-1 over the vocabulary; the primary metric),
 ``reverse_probability`` (mean probability of the correct reverse answer) and ``chance`` (1/N),
-and three of the paper's mechanism, each over the *attention factors*: the trainable weights of
+and five of the paper's mechanism, each over the *attention factors*: the trainable weights of
 the ``q k v o`` projections, i.e. their LoRA factors (the projections themselves under
 ``from_scratch``), never the dense embedding and output rows, whose shared "push every other
 entity down" part would make any two losses' gradients agree:
 
 - ``grad_cosine``: ``cos(grad L_fwd, grad L_rev)``, with ``L_fwd`` the training loss of the
-  forward statements (fixed noise) and ``L_rev`` the cross-entropy of the reverse probes; the
-  paper expects it positive for the MDM and at or below 0 for the ARM,
+  forward statements (fixed noise) and ``L_rev`` the cross-entropy of the reverse probes, each
+  summed over all test facts (a cosine of sums, not per fact); the paper expects the forward and
+  reverse gradients aligned (cosine > 0) in the MDM and not (<= 0) in the ARM,
 - ``reverse_loss_drop``: ``L_rev`` before minus after one SGD step of size ``probe_lr`` on
   ``L_fwd`` (the model restored afterwards); positive when learning the forward statements
   lowers the reverse loss (to first order ``probe_lr * grad L_fwd . grad L_rev``),
+- ``grad_cosine_matched`` and ``grad_cosine_excess``: the same alignment *per fact*, over the
+  first ``FACT_PROBES`` (64) test facts j, each with its own gradients ``g_fwd_j`` (of fact j's
+  training loss, its expectation over the masking noise for the MDM: see :meth:`fact_losses`)
+  and ``g_rev_j`` (of its reverse probe's cross-entropy). ``grad_cosine_matched`` is the mean over
+  j of ``cos(g_fwd_j, g_rev_j)``; ``grad_cosine_excess`` is that minus the mean over j of
+  ``cos(g_fwd_j, g_rev_pi(j))``, fact j's forward gradient against *another* fact's reverse
+  gradient (pi the cyclic shift ``j -> j + 1 mod n``, a derangement), so that a component
+  every fact shares (which dominates ``grad_cosine``, a cosine of sums) cancels: positive when
+  learning "a IS b" lowers the loss of "b IS ?" -> a of the same fact more than of another. The
+  MDM's should be positive (its training loss also predicts a from ``[M] IS b``, which shares
+  its value path b -> a with the probe ``b IS [M]``), the ARM's about 0 (its loss only predicts
+  b from ``[a, IS]``; the probe needs a from ``[b, IS]``, which shares no fact-specific
+  direction),
 - ``score_correlation``: per layer and head, the Pearson correlation over facts of the
   pre-softmax attention score of the mask on b in "[M] IS b" (position 0 -> 2, what the
   forward statement trains) and in the reverse probe "b IS [M]" (position 2 -> 0), then the
@@ -71,6 +85,8 @@ from workloads.options import Declaration
 from workloads.reversal_curse_options import DECLARATION
 
 MASK, IS = 0, 1
+FACT_PROBES = 64
+"""The per-fact gradient metrics (``grad_cosine_matched``, ``grad_cosine_excess``) use the first this many test facts."""
 SPECIAL = ["<mask>", "IS"]
 
 
@@ -272,6 +288,75 @@ class ReversalCurse(dlm.PretrainedOrScratch, Workload):
         denom = flat[0].norm() * flat[1].norm()
         return float(flat[0] @ flat[1] / denom) if denom > 0 else 0.0
 
+    def fact_losses(self, model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fwd, rev), each (B,): per fact, the training loss of ``[a, IS, b]`` without noise, and the
+        cross-entropy of the reverse probe's answer ``a``.
+
+        ARM: the training loss itself, ``CE(b | [a, IS])``. MDM: the expectation of the LLaDA loss
+        over its noise. With ``p = (1 - eps) t + eps`` and each entity masked with probability p,
+        the loss ``(1/2) sum_{i masked} CE_i / p`` has the expectation
+        ``(1/2) sum_i [E[p] CE_i(other entity masked) + (1 - E[p]) CE_i(other entity shown)]``,
+        ``E[p] = (1 + eps) / 2``: the four predictions ``b | [a, IS, M]``, ``a | [M, IS, b]``,
+        ``b | [M, IS, M]`` and ``a | [M, IS, M]``.
+        """
+        rev = F.cross_entropy(self.answer_logits(model, b), a, reduction="none")
+        if self.causal:
+            return F.cross_entropy(self.answer_logits(model, a), b, reduction="none"), rev
+        n, mask, is_ = len(a), torch.full_like(a, MASK), torch.full_like(a, IS)
+        rows = [torch.stack([a, is_, mask], 1), torch.stack([mask, is_, b], 1), torch.stack([mask, is_, mask], 1)]
+        logits = model(input_ids=torch.cat(rows))
+        shown, hidden = logits[:n], logits[n : 2 * n]
+        both = logits[2 * n :]
+        e_p = (1 + dlm.LLADA_EPS) / 2
+        ce = lambda z, y: F.cross_entropy(z, y, reduction="none")  # noqa: E731
+        other_shown = ce(shown[:, 2], b) + ce(hidden[:, 0], a)
+        other_masked = ce(both[:, 2], b) + ce(both[:, 0], a)
+        return 0.5 * (e_p * other_masked + (1 - e_p) * other_shown), rev
+
+    def fact_gradients(self, model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G_fwd, G_rev), each (B, P): row j the gradient of fact j's forward and reverse loss
+        (:meth:`fact_losses`) over the attention factors, flattened (P = 0 without any factors)."""
+        params = [p for _, p in self.attention_factors(model)]
+        n = len(a)
+        if not params:
+            return torch.zeros(n, 0), torch.zeros(n, 0)
+        with torch.enable_grad():
+            losses = self.fact_losses(model, a, b)
+            rows = torch.eye(n)  # grad_outputs e_j: the gradient of loss j alone (facts never interact)
+            grads = [
+                torch.autograd.grad(
+                    loss, params, grad_outputs=rows, is_grads_batched=True, retain_graph=True, allow_unused=True
+                )
+                for loss in losses
+            ]
+        return tuple(
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros(n, *p.shape)).reshape(n, -1)
+                    for g, p in zip(gs, params, strict=True)
+                ],
+                1,
+            )
+            for gs in grads
+        )
+
+    @staticmethod
+    def matched_cosines(g_fwd: torch.Tensor, g_rev: torch.Tensor) -> tuple[float, float]:
+        """(matched, mismatched): the mean over rows j of ``cos(g_fwd[j], g_rev[j])`` and of
+        ``cos(g_fwd[j], g_rev[j + 1 mod n])``; a zero row's cosines count 0; mismatched is 0 for one row."""
+        if g_fwd.shape[1] == 0:
+            return 0.0, 0.0
+        matched = float(F.cosine_similarity(g_fwd, g_rev, dim=1).mean())
+        if len(g_fwd) < 2:
+            return matched, 0.0
+        return matched, float(F.cosine_similarity(g_fwd, g_rev.roll(-1, 0), dim=1).mean())
+
+    def fact_grad_cosines(self, model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+        """``grad_cosine_matched`` and ``grad_cosine_excess`` (module docstring) over the first
+        :data:`FACT_PROBES` facts given."""
+        matched, mismatched = self.matched_cosines(*self.fact_gradients(model, a[:FACT_PROBES], b[:FACT_PROBES]))
+        return {"grad_cosine_matched": matched, "grad_cosine_excess": matched - mismatched}
+
     def reverse_loss_drop(self, model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> float:
         """L_rev before minus after one SGD step (``probe_lr``) on L_fwd over the attention factors.
 
@@ -328,6 +413,7 @@ class ReversalCurse(dlm.PretrainedOrScratch, Workload):
             "reverse_probability": float(rev_prob.mean()),
             "chance": 1.0 / self.params["num_facts"],
             "grad_cosine": self.grad_cosine(model, a, b),
+            **self.fact_grad_cosines(model, a, b),
             "reverse_loss_drop": self.reverse_loss_drop(model, a, b),
             "score_correlation": self.score_correlation(model, b),
         }

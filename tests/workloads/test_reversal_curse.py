@@ -1,6 +1,7 @@
 """reversal-curse: the generated facts (pools disjoint, reverse probes never in training), the
 natural split, the probes of the MDM and the ARM, the mechanism metrics (gradient cosine and
-loss drop over the attention factors, pre-softmax score correlation), the presets' train
+loss drop over the attention factors, the per-fact matched and mismatched gradient cosines and
+the MDM's noise-free per-fact loss, pre-softmax score correlation), the presets' train
 defaults, and the option checks (one-line config errors, exit 2). No training here beyond the
 cached base the contract test builds."""
 
@@ -86,6 +87,7 @@ def test_evaluate_metrics_on_an_untrained_model():
     assert m["chance"] == 1 / 20
     assert 0 <= m["reverse_probability"] < 0.2 and m["forward_accuracy"] <= 0.2
     assert -1 <= m["grad_cosine"] <= 1 and -1 <= m["score_correlation"] <= 1
+    assert -1 <= m["grad_cosine_matched"] <= 1 and -2 <= m["grad_cosine_excess"] <= 2
     assert np.isfinite(m["reverse_loss_drop"])
 
 
@@ -130,6 +132,72 @@ def test_reverse_loss_drop_restores_the_model(model_kind):
     assert drop != 0.0 and np.isfinite(drop)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_matched_cosines_on_known_gradients():
+    match = rc.ReversalCurse.matched_cosines
+    own = torch.eye(5, 7) * torch.arange(1.0, 6.0)[:, None]  # every fact its own direction
+    assert match(own, 3 * own) == pytest.approx((1.0, 0.0))  # aligned with its own fact only
+    assert match(own, -own) == pytest.approx((-1.0, 0.0))
+    # fact j + 1's reverse gradient is fact j's forward one: matched 0, mismatched (j against j + 1) 1
+    assert match(own, own.roll(1, 0)) == pytest.approx((0.0, 1.0))
+    # a component shared by every fact moves matched and mismatched alike: the excess is 0
+    g_fwd = torch.randn(6, 9, generator=torch.Generator().manual_seed(0))
+    matched, mismatched = match(g_fwd, torch.ones(6, 9))
+    assert matched == pytest.approx(mismatched) and matched != pytest.approx(0.0)
+    # the same, added to fact-specific parts: a positive excess
+    matched, mismatched = match(own + 1.0, own + 1.0)
+    assert matched == pytest.approx(1.0) and 0 < mismatched < 1
+    assert match(own[:1], own[:1]) == pytest.approx((1.0, 0.0))  # one fact: no mismatched pair
+    assert match(torch.zeros(3, 0), torch.zeros(3, 0)) == (0.0, 0.0)  # no factors
+
+
+@pytest.mark.parametrize("model_kind", ["mdm", "arm"])
+def test_fact_gradients_are_each_facts_own_over_the_attention_factors(model_kind):
+    wl, model, a, b = lora_model_and_facts(model_kind)
+    a, b = a[:5], b[:5]
+    params = [p for _, p in wl.attention_factors(model)]
+    g_fwd, g_rev = wl.fact_gradients(model, a, b)
+    assert g_fwd.shape == g_rev.shape == (5, sum(p.numel() for p in params))
+    for j in range(5):
+        fwd, rev = wl.fact_losses(model, a[j : j + 1], b[j : j + 1])
+        for loss, rows in ((fwd, g_fwd), (rev, g_rev)):
+            alone = torch.cat([g.flatten() for g in torch.autograd.grad(loss.sum(), params)])
+            assert torch.allclose(rows[j], alone, atol=1e-6)
+    if model_kind == "arm":  # the ARM's per-fact loss is its training loss of the one statement
+        with torch.no_grad():
+            fwd, _ = wl.fact_losses(model, a[:1], b[:1])
+            statement = wl.loss(model, wl.batch_of(rc.statements(torch.stack([a[:1], b[:1]], 1))))
+        assert float(fwd) == pytest.approx(float(statement))
+    metrics = wl.fact_grad_cosines(model, a, b)
+    matched, mismatched = wl.matched_cosines(g_fwd, g_rev)
+    assert metrics == pytest.approx({"grad_cosine_matched": matched, "grad_cosine_excess": matched - mismatched})
+
+
+def test_mdm_fact_loss_is_the_training_loss_averaged_over_its_noise():
+    """Against the library's own LLaDA loss, every mask pattern of the two entities weighted by its
+    probability at masking probability p, averaged over t (exact: linear in p once divided by p)."""
+    wl, model, a, b = lora_model_and_facts("mdm")
+    a, b = a[:3], b[:3]
+    batch = wl.batch_of(rc.statements(torch.stack([a, b], 1)))
+    ids, response = batch["input_ids"], batch["response"]
+    expected = torch.zeros(3)
+    ts = (torch.arange(8) + 0.5) / 8
+    with torch.no_grad():
+        for t in ts:
+            p = (1 - rc.dlm.LLADA_EPS) * t + rc.dlm.LLADA_EPS
+            for m0, m2 in ((0, 1), (1, 0), (1, 1)):
+                masked = torch.zeros_like(response)
+                masked[:, 0], masked[:, 2] = bool(m0), bool(m2)
+                logits = model(input_ids=torch.where(masked, rc.MASK, ids))
+                weight = p ** (m0 + m2) * (1 - p) ** (2 - m0 - m2)
+                for j in range(3):
+                    one = rc.dlm.mdm_loss_from_logits(
+                        logits[j : j + 1], ids[j : j + 1], masked[j : j + 1], p.reshape(1), response[j : j + 1]
+                    )
+                    expected[j] += weight * one / len(ts)
+        fwd, _ = wl.fact_losses(model, a, b)
+    assert torch.allclose(fwd, expected, rtol=1e-5)
 
 
 def test_score_correlation_is_per_head_pre_softmax_and_bounded():
