@@ -39,11 +39,11 @@ DECLARATION = Declaration(
         "canvas_max": Option(64, CANVAS, "longest training canvas"),
         "pretrain_samples": Option(25600, Range(1, 1_000_000), "pretraining rows (held in memory)"),
         "pretrain_batch": Option(32, BATCH, "pretraining batch size"),
-        "eval_lengths": Option("32 64 128 256", Words(numbers=CANVAS), "allocated lengths evaluated"),
+        "eval_lengths": Option("32 48 64", Words(numbers=CANVAS), "allocated lengths evaluated"),
         "eval_threshold": Option(0.9, Range(0, 1, high_open=True), "confidence threshold (0: eval_steps steps)"),
         "eval_steps": Option(0, Range(0, CANVAS.high), "decoding steps (0: one token per step)"),
         "eval_samples": Option(64, Range(1, 10_000), "prompts decoded per evaluation"),
-        "eval_temperature": Option(0.0, Range(0, 10), "sampling temperature (0: greedy)"),
+        "eval_temperature": Option(1.0, Range(0, 10), "sampling temperature (0: greedy)"),
     },
     preset_overrides={
         "tiny": {},  # 0.11M parameters; pretraining takes about a minute and a half of one CPU core.
@@ -56,7 +56,7 @@ DECLARATION = Declaration(
             "pretrain_steps": 3000,
             "pretrain_samples": 96000,
             "pretrain_lr": 2e-3,
-            "eval_lengths": "32 64 128 256 512",
+            "eval_lengths": "32 64 128",
             "eval_samples": 256,
         },
     },
