@@ -35,13 +35,15 @@ Pad positions are trained like answer positions. Training canvases are ``canvas_
 Model: a bidirectional transformer MDM (:mod:`workloads.diffusion_lm`; rotary positions; tiny:
 d_model 64, 2 layers, 0.11M parameters) with the LLaDA loss. The base is pretrained by fedsim
 with ``eos`` padding (it is the instruction-tuned model that suffers) and cached
-(:mod:`workloads.cache`; ``pretrain_steps`` 1000 on ``tiny``, about a minute and a half of one
-CPU core; the benchmark uses 3000); the ``<pad>`` and ``<pad0..15>`` tokens are in its
+(:mod:`workloads.cache`; ``pretrain_steps`` 3000 on ``tiny``, about four minutes of one CPU core:
+with 1000 the base's walks break the successor maps too often for any padding to be valid); the
+``<pad>`` and ``<pad0..15>`` tokens are in its
 vocabulary but never seen in pretraining. Federated LoRA (attention ``q k v o``, feed-forward
 ``up down`` and the output ``head``) then trains with the run's padding on the clients' data;
 the token embedding is trained and uploaded dense beside it (``extra_trainable``: 54 x 64
 values), because a 0.1M-parameter model cannot give the never-seen pad tokens usable input
-embeddings through LoRA alone within a few rounds (an 8B LLaDA can).
+embeddings through LoRA alone within a few rounds (an 8B LLaDA can). The ``tiny`` preset's train
+defaults (32 local epochs, lr 5e-3) give a default run about 1,000 LoRA steps.
 
 Evaluation: for each allocated length G in ``eval_lengths`` (default 32 48 64: inside the
 training canvases, so that a change with G is the padding's and not the model's extrapolation
