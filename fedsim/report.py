@@ -629,7 +629,7 @@ EFFECTS: dict[str, Effect] = {
         (
             (r"(forward|reverse)_accuracy", "top-1 accuracy"),
             (r"(reverse_probability|chance)", "probability of the answer"),
-            (r"(grad_cosine|score_correlation)", "cosine / correlation"),
+            (r"(grad_cosine_excess|grad_cosine|score_correlation)", "cosine / correlation"),
         ),
     ),
     "dapd": Effect(
