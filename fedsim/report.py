@@ -599,15 +599,18 @@ class Effect:
     title: str
     xlabel: str
     families: tuple[tuple[str, str], ...]  # (regex with one group, the x; y label)
-    log2_x: bool = False
 
 
 EFFECTS: dict[str, Effect] = {
     "rainbow-padding": Effect(
-        "response length and validity against the allocated length",
+        "validity, response length and early padding against the allocated length",
         "allocated length G",
-        ((r"length_ratio_g(\d+)", "response length / data mean"), (r"validity_g(\d+)", "validity")),
-        log2_x=True,
+        (
+            (r"validity_g(\d+)", "validity"),
+            (r"length_ratio_g(\d+)", "response length / data mean"),
+            (r"early_termination_g(\d+)", "early termination"),
+            (r"pad_first_half_g(\d+)", "padding share, first half of steps"),
+        ),
     ),
     "equation-reasoner": Effect(
         "accuracy by number of operations", "operations", ((r"accuracy_ops(\d+)", "accuracy"),)
@@ -626,7 +629,7 @@ EFFECTS: dict[str, Effect] = {
         (
             (r"(forward|reverse)_accuracy", "top-1 accuracy"),
             (r"(reverse_probability|chance)", "probability of the answer"),
-            (r"(grad_cosine|score_correlation)", "cosine / correlation"),
+            (r"(grad_cosine_excess|grad_cosine|score_correlation)", "cosine / correlation"),
         ),
     ),
     "dapd": Effect(
@@ -686,8 +689,6 @@ def effect_figure(runs: Sequence[RunResult], workload: str, by: Sequence[str] | 
                 ax.bar(pos, mean, width=width, yerr=err, capsize=3, label=label)
                 ax.set_xticks(np.arange(len(pts)))
                 ax.set_xticklabels([p[0] for p in pts], rotation=20, fontsize=7)
-        if numeric and effect.log2_x:
-            ax.set_xscale("log", base=2)
         ax.set(xlabel=effect.xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

@@ -151,6 +151,8 @@ class Declaration:
                 raise ConfigError(f"workload.options: {key}={value!r}: {name} has options {', '.join(self.options)}")
             if isinstance(option.default, float) and type(value) is int:
                 value = float(value)
+            if isinstance(option.allowed, Words) and type(value) is int:
+                value = str(value)  # a list of one number reads as a number: eval_lengths=64
             if not option.accepts(value):
                 raise ConfigError(f"workload.options: {key}={value!r}: must be {option.rule()} ({option.meaning})")
             params[key] = value

@@ -144,3 +144,24 @@ def test_a_fedsim_cache_that_cannot_be_written_is_refused(tmp_path, monkeypatch)
     monkeypatch.setenv("FEDSIM_CACHE", str(locked / "cache"))
     with pytest.raises(ConfigError, match=f"cannot write in {str(locked)!r}"):
         check_cache_root()
+
+
+def test_the_code_digest_ignores_documentation_and_sees_code(tmp_path):
+    """Editing a docstring, a comment or the layout keeps a cached model's key; changing code does not."""
+    import importlib.util
+
+    from workloads.cache import source_digest
+
+    def digest(text: str, name: str) -> str:
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return source_digest(module)
+
+    base = digest('"""Doc."""\nX = 1\n"""X\'s doc."""\n\n\ndef f(a):\n    """f."""\n    return a + X\n', "m0")
+    documented = '"""Other doc."""\n# a comment\nX = 1\n\n\ndef f(a):  # why\n    """g."""\n\n    return a + X\n'
+    assert digest(documented, "m1") == base
+    assert digest('"""Doc."""\nX = 1\n\n\ndef f(a):\n    return a - X\n', "m2") != base
+    assert digest('"""Doc."""\nX = 2\n\n\ndef f(a):\n    return a + X\n', "m3") != base

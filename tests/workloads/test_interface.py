@@ -26,6 +26,15 @@ def test_options_override_the_preset():
     assert EquationReasoner.resolve_params("tiny") == EquationReasoner.presets["tiny"]
 
 
+def test_a_word_list_of_one_number_is_a_word_list():
+    """``eval_lengths=64`` reads as the number 64; a list-of-words option takes it as the text "64"."""
+    from workloads.rainbow_padding_options import DECLARATION
+
+    assert DECLARATION.resolve("rainbow-padding", "tiny", "eval_lengths=64")["eval_lengths"] == "64"
+    with pytest.raises(ConfigError, match="eval_lengths='7': must be a string of 1 to 8 items"):
+        DECLARATION.resolve("rainbow-padding", "tiny", "eval_lengths=7")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

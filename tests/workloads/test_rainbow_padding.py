@@ -160,6 +160,6 @@ def test_answer_metrics_on_hand_made_samples():
     assert m["early_termination"] == 0.5
     n0 = rows["length"][0]
     first = 16  # steps 0..15: sample 0 positions 0..15, sample 1 positions 16..31 (all eos)
-    eos0 = max(0, first - n0)  # sample 0's <eos> if it falls in the first 16 positions
-    assert m["eos_first_half"] == pytest.approx((min(eos0, 1) + 16) / 32)
+    pads0 = max(0, first - n0)  # sample 0's <eos> and rainbow pads among its first 16 positions
+    assert m["pad_first_half"] == pytest.approx((pads0 + 16) / 32)
     assert m["nfe"] == g

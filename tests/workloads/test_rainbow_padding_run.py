@@ -1,7 +1,6 @@
 """rainbow-padding through ``fedsim run`` (Flower, Ray) on a minimal budget, its per-G metrics in
-rounds.jsonl, and notebooks/rainbow_padding.ipynb on that run and a benchmark CSV."""
+rounds.jsonl, and notebooks/rainbow_padding.ipynb on that run (as its one run and as a sweep of one)."""
 
-import csv
 import json
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def test_run_records_per_g_metrics(tiny_run):
     for r in rounds:
         m = r["metrics"]
         for g in (32, 64):
-            for key in ("validity", "length_ratio", "early_termination", "eos_first_half"):
+            for key in ("validity", "length_ratio", "early_termination", "pad_first_half"):
                 assert 0.0 <= m[f"{key}_g{g}"] <= (g if key == "length_ratio" else 1.0)
         assert m["primary_metric"] == m["validity"] == m["validity_g64"]
         assert all(c["train_loss"] > 0 for c in r["clients"])
@@ -41,24 +40,16 @@ def test_run_records_per_g_metrics(tiny_run):
     assert summary["workload"] == "rainbow-padding"
 
 
-def test_notebook_executes_on_a_run_and_a_csv(tiny_run, tmp_path):
+def test_notebook_executes_on_a_run_and_a_sweep(tiny_run, tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
-    table = tmp_path / "rainbow_padding.csv"
-    keys = ["scheme", "seed", "run", "G", "validity", "length_ratio", "early_termination", "eos_first_half"]
-    with open(table, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for scheme, valid in (("base", 0.5), ("eos", 0.4), ("rainbow7", 0.8)):
-            for seed in (0, 1):
-                for g in (32, 64, 128):
-                    writer.writerow(
-                        dict(zip(keys, [scheme, seed, f"{scheme}{seed}", g, valid, 1.0, 0.1, 0.2], strict=True))
-                    )
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(f"RESULTS = {str(tiny_run)!r}\nCSV = {str(table)!r}"))
+    setup = f"RESULTS = {str(tiny_run)!r}\nSWEEP = {str(tiny_run.parent)!r}"
+    nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the run's rounds, the sweep's effect
+    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert any("pad_first_half_g64" in t for t in tables)
