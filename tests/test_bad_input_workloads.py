@@ -29,8 +29,8 @@ def bad_values(option: Option) -> dict[str, str]:
     default, allowed = option.default, option.allowed
     if isinstance(default, bool):
         return {"wrong type": "1"}
-    if isinstance(default, str):
-        return {"wrong type": "7", "not allowed": "nosuch"}
+    if isinstance(default, str):  # "7" may be right: a list of numbers of one item (eval_lengths=64)
+        return {"wrong type": "true", "not allowed": "nosuch"}
     bad = {"wrong type": "true" if isinstance(default, int) else '"x"'}
     if isinstance(allowed, Range):
         big = int(allowed.high) + 1 if isinstance(default, int) else allowed.high * 10 + 1
