@@ -46,14 +46,19 @@ of ``eval_decoders`` (``one``: G NFE; ``topk``: ``topk_k`` per step; ``threshold
 ``threshold``; ``dapd``: tau = ``tau_rel`` x mean off-diagonal score with the tail switch;
 ``dapd_notail``: the same without it): ``validity_{decoder}`` and ``nfe_{decoder}`` (mean
 forwards per sample); top-k for every k of ``eval_topk_ks``: ``validity_topk{k}``, ``nfe_topk{k}``.
-``validity_topk_at_dapd_nfe``: top-k with the largest k whose NFE ``ceil(G / k)`` is at least
-DAPD's mean NFE (:func:`topk_at_nfe`: top-k never gets fewer forwards than DAPD),
-``nfe_topk_at_dapd_nfe`` its NFE, ``k_topk_at_dapd_nfe`` its k. ``auc_all_masked``: ROC AUC of
+Top-k at DAPD's NFE: DAPD's mean NFE ``d`` is fractional and top-k's NFE ``ceil(G / k)`` takes
+few values (9, 5, 3, 3, 2, ... at G = 9), so the match is a top-k *schedule* (:func:`topk_schedule`):
+``n`` steps committing the G positions split as evenly as possible, the larger steps first (each
+step the most confident masked positions, as top-k), exactly ``n`` NFE; it is evaluated at
+``n = floor(d)`` and ``ceil(d)`` (``validity_topk_sched_lo``, ``nfe_topk_sched_lo`` = that n; ``_hi``
+the same) and ``validity_topk_at_dapd_nfe`` is their linear interpolation in NFE at ``d``
+(:func:`interpolate_at_nfe`), the validity of the randomised mixture of the two schedules whose
+mean NFE is DAPD's (``nfe_topk_at_dapd_nfe`` = ``d``). ``auc_all_masked``: ROC AUC of
 the attention scores of an all-mask canvas against the true graph (all position pairs);
 ``auc_half_masked``: the same over the pairs of masked positions when a random half of a test
 canvas is masked, averaged over the samples. ``loss``: the LLaDA loss on the test set.
 Primary metric: ``dapd_gain_at_matched_nfe`` = ``validity_dapd - validity_topk_at_dapd_nfe``
-(DAPD's validity above top-k's at no more NFE; higher is better).
+(DAPD's validity above top-k's at the same mean NFE; higher is better).
 """
 
 from __future__ import annotations
@@ -144,12 +149,72 @@ def pretrain_lr(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def topk_at_nfe(gen_length: int, nfe: float) -> int:
-    """The largest tokens per step k whose top-k NFE, ``ceil(G / k)``, is at least ``nfe``.
+def topk_schedule(gen_length: int, steps: int) -> list[int]:
+    """Tokens committed at each of ``steps`` steps: G split as evenly as possible, larger steps first.
 
-    Top-k at a decoder's (mean, fractional) NFE: never fewer forwards than that decoder spent.
+    ``G = q * steps + r`` gives ``r`` steps of ``q + 1`` then ``steps - r`` of ``q`` (G = 9, 4 steps:
+    3, 2, 2, 2); the same split as top-k's ``ceil(G / k)`` steps of k whenever that is even (k = 2,
+    3, 5 at G = 9: 2 2 2 2 1, 3 3 3, 5 4).
     """
-    return max(k for k in range(1, gen_length + 1) if math.ceil(gen_length / k) >= nfe - 1e-9)
+    if not 1 <= steps <= gen_length:
+        raise ValueError(f"steps={steps}: must be in 1 .. G = {gen_length}")
+    q, r = divmod(gen_length, steps)
+    return [q + 1] * r + [q] * (steps - r)
+
+
+def nfe_brackets(gen_length: int, nfe: float) -> tuple[int, int]:
+    """``(floor(nfe), ceil(nfe))`` within 1 .. G: the schedules' step counts around a mean NFE."""
+    near = round(nfe)
+    if abs(nfe - near) < 1e-9:  # a whole number of forwards (up to float noise): one schedule
+        nfe = near
+    lo, hi = math.floor(nfe), math.ceil(nfe)
+    return min(max(lo, 1), gen_length), min(max(hi, 1), gen_length)
+
+
+def interpolate_at_nfe(nfe: float, lo: int, value_lo: float, hi: int, value_hi: float) -> float:
+    """The value at ``nfe`` linear between ``(lo, value_lo)`` and ``(hi, value_hi)`` (``value_lo`` when lo == hi).
+
+    Running the ``hi``-step schedule with probability ``w = (nfe - lo) / (hi - lo)`` and the
+    ``lo``-step one otherwise spends ``nfe`` forwards on average and is valid with probability
+    ``(1 - w) value_lo + w value_hi``: this is that mixture's validity (clipped to the bracket).
+    """
+    if hi == lo:
+        return value_lo
+    w = min(max((nfe - lo) / (hi - lo), 0.0), 1.0)
+    return (1 - w) * value_lo + w * value_hi
+
+
+@torch.no_grad()
+def schedule_sample(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    gen_length: int,
+    sizes: list[int],
+    *,
+    temperature: float,
+    generator: torch.Generator | None,
+    forbidden: tuple[int, ...] = (),
+) -> dlm.SampleResult:
+    """Top-k decoding with ``sizes[i]`` positions committed at step i (the most confident masked
+    ones, as :func:`diffusion_lm.mdm_sample`); ``sum(sizes) == gen_length``, so NFE = ``len(sizes)``."""
+    if sum(sizes) != gen_length or min(sizes) < 1:
+        raise ValueError(f"sizes={sizes}: must be positive and sum to G = {gen_length}")
+    b, plen = prompt.shape
+    x = torch.cat([prompt, torch.full((b, gen_length), MASK, dtype=prompt.dtype)], dim=1)
+    step_of = torch.full((b, gen_length), -1, dtype=torch.long)
+    banned = torch.tensor(sorted({MASK, *forbidden}))
+    for step, k in enumerate(sizes):
+        masked = x[:, plen:] == MASK
+        logits = model(input_ids=x)[:, plen:].float()
+        probs, cand = dlm._candidates(logits, banned, temperature, generator)
+        conf = probs.gather(-1, cand[..., None]).squeeze(-1).masked_fill(~masked, float("-inf"))
+        commit = torch.zeros_like(masked)
+        commit.scatter_(1, conf.topk(k, dim=1).indices, True)
+        commit &= masked
+        x[:, plen:] = torch.where(commit, cand, x[:, plen:])
+        step_of[commit] = step
+    nfe = torch.full((b,), len(sizes), dtype=torch.long)
+    return dlm.SampleResult(tokens=x, nfe=nfe, step=step_of, num_steps=len(sizes))
 
 
 def generate(num: int, length: int, copies: int, rng: np.random.Generator, probs=None, client: int = -1) -> dict:
@@ -312,6 +377,18 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
             forbidden=(BOS,),
         )
 
+    def decode_schedule(self, model: nn.Module, num: int, steps: int) -> dlm.SampleResult:
+        """``num`` canvases decoded by the top-k schedule of ``steps`` steps (:func:`topk_schedule`)."""
+        return schedule_sample(
+            model,
+            torch.full((num, 1), BOS, dtype=torch.long),
+            self.gen_length,
+            topk_schedule(self.gen_length, steps),
+            temperature=self.params["eval_temperature"],
+            generator=torch.Generator().manual_seed(self.spec.seed * 1000003 + 997 * steps + num),
+            forbidden=(BOS,),
+        )
+
     def validity(self, result: dlm.SampleResult) -> float:
         return float(np.mean([is_valid(c, self.length) for c in result.tokens[:, 1:].tolist()]))
 
@@ -361,11 +438,18 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
         for k in sorted({int(k) for k in str(p["eval_topk_ks"]).split()}):
             result = self.decode(model, num, "topk", tokens_per_step=k)
             out[f"validity_topk{k}"], out[f"nfe_topk{k}"] = self.validity(result), float(result.nfe.float().mean())
-        k = topk_at_nfe(self.gen_length, out[f"nfe_{dapd}"])
-        result = self.decode(model, num, "topk", tokens_per_step=k)
-        out["validity_topk_at_dapd_nfe"] = self.validity(result)
-        out["nfe_topk_at_dapd_nfe"] = float(result.nfe.float().mean())
-        out["k_topk_at_dapd_nfe"] = float(k)
+        nfe = out[f"nfe_{dapd}"]
+        lo, hi = nfe_brackets(self.gen_length, nfe)
+        for name, steps in (("lo", lo), ("hi", hi)):
+            if name == "hi" and hi == lo:
+                valid = out["validity_topk_sched_lo"]
+            else:
+                valid = self.validity(self.decode_schedule(model, num, steps))
+            out[f"validity_topk_sched_{name}"], out[f"nfe_topk_sched_{name}"] = valid, float(steps)
+        out["validity_topk_at_dapd_nfe"] = interpolate_at_nfe(
+            nfe, lo, out["validity_topk_sched_lo"], hi, out["validity_topk_sched_hi"]
+        )
+        out["nfe_topk_at_dapd_nfe"] = nfe
         out["dapd_gain_at_matched_nfe"] = out[f"validity_{dapd}"] - out["validity_topk_at_dapd_nfe"]
         out.update(self.attention_auc(model, data))
         return out
