@@ -1,7 +1,7 @@
 """dapd: the task's graph and program check, the DAPD step (independent sets, nothing left
 masked), the edge AUC on known cases, the non-IID split, the pretraining recipe (warm-up and
 cosine schedule, clipping) and the weak-base guard on a few steps, the matched-NFE primary metric
-and the option checks (one-line config errors, exit 2). No full pretraining here."""
+(top-k schedules split evenly, interpolated in NFE at DAPD's mean NFE) and the option checks (one-line config errors, exit 2). No full pretraining here."""
 
 import math
 
@@ -146,19 +146,107 @@ def test_evaluate_reports_every_decoder_and_the_aucs():
     assert m["nfe_one"] == wl.gen_length and m["nfe_topk"] == 5  # ceil(9 / 2)
     assert m["nfe_topk3"] == 3 and m["nfe_topk5"] == 2  # eval_topk_ks = "3 5"
     assert 0 <= m["auc_all_masked"] <= 1 and 0 <= m["auc_half_masked"] <= 1
-    # top-k at DAPD's NFE: the largest k that spends no fewer forwards than DAPD
-    k = int(m["k_topk_at_dapd_nfe"])
-    assert m["nfe_topk_at_dapd_nfe"] == math.ceil(9 / k) >= m["nfe_dapd"] - 1e-9
-    assert k == 9 or math.ceil(9 / (k + 1)) < m["nfe_dapd"]
+    # top-k at DAPD's NFE: the schedules of floor and ceil of DAPD's NFE steps, interpolated
+    lo, hi = m["nfe_topk_sched_lo"], m["nfe_topk_sched_hi"]
+    assert lo == math.floor(m["nfe_dapd"] + 1e-9) and hi == math.ceil(m["nfe_dapd"] - 1e-9)
+    assert m["nfe_topk_at_dapd_nfe"] == m["nfe_dapd"]
+    expected = dapd.interpolate_at_nfe(m["nfe_dapd"], lo, m["validity_topk_sched_lo"], hi, m["validity_topk_sched_hi"])
+    assert m["validity_topk_at_dapd_nfe"] == expected
     assert m["dapd_gain_at_matched_nfe"] == m["validity_dapd"] - m["validity_topk_at_dapd_nfe"]
     assert dapd.Dapd.primary_metric == "dapd_gain_at_matched_nfe" and dapd.Dapd.higher_is_better
 
 
+def test_matched_topk_brackets_a_fractional_dapd_nfe_and_interpolates(monkeypatch):
+    """DAPD at a mean of 5.75 NFE is matched by the 5- and 6-step schedules, weighted 1/4 and 3/4."""
+    wl = dapd.Dapd(small_spec(options="pretrain_steps=0,eval_samples=8,eval_decoders=one dapd"))
+    _, test = wl.build_data()
+    model = wl.build_base_model()
+    real = dlm.decode
+
+    def fake_dapd(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if args[4] == "dapd":
+            result.nfe = torch.tensor([5, 6, 6, 6] * (len(result.nfe) // 4))
+        return result
+
+    monkeypatch.setattr(dlm, "decode", fake_dapd)
+    m = wl.evaluate(model, test)
+    assert m["nfe_dapd"] == 5.75 and (m["nfe_topk_sched_lo"], m["nfe_topk_sched_hi"]) == (5, 6)
+    v5 = wl.validity(wl.decode_schedule(model, 8, 5))
+    v6 = wl.validity(wl.decode_schedule(model, 8, 6))
+    assert (m["validity_topk_sched_lo"], m["validity_topk_sched_hi"]) == (v5, v6)
+    assert m["validity_topk_at_dapd_nfe"] == pytest.approx(0.25 * v5 + 0.75 * v6)
+    assert m["nfe_topk_at_dapd_nfe"] == 5.75
+
+
 @pytest.mark.parametrize(
-    ("nfe", "k"), [(9, 1), (8.2, 1), (5.01, 1), (5, 2), (4.3, 2), (3.5, 2), (3, 4), (2, 8), (1, 9)]
+    ("steps", "sizes"),
+    [(1, [9]), (2, [5, 4]), (3, [3, 3, 3]), (4, [3, 2, 2, 2]), (5, [2, 2, 2, 2, 1]), (7, [2, 2, 1, 1, 1, 1, 1])]
+    + [(9, [1] * 9)],
 )
-def test_topk_at_nfe_spends_no_fewer_forwards(nfe, k):
-    assert dapd.topk_at_nfe(9, nfe) == k
+def test_topk_schedule_splits_g_evenly_larger_steps_first(steps, sizes):
+    assert dapd.topk_schedule(9, steps) == sizes
+
+
+@pytest.mark.parametrize("g", [1, 7, 9, 18, 31])
+def test_topk_schedule_is_as_even_as_possible_for_every_step_count(g):
+    for n in range(1, g + 1):
+        sizes = dapd.topk_schedule(g, n)
+        assert len(sizes) == n and sum(sizes) == g and max(sizes) - min(sizes) <= 1
+        assert sizes == sorted(sizes, reverse=True)
+    for bad in (0, g + 1):
+        with pytest.raises(ValueError, match=f"steps={bad}"):
+            dapd.topk_schedule(g, bad)
+
+
+@pytest.mark.parametrize(
+    ("nfe", "brackets"),
+    [(5.75, (5, 6)), (5.0, (5, 5)), (5 - 1e-12, (5, 5)), (8.2, (8, 9)), (9.0, (9, 9)), (1.5, (1, 2)), (0.5, (1, 1))],
+)
+def test_nfe_brackets_are_floor_and_ceil_within_one_to_g(nfe, brackets):
+    assert dapd.nfe_brackets(9, nfe) == brackets
+
+
+def test_interpolation_is_the_validity_of_the_mixture_with_dapds_mean_nfe():
+    assert dapd.interpolate_at_nfe(5.25, 5, 0.4, 6, 0.8) == pytest.approx(0.5)
+    assert dapd.interpolate_at_nfe(5.0, 5, 0.4, 5, 0.4) == 0.4
+    assert dapd.interpolate_at_nfe(6.0, 5, 0.4, 6, 0.8) == pytest.approx(0.8)
+    # the mixture: the hi schedule with probability w; its mean NFE is the target, its validity the value
+    for nfe in (3.1, 3.5, 3.9):
+        w = nfe - 3
+        assert (1 - w) * 3 + w * 4 == pytest.approx(nfe)
+        assert dapd.interpolate_at_nfe(nfe, 3, 0.2, 4, 0.6) == pytest.approx((1 - w) * 0.2 + w * 0.6)
+
+
+class Confident(torch.nn.Module):
+    """Logits where canvas position j proposes token ``x0`` with a confidence that grows with j."""
+
+    def forward(self, input_ids):
+        b, t = input_ids.shape
+        logits = torch.zeros(b, t, len(dapd.VOCAB))
+        logits[:, :, dapd.X0] = torch.arange(t, dtype=torch.float) * 0.5
+        return logits
+
+
+def test_schedule_sample_commits_the_sizes_most_confident_first_in_len_sizes_forwards():
+    sizes = dapd.topk_schedule(9, 4)  # 3 2 2 2
+    prompt = torch.full((2, 1), dapd.BOS, dtype=torch.long)
+    result = dapd.schedule_sample(Confident(), prompt, 9, sizes, temperature=0.0, generator=None)
+    assert (result.tokens[:, 1:] == dapd.X0).all() and (result.nfe == 4).all() and result.num_steps == 4
+    # the most confident (rightmost) masked positions first: 3 at step 0, then 2 per step
+    assert result.step[0].tolist() == [3, 3, 2, 2, 1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="sum to G"):
+        dapd.schedule_sample(Confident(), prompt, 9, [3, 3], temperature=0.0, generator=None)
+
+
+def test_schedule_decoding_with_a_real_model_spends_exactly_its_steps():
+    wl = dapd.Dapd(small_spec(options="pretrain_steps=0"))
+    model = wl.build_base_model()
+    for steps in (1, 4, 6, 9):
+        result = wl.decode_schedule(model, 5, steps)
+        assert (result.nfe == steps).all() and (result.tokens[:, 1:] != dapd.MASK).all()
+        counts = [int((result.step[0] == i).sum()) for i in range(steps)]
+        assert counts == dapd.topk_schedule(9, steps)
 
 
 def test_pretrain_lr_warms_up_linearly_then_decays_by_cosine():
