@@ -57,6 +57,8 @@ mean NFE is DAPD's (``nfe_topk_at_dapd_nfe`` = ``d``). ``auc_all_masked``: ROC A
 the attention scores of an all-mask canvas against the true graph (all position pairs);
 ``auc_half_masked``: the same over the pairs of masked positions when a random half of a test
 canvas is masked, averaged over the samples. ``loss``: the LLaDA loss on the test set.
+``base_validity_one``: the pretrained base's one-token-per-step validity that the guard read
+(:meth:`Dapd.base_validity`, from the cache entry's meta; absent without a pretrained base).
 Primary metric: ``dapd_gain_at_matched_nfe`` = ``validity_dapd - validity_topk_at_dapd_nfe``
 (DAPD's validity above top-k's at the same mean NFE; higher is better).
 """
@@ -452,6 +454,9 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
         out["nfe_topk_at_dapd_nfe"] = nfe
         out["dapd_gain_at_matched_nfe"] = out[f"validity_{dapd}"] - out["validity_topk_at_dapd_nfe"]
         out.update(self.attention_auc(model, data))
+        stats = (getattr(self, "pretrain_meta", None) or {}).get("pretrain")
+        if stats is not None:  # the cached base's one-token validity, as the guard read it
+            out["base_validity_one"] = float(stats["validity_one"])
         return out
 
     def flops_per_sample(self) -> float:

@@ -146,6 +146,7 @@ def test_evaluate_reports_every_decoder_and_the_aucs():
     assert m["nfe_one"] == wl.gen_length and m["nfe_topk"] == 5  # ceil(9 / 2)
     assert m["nfe_topk3"] == 3 and m["nfe_topk5"] == 2  # eval_topk_ks = "3 5"
     assert 0 <= m["auc_all_masked"] <= 1 and 0 <= m["auc_half_masked"] <= 1
+    assert "base_validity_one" not in m  # no pretrained base
     # top-k at DAPD's NFE: the schedules of floor and ceil of DAPD's NFE steps, interpolated
     lo, hi = m["nfe_topk_sched_lo"], m["nfe_topk_sched_hi"]
     assert lo == math.floor(m["nfe_dapd"] + 1e-9) and hi == math.ceil(m["nfe_dapd"] - 1e-9)
@@ -294,6 +295,10 @@ def test_a_weak_base_is_refused_with_one_line_and_its_validity_is_cached():
     wl.build_base_model()
     measured = wl.pretrain_meta["pretrain"]["validity_one"]
     assert wl.pretrain_meta["cached"] and measured < 0.95 and f"validity is {measured:.3f}" in message
+    # and every evaluation reports it (the sweep's table shows each seed's base)
+    _, test = wl.build_data()
+    wl.params["eval_samples"] = 4
+    assert wl.evaluate(wl.build_model(), test)["base_validity_one"] == measured
 
 
 @pytest.mark.parametrize(
