@@ -1,6 +1,7 @@
 """dapd: the task's graph and program check, the DAPD step (independent sets, nothing left
 masked), the edge AUC on known cases, the non-IID split, the pretraining recipe (warm-up and
-cosine schedule, clipping) and the weak-base guard on a few steps, the matched-NFE primary metric
+cosine schedule, clipping), the restarts kept by validity (a scripted validity) and the
+weak-base guard on a few steps, the matched-NFE primary metric
 (top-k schedules split evenly, interpolated in NFE at DAPD's mean NFE) and the option checks (one-line config errors, exit 2). No full pretraining here."""
 
 import math
@@ -262,6 +263,7 @@ def test_pretrain_lr_warms_up_linearly_then_decays_by_cosine():
 @pytest.mark.parametrize("clip", [0.05, 0.0])
 def test_pretraining_follows_the_schedule_and_clips_the_gradient(monkeypatch, clip):
     opts = f"pretrain_steps=6,pretrain_warmup=2,pretrain_lr=0.01,pretrain_clip={clip},pretrain_samples=32"
+    opts += ",pretrain_restarts=0"  # one attempt (restarts: below)
     wl = dapd.Dapd(small_spec(options=opts + ",pretrain_batch=8"))
     seen = []
     step = torch.optim.AdamW.step
@@ -285,7 +287,7 @@ def test_pretraining_follows_the_schedule_and_clips_the_gradient(monkeypatch, cl
 
 
 def test_a_weak_base_is_refused_with_one_line_and_its_validity_is_cached():
-    opts = "pretrain_steps=3,pretrain_samples=32,pretrain_warmup=1"
+    opts = "pretrain_steps=3,pretrain_samples=32,pretrain_warmup=1,pretrain_restarts=0"
     with pytest.raises(ConfigError) as e:
         dapd.Dapd(small_spec(options=opts + ",min_base_validity=0.95")).build_base_model()
     message = str(e.value)
@@ -299,6 +301,79 @@ def test_a_weak_base_is_refused_with_one_line_and_its_validity_is_cached():
     _, test = wl.build_data()
     wl.params["eval_samples"] = 4
     assert wl.evaluate(wl.build_model(), test)["base_validity_one"] == measured
+
+
+def scripted_validity(monkeypatch, values):
+    """Make :meth:`Dapd.base_validity` return ``values`` in turn, keeping a copy of the weights it measured."""
+    measured = []
+
+    def fake(self, model):
+        measured.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return values[len(measured) - 1]
+
+    monkeypatch.setattr(dapd.Dapd, "base_validity", fake)
+    return measured
+
+
+RESTART_OPTS = "pretrain_steps=2,pretrain_samples=32,pretrain_warmup=1,pretrain_batch=8"
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_base_below_the_guard_is_retrained_from_a_derived_seed_and_the_meta_records_every_attempt(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))  # a fresh cache: the validity below is scripted
+    measured = scripted_validity(monkeypatch, [0.2, 0.95, 0.99])
+    wl = dapd.Dapd(small_spec(seed=4, options=RESTART_OPTS + ",pretrain_restarts=3,min_base_validity=0.9"))
+    model = wl.build_base_model()  # not refused: attempt 1 passes
+    stats = wl.pretrain_meta["pretrain"]
+    assert not wl.pretrain_meta["cached"] and len(measured) == 2  # stopped at the first passing attempt
+    assert stats["attempt"] == 1 and stats["validity_one"] == 0.95
+    assert [(a["attempt"], a["validity_one"], a["steps"]) for a in stats["attempts"]] == [(0, 0.2, 2), (1, 0.95, 2)]
+    seeds = [a["seed"] for a in stats["attempts"]]
+    assert seeds == [4, dapd.attempt_seed(4, 1)] and seeds[1] != 4
+    assert same_weights(model.state_dict(), measured[1]) and not same_weights(measured[0], measured[1])
+    # attempt 1 started from other weights than the seed's model
+    with torch.random.fork_rng():
+        torch.manual_seed(seeds[1])
+        restart = dlm.TransformerLM(wl.model_config()).state_dict()
+    assert not same_weights(restart, wl._random_model().state_dict())
+    # the restarts and their threshold are in the key: another count is another base
+    other = dapd.Dapd(small_spec(seed=4, options=RESTART_OPTS + ",pretrain_restarts=2,min_base_validity=0.9"))
+    assert other.pretrain_payload() != wl.pretrain_payload()
+
+
+def test_when_no_attempt_passes_the_best_is_kept_and_the_guard_refuses_it(monkeypatch):
+    measured = scripted_validity(monkeypatch, [0.3, 0.6, 0.1])
+    wl = dapd.Dapd(small_spec(options=RESTART_OPTS + ",pretrain_restarts=2,min_base_validity=0.9"))
+    model = wl._random_model()
+    stats = wl._pretrain(model)
+    assert [a["validity_one"] for a in stats["attempts"]] == [0.3, 0.6, 0.1]
+    assert stats["attempt"] == 1 and stats["validity_one"] == 0.6 and same_weights(model.state_dict(), measured[1])
+
+
+@pytest.mark.parametrize(
+    "options", ["pretrain_restarts=0,min_base_validity=0.9", "pretrain_restarts=3,min_base_validity=0"]
+)
+def test_no_restart_without_restarts_or_without_a_guard(monkeypatch, options):
+    scripted_validity(monkeypatch, [0.0, 1.0])
+    wl = dapd.Dapd(small_spec(options=RESTART_OPTS + "," + options))
+    stats = wl._pretrain(wl._random_model())
+    assert stats["attempt"] == 0 and len(stats["attempts"]) == 1 and stats["validity_one"] == 0.0
+    plain = dapd.Dapd(small_spec(options=RESTART_OPTS + ",pretrain_restarts=0,min_base_validity=0"))
+    assert wl.pretrain_payload() == plain.pretrain_payload()  # both one plain run: one base
+
+
+def test_an_attempt_stops_at_the_first_passing_check(monkeypatch):
+    monkeypatch.setattr(dapd, "CHECK_FROM", 2)
+    monkeypatch.setattr(dapd, "CHECK_EVERY", 2)
+    measured = scripted_validity(monkeypatch, [0.5, 0.93, 1.0])  # checks after steps 2 and 4
+    wl = dapd.Dapd(small_spec(options="pretrain_steps=8,pretrain_samples=32,pretrain_batch=8,min_base_validity=0.9"))
+    stats = wl._pretrain(wl._random_model())
+    assert len(measured) == 2 and stats["steps"] == 4 and stats["validity_one"] == 0.93 and stats["attempt"] == 0
 
 
 @pytest.mark.parametrize(
@@ -317,6 +392,8 @@ def test_a_weak_base_is_refused_with_one_line_and_its_validity_is_cached():
         ("pretrain_clip=-1", "pretrain_clip=-1.0: must be a number in"),
         ("pretrain_warmup=-5", "pretrain_warmup=-5: must be an integer in"),
         ("min_base_validity=1.5", "min_base_validity=1.5: must be a number in"),
+        ("pretrain_restarts=21", "pretrain_restarts=21: must be an integer in"),
+        ("pretrain_restarts=-1", "pretrain_restarts=-1: must be an integer in"),
         ("eval_topk_ks=3 10", "eval_topk_ks='3 10': tokens per step must be at most G"),
         ("eval_topk_ks=3 0", "eval_topk_ks='3 0': must be a string of"),
     ],
