@@ -26,9 +26,18 @@ cached (:mod:`workloads.cache`): AdamW, ``pretrain_steps`` of ``pretrain_batch``
 learning rate warmed up linearly over ``pretrain_warmup`` steps to ``pretrain_lr`` and decayed by
 a cosine to 0 (:func:`pretrain_lr`), the gradient norm clipped at ``pretrain_clip``. The rule is
 an XOR-like function of two positions and the loss sits on a plateau at log 3 before it drops; a
-base that has not left it cannot model the joint, so cannot show dependency-aware decoding. The
-guard: the base's one-token-per-step validity (:meth:`Dapd.base_validity`, kept in the cache
-entry's meta) below ``min_base_validity`` refuses the run with one line. Federated LoRA
+base that has not left it cannot model the joint, so cannot show dependency-aware decoding.
+Whether a run leaves it is luck of the initialisation and the data order (no fixed step count
+brings every seed out: docs/workloads/dapd.md), so pretraining is *restarts kept by validity*
+(:meth:`Dapd._pretrain`): attempt 0 starts from the model built from the run's seed; while an
+attempt's one-token-per-step validity (:meth:`Dapd.base_validity`, the guard's measurement) is
+below ``min_base_validity``, up to ``pretrain_restarts`` more attempts re-initialise the weights and
+draw the batches from a seed derived from (seed, attempt) (:func:`attempt_seed`); an attempt stops
+early at the first check, every 1,000 steps from step 5,000, that passes. The first attempt that
+passes is kept, else the best; the cache entry's meta records every attempt's seed, steps,
+validity and wall time (``pretrain.attempts``). With ``pretrain_restarts = 0`` or
+``min_base_validity = 0`` it is one plain run of ``pretrain_steps``. The guard: the kept base's
+validity below ``min_base_validity`` refuses the run with one line. Federated LoRA
 (``q k v o up down head``) then fine-tunes it on the clients' skewed data; the question is
 whether the attention graph that DAPD reads, and DAPD's validity, survive that.
 ``pretrain_task = "format"`` pretrains on the format only (Y drawn independently of X), a base
@@ -46,19 +55,27 @@ of ``eval_decoders`` (``one``: G NFE; ``topk``: ``topk_k`` per step; ``threshold
 ``threshold``; ``dapd``: tau = ``tau_rel`` x mean off-diagonal score with the tail switch;
 ``dapd_notail``: the same without it): ``validity_{decoder}`` and ``nfe_{decoder}`` (mean
 forwards per sample); top-k for every k of ``eval_topk_ks``: ``validity_topk{k}``, ``nfe_topk{k}``.
-``validity_topk_at_dapd_nfe``: top-k with the largest k whose NFE ``ceil(G / k)`` is at least
-DAPD's mean NFE (:func:`topk_at_nfe`: top-k never gets fewer forwards than DAPD),
-``nfe_topk_at_dapd_nfe`` its NFE, ``k_topk_at_dapd_nfe`` its k. ``auc_all_masked``: ROC AUC of
+Top-k at DAPD's NFE: DAPD's mean NFE ``d`` is fractional and top-k's NFE ``ceil(G / k)`` takes
+few values (9, 5, 3, 3, 2, ... at G = 9), so the match is a top-k *schedule* (:func:`topk_schedule`):
+``n`` steps committing the G positions split as evenly as possible, the larger steps first (each
+step the most confident masked positions, as top-k), exactly ``n`` NFE; it is evaluated at
+``n = floor(d)`` and ``ceil(d)`` (``validity_topk_sched_lo``, ``nfe_topk_sched_lo`` = that n; ``_hi``
+the same) and ``validity_topk_at_dapd_nfe`` is their linear interpolation in NFE at ``d``
+(:func:`interpolate_at_nfe`), the validity of the randomised mixture of the two schedules whose
+mean NFE is DAPD's (``nfe_topk_at_dapd_nfe`` = ``d``). ``auc_all_masked``: ROC AUC of
 the attention scores of an all-mask canvas against the true graph (all position pairs);
 ``auc_half_masked``: the same over the pairs of masked positions when a random half of a test
 canvas is masked, averaged over the samples. ``loss``: the LLaDA loss on the test set.
+``base_validity_one``: the pretrained base's one-token-per-step validity that the guard read
+(:meth:`Dapd.base_validity`, from the cache entry's meta; absent without a pretrained base).
 Primary metric: ``dapd_gain_at_matched_nfe`` = ``validity_dapd - validity_topk_at_dapd_nfe``
-(DAPD's validity above top-k's at no more NFE; higher is better).
+(DAPD's validity above top-k's at the same mean NFE; higher is better).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, ClassVar
 
 import numpy as np
@@ -77,6 +94,16 @@ ID = {tok: i for i, tok in enumerate(VOCAB)}
 MASK, BOS, X0, Y0 = ID["<mask>"], ID["<bos>"], ID["x0"], ID["y0"]
 GUARD_SAMPLES = 256
 """Canvases the base's one-token-per-step validity is measured on (``min_base_validity``)."""
+CHECK_FROM, CHECK_EVERY = 5_000, 1_000
+"""With restarts on, a pretraining attempt's validity is checked every CHECK_EVERY steps from
+CHECK_FROM on (before its last step), and the attempt stops at the first check that passes."""
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The seed of pretraining attempt ``attempt`` (weights and data order): the run's seed for attempt 0."""
+    if attempt == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, attempt, 0x5EED]).generate_state(1)[0])
 
 
 def canvas_tokens(x: np.ndarray, length: int, rule: bool = True, rng: np.random.Generator | None = None) -> list[int]:
@@ -144,12 +171,72 @@ def pretrain_lr(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def topk_at_nfe(gen_length: int, nfe: float) -> int:
-    """The largest tokens per step k whose top-k NFE, ``ceil(G / k)``, is at least ``nfe``.
+def topk_schedule(gen_length: int, steps: int) -> list[int]:
+    """Tokens committed at each of ``steps`` steps: G split as evenly as possible, larger steps first.
 
-    Top-k at a decoder's (mean, fractional) NFE: never fewer forwards than that decoder spent.
+    ``G = q * steps + r`` gives ``r`` steps of ``q + 1`` then ``steps - r`` of ``q`` (G = 9, 4 steps:
+    3, 2, 2, 2); the same split as top-k's ``ceil(G / k)`` steps of k whenever that is even (k = 2,
+    3, 5 at G = 9: 2 2 2 2 1, 3 3 3, 5 4).
     """
-    return max(k for k in range(1, gen_length + 1) if math.ceil(gen_length / k) >= nfe - 1e-9)
+    if not 1 <= steps <= gen_length:
+        raise ValueError(f"steps={steps}: must be in 1 .. G = {gen_length}")
+    q, r = divmod(gen_length, steps)
+    return [q + 1] * r + [q] * (steps - r)
+
+
+def nfe_brackets(gen_length: int, nfe: float) -> tuple[int, int]:
+    """``(floor(nfe), ceil(nfe))`` within 1 .. G: the schedules' step counts around a mean NFE."""
+    near = round(nfe)
+    if abs(nfe - near) < 1e-9:  # a whole number of forwards (up to float noise): one schedule
+        nfe = near
+    lo, hi = math.floor(nfe), math.ceil(nfe)
+    return min(max(lo, 1), gen_length), min(max(hi, 1), gen_length)
+
+
+def interpolate_at_nfe(nfe: float, lo: int, value_lo: float, hi: int, value_hi: float) -> float:
+    """The value at ``nfe`` linear between ``(lo, value_lo)`` and ``(hi, value_hi)`` (``value_lo`` when lo == hi).
+
+    Running the ``hi``-step schedule with probability ``w = (nfe - lo) / (hi - lo)`` and the
+    ``lo``-step one otherwise spends ``nfe`` forwards on average and is valid with probability
+    ``(1 - w) value_lo + w value_hi``: this is that mixture's validity (clipped to the bracket).
+    """
+    if hi == lo:
+        return value_lo
+    w = min(max((nfe - lo) / (hi - lo), 0.0), 1.0)
+    return (1 - w) * value_lo + w * value_hi
+
+
+@torch.no_grad()
+def schedule_sample(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    gen_length: int,
+    sizes: list[int],
+    *,
+    temperature: float,
+    generator: torch.Generator | None,
+    forbidden: tuple[int, ...] = (),
+) -> dlm.SampleResult:
+    """Top-k decoding with ``sizes[i]`` positions committed at step i (the most confident masked
+    ones, as :func:`diffusion_lm.mdm_sample`); ``sum(sizes) == gen_length``, so NFE = ``len(sizes)``."""
+    if sum(sizes) != gen_length or min(sizes) < 1:
+        raise ValueError(f"sizes={sizes}: must be positive and sum to G = {gen_length}")
+    b, plen = prompt.shape
+    x = torch.cat([prompt, torch.full((b, gen_length), MASK, dtype=prompt.dtype)], dim=1)
+    step_of = torch.full((b, gen_length), -1, dtype=torch.long)
+    banned = torch.tensor(sorted({MASK, *forbidden}))
+    for step, k in enumerate(sizes):
+        masked = x[:, plen:] == MASK
+        logits = model(input_ids=x)[:, plen:].float()
+        probs, cand = dlm._candidates(logits, banned, temperature, generator)
+        conf = probs.gather(-1, cand[..., None]).squeeze(-1).masked_fill(~masked, float("-inf"))
+        commit = torch.zeros_like(masked)
+        commit.scatter_(1, conf.topk(k, dim=1).indices, True)
+        commit &= masked
+        x[:, plen:] = torch.where(commit, cand, x[:, plen:])
+        step_of[commit] = step
+    nfe = torch.full((b,), len(sizes), dtype=torch.long)
+    return dlm.SampleResult(tokens=x, nfe=nfe, step=step_of, num_steps=len(sizes))
 
 
 def generate(num: int, length: int, copies: int, rng: np.random.Generator, probs=None, client: int = -1) -> dict:
@@ -193,17 +280,66 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
         )
 
     def pretrain_keys(self) -> tuple[str, ...]:
-        """The parameters that determine the pretrained base."""
+        """The parameters that determine the pretrained base (and the restarts: :meth:`pretrain_payload`)."""
         keys = ("d_model", "num_heads", "num_layers", "d_ff", "positions", "length", "copies")
         pretrain = ("pretrain_task", "pretrain_steps", "pretrain_samples", "pretrain_batch", "pretrain_lr")
         return keys + pretrain + ("pretrain_warmup", "pretrain_clip")
 
+    def restarts(self) -> tuple[int, float]:
+        """``(pretrain_restarts, min_base_validity)`` as pretraining uses them: ``(0, 0)`` when either is 0."""
+        restarts, floor = self.params["pretrain_restarts"], self.params["min_base_validity"]
+        return (restarts, floor) if restarts and floor else (0, 0.0)
+
+    def pretrain_payload(self) -> dict:
+        """The cache key's payload: the restarts and the validity they are kept by determine the base too."""
+        payload = super().pretrain_payload()
+        restarts, floor = self.restarts()
+        payload["params"] = {**payload["params"], "pretrain_restarts": restarts, "restart_validity": floor}
+        return payload
+
     def _pretrain(self, model: nn.Module) -> dict[str, Any]:
+        """Attempts of :meth:`_pretrain_attempt` kept by validity (restarts), training ``model`` in place.
+
+        Attempt 0 trains the model built from the seed; while an attempt's one-token validity
+        (:meth:`base_validity`, the guard's measurement) is below ``min_base_validity`` and restarts
+        are left (``pretrain_restarts``), the weights are re-initialised from a seed derived from
+        (seed, attempt) and trained again with a data order derived from the same. The first attempt
+        that passes is kept, else the best one. The statistics are the kept attempt's, with
+        ``attempt`` (its index) and ``attempts`` (every attempt's seed, steps, validity, loss, wall time).
+        """
+        restarts, floor = self.restarts()
+        attempts: list[dict[str, Any]] = []
+        best: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None
+        for attempt in range(restarts + 1):
+            seed = attempt_seed(self.spec.seed, attempt)
+            if attempt:
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)
+                    model.load_state_dict(dlm.TransformerLM(self.model_config()).state_dict())
+            t0 = time.perf_counter()
+            stats = self._pretrain_attempt(model, seed, floor)
+            attempts.append({"attempt": attempt, "seed": seed, **stats, "wall_s": time.perf_counter() - t0})
+            if best is None or stats["validity_one"] > best[0]["validity_one"]:
+                best = attempts[-1], {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if stats["validity_one"] >= floor:
+                break
+        kept, state = best
+        model.load_state_dict(state)
+        return {
+            **{k: kept[k] for k in ("steps", "loss_first", "loss_last_50", "validity_one")},
+            "attempt": kept["attempt"],
+            "attempts": attempts,
+        }
+
+    def _pretrain_attempt(self, model: nn.Module, seed: int, floor: float) -> dict[str, Any]:
         """Centralised AdamW on uniform-X canvases (Y uniform for ``format``, the rule for ``rule``).
 
         The learning rate follows :func:`pretrain_lr` (linear warm-up, cosine decay to 0) and the
-        gradient norm is clipped at ``pretrain_clip``; the statistics end with the base's
-        one-token-per-step validity (:meth:`base_validity`), which the guard reads from the cache.
+        gradient norm is clipped at ``pretrain_clip``; ``seed`` draws the batches and the masks. With
+        ``floor > 0`` (restarts on) the attempt stops early at the first check, every
+        :data:`CHECK_EVERY` steps from :data:`CHECK_FROM` on, whose validity reaches ``floor``. The
+        statistics end with the base's one-token-per-step validity (:meth:`base_validity`), which the
+        guard reads from the cache.
         """
         p = self.params
         rng = np.random.default_rng([self.spec.seed, 0xBA5E])
@@ -212,10 +348,10 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
         ids = torch.tensor([[BOS, *canvas_tokens(np.array(x), self.length, rule, rng)] for x in rows])
         response = torch.ones_like(ids, dtype=torch.bool)
         response[:, 0] = False
-        gen = torch.Generator().manual_seed(self.spec.seed)
+        gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=p["pretrain_lr"], weight_decay=0.0)
         model.train()
-        losses = []
+        losses, validity = [], None
         for step in range(p["pretrain_steps"]):
             for group in opt.param_groups:
                 group["lr"] = pretrain_lr(step, p["pretrain_steps"], p["pretrain_lr"], p["pretrain_warmup"])
@@ -227,12 +363,19 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
                 nn.utils.clip_grad_norm_(model.parameters(), p["pretrain_clip"])
             opt.step()
             losses.append(float(loss.detach()))
+            done = step + 1
+            if floor > 0 and done >= CHECK_FROM and done % CHECK_EVERY == 0 and done < p["pretrain_steps"]:
+                validity = self.base_validity(model.eval())
+                model.train()
+                if validity >= floor:
+                    break
+                validity = None
         model.eval()
         return {
             "steps": len(losses),
             "loss_first": losses[0],
             "loss_last_50": float(np.mean(losses[-50:])),
-            "validity_one": self.base_validity(model),
+            "validity_one": self.base_validity(model) if validity is None else validity,
         }
 
     def base_validity(self, model: nn.Module) -> float:
@@ -259,7 +402,7 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
             raise ConfigError(
                 f"workload.options: min_base_validity={floor!r}: the pretrained base's one-token-per-step validity "
                 f"is {stats['validity_one']:.3f} ({GUARD_SAMPLES} canvases, temperature 1), below it: the base does "
-                "not model the task (pretrain longer, or set min_base_validity=0)"
+                "not model the task (pretrain longer, with more pretrain_restarts, or set min_base_validity=0)"
             )
         return model
 
@@ -312,6 +455,18 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
             forbidden=(BOS,),
         )
 
+    def decode_schedule(self, model: nn.Module, num: int, steps: int) -> dlm.SampleResult:
+        """``num`` canvases decoded by the top-k schedule of ``steps`` steps (:func:`topk_schedule`)."""
+        return schedule_sample(
+            model,
+            torch.full((num, 1), BOS, dtype=torch.long),
+            self.gen_length,
+            topk_schedule(self.gen_length, steps),
+            temperature=self.params["eval_temperature"],
+            generator=torch.Generator().manual_seed(self.spec.seed * 1000003 + 997 * steps + num),
+            forbidden=(BOS,),
+        )
+
     def validity(self, result: dlm.SampleResult) -> float:
         return float(np.mean([is_valid(c, self.length) for c in result.tokens[:, 1:].tolist()]))
 
@@ -361,13 +516,23 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
         for k in sorted({int(k) for k in str(p["eval_topk_ks"]).split()}):
             result = self.decode(model, num, "topk", tokens_per_step=k)
             out[f"validity_topk{k}"], out[f"nfe_topk{k}"] = self.validity(result), float(result.nfe.float().mean())
-        k = topk_at_nfe(self.gen_length, out[f"nfe_{dapd}"])
-        result = self.decode(model, num, "topk", tokens_per_step=k)
-        out["validity_topk_at_dapd_nfe"] = self.validity(result)
-        out["nfe_topk_at_dapd_nfe"] = float(result.nfe.float().mean())
-        out["k_topk_at_dapd_nfe"] = float(k)
+        nfe = out[f"nfe_{dapd}"]
+        lo, hi = nfe_brackets(self.gen_length, nfe)
+        for name, steps in (("lo", lo), ("hi", hi)):
+            if name == "hi" and hi == lo:
+                valid = out["validity_topk_sched_lo"]
+            else:
+                valid = self.validity(self.decode_schedule(model, num, steps))
+            out[f"validity_topk_sched_{name}"], out[f"nfe_topk_sched_{name}"] = valid, float(steps)
+        out["validity_topk_at_dapd_nfe"] = interpolate_at_nfe(
+            nfe, lo, out["validity_topk_sched_lo"], hi, out["validity_topk_sched_hi"]
+        )
+        out["nfe_topk_at_dapd_nfe"] = nfe
         out["dapd_gain_at_matched_nfe"] = out[f"validity_{dapd}"] - out["validity_topk_at_dapd_nfe"]
         out.update(self.attention_auc(model, data))
+        stats = (getattr(self, "pretrain_meta", None) or {}).get("pretrain")
+        if stats is not None:  # the cached base's one-token validity, as the guard read it
+            out["base_validity_one"] = float(stats["validity_one"])
         return out
 
     def flops_per_sample(self) -> float:

@@ -1,7 +1,8 @@
 """dapd: the task's graph and program check, the DAPD step (independent sets, nothing left
 masked), the edge AUC on known cases, the non-IID split, the pretraining recipe (warm-up and
-cosine schedule, clipping) and the weak-base guard on a few steps, the matched-NFE primary metric
-and the option checks (one-line config errors, exit 2). No full pretraining here."""
+cosine schedule, clipping), the restarts kept by validity (a scripted validity) and the
+weak-base guard on a few steps, the matched-NFE primary metric
+(top-k schedules split evenly, interpolated in NFE at DAPD's mean NFE) and the option checks (one-line config errors, exit 2). No full pretraining here."""
 
 import math
 
@@ -146,19 +147,108 @@ def test_evaluate_reports_every_decoder_and_the_aucs():
     assert m["nfe_one"] == wl.gen_length and m["nfe_topk"] == 5  # ceil(9 / 2)
     assert m["nfe_topk3"] == 3 and m["nfe_topk5"] == 2  # eval_topk_ks = "3 5"
     assert 0 <= m["auc_all_masked"] <= 1 and 0 <= m["auc_half_masked"] <= 1
-    # top-k at DAPD's NFE: the largest k that spends no fewer forwards than DAPD
-    k = int(m["k_topk_at_dapd_nfe"])
-    assert m["nfe_topk_at_dapd_nfe"] == math.ceil(9 / k) >= m["nfe_dapd"] - 1e-9
-    assert k == 9 or math.ceil(9 / (k + 1)) < m["nfe_dapd"]
+    assert "base_validity_one" not in m  # no pretrained base
+    # top-k at DAPD's NFE: the schedules of floor and ceil of DAPD's NFE steps, interpolated
+    lo, hi = m["nfe_topk_sched_lo"], m["nfe_topk_sched_hi"]
+    assert lo == math.floor(m["nfe_dapd"] + 1e-9) and hi == math.ceil(m["nfe_dapd"] - 1e-9)
+    assert m["nfe_topk_at_dapd_nfe"] == m["nfe_dapd"]
+    expected = dapd.interpolate_at_nfe(m["nfe_dapd"], lo, m["validity_topk_sched_lo"], hi, m["validity_topk_sched_hi"])
+    assert m["validity_topk_at_dapd_nfe"] == expected
     assert m["dapd_gain_at_matched_nfe"] == m["validity_dapd"] - m["validity_topk_at_dapd_nfe"]
     assert dapd.Dapd.primary_metric == "dapd_gain_at_matched_nfe" and dapd.Dapd.higher_is_better
 
 
+def test_matched_topk_brackets_a_fractional_dapd_nfe_and_interpolates(monkeypatch):
+    """DAPD at a mean of 5.75 NFE is matched by the 5- and 6-step schedules, weighted 1/4 and 3/4."""
+    wl = dapd.Dapd(small_spec(options="pretrain_steps=0,eval_samples=8,eval_decoders=one dapd"))
+    _, test = wl.build_data()
+    model = wl.build_base_model()
+    real = dlm.decode
+
+    def fake_dapd(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if args[4] == "dapd":
+            result.nfe = torch.tensor([5, 6, 6, 6] * (len(result.nfe) // 4))
+        return result
+
+    monkeypatch.setattr(dlm, "decode", fake_dapd)
+    m = wl.evaluate(model, test)
+    assert m["nfe_dapd"] == 5.75 and (m["nfe_topk_sched_lo"], m["nfe_topk_sched_hi"]) == (5, 6)
+    v5 = wl.validity(wl.decode_schedule(model, 8, 5))
+    v6 = wl.validity(wl.decode_schedule(model, 8, 6))
+    assert (m["validity_topk_sched_lo"], m["validity_topk_sched_hi"]) == (v5, v6)
+    assert m["validity_topk_at_dapd_nfe"] == pytest.approx(0.25 * v5 + 0.75 * v6)
+    assert m["nfe_topk_at_dapd_nfe"] == 5.75
+
+
 @pytest.mark.parametrize(
-    ("nfe", "k"), [(9, 1), (8.2, 1), (5.01, 1), (5, 2), (4.3, 2), (3.5, 2), (3, 4), (2, 8), (1, 9)]
+    ("steps", "sizes"),
+    [(1, [9]), (2, [5, 4]), (3, [3, 3, 3]), (4, [3, 2, 2, 2]), (5, [2, 2, 2, 2, 1]), (7, [2, 2, 1, 1, 1, 1, 1])]
+    + [(9, [1] * 9)],
 )
-def test_topk_at_nfe_spends_no_fewer_forwards(nfe, k):
-    assert dapd.topk_at_nfe(9, nfe) == k
+def test_topk_schedule_splits_g_evenly_larger_steps_first(steps, sizes):
+    assert dapd.topk_schedule(9, steps) == sizes
+
+
+@pytest.mark.parametrize("g", [1, 7, 9, 18, 31])
+def test_topk_schedule_is_as_even_as_possible_for_every_step_count(g):
+    for n in range(1, g + 1):
+        sizes = dapd.topk_schedule(g, n)
+        assert len(sizes) == n and sum(sizes) == g and max(sizes) - min(sizes) <= 1
+        assert sizes == sorted(sizes, reverse=True)
+    for bad in (0, g + 1):
+        with pytest.raises(ValueError, match=f"steps={bad}"):
+            dapd.topk_schedule(g, bad)
+
+
+@pytest.mark.parametrize(
+    ("nfe", "brackets"),
+    [(5.75, (5, 6)), (5.0, (5, 5)), (5 - 1e-12, (5, 5)), (8.2, (8, 9)), (9.0, (9, 9)), (1.5, (1, 2)), (0.5, (1, 1))],
+)
+def test_nfe_brackets_are_floor_and_ceil_within_one_to_g(nfe, brackets):
+    assert dapd.nfe_brackets(9, nfe) == brackets
+
+
+def test_interpolation_is_the_validity_of_the_mixture_with_dapds_mean_nfe():
+    assert dapd.interpolate_at_nfe(5.25, 5, 0.4, 6, 0.8) == pytest.approx(0.5)
+    assert dapd.interpolate_at_nfe(5.0, 5, 0.4, 5, 0.4) == 0.4
+    assert dapd.interpolate_at_nfe(6.0, 5, 0.4, 6, 0.8) == pytest.approx(0.8)
+    # the mixture: the hi schedule with probability w; its mean NFE is the target, its validity the value
+    for nfe in (3.1, 3.5, 3.9):
+        w = nfe - 3
+        assert (1 - w) * 3 + w * 4 == pytest.approx(nfe)
+        assert dapd.interpolate_at_nfe(nfe, 3, 0.2, 4, 0.6) == pytest.approx((1 - w) * 0.2 + w * 0.6)
+
+
+class Confident(torch.nn.Module):
+    """Logits where canvas position j proposes token ``x0`` with a confidence that grows with j."""
+
+    def forward(self, input_ids):
+        b, t = input_ids.shape
+        logits = torch.zeros(b, t, len(dapd.VOCAB))
+        logits[:, :, dapd.X0] = torch.arange(t, dtype=torch.float) * 0.5
+        return logits
+
+
+def test_schedule_sample_commits_the_sizes_most_confident_first_in_len_sizes_forwards():
+    sizes = dapd.topk_schedule(9, 4)  # 3 2 2 2
+    prompt = torch.full((2, 1), dapd.BOS, dtype=torch.long)
+    result = dapd.schedule_sample(Confident(), prompt, 9, sizes, temperature=0.0, generator=None)
+    assert (result.tokens[:, 1:] == dapd.X0).all() and (result.nfe == 4).all() and result.num_steps == 4
+    # the most confident (rightmost) masked positions first: 3 at step 0, then 2 per step
+    assert result.step[0].tolist() == [3, 3, 2, 2, 1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="sum to G"):
+        dapd.schedule_sample(Confident(), prompt, 9, [3, 3], temperature=0.0, generator=None)
+
+
+def test_schedule_decoding_with_a_real_model_spends_exactly_its_steps():
+    wl = dapd.Dapd(small_spec(options="pretrain_steps=0"))
+    model = wl.build_base_model()
+    for steps in (1, 4, 6, 9):
+        result = wl.decode_schedule(model, 5, steps)
+        assert (result.nfe == steps).all() and (result.tokens[:, 1:] != dapd.MASK).all()
+        counts = [int((result.step[0] == i).sum()) for i in range(steps)]
+        assert counts == dapd.topk_schedule(9, steps)
 
 
 def test_pretrain_lr_warms_up_linearly_then_decays_by_cosine():
@@ -173,6 +263,7 @@ def test_pretrain_lr_warms_up_linearly_then_decays_by_cosine():
 @pytest.mark.parametrize("clip", [0.05, 0.0])
 def test_pretraining_follows_the_schedule_and_clips_the_gradient(monkeypatch, clip):
     opts = f"pretrain_steps=6,pretrain_warmup=2,pretrain_lr=0.01,pretrain_clip={clip},pretrain_samples=32"
+    opts += ",pretrain_restarts=0"  # one attempt (restarts: below)
     wl = dapd.Dapd(small_spec(options=opts + ",pretrain_batch=8"))
     seen = []
     step = torch.optim.AdamW.step
@@ -196,7 +287,7 @@ def test_pretraining_follows_the_schedule_and_clips_the_gradient(monkeypatch, cl
 
 
 def test_a_weak_base_is_refused_with_one_line_and_its_validity_is_cached():
-    opts = "pretrain_steps=3,pretrain_samples=32,pretrain_warmup=1"
+    opts = "pretrain_steps=3,pretrain_samples=32,pretrain_warmup=1,pretrain_restarts=0"
     with pytest.raises(ConfigError) as e:
         dapd.Dapd(small_spec(options=opts + ",min_base_validity=0.95")).build_base_model()
     message = str(e.value)
@@ -206,6 +297,83 @@ def test_a_weak_base_is_refused_with_one_line_and_its_validity_is_cached():
     wl.build_base_model()
     measured = wl.pretrain_meta["pretrain"]["validity_one"]
     assert wl.pretrain_meta["cached"] and measured < 0.95 and f"validity is {measured:.3f}" in message
+    # and every evaluation reports it (the sweep's table shows each seed's base)
+    _, test = wl.build_data()
+    wl.params["eval_samples"] = 4
+    assert wl.evaluate(wl.build_model(), test)["base_validity_one"] == measured
+
+
+def scripted_validity(monkeypatch, values):
+    """Make :meth:`Dapd.base_validity` return ``values`` in turn, keeping a copy of the weights it measured."""
+    measured = []
+
+    def fake(self, model):
+        measured.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return values[len(measured) - 1]
+
+    monkeypatch.setattr(dapd.Dapd, "base_validity", fake)
+    return measured
+
+
+RESTART_OPTS = "pretrain_steps=2,pretrain_samples=32,pretrain_warmup=1,pretrain_batch=8"
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_base_below_the_guard_is_retrained_from_a_derived_seed_and_the_meta_records_every_attempt(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))  # a fresh cache: the validity below is scripted
+    measured = scripted_validity(monkeypatch, [0.2, 0.95, 0.99])
+    wl = dapd.Dapd(small_spec(seed=4, options=RESTART_OPTS + ",pretrain_restarts=3,min_base_validity=0.9"))
+    model = wl.build_base_model()  # not refused: attempt 1 passes
+    stats = wl.pretrain_meta["pretrain"]
+    assert not wl.pretrain_meta["cached"] and len(measured) == 2  # stopped at the first passing attempt
+    assert stats["attempt"] == 1 and stats["validity_one"] == 0.95
+    assert [(a["attempt"], a["validity_one"], a["steps"]) for a in stats["attempts"]] == [(0, 0.2, 2), (1, 0.95, 2)]
+    seeds = [a["seed"] for a in stats["attempts"]]
+    assert seeds == [4, dapd.attempt_seed(4, 1)] and seeds[1] != 4
+    assert same_weights(model.state_dict(), measured[1]) and not same_weights(measured[0], measured[1])
+    # attempt 1 started from other weights than the seed's model
+    with torch.random.fork_rng():
+        torch.manual_seed(seeds[1])
+        restart = dlm.TransformerLM(wl.model_config()).state_dict()
+    assert not same_weights(restart, wl._random_model().state_dict())
+    # the restarts and their threshold are in the key: another count is another base
+    other = dapd.Dapd(small_spec(seed=4, options=RESTART_OPTS + ",pretrain_restarts=2,min_base_validity=0.9"))
+    assert other.pretrain_payload() != wl.pretrain_payload()
+
+
+def test_when_no_attempt_passes_the_best_is_kept_and_the_guard_refuses_it(monkeypatch):
+    measured = scripted_validity(monkeypatch, [0.3, 0.6, 0.1])
+    wl = dapd.Dapd(small_spec(options=RESTART_OPTS + ",pretrain_restarts=2,min_base_validity=0.9"))
+    model = wl._random_model()
+    stats = wl._pretrain(model)
+    assert [a["validity_one"] for a in stats["attempts"]] == [0.3, 0.6, 0.1]
+    assert stats["attempt"] == 1 and stats["validity_one"] == 0.6 and same_weights(model.state_dict(), measured[1])
+
+
+@pytest.mark.parametrize(
+    "options", ["pretrain_restarts=0,min_base_validity=0.9", "pretrain_restarts=3,min_base_validity=0"]
+)
+def test_no_restart_without_restarts_or_without_a_guard(monkeypatch, options):
+    scripted_validity(monkeypatch, [0.0, 1.0])
+    wl = dapd.Dapd(small_spec(options=RESTART_OPTS + "," + options))
+    stats = wl._pretrain(wl._random_model())
+    assert stats["attempt"] == 0 and len(stats["attempts"]) == 1 and stats["validity_one"] == 0.0
+    plain = dapd.Dapd(small_spec(options=RESTART_OPTS + ",pretrain_restarts=0,min_base_validity=0"))
+    assert wl.pretrain_payload() == plain.pretrain_payload()  # both one plain run: one base
+
+
+def test_an_attempt_stops_at_the_first_passing_check(monkeypatch):
+    monkeypatch.setattr(dapd, "CHECK_FROM", 2)
+    monkeypatch.setattr(dapd, "CHECK_EVERY", 2)
+    measured = scripted_validity(monkeypatch, [0.5, 0.93, 1.0])  # checks after steps 2 and 4
+    wl = dapd.Dapd(small_spec(options="pretrain_steps=8,pretrain_samples=32,pretrain_batch=8,min_base_validity=0.9"))
+    stats = wl._pretrain(wl._random_model())
+    assert len(measured) == 2 and stats["steps"] == 4 and stats["validity_one"] == 0.93 and stats["attempt"] == 0
 
 
 @pytest.mark.parametrize(
@@ -224,6 +392,8 @@ def test_a_weak_base_is_refused_with_one_line_and_its_validity_is_cached():
         ("pretrain_clip=-1", "pretrain_clip=-1.0: must be a number in"),
         ("pretrain_warmup=-5", "pretrain_warmup=-5: must be an integer in"),
         ("min_base_validity=1.5", "min_base_validity=1.5: must be a number in"),
+        ("pretrain_restarts=21", "pretrain_restarts=21: must be an integer in"),
+        ("pretrain_restarts=-1", "pretrain_restarts=-1: must be an integer in"),
         ("eval_topk_ks=3 10", "eval_topk_ks='3 10': tokens per step must be at most G"),
         ("eval_topk_ks=3 0", "eval_topk_ks='3 0': must be a string of"),
     ],

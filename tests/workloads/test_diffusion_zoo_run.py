@@ -1,5 +1,5 @@
 """reversal-curse and dapd through ``fedsim run`` (Flower, Ray) on a minimal budget, their metrics in
-rounds.jsonl, and notebooks/diffusion_zoo.ipynb on those runs and benchmark-shaped CSVs."""
+rounds.jsonl, and notebooks/diffusion_zoo.ipynb on those runs, a benchmark-shaped CSV and a report-shaped runs.csv."""
 
 import csv
 import json
@@ -75,21 +75,16 @@ def test_notebook_executes_on_runs_and_csvs(runs, tmp_path):
         for t in (1, 2, 3)
     ]
     rev_csv = write(tmp_path / "rev.csv", rev_keys, rev_rows)
+    decoders = {"one": 9, "topk": 5, "topk3": 3, "topk_sched_lo": 5, "topk_sched_hi": 6, "dapd": 5.4, "threshold": 8.6}
+    dapd_keys = ["run", "status", "run.seed", *(f"{m}_{d}" for d in decoders for m in ("validity", "nfe"))]
     dapd_rows = [
-        [seed, model, decoder, knob, nfe, valid]
+        [f"seed-{seed}", "ok", seed, *(v for nfe in decoders.values() for v in (min(1, nfe / 9 + 0.1 * seed), nfe))]
         for seed in (0, 1)
-        for model in ("dapd-base", "dapd-final")
-        for decoder, knob, nfe, valid in (
-            ("topk", 1, 9, 0.9),
-            ("topk", 3, 3, 0.3),
-            ("dapd", 0.5, 4, 0.8),
-            ("auc_all_masked", 0, 0, 0.9),
-        )
     ]
-    dapd_csv = write(tmp_path / "dapd.csv", ["seed", "model", "decoder", "knob", "nfe", "validity"], dapd_rows)
+    dapd_runs = write(tmp_path / "runs.csv", dapd_keys, dapd_rows)
     setup = (
         f"REV_RESULTS = {str(runs['reversal-curse'])!r}\nDAPD_RESULTS = {str(runs['dapd'])!r}\n"
-        f"REV_CSV = {str(rev_csv)!r}\nDAPD_CSV = {str(dapd_csv)!r}"
+        f"REV_CSV = {str(rev_csv)!r}\nDAPD_RUNS = {str(dapd_runs)!r}"
     )
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
