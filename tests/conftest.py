@@ -1,20 +1,42 @@
 """Fixtures shared by the whole suite (helpers live in tests/helpers/)."""
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.runs import SMALL_RUN, run_fedsim
+from tests.helpers.runs import SMALL_RUN
 
 
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory) -> Path:
-    """One 4-client, 2-round run through Flower and Ray, shared by the end-to-end tests."""
+def small_run(tmp_path_factory, workload_cache) -> Path:
+    """One 4-client, 2-round run through Flower and Ray, shared by the end-to-end tests.
+
+    It runs with a temp folder of its own (``TMPDIR``), which it must leave empty: Ray's session
+    folder is removed and torch's compile cache lives in the fedsim cache (``torchinductor``).
+    """
     out = tmp_path_factory.mktemp("runs") / "small"
-    proc = run_fedsim([*SMALL_RUN, "--out", str(out), "--quiet"])
+    tmp = Path(tempfile.mkdtemp(prefix="ft", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}  # torch sets it once imported
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedsim", *SMALL_RUN, "--out", str(out), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**env, "TMPDIR": str(tmp)},
+        )
+        left = sorted(p.name for p in tmp.iterdir())
+    finally:
+        shutil.rmtree(tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == str(out)
+    assert left == [], f"the run left {left} in its temp folder"
+    assert (Path(workload_cache) / "torchinductor").is_dir()
     return out
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.config import SECTIONS, describe_keys
-from tests.helpers.refusals import CAMPAIGN, problems_of, run_case, run_cases, snapshot
+from tests.helpers.refusals import CAMPAIGN, problems_of, run_campaign, run_case, snapshot
 
 RANGE = re.compile(r"in ([\[\(])(-?[0-9.e+]+), (-?[0-9.e+]+)([\]\)])")
 REGISTRY_KEYS = {
@@ -207,7 +207,7 @@ def test_at_least_150_distinct_bad_command_lines_are_refused_fast_with_one_line(
     cases = key_cases() + option_cases() + file_cases(inputs) + resume_cases(inputs) + sweep_cases(inputs)
     assert len({tuple(a) for _, a in cases}) == len(cases) >= 150
     before = snapshot(tmp_path)
-    results = run_cases(cases[::every], tmp_path)
+    results = run_campaign(cases, every, tmp_path)
     assert problems_of(results) == [], "\n".join(problems_of(results))
     assert snapshot(tmp_path) == sorted([*before, "cwd"]), "a refusal wrote files"
 

@@ -21,7 +21,7 @@ from fedsim.config import MAX_TOML_DEPTH, nesting_depth
 from fedsim.report import MAX_SEARCH_DEPTH
 from fedsim.results import MAX_JSON_BYTES, MAX_ROUNDS_BYTES
 from fedsim.sweep import MAX_RUNS
-from tests.helpers.refusals import CAMPAIGN, problems_of, run_cases, snapshot
+from tests.helpers.refusals import CAMPAIGN, problems_of, run_campaign, run_cases, snapshot
 
 RECORD = {"round": 1, "uplink_bits_total": 1000, "metrics": {"accuracy": 0.5}, "clients": []}
 RUN_FILES = {
@@ -205,7 +205,7 @@ def test_bad_files_and_extreme_values_are_refused_fast_with_one_line(tmp_path, d
             family_of[name] = family
     assert len({tuple(a) for _, a in cases}) == len(cases) >= 35
     before = snapshot(tmp_path)
-    results = run_cases(cases[::every], tmp_path)
+    results = run_campaign(cases, every, tmp_path)
     assert problems_of(results) == [], "\n".join(problems_of(results))
     assert snapshot(tmp_path) == sorted([*before, "cwd"]), "a refusal wrote files"
     for family in families:  # the CPU time of each family's refusals (shown with pytest -s)

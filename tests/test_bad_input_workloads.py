@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.errors import ConfigError
-from tests.helpers.refusals import CAMPAIGN, REPO, problems_of, run_cases, snapshot
+from tests.helpers.refusals import CAMPAIGN, REPO, problems_of, run_campaign, run_cases, snapshot
 from workloads import declaration, registry
 from workloads.options import Option, Range
 
@@ -158,7 +158,7 @@ def test_bad_options_combinations_presets_and_out_are_refused_in_one_line_fast(r
     cases = command_line_cases() + other_cases(inputs)
     assert len(cases) >= 30 and {name.split()[0] for name, _ in cases} >= set(WORKLOADS)
     before = snapshot(outputs.parent)
-    results = run_cases(cases[::every], outputs, env)
+    results = run_campaign(cases, every, outputs, env)
     assert problems_of(results) == [], "\n".join(problems_of(results))
     missing = [r.name for r in results if "workload.options" in " ".join(r.args) and "workload.options" not in r.text]
     assert missing == [], f"the refusal does not name workload.options: {missing}"
@@ -170,8 +170,9 @@ def test_bad_options_combinations_presets_and_out_are_refused_in_one_line_fast(r
 @pytest.mark.parametrize("every", CAMPAIGN)
 def test_bad_datasets_are_refused_in_one_line_and_leave_the_hugging_face_cache_empty(roots, every):
     inputs, outputs, hf, env = roots
-    cases = dataset_cases(inputs)[::every]
-    results = run_cases(cases, outputs, env)
+    every_case = dataset_cases(inputs)
+    cases = every_case[::every]
+    results = run_campaign(every_case, every, outputs, env)
     assert problems_of(results) == [], "\n".join(problems_of(results))
     unnamed = [r.text for r, (_, args) in zip(results, cases, strict=True) if args[-1].split("=", 1)[1] not in r.text]
     assert unnamed == [], f"the refusal does not name the dataset: {unnamed}"

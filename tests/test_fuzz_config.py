@@ -81,7 +81,7 @@ def test_malformed_input_exit_2_one_line(args, tmp_path_factory, capsys):
 
 
 @pytest.mark.slow
-@settings(max_examples=1000, **FUZZ)
+@settings(max_examples=500, **FUZZ)
 @given(args=malformed())
 def test_malformed_input_exit_2_one_line_many(args, tmp_path_factory, capsys):
     check_refused(args, tmp_path_factory, capsys)

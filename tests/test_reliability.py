@@ -78,10 +78,12 @@ def listening_addresses(procs: list) -> set[str]:
     return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_saves_and_exits_then_resume_refuses_other_config(sig, code, tmp_path):
-    """Ctrl-C and SIGTERM stop cleanly with the resume line; while running, every server the run
-    started listens on loopback only; afterwards no Ray process is left and its session folder is gone."""
+def test_sigterm_mid_round_saves_and_exits_then_resume_refuses_other_config(tmp_path):
+    """SIGTERM (``timeout``, ``docker stop``, a sweep's stop) stops cleanly with the resume line; while
+    running, every server the run started listens on loopback only; afterwards no Ray process is left
+    and its session folder is gone. (SIGTERM becomes Ctrl-C's KeyboardInterrupt at once, so Ctrl-C takes
+    the same path from there; a sweep interrupted with Ctrl-C, in test_sweep_e2e, stops its run mid-round.)"""
+    sig, code = signal.SIGTERM, 143
     import tempfile
 
     import psutil

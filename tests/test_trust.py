@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,6 @@ from fedsim.records import ClientRecord, json_problem
 from fedsim.results import LOCK
 from tests.helpers.engine import HEAD, A, B, StubClients, StubHost, make_cfg
 from tests.helpers.refusals import run_case
-from tests.helpers.runs import SMALL, run_fedsim
 
 SMALL_WORKLOAD = {"workload.samples_per_client": 16, "workload.test_samples": 64}
 
@@ -250,20 +248,3 @@ def test_resume_refuses_an_adapter_swapped_with_its_sha256_recomputed(tmp_path, 
     fragment = f"tensor {name!r} has shape ({2 * rank}, {width}); the configuration builds ({rank}, {width})"
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # torch set it in this process
     refuse(folder, fragment, tmp_path, cpu_limit_s=30.0)
-
-
-# ---- the temp folder: torch's compile cache lives in the fedsim cache --------------------------------------
-
-
-@pytest.mark.slow
-def test_a_run_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # torch sets it in this process once imported
-    tmp, cache = Path(tempfile.mkdtemp(prefix="ft", dir="/tmp")), tmp_path / "cache"  # Ray's sockets: <= 107 bytes
-    args = ["run", "--clients", "4", "--rounds", "1", "--clients-per-round", "2", *SMALL, "--quiet"]
-    try:
-        done = run_fedsim([*args, "--out", str(tmp_path / "out")], env={"TMPDIR": str(tmp), "FEDSIM_CACHE": str(cache)})
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert list(tmp.iterdir()) == []
-    finally:
-        shutil.rmtree(tmp)
-    assert (cache / "torchinductor").is_dir()

@@ -27,8 +27,9 @@ KILL_AFTER_S = 120.0
 
 SAMPLE_EVERY = 12
 CAMPAIGN = [pytest.param(SAMPLE_EVERY, id="sample"), pytest.param(1, id="all", marks=pytest.mark.slow)]
-"""A refusal campaign's two tiers, as ``every`` (run ``cases[::every]``): the fast tier runs every
-12th case, which spreads over the campaign's families; the slow tier runs every case."""
+"""A refusal campaign's two tiers, as ``every``: the fast tier runs every 12th case
+(``cases[::12]``, spread over the campaign's families) as real processes; the slow tier runs every
+case in this process (:func:`run_campaign`)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,59 @@ def run_cases(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, enumerate(cases)))
+
+
+def run_in_process(args: list[str], out: Path | None, cwd: Path, env: dict[str, str] | None = None):
+    """:func:`run_case` in this process: ``fedsim``'s ``main`` with the same arguments, folder and
+    environment; the wall and CPU seconds are this thread's. A command that is not refused would
+    start a run or a sweep: that fails the case (exit 99) instead of running it."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from fedsim.cli import main
+
+    argv = fedsim_argv(args, out)[3:]
+    text = io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    not_refused = mock.Mock(side_effect=SystemExit(99))
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        os.environ.update(env or {})
+        os.chdir(cwd)
+        with (
+            mock.patch("fedsim.flower.simulation.run_in_simulation", not_refused),
+            mock.patch("fedsim.sweep.execute", not_refused),
+            contextlib.redirect_stdout(text),
+            contextlib.redirect_stderr(text),
+        ):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return code, text.getvalue(), time.perf_counter() - t0, time.process_time() - c0
+
+
+def run_campaign(
+    cases: list[tuple[str, list[str]]], every: int, root: Path, env: dict[str, str] | None = None
+) -> list[Refusal]:
+    """A campaign's tier (see :data:`CAMPAIGN`): ``every`` > 1 runs ``cases[::every]`` as real
+    processes (:func:`run_cases`: the exit code, the one line and the CPU of a fresh interpreter);
+    ``every`` = 1 runs every case in this process (the same promise but the process's own CPU, at
+    a fraction of the time: no interpreter and imports per case)."""
+    if every > 1:
+        return run_cases(cases[::every], root, env)
+    work = root / "cwd"
+    work.mkdir(exist_ok=True)
+    return [
+        Refusal(name, tuple(args), root / f"out{i}", *run_in_process(list(args), root / f"out{i}", work, env))
+        for i, (name, args) in enumerate(cases)
+    ]
 
 
 def problems_of(results: Iterable[Refusal], cpu_limit_s: float = CPU_LIMIT_S) -> list[str]:
