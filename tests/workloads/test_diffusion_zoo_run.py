@@ -1,8 +1,9 @@
 """reversal-curse and dapd through ``fedsim run`` (Flower, Ray) on a minimal budget, their metrics in
-rounds.jsonl, and notebooks/diffusion_zoo.ipynb on those runs, a benchmark-shaped CSV and a report-shaped runs.csv."""
+rounds.jsonl, and notebooks/diffusion_zoo.ipynb on those runs, a sweep folder of them and a report-shaped runs.csv."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,15 +67,9 @@ def test_notebook_executes_on_runs_and_csvs(runs, tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
-    rev_keys = ["setting", "seed", "round", "forward_accuracy", "reverse_accuracy", "reverse_probability", "chance"]
-    rev_keys += ["grad_cosine", "reverse_loss_drop", "score_correlation"]
-    rev_rows = [
-        [s, seed, t, 0.1 * t, 0.05 * t, 0.01, 0.005, 0.3 / t, 0.01, 0.9]
-        for s in ("mdm", "arm")
-        for seed in (0, 1)
-        for t in (1, 2, 3)
-    ]
-    rev_csv = write(tmp_path / "rev.csv", rev_keys, rev_rows)
+    rev_sweep = tmp_path / "rev_sweep"  # a sweep-shaped folder: the real run as two seeds of one setting
+    for name in ("seed-0", "seed-1"):
+        shutil.copytree(runs["reversal-curse"], rev_sweep / "runs" / name)
     decoders = {"one": 9, "topk": 5, "topk3": 3, "topk_sched_lo": 5, "topk_sched_hi": 6, "dapd": 5.4, "threshold": 8.6}
     dapd_keys = ["run", "status", "run.seed", *(f"{m}_{d}" for d in decoders for m in ("validity", "nfe"))]
     dapd_rows = [
@@ -84,11 +79,12 @@ def test_notebook_executes_on_runs_and_csvs(runs, tmp_path):
     dapd_runs = write(tmp_path / "runs.csv", dapd_keys, dapd_rows)
     setup = (
         f"REV_RESULTS = {str(runs['reversal-curse'])!r}\nDAPD_RESULTS = {str(runs['dapd'])!r}\n"
-        f"REV_CSV = {str(rev_csv)!r}\nDAPD_RUNS = {str(dapd_runs)!r}"
+        f"REV_SWEEP = {str(rev_sweep)!r}\nDAPD_RUNS = {str(dapd_runs)!r}"
     )
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4
+    # reversal run; reversal sweep: effect plot and per-round means; dapd run; dapd sweep curve
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5
