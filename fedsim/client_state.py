@@ -142,12 +142,6 @@ def kept_after_resume(root: str | Path, round_: int) -> list[Path]:
     return [p for folder in folders for t, p in _versions(folder) if t <= round_]
 
 
-def size_bytes(root: str | Path) -> int:
-    """Bytes the client states of a run occupy on disk (all clients, all kept versions)."""
-    root = Path(root)
-    return sum(p.stat().st_size for p in root.rglob("*.safetensors")) if root.is_dir() else 0
-
-
 # ---- the client's side of a round with state (the ClientApp and the engine tests use these) ------
 
 

@@ -55,8 +55,6 @@ from fedsim.seeding import SERVER, rng, sample_clients, torch_seed
 from fedsim.tsfa import RankPlan
 from fedsim.wireless import WirelessModel
 
-ACTIONS = ("train", "local", "upload")
-
 
 @dataclass(frozen=True)
 class ClientReply:

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 
-RULES = ("none", "compute", "channel")
 AGGREGATIONS = ("zero-pad", "flexlora")
 
 

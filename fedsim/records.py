@@ -17,9 +17,6 @@ from typing import Any
 CLIENT_DIAGNOSTICS = ("kept_ranks", "dropped_rank_error", "mean_abs_cos", "sparsify_time_s")
 """Per-client upload diagnostics; the round record carries their mean over the round's clients."""
 
-WALL_CLOCK_FIELDS = ("wall_s", "train_wall_s", "sparsify_time_s", "solve_time_s")
-"""Fields measured on the wall clock: the only ones that differ between two runs of one config."""
-
 
 @dataclass(frozen=True)
 class ClientRecord:

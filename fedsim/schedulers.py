@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from fedsim.config import Config
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SchedulerEntry:
     """One registered scheduler.
 
@@ -44,7 +44,6 @@ class SchedulerEntry:
     name : registry key (``tsfa.scheduler``).
     description : one line for listings.
     decides_rho : rho_t is chosen every round (needs a method that sparsifies).
-    decides_bandwidth : b_t comes from an optimiser rather than a fixed rule.
     two_phase : clients report before they upload (rho_t is decided between the two messages).
     plans_rank : the LoRA rank is chosen offline before the first round.
     build : ``build(cfg) -> scheduler`` with ``decide(a, T_cmp, payload_bits_by_rho, penalty_by_rho)``,
@@ -54,7 +53,6 @@ class SchedulerEntry:
     name: str
     description: str
     decides_rho: bool
-    decides_bandwidth: bool
     two_phase: bool
     plans_rank: bool
     build: Callable[[Config], Any]
@@ -88,13 +86,28 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
     e.name: e
     for e in (
         SchedulerEntry(
-            "equal", "fixed rho, B_total / K each", False, False, False, False, _fixed_rho_scheduler("equal")
+            name="equal",
+            description="fixed rho, B_total / K each",
+            decides_rho=False,
+            two_phase=False,
+            plans_rank=False,
+            build=_fixed_rho_scheduler("equal"),
         ),
         SchedulerEntry(
-            "fixed", "fixed rho, min-max latency split", False, True, False, False, _fixed_rho_scheduler("minmax")
+            name="fixed",
+            description="fixed rho, min-max latency split",
+            decides_rho=False,
+            two_phase=False,
+            plans_rank=False,
+            build=_fixed_rho_scheduler("minmax"),
         ),
         SchedulerEntry(
-            "tsfa", "TSFA: Lyapunov rho_t and min-max split, offline rank plan", True, True, True, True, _tsfa_scheduler
+            name="tsfa",
+            description="TSFA: Lyapunov rho_t and min-max split, offline rank plan",
+            decides_rho=True,
+            two_phase=True,
+            plans_rank=True,
+            build=_tsfa_scheduler,
         ),
     )
 }

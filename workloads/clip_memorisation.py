@@ -102,7 +102,6 @@ from workloads.clip_memorisation_options import (
 )
 from workloads.options import Declaration
 
-ATTRIBUTES = ("intensity", "size", "shape", "position")
 SOT, EOT, BANG = "<sot>", "<eot>", "!"
 VOCAB = (SOT, EOT, BANG, "a", "at", *INTENSITIES, *SIZES, *SHAPES, *POSITIONS)
 

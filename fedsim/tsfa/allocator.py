@@ -686,7 +686,6 @@ class CvxpyAllocator:
         if retry_options is None:
             retry_options = dict(CLARABEL_RETRY_OPTIONS) if self.solver.upper() == "CLARABEL" else {}
         self.retry_options = dict(retry_options)
-        self.last_polish_steps = 0
         self.num_solves = 0
         self.num_fallbacks = 0
         self._compiled: dict[int, _DppProblem] = {}
@@ -777,7 +776,6 @@ class CvxpyAllocator:
             steps += 1
             lat = float(client_latency_s(b, a, s, t).max())
             certified = _certified(a, s, t, bt, lat, self.certify_rtol)
-        self.last_polish_steps = steps
         if not certified:
             return None, f"{status}_not_certified"
         if not (np.isfinite(lat) and lat <= t_ref * (1 + 1e-6)):
