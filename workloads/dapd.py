@@ -32,10 +32,9 @@ brings every seed out: docs/workloads/dapd.md), so pretraining is *restarts kept
 (:meth:`Dapd._pretrain`): attempt 0 starts from the model built from the run's seed; while an
 attempt's one-token-per-step validity (:meth:`Dapd.base_validity`, the guard's measurement) is
 below ``min_base_validity``, up to ``pretrain_restarts`` more attempts re-initialise the weights and
-draw the batches from a seed derived from (seed, attempt) (:func:`attempt_seed`); every attempt runs
-its whole schedule (an attempt stopped at its first passing check, mid-cosine, left bases whose
-parallel decoders trailed one token per step by more). The first attempt that passes is kept, else
-the best; the cache entry's meta records every attempt's seed, steps,
+draw the batches from a seed derived from (seed, attempt) (:func:`attempt_seed`); an attempt stops
+early at the first check, every 1,000 steps from step 5,000, that passes. The first attempt that
+passes is kept, else the best; the cache entry's meta records every attempt's seed, steps,
 validity and wall time (``pretrain.attempts``). With ``pretrain_restarts = 0`` or
 ``min_base_validity = 0`` it is one plain run of ``pretrain_steps``. The guard: the kept base's
 validity below ``min_base_validity`` refuses the run with one line. Federated LoRA
@@ -95,6 +94,9 @@ ID = {tok: i for i, tok in enumerate(VOCAB)}
 MASK, BOS, X0, Y0 = ID["<mask>"], ID["<bos>"], ID["x0"], ID["y0"]
 GUARD_SAMPLES = 256
 """Canvases the base's one-token-per-step validity is measured on (``min_base_validity``)."""
+CHECK_FROM, CHECK_EVERY = 5_000, 1_000
+"""With restarts on, a pretraining attempt's validity is checked every CHECK_EVERY steps from
+CHECK_FROM on (before its last step), and the attempt stops at the first check that passes."""
 
 
 def attempt_seed(seed: int, attempt: int) -> int:
@@ -315,7 +317,7 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
                     torch.manual_seed(seed)
                     model.load_state_dict(dlm.TransformerLM(self.model_config()).state_dict())
             t0 = time.perf_counter()
-            stats = self._pretrain_attempt(model, seed)
+            stats = self._pretrain_attempt(model, seed, floor)
             attempts.append({"attempt": attempt, "seed": seed, **stats, "wall_s": time.perf_counter() - t0})
             if best is None or stats["validity_one"] > best[0]["validity_one"]:
                 best = attempts[-1], {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -329,13 +331,15 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
             "attempts": attempts,
         }
 
-    def _pretrain_attempt(self, model: nn.Module, seed: int) -> dict[str, Any]:
+    def _pretrain_attempt(self, model: nn.Module, seed: int, floor: float) -> dict[str, Any]:
         """Centralised AdamW on uniform-X canvases (Y uniform for ``format``, the rule for ``rule``).
 
-        ``pretrain_steps`` steps, the learning rate following :func:`pretrain_lr` (linear warm-up,
-        cosine decay to 0), the gradient norm clipped at ``pretrain_clip``; ``seed`` draws the
-        batches and the masks. The statistics end with the base's one-token-per-step validity
-        (:meth:`base_validity`), which the guard reads from the cache.
+        The learning rate follows :func:`pretrain_lr` (linear warm-up, cosine decay to 0) and the
+        gradient norm is clipped at ``pretrain_clip``; ``seed`` draws the batches and the masks. With
+        ``floor > 0`` (restarts on) the attempt stops early at the first check, every
+        :data:`CHECK_EVERY` steps from :data:`CHECK_FROM` on, whose validity reaches ``floor``. The
+        statistics end with the base's one-token-per-step validity (:meth:`base_validity`), which the
+        guard reads from the cache.
         """
         p = self.params
         rng = np.random.default_rng([self.spec.seed, 0xBA5E])
@@ -347,7 +351,7 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=p["pretrain_lr"], weight_decay=0.0)
         model.train()
-        losses = []
+        losses, validity = [], None
         for step in range(p["pretrain_steps"]):
             for group in opt.param_groups:
                 group["lr"] = pretrain_lr(step, p["pretrain_steps"], p["pretrain_lr"], p["pretrain_warmup"])
@@ -359,12 +363,19 @@ class Dapd(dlm.PretrainedOrScratch, Workload):
                 nn.utils.clip_grad_norm_(model.parameters(), p["pretrain_clip"])
             opt.step()
             losses.append(float(loss.detach()))
+            done = step + 1
+            if floor > 0 and done >= CHECK_FROM and done % CHECK_EVERY == 0 and done < p["pretrain_steps"]:
+                validity = self.base_validity(model.eval())
+                model.train()
+                if validity >= floor:
+                    break
+                validity = None
         model.eval()
         return {
             "steps": len(losses),
             "loss_first": losses[0],
             "loss_last_50": float(np.mean(losses[-50:])),
-            "validity_one": self.base_validity(model),
+            "validity_one": self.base_validity(model) if validity is None else validity,
         }
 
     def base_validity(self, model: nn.Module) -> float:

@@ -61,8 +61,9 @@ DECLARATION = Declaration(
             3,
             Range(0, 20),
             "pretraining attempts after the first while the base's one-token validity is below min_base_validity "
-            "(each a whole run of pretrain_steps from weights and a data order of a seed derived from the run's seed "
-            "and the attempt; the first passing attempt is kept, else the best; 0: one run)",
+            "(each from weights and a data order of a seed derived from the run's seed and the attempt; an attempt "
+            "stops at a passing check every 1,000 steps from step 5,000; the first passing attempt is kept, else "
+            "the best; 0: one run)",
         ),
         "min_base_validity": Option(
             0.9,

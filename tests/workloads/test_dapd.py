@@ -367,11 +367,13 @@ def test_no_restart_without_restarts_or_without_a_guard(monkeypatch, options):
     assert wl.pretrain_payload() == plain.pretrain_payload()  # both one plain run: one base
 
 
-def test_an_attempt_runs_its_whole_schedule(monkeypatch):
-    measured = scripted_validity(monkeypatch, [0.93, 1.0])  # passes: the validity is measured once, at the end
+def test_an_attempt_stops_at_the_first_passing_check(monkeypatch):
+    monkeypatch.setattr(dapd, "CHECK_FROM", 2)
+    monkeypatch.setattr(dapd, "CHECK_EVERY", 2)
+    measured = scripted_validity(monkeypatch, [0.5, 0.93, 1.0])  # checks after steps 2 and 4
     wl = dapd.Dapd(small_spec(options="pretrain_steps=8,pretrain_samples=32,pretrain_batch=8,min_base_validity=0.9"))
     stats = wl._pretrain(wl._random_model())
-    assert len(measured) == 1 and stats["steps"] == 8 and stats["validity_one"] == 0.93 and stats["attempt"] == 0
+    assert len(measured) == 2 and stats["steps"] == 4 and stats["validity_one"] == 0.93 and stats["attempt"] == 0
 
 
 @pytest.mark.parametrize(
