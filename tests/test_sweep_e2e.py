@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 SWEEP = """
 [sweep]
 name = "tiny"
-seeds = [0, 1]
+seeds = {seeds}
 
 [run]
 clients = 4
@@ -40,9 +40,10 @@ backends = "{tracking}"
 """
 
 
-def _sweep_file(tmp_path, rounds=2, straggle=0.0, tracking=""):
+def _sweep_file(tmp_path, rounds=2, straggle=0.0, tracking="", seeds=(0, 1)):
     path = tmp_path / "tiny.toml"
-    path.write_text(textwrap.dedent(SWEEP.format(rounds=rounds, straggle=straggle, tracking=tracking)))
+    text = SWEEP.format(rounds=rounds, straggle=straggle, tracking=tracking, seeds=list(seeds))
+    path.write_text(textwrap.dedent(text))
     return path
 
 
@@ -107,13 +108,12 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path):
     """A head and a second node on loopback; the sweep's runs reach them with --ray-address (this is
     also the test of ``fedsim run --ray-address``: a sweep runs each of its runs with it)."""
     with two_node_ray_cluster("127.0.0.3") as address:
-        path = _sweep_file(tmp_path, rounds=1)
+        path = _sweep_file(tmp_path, rounds=1, seeds=(0,))  # one run shows the way to the cluster
         out = tmp_path / "cluster"
         proc = run_fedsim(["sweep", str(path), "--out", str(out), "--quiet", "--ray-address", address], timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        for seed in (0, 1):
-            folder = out / "runs" / f"seed-{seed}"
-            assert json.loads((folder / "summary.json").read_text())["status"] == "ok"
-            assert [r["round"] for r in read_rounds(folder)] == [1]
-            assert f'ray_address = "{address}"' in (folder / "config.toml").read_text()
+        folder = out / "runs" / "seed-0"
+        assert json.loads((folder / "summary.json").read_text())["status"] == "ok"
+        assert [r["round"] for r in read_rounds(folder)] == [1]
+        assert f'ray_address = "{address}"' in (folder / "config.toml").read_text()
         assert json.loads((out / "sweep.json").read_text())["jobs"] == 1
