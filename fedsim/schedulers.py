@@ -45,16 +45,17 @@ class SchedulerEntry:
     description : one line for listings.
     decides_rho : rho_t is chosen every round (needs a method that sparsifies).
     two_phase : clients report before they upload (rho_t is decided between the two messages).
-    plans_rank : the LoRA rank is chosen offline before the first round.
+    plans_rank : the LoRA rank is chosen offline before the first round (all three False: a fixed-rho
+        scheduler).
     build : ``build(cfg) -> scheduler`` with ``decide(a, T_cmp, payload_bits_by_rho, penalty_by_rho)``,
         ``update(T_t)``, ``queue_s`` and ``state_dict`` / ``load_state_dict`` (:mod:`fedsim.tsfa.controller`).
     """
 
     name: str
     description: str
-    decides_rho: bool
-    two_phase: bool
-    plans_rank: bool
+    decides_rho: bool = False
+    two_phase: bool = False
+    plans_rank: bool = False
     build: Callable[[Config], Any]
 
 
@@ -85,21 +86,9 @@ def _tsfa_scheduler(cfg: Config) -> Any:
 SCHEDULERS: dict[str, SchedulerEntry] = {
     e.name: e
     for e in (
+        SchedulerEntry(name="equal", description="fixed rho, B_total / K each", build=_fixed_rho_scheduler("equal")),
         SchedulerEntry(
-            name="equal",
-            description="fixed rho, B_total / K each",
-            decides_rho=False,
-            two_phase=False,
-            plans_rank=False,
-            build=_fixed_rho_scheduler("equal"),
-        ),
-        SchedulerEntry(
-            name="fixed",
-            description="fixed rho, min-max latency split",
-            decides_rho=False,
-            two_phase=False,
-            plans_rank=False,
-            build=_fixed_rho_scheduler("minmax"),
+            name="fixed", description="fixed rho, min-max latency split", build=_fixed_rho_scheduler("minmax")
         ),
         SchedulerEntry(
             name="tsfa",
