@@ -493,7 +493,13 @@ def sweep_command(
         typer.echo(f"{len(spec.runs)} runs, {n_jobs} at a time, in {folder}")
         return
     from fedsim.progress import SweepDisplay
+    from fedsim.results import FolderLock
 
+    lock = FolderLock(folder)  # held until this process exits: one sweep per sweep folder
+    try:
+        lock.acquire()
+    except ConfigError as e:
+        fail(str(e), 2)
     display = SweepDisplay(spec.name, folder, quiet=quiet)
     try:
         with display:

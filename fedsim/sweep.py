@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import Config, ConfigError, build_config, parse_json, read_text_file, toml_to_flat
+from fedsim.results import LOCK
 
 SWEEP_KEYS = ("name", "config", "seeds", "grid", "zip")
 INDEX = "sweep.json"
@@ -342,14 +343,15 @@ def run_state(folder: Path) -> str:
 def check_folder(sweep: Sweep, out: Path) -> None:
     """Refuse an output folder that holds something else, or runs made with another configuration.
 
-    A run's configuration is the one the sweep started it with (``configs/NAME.toml``), not its
+    A folder that holds only fedsim's lock file (a sweep stopped before it wrote anything) counts as
+    empty. A run's configuration is the one the sweep started it with (``configs/NAME.toml``), not its
     results folder's ``config.toml``, which records what the run decided itself (TSFA's planned
     ``lora.rank``); a folder without the former is compared with the latter. ``simulation.*`` and
     ``tracking.*`` keys may differ (where and how a run executes).
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out={str(out)!r}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / INDEX).is_file():
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not (out / INDEX).is_file():
         raise ConfigError(f"--out={str(out)!r}: folder exists, is not empty and holds no sweep (no {INDEX})")
     for spec in sweep.runs:
         saved = out / "runs" / spec.name / "config.toml"

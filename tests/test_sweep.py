@@ -164,6 +164,23 @@ def test_sweep_refuses_other_folders(tmp_path, capsys):
         check_folder(sweep, out)
 
 
+def test_a_second_sweep_on_a_folder_in_use_is_refused(tmp_path, capsys, monkeypatch):
+    """One sweep per sweep folder: two would start the same runs and overwrite each other's index."""
+    from fedsim.results import FolderLock
+
+    path = _write(tmp_path, "[sweep]\nseeds = [0]\n[run]\nclients = 4\nrounds = 2\n")
+    out = tmp_path / "sw"
+    monkeypatch.setattr("fedsim.sweep.execute", lambda *a, **k: pytest.fail("the second sweep ran"))
+    with FolderLock(out):  # as a sweep running on it holds it (the lock is taken per open file)
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(SystemExit) as e:
+            main(["sweep", str(path), "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "another fedsim process" in err, err
+        assert sorted(p.name for p in out.iterdir()) == before == [".fedsim.lock"]
+    check_folder(load_sweep(path), out)  # a folder holding only the lock counts as empty
+
+
 def test_sweep_compares_the_configuration_a_run_was_started_with(tmp_path):
     """A TSFA run records its planned lora.rank in its config.toml: the same sweep again is accepted,
     a changed one is still refused."""
