@@ -2,14 +2,12 @@
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.runs import SMALL_RUN
+from tests.helpers.runs import SMALL_RUN, run_fedsim
 
 
 @pytest.fixture(scope="session")
@@ -21,15 +19,10 @@ def small_run(tmp_path_factory, workload_cache) -> Path:
     """
     out = tmp_path_factory.mktemp("runs") / "small"
     tmp = Path(tempfile.mkdtemp(prefix="ft", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}  # torch sets it once imported
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "fedsim", *SMALL_RUN, "--out", str(out), "--quiet"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**env, "TMPDIR": str(tmp)},
-        )
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # torch sets it in this process once imported
+            proc = run_fedsim([*SMALL_RUN, "--out", str(out), "--quiet"], env={"TMPDIR": str(tmp)})
         left = sorted(p.name for p in tmp.iterdir())
     finally:
         shutil.rmtree(tmp)
