@@ -15,7 +15,7 @@ import typer
 
 from fedsim.checks import checked_config
 from fedsim.config import Config, ConfigError, RunSection, load_toml, parse_overrides, parse_value
-from fedsim.results import LOCK
+from fedsim.results import holds_more_than_the_lock
 
 ClientsOption = Annotated[int | None, typer.Option(help="Number of clients (run.clients).")]
 RoundsOption = Annotated[int | None, typer.Option(help="Federated rounds (run.rounds).")]
@@ -143,7 +143,7 @@ def check_out_dir(out: Path, force: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out={str(out)!r}: exists and is not a folder")
-    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not force:
+    if out.is_dir() and holds_more_than_the_lock(out) and not force:
         raise ConfigError(f"--out={str(out)!r}: folder exists and is not empty (choose another or pass --force)")
     created = [p for p in (out, *out.parents) if not p.exists()]
     probe = out / ".fedsim-write-probe"

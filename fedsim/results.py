@@ -62,6 +62,12 @@ def _atomic_write(path: Path, text: str) -> None:
 LOCK = ".fedsim.lock"
 
 
+def holds_more_than_the_lock(folder: Path) -> bool:
+    """Whether ``folder`` (an existing folder) holds anything besides fedsim's lock file: a folder
+    holding only the lock (a run or sweep stopped before it wrote anything) counts as empty."""
+    return any(p.name != LOCK for p in folder.iterdir())
+
+
 class FolderLock:
     """An exclusive lock on a results folder for one run: one writer at a time.
 

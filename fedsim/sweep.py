@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import Config, ConfigError, build_config, parse_json, read_text_file, toml_to_flat
-from fedsim.results import LOCK
+from fedsim.results import holds_more_than_the_lock
 
 SWEEP_KEYS = ("name", "config", "seeds", "grid", "zip")
 INDEX = "sweep.json"
@@ -351,7 +351,7 @@ def check_folder(sweep: Sweep, out: Path) -> None:
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out={str(out)!r}: exists and is not a folder")
-    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not (out / INDEX).is_file():
+    if out.is_dir() and holds_more_than_the_lock(out) and not (out / INDEX).is_file():
         raise ConfigError(f"--out={str(out)!r}: folder exists, is not empty and holds no sweep (no {INDEX})")
     for spec in sweep.runs:
         saved = out / "runs" / spec.name / "config.toml"
