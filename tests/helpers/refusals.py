@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +98,11 @@ def run_cases(
     root: Path,
     env: dict[str, str] | None = None,
     workers: int = 2,
+    runner: Callable[..., tuple[int, str, float, float]] | None = None,
 ) -> list[Refusal]:
-    """Run every case as a real process (``workers`` at a time), each with its own ``--out`` under ``root``."""
+    """Run every case, each with its own ``--out`` under ``root``: as a real process by default
+    (:func:`run_case`, ``workers`` at a time), or with ``runner`` one after another in the calling
+    thread (:func:`run_in_process` installs signal handlers, which only the main thread may)."""
     work = root / "cwd"
     work.mkdir(exist_ok=True)
     cases = list(cases)
@@ -107,8 +110,10 @@ def run_cases(
     def one(i_case) -> Refusal:
         i, (name, args) = i_case
         out = root / f"out{i}"
-        return Refusal(name, tuple(args), out, *run_case(list(args), out, work, env))
+        return Refusal(name, tuple(args), out, *(runner or run_case)(list(args), out, work, env))
 
+    if runner is not None:
+        return [one(i_case) for i_case in enumerate(cases)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, enumerate(cases)))
 
@@ -158,12 +163,7 @@ def run_campaign(
     a fraction of the time: no interpreter and imports per case)."""
     if every > 1:
         return run_cases(cases[::every], root, env)
-    work = root / "cwd"
-    work.mkdir(exist_ok=True)
-    return [
-        Refusal(name, tuple(args), root / f"out{i}", *run_in_process(list(args), root / f"out{i}", work, env))
-        for i, (name, args) in enumerate(cases)
-    ]
+    return run_cases(cases, root, env, runner=run_in_process)
 
 
 def problems_of(results: Iterable[Refusal], cpu_limit_s: float = CPU_LIMIT_S) -> list[str]:
