@@ -3,8 +3,8 @@
 A configuration is built from four layers, later ones winning:
 
 1. the defaults in the dataclasses below,
-2. the ``train.*`` defaults of the workload's preset (:func:`preset_train_defaults`, e.g. the
-   local epochs a toy needs to show its paper's effect),
+2. the defaults of the workload's preset (:func:`preset_defaults`: the run shape a toy needs to
+   show its paper's effect, e.g. its local epochs or its partition; :data:`PRESET_KEYS`),
 3. a TOML file (``--config FILE.toml``) with one table per section,
 4. ``key=value`` overrides (``--set channel.radius_m=250`` and the CLI's shortcut options).
 
@@ -34,7 +34,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "build_config",
-    "check_train_defaults",
+    "check_preset_defaults",
     "config_from_flat",
     "load_toml",
     "parse_overrides",
@@ -646,23 +646,38 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def check_train_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"local_epochs": 40, ...}`` checked against the ``train.*`` keys' own types and ranges, as
-    ``{"train.local_epochs": 40, ...}``; a wrong key or value raises a one-line ConfigError."""
-    checked = _check_section("train", TrainSection, values)
-    return {f"train.{key}": getattr(checked, key) for key in values}
+PRESET_KEYS = frozenset(
+    [f"train.{f.name}" for f in dataclasses.fields(TrainSection)]
+    + ["workload.partition", "workload.dirichlet_alpha", "workload.samples_per_client", "workload.test_samples"]
+    + ["run.rounds", "run.clients_per_round", "run.eval_every"]
+)
+"""The keys a workload preset may give defaults for: the training and run shape its effect needs."""
 
 
-def preset_train_defaults(name: str, preset: str) -> dict[str, Any]:
-    """The flat ``train.*`` defaults that workload ``name``'s ``preset`` declares (``{}`` for none, or
-    for a name or preset that is not registered: :func:`fedsim.checks.check_config` refuses those).
+def check_preset_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.local_epochs": 40, "workload.partition": "natural"}`` checked against those keys' own
+    types and ranges (values coerced); an unknown key, a key outside :data:`PRESET_KEYS` or a wrong
+    value raises a one-line ConfigError."""
+    out: dict[str, Any] = {}
+    for name, given in _nest(values).items():
+        checked = _check_section(name, SECTIONS[name], given)
+        out.update({f"{name}.{key}": getattr(checked, key) for key in given})
+    if outside := sorted(out.keys() - PRESET_KEYS):
+        others = ", ".join(sorted(k for k in PRESET_KEYS if not k.startswith("train.")))
+        raise ConfigError(f"{outside[0]}: a preset gives defaults only for train.* and {others}")
+    return out
+
+
+def preset_defaults(name: str, preset: str) -> dict[str, Any]:
+    """The flat defaults that workload ``name``'s ``preset`` declares (``{}`` for none, or for a name or
+    preset that is not registered: :func:`fedsim.checks.check_config` refuses those).
 
     A built-in workload's declaration is read without importing torch (:func:`workloads.declaration`).
     """
     from workloads import declaration
 
     try:
-        return declaration(name).train_defaults_of(preset)
+        return declaration(name).defaults_of(preset)
     except ConfigError:  # not a registered workload
         return {}
 
@@ -670,8 +685,8 @@ def preset_train_defaults(name: str, preset: str) -> dict[str, Any]:
 def build_config(*layers: Mapping[str, Any]) -> Config:
     """Merge flat layers over the defaults, validate every key, and return a frozen Config.
 
-    Under the layers lie the ``train.*`` defaults of the workload preset they name
-    (:func:`preset_train_defaults`), so any layer that gives such a key overrides it. Each key is
+    Under the layers lie the defaults of the workload preset they name (:func:`preset_defaults`),
+    so any layer that gives such a key overrides it. Each key is
     checked on its own (type, range); the checks that involve several keys, the registries or
     files are :func:`fedsim.checks.check_config`, one layer up.
     """
@@ -680,10 +695,10 @@ def build_config(*layers: Mapping[str, Any]) -> Config:
         for name, values in _nest(layer).items():  # a bad value is reported even if a later layer overrides it
             _check_section(name, SECTIONS[name], values)
         merged.update(layer)
-    workload, train_keys = WorkloadSection(), {f"train.{f.name}" for f in dataclasses.fields(TrainSection)}
+    workload = WorkloadSection()
     preset = {}
-    if not train_keys <= merged.keys():  # a whole configuration (carried, saved) needs no look-up
-        preset = preset_train_defaults(
+    if not PRESET_KEYS <= merged.keys():  # a whole configuration (carried, saved) needs no look-up
+        preset = preset_defaults(
             merged.get("workload.name", workload.name), merged.get("workload.preset", workload.preset)
         )
     nested = _nest({**preset, **merged})

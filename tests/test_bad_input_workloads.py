@@ -212,8 +212,8 @@ def test_workloads_options_lists_every_option_with_default_range_and_meaning(nam
     header = done.stdout.split("\n", 3)[:3]
     assert all(column in "".join(header) for column in ("option", "default", "allowed", "meaning")), header
     decl = declaration(name)
-    train_keys = [key for preset in decl.preset_overrides for key in decl.train_defaults_of(preset)]
-    assert all(f" {key} " in done.stdout for key in [*decl.options, *train_keys])
+    preset_keys = [key for preset in decl.preset_overrides for key in decl.defaults_of(preset)]
+    assert all(f" {key} " in done.stdout for key in [*decl.options, *preset_keys])
 
 
 def test_workloads_options_refuses_an_unknown_workload_in_one_line():

@@ -86,7 +86,7 @@ def test_config_is_hashable_value_object():
     assert hash(Config()) == hash(Config())
 
 
-def test_a_workload_preset_sets_train_defaults_under_every_layer(tmp_path):
+def test_a_workload_preset_sets_its_defaults_under_every_layer(tmp_path):
     rc = {"workload.name": "reversal-curse"}
     assert checked_config().train.local_epochs == 1  # text-classify's presets set none
     tiny = checked_config(rc).train
@@ -103,19 +103,25 @@ def test_a_workload_preset_sets_train_defaults_under_every_layer(tmp_path):
     assert config_from_flat(flat).train.local_epochs == 2
 
 
-def test_a_preset_train_default_out_of_range_or_unknown_is_refused_when_declared():
+def test_a_preset_default_out_of_range_or_unknown_is_refused_when_declared():
     from workloads.options import Declaration, Option, Range
 
     options = {"width": Option(8, Range(1, 64), "width")}
     with pytest.raises(ValueError, match=r"preset 'tiny': train.local_epochs=5000: must be an integer in \[0, 1000\]"):
-        Declaration(options, train_defaults={"tiny": {"local_epochs": 5000}})
+        Declaration(options, config_defaults={"tiny": {"train.local_epochs": 5000}})
     with pytest.raises(ValueError, match="train.lr=0.0: must be a number in"):
-        Declaration(options, train_defaults={"tiny": {"lr": 0.0}})
+        Declaration(options, config_defaults={"tiny": {"train.lr": 0.0}})
     with pytest.raises(ValueError, match="unknown config key 'train.epochs'"):
-        Declaration(options, train_defaults={"tiny": {"epochs": 3}})
+        Declaration(options, config_defaults={"tiny": {"train.epochs": 3}})
     with pytest.raises(ValueError, match="preset 'base' is not one of tiny"):
-        Declaration(options, train_defaults={"base": {"local_epochs": 3}})
-    ok = Declaration(options, {"tiny": {}, "base": {}}, train_defaults={"base": {"lr": 1}})
-    assert ok.train_defaults_of("base") == {"train.lr": 1.0} and ok.train_defaults_of("tiny") == {}
+        Declaration(options, config_defaults={"base": {"train.local_epochs": 3}})
+    with pytest.raises(
+        ValueError, match="channel.radius_m: a preset gives defaults only for train.* and run.clients_per_round"
+    ):
+        Declaration(options, config_defaults={"tiny": {"channel.radius_m": 100.0}})
+    with pytest.raises(ValueError, match="workload.partition='random': must be one of"):
+        Declaration(options, config_defaults={"tiny": {"workload.partition": "random"}})
+    ok = Declaration(options, {"tiny": {}, "base": {}}, config_defaults={"base": {"train.lr": 1}})
+    assert ok.defaults_of("base") == {"train.lr": 1.0} and ok.defaults_of("tiny") == {}
     row = ok.rows()[-1]
     assert row[:3] == ("train.lr", "tiny: 0.003, base: 1.0", "a number in (0, 10]")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsim.config import check_train_defaults, describe_keys
+from fedsim.config import check_preset_defaults, describe_keys
 from fedsim.errors import ConfigError
 
 
@@ -115,21 +115,22 @@ class Declaration:
     combination: Combination | None = None
     natural_partition_column: str | None = None
     """Column whose values 0..num_clients-1 name each row's client (``partition = "natural"``)."""
-    train_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Preset name -> defaults of ``train.*`` keys it needs, e.g. ``{"tiny": {"local_epochs": 40}}``."""
+    config_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Preset name -> defaults of the configuration keys it needs (``train.*``, the partition, the run
+    shape: :data:`fedsim.config.PRESET_KEYS`), e.g. ``{"tiny": {"train.local_epochs": 40}}``."""
 
     def __post_init__(self):
-        for preset, values in self.train_defaults.items():
+        for preset, values in self.config_defaults.items():
             if preset not in self.preset_overrides:
-                raise ValueError(f"train_defaults: preset {preset!r} is not one of {', '.join(self.preset_overrides)}")
+                raise ValueError(f"config_defaults: preset {preset!r} is not one of {', '.join(self.preset_overrides)}")
             try:
-                check_train_defaults(values)
+                check_preset_defaults(values)
             except ConfigError as e:
-                raise ValueError(f"train_defaults of preset {preset!r}: {e}") from None
+                raise ValueError(f"config_defaults of preset {preset!r}: {e}") from None
 
-    def train_defaults_of(self, preset: str) -> dict[str, Any]:
-        """The flat ``train.*`` defaults of ``preset`` (``{"train.local_epochs": 40}``); ``{}`` for none."""
-        return check_train_defaults(self.train_defaults.get(preset, {}))
+    def defaults_of(self, preset: str) -> dict[str, Any]:
+        """The configuration defaults of ``preset`` (``{"train.local_epochs": 40}``); ``{}`` for none."""
+        return check_preset_defaults(self.config_defaults.get(preset, {}))
 
     @property
     def presets(self) -> dict[str, dict[str, Any]]:
@@ -163,15 +164,15 @@ class Declaration:
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(option, defaults by preset, allowed values, meaning) for ``fedsim workloads --options``: the
-        options, then the ``train.*`` keys a preset sets (a preset that does not: the built-in default)."""
+        options, then the configuration keys a preset sets (a preset that does not: the built-in default)."""
         rows = []
         for key, option in self.options.items():
             by_preset = {name: values[key] for name, values in self.presets.items()}
             rows.append((key, _by_preset(by_preset), option.rule(), option.meaning))
         keys = {key: (default, allowed, doc) for key, default, allowed, doc in describe_keys()}
-        for key in dict.fromkeys(k for name in self.preset_overrides for k in self.train_defaults_of(name)):
+        for key in dict.fromkeys(k for name in self.preset_overrides for k in self.defaults_of(name)):
             built_in, allowed, doc = keys[key]
-            by_preset = {name: self.train_defaults_of(name).get(key, built_in) for name in self.preset_overrides}
+            by_preset = {name: self.defaults_of(name).get(key, built_in) for name in self.preset_overrides}
             rows.append((key, _by_preset(by_preset), allowed, f"{doc} (this workload's default; --set overrides it)"))
         return rows
 

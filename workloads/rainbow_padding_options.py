@@ -29,7 +29,7 @@ def combination_error(p: dict[str, Any]) -> tuple[str, str] | None:
     return head_width_error(p)
 
 
-TRAIN = {"local_epochs": 32, "lr": 5e-3}
+TRAIN = {"train.local_epochs": 32, "train.lr": 5e-3}
 """About 1,000 LoRA steps in a default run (10 rounds x 32 epochs x 3 batches of 16 of a client's 48
 samples): what the fine-tune from <eos> to the run's padding needs (docs/workloads/rainbow-padding.md)."""
 
@@ -66,5 +66,5 @@ DECLARATION = Declaration(
     },
     combination=combination_error,
     natural_partition_column="client",
-    train_defaults={"tiny": TRAIN, "small": TRAIN},
+    config_defaults={"tiny": TRAIN, "small": TRAIN},
 )

@@ -17,7 +17,7 @@ MODELS = ("mdm", "arm")
 FACTS = Range(2, 20_000)
 """Every fact adds two entity tokens: 20,000 new and 20,000 pretraining facts make an 80,000-token vocabulary."""
 
-TRAIN = {"local_epochs": 20, "batch_size": 8, "lr": 3e-3}
+TRAIN = {"train.local_epochs": 20, "train.batch_size": 8, "train.lr": 3e-3}
 """What the new facts need to be learnt at all in a default run (50 clients, 10 a round, 10 rounds),
 within about 6 minutes on 2 cores; see docs/workloads/reversal-curse.md."""
 
@@ -37,5 +37,8 @@ DECLARATION = Declaration(
     },
     combination=head_width_error,
     natural_partition_column="client",
-    train_defaults={"tiny": TRAIN, "from-scratch": {**TRAIN, "local_epochs": 40}},  # from scratch: the benchmark's
+    config_defaults={
+        "tiny": TRAIN,
+        "from-scratch": {**TRAIN, "train.local_epochs": 40},
+    },  # from scratch: the benchmark's
 )
