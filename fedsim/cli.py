@@ -529,7 +529,10 @@ def report_command(
     ] = None,
     metric: Annotated[
         list[str] | None,
-        typer.Option(help="Metric to tabulate (repeatable): a final-round metric or a summary.json field."),
+        typer.Option(
+            help="Metric to tabulate (repeatable): a final-round metric or a summary.json field; A-B: the "
+            "difference of two within each run."
+        ),
     ] = None,
     paired: Annotated[
         list[str] | None,

@@ -57,7 +57,11 @@ class RunResult:
     def value(self, name: str) -> float:
         """A metric of the run: a numeric ``summary.json`` field, else a final-round metric, else for
         ``mean_<field>`` the mean over rounds of a round-record field or metric (``mean_rho``,
-        ``mean_queue_s``, ``mean_round_latency_s``); NaN if absent."""
+        ``mean_queue_s``, ``mean_round_latency_s``); NaN if absent. ``A-B`` is the difference of two
+        metrics of this run (over seeds, a paired difference: ``mem_rate_mask_pad-mem_rate_mask_pr``)."""
+        if "-" in name:
+            first, _, second = name.partition("-")
+            return self.value(first) - self.value(second)
         summary = self.summary or {}
         if name in summary and _is_number(summary[name]):
             return float(summary[name])
@@ -616,7 +620,13 @@ EFFECTS: dict[str, Effect] = {
         "accuracy by number of operations", "operations", ((r"accuracy_ops(\d+)", "accuracy"),)
     ),
     "clip-memorisation": Effect(
-        "memorisation rate by mitigation", "mitigation", ((r"mem_rate_(\w+)", "memorisation rate"),)
+        "memorisation rate, quality and the detector by mitigation",
+        "mitigation",
+        (
+            (r"mem_rate_(\w+)", "memorisation rate"),
+            (r"attr_acc_(\w+)", "attribute accuracy (other captions)"),
+            (r"cond_norm_mem_(\w+)", "conditional noise norm (memorised)"),
+        ),
     ),
     "text-classify": Effect(
         "accuracy on all, unseen-word and unseen-template sentences",

@@ -514,3 +514,24 @@ def test_report_into_with_paired_puts_both_tables_in_the_block(docs_repo, tmp_pa
     summary, paired = produced.body.split("\nPaired, method: soft minus topk:\n\n")
     assert summary.startswith("| method | n | final accuracy |") and paired.startswith("| n | final accuracy |")
     assert paired.splitlines()[2].startswith("| 3 | 0.107 ± 0.076 |")  # soft - topk per seed: 0.10, 0.08, 0.14
+
+
+def test_a_difference_of_two_metrics_is_tabulated_per_run_with_its_paired_interval(tmp_path):
+    """``--metric A-B``: within each run A minus B, so its interval over seeds is the paired one
+    (how the clip-memorisation page compares an intervention with none in the same runs)."""
+    lows, highs = [0.50, 0.60, 0.70], [0.10, 0.35, 0.20]
+    folder = tmp_path / "clip"
+    for s, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
+        extra = {"mem_rate_none": hi + lo, "mem_rate_mask_pad": hi}
+        write_run(folder / f"seed-{s}", {"run.seed": s}, 0.5, extra_metrics=extra)
+    (loaded,) = [r for r in load_runs(folder) if r.config["run.seed"] == 1]
+    assert loaded.value("mem_rate_none-mem_rate_mask_pad") == pytest.approx(0.60)
+    assert math.isnan(loaded.value("mem_rate_none-nosuch"))
+    table = summarize(load_runs(folder), [], ["mem_rate_none-mem_rate_mask_pad"])
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(lows), scale=stats.sem(lows))
+    row = table.iloc[0]
+    assert row["mem_rate_none-mem_rate_mask_pad_mean"] == pytest.approx(np.mean(lows))
+    assert (row["mem_rate_none-mem_rate_mask_pad_ci95_low"], row["mem_rate_none-mem_rate_mask_pad_ci95_high"]) == (
+        pytest.approx(low),
+        pytest.approx(high),
+    )
