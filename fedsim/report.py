@@ -386,6 +386,8 @@ COLUMNS: dict[str, tuple[str, float]] = {
     "tsfa.latency_budget_s": ("T_avg (s)", 1.0),
     "tsfa.v": ("V", 1.0),
     "cumulative_uplink_bits": ("uplink (Mbit)", 1e-6),
+    "cumulative_downlink_bits": ("downlink (Mbit)", 1e-6),
+    "lora.quant_bits": ("quant bits", 1.0),
     "mean_round_latency_s": ("mean round latency (s)", 1.0),
     "lora_rank": ("planned rank", 1.0),
     "mean_rho": ("mean rho", 1.0),
