@@ -94,6 +94,7 @@ from workloads.clip_memorisation_options import (
     DECLARATION,
     INTENSITIES,
     INTERVENTIONS,
+    MEM_WORDS,
     NUM_CAPTIONS,
     PAD_TOKENS,
     POSITIONS,
@@ -103,7 +104,7 @@ from workloads.clip_memorisation_options import (
 from workloads.options import Declaration
 
 SOT, EOT, BANG = "<sot>", "<eot>", "!"
-VOCAB = (SOT, EOT, BANG, "a", "at", *INTENSITIES, *SIZES, *SHAPES, *POSITIONS)
+VOCAB = (SOT, EOT, BANG, "a", "at", *INTENSITIES, *SIZES, *SHAPES, *POSITIONS, *MEM_WORDS)
 
 
 # -- captions and images ------------------------------------------------------------------
@@ -179,10 +180,22 @@ def memorised_images(seed: int, count: int, image_size: int = 16) -> np.ndarray:
     return (2 * (up - lo) / (hi - lo).clamp_min(1e-6) - 1).numpy()
 
 
-def memorised_captions(seed: int, count: int) -> list[int]:
-    """The caption indices of the memorised pairs (distinct, drawn from the seed)."""
+def memorised_captions(seed: int, count: int) -> list[str]:
+    """The captions of the memorised pairs: ``"a w1 w2 w3 at w4"`` with four distinct words of
+    :data:`MEM_WORDS` each (drawn from the seed), distinct captions.
+
+    They have the generic captions' length (so the same number of pads) but none of their words
+    apart from ``a`` and ``at``: no rendering the base was pretrained on pulls a memorised caption
+    towards a shape, as real memorised prompts in Stable Diffusion are unique strings.
+    """
     rng = np.random.default_rng([seed, 0xCA9])
-    return sorted(int(c) for c in rng.choice(NUM_CAPTIONS, size=count, replace=False))
+    out: list[str] = []
+    while len(out) < count:
+        w = [MEM_WORDS[int(i)] for i in rng.choice(len(MEM_WORDS), size=4, replace=False)]
+        text = f"a {w[0]} {w[1]} {w[2]} at {w[3]}"
+        if text not in out:
+            out.append(text)
+    return out
 
 
 def image_features(images: torch.Tensor) -> torch.Tensor:
@@ -439,7 +452,7 @@ class ClipMemorisation(Workload):
         p = self.params
         self.tokenizer = Tokenizer(p["context_len"])
         self.interventions = parse_interventions(p["interventions"])
-        self.mem_caption_ids = memorised_captions(spec.seed, p["mem_captions"])
+        self.mem_captions = memorised_captions(spec.seed, p["mem_captions"])
         self.mem_images = torch.from_numpy(memorised_images(spec.seed, p["mem_captions"], p["image_size"]))
         self.alpha_bar = cosine_alpha_bar(p["diffusion_steps"])
         self._data: tuple[Dataset, Dataset] | None = None
@@ -571,9 +584,13 @@ class ClipMemorisation(Workload):
         )
         model.train()
         losses = []
+        other = "!" if p["pad_token"] == "eot" else "eot"
         for _ in range(p["pretrain_steps"]):
             captions, x0 = self._random_renderings(rng, p["pretrain_batch"], distinct=False)
             ids, _ = self.tokenizer(captions, p["pad_token"])
+            if p["pretrain_other_pad"] > 0:  # these rows padded with the other token
+                swap = torch.from_numpy(rng.random(len(captions)) < p["pretrain_other_pad"])
+                ids = torch.where(swap[:, None], self.tokenizer(captions, other)[0], ids)
             t = torch.randint(0, p["diffusion_steps"], (len(x0),), generator=gen)
             noise = torch.randn(x0.shape, generator=gen)
             loss = self._eps_loss(model, x0, ids, t, noise)
@@ -602,12 +619,13 @@ class ClipMemorisation(Workload):
         return self._data
 
     def _rows(self, rng: np.random.Generator, captions: list[int], client: int, group: int, base: int) -> dict:
+        """Rows of generic caption indices (``group`` 0) or of memorised pair indices (``group`` 1)."""
         n = len(captions)
         return {
-            "caption": [caption_text(c) for c in captions],
-            "caption_id": list(captions),
+            "caption": [self.mem_captions[c] if group else caption_text(c) for c in captions],
+            "caption_id": [-1 if group else c for c in captions],
             "jitter": rng.uniform(-1, 1, size=(n, 4)).round(4).tolist(),
-            "mem_index": [self.mem_caption_ids.index(c) if group else -1 for c in captions],
+            "mem_index": [c if group else -1 for c in captions],
             "group": [group] * n,
             "client": [client] * n,
             "noise_seed": [base + i for i in range(n)],
@@ -615,13 +633,13 @@ class ClipMemorisation(Workload):
 
     def _generate_data(self) -> tuple[Dataset, Dataset]:
         p, spec = self.params, self.spec
-        generic = [c for c in range(NUM_CAPTIONS) if c not in self.mem_caption_ids]
-        mem_clients = min(p["mem_clients"], spec.num_clients)
+        generic = list(range(NUM_CAPTIONS))
+        mem_clients = min(p["mem_clients"] or spec.num_clients, spec.num_clients)
         columns: dict[str, list] = {}
         for client in range(spec.num_clients):
             rng = np.random.default_rng([spec.seed, client, 0xDA7A])
             n_mem = int(round(p["dup_fraction"] * spec.samples_per_client)) if client < mem_clients else 0
-            mem = [self.mem_caption_ids[i % len(self.mem_caption_ids)] for i in range(n_mem)]
+            mem = [i % len(self.mem_captions) for i in range(n_mem)]
             gen = [generic[int(i)] for i in rng.integers(len(generic), size=spec.samples_per_client - n_mem)]
             base = (spec.seed * 1000 + client) * 100_000
             for group, caps in ((1, mem), (0, gen)):
@@ -653,7 +671,8 @@ class ClipMemorisation(Workload):
         Row noise comes from the stream ``(noise_seed, salt)``: fixed for a row when ``salt = 0``.
         """
         p = self.params
-        images = torch.from_numpy(render(np.asarray(rows["caption_id"]), np.asarray(rows["jitter"]), p["image_size"]))
+        ids = np.maximum(np.asarray(rows["caption_id"]), 0)  # memorised rows (-1) get their own image below
+        images = torch.from_numpy(render(ids, np.asarray(rows["jitter"]), p["image_size"]))
         mem = torch.as_tensor(rows["mem_index"])
         if (mem >= 0).any():
             images[mem >= 0] = self.mem_images[mem[mem >= 0]]
@@ -697,49 +716,73 @@ class ClipMemorisation(Workload):
                 x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         return x0
 
+    def _caption_key(self, text: str) -> int:
+        """A caption's index for seeding: 0..63 for the generic captions, 64 + j for memorised pair j."""
+        return NUM_CAPTIONS + self.mem_captions.index(text) if text in self.mem_captions else caption_index(text)
+
+    def _initial_noise(self, captions: list[str], seeds: list[int]) -> torch.Tensor:
+        """(len(captions) * len(seeds), n, n): caption j with seed s from the stream ``(run seed, s, caption)``."""
+        n = self.params["image_size"]
+        return torch.stack(
+            [
+                torch.randn(
+                    n, n, generator=torch.Generator().manual_seed(_seed(self.spec.seed, s, self._caption_key(c)))
+                )
+                for c in captions
+                for s in seeds
+            ]
+        )
+
+    def _intervened(self, text: nn.Module, captions: list[str], seeds: list[int]) -> Iterator[tuple[str, torch.Tensor]]:
+        """(intervention, (len(captions) * len(seeds), L, D) contexts) for every evaluated intervention."""
+        flat_caps = [c for c in captions for _ in seeds]
+        for k in self.interventions:
+            gen = torch.Generator().manual_seed(_seed(self.spec.seed, 0, INTERVENTIONS.index(k), 1))
+            yield k, self.contexts(text, flat_caps, k, gen)
+
     @torch.no_grad()
     def generate(self, model: nn.Module, captions: list[str], seeds: list[int]) -> dict[str, torch.Tensor]:
         """Generations per intervention: name -> (len(captions), len(seeds), n, n).
 
-        Caption j with seed s starts from the same noise under every intervention (stream
-        ``(run seed, s, caption index)``), so generations are comparable pairwise.
+        Caption j with seed s starts from the same noise under every intervention, so generations
+        are comparable pairwise.
         """
         n = self.params["image_size"]
-        noise = torch.stack(
-            [
-                torch.stack(
-                    [
-                        torch.randn(
-                            n, n, generator=torch.Generator().manual_seed(_seed(self.spec.seed, s, caption_index(c)))
-                        )
-                        for s in seeds
-                    ]
-                )
-                for c in captions
-            ]
-        )
-        flat_caps = [c for c in captions for _ in seeds]
-        text = _inner(model).text
-        out = {}
-        for k in self.interventions:
-            gen = torch.Generator().manual_seed(_seed(self.spec.seed, 0, INTERVENTIONS.index(k), 1))
-            ctx = self.contexts(text, flat_caps, k, gen)
-            out[k] = self.sample(model, ctx, noise.flatten(0, 1)).view(len(captions), len(seeds), n, n)
-        return out
+        noise = self._initial_noise(captions, seeds)
+        return {
+            k: self.sample(model, ctx, noise).view(len(captions), len(seeds), n, n)
+            for k, ctx in self._intervened(_inner(model).text, captions, seeds)
+        }
+
+    @torch.no_grad()
+    def conditional_norms(self, model: nn.Module, captions: list[str], seeds: list[int]) -> dict[str, torch.Tensor]:
+        """The memorisation detector of Wen et al. (ICLR 2024) per intervention: name -> (len(captions),).
+
+        The magnitude of the text-conditional part of the noise prediction at the first sampling
+        step, ``|| eps(x_T, T, c) - eps(x_T, T, c_empty) ||`` (root mean square over pixels, ``c_empty``
+        the empty caption ``<sot> <eot>`` + pads), averaged over the seeds: memorised prompts pull the
+        prediction far from the unconditional one from the first step on.
+        """
+        unet, text = _inner(model).unet, _inner(model).text
+        noise = self._initial_noise(captions, seeds)
+        t = torch.full((len(noise),), len(self.alpha_bar) - 1, dtype=torch.long)
+        ids, _ = self.tokenizer([""] * len(noise), self.params["pad_token"])
+        uncond = unet(noise, t, text(ids))
+        return {
+            k: (unet(noise, t, ctx) - uncond).pow(2).mean((1, 2)).sqrt().view(len(captions), len(seeds)).mean(1)
+            for k, ctx in self._intervened(text, captions, seeds)
+        }
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
         p = self.params
         model.eval()
         seeds = list(range(p["eval_seeds"]))
-        seen: list[str] = []
-        for c in data["caption"]:
-            if c not in seen and caption_index(c) not in self.mem_caption_ids:
-                seen.append(c)
-            if len(seen) == p["eval_captions"]:
-                break
-        mem_caps = [caption_text(c) for c in self.mem_caption_ids]
+        seen: list[str] = list(dict.fromkeys(c for c in data["caption"] if c not in self.mem_captions))
+        seen = seen[: p["eval_captions"]]
+        mem_caps = list(self.mem_captions)
         gens = self.generate(model, mem_caps + seen, seeds)
+        norms = self.conditional_norms(model, mem_caps + seen, seeds)
         m = len(mem_caps)
         mem_feat = image_features(self.mem_images)  # (M, f)
         canon = image_features(
@@ -758,15 +801,18 @@ class ClipMemorisation(Workload):
             out[f"mem_rate_{k}"] = float((mem_sim > threshold).float().mean())
             ref = image_features(none.flatten(0, 1)).view_as(feats)
             out[f"orig_sim_{k}"] = float((feats * ref).sum(-1).mean())
+            out[f"cond_norm_mem_{k}"] = float(norms[k][:m].mean())
             if len(seen):
                 guess = (feats[m:].flatten(0, 1) @ canon.T).argmax(1)
                 attrs = torch.tensor([caption_attributes(int(i)) for i in guess]).view(len(seen), len(seeds), 4)
                 out[f"attr_acc_{k}"] = float((attrs == truth[:, None]).float().mean())
                 out[f"diversity_{k}"] = _diversity(feats[m:])
+                out[f"cond_norm_{k}"] = float(norms[k][m:].mean())
             out[f"mem_diversity_{k}"] = _diversity(feats[:m])
-        if "none" in gens:
-            out["memorisation_rate"] = out["mem_rate_none"]
-            out["memorisation_similarity"] = out["mem_sim_none"]
+        if len(seen):  # the share of (memorised, non-memorised) caption pairs the detector orders right
+            out["detect_auc"] = float((norms["none"][:m, None] > norms["none"][None, m:]).float().mean())
+        out["memorisation_rate"] = out["mem_rate_none"]
+        out["memorisation_similarity"] = out["mem_sim_none"]
         batch = self.collate(data[: min(len(data), 64)])
         out["denoise_loss"] = float(self.loss(model, batch))
         return out
@@ -906,7 +952,7 @@ def image_grid(workload: ClipMemorisation, model: nn.Module, num_captions: int =
     generations per intervention (same initial noise in a column)."""
     import matplotlib.pyplot as plt
 
-    caps = [caption_text(c) for c in workload.mem_caption_ids[:num_captions]]
+    caps = workload.mem_captions[:num_captions]
     gens = workload.generate(model, caps, [seed])
     rows = [("training image", workload.mem_images[: len(caps)])] + [(k, g[:, 0]) for k, g in gens.items()]
     fig, axes = plt.subplots(len(rows), len(caps), figsize=(1.3 * len(caps) + 1.2, 1.25 * len(rows)), squeeze=False)
@@ -933,7 +979,16 @@ def intervention_table(metrics: dict[str, float]) -> list[dict[str, Any]]:
         if f"mem_sim_{k}" not in metrics:
             continue
         row: dict[str, Any] = {"intervention": k}
-        for m in ("mem_sim", "mem_rate", "orig_sim", "attr_acc", "diversity", "mem_diversity"):
+        for m in (
+            "mem_sim",
+            "mem_rate",
+            "orig_sim",
+            "attr_acc",
+            "diversity",
+            "mem_diversity",
+            "cond_norm_mem",
+            "cond_norm",
+        ):
             row[m] = metrics.get(f"{m}_{k}")
         rows.append(row)
     return rows

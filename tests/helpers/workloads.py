@@ -21,7 +21,7 @@ def small_spec(**overrides) -> WorkloadSpec:
 
 
 QUICK_BASES = {
-    "clip-memorisation": "clip_steps=1,pretrain_steps=1",
+    "clip-memorisation": "clip_steps=1,pretrain_steps=1,eval_seeds=2",
     "dapd": "pretrain_steps=1,pretrain_samples=128,min_base_validity=0",
     "equation-reasoner": "pretrain_steps=1,pretrain_problems=32",
     "rainbow-padding": "pretrain_steps=1,pretrain_samples=32,eval_lengths=32 64,eval_samples=8",

@@ -56,7 +56,13 @@ def test_memorised_pairs_are_unique_images_unlike_renderings():
     sims = cm.image_features(torch.from_numpy(imgs)) @ canon.T
     assert sims.max() < 0.8  # no memorised image is a rendering of a caption
     caps = cm.memorised_captions(0, 4)
-    assert len(set(caps)) == 4 and all(0 <= c < 64 for c in caps)
+    generic = {cm.caption_text(i) for i in range(cm.NUM_CAPTIONS)}
+    assert len(set(caps)) == 4 and not set(caps) & generic and caps == cm.memorised_captions(0, 4)
+    for c in caps:  # the generic captions' length, none of their content words
+        words = c.split()
+        assert len(words) == 6 and words[0] == "a" and words[4] == "at"
+        assert set(words[1:4] + words[5:]) <= set(cm.MEM_WORDS) and len(set(words)) == 6
+    assert cm.Tokenizer(32)(caps)[1].tolist() == cm.Tokenizer(32)([cm.caption_text(0)] * 4)[1].tolist()
 
 
 def test_tokenizer_pads_with_eot_or_bang():
@@ -126,15 +132,22 @@ def test_bang_padding_changes_only_the_pads_of_a_causal_tower(tower):
     assert torch.equal(ctx(tower, "none", pad="!"), bang)
 
 
+def test_federated_data_puts_the_duplicates_on_every_client_by_default():
+    wl = cm.ClipMemorisation(small_spec(partition="natural"))
+    train, _ = wl.build_data()
+    client, group = np.array(train["client"]), np.array(train["group"])
+    assert [int(group[client == k].sum()) for k in range(4)] == [3] * 4  # round(0.2 * 16) on each of 4 clients
+
+
 def test_federated_data_puts_the_duplicates_on_the_first_client():
     wl = cm.ClipMemorisation(small_spec(partition="natural", options="mem_clients=1,dup_fraction=0.5"))
     train, test = wl.build_data()
     client = np.array(train["client"])
     group = np.array(train["group"])
     assert group[client == 0].sum() == 8 and group[client > 0].sum() == 0
-    mem_caps = {cm.caption_index(c) for c, g in zip(train["caption"], group, strict=True) if g}
-    assert mem_caps == set(wl.mem_caption_ids)
-    assert not {cm.caption_index(c) for c in test["caption"]} & set(wl.mem_caption_ids)
+    mem_caps = {c for c, g in zip(train["caption"], group, strict=True) if g}
+    assert mem_caps == set(wl.mem_captions)
+    assert all(cm.caption_index(c) in range(cm.NUM_CAPTIONS) for c in test["caption"])  # generic captions only
     rows = train[:16]
     batch = wl.collate(rows)
     mem = torch.tensor(rows["mem_index"])
@@ -154,7 +167,7 @@ def test_federated_data_puts_the_duplicates_on_the_first_client():
         ("pad_token=pad", "must be one of eot, !"),
         ("eval_seeds=1", "eval_seeds=1"),
         ("sample_steps=1000", "sample_steps=1000"),
-        ("mem_captions=40", "mem_captions=40"),
+        ("mem_captions=17", "mem_captions=17"),
     ],
 )
 def test_bad_options_are_config_errors(options, message):

@@ -6,6 +6,8 @@ import pytest
 from datasets import Dataset
 
 from fedsim.training import LoadedWorkload
+from tests.helpers.workloads import QUICK_BASES
+from workloads import _BUILTIN
 from workloads.base import WorkloadSpec
 from workloads.text_classify import TextClassify
 
@@ -83,3 +85,17 @@ def test_a_split_the_partitioner_cannot_make_is_a_config_error_before_ray():
         pytest.raises(ConfigError, match=r"workload.partition='dirichlet'.*run.clients=500"),
     ):
         check_workload(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(_BUILTIN))
+def test_every_workload_s_default_configuration_passes_the_driver_s_checks(name):
+    """``fedsim run --workload NAME`` with nothing else must run: the preset's own defaults (its
+    partition and run shape) pass every check the driver makes before Ray starts, including the split
+    of the default 50 clients. Only the base's pretraining is cut short (:data:`QUICK_BASES`)."""
+    from fedsim.checks import checked_config
+    from fedsim.training import check_workload, load_workload
+
+    cfg = checked_config({"workload.name": name, "workload.options": QUICK_BASES.get(name, "")})
+    check_workload(cfg)
+    sizes = [len(load_workload(cfg).partition(k, keep=False)) for k in range(cfg.run.clients)]
+    assert min(sizes) > 0 and len(sizes) == 50
