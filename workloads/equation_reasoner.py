@@ -168,6 +168,13 @@ NL_STEP = {
     "*": ["{b} times as many is {eq} .", "multiplying by {b} gives {eq} .", "growing {b} times makes {eq} ."],
 }
 NL_CLOSE = ["so the answer is {r} .", "the final number is {r} .", "that leaves {r} in the end ."]
+# Free-form steps (``nl_operands = "free"``): the operation in words, its operand only inside the
+# equation, so the sentence is no scaffold that restates the question's number.
+NL_FREE = {
+    "+": ["then there are more , {eq} .", "the number gets bigger , {eq} .", "so the count grows , {eq} ."],
+    "-": ["then it loses , {eq} .", "the count drops , {eq} .", "after that the total drops , {eq} ."],
+    "*": ["then there are many times as many , {eq} .", "the count is multiplied , {eq} .", "so it grows , {eq} ."],
+}
 # More varied natural-language solutions (``nl_variability`` 2 and 3), from the words above only, so
 # the vocabulary (hence the model) does not depend on the level. A step is a clause naming the
 # operation and its operand, a verb, and the equation; level 3 also puts the equation first,
@@ -284,15 +291,25 @@ def nl_solution(
     steps: list[tuple[str, int, int]],
     equations: list[str],
     obj: str,
+    free: bool = False,
 ) -> list[str]:
-    """The sentences of a natural-language solution at ``nl_variability`` ``level`` 0, 2 or 3.
+    """The sentences of a natural-language solution at ``nl_variability`` ``level`` 0, 2 or 3, or free-form.
 
     0: one fixed phrasing per sentence (no draws). 2: the opening, each step and the closing drawn
     from larger sets of paraphrases (clause, verb, equation). 3: as 2, and each sentence's clauses
     in either order (the equation or number first), steps with or without a leading connective.
-    The same equations and answer at every level; level 1 is :func:`render`'s own drawing.
+    ``free`` (level 1's three phrasings per sentence): each step names its operation in words
+    (:data:`NL_FREE`) and writes its operand only inside the equation. The same equations and answer
+    at every level; level 1 is :func:`render`'s own drawing.
     """
     answer = steps[-1][2]
+    if free:
+        assert rng is not None
+        return [
+            _pick(rng, NL_OPEN).format(a=start, o=obj),
+            *(_pick(rng, NL_FREE[op]).format(eq=eq) for (op, _, _), eq in zip(steps, equations, strict=True)),
+            _pick(rng, NL_CLOSE).format(r=answer),
+        ]
     if level == 0:
         return [
             NL_OPEN[1].format(a=start),
@@ -322,10 +339,11 @@ def render(
     family: int,
     nl_variability: int = 1,
     nl_rng: np.random.Generator | None = None,
+    nl_free: bool = False,
 ) -> tuple[str, dict[str, str]]:
     """Question text and the solution in every format, with names and phrasings drawn from ``rng``.
 
-    ``nl_variability`` other than 1 renders the natural-language solution with
+    ``nl_variability`` other than 1, or ``nl_free``, renders the natural-language solution with
     :func:`nl_solution`, drawing from ``nl_rng``, so the questions, equations and answers (and
     every draw from ``rng``) are the same at every level.
     """
@@ -353,8 +371,8 @@ def render(
     nl = [_pick(rng, NL_OPEN).format(**fill)]
     nl += [_pick(rng, NL_STEP[op]).format(b=b, eq=eq) for (op, b, _), eq in zip(steps, equations, strict=True)]
     nl.append(_pick(rng, NL_CLOSE).format(r=answer))
-    if nl_variability != 1:
-        nl = nl_solution(nl_rng, nl_variability, start, steps, equations, fill["o"])
+    if nl_variability != 1 or nl_free:
+        nl = nl_solution(nl_rng, nl_variability, start, steps, equations, fill["o"], free=nl_free)
     targets = {
         "equation": " ".join(equations) + f" #### {answer}",
         "nl": " ".join(nl) + f" #### {answer}",
@@ -374,11 +392,12 @@ def generate_problems(
     client: int = -1,
     nl_variability: int = 1,
     nl_rng: np.random.Generator | None = None,
+    nl_free: bool = False,
 ) -> dict[str, list]:
     """``num`` problems whose number combinations fall in ``buckets``, as dataset columns.
 
     Columns: ``question``, ``target`` (in ``target_format``), ``answer`` (int), ``num_ops``
-    (1..3, uniform), ``family``, ``client``. ``nl_variability`` and ``nl_rng``: see :func:`render`.
+    (1..3, uniform), ``family``, ``client``. ``nl_variability``, ``nl_rng`` and ``nl_free``: see :func:`render`.
     """
     weights = np.full(3, 1 / 3) if op_weights is None else op_weights
     rows: dict[str, list] = {k: [] for k in ("question", "target", "answer", "num_ops", "family", "client")}
@@ -388,7 +407,7 @@ def generate_problems(
         if combination_bucket(start, steps) not in buckets:
             continue
         family = int(rng.integers(len(FAMILIES))) if families is None else families[int(rng.integers(len(families)))]
-        question, targets = render(rng, start, steps, family, nl_variability, nl_rng)
+        question, targets = render(rng, start, steps, family, nl_variability, nl_rng, nl_free)
         rows["question"].append(question)
         rows["target"].append(targets[target_format])
         rows["answer"].append(steps[-1][2])
@@ -454,8 +473,8 @@ class EquationReasoner(Workload):
         from workloads.cache import source_digest
 
         params = dict(self.params)
-        if params["target_format"] != "nl":
-            del params["nl_variability"]  # it changes nl targets only: other formats share one base
+        if params["target_format"] != "nl":  # these change nl targets only: other formats share one base
+            del params["nl_variability"], params["nl_operands"]
         return {
             "workload": self.name,
             "params": params,
@@ -531,9 +550,10 @@ class EquationReasoner(Workload):
         return self._data
 
     def _nl_args(self, *stream: int) -> dict[str, Any]:
-        """``nl_variability`` and its own generator (seed, ``stream``) for :func:`generate_problems`."""
+        """``nl_variability``, ``nl_operands`` and the nl generator (seed, ``stream``) for :func:`generate_problems`."""
         return {
             "nl_variability": self.params["nl_variability"],
+            "nl_free": self.params["nl_operands"] == "free",
             "nl_rng": np.random.default_rng([self.spec.seed, *stream, 0x4E1]),
         }
 

@@ -6,6 +6,15 @@ from workloads.options import BATCH, PRETRAIN_STEPS, Declaration, Option, Range,
 
 FORMATS = ("equation", "nl", "answer")
 NL_VARIABILITY = (0, 1, 2, 3)
+NL_OPERANDS = ("restate", "free")
+
+
+def combination_error(p: dict) -> tuple[str, str] | None:
+    """The heads' width, and free-form steps as their own variant (at variability 1)."""
+    if p["nl_operands"] == "free" and p["nl_variability"] != 1:
+        return "nl_operands", "free-form steps are their own variant: leave nl_variability at 1"
+    return head_width_error(p)
+
 
 DECLARATION = Declaration(
     options={
@@ -18,6 +27,9 @@ DECLARATION = Declaration(
             "equation", FORMATS, "what the model writes: equations, natural language or the answer"
         ),
         "nl_variability": Option(1, NL_VARIABILITY, "how varied the natural-language solutions are (0: one template)"),
+        "nl_operands": Option(
+            "restate", NL_OPERANDS, "nl steps restate their operand in words, or name the operation only (free)"
+        ),
         # Values of up to three digits keep a three-step problem and its solution within the
         # 96 source and 128 target tokens.
         "max_value": Option(99, Range(10, 999), "largest value a problem's numbers reach"),
@@ -45,6 +57,6 @@ DECLARATION = Declaration(
             "pretrain_lr": 1e-3,
         },
     },
-    combination=head_width_error,
+    combination=combination_error,
     natural_partition_column="client",
 )

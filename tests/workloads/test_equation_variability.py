@@ -83,6 +83,26 @@ def test_equation_targets_and_base_do_not_depend_on_the_level():
     assert c.pretrain_payload() != d.pretrain_payload()
 
 
+def test_free_form_steps_keep_the_operand_inside_the_equation_only():
+    """``nl_operands=free``: the same questions and equations as the default nl targets, each step
+    sentence holding no number outside its equation, every word in the vocabulary; a cached base of
+    its own; with another variability level it is refused in one line."""
+    default, _ = eq.EquationReasoner(small_spec(options="target_format=nl")).build_data()
+    free = eq.EquationReasoner(small_spec(options="target_format=nl,nl_operands=free"))
+    data, _ = free.build_data()
+    assert default["question"] == data["question"] and default["target"] != data["target"]
+    for a, b in zip(default["target"], data["target"], strict=True):
+        assert [w for w in a.split() if "=" in w] == [w for w in b.split() if "=" in w]
+        steps = b.split(" #### ")[0].split(" . ")[1:-1]
+        assert steps and all(len(NUMBER.findall(s.replace(s.split()[-1], ""))) == 0 for s in steps), b
+        assert TOK.unk_id not in TOK.encode(b)
+    restate = eq.EquationReasoner(small_spec(options="target_format=nl"))
+    assert free.pretrain_payload() != restate.pretrain_payload()
+    with pytest.raises(ConfigError, match="nl_operands='free': free-form steps are their own variant") as err:
+        eq.EquationReasoner.resolve_params("tiny", "nl_operands=free,nl_variability=3")
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("value", ["4", "-1", "1.5", "true", "high"])
 def test_bad_levels_are_refused_with_one_line(value):
     with pytest.raises(ConfigError, match=f"nl_variability={value!r}|nl_variability=") as err:
