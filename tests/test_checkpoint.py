@@ -62,3 +62,26 @@ def test_full_disk_during_commit_keeps_the_previous_checkpoint(tmp_path, monkeyp
     got = load_checkpoint(tmp_path)
     assert got.round == 1 and np.array_equal(got.state["a"], make(1).state["a"])
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["round"] == 1
+
+
+def test_a_finished_run_reads_back_with_its_last_checkpointed_adapter(tmp_path):
+    """fedsim.finished.load_final_model: the folder's own configuration, its last verified checkpoint
+    loaded into the workload's model; round 0 (the initial adapter) without one; another workload refused."""
+    from fedsim.checks import checked_config
+    from fedsim.finished import load_final_model
+    from fedsim.results import ResultsWriter
+    from fedsim.training import initial_state
+    from workloads.base import trainable_state
+
+    cfg = checked_config({"run.clients": 2, "run.clients_per_round": 2, "workload.samples_per_client": 4})
+    ResultsWriter(tmp_path, cfg)
+    _, model, round_ = load_final_model(tmp_path)
+    start = initial_state(cfg)
+    assert round_ == 0 and all(np.array_equal(v, start[k]) for k, v in trainable_state(model).items())
+    trained = {k: v + 1.0 for k, v in start.items()}
+    save_checkpoint(tmp_path, Checkpoint(2, trained, [], {}, "abc"))
+    workload, model, round_ = load_final_model(tmp_path, "text-classify")
+    assert round_ == 2 and workload.name == "text-classify" and not model.training
+    assert all(np.array_equal(v, trained[k]) for k, v in trainable_state(model).items())
+    with pytest.raises(ValueError, match="a text-classify run, not dapd"):
+        load_final_model(tmp_path, "dapd")

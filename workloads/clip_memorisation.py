@@ -921,32 +921,7 @@ def intervene(
     return ctx.masked_fill(zero[..., None], 0.0)
 
 
-# -- reading a results folder (benchmark and notebook) -----------------------------------------
-def load_global_model(folder) -> tuple[ClipMemorisation, nn.Module, int]:
-    """The workload and its model with the last checkpointed global adapter of a ``fedsim run`` folder.
-
-    Returns ``(workload, model, round)``; round 0 (the base, LoRA B = 0) when the folder holds no
-    checkpoint. Pretrained bases come from the cache (or are pretrained again, as in the run).
-    """
-    from pathlib import Path
-
-    from fedsim.checkpoint import load_checkpoint
-    from fedsim.config import build_config, load_toml
-    from fedsim.training import load_workload
-    from workloads.base import load_trainable_state
-
-    folder = Path(folder)
-    cfg = build_config(load_toml(folder / "config.toml", "config.toml"))
-    rt = load_workload(cfg)
-    if not isinstance(rt.workload, ClipMemorisation):
-        raise ValueError(f"{folder}: a {cfg.workload.name} run, not clip-memorisation")
-    ckpt = load_checkpoint(folder)
-    if ckpt is not None:
-        load_trainable_state(rt.model, ckpt.state)
-    rt.model.eval()
-    return rt.workload, rt.model, ckpt.round if ckpt is not None else 0
-
-
+# -- figures and tables of a run (notebook) -------------------------------------------------
 def image_grid(workload: ClipMemorisation, model: nn.Module, num_captions: int = 4, seed: int = 0, title: str = ""):
     """A matplotlib Figure: the memorised captions' training images (top row), then one row of
     generations per intervention (same initial noise in a column)."""
