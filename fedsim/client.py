@@ -211,7 +211,7 @@ class ClientRound:
         the client (the transport keeps it and hands it to :meth:`upload`)."""
         start = self._start(cfg, request, global_state)
         trained, report = self._local_train(cfg, request, start.state)
-        kept = Trained(request.round, trained, report, start.read_round, global_state if start.root else None)
+        kept = Trained(request.round, trained, report, start.read_round, None if start.root is None else global_state)
         errors = tuple(dropped_errors(trained, cfg.tsfa.rho_grid))
         return dataclasses.replace(report, dropped_errors=errors), kept
 
