@@ -142,7 +142,7 @@ def kept_after_resume(root: str | Path, round_: int) -> list[Path]:
     return [p for folder in folders for t, p in _versions(folder) if t <= round_]
 
 
-# ---- the client's side of a round with state (the ClientApp and the engine tests use these) ------
+# ---- the client's side of a round with state (used by fedsim.client) ----------------------------
 
 
 def begin(method, root, client_id: int, round_: int, global_state: dict[str, np.ndarray]):
@@ -157,23 +157,29 @@ def begin(method, root, client_id: int, round_: int, global_state: dict[str, np.
 
 def finish(
     method,
-    root,
+    *,
+    root: str | Path | None,
     client_id: int,
     round_: int,
-    trained,
-    global_state,
-    client_state,
+    trained: dict[str, np.ndarray],
+    global_state: dict[str, np.ndarray] | None,
+    previous: dict[str, np.ndarray] | None,
     read_round: int,
-    rho,
-    value_bits,
-    gen,
+    rho: float,
+    value_bits: int,
+    generator,
     quant_bits: int = 0,
-):
-    """Encode the upload; a method with client state writes the client's new version (after round
-    ``round_``) before the upload leaves. Returns ``(arrays, stats)``."""
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Encode the upload of ``trained`` at ``rho``; a method with client state writes the client's
+    new version (after round ``round_``) before the upload leaves. Returns ``(arrays, stats)``.
+
+    ``global_state`` is the adapter the client received this round, ``previous`` its state from
+    round ``read_round`` (:func:`begin`); ``generator`` (a ``torch.Generator``) draws the
+    sparsifier's and the quantiser's randomness.
+    """
     if not method.needs_client_state:
-        return method.encode(trained, rho, value_bits, gen, quant_bits)
-    arrays, stats, new = method.encode_stateful(trained, global_state, client_state, rho, value_bits, gen, quant_bits)
+        return method.encode(trained, rho, value_bits, generator, quant_bits)
+    arrays, stats, new = method.encode_stateful(trained, global_state, previous, rho, value_bits, generator, quant_bits)
     if new is not None and root is not None:
         save(root, client_id, round_, new, read_round)
     return arrays, stats

@@ -23,12 +23,13 @@ A round whose surviving clients are fewer than ``run.min_clients_per_round`` (0:
 is recorded with ``status: "failed"`` and the global adapter is unchanged; an adapter that turns
 non-finite ends the run with ``status: "diverged"``.
 
-The transport is a :data:`Send` function: ``send(cfg, action, round_, requests, state)`` delivers
-``requests[client_id]`` (extra per-client values, e.g. ``{"rho": 0.5}``) and, when ``state`` is
-given, the global adapter, to each client, and returns the replies by client id and the
-failures (crashes, timeouts). ``action`` is ``"train"`` (train and upload at the configured
-rho), ``"local"`` (train and report; step 1 of a two-phase round) or ``"upload"`` (upload the
-adapter trained in step 1 at ``rho``).
+The transport is a :data:`Send` function: ``send(cfg, requests, state)`` delivers each
+:class:`~fedsim.client.ClientRequest` (one per client, all of one action and round) and, when
+``state`` is given, the global adapter, to its client, and returns the
+:class:`~fedsim.client.ClientReply` of each client by client id and the failures (crashes,
+timeouts). The client's half (:class:`fedsim.client.ClientRound`) answers them: ``"train"``
+(train and upload at the request's rho, the fixed rho), ``"local"`` (train and report; step 1 of
+a two-phase round) or ``"upload"`` (upload the adapter trained in step 1 at rho_t).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import numpy as np
 
 from fedsim import client_state, hetero
 from fedsim.checkpoint import Checkpoint, save_checkpoint, sha256_text
+from fedsim.client import Action, ClientReply, ClientRequest
 from fedsim.config import Config
 from fedsim.errors import ConfigError
 from fedsim.methods import fixed_rho, get_method
@@ -55,21 +57,12 @@ from fedsim.seeding import SERVER, rng, sample_clients, torch_seed
 from fedsim.tsfa import RankPlan
 from fedsim.wireless import WirelessModel
 
-
-@dataclass(frozen=True)
-class ClientReply:
-    """What one client answered: its upload (wire arrays; None for a report) and its metrics."""
-
-    arrays: dict[str, np.ndarray] | None
-    metrics: dict[str, Any]
-
-
 Send = Callable[
-    [Config, str, int, dict[int, dict[str, Any]], dict[str, np.ndarray] | None],
+    [Config, list[ClientRequest], dict[str, np.ndarray] | None],
     tuple[dict[int, ClientReply], list[Failure]],
 ]
-"""``send(cfg, action, round_, requests, state) -> (replies by client id, failures)``; see the module
-docstring. ``cfg`` is the configuration the clients run with (the rank plan's ``lora.rank``)."""
+"""``send(cfg, requests, state) -> (replies by client id, failures)``; see the module docstring.
+``cfg`` is the configuration the clients run with (the rank plan's ``lora.rank``)."""
 
 Reporter = Callable[[str, dict[str, Any]], None]
 """``reporter(event, data)`` with events "start", "round", "end"; used for progress displays."""
@@ -146,6 +139,7 @@ class RoundEngine:
             cfg = replace(cfg, lora=replace(cfg.lora, rank=self.plan.chosen_rank))
         self.cfg = cfg
         self.rho = fixed_rho(cfg.run.method, cfg.soft.rho)
+        """The rho of a one-phase round, sent with every ``train`` request (clients never derive it)."""
         self.flops_per_sample = host.flops_per_sample(cfg)
         initial = host.initial_state(cfg)
         shapes = {k: v.shape for k, v in initial.items()}
@@ -211,9 +205,9 @@ class RoundEngine:
         return self.scheduler.decide(a, tcmp, payloads, penalties)
 
     def _client_records(
-        self, round_: int, ids: list[int], metrics: list[dict], bandwidth_hz: list[float], dropped: str | None
+        self, round_: int, ids: list[int], replies: list[ClientReply], bandwidth_hz: list[float], dropped: str | None
     ) -> tuple[list[ClientRecord], float]:
-        """Records of clients ``ids`` (with their reply metrics) and their latency max_k T_k.
+        """Records of clients ``ids`` (with their replies) and their latency max_k T_k.
 
         ``dropped`` is the reason a set of clients did not upload (the deadline): they are
         recorded with their channel and what they would have sent, at 0 Hz.
@@ -222,8 +216,8 @@ class RoundEngine:
         fields, latency_s = self.wireless.account(
             round_,
             ids,
-            [int(m["payload_bits"]) for m in metrics],
-            [int(m["num_samples"]) for m in metrics],
+            [r.payload_bits for r in replies],
+            [r.num_samples for r in replies],
             self._flops(round_, ids),
             bandwidth_hz=np.array(bandwidth_hz, dtype=float),
             downlink_bits=self.downlink_bits,
@@ -242,31 +236,31 @@ class RoundEngine:
                 dropped=reason is not None,
                 drop_reason=reason,
                 straggle_s=float(extra),
-                **{key: m.get(key, 0.0) for key in CLIENT_DIAGNOSTICS},
-                train_loss=m["train_loss"],
-                train_wall_s=m["train_wall_s"],
+                **{key: getattr(r, key) for key in CLIENT_DIAGNOSTICS},
+                train_loss=r.train_loss,
+                train_wall_s=r.train_wall_s,
             )
-            for f, m, extra, reason in zip(fields, metrics, straggle, reasons, strict=True)
+            for f, r, extra, reason in zip(fields, replies, straggle, reasons, strict=True)
         ]
         return records, latency_s
 
-    def _requests(self, round_: int, clients: list[int], **values: Any) -> dict[int, dict[str, Any]]:
-        """Each client's request values, plus the client-state folder of a method with state and
-        each client's LoRA rank under ``hetero``."""
-        if self.client_state_dir is not None:
-            values["client_state"] = self.client_state_dir
-        requests = {c: dict(values) for c in clients}
-        if self.hetero:
-            for c, r in zip(clients, self._ranks(round_, clients), strict=True):
-                requests[c]["rank"] = r
-        return requests
+    def _requests(self, action: Action, round_: int, clients: list[int], rho: float | None) -> list[ClientRequest]:
+        """Each client's request: ``rho`` to upload at, the client-state folder of a method with
+        state and the client's LoRA rank under ``hetero``."""
+        ranks = self._ranks(round_, clients) if self.hetero else [None] * len(clients)
+        return [
+            ClientRequest(
+                action=action, round=round_, client_id=c, rho=rho, rank=r, client_state_dir=self.client_state_dir
+            )
+            for c, r in zip(clients, ranks, strict=True)
+        ]
 
     def _personal_metric(self, replies: dict[int, ClientReply]) -> dict[str, float]:
         """``personal_<metric>``: the mean over the replying clients of their personal models'
         metric (clients evaluate the model they hold as the round begins); {} for other methods."""
         if not self.method.personalised:
             return {}
-        values = [float(replies[c].metrics["personal_metric"]) for c in sorted(replies)]
+        values = [float(replies[c].personal_metric) for c in sorted(replies)]
         return {f"personal_{self.primary}": float(np.mean(values))} if values else {}
 
     def later(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -297,49 +291,47 @@ class RoundEngine:
         seed = torch_seed(cfg.run.seed, round_, SERVER, "downlink-quant")
         sent, _ = self.method.broadcast(self.state, cfg.lora.value_bits, cfg.lora.downlink_quant_bits, seed)
         if self.schedule.two_phase:  # train and report; decide rho_t and b_t; upload at rho_t
-            reports, failures = send(cfg, "local", round_, self._requests(round_, clients), sent)
+            reports, failures = send(cfg, self._requests("local", round_, clients, None), sent)
             personal = self._personal_metric(reports)
             decided = sorted(reports)
-            m1 = [reports[c].metrics for c in decided]
+            m1 = [reports[c] for c in decided]
             decision = self._decide(
                 round_,
                 decided,
-                [int(m["num_samples"]) for m in m1],
+                [r.num_samples for r in m1],
                 {r: np.full(len(decided), bits) for r, bits in self.bits_by_rho.items()},
-                {r: np.array([m["dropped_errors"][i] for m in m1]) for i, r in enumerate(cfg.tsfa.rho_grid)},
+                {r: np.array([m.dropped_errors[i] for m in m1]) for i, r in enumerate(cfg.tsfa.rho_grid)},
             )
             go = [c for i, c in enumerate(decided) if i not in decision.dropped] if decision else []
             replies: dict[int, ClientReply] = {}
             if go:
-                replies, late = send(cfg, "upload", round_, self._requests(round_, go, rho=decision.rho), None)
+                replies, late = send(cfg, self._requests("upload", round_, go, decision.rho), None)
                 failures = failures + late
-            priced = {c: {**reports[c].metrics, "payload_bits": self.bits_by_rho[decision.rho]} for c in decided}
+            priced = {c: replace(reports[c], payload_bits=self.bits_by_rho[decision.rho]) for c in decided}
         else:  # rho is known: train and upload in one message, then split the band
-            replies, failures = send(cfg, "train", round_, self._requests(round_, clients), sent)
+            replies, failures = send(cfg, self._requests("train", round_, clients, self.rho), sent)
             personal = self._personal_metric(replies)
             decided = sorted(replies)
             decision = self._decide(
                 round_,
                 decided,
-                [int(replies[c].metrics["num_samples"]) for c in decided],
-                {self.rho: np.array([replies[c].metrics["payload_bits"] for c in decided])},
+                [replies[c].num_samples for c in decided],
+                {self.rho: np.array([float(replies[c].payload_bits) for c in decided])},
             )
-            priced = {c: replies[c].metrics for c in decided}
+            priced = {c: replies[c] for c in decided}
             for i in decision.dropped if decision else ():
                 del replies[decided[i]]
         late = self._deadline_failures(decided, decision)
         failures = failures + late
         band_of = dict(zip(decided, decision.bandwidth_hz, strict=True)) if decision else {}
         survivors = sorted(replies)  # client-id order, never arrival order
-        metrics_of = [replies[c].metrics for c in survivors]
         client_records, latency_s = self._client_records(
-            round_, survivors, metrics_of, [band_of[c] for c in survivors], None
+            round_, survivors, [replies[c] for c in survivors], [band_of[c] for c in survivors], None
         )
         erased = [Failure(r.client_id, r.drop_reason) for r in client_records if r.dropped]
         if erased:
             failures = failures + erased
             survivors = [c for c in survivors if c not in {f.client_id for f in erased}]
-            metrics_of = [replies[c].metrics for c in survivors]
         if late:
             out = sorted(f.client_id for f in late)
             dropped, _ = self._client_records(round_, out, [priced[c] for c in out], [0.0] * len(out), late[0].reason)
@@ -357,10 +349,7 @@ class RoundEngine:
         ok = len(survivors) >= need and len(survivors) > 0
         cov_norm = 0.0
         if ok:
-            uploads = [
-                (m["num_samples"], *self.method.decode(replies[c].arrays))
-                for c, m in zip(survivors, metrics_of, strict=True)
-            ]
+            uploads = [(float(replies[c].num_samples), *self.method.decode(replies[c].arrays)) for c in survivors]
             if self.hetero:
                 self.state, cov_norm = hetero.aggregate(self.state, uploads, cfg.hetero.aggregation)
             else:

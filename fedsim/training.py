@@ -2,8 +2,9 @@
 
 ClientApps are re-created per message but run inside long-lived Ray actors; the base model and
 data are built once per process here (keyed on the parts of the config they depend on), not
-once per client call. Local training of one client is :func:`client_update`; the server's side
-(initial adapter, evaluation, what the rank plan needs) is :class:`WorkloadHost`.
+once per client call. Local training of one client is :func:`client_update`; :class:`WorkloadHost`
+serves both halves of a round (the server's initial adapter, evaluation and what the rank plan
+needs; the client's training and personal evaluation).
 """
 
 from __future__ import annotations
@@ -203,11 +204,18 @@ def evaluate_state(cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float
 
 
 class WorkloadHost:
-    """The server's view of the workload: what the round engine needs, for any LoRA rank.
+    """The workload as both halves of a round see it: what the round engine needs (its
+    :class:`~fedsim.engine.Host`) and what a client needs (its
+    :class:`~fedsim.client.ClientWorkload`: local training and evaluation), for any LoRA rank.
 
     Each method takes the configuration because the TSFA rank plan changes ``lora.rank`` after
     the run starts; the loaded workload for a configuration is cached per process.
     """
+
+    def train(
+        self, cfg: Config, client_id: int, round_: int, start: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        return client_update(cfg, client_id, round_, start)
 
     def primary_metric(self, cfg: Config) -> str:
         return load_workload(cfg).workload.primary_metric

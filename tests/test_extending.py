@@ -9,8 +9,8 @@ import pytest
 
 from fedsim.methods import METHODS
 from fedsim.schedulers import SCHEDULERS
-from tests import test_methods as shared
-from tests.helpers.engine import StubClients, StubHost, make_cfg
+from tests.helpers.engine import InProcessClients, StubHost, make_cfg
+from tests.helpers.methods import check_aggregates_its_own_uploads, check_prices_its_upload_exactly
 
 EXTENDING = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
@@ -34,8 +34,8 @@ def test_the_documented_method_passes_the_shared_method_tests(registered):
     assert "bnorm" in METHODS
     for rho in (0.0, 0.5, 0.875):
         for quant_bits in (0, 8):
-            shared.test_every_method_prices_its_upload_exactly("bnorm", rho, 32, quant_bits)
-    shared.test_every_method_aggregates_its_own_uploads("bnorm")
+            check_prices_its_upload_exactly("bnorm", rho, 32, quant_bits)
+    check_aggregates_its_own_uploads("bnorm")
 
 
 def test_the_documented_method_and_scheduler_run_rounds_of_the_engine(registered):
@@ -44,7 +44,7 @@ def test_the_documented_method_and_scheduler_run_rounds_of_the_engine(registered
     cfg = make_cfg(**{"run.method": "bnorm", "tsfa.scheduler": "proportional"})
     engine = RoundEngine(cfg, StubHost())
     for round_ in (1, 2):
-        record = engine.run_round(round_, StubClients())
+        record = engine.run_round(round_, InProcessClients())
         assert record.status == "ok" and len(record.clients) == cfg.num_sampled
     bands = [c.bandwidth_hz for c in record.clients]
     assert sum(bands) == pytest.approx(cfg.channel.bandwidth_hz) and len(set(bands)) > 1  # not the equal split

@@ -1,10 +1,13 @@
-"""The import structure: no cycles among the project's modules, flwr only under fedsim/flower/,
-and the manual's record schema (docs/results.md) in step with the typed records."""
+"""The import structure: no cycles among the project's modules, flwr only under fedsim/flower/, no
+test module importing another, and the manual's record schema (docs/results.md) in step with the
+typed records."""
 
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from fedsim.records import client_record_keys, round_record_keys
@@ -74,6 +77,30 @@ def test_flwr_is_imported_only_under_fedsim_flower():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 mods = [node.module]
             offenders += [f"{name}: {m}" for m in mods if m == "flwr" or m.startswith("flwr.")]
+    assert offenders == []
+
+
+def test_both_halves_of_a_round_load_without_flwr():
+    """The round engine and the client's half import no flwr, not even through another module."""
+    code = (
+        "import sys, fedsim.engine, fedsim.client; print(sorted(m for m in sys.modules if m.split('.')[0] == 'flwr'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers/ (or fixtures), never in a test module."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[-1].startswith("test_")]
     assert offenders == []
 
 

@@ -32,7 +32,7 @@ from fedsim.engine import run
 from fedsim.methods import get_method
 from fedsim.records import ClientRecord, json_problem
 from fedsim.results import LOCK
-from tests.helpers.engine import HEAD, A, B, StubClients, StubHost, make_cfg
+from tests.helpers.engine import HEAD, A, B, InProcessClients, StubHost, make_cfg
 from tests.helpers.refusals import run_case
 
 SMALL_WORKLOAD = {"workload.samples_per_client": 16, "workload.test_samples": 64}
@@ -42,7 +42,7 @@ def interrupted_run(folder: Path, rounds: int = 2, **overrides) -> Path:
     """A results folder as a run killed after ``rounds`` rounds leaves it (no summary.json)."""
     tsfa = {"tsfa.latency_budget_s": 50.0, "tsfa.plan_samples": 5}
     cfg = make_cfg(**{"run.rounds": rounds, **SMALL_WORKLOAD, **tsfa, **overrides})
-    run(cfg, StubHost(), lambda: (StubClients(), {}), folder)
+    run(cfg, StubHost(), lambda: (InProcessClients(), {}), folder)
     (folder / "summary.json").unlink()
     return folder
 

@@ -1,5 +1,5 @@
 """Uplink packet errors, the downlink ledger and quantised pricing, through the round engine with
-the stub clients of ``test_engine`` (no Flower)."""
+the real client half in-process (``tests/helpers/engine.py``; no Flower)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from channels.rate import expected_transmissions, packet_error_prob
 from fedsim.engine import RoundEngine
 from fedsim.seeding import rng, sample_clients
 from fedsim.wireless import WirelessModel
-from tests.helpers.engine import StubClients, StubHost, make_cfg
+from tests.helpers.engine import InProcessClients, StubHost, make_cfg
 
 
 def test_packet_error_probability_is_the_waterfall_model():
@@ -47,7 +47,7 @@ M = 5.0
 def test_dropped_packets_are_lost_for_the_round_and_recorded():
     cfg = make_cfg(**{"channel.packet_errors": "drop", "channel.packet_error_m": M, "run.clients_per_round": 6})
     engine = RoundEngine(cfg, StubHost())
-    rec = engine.run_round(1, StubClients())
+    rec = engine.run_round(1, InProcessClients())
     ids = [c.client_id for c in rec.clients]
     q = [c.packet_error_prob for c in rec.clients]
     assert 0.01 < min(q) and max(q) < 0.99
@@ -77,8 +77,8 @@ def test_retransmissions_add_upload_time_and_the_scheduler_prices_them():
         return decide(a, tcmp, payloads, penalties)
 
     engine.scheduler.decide = spy
-    rec = engine.run_round(1, StubClients())
-    base = plain.run_round(1, StubClients())
+    rec = engine.run_round(1, InProcessClients())
+    base = plain.run_round(1, InProcessClients())
     ids = [c.client_id for c in rec.clients]
     share = np.full(len(ids), cfg.channel.bandwidth_hz / len(ids))
     q_share = packet_error_prob(engine.wireless.snr_per_hz(1, ids) / share, M)
@@ -106,7 +106,7 @@ def test_retransmissions_stop_at_the_deadline():
 
 
 def test_without_packet_errors_every_upload_goes_through_once():
-    rec = RoundEngine(make_cfg(), StubHost()).run_round(1, StubClients())
+    rec = RoundEngine(make_cfg(), StubHost()).run_round(1, InProcessClients())
     assert all(c.transmissions == 1 and c.packet_error_prob == 0.0 and not c.dropped for c in rec.clients)
 
 
@@ -114,13 +114,13 @@ def test_without_packet_errors_every_upload_goes_through_once():
 def test_the_downlink_is_counted_every_round(method):
     cfg = make_cfg(**{"run.method": method, "channel.downlink": "broadcast"})
     engine = RoundEngine(cfg, StubHost())
-    rec = engine.run_round(1, StubClients())
+    rec = engine.run_round(1, InProcessClients())
     state = StubHost().initial_state(cfg)
     frozen_a = method == "ffa"
     assert rec.downlink_bits == 32 * sum(v.size for k, v in state.items() if not (frozen_a and ".lora_A." in k))
     sampled = sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)
     assert rec.downlink_s == engine.wireless.downlink_time_s(1, sampled, rec.downlink_bits) > 0
-    off = RoundEngine(make_cfg(**{"run.method": method}), StubHost()).run_round(1, StubClients())
+    off = RoundEngine(make_cfg(**{"run.method": method}), StubHost()).run_round(1, InProcessClients())
     assert off.downlink_bits == rec.downlink_bits and off.downlink_s == 0.0
 
 
@@ -128,7 +128,7 @@ def test_the_downlink_is_counted_every_round(method):
 def test_a_quantised_round_is_priced_as_encoded(method):
     cfg = make_cfg(**{"run.method": method, "lora.quant_bits": 4})
     engine = RoundEngine(cfg, StubHost())
-    rec = engine.run_round(1, StubClients())
+    rec = engine.run_round(1, InProcessClients())
     assert rec.status == "ok"
     assert all(c.payload_bits == engine.bits_by_rho[engine.rho] for c in rec.clients)
     dense = RoundEngine(make_cfg(**{"run.method": method}), StubHost()).bits_by_rho[engine.rho]
@@ -142,12 +142,12 @@ def test_a_quantised_downlink_hands_the_clients_what_they_decode(method):
     g = np.random.default_rng(1)
     engine.state = {k: v + g.normal(size=v.shape).astype(np.float32) for k, v in engine.state.items()}
     before = {k: v.copy() for k, v in engine.state.items()}
-    clients, received = StubClients(), {}
+    clients, received = InProcessClients(), {}
 
-    def send(cfg_, action, round_, requests, state):
+    def send(cfg_, requests, state):
         if state is not None:
             received.update(state)
-        return clients(cfg_, action, round_, requests, state)
+        return clients(cfg_, requests, state)
 
     rec = engine.run_round(1, send)
     shapes = {k: v.shape for k, v in before.items()}
@@ -162,4 +162,4 @@ def test_a_quantised_downlink_hands_the_clients_what_they_decode(method):
     # the server aggregates against its exact adapter, not the decoded one
     dense = RoundEngine(make_cfg(**{"run.method": method}), StubHost())
     dense.state = {k: v.copy() for k, v in before.items()}
-    assert dense.run_round(1, StubClients()).downlink_bits > rec.downlink_bits
+    assert dense.run_round(1, InProcessClients()).downlink_bits > rec.downlink_bits

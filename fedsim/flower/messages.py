@@ -8,16 +8,13 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from fedsim.client import Action, ClientRequest
 from fedsim.config import Config, build_config
 
 ROUND_KEY = "fedsim.round"
 CLIENT_KEY = "fedsim.client_id"
-RHO_KEY = "fedsim.rho"
-
-
-def message_key(name: str) -> str:
-    """The config-record key of a per-client request value of the round engine (``rho`` -> ``fedsim.rho``)."""
-    return f"fedsim.{name}"
+REQUEST_KEYS = {"rho": "fedsim.rho", "rank": "fedsim.rank", "client_state_dir": "fedsim.client_state"}
+"""The config-record keys of a :class:`~fedsim.client.ClientRequest`'s optional fields (set ones only)."""
 
 
 NODE_PROFILE_KEYS = ("distance-m", "device-flops")
@@ -38,6 +35,26 @@ def config_record(cfg: Config, **extra: Any) -> ConfigRecord:
     """The whole flat configuration plus per-message extras (round, client id)."""
     flat = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_flat().items()}
     return ConfigRecord({**flat, **extra})
+
+
+def request_record(cfg: Config, request: ClientRequest) -> ConfigRecord:
+    """A request as its message's config record: the whole configuration, the round, the client
+    id and the request's set fields (the action is the message type)."""
+    extra = {key: getattr(request, name) for name, key in REQUEST_KEYS.items() if getattr(request, name) is not None}
+    return config_record(cfg, **{ROUND_KEY: request.round, CLIENT_KEY: request.client_id, **extra})
+
+
+def request_from_record(record: ConfigRecord, action: Action) -> ClientRequest:
+    """Inverse of :func:`request_record` (the configuration aside: :func:`config_from_record`)."""
+    rho, rank, state_dir = (record.get(REQUEST_KEYS[name]) for name in ("rho", "rank", "client_state_dir"))
+    return ClientRequest(
+        action=action,
+        round=int(record[ROUND_KEY]),
+        client_id=int(record[CLIENT_KEY]),
+        rho=None if rho is None else float(rho),
+        rank=None if rank is None else int(rank),
+        client_state_dir=None if state_dir is None else str(state_dir),
+    )
 
 
 @lru_cache(maxsize=8)

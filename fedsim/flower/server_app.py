@@ -21,15 +21,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsim.checkpoint import Checkpoint
 from fedsim.checks import check_config
+from fedsim.client import ClientReply, ClientRequest
 from fedsim.config import Config, ConfigError, config_from_flat
-from fedsim.engine import ClientReply, Reporter, RunFailed, Send, run
+from fedsim.engine import Reporter, RunFailed, Send, run
 from fedsim.flower.messages import (
-    CLIENT_KEY,
     NODE_PROFILE_KEYS,
-    ROUND_KEY,
     config_record,
     from_array_record,
-    message_key,
+    request_record,
     to_array_record,
 )
 from fedsim.records import Failure
@@ -104,23 +103,26 @@ def discover(grid: Grid, cfg: Config, profiles: dict[int, dict[str, float]] | No
 def flower_send(grid: Grid, node_of: dict[int, int]) -> Send:
     """The engine's transport over ``grid``: one Flower message per request, replies by client id.
 
-    ``action`` routes to the ClientApp's handlers (``train``: ``@app.train()``; ``local`` and
-    ``upload``: ``@app.train("local")`` / ``@app.train("upload")``). A client whose reply is an
-    error or that does not answer within ``run.client_timeout_s`` (0: no limit) is a failure.
+    The requests' ``action`` routes to the ClientApp's handlers (``train``: ``@app.train()``;
+    ``local`` and ``upload``: ``@app.train("local")`` / ``@app.train("upload")``). A client whose
+    reply is an error or that does not answer within ``run.client_timeout_s`` (0: no limit) is a
+    failure.
     """
     client_of = {n: c for c, n in node_of.items()}
 
-    def send(cfg: Config, action: str, round_: int, requests: dict[int, dict[str, Any]], state: dict | None):
+    def send(cfg: Config, requests: list[ClientRequest], state: dict | None):
+        if not requests:
+            return {}, []
         timeout = cfg.run.client_timeout_s or None
+        action = requests[0].action
         message_type = MessageType.TRAIN if action == "train" else f"{MessageType.TRAIN}.{action}"
         arrays = to_array_record(state) if state is not None else None
-        clients = sorted(requests)
         msgs = []
-        for cid in clients:
-            extra = {message_key(k): v for k, v in requests[cid].items()}
-            rec = config_record(cfg, **{ROUND_KEY: round_, CLIENT_KEY: cid, **extra})
+        for request in requests:
+            rec = request_record(cfg, request)
             content = RecordDict({"arrays": arrays, "config": rec} if arrays is not None else {"config": rec})
-            msgs.append(Message(content, dst_node_id=node_of[cid], message_type=message_type))
+            msgs.append(Message(content, dst_node_id=node_of[request.client_id], message_type=message_type))
+        clients = [r.client_id for r in requests]
         replies: dict[int, ClientReply] = {}
         failures: list[Failure] = []
         sent = grid.send_and_receive(msgs, timeout=timeout)
@@ -135,7 +137,7 @@ def flower_send(grid: Grid, node_of: dict[int, int]) -> Send:
             else:
                 content = reply.content
                 arrays_out = from_array_record(content["arrays"]) if "arrays" in content else None
-                replies[cid] = ClientReply(arrays_out, dict(content["metrics"]))
+                replies[cid] = ClientReply.from_scalars(content["metrics"], arrays_out)
         answered = set(replies) | {f.client_id for f in failures}
         failures += [
             Failure(c, f"no reply within run.client_timeout_s={cfg.run.client_timeout_s:g}")

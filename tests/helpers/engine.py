@@ -1,14 +1,16 @@
-"""Stub clients and a stub workload host that drive the round engine in-process (milliseconds)."""
+"""A small workload and an in-process transport that drive the round engine with the real client
+half (:class:`fedsim.client.ClientRound`) in milliseconds: no Flower, no Ray."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+import os
+from unittest import mock
 
-from fedsim import client_state, hetero
+import numpy as np
+
+from fedsim.client import ClientRequest, ClientRound, Trained
+from fedsim.client_state import SIMULATION_ENV
 from fedsim.config import build_config
-from fedsim.engine import ClientReply
-from fedsim.methods import dropped_errors, fixed_rho, get_method
 from fedsim.records import Failure
 from fedsim.seeding import rng
 
@@ -17,7 +19,15 @@ A, B, HEAD = "m.lora_A.default.weight", "m.lora_B.default.weight", "head.weight"
 
 
 class StubHost:
-    """A workload whose adapter is one LoRA pair and a head; the metric is the adapter's mean."""
+    """A workload whose adapter is one LoRA pair and a head; the metric is the adapter's mean.
+
+    It serves both halves (:class:`fedsim.engine.Host`, :class:`fedsim.client.ClientWorkload`).
+    "Training" adds seeded noise to every tensor; ``crash``
+    ``(round, client id)`` pairs raise in training, ``nan`` ones return a non-finite adapter.
+    """
+
+    def __init__(self, crash=(), nan=()):
+        self.crash, self.nan = set(crash), set(nan)
 
     def primary_metric(self, cfg):
         return "score"
@@ -40,79 +50,55 @@ class StubHost:
     def partition_sizes(self, cfg):
         return [8 + c % 3 for c in range(cfg.run.clients)]
 
-
-class StubClients:
-    """The client half of every action, with faults chosen by (round, client id)."""
-
-    def __init__(self, crash=(), nan=(), silent=()):
-        self.crash, self.nan, self.silent = set(crash), set(nan), set(silent)
-        self.calls: list[tuple[str, int, dict, bool]] = []
-        self.trained: dict[int, dict] = {}
-
-    def train(self, cfg, round_, cid, state):
-        g = rng(cfg.run.seed, round_, cid, "stub-train")
-        new = {k: state[k] + 0.1 * g.normal(size=state[k].shape).astype(np.float32) for k in sorted(state)}
-        if (round_, cid) in self.nan:
+    def train(self, cfg, client_id, round_, start):
+        if (round_, client_id) in self.crash:
+            raise RuntimeError("injected")
+        g = rng(cfg.run.seed, round_, client_id, "stub-train")
+        new = {k: start[k] + 0.1 * g.normal(size=start[k].shape).astype(np.float32) for k in sorted(start)}
+        if (round_, client_id) in self.nan:
             new[A][0, 0] = np.nan
-        size = StubHost().partition_sizes(cfg)[cid]
+        size = self.partition_sizes(cfg)[client_id]
         return new, {"num_samples": float(size), "train_loss": 1.0 / round_, "train_wall_s": 0.0}
 
-    def upload(self, cfg, round_, cid, state, metrics, rho, kept=(None, None, None, 0)):
-        """``kept``: (client-state folder, received global adapter, previous client state, its round)."""
-        gen = torch.Generator().manual_seed(round_ * 1000 + cid)
-        root, global_state, previous, read_round = kept
-        method = get_method(cfg.run.method)
-        arrays, stats = client_state.finish(
-            method,
-            root,
-            cid,
-            round_,
-            state,
-            global_state,
-            previous,
-            read_round,
-            rho,
-            cfg.lora.value_bits,
-            gen,
-            cfg.lora.quant_bits,
-        )
-        return ClientReply(arrays, {**metrics, **stats})
 
-    def __call__(self, cfg, action, round_, requests, state):
+class InProcessClients:
+    """The engine's transport in the tests (a :data:`fedsim.engine.Send`): every request answered
+    by the real :class:`~fedsim.client.ClientRound` in this process, in client-id order.
+
+    As under Flower, a client that raises is a failure ``"<Exception class>: <message>"`` and step
+    1's adapter waits for step 2 per client (Flower keeps it in the node's ``Context``). The
+    clients are simulated ones (:data:`fedsim.client_state.SIMULATION_ENV`): a method's client
+    state goes where the request says. ``crash`` and ``nan`` go to the :class:`StubHost` they
+    train with; ``silent`` ``(round, client id)`` pairs never answer (a timeout).
+    """
+
+    def __init__(self, workload=None, crash=(), nan=(), silent=()):
+        self.client = ClientRound(workload if workload is not None else StubHost(crash, nan))
+        self.silent = set(silent)
+        self.requests: list[tuple[ClientRequest, bool]] = []
+        """Every request received, and whether the global adapter came with it."""
+        self.trained: dict[int, Trained] = {}
+
+    def __call__(self, cfg, requests, state):
         replies, failures = {}, []
-        for cid, extra in sorted(requests.items()):
-            self.calls.append((action, round_, dict(extra), state is not None))
-            if (round_, cid) in self.crash:
-                failures.append(Failure(cid, "RuntimeError: injected"))
+        for request in sorted(requests, key=lambda r: r.client_id):
+            self.requests.append((request, state is not None))
+            cid = request.client_id
+            if (request.round, cid) in self.silent:
                 continue
-            if (round_, cid) in self.silent:
-                continue  # the transport reports a timeout for it
-            method, root = get_method(cfg.run.method), extra.get("client_state")
-            if action == "upload":
-                trained, metrics, global_state, read_round = self.trained.pop(cid)
-                previous = client_state.load(root, cid, round_)[1] if root else None
-                kept = (root, global_state, previous, read_round)
-                replies[cid] = self.upload(cfg, round_, cid, trained, metrics, extra["rho"], kept)
-                continue
-            start, read_round, previous = client_state.begin(method, root, cid, round_, state)
-            if "rank" in extra:
-                start = hetero.keep_ranks(start, extra["rank"])
-            trained, metrics = self.train(cfg, round_, cid, start)
-            if "rank" in extra:
-                trained = hetero.truncate(trained, extra["rank"])
-            if method.personalised:
-                metrics["personal_metric"] = StubHost().evaluate(cfg, start)["score"]
-            if action == "local":
-                self.trained[cid] = (trained, metrics, state, read_round)
-                replies[cid] = ClientReply(
-                    None, {**metrics, "dropped_errors": dropped_errors(trained, cfg.tsfa.rho_grid)}
-                )
-            else:
-                rho = fixed_rho(cfg.run.method, cfg.soft.rho)
-                replies[cid] = self.upload(cfg, round_, cid, trained, metrics, rho, (root, state, previous, read_round))
+            try:
+                with mock.patch.dict(os.environ, {SIMULATION_ENV: "1"}):
+                    if request.action == "local":
+                        replies[cid], self.trained[cid] = self.client.local(cfg, request, state)
+                    elif request.action == "upload":
+                        replies[cid] = self.client.upload(cfg, request, self.trained.pop(cid, None))
+                    else:
+                        replies[cid] = self.client.train(cfg, request, state)
+            except Exception as e:
+                failures.append(Failure(cid, f"{type(e).__name__}: {e}"))
         answered = set(replies) | {f.client_id for f in failures}
-        failures += [Failure(c, "no reply") for c in requests if c not in answered]
-        return replies, failures
+        failures += [Failure(r.client_id, "no reply") for r in requests if r.client_id not in answered]
+        return replies, sorted(failures, key=lambda f: f.client_id)
 
 
 def make_cfg(**overrides):
