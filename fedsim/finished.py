@@ -18,7 +18,7 @@ def load_final_model(folder: str | Path, workload: str | None = None) -> tuple[A
     model, round)``, round 0 (the base, LoRA B = 0) when the folder holds no checkpoint.
 
     For notebooks and analyses of a finished (or stopped) ``fedsim run`` folder. The configuration
-    is the folder's own ``config.toml``; the checkpoint is verified as a resume verifies it
+    is the folder's own ``config.toml``; the checkpoint's files are checked against their SHA-256
     (:func:`fedsim.checkpoint.load_checkpoint`); pretrained bases come from the cache (or are
     pretrained again, as in the run). ``workload``: refuse a run of another workload (ValueError).
     """

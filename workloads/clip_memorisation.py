@@ -13,13 +13,14 @@ This workload is that experiment in miniature, federated:
 
 Images (:func:`render`): ``image_size`` x ``image_size`` grey images in [-1, 1] drawn from four
 caption attributes, ``"a <intensity> <size> <shape> at <position>"`` (2 x 2 x 4 x 4 = 64
-captions), with per-row jitter of centre, radius and brightness. ``mem_captions`` captions
-(drawn from the seed) are each paired with one unique image instead, a smooth random pattern
-(:func:`memorised_images`) unrelated to the caption, and duplicated many times in the training
-data: the source of memorisation.
+captions), with per-row jitter of centre, radius and brightness. ``mem_captions`` memorised
+pairs (:func:`memorised_captions`): a caption of four words outside that vocabulary (the generic
+captions' length, so the same pads) with one unique image, a smooth random pattern
+(:func:`memorised_images`), duplicated many times in the training data: the source of
+memorisation.
 
 Text tower (:class:`TextTower`): a causal transformer over ``context_len`` tokens
-``<sot> words <eot> pad...``, pooled at eot, so the contrastive loss reaches only ``v_eot``
+``<sot> words <eot> pad...`` (32: 24 pads after a six-word caption), pooled at eot, so the contrastive loss reaches only ``v_eot``
 directly (every other position is trained only through the attention of later positions, and
 positions after eot not at all). It is pretrained with a CLIP loss against a tiny image encoder
 on jittered renderings and cached (:mod:`workloads.cache`). The tokenizer pads with eot (SD 1.x,
@@ -35,10 +36,11 @@ cosine schedule of ``diffusion_steps`` steps, sampled with deterministic DDIM (e
 the feed-forward after them (:attr:`ClipMemorisation.lora_target_modules`; in pilots LoRA on the
 attention alone memorised several times more slowly); the text tower stays frozen.
 
-Federated data: client ``k < mem_clients`` holds ``dup_fraction`` of its rows as the memorised
-pairs (each of the ``mem_captions`` pairs repeated), the rest generic renderings of the other
-captions; the other clients hold generic data only (``workload.partition = "natural"``; with
-``dirichlet`` the split skews over the ``group`` column, 0 generic, 1 memorised). The noise and
+Federated data: every client (``mem_clients`` = 0), or client ``k < mem_clients``, holds
+``dup_fraction`` of its rows as the memorised pairs (each of the ``mem_captions`` pairs repeated),
+the rest generic renderings; other clients hold generic data only (``workload.partition =
+"natural"``, the presets' default; with ``dirichlet`` the split skews over the ``group`` column, 0
+generic, 1 memorised). The noise and
 timestep of a training row are drawn from its ``noise_seed`` column, so a batch's loss is a
 deterministic function of its rows (duplicates have distinct seeds).
 
@@ -69,7 +71,10 @@ seed in ``eval_seeds``, the same initial noise for every intervention):
   generation is read as the attributes of the most similar canonical (unjittered) rendering among
   all 64 captions, scored per attribute,
 - ``diversity_<k>`` and ``mem_diversity_<k>``: 1 - mean pairwise similarity across seeds, for
-  non-memorised and memorised captions.
+  non-memorised and memorised captions,
+- ``cond_norm_mem_<k>`` and ``cond_norm_<k>``: the detector of Wen et al.
+  (:meth:`ClipMemorisation.conditional_norms`) for memorised and non-memorised captions, and
+  ``detect_auc``: the share of (memorised, non-memorised) caption pairs it orders right.
 
 Primary metric: ``memorisation_rate`` (= ``mem_rate_none``), lower is better. ``denoise_loss`` is
 the epsilon-MSE on the test rows.

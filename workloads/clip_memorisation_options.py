@@ -82,7 +82,7 @@ DECLARATION = Declaration(
         ),
     },
     preset_overrides={
-        "tiny": {},  # About 80k denoiser + 30k text-tower parameters; pretraining both takes under a minute of one core.
+        "tiny": {},  # About 85k denoiser + 29k text-tower parameters; pretraining both takes 1-3 minutes of one core.
         # 32x32 images, twice the channels: for a long CPU run or a GPU.
         "small": {
             "image_size": 32,
