@@ -163,7 +163,7 @@ def sparsify_b_only(A: torch.Tensor, B: torch.Tensor, rho: float, value_bits: in
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UploadMethod:
     """One registered upload method (see the module docstring).
 
@@ -342,44 +342,50 @@ def get_method(name: str) -> UploadMethod:
 
 for _m in (
     UploadMethod(
-        "ideal",
-        "dense FedAvg of the LoRA factors (no sparsification)",
-        "dense",
-        dense_bits,
+        name="ideal",
+        description="dense FedAvg of the LoRA factors (no sparsification)",
+        sparsify="dense",
+        matrix_bits=dense_bits,
         sparsifies=False,
         matrix_values=dense_values,
     ),
     UploadMethod(
-        "soft",
-        "SOFT: orthogonality-regularised factors, top-k ranks by s_i = |b_i| |a_i|",
-        "soft",
-        soft_bits,
+        name="soft",
+        description="SOFT: orthogonality-regularised factors, top-k ranks by s_i = |b_i| |a_i|",
+        sparsify="soft",
+        matrix_bits=soft_bits,
         regularised=True,
         matrix_values=rank_values,
     ),
     UploadMethod(
-        "soft-noreg", "SOFT without the regulariser (lambda_orth = 0)", "soft", soft_bits, matrix_values=rank_values
+        name="soft-noreg",
+        description="SOFT without the regulariser (lambda_orth = 0)",
+        sparsify="soft",
+        matrix_bits=soft_bits,
+        matrix_values=rank_values,
     ),
     UploadMethod(
-        "topk",
-        "element-wise top-k on A and B separately, at SOFT's bits",
-        "topk",
-        topk_bits,
+        name="topk",
+        description="element-wise top-k on A and B separately, at SOFT's bits",
+        sparsify="topk",
+        matrix_bits=topk_bits,
         matrix_values=topk_values,
     ),
-    UploadMethod("randk", "k random ranks", "randk", soft_bits, matrix_values=rank_values),
     UploadMethod(
-        "svd",
-        "SVD truncation of B A, refactored as U sqrt(S), sqrt(S) V^T",
-        "svd",
-        svd_bits,
+        name="randk", description="k random ranks", sparsify="randk", matrix_bits=soft_bits, matrix_values=rank_values
+    ),
+    UploadMethod(
+        name="svd",
+        description="SVD truncation of B A, refactored as U sqrt(S), sqrt(S) V^T",
+        sparsify="svd",
+        matrix_bits=svd_bits,
         matrix_values=svd_values,
     ),
     UploadMethod(
-        "ffa",
-        "FFA-LoRA: A frozen at its seeded initialisation, only B trained and sent",
-        sparsify_b_only,
-        b_only_bits,
+        name="ffa",
+        description="FFA-LoRA: A frozen at its seeded initialisation, only B trained and sent",
+        sparsify=sparsify_b_only,
+        matrix_bits=b_only_bits,
         sparsifies=False,
         matrix_values=b_only_values,
         frozen=(".lora_A.",),
@@ -675,10 +681,10 @@ class ErrorFeedback(UploadMethod):
 
 for _m in (
     FedSALoRA(
-        "fedsa",
-        "FedSA-LoRA: A averaged, B personal (kept on the client)",
-        "dense",
-        fedsa_bits,
+        name="fedsa",
+        description="FedSA-LoRA: A averaged, B personal (kept on the client)",
+        sparsify="dense",
+        matrix_bits=fedsa_bits,
         sparsifies=False,
         matrix_values=fedsa_values,
         local_only=(".lora_B.",),
@@ -686,18 +692,18 @@ for _m in (
         personalised=True,
     ),
     ErrorFeedback(
-        "topk-ef",
-        "topk with error feedback (residual kept on the client)",
-        "topk",
-        topk_bits,
+        name="topk-ef",
+        description="topk with error feedback (residual kept on the client)",
+        sparsify="topk",
+        matrix_bits=topk_bits,
         matrix_values=topk_values,
         needs_client_state=True,
     ),
     ErrorFeedback(
-        "soft-ef",
-        "SOFT with error feedback (residual kept on the client)",
-        "soft",
-        soft_bits,
+        name="soft-ef",
+        description="SOFT with error feedback (residual kept on the client)",
+        sparsify="soft",
+        matrix_bits=soft_bits,
         regularised=True,
         matrix_values=rank_values,
         needs_client_state=True,
