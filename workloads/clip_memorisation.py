@@ -73,7 +73,7 @@ seed in ``eval_seeds``, the same initial noise for every intervention):
 - ``diversity_<k>`` and ``mem_diversity_<k>``: 1 - mean pairwise similarity across seeds, for
   non-memorised and memorised captions,
 - ``cond_norm_mem_<k>`` and ``cond_norm_<k>``: the detector of Wen et al.
-  (:meth:`ClipMemorisation.conditional_norms`) for memorised and non-memorised captions, and
+  (:meth:`ClipMemorisation.generate`) for memorised and non-memorised captions, and
   ``detect_auc``: the share of (memorised, non-memorised) caption pairs it orders right.
 
 Primary metric: ``memorisation_rate`` (= ``mem_rate_none``), lower is better. ``denoise_loss`` is
@@ -706,20 +706,25 @@ class ClipMemorisation(Workload):
     @torch.no_grad()
     def sample(self, model: nn.Module, context: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Deterministic DDIM (eta = 0) from ``noise`` (B, n, n) in ``sample_steps`` steps; x0 in [-1, 1]."""
-        unet = _inner(model).unet
+        return self._ddim(_inner(model).unet, context, noise)[0]
+
+    def _ddim(self, unet: nn.Module, context: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`sample`'s x0 and the noise prediction of its first step (at t = T - 1, from ``noise``)."""
         ab = self.alpha_bar
         steps = torch.linspace(len(ab) - 1, 0, self.params["sample_steps"]).round().long().tolist()
         x = noise
-        x0 = x
+        x0 = first = x
         for i, t in enumerate(steps):
             a_t = ab[t]
             eps = unet(x, torch.full((len(x),), t, dtype=torch.long), context)
+            if i == 0:
+                first = eps
             x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
             if i + 1 < len(steps):
                 a_prev = ab[steps[i + 1]]
                 eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
                 x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-        return x0
+        return x0, first
 
     def _caption_key(self, text: str) -> int:
         """A caption's index for seeding: 0..63 for the generic captions, 64 + j for memorised pair j."""
@@ -746,37 +751,31 @@ class ClipMemorisation(Workload):
             yield k, self.contexts(text, flat_caps, k, gen)
 
     @torch.no_grad()
-    def generate(self, model: nn.Module, captions: list[str], seeds: list[int]) -> dict[str, torch.Tensor]:
-        """Generations per intervention: name -> (len(captions), len(seeds), n, n).
+    def generate(
+        self, model: nn.Module, captions: list[str], seeds: list[int]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Generations and the memorisation detector per intervention: ``(name -> (len(captions),
+        len(seeds), n, n) images, name -> (len(captions),) detector values)``.
 
         Caption j with seed s starts from the same noise under every intervention, so generations
-        are comparable pairwise.
+        are comparable pairwise. The detector is Wen et al.'s (ICLR 2024): the magnitude of the
+        text-conditional part of the noise prediction at the first sampling step,
+        ``|| eps(x_T, T, c) - eps(x_T, T, c_empty) ||`` (root mean square over pixels, ``c_empty`` the
+        empty caption ``<sot> <eot>`` + pads), averaged over the seeds: memorised prompts pull the
+        prediction far from the unconditional one from the first step on. Its conditional part is
+        the sampler's own first step.
         """
         n = self.params["image_size"]
-        noise = self._initial_noise(captions, seeds)
-        return {
-            k: self.sample(model, ctx, noise).view(len(captions), len(seeds), n, n)
-            for k, ctx in self._intervened(_inner(model).text, captions, seeds)
-        }
-
-    @torch.no_grad()
-    def conditional_norms(self, model: nn.Module, captions: list[str], seeds: list[int]) -> dict[str, torch.Tensor]:
-        """The memorisation detector of Wen et al. (ICLR 2024) per intervention: name -> (len(captions),).
-
-        The magnitude of the text-conditional part of the noise prediction at the first sampling
-        step, ``|| eps(x_T, T, c) - eps(x_T, T, c_empty) ||`` (root mean square over pixels, ``c_empty``
-        the empty caption ``<sot> <eot>`` + pads), averaged over the seeds: memorised prompts pull the
-        prediction far from the unconditional one from the first step on.
-        """
         unet, text = _inner(model).unet, _inner(model).text
         noise = self._initial_noise(captions, seeds)
-        t = torch.full((len(noise),), len(self.alpha_bar) - 1, dtype=torch.long)
         ids, _ = self.tokenizer([""] * len(noise), self.params["pad_token"])
-        uncond = unet(noise, t, text(ids))
-        return {
-            k: (unet(noise, t, ctx) - uncond).pow(2).mean((1, 2)).sqrt().view(len(captions), len(seeds)).mean(1)
-            for k, ctx in self._intervened(text, captions, seeds)
-        }
+        uncond = unet(noise, torch.full((len(noise),), len(self.alpha_bar) - 1, dtype=torch.long), text(ids))
+        images, norms = {}, {}
+        for k, ctx in self._intervened(text, captions, seeds):
+            x0, first = self._ddim(unet, ctx, noise)
+            images[k] = x0.view(len(captions), len(seeds), n, n)
+            norms[k] = (first - uncond).pow(2).mean((1, 2)).sqrt().view(len(captions), len(seeds)).mean(1)
+        return images, norms
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
@@ -786,8 +785,7 @@ class ClipMemorisation(Workload):
         seen: list[str] = list(dict.fromkeys(c for c in data["caption"] if c not in self.mem_captions))
         seen = seen[: p["eval_captions"]]
         mem_caps = list(self.mem_captions)
-        gens = self.generate(model, mem_caps + seen, seeds)
-        norms = self.conditional_norms(model, mem_caps + seen, seeds)
+        gens, norms = self.generate(model, mem_caps + seen, seeds)
         m = len(mem_caps)
         mem_feat = image_features(self.mem_images)  # (M, f)
         canon = image_features(
@@ -933,7 +931,7 @@ def image_grid(workload: ClipMemorisation, model: nn.Module, num_captions: int =
     import matplotlib.pyplot as plt
 
     caps = workload.mem_captions[:num_captions]
-    gens = workload.generate(model, caps, [seed])
+    gens, _ = workload.generate(model, caps, [seed])
     rows = [("training image", workload.mem_images[: len(caps)])] + [(k, g[:, 0]) for k, g in gens.items()]
     fig, axes = plt.subplots(len(rows), len(caps), figsize=(1.3 * len(caps) + 1.2, 1.25 * len(rows)), squeeze=False)
     for i, (label, images) in enumerate(rows):
