@@ -794,7 +794,8 @@ class ClipMemorisation(Workload):
         truth = torch.tensor([caption_attributes(caption_index(c)) for c in seen])  # (N, 4)
 
         none = gens["none"]
-        null = image_features(none[m:].flatten(0, 1)) @ mem_feat.T  # non-memorised generations vs memorised images
+        ref = image_features(none.flatten(0, 1)).view(none.shape[0], none.shape[1], -1)  # (C, S, f), unmodified
+        null = ref[m:].flatten(0, 1) @ mem_feat.T  # non-memorised generations vs memorised images
         threshold = float(torch.quantile(null.flatten(), p["threshold_quantile"])) if len(seen) else 0.5
         out: dict[str, float] = {"mem_threshold": threshold}
         for k, g in gens.items():
@@ -802,7 +803,6 @@ class ClipMemorisation(Workload):
             mem_sim = (feats[:m] * mem_feat[:, None]).sum(-1)  # (M, S)
             out[f"mem_sim_{k}"] = float(mem_sim.mean())
             out[f"mem_rate_{k}"] = float((mem_sim > threshold).float().mean())
-            ref = image_features(none.flatten(0, 1)).view_as(feats)
             out[f"orig_sim_{k}"] = float((feats * ref).sum(-1).mean())
             out[f"cond_norm_mem_{k}"] = float(norms[k][:m].mean())
             if len(seen):
