@@ -23,14 +23,14 @@ STEPS = Range(1, PRETRAIN_STEPS.high)
 INTERVENTION_LIST = Words(("all", *INTERVENTIONS), sep="+", max_words=len(INTERVENTIONS))
 
 
-# The run shape that memorises (a default run reaches a memorisation rate of about 0.5 by round 15-20):
-# every client holds its share of duplicates (the natural split), 5 clients a round, 8 local epochs
-# at 8e-3, evaluated every 5 rounds (each evaluation samples 7 interventions x 16 captions x 10 seeds).
+# The run shape that memorises: every client holds its share of duplicates (the natural split), 5
+# clients a round, 8 local epochs at 8e-3, 40 rounds (in pilots the rate was still rising at 30),
+# evaluated every 10 rounds (each evaluation samples 7 interventions x 16 captions x 10 seeds).
 RUN = {
     "workload.partition": "natural",
-    "run.rounds": 20,
+    "run.rounds": 40,
     "run.clients_per_round": 5,
-    "run.eval_every": 5,
+    "run.eval_every": 10,
     "train.local_epochs": 8,
     "train.lr": 8e-3,
 }
@@ -70,7 +70,7 @@ DECLARATION = Declaration(
         "mem_captions": Option(4, Range(1, MAX_MEM_CAPTIONS), "duplicated (memorised) caption-image pairs"),
         "mem_clients": Option(0, Range(0, 100_000), "clients holding the duplicated pairs (0: every client)"),
         "dup_fraction": Option(
-            0.2, Range(0, 1, low_open=True), "share of a memorising client's rows that are duplicates"
+            0.3, Range(0, 1, low_open=True), "share of a memorising client's rows that are duplicates"
         ),
         "pad_token": Option("eot", PAD_TOKENS, "the token captions are padded with"),
         "interventions": Option("all", INTERVENTION_LIST, "mitigations evaluated ('all' or names joined by '+')"),

@@ -136,7 +136,7 @@ def test_federated_data_puts_the_duplicates_on_every_client_by_default():
     wl = cm.ClipMemorisation(small_spec(partition="natural"))
     train, _ = wl.build_data()
     client, group = np.array(train["client"]), np.array(train["group"])
-    assert [int(group[client == k].sum()) for k in range(4)] == [3] * 4  # round(0.2 * 16) on each of 4 clients
+    assert [int(group[client == k].sum()) for k in range(4)] == [5] * 4  # round(0.3 * 16) on each of 4 clients
 
 
 def test_federated_data_puts_the_duplicates_on_the_first_client():
