@@ -30,11 +30,18 @@ def test_small_run_records(small_run):
         assert r["uplink_bits_total"] == sum(c["payload_bits"] for c in r["clients"])
         assert r["metrics"]["primary_metric"] == r["metrics"]["accuracy"]
         assert 0.0 <= r["metrics"]["accuracy"] <= 1.0
-    # dense LoRA(query, value) r=8 on 6 layers + a 384 x C (+ C bias) head, 32 bits per value
+    # FedSA-LoRA: A (8 x 384) of LoRA(query, value) r=8 on 6 layers + a 384 x C (+ C bias) head, 32 bits
+    # per value; B stays on the clients, one file per client and round
     from workloads.text_classify import TOPICS
 
     c = len(TOPICS)
-    assert rounds[0]["clients"][0]["payload_bits"] == (6 * 2 * 8 * (384 + 384) + 384 * c + c) * 32
+    assert rounds[0]["clients"][0]["payload_bits"] == (6 * 2 * 8 * 384 + 384 * c + c) * 32
+    assert all("personal_accuracy" in r["metrics"] for r in rounds)
+    for r in rounds:
+        for cl in r["clients"]:
+            assert (
+                small_run / "client_state" / f"client-{cl['client_id']:06d}" / f"round-{r['round']:06d}.safetensors"
+            ).is_file()
     summary = json.loads((small_run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2
     assert summary["cumulative_uplink_bits"] == sum(r["uplink_bits_total"] for r in rounds)
