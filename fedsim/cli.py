@@ -402,17 +402,25 @@ app.add_typer(deploy_app, name="deploy")  # the same app on Flower's Deployment 
 
 @app.command("methods")
 def list_methods() -> None:
-    """List the upload methods (run.method) and the schedulers (tsfa.scheduler)."""
-    from fedsim.methods import METHODS
-    from fedsim.schedulers import SCHEDULERS
+    """List the upload methods (run.method) and the schedulers (tsfa.scheduler), installed ones included."""
+    from fedsim.methods import get_method, method_names
+    from fedsim.schedulers import get_scheduler, scheduler_names
 
     typer.echo("upload methods (--method / run.method):")
-    for m in METHODS.values():
+    for name in method_names():
+        try:
+            m = get_method(name)
+        except ConfigError as e:  # a broken plug-in is listed, not fatal
+            typer.echo(f"  {name:<12} unusable: {str(e).partition(': ')[2]}")
+            continue
         flags = ", ".join(f for f, on in (("regulariser", m.regularised), ("client state", m.needs_client_state)) if on)
         typer.echo(f"  {m.name:<12} {m.description}" + (f" [{flags}]" if flags else ""))
     typer.echo("schedulers (--scheduler / tsfa.scheduler):")
-    for e in SCHEDULERS.values():
-        typer.echo(f"  {e.name:<12} {e.description}")
+    for name in scheduler_names():
+        try:
+            typer.echo(f"  {name:<12} {get_scheduler(name).description}")
+        except ConfigError as e:
+            typer.echo(f"  {name:<12} unusable: {str(e).partition(': ')[2]}")
 
 
 @app.command("workloads")

@@ -28,6 +28,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import tomli_w
 
 from channels import REGISTRIES as CHANNEL_REGISTRIES
+from fedsim import plugins
 from fedsim.errors import ConfigError
 
 __all__ = [
@@ -113,10 +114,19 @@ def _unit_interval(v: Any) -> bool:
     return math.isfinite(v) and 0 <= v <= 1
 
 
-def _channel_model(kind: str, default: str, doc: str) -> Any:
-    """A key naming an entry of a ``channels`` registry; the allowed names come from the registry."""
+def _channel_model(kind: str, default: str, doc: str, section: str = "channel") -> Any:
+    """A key naming an entry of a ``channels`` registry, built in (the allowed names listed) or
+    installed (entry point ``"<kind>.<name>"`` of group ``fedsim.channels``, :mod:`fedsim.plugins`)."""
     names = CHANNEL_REGISTRIES[kind]
-    return _f(default, lambda v: v in names, "one of " + ", ".join(names), doc)
+
+    def known(v: Any) -> bool:
+        if not isinstance(v, str) or v in names:
+            return v in names
+        keys = {f.name for f in dataclasses.fields(SECTIONS[section])}  # SECTIONS: defined below
+        return plugins.channel_component(kind, v, f"{section}.{kind}", keys)
+
+    allowed = f"one of {', '.join(names)} or an installed component (fedsim.channels entry point {kind}.NAME)"
+    return _f(default, known, allowed, doc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +270,7 @@ class ChannelSection:
 
 @dataclass(frozen=True)
 class ComputeSection:
-    device_speed: str = _channel_model("device_speed", "uniform", "device-speed model")
+    device_speed: str = _channel_model("device_speed", "uniform", "device-speed model", "compute")
     device_flops_min: float = _num(0.5e12, 0, 1e21, "slowest device speed", "FLOP/s", open_low=True)
     device_flops_max: float = _num(2.0e12, 0, 1e21, "fastest device speed", "FLOP/s", open_low=True)
     device_flops: float = _num(1.0e12, 0, 1e21, "median (lognormal) or speed (fixed)", "FLOP/s", open_low=True)
@@ -549,6 +559,8 @@ def _check_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
         check = f.metadata["check"]
         try:
             ok = check is None or bool(check(value))
+        except ConfigError:  # its own line (a broken plug-in: fedsim.plugins)
+            raise
         except (TypeError, ValueError):
             ok = False
         if not ok:

@@ -55,6 +55,7 @@ from channels.rate import (
 )
 from channels.trace import TraceError, check_trace, read_trace, rows_from_round_records, write_trace
 from channels.units import db_to_linear, dbm_to_w
+from fedsim import plugins
 from fedsim.config import Config
 from fedsim.errors import ConfigError
 from fedsim.seeding import SERVER, rng, sample_clients
@@ -524,6 +525,15 @@ def describe_components() -> list[dict[str, Any]]:
         return key, f.default, unit or f.metadata["allowed"]
 
     out = []
+    for kind, name in plugins.installed_channel_components():  # added to the registries on first use
+        if kind in REGISTRIES:
+            section = SECTION_OF_KIND[kind]
+            keys = {key.partition(".")[2] for key in fields if key.startswith(f"{section}.")}
+            try:
+                plugins.channel_component(kind, name, f"{section}.{kind}", keys)
+            except ConfigError as e:  # a broken plug-in is listed, not fatal
+                summary = f"unusable: {str(e).partition(': ')[2]}"
+                out.append({"kind": kind, "name": name, "summary": summary, "selector": None, "parameters": []})
     for kind, registry in REGISTRIES.items():
         section = SECTION_OF_KIND[kind]
         for name, cls in registry.items():
