@@ -413,7 +413,7 @@ def list_methods() -> None:
         except ConfigError as e:  # a broken plug-in is listed, not fatal
             typer.echo(f"  {name:<12} unusable: {str(e).partition(': ')[2]}")
             continue
-        flags = ", ".join(f for f, on in (("regulariser", m.regularised), ("client state", m.needs_client_state)) if on)
+        flags = ", ".join((["client state"] if m.needs_client_state else []) + list(m.config_keys))
         typer.echo(f"  {m.name:<12} {m.description}" + (f" [{flags}]" if flags else ""))
     typer.echo("schedulers (--scheduler / tsfa.scheduler):")
     for name in scheduler_names():

@@ -52,7 +52,7 @@ from fedsim.methods import fixed_rho, get_method
 from fedsim.rank_plan import plan_for, write_plan
 from fedsim.records import CLIENT_DIAGNOSTICS, ClientRecord, Failure, RoundRecord, SchedulerOutcome
 from fedsim.results import ResultsWriter
-from fedsim.schedulers import get_scheduler
+from fedsim.schedulers import Scheduler, get_scheduler
 from fedsim.seeding import SERVER, rng, sample_clients, torch_seed
 from fedsim.tsfa import RankPlan
 from fedsim.wireless import WirelessModel
@@ -146,7 +146,7 @@ class RoundEngine:
         q, b = cfg.lora.value_bits, cfg.lora.quant_bits
         self.bits_by_rho = {r: self.method.adapter_bits(shapes, cfg.lora.rank, r, q, b) for r in cfg.tsfa.rho_grid}
         self.downlink_bits = self.method.downlink_bits(shapes, q, cfg.lora.downlink_quant_bits)
-        self.scheduler = self.schedule.build(cfg)
+        self.scheduler: Scheduler = self.schedule.build(cfg)
         if resume is not None and resume.scheduler:
             self.scheduler.load_state_dict(resume.scheduler)
         self.state = resume.state if resume is not None else initial

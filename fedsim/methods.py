@@ -204,6 +204,13 @@ class UploadMethod:
     personalised: bool = False
     local_only: tuple[str, ...] = ()
 
+    @property
+    def config_keys(self) -> tuple[str, ...]:
+        """The configuration keys this method reads besides ``run.method`` and the ``lora.*`` keys
+        that every method reads: ``soft.rho`` when it sparsifies, ``soft.lambda_orth`` when it is
+        regularised (``fedsim methods`` lists them; a scheduler that decides rho overrides ``soft.rho``)."""
+        return ("soft.rho",) * self.sparsifies + ("soft.lambda_orth",) * self.regularised
+
     def adapter_bits(
         self, shapes: dict[str, tuple[int, ...]], rank: int, rho: float, value_bits: int, quant_bits: int = 0
     ) -> int:

@@ -25,15 +25,46 @@ known.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fedsim import plugins
 from fedsim.errors import ConfigError
 
 if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
     from fedsim.config import Config
+    from fedsim.tsfa.controller import Decision
+
+
+class Scheduler(Protocol):
+    """What :attr:`SchedulerEntry.build` returns and the engine drives, once per round: ``decide``
+    (before the uploads), then ``update`` with the round's realised latency. Its state goes into
+    every checkpoint. :class:`fedsim.tsfa.FixedRhoScheduler` and :class:`fedsim.tsfa.TsfaScheduler`
+    are the built-in ones."""
+
+    queue_s: float
+    """The virtual queue Q_t of the latency budget, seconds (0 without a budget), for the records."""
+
+    def decide(
+        self,
+        snr_per_hz: ArrayLike,
+        compute_time_s: ArrayLike,
+        payload_bits_by_rho: Mapping[float, ArrayLike],
+        penalty_by_rho: Mapping[float, float | ArrayLike] | None = None,
+    ) -> Decision:
+        """rho_t and the band split b_t from a_k = p_k g_k / N0 (Hz), T_cmp_k (s) and S_k(rho) (bits)."""
+        ...
+
+    def update(self, round_latency_s: float) -> float:
+        """Close the round with its realised latency T_t (s); returns Q_{t+1}."""
+        ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: Mapping) -> None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,8 +79,8 @@ class SchedulerEntry:
     two_phase : clients report before they upload (rho_t is decided between the two messages).
     plans_rank : the LoRA rank is chosen offline before the first round (all three False: a fixed-rho
         scheduler).
-    build : ``build(cfg) -> scheduler`` with ``decide(a, T_cmp, payload_bits_by_rho, penalty_by_rho)``,
-        ``update(T_t)``, ``queue_s`` and ``state_dict`` / ``load_state_dict`` (:mod:`fedsim.tsfa.controller`).
+    build : ``build(cfg) -> Scheduler`` (:class:`Scheduler`; the built-in ones are in
+        :mod:`fedsim.tsfa.controller`).
     """
 
     name: str
@@ -57,11 +88,11 @@ class SchedulerEntry:
     decides_rho: bool = False
     two_phase: bool = False
     plans_rank: bool = False
-    build: Callable[[Config], Any]
+    build: Callable[[Config], Scheduler]
 
 
-def _fixed_rho_scheduler(allocator: str) -> Callable[[Config], Any]:
-    def build(cfg: Config) -> Any:
+def _fixed_rho_scheduler(allocator: str) -> Callable[[Config], Scheduler]:
+    def build(cfg: Config) -> Scheduler:
         from fedsim.methods import fixed_rho
         from fedsim.tsfa import FixedRhoScheduler, make_allocator
 
@@ -76,7 +107,7 @@ def _fixed_rho_scheduler(allocator: str) -> Callable[[Config], Any]:
     return build
 
 
-def _tsfa_scheduler(cfg: Config) -> Any:
+def _tsfa_scheduler(cfg: Config) -> Scheduler:
     from fedsim.tsfa import TsfaScheduler, make_allocator
 
     t = cfg.tsfa

@@ -64,3 +64,16 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "fedsim: run.rounds=0: must be an integer in [1, 1000000000000]"
     assert proc.stdout == "" and not (tmp_path / "o").exists()
+
+
+def test_methods_lists_each_method_with_the_keys_it_reads_and_every_scheduler(capsys):
+    from fedsim.methods import METHODS
+    from fedsim.schedulers import SCHEDULERS
+
+    with pytest.raises(SystemExit) as e:
+        main(["methods"])
+    assert e.value.code == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert set(METHODS) | set(SCHEDULERS) <= set(lines)
+    assert lines["soft"].endswith("[soft.rho, soft.lambda_orth]") and lines["topk"].endswith("[soft.rho]")
+    assert lines["fedsa"].endswith("[client state]") and "[" not in lines["ideal"]
