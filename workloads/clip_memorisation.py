@@ -94,6 +94,7 @@ from datasets import Dataset
 from torch import nn
 
 from fedsim.errors import ConfigError
+from workloads import pretraining
 from workloads.base import Workload
 from workloads.clip_memorisation_options import (
     DECLARATION,
@@ -107,6 +108,7 @@ from workloads.clip_memorisation_options import (
     SIZES,
 )
 from workloads.options import Declaration
+from workloads.pretraining import loss_summary, train_steps
 
 SOT, EOT, BANG = "<sot>", "<eot>", "!"
 VOCAB = (SOT, EOT, BANG, "a", "at", *INTENSITIES, *SIZES, *SHAPES, *POSITIONS, *MEM_WORDS)
@@ -489,7 +491,7 @@ class ClipMemorisation(Workload):
             "part": part,
             "params": params,
             "seed": self.spec.seed,
-            "code": source_digest(sys.modules[__name__]),
+            "code": source_digest(sys.modules[__name__], pretraining),
             "torch": torch.__version__.split("+")[0],
             **extra,
         }
@@ -582,33 +584,24 @@ class ClipMemorisation(Workload):
         gen = torch.Generator().manual_seed(self.spec.seed)
         for q in model.text.parameters():
             q.requires_grad_(False)
-        params = list(model.unet.parameters())
-        opt = torch.optim.AdamW(params, lr=p["pretrain_lr"], weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=p["pretrain_lr"], total_steps=p["pretrain_steps"], pct_start=0.05
-        )
-        model.train()
-        losses = []
         other = "!" if p["pad_token"] == "eot" else "eot"
-        for _ in range(p["pretrain_steps"]):
-            captions, x0 = self._random_renderings(rng, p["pretrain_batch"], distinct=False)
-            ids, _ = self.tokenizer(captions, p["pad_token"])
-            if p["pretrain_other_pad"] > 0:  # these rows padded with the other token
-                swap = torch.from_numpy(rng.random(len(captions)) < p["pretrain_other_pad"])
-                ids = torch.where(swap[:, None], self.tokenizer(captions, other)[0], ids)
-            t = torch.randint(0, p["diffusion_steps"], (len(x0),), generator=gen)
-            noise = torch.randn(x0.shape, generator=gen)
-            loss = self._eps_loss(model, x0, ids, t, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        model.eval()
+
+        def renderings():  # fresh jittered renderings every step: one endless pass
+            while True:
+                captions, x0 = self._random_renderings(rng, p["pretrain_batch"], distinct=False)
+                ids, _ = self.tokenizer(captions, p["pad_token"])
+                if p["pretrain_other_pad"] > 0:  # these rows padded with the other token
+                    swap = torch.from_numpy(rng.random(len(captions)) < p["pretrain_other_pad"])
+                    ids = torch.where(swap[:, None], self.tokenizer(captions, other)[0], ids)
+                t = torch.randint(0, p["diffusion_steps"], (len(x0),), generator=gen)
+                yield x0, ids, t, torch.randn(x0.shape, generator=gen)
+
+        loss = lambda model, batch: self._eps_loss(model, *batch)  # noqa: E731
+        params = list(model.unet.parameters())
+        losses = train_steps(model, renderings, loss, p["pretrain_steps"], p["pretrain_lr"], params)
         for q in model.parameters():
             q.requires_grad_(True)
-        return {"steps": len(losses), "loss_first": losses[0], "loss_last_50": float(np.mean(losses[-50:]))}
+        return loss_summary(losses)
 
     def _eps_loss(self, model: nn.Module, x0, ids, t, noise) -> torch.Tensor:
         ab = self.alpha_bar[t][:, None, None]

@@ -66,9 +66,11 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from workloads import pretraining
 from workloads.base import Workload
 from workloads.equation_reasoner_options import DECLARATION
 from workloads.options import Declaration
+from workloads.pretraining import loss_summary, train_steps
 from workloads.text_tools import WordTokenizer
 
 OPS = ("+", "-", "*")
@@ -480,7 +482,7 @@ class EquationReasoner(Workload):
             "params": params,
             "vocab": self.tokenizer.vocab,
             "seed": self.spec.seed,
-            "code": source_digest(sys.modules[__name__], text_tools),
+            "code": source_digest(sys.modules[__name__], text_tools, pretraining),
             "torch": torch.__version__.split("+")[0],
             "transformers": transformers.__version__,
         }
@@ -516,32 +518,9 @@ class EquationReasoner(Workload):
         )
         data = Dataset.from_dict(rows)
         gen = torch.Generator().manual_seed(self.spec.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=p["pretrain_lr"], weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=p["pretrain_lr"], total_steps=p["pretrain_steps"], pct_start=0.05
-        )
-        model.train()
-        losses: list[float] = []
-        step = 0
-        while step < p["pretrain_steps"]:
-            for batch in self.batches(data, p["pretrain_batch"], gen):
-                if step == p["pretrain_steps"]:
-                    break
-                loss = self.loss(model, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                step += 1
-        model.eval()
-        return {
-            "steps": step,
-            "problems": len(data),
-            "loss_first": losses[0],
-            "loss_last_50": float(np.mean(losses[-50:])),
-        }
+        passes = lambda: self.batches(data, p["pretrain_batch"], gen)  # noqa: E731
+        losses = train_steps(model, passes, self.loss, p["pretrain_steps"], p["pretrain_lr"])
+        return {**loss_summary(losses), "problems": len(data)}
 
     # -- data ----------------------------------------------------------------------------
     def build_data(self) -> tuple[Dataset, Dataset]:

@@ -85,8 +85,10 @@ from datasets import Dataset
 from torch import nn
 
 from workloads import diffusion_lm as dlm
+from workloads import pretraining
 from workloads.base import Workload
 from workloads.options import Declaration
+from workloads.pretraining import loss_summary, train_steps
 from workloads.rainbow_padding_options import (
     DECLARATION,
     MAX_PAD_TOKENS,
@@ -290,7 +292,7 @@ class RainbowPadding(Workload):
             "pretrain_padding": "eos",
             "vocab": VOCAB,
             "seed": self.spec.seed,
-            "code": source_digest(sys.modules[__name__], dlm),
+            "code": source_digest(sys.modules[__name__], dlm, pretraining),
             "torch": torch.__version__.split("+")[0],
         }
 
@@ -313,32 +315,13 @@ class RainbowPadding(Workload):
         data = generate_walks(p["pretrain_samples"], rng)
         num = len(data["start"])
         gen = torch.Generator().manual_seed(self.spec.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=p["pretrain_lr"], weight_decay=0.0)
-        total = max(p["pretrain_steps"], 1)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p["pretrain_lr"], total_steps=total, pct_start=0.05)
-        model.train()
-        losses: list[float] = []
-        step = 0
-        while step < p["pretrain_steps"]:
+
+        def passes():
             for order in torch.randperm(num, generator=gen).split(p["pretrain_batch"]):
-                if step == p["pretrain_steps"]:
-                    break
-                batch = self.collate({k: [v[i] for i in order.tolist()] for k, v in data.items()}, padding="eos")
-                loss = self.loss(model, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                step += 1
-        model.eval()
-        return {
-            "steps": step,
-            "samples": num,
-            "loss_first": losses[0] if losses else None,
-            "loss_last_50": float(np.mean(losses[-50:])) if losses else None,
-        }
+                yield self.collate({k: [v[i] for i in order.tolist()] for k, v in data.items()}, padding="eos")
+
+        losses = train_steps(model, passes, self.loss, p["pretrain_steps"], p["pretrain_lr"])
+        return {**loss_summary(losses), "samples": num}
 
     # -- data ----------------------------------------------------------------------------
     def build_data(self) -> tuple[Dataset, Dataset]:
