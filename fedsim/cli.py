@@ -41,6 +41,7 @@ from fedsim.config import (
     load_toml,
     parse_json,
     parse_overrides,
+    preset_default_rows,
     read_text_file,
     toml_to_flat,
 )
@@ -443,7 +444,7 @@ def list_workloads(
         table = Table(
             "option", "default", "allowed", "meaning", title=f'{options}: workload.options = "key=value, ..."'
         )
-        for row in declaration(options).rows():
+        for row in [*declaration(options).rows(), *preset_default_rows(options)]:
             table.add_row(*row)
         Console(width=width).print(table)
         return

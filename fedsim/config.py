@@ -681,17 +681,41 @@ def check_preset_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def preset_defaults(name: str, preset: str) -> dict[str, Any]:
-    """The flat defaults that workload ``name``'s ``preset`` declares (``{}`` for none, or for a name or
-    preset that is not registered: :func:`fedsim.checks.check_config` refuses those).
+    """The flat defaults that workload ``name``'s ``preset`` declares, checked by
+    :func:`check_preset_defaults` (``{}`` for none, or for a name or preset that is not registered:
+    :func:`fedsim.checks.check_config` refuses those). A wrong one is a one-line ConfigError naming
+    the workload and the preset.
 
     A built-in workload's declaration is read without importing torch (:func:`workloads.declaration`).
     """
     from workloads import declaration
 
     try:
-        return declaration(name).defaults_of(preset)
+        declared = declaration(name).defaults_of(preset)
     except ConfigError:  # not a registered workload
         return {}
+    try:
+        return check_preset_defaults(declared)
+    except ConfigError as e:
+        raise ConfigError(f"workload {name!r}, preset {preset!r}, declares a default {e}") from None
+
+
+def preset_default_rows(name: str) -> list[tuple[str, str, str, str]]:
+    """(key, defaults by preset, allowed values, meaning) of each configuration key that a preset of
+    workload ``name`` sets (a preset that does not: the built-in default), for ``fedsim workloads
+    --options`` after the workload's own options."""
+    from workloads import declaration
+    from workloads.options import by_preset_text
+
+    presets = declaration(name).preset_overrides
+    defaults = {preset: preset_defaults(name, preset) for preset in presets}
+    keys = {key: (default, allowed, doc) for key, default, allowed, doc in describe_keys()}
+    rows = []
+    for key in dict.fromkeys(k for values in defaults.values() for k in values):
+        built_in, allowed, doc = keys[key]
+        by_preset = {preset: defaults[preset].get(key, built_in) for preset in presets}
+        rows.append((key, by_preset_text(by_preset), allowed, f"{doc} (this workload's default; --set overrides it)"))
+    return rows
 
 
 def build_config(*layers: Mapping[str, Any]) -> Config:

@@ -80,6 +80,20 @@ def test_flwr_is_imported_only_under_fedsim_flower():
     assert offenders == []
 
 
+def test_workloads_import_nothing_from_fedsim_but_its_errors():
+    """The zoo depends on the workload interface (workloads.base, workloads.options) and fedsim's
+    error type only: the simulator reads workloads, never the other way round."""
+    mods = modules()
+    offenders = [
+        f"{name}: {dep}"
+        for name, path in mods.items()
+        if name.split(".")[0] == "workloads"
+        for dep in imports(path, set(mods))
+        if dep.split(".")[0] == "fedsim" and dep != "fedsim.errors"
+    ]
+    assert offenders == []
+
+
 def test_both_halves_of_a_round_load_without_flwr():
     """The round engine and the client's half import no flwr, not even through another module."""
     code = (

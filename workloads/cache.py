@@ -203,8 +203,6 @@ def _entry(kind: str, payload: Mapping[str, Any]) -> Iterator[tuple[Path, Path]]
 def _publish(staging: Path, folder: Path, meta: Mapping[str, Any]) -> None:
     """Write ``meta.json``, with the SHA-256 of every file of the entry, and move the staged entry
     into place: it appears whole or not at all."""
-    from fedsim.checkpoint import sha256_file
-
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     meta = {**meta, HASHES: {p.relative_to(staging).as_posix(): sha256_file(p) for p in files}}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
@@ -215,10 +213,14 @@ HASHES = "sha256"
 """The key of ``meta.json`` that maps each file of the entry (path inside it) to its SHA-256."""
 
 
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _damage(folder: Path) -> str | None:
     """What makes the published entry in ``folder`` unusable (None: each file in meta.json has its SHA-256)."""
-    from fedsim.checkpoint import sha256_file
-
     try:
         hashes = json.loads((folder / "meta.json").read_text())[HASHES]
         for name, expected in sorted(hashes.items()):

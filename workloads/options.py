@@ -5,7 +5,7 @@ default, a :class:`Range` for numbers or a tuple of choices / :class:`Words` for
 the option means), its presets as overrides of those defaults, a check of the options that only
 make sense together (e.g. ``d_model`` a multiple of ``num_heads``), its natural-partition
 column, and the ``train.*`` defaults a preset needs (e.g. the local epochs that show its paper's
-effect; checked against those keys' own ranges when declared, overridden by any value the user
+effect; checked against those keys' own ranges when the simulator reads them, overridden by any value the user
 gives: :func:`fedsim.config.build_config`). The declaration lives in a light module (no torch, numpy or datasets), so that
 :func:`workloads.declaration` and :meth:`Declaration.resolve` refuse a bad option in well under a
 second, before any heavy import; ``fedsim workloads --options NAME`` prints the table, the
@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsim.config import check_preset_defaults, describe_keys
 from fedsim.errors import ConfigError
 
 
@@ -117,20 +116,18 @@ class Declaration:
     """Column whose values 0..num_clients-1 name each row's client (``partition = "natural"``)."""
     config_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Preset name -> defaults of the configuration keys it needs (``train.*``, the partition, the run
-    shape: :data:`fedsim.config.PRESET_KEYS`), e.g. ``{"tiny": {"train.local_epochs": 40}}``."""
+    shape: :data:`fedsim.config.PRESET_KEYS`), e.g. ``{"tiny": {"train.local_epochs": 40}}``. The
+    simulator checks them against those keys' ranges when it reads them
+    (:func:`fedsim.config.preset_defaults`)."""
 
     def __post_init__(self):
-        for preset, values in self.config_defaults.items():
+        for preset in self.config_defaults:
             if preset not in self.preset_overrides:
                 raise ValueError(f"config_defaults: preset {preset!r} is not one of {', '.join(self.preset_overrides)}")
-            try:
-                check_preset_defaults(values)
-            except ConfigError as e:
-                raise ValueError(f"config_defaults of preset {preset!r}: {e}") from None
 
     def defaults_of(self, preset: str) -> dict[str, Any]:
-        """The configuration defaults of ``preset`` (``{"train.local_epochs": 40}``); ``{}`` for none."""
-        return check_preset_defaults(self.config_defaults.get(preset, {}))
+        """The configuration defaults ``preset`` declares (``{"train.local_epochs": 40}``); ``{}`` for none."""
+        return dict(self.config_defaults.get(preset, {}))
 
     @property
     def presets(self) -> dict[str, dict[str, Any]]:
@@ -163,21 +160,16 @@ class Declaration:
         return params
 
     def rows(self) -> list[tuple[str, str, str, str]]:
-        """(option, defaults by preset, allowed values, meaning) for ``fedsim workloads --options``: the
-        options, then the configuration keys a preset sets (a preset that does not: the built-in default)."""
+        """(option, defaults by preset, allowed values, meaning) of each option, for ``fedsim
+        workloads --options`` (which adds the configuration keys a preset sets)."""
         rows = []
         for key, option in self.options.items():
             by_preset = {name: values[key] for name, values in self.presets.items()}
-            rows.append((key, _by_preset(by_preset), option.rule(), option.meaning))
-        keys = {key: (default, allowed, doc) for key, default, allowed, doc in describe_keys()}
-        for key in dict.fromkeys(k for name in self.preset_overrides for k in self.defaults_of(name)):
-            built_in, allowed, doc = keys[key]
-            by_preset = {name: self.defaults_of(name).get(key, built_in) for name in self.preset_overrides}
-            rows.append((key, _by_preset(by_preset), allowed, f"{doc} (this workload's default; --set overrides it)"))
+            rows.append((key, by_preset_text(by_preset), option.rule(), option.meaning))
         return rows
 
 
-def _by_preset(values: dict[str, Any]) -> str:
+def by_preset_text(values: dict[str, Any]) -> str:
     """``'3'`` when every preset has the value 3, else ``'tiny: 3, base: 5'``."""
     if len(set(map(repr, values.values()))) == 1:
         return repr(next(iter(values.values())))

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from fedsim.checks import checked_config
+from fedsim.config import preset_default_rows
 from fedsim.errors import ConfigError
 from tests.helpers.runs import run_fedsim
 from tests.helpers.workloads import small_spec
 from workloads import reversal_curse as rc
-from workloads.reversal_curse_options import DECLARATION
 
 
 def test_facts_use_every_entity_once_in_two_disjoint_pools():
@@ -218,7 +218,7 @@ def test_tiny_preset_train_defaults_reach_the_resolved_config():
     cfg = checked_config({"workload.name": "reversal-curse"})
     saved = tomllib.loads(cfg.to_toml())["train"]  # what a run's config.toml records
     assert (saved["local_epochs"], saved["batch_size"], saved["lr"]) == (20, 8, 3e-3)
-    rows = {row[0]: row for row in DECLARATION.rows()}
+    rows = {row[0]: row for row in preset_default_rows("reversal-curse")}
     assert rows["train.local_epochs"][1:3] == ("tiny: 20, from-scratch: 40", "an integer in [0, 1000]")
     given = checked_config({"workload.name": "reversal-curse"}, {"train.local_epochs": 3})
     assert given.train.local_epochs == 3 and given.train.batch_size == 8
