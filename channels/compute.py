@@ -27,6 +27,9 @@ from numpy.typing import ArrayLike
 
 from channels.csvfile import cached_while_unchanged, read_client_table
 
+DEVICE_FLOPS = 1.0e12
+"""Default device speed (the fixed speed and the lognormal median), FLOP/s."""
+
 
 @dataclass(frozen=True)
 class UniformDeviceSpeed:
@@ -44,7 +47,7 @@ class UniformDeviceSpeed:
 class LogNormalDeviceSpeed:
     """Log-normal device speeds: ln f ~ N(ln device_flops, device_flops_log_std^2) (median device_flops)."""
 
-    device_flops: float = field(default=1.0e12, metadata={"unit": "FLOP/s"})
+    device_flops: float = field(default=DEVICE_FLOPS, metadata={"unit": "FLOP/s"})
     device_flops_log_std: float = field(default=0.5, metadata={"unit": "std of ln(FLOP/s)"})
 
     def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
@@ -56,7 +59,7 @@ class LogNormalDeviceSpeed:
 class FixedDeviceSpeed:
     """Every device runs at ``device_flops`` FLOP/s."""
 
-    device_flops: float = field(default=1.0e12, metadata={"unit": "FLOP/s"})
+    device_flops: float = field(default=DEVICE_FLOPS, metadata={"unit": "FLOP/s"})
 
     def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
         return np.full(num_clients, float(self.device_flops))

@@ -28,14 +28,20 @@ from channels.csvfile import cached_while_unchanged, read_client_table
 
 MIN_MOBILE_DISTANCE_M = 1.0
 """A moving client never comes closer than this to the base station (path loss diverges at 0)."""
+CELL_RADIUS_M = 500.0
+"""Default cell radius (the drops and the mobility models' bound)."""
+MIN_DISTANCE_M = 10.0
+"""Default closest distance of a client to the base station."""
+MOBILITY_STEP_M = 10.0
+"""Default distance a mobile client moves per round."""
 
 
 @dataclass(frozen=True)
 class DiscDrop:
     """Clients uniform over the disc of ``radius_m`` minus the inner disc of ``min_distance_m``."""
 
-    radius_m: float = field(default=500.0, metadata={"unit": "m"})
-    min_distance_m: float = field(default=10.0, metadata={"unit": "m"})
+    radius_m: float = field(default=CELL_RADIUS_M, metadata={"unit": "m"})
+    min_distance_m: float = field(default=MIN_DISTANCE_M, metadata={"unit": "m"})
 
     def sample(self, rng: np.random.Generator, num_clients: int) -> np.ndarray:
         """Positions (num_clients, 2) in metres, base station at (0, 0)."""
@@ -163,9 +169,9 @@ class NoMobility:
 class RandomWalkMobility:
     """Random walk: each round a step of ``mobility_step_m`` in a uniform random direction."""
 
-    mobility_step_m: float = field(default=10.0, metadata={"unit": "m per round"})
-    radius_m: float = field(default=500.0, metadata={"unit": "m"})
-    min_distance_m: float = field(default=10.0, metadata={"unit": "m"})
+    mobility_step_m: float = field(default=MOBILITY_STEP_M, metadata={"unit": "m per round"})
+    radius_m: float = field(default=CELL_RADIUS_M, metadata={"unit": "m"})
+    min_distance_m: float = field(default=MIN_DISTANCE_M, metadata={"unit": "m"})
 
     def initial(self, rng: np.random.Generator, positions_m: np.ndarray) -> np.ndarray:
         return NoMobility().initial(rng, positions_m)
@@ -185,9 +191,9 @@ class RandomWalkMobility:
 class ConstantVelocityMobility:
     """Constant velocity: one uniform random heading per client, ``mobility_step_m`` per round."""
 
-    mobility_step_m: float = field(default=10.0, metadata={"unit": "m per round"})
-    radius_m: float = field(default=500.0, metadata={"unit": "m"})
-    min_distance_m: float = field(default=10.0, metadata={"unit": "m"})
+    mobility_step_m: float = field(default=MOBILITY_STEP_M, metadata={"unit": "m per round"})
+    radius_m: float = field(default=CELL_RADIUS_M, metadata={"unit": "m"})
+    min_distance_m: float = field(default=MIN_DISTANCE_M, metadata={"unit": "m"})
 
     def initial(self, rng: np.random.Generator, positions_m: np.ndarray) -> np.ndarray:
         """State (K, 4): the dropped positions and a velocity of ``mobility_step_m`` along a random heading."""

@@ -24,6 +24,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 SPEED_OF_LIGHT_M_S = 299_792_458.0
+CARRIER_HZ = 3.5e9
+"""Default carrier frequency of the models that use one."""
+UT_HEIGHT_M = 1.5
+"""Default client (UT) antenna height of the 3GPP models."""
 
 
 def _d(distance_m: ArrayLike) -> np.ndarray:
@@ -51,7 +55,7 @@ class LogDistancePathLoss:
 class FreeSpacePathLoss:
     """Free-space (Friis) path loss at carrier ``carrier_hz``: 20 log10(4 pi d f / c)."""
 
-    carrier_hz: float = field(default=3.5e9, metadata={"unit": "Hz"})
+    carrier_hz: float = field(default=CARRIER_HZ, metadata={"unit": "Hz"})
 
     has_los_state: ClassVar[bool] = False
 
@@ -67,8 +71,8 @@ class FreeSpacePathLoss:
 class _TR38901:
     """Shared geometry of the TR 38.901 outdoor models (valid for 10 m <= d_2D <= 5 km)."""
 
-    carrier_hz: float = field(default=3.5e9, metadata={"unit": "Hz"})
-    ut_height_m: float = field(default=1.5, metadata={"unit": "m"})
+    carrier_hz: float = field(default=CARRIER_HZ, metadata={"unit": "Hz"})
+    ut_height_m: float = field(default=UT_HEIGHT_M, metadata={"unit": "m"})
 
     bs_height_m: ClassVar[float]
     has_los_state: ClassVar[bool] = True

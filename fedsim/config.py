@@ -114,6 +114,21 @@ def _unit_interval(v: Any) -> bool:
     return math.isfinite(v) and 0 <= v <= 1
 
 
+def _component_default(key: str) -> Any:
+    """The default of configuration key ``[channel|compute].<key>``, as the ``channels`` components
+    that read it declare it: defined once, there."""
+    found = {
+        f.default
+        for registry in CHANNEL_REGISTRIES.values()
+        for cls in registry.values()
+        for f in dataclasses.fields(cls)
+        if f.name == key
+    }
+    if len(found) != 1:
+        raise RuntimeError(f"channels components declare {key} with defaults {sorted(found)}: one expected")
+    return found.pop()
+
+
 def _channel_model(kind: str, default: str, doc: str, section: str = "channel") -> Any:
     """A key naming an entry of a ``channels`` registry, built in (the allowed names listed) or
     installed (entry point ``"<kind>.<name>"`` of group ``fedsim.channels``, :mod:`fedsim.plugins`)."""
@@ -224,26 +239,38 @@ class ChannelSection:
     """The wireless link (``channels/``); ``fedsim channels`` lists the models and their keys."""
 
     drop: str = _channel_model("drop", "disc", "client placement (disc: uniform in the annulus)")
-    radius_m: float = _num(500.0, 0, 1e6, "cell radius", "m", open_low=True)
-    min_distance_m: float = _num(10.0, 0, 1e6, "min BS distance", "m")
+    radius_m: float = _num(_component_default("radius_m"), 0, 1e6, "cell radius", "m", open_low=True)
+    min_distance_m: float = _num(_component_default("min_distance_m"), 0, 1e6, "min BS distance", "m")
     positions_csv: str = _f("", None, "a CSV file (client_id,x_m,y_m) or empty", "client positions (drop=csv)")
     mobility: str = _channel_model("mobility", "none", "client movement between rounds")
-    mobility_step_m: float = _num(10.0, 0, 1e6, "distance moved per round", "m")
+    mobility_step_m: float = _num(_component_default("mobility_step_m"), 0, 1e6, "distance moved per round", "m")
     pathloss: str = _channel_model("pathloss", "log-distance", "path-loss model")
-    pathloss_intercept_db: float = _num(128.1, -200, 500, "PL at 1 km", "dB")
-    pathloss_slope_db: float = _num(37.6, 0, 200, "PL slope", "dB/decade", open_low=True)
-    carrier_hz: float = _num(3.5e9, 0, 1e12, "carrier (free-space, umi, uma)", "Hz", open_low=True)
+    pathloss_intercept_db: float = _num(_component_default("pathloss_intercept_db"), -200, 500, "PL at 1 km", "dB")
+    pathloss_slope_db: float = _num(
+        _component_default("pathloss_slope_db"), 0, 200, "PL slope", "dB/decade", open_low=True
+    )
+    carrier_hz: float = _num(
+        _component_default("carrier_hz"), 0, 1e12, "carrier (free-space, umi, uma)", "Hz", open_low=True
+    )
     ut_height_m: float = _f(
-        1.5, lambda v: 1.5 <= v <= 22.5, "a number of metres in [1.5, 22.5]", "client antenna height (umi, uma)"
+        _component_default("ut_height_m"),
+        lambda v: 1.5 <= v <= 22.5,
+        "a number of metres in [1.5, 22.5]",
+        "client antenna height (umi, uma)",
     )
     shadowing: str = _channel_model("shadowing", "none", "large-scale shadowing")
-    shadowing_std_db: float = _num(8.0, 0, 50, "log-normal shadowing std", "dB")
+    shadowing_std_db: float = _num(_component_default("shadowing_std_db"), 0, 50, "log-normal shadowing std", "dB")
     shadowing_correlation: float = _f(
-        0.0, _unit_interval, "a number in [0, 1]", "shadowing correlation between rounds (0: i.i.d., 1: fixed)"
+        _component_default("shadowing_correlation"),
+        _unit_interval,
+        "a number in [0, 1]",
+        "shadowing correlation between rounds (0: i.i.d., 1: fixed)",
     )
     fading: str = _channel_model("fading", "rayleigh", "small-scale block fading")
-    rician_k_linear: float = _num(3.0, 0, 1e6, "Rician K (LOS / scattered power)", "(linear)")
-    nakagami_m: float = _num(2.0, 0.5, 1e6, "Nakagami shape m")
+    rician_k_linear: float = _num(
+        _component_default("rician_k_linear"), 0, 1e6, "Rician K (LOS / scattered power)", "(linear)"
+    )
+    nakagami_m: float = _num(_component_default("nakagami_m"), 0.5, 1e6, "Nakagami shape m")
     fading_correlation: float = _f(
         0.0, _unit_interval, "a number in [0, 1]", "Gauss-Markov fading correlation between rounds (0: i.i.d.)"
     )
@@ -271,10 +298,18 @@ class ChannelSection:
 @dataclass(frozen=True)
 class ComputeSection:
     device_speed: str = _channel_model("device_speed", "uniform", "device-speed model", "compute")
-    device_flops_min: float = _num(0.5e12, 0, 1e21, "slowest device speed", "FLOP/s", open_low=True)
-    device_flops_max: float = _num(2.0e12, 0, 1e21, "fastest device speed", "FLOP/s", open_low=True)
-    device_flops: float = _num(1.0e12, 0, 1e21, "median (lognormal) or speed (fixed)", "FLOP/s", open_low=True)
-    device_flops_log_std: float = _num(0.5, 0, 10, "lognormal spread", "(std of ln FLOP/s)")
+    device_flops_min: float = _num(
+        _component_default("device_flops_min"), 0, 1e21, "slowest device speed", "FLOP/s", open_low=True
+    )
+    device_flops_max: float = _num(
+        _component_default("device_flops_max"), 0, 1e21, "fastest device speed", "FLOP/s", open_low=True
+    )
+    device_flops: float = _num(
+        _component_default("device_flops"), 0, 1e21, "median (lognormal) or speed (fixed)", "FLOP/s", open_low=True
+    )
+    device_flops_log_std: float = _num(
+        _component_default("device_flops_log_std"), 0, 10, "lognormal spread", "(std of ln FLOP/s)"
+    )
     device_speed_csv: str = _f("", None, "a CSV file (client_id,device_flops) or empty", "speeds (device_speed=csv)")
     flops_per_cycle: float = _num(1000.0, 0, 1e9, "clock = FLOP/s / this", "FLOP/cycle", open_low=True)
     kappa: float = _num(1e-28, 0, 1, "switched capacitance (compute energy)", "J s^2/cycle^3")
