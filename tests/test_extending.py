@@ -1,10 +1,12 @@
-"""The manual's examples of a new upload method and a new scheduler (docs/extending.md) work as written."""
+"""The manual's examples of a new upload method, a stateful one and a new scheduler (docs/extending.md)
+work as written."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedsim.methods import METHODS
@@ -22,11 +24,12 @@ def registered():
     end = section.find("\n## ", 10)
     section = section if end < 0 else section[:end]
     blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for block in blocks:
         exec(compile(block, "docs/extending.md", "exec"), {})
     yield
     METHODS.pop("bnorm", None)
+    METHODS.pop("soft-ef-half", None)
     SCHEDULERS.pop("proportional", None)
 
 
@@ -48,3 +51,24 @@ def test_the_documented_method_and_scheduler_run_rounds_of_the_engine(registered
         assert record.status == "ok" and len(record.clients) == cfg.num_sampled
     bands = [c.bandwidth_hz for c in record.clients]
     assert sum(bands) == pytest.approx(cfg.channel.bandwidth_hz) and len(set(bands)) > 1  # not the equal split
+
+
+def test_the_documented_stateful_method_keeps_half_the_residual_and_runs_rounds(registered, tmp_path):
+    from fedsim import client_state
+    from fedsim.engine import run
+    from fedsim.methods import get_method
+    from fedsim.results import read_rounds
+    from tests.helpers.methods import gen, make_state
+
+    check_prices_its_upload_exactly("soft-ef-half", 0.5, 32, 0)
+    state, global_state = make_state(1), make_state(2)
+    kept = {}
+    for name in ("soft-ef", "soft-ef-half"):
+        arrays, _, kept[name] = get_method(name).encode_stateful(state, global_state, None, 0.5, 32, gen())
+    assert set(kept["soft-ef"]) == set(kept["soft-ef-half"]) and kept["soft-ef"]
+    for key, residual in kept["soft-ef"].items():
+        assert np.allclose(kept["soft-ef-half"][key], 0.5 * residual) and np.any(residual)
+    cfg = make_cfg(**{"run.method": "soft-ef-half", "run.clients_per_round": 4, "run.clients": 4, "run.rounds": 2})
+    summary = run(cfg, StubHost(), lambda: (InProcessClients(), {}), tmp_path)
+    assert summary["status"] == "ok" and [r["status"] for r in read_rounds(tmp_path)] == ["ok", "ok"]
+    assert len(list((tmp_path / client_state.FOLDER).glob("client-*/round-*"))) == 8  # 4 clients x 2 rounds
