@@ -187,18 +187,28 @@ def memorised_images(seed: int, count: int, image_size: int = 16) -> np.ndarray:
     return (2 * (up - lo) / (hi - lo).clamp_min(1e-6) - 1).numpy()
 
 
-def memorised_captions(seed: int, count: int) -> list[str]:
-    """The captions of the memorised pairs: ``"a w1 w2 w3 at w4"`` with four distinct words of
-    :data:`MEM_WORDS` each (drawn from the seed), distinct captions.
+def memorised_captions(seed: int, count: int, words: str = "known") -> list[str]:
+    """The captions of the memorised pairs, ``"a w1 w2 w3 at w4"``, distinct, drawn from the seed.
 
-    They have the generic captions' length (so the same number of pads) but none of their words
-    apart from ``a`` and ``at``: no rendering the base was pretrained on pulls a memorised caption
-    towards a shape, as real memorised prompts in Stable Diffusion are unique strings.
+    ``known`` (the default): four words of the generic vocabulary, each out of its slot (the slots'
+    attribute kinds deranged, e.g. ``"a circle left bright at small"``), so no memorised caption is
+    a generic one or reads as its attributes; the words are ones the text tower was pretrained on
+    and only their combination is unique, as in Stable Diffusion, where memorised prompts are
+    ordinary words in a combination seen with one image. ``novel``: four distinct words of
+    :data:`MEM_WORDS`, which the base never saw (their token embeddings alone identify the caption).
+    Both have the generic captions' length, so the same number of pads.
     """
     rng = np.random.default_rng([seed, 0xCA9])
     out: list[str] = []
     while len(out) < count:
-        w = [MEM_WORDS[int(i)] for i in rng.choice(len(MEM_WORDS), size=4, replace=False)]
+        if words == "novel":
+            w = [MEM_WORDS[int(i)] for i in rng.choice(len(MEM_WORDS), size=4, replace=False)]
+        else:  # known words, each out of its slot: no generic caption, no slot reads as its attribute
+            slots = (INTENSITIES, SIZES, SHAPES, POSITIONS)
+            order = rng.permutation(4)
+            while any(order[i] == i for i in range(4)):
+                order = rng.permutation(4)
+            w = [slots[int(order[i])][int(rng.integers(len(slots[int(order[i])])))] for i in range(4)]
         text = f"a {w[0]} {w[1]} {w[2]} at {w[3]}"
         if text not in out:
             out.append(text)
@@ -459,7 +469,7 @@ class ClipMemorisation(Workload):
         p = self.params
         self.tokenizer = Tokenizer(p["context_len"])
         self.interventions = parse_interventions(p["interventions"])
-        self.mem_captions = memorised_captions(spec.seed, p["mem_captions"])
+        self.mem_captions = memorised_captions(spec.seed, p["mem_captions"], p["mem_words"])
         self.mem_images = torch.from_numpy(memorised_images(spec.seed, p["mem_captions"], p["image_size"]))
         self.alpha_bar = cosine_alpha_bar(p["diffusion_steps"])
         self._data: tuple[Dataset, Dataset] | None = None
@@ -484,7 +494,7 @@ class ClipMemorisation(Workload):
         params = {k: self.params[k] for k in keys} if keys else dict(self.params)
         for k in ("interventions", "mask_ratio", "eval_captions", "eval_seeds", "threshold_quantile", "sample_steps"):
             params.pop(k, None)  # evaluation only
-        for k in ("mem_captions", "mem_clients", "dup_fraction"):
+        for k in ("mem_captions", "mem_words", "mem_clients", "dup_fraction"):
             params.pop(k, None)  # federated data only
         return {
             "workload": self.name,

@@ -68,6 +68,11 @@ DECLARATION = Declaration(
         "diffusion_steps": Option(100, Range(1, 10_000), "steps of the cosine noise schedule"),
         "sample_steps": Option(10, Range(1, 10_000), "DDIM sampling steps (at most diffusion_steps)"),
         "mem_captions": Option(4, Range(1, MAX_MEM_CAPTIONS), "duplicated (memorised) caption-image pairs"),
+        "mem_words": Option(
+            "known",
+            ("known", "novel"),
+            "memorised captions of known words out of their slots, or of words the base never saw",
+        ),
         "mem_clients": Option(0, Range(0, 100_000), "clients holding the duplicated pairs (0: every client)"),
         "dup_fraction": Option(
             0.3, Range(0, 1, low_open=True), "share of a memorising client's rows that are duplicates"

@@ -55,14 +55,26 @@ def test_memorised_pairs_are_unique_images_unlike_renderings():
     canon = cm.image_features(torch.from_numpy(cm.render(np.arange(64), np.zeros((64, 4)), 16)))
     sims = cm.image_features(torch.from_numpy(imgs)) @ canon.T
     assert sims.max() < 0.8  # no memorised image is a rendering of a caption
-    caps = cm.memorised_captions(0, 4)
     generic = {cm.caption_text(i) for i in range(cm.NUM_CAPTIONS)}
-    assert len(set(caps)) == 4 and not set(caps) & generic and caps == cm.memorised_captions(0, 4)
+    slots = (cm.INTENSITIES, cm.SIZES, cm.SHAPES, cm.POSITIONS)
+    for seed in range(20):
+        caps = cm.memorised_captions(seed, 16)  # known words (the default), each out of its slot
+        assert len(set(caps)) == 16 and not set(caps) & generic and caps == cm.memorised_captions(seed, 16)
+        for c in caps:
+            words = c.split()
+            assert len(words) == 6 and words[0] == "a" and words[4] == "at"
+            content = words[1:4] + words[5:]
+            assert all(w not in slot for w, slot in zip(content, slots, strict=True)), c
+            assert sorted(next(k for k, slot in enumerate(slots) if w in slot) for w in content) == [0, 1, 2, 3]
+    caps = cm.memorised_captions(0, 4, "novel")
+    assert len(set(caps)) == 4 and not set(caps) & generic
     for c in caps:  # the generic captions' length, none of their content words
         words = c.split()
         assert len(words) == 6 and words[0] == "a" and words[4] == "at"
         assert set(words[1:4] + words[5:]) <= set(cm.MEM_WORDS) and len(set(words)) == 6
-    assert cm.Tokenizer(32)(caps)[1].tolist() == cm.Tokenizer(32)([cm.caption_text(0)] * 4)[1].tolist()
+    for words in ("known", "novel"):  # the same number of pads as a generic caption
+        caps = cm.memorised_captions(0, 4, words)
+        assert cm.Tokenizer(32)(caps)[1].tolist() == cm.Tokenizer(32)([cm.caption_text(0)] * 4)[1].tolist()
 
 
 def test_tokenizer_pads_with_eot_or_bang():
