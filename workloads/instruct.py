@@ -28,9 +28,10 @@ The ``tiny`` model (``model=tiny``, the default): no public weights ship offline
 small Llama-architecture decoder (``LlamaConfig``, 2 layers, width 96: nn.Linear projections, so
 the payload formulas of every upload method hold) and a word-level tokenizer made in code (a
 ``tokenizers`` WordLevel model wrapped as ``PreTrainedTokenizerFast``, with pad/eos/bos/unk
-tokens), pretrains it once on generated instructions of *other* tasks (copy the words, give the
-first word, drop the first word: the format and attending to the input, not the tasks the clients
-learn), saves both with ``save_pretrained`` in fedsim's cache (:func:`workloads.cache.cached_folder`,
+tokens), pretrains it once on generated instructions, mostly of *other* tasks (copy the words,
+give the first word, drop the first word: the format and attending to the input) and a small share
+(``pretrain_task_share``, 10 %) of the clients' tasks, as a published model has seen some of what
+it is later tuned for, saves both with ``save_pretrained`` in fedsim's cache (:func:`workloads.cache.cached_folder`,
 keyed by the shape, the recipe and this module's code; the same base for every run seed, as a
 published model would be) and loads them back with ``from_pretrained(folder)``: the loading path
 that a local folder or a hub name takes.
@@ -402,7 +403,7 @@ class Instruct(Workload):
         import transformers
 
         keys = ("d_model", "num_heads", "num_layers", "d_ff", "pretrain_steps", "pretrain_samples")
-        keys += ("pretrain_batch", "pretrain_lr")
+        keys += ("pretrain_batch", "pretrain_lr", "pretrain_task_share")
         return {
             "workload": self.name,
             "params": {k: self.params[k] for k in keys},
@@ -429,7 +430,11 @@ class Instruct(Workload):
             torch.manual_seed(self.PRETRAIN_SEED)
             model = LlamaForCausalLM(self.tiny_config())
         rng = np.random.default_rng([self.PRETRAIN_SEED, 0xBA5E])
-        data = Dataset.from_dict(generate_rows(list(PRETRAIN_INSTRUCTIONS), p["pretrain_samples"], rng))
+        n_tasks = int(round(p["pretrain_samples"] * p["pretrain_task_share"]))
+        rows = generate_rows(list(PRETRAIN_INSTRUCTIONS), p["pretrain_samples"] - n_tasks, rng)
+        for k, v in generate_rows(list(TASKS), n_tasks, rng).items():  # every task, whatever ``tasks`` says
+            rows[k] += v
+        data = Dataset.from_dict(rows)
         gen = torch.Generator().manual_seed(self.PRETRAIN_SEED)
         examples = self.examples(data, self.PRETRAIN_LENGTH)
 

@@ -73,13 +73,16 @@ DECLARATION = Declaration(
             0.0, Range(0, 100_000), "refuse a run whose per-client estimate exceeds this (0: the device's free memory)"
         ),
         # The tiny decoder (model=tiny only): a Llama config with nn.Linear projections.
-        **transformer_options(num_layers=2, pretrain_steps=600, pretrain_lr=3e-3),
+        **transformer_options(num_layers=2, pretrain_steps=2500, pretrain_lr=3e-3),
         "d_model": Option(96, Range(8, 1024), "model width (model=tiny)"),
         "d_ff": Option(256, Range(8, 4096), "feed-forward width (model=tiny)"),
-        "pretrain_steps": Option(600, Range(1, PRETRAIN_STEPS.high), "steps of pretraining the cached base (model=tiny)"),
+        "pretrain_steps": Option(2500, Range(1, PRETRAIN_STEPS.high), "steps of pretraining the cached base (model=tiny)"),
         "pretrain_samples": Option(20_000, Range(1, 1_000_000), "generated pretraining rows (model=tiny)"),
         "pretrain_batch": Option(32, BATCH, "pretraining batch size (model=tiny)"),
         "pretrain_lr": Option(3e-3, LEARNING_RATE, "pretraining learning rate, AdamW (model=tiny)"),
+        "pretrain_task_share": Option(
+            0.1, Range(0, 1), "share of pretraining rows from the clients' tasks, the rest other tasks (model=tiny)"
+        ),
     },
     preset_overrides={
         "tiny": {},
@@ -97,14 +100,14 @@ DECLARATION = Declaration(
     natural_partition_column="client",
     config_defaults={
         "tiny": {
-            "train.local_epochs": 1,
+            "train.local_epochs": 2,
             "train.batch_size": 16,
-            "train.lr": 0.003,
+            "train.lr": 0.004,
             "workload.partition": "natural",
             "workload.samples_per_client": 96,
             "workload.test_samples": 128,
             "run.clients_per_round": 12,
-            "run.rounds": 8,
+            "run.rounds": 10,
             "run.eval_every": 1,
         },
         "qwen-0.5b": {
