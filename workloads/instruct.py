@@ -339,6 +339,9 @@ class Instruct(Workload):
             num_key_value_heads=p["num_heads"],
             max_position_embeddings=max(256, p["max_length"]),
             rms_norm_eps=1e-6,
+            # Weights drawn at 1/sqrt(width), not Llama's 0.02 (made for widths near 4096): at width 96
+            # the tied embeddings would give logits of about 0.2, which LoRA moves only slowly.
+            initializer_range=p["d_model"] ** -0.5,
             tie_word_embeddings=True,
             attention_dropout=0.0,
             pad_token_id=tok.pad_token_id,
