@@ -105,6 +105,8 @@ class Option:
 
     def rule(self) -> str:
         """What a value must be, e.g. ``an integer in [8, 1024]``."""
+        if isinstance(self.allowed, Text):
+            return f"a string: {self.allowed}"
         if isinstance(self.allowed, tuple):
             return f"one of {', '.join(str(v).lower() if isinstance(v, bool) else str(v) for v in self.allowed)}"
         return f"{self.kind} {self.allowed}"
