@@ -201,8 +201,11 @@ def build_tiny_tokenizer():
 ACTIVATION_WIDTHS_PER_LAYER = (8, 3, 4)
 """Values a decoder layer keeps per token for the backward pass, in units of (d_model, kv width, d_ff):
 the two RMSNorms' inputs and outputs, q, k, v and their rotated copies, the attention output, the
-MLP's gate, up, activation and product. Measured against peak memory on the CPU
-(tests/workloads/test_instruct.py)."""
+MLP's gate, up, activation and product."""
+ATTENTION_COPIES = 3
+"""Per token, layer and head, attention rows of the sequence's length kept: the scores, their softmax
+and the masked copy (PyTorch's math attention, which a padded batch takes on the CPU; a fused
+kernel keeps less, so the estimate is an upper bound there)."""
 LOGIT_COPIES = 4
 """Per token, the logits in float32, their log-softmax, its gradient and the logits' gradient."""
 
@@ -215,6 +218,7 @@ def memory_estimate(
     d_model: int,
     kv_width: int,
     d_ff: int,
+    heads: int,
     vocab: int,
     batch: int,
     length: int,
@@ -226,17 +230,23 @@ def memory_estimate(
     - ``weights_bytes``: the frozen base (its dtype's bytes per parameter);
     - ``lora_bytes``: the LoRA factors and their gradients, float32 (2 x 4 bytes per value);
     - ``optimiser_bytes``: AdamW's two moments, float32 (8 bytes per trainable value);
-    - ``activations_bytes``: what the forward pass keeps for the backward pass at ``batch`` sequences
-      of ``length`` tokens: :data:`ACTIVATION_WIDTHS_PER_LAYER` per layer (with gradient
-      checkpointing only each layer's input, plus one layer recomputed) and :data:`LOGIT_COPIES`
-      vocabulary-wide rows per token at the head. Attention keeps no length-squared matrix
-      (PyTorch's fused attention on CPU and GPU).
+    - ``activations_bytes``: at ``batch`` sequences of ``length`` tokens, what the forward pass keeps
+      for the backward pass, one layer's worth of gradients in flight, and the head's
+      :data:`LOGIT_COPIES` vocabulary-wide rows per token. A layer keeps
+      :data:`ACTIVATION_WIDTHS_PER_LAYER` and :data:`ATTENTION_COPIES` rows of attention; with
+      gradient checkpointing only each layer's input is kept and one layer is recomputed at a time
+      (its activations and their gradients).
+
+    Checked against the peak resident memory of a training step on the CPU
+    (``tests/workloads/test_instruct.py``, within 50 %).
     """
     a, b, c = ACTIVATION_WIDTHS_PER_LAYER
-    per_layer = (a * d_model + b * kv_width + c * d_ff) * activation_bytes
-    tokens = batch * length
-    layers = (num_layers * d_model * activation_bytes + per_layer) if checkpointing else num_layers * per_layer
-    activations = tokens * (layers + LOGIT_COPIES * vocab * 4 + 2 * d_model * activation_bytes)
+    layer = (a * d_model + b * kv_width + c * d_ff + ATTENTION_COPIES * heads * length) * activation_bytes
+    if checkpointing:
+        kept = num_layers * d_model * activation_bytes + 2 * layer
+    else:
+        kept = num_layers * layer + layer
+    activations = batch * length * (kept + LOGIT_COPIES * vocab * 4 + 2 * d_model * activation_bytes)
     parts = {
         "weights_bytes": int(weight_bytes),
         "lora_bytes": 8 * int(lora_params),
@@ -739,6 +749,7 @@ class Instruct(Workload):
             d_model=d,
             kv_width=kv * head_dim,
             d_ff=getattr(cfg, "intermediate_size", None) or 4 * d,
+            heads=heads,
             vocab=cfg.vocab_size,
             batch=batch_size,
             length=p["max_length"],
