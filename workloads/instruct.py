@@ -362,7 +362,9 @@ class Instruct(Workload):
     def _prepare_tokenizer(self) -> None:
         tok = self.tokenizer
         if tok.eos_token is None:
-            raise ConfigError(f"workload.options: model={self.params['model']!r}: its tokenizer has no end-of-sequence token")
+            raise ConfigError(
+                f"workload.options: model={self.params['model']!r}: its tokenizer has no end-of-sequence token"
+            )
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token  # the usual choice for decoder LMs without one (Llama)
         self.chat = self.params["prompt_format"] == "auto" and bool(getattr(tok, "chat_template", None))
@@ -692,7 +694,9 @@ class Instruct(Workload):
         model.eval()
         total, tokens = 0.0, 0
         for start in range(0, len(data), self.EVAL_BATCH):
-            batch = self.place(self.pad(self.examples(data[start : start + self.EVAL_BATCH], self.params["max_length"])))
+            batch = self.place(
+                self.pad(self.examples(data[start : start + self.EVAL_BATCH], self.params["max_length"]))
+            )
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += float(self.loss(model, batch)) * n
             tokens += n

@@ -47,7 +47,9 @@ DECLARATION = Declaration(
     options={
         "model": Option(TINY_MODEL, MODEL, "the causal LM to fine-tune: its weights, tokenizer and chat template"),
         "lora_targets": Option("auto", TARGETS, "the modules LoRA adapts (nn.Linear layers, by their last name)"),
-        "max_length": Option(96, Range(16, 32768), "tokens per training sequence (prompt + response; longer ones are cut)"),
+        "max_length": Option(
+            96, Range(16, 32768), "tokens per training sequence (prompt + response; longer ones are cut)"
+        ),
         "packing": Option(False, BOOL, "pack several examples into each sequence of max_length tokens"),
         "gradient_checkpointing": Option(False, BOOL, "recompute each layer's activations in the backward pass"),
         "prompt_format": Option(
@@ -76,7 +78,9 @@ DECLARATION = Declaration(
         **transformer_options(num_layers=2, pretrain_steps=2500, pretrain_lr=3e-3),
         "d_model": Option(96, Range(8, 1024), "model width (model=tiny)"),
         "d_ff": Option(256, Range(8, 4096), "feed-forward width (model=tiny)"),
-        "pretrain_steps": Option(2500, Range(1, PRETRAIN_STEPS.high), "steps of pretraining the cached base (model=tiny)"),
+        "pretrain_steps": Option(
+            2500, Range(1, PRETRAIN_STEPS.high), "steps of pretraining the cached base (model=tiny)"
+        ),
         "pretrain_samples": Option(20_000, Range(1, 1_000_000), "generated pretraining rows (model=tiny)"),
         "pretrain_batch": Option(32, BATCH, "pretraining batch size (model=tiny)"),
         "pretrain_lr": Option(3e-3, LEARNING_RATE, "pretraining learning rate, AdamW (model=tiny)"),

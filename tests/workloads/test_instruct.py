@@ -108,12 +108,12 @@ def test_generated_tasks_are_right():
                 assert len(changed) == 1 and all(f" {w} " in f" {instruction} " for w in changed[0])
                 continue
             expected = {
-                "reverse": lambda: " ".join(words[::-1]),
-                "sort": lambda: " ".join(map(str, sorted(map(int, words)))),
-                "add": lambda: str(sum(map(int, words))),
-                "count": lambda: str(len(words)),
-                "last": lambda: words[-1],
-            }[task]()
+                "reverse": lambda w: " ".join(w[::-1]),
+                "sort": lambda w: " ".join(map(str, sorted(map(int, w)))),
+                "add": lambda w: str(sum(map(int, w))),
+                "count": lambda w: str(len(w)),
+                "last": lambda w: w[-1],
+            }[task](words)
             assert out == expected, (task, given, out)
 
 
@@ -198,12 +198,12 @@ def test_loss_is_on_response_tokens_only():
         assert ids[-1] == wl.tokenizer.eos_token_id
     model = wl.build_model()  # changing a prompt token's label does not change the loss; a response token's does
     masked = {**batch, "labels": batch["labels"].clone()}
-    loss = float(wl.loss(model, batch))
+    loss = float(wl.loss(model, batch).detach())
     masked["input_ids"] = batch["input_ids"].clone()
-    assert float(wl.loss(model, masked)) == pytest.approx(loss)
+    assert float(wl.loss(model, masked).detach()) == pytest.approx(loss)
     masked["labels"][0, -1] = -100
     masked["labels"][:, : batch["labels"].shape[1] // 2] = -100
-    assert float(wl.loss(model, masked)) != pytest.approx(loss)
+    assert float(wl.loss(model, masked).detach()) != pytest.approx(loss)
 
 
 def test_packing_keeps_every_response_token_and_restarts_positions():
@@ -302,16 +302,43 @@ def test_memory_estimate_is_within_a_factor_of_measured_peak(tmp_path, checkpoin
 
 def test_memory_estimate_parts():
     est = memory_estimate(
-        weight_bytes=1000, lora_params=10, num_layers=2, d_model=8, kv_width=8, d_ff=16, heads=2, vocab=50, batch=2, length=4
+        weight_bytes=1000,
+        lora_params=10,
+        num_layers=2,
+        d_model=8,
+        kv_width=8,
+        d_ff=16,
+        heads=2,
+        vocab=50,
+        batch=2,
+        length=4,
     )
     assert est["lora_bytes"] == est["optimiser_bytes"] == 80
     assert est["total_bytes"] == sum(v for k, v in est.items() if k != "total_bytes")
     ckpt = memory_estimate(
-        weight_bytes=1000, lora_params=10, num_layers=8, d_model=8, kv_width=8, d_ff=16, heads=2, vocab=50, batch=2, length=4,
+        weight_bytes=1000,
+        lora_params=10,
+        num_layers=8,
+        d_model=8,
+        kv_width=8,
+        d_ff=16,
+        heads=2,
+        vocab=50,
+        batch=2,
+        length=4,
         checkpointing=True,
     )
     full = memory_estimate(
-        weight_bytes=1000, lora_params=10, num_layers=8, d_model=8, kv_width=8, d_ff=16, heads=2, vocab=50, batch=2, length=4
+        weight_bytes=1000,
+        lora_params=10,
+        num_layers=8,
+        d_model=8,
+        kv_width=8,
+        d_ff=16,
+        heads=2,
+        vocab=50,
+        batch=2,
+        length=4,
     )
     assert ckpt["activations_bytes"] < full["activations_bytes"]
 
@@ -331,6 +358,9 @@ def test_a_run_that_cannot_fit_is_refused_before_the_model_is_built(monkeypatch)
     built = []
     monkeypatch.setattr(Instruct, "build_base_model", lambda self: built.append(1))
     _CACHE.clear()
-    with pytest.raises(ConfigError, match=r"train.batch_size=16: instruct needs about .* GB \(weights .*\) per client, more than the 0.001 GB"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train.batch_size=16: instruct needs about .* GB \(weights .*\) per client, more than the 0.001 GB",
+    ):
         load_workload(cfg)
     assert built == []
