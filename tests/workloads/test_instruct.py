@@ -196,14 +196,15 @@ def test_loss_is_on_response_tokens_only():
         response = wl.tokenizer.decode(ids[prompt:], skip_special_tokens=True)
         assert normalise(response) == normalise(train[i]["output"])
         assert ids[-1] == wl.tokenizer.eos_token_id
-    model = wl.build_model()  # changing a prompt token's label does not change the loss; a response token's does
-    masked = {**batch, "labels": batch["labels"].clone()}
-    loss = float(wl.loss(model, batch).detach())
-    masked["input_ids"] = batch["input_ids"].clone()
-    assert float(wl.loss(model, masked).detach()) == pytest.approx(loss)
-    masked["labels"][0, -1] = -100
-    masked["labels"][:, : batch["labels"].shape[1] // 2] = -100
-    assert float(wl.loss(model, masked).detach()) != pytest.approx(loss)
+    model = wl.build_model()  # the loss is the next-token cross-entropy over exactly those labels
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        manual = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
+        )
+        assert float(wl.loss(model, batch)) == pytest.approx(float(manual), rel=1e-5)
+        everything = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
+        assert float(wl.loss(model, everything)) != pytest.approx(float(manual), rel=1e-3)  # prompts would count
 
 
 def test_packing_keeps_every_response_token_and_restarts_positions():
@@ -242,8 +243,8 @@ def test_a_local_folder_loads_through_from_pretrained(tmp_path):
     assert other.lora_target_modules == ["q_proj", "v_proj"] and not other.tiny
     model = other.build_model()
     train, test = other.build_data()
-    loss = float(other.loss(model, other.collate(train[:4])))
-    assert loss == pytest.approx(float(wl.loss(wl.build_model(), wl.collate(train[:4]))), rel=1e-5)
+    loss = float(other.loss(model, other.collate(train[:4])).detach())
+    assert loss == pytest.approx(float(wl.loss(wl.build_model(), wl.collate(train[:4])).detach()), rel=1e-5)
 
 
 # -- memory -----------------------------------------------------------------------------------------
