@@ -10,6 +10,7 @@ needs; the client's training and personal evaluation).
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -90,18 +91,55 @@ def load_workload(cfg: Config) -> LoadedWorkload:
     if key not in _CACHE:
         torch.set_num_threads(max(1, int(cfg.simulation.cpus_per_client)))
         workload = get_workload_class(cfg.workload.name)(spec)
+        device = select_device(cfg)
+        workload.device, workload.bf16 = device, cfg.simulation.bf16
         train, test = workload.build_data()  # first: unusable data is refused before a model is built or pretrained
+        check_memory(workload, cfg)  # and a model that cannot fit, before its weights are read
         with torch.random.fork_rng():
             torch.manual_seed(torch_seed(cfg.run.seed, 0, SERVER, "init-adapter"))
             model = workload.build_model()
         model.eval()
-        device = select_device(cfg)
         if device.type != "cpu":  # the CPU path stays exactly as before
             model.to(device)
-        workload.device, workload.bf16 = device, cfg.simulation.bf16
         _CACHE.clear()  # one workload per process at a time: free the previous model
         _CACHE[key] = LoadedWorkload(workload, model, train, test)
     return _CACHE[key]
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory a new client may use on ``device``: the GPU's free memory, or the RAM the OS reports available."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(workload: Workload, cfg: Config) -> dict[str, int] | None:
+    """The workload's per-client memory estimate at ``train.batch_size`` (None when it gives none);
+    a ConfigError when it exceeds the workload's own limit or the device's free memory."""
+    estimate = workload.memory_estimate(cfg.train.batch_size)
+    if estimate is None:
+        return None
+    limit = workload.memory_limit_bytes()
+    where = "workload.options memory_limit_gb" if limit is not None else f"free on {workload.device.type}"
+    limit = free_memory_bytes(workload.device) if limit is None else limit
+    workload.memory = {**estimate, "limit_bytes": limit}
+    if estimate["total_bytes"] > limit:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size}: {cfg.workload.name} needs about "
+            f"{memory_text(estimate)} per client, more than the {limit / 1e9:.3g} GB {where} "
+            "(lower train.batch_size or max_length, or turn on gradient_checkpointing)"
+        )
+    return estimate
+
+
+def memory_text(estimate: dict[str, int]) -> str:
+    """``'1.23 GB (weights 1.00, LoRA 0.01, optimiser 0.01, activations 0.21)'``."""
+    parts = [("weights", "weights_bytes"), ("LoRA", "lora_bytes"), ("optimiser", "optimiser_bytes")]
+    parts.append(("activations", "activations_bytes"))
+    inner = ", ".join(f"{label} {estimate[key] / 1e9:.3f}" for label, key in parts)
+    return f"{estimate['total_bytes'] / 1e9:.3f} GB ({inner})"
 
 
 def check_workload(cfg: Config) -> None:
@@ -121,7 +159,14 @@ def check_workload(cfg: Config) -> None:
             f"run.method={cfg.run.method!r}: needs LoRA factors, but workload {cfg.workload.name} adapts none "
             "(use run.method=ideal)"
         )
-    loaded = load_workload(cfg)  # options, data and model: their own one-line errors
+    loaded = load_workload(cfg)  # options, data, memory and model: their own one-line errors
+    memory = getattr(loaded.workload, "memory", None)
+    if memory is not None:
+        print(
+            f"fedsim: {cfg.workload.name}: per-client memory estimate {memory_text(memory)} at "
+            f"train.batch_size={cfg.train.batch_size}; {memory['limit_bytes'] / 1e9:.1f} GB allowed",
+            file=sys.stderr,
+        )
     try:  # the partitioner assigns every row when the first partition is loaded
         loaded.partition(0, keep=False)
     except ValueError as e:

@@ -18,7 +18,7 @@ import pytest
 from fedsim.errors import ConfigError
 from tests.helpers.refusals import CAMPAIGN, REPO, problems_of, run_campaign, run_cases, snapshot
 from workloads import declaration, registry
-from workloads.options import Option, Range
+from workloads.options import Option, Range, Text
 
 WORKLOADS = sorted(registry())
 
@@ -29,6 +29,8 @@ def bad_values(option: Option) -> dict[str, str]:
     default, allowed = option.default, option.allowed
     if isinstance(default, bool):
         return {"wrong type": "1"}
+    if isinstance(allowed, Text):  # a free string (a model name, a column): one character it refuses
+        return {"wrong type": "true", "not allowed": "nosuch?"}
     if isinstance(default, str):  # "7" may be right: a list of numbers of one item (eval_lengths=64)
         return {"wrong type": "true", "not allowed": "nosuch"}
     bad = {"wrong type": "true" if isinstance(default, int) else '"x"'}

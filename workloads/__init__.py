@@ -25,6 +25,7 @@ _BUILTIN = {
     "rainbow-padding": "workloads.rainbow_padding:RainbowPadding",
     "reversal-curse": "workloads.reversal_curse:ReversalCurse",
     "dapd": "workloads.dapd:Dapd",
+    "instruct": "workloads.instruct:Instruct",
 }
 
 _DECLARATIONS = {name: f"{target.partition(':')[0]}_options:DECLARATION" for name, target in _BUILTIN.items()}

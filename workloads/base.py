@@ -133,6 +133,18 @@ class Workload(ABC):
     def flops_per_sample(self) -> float:
         """Training FLOPs (forward + backward) per sample, for the compute-time model."""
 
+    # -- optional ------------------------------------------------------------------------
+    def memory_estimate(self, batch_size: int) -> dict[str, int] | None:
+        """A client's training memory in bytes by part (weights, adapters, optimiser, activations at
+        ``batch_size``) with their sum as ``total_bytes``, from the architecture alone, before the model
+        is built; None (the default): not estimated. The simulator prints it when a run starts and
+        refuses a run whose total exceeds the device's free memory (:meth:`memory_limit_bytes`)."""
+        return None
+
+    def memory_limit_bytes(self) -> int | None:
+        """A limit the workload's options set for :meth:`memory_estimate`'s total (None: the device's free memory)."""
+        return None
+
     # -- shared machinery ------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         """The base model with peft LoRA on :attr:`lora_target_modules`.

@@ -145,6 +145,28 @@ def cached_model(
         return model, {**meta, "cached": False}
 
 
+def cached_folder(
+    kind: str, payload: Mapping[str, Any], make: Callable[[Path], dict[str, Any]]
+) -> tuple[Path, dict[str, Any]]:
+    """The folder of ``payload``: found in the cache, or made by ``make(staging_folder)`` and published.
+
+    For what a library saves as a folder of its own files (a Hugging Face model and tokenizer
+    through ``save_pretrained``), so that it loads back through that library's own loader
+    (``from_pretrained(folder)``), exactly as a user's local folder does. ``make`` writes the files
+    into the empty folder it is given and returns statistics for ``meta.json``. Returns the
+    published folder and its meta (``cached``: True when it was found, False when this call made it).
+    """
+    with _entry(kind, payload) as (folder, tmp):
+        if (folder / "meta.json").is_file():
+            meta = json.loads((folder / "meta.json").read_text())
+            return folder, {**meta, "cached": True}
+        t0 = time.perf_counter()
+        stats = make(tmp)
+        meta = {"key": folder.name, "payload": dict(payload), "made": stats, "make_wall_s": time.perf_counter() - t0}
+        _publish(tmp, folder, meta)
+        return folder, {**meta, "cached": False}
+
+
 def cached_dataset(kind: str, payload: Mapping[str, Any], generate: Callable[[], Dataset]) -> Dataset:
     """The dataset of ``payload``: memory-mapped from the cache, or generated, saved and returned.
 

@@ -75,12 +75,28 @@ class Words:
 
 
 @dataclass(frozen=True)
+class Text:
+    """A free string that matches ``pattern`` in full (e.g. a model name or a folder): ``what`` says it in words."""
+
+    pattern: str
+    what: str
+
+    def __contains__(self, text: str) -> bool:
+        import re
+
+        return isinstance(text, str) and re.fullmatch(self.pattern, text) is not None
+
+    def __str__(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True)
 class Option:
     """One option: its default (the ``tiny`` preset's), what it may be, and what it means."""
 
     default: Any
-    allowed: Range | Words | tuple
-    """Numbers: a Range; strings: a tuple of choices or Words; booleans: ``(False, True)``."""
+    allowed: Range | Words | Text | tuple
+    """Numbers: a Range; strings: a tuple of choices, Words or Text; booleans: ``(False, True)``."""
     meaning: str
 
     @property
@@ -89,6 +105,8 @@ class Option:
 
     def rule(self) -> str:
         """What a value must be, e.g. ``an integer in [8, 1024]``."""
+        if isinstance(self.allowed, Text):
+            return f"a string: {self.allowed}"
         if isinstance(self.allowed, tuple):
             return f"one of {', '.join(str(v).lower() if isinstance(v, bool) else str(v) for v in self.allowed)}"
         return f"{self.kind} {self.allowed}"

@@ -24,6 +24,7 @@ QUICK_BASES = {
     "clip-memorisation": "clip_steps=1,pretrain_steps=1,eval_seeds=2",
     "dapd": "pretrain_steps=1,pretrain_samples=128,min_base_validity=0",
     "equation-reasoner": "pretrain_steps=1,pretrain_problems=32",
+    "instruct": "pretrain_steps=1,pretrain_samples=32,generation_samples=4,max_new_tokens=8",
     "rainbow-padding": "pretrain_steps=1,pretrain_samples=32,eval_lengths=32 64,eval_samples=8",
     "reversal-curse": "pretrain_steps=1",
 }
