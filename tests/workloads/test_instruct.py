@@ -281,6 +281,7 @@ print(json.dumps({"estimate": est, "weights": weights, "training": rss("VmHWM:")
 """
 
 
+@pytest.mark.slow  # a fresh process per case, about 10-20 s each
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_memory_estimate_is_within_a_factor_of_measured_peak(tmp_path, checkpointing):
