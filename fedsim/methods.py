@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedsim import plugins
-from fedsim.errors import ConfigError
 from fedsim.quantise import dequantise_arrays, quantise_arrays, quantised_bits
 from fedsim.soft.budget import (
     dense_payload_bits,
@@ -343,29 +342,12 @@ def fixed_rho(method: str, soft_rho: float) -> float:
 def get_method(name: str) -> UploadMethod:
     """The method ``name``: built in, registered, or installed (entry point group ``fedsim.methods``,
     :mod:`fedsim.plugins`); an unknown name is a ConfigError listing the known ones."""
-    if name not in METHODS:
-        found = plugins.load(plugins.METHODS, name, "run.method", _not_a_method(name))
-        if found is not None:
-            METHODS.setdefault(name, found)  # its module may have registered it on import
-    try:
-        return METHODS[name]
-    except KeyError:
-        known = {**METHODS, **plugins.installed(plugins.METHODS)}
-        raise ConfigError(f"run.method={name!r}: must be one of {', '.join(known)}") from None
+    return plugins.resolve(METHODS, plugins.METHODS, name, "run.method", UploadMethod)
 
 
 def method_names() -> list[str]:
     """Every usable method name: registered ones, then installed ones (nothing imported)."""
-    return list({**METHODS, **plugins.installed(plugins.METHODS)})
-
-
-def _not_a_method(name: str) -> Callable[[Any], str | None]:
-    def problem(obj: Any) -> str | None:
-        if not isinstance(obj, UploadMethod):
-            return f"is a {type(obj).__name__}, not an UploadMethod"
-        return None if obj.name == name else f"is the method {obj.name!r}; an entry point is named after its method"
-
-    return problem
+    return plugins.names(METHODS, plugins.METHODS)
 
 
 for _m in (

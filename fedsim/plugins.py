@@ -57,6 +57,32 @@ def load(group: str, name: str, key: str, problem: Callable[[Any], str | None]) 
     return obj
 
 
+def resolve(registry: dict[str, Any], group: str, name: str, key: str, kind: type) -> Any:
+    """``registry[name]``, after adding the installed entry point ``name`` of ``group`` to the
+    registry when it lacks the name; a ConfigError naming ``key`` and listing the known names (built
+    in and installed) when neither has it. The entry must be a ``kind`` whose ``name`` is ``name``."""
+    if name not in registry:
+
+        def problem(obj: Any) -> str | None:
+            if not isinstance(obj, kind):
+                article = "an" if kind.__name__[0] in "AEIOU" else "a"
+                return f"is a {type(obj).__name__}, not {article} {kind.__name__}"
+            return None if obj.name == name else f"is named {obj.name!r}; an entry point is named after its entry"
+
+        found = load(group, name, key, problem)
+        if found is not None:
+            registry.setdefault(name, found)  # its module may have registered it on import
+    try:
+        return registry[name]
+    except KeyError:
+        raise ConfigError(f"{key}={name!r}: must be one of {', '.join(names(registry, group))}") from None
+
+
+def names(registry: dict[str, Any], group: str) -> list[str]:
+    """Every usable name: the registry's, then the installed entry points' (nothing imported)."""
+    return list({**registry, **installed(group)})
+
+
 def channel_component(kind: str, name: str, key: str, keys: Collection[str]) -> bool:
     """Whether the ``channels`` registry of ``kind`` holds ``name``, after adding the installed entry
     point ``"<kind>.<name>"`` to it when there is one.

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fedsim import plugins
-from fedsim.errors import ConfigError
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -146,28 +145,9 @@ def register_scheduler(entry: SchedulerEntry) -> SchedulerEntry:
 def get_scheduler(name: str) -> SchedulerEntry:
     """The scheduler ``name``: built in, registered, or installed (entry point group
     ``fedsim.schedulers``, :mod:`fedsim.plugins`); an unknown name is a ConfigError listing the known ones."""
-    if name not in SCHEDULERS:
-        found = plugins.load(plugins.SCHEDULERS, name, "tsfa.scheduler", _not_a_scheduler(name))
-        if found is not None:
-            SCHEDULERS.setdefault(name, found)  # its module may have registered it on import
-    try:
-        return SCHEDULERS[name]
-    except KeyError:
-        known = {**SCHEDULERS, **plugins.installed(plugins.SCHEDULERS)}
-        raise ConfigError(f"tsfa.scheduler={name!r}: must be one of {', '.join(known)}") from None
+    return plugins.resolve(SCHEDULERS, plugins.SCHEDULERS, name, "tsfa.scheduler", SchedulerEntry)
 
 
 def scheduler_names() -> list[str]:
     """Every usable scheduler name: registered ones, then installed ones (nothing imported)."""
-    return list({**SCHEDULERS, **plugins.installed(plugins.SCHEDULERS)})
-
-
-def _not_a_scheduler(name: str) -> Callable[[Any], str | None]:
-    def problem(obj: Any) -> str | None:
-        if not isinstance(obj, SchedulerEntry):
-            return f"is a {type(obj).__name__}, not a SchedulerEntry"
-        return (
-            None if obj.name == name else f"is the scheduler {obj.name!r}; an entry point is named after its scheduler"
-        )
-
-    return problem
+    return plugins.names(SCHEDULERS, plugins.SCHEDULERS)

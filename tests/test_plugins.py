@@ -316,7 +316,9 @@ def test_broken_plugins_are_one_line_config_errors_naming_the_key(fake_plugins):
     from fedsim.errors import ConfigError
     from fedsim.methods import get_method
 
-    with pytest.raises(ConfigError, match=r"^run.method='renamed': .* is the method 'other'; an entry point is named"):
+    with pytest.raises(
+        ConfigError, match=r"^run.method='renamed': .* is named 'other'; an entry point is named after its entry"
+    ):
         get_method("renamed")
     with pytest.raises(ConfigError, match=r"^run.method='missing': .* failed to load: ModuleNotFoundError"):
         get_method("missing")
