@@ -303,45 +303,14 @@ def test_memory_estimate_is_within_a_factor_of_measured_peak(tmp_path, checkpoin
 
 
 def test_memory_estimate_parts():
-    est = memory_estimate(
-        weight_bytes=1000,
-        lora_params=10,
-        num_layers=2,
-        d_model=8,
-        kv_width=8,
-        d_ff=16,
-        heads=2,
-        vocab=50,
-        batch=2,
-        length=4,
+    shape = dict(
+        weight_bytes=1000, lora_params=10, d_model=8, kv_width=8, d_ff=16, heads=2, vocab=50, batch=2, length=4
     )
+    est = memory_estimate(num_layers=2, **shape)
     assert est["lora_bytes"] == est["optimiser_bytes"] == 80
     assert est["total_bytes"] == sum(v for k, v in est.items() if k != "total_bytes")
-    ckpt = memory_estimate(
-        weight_bytes=1000,
-        lora_params=10,
-        num_layers=8,
-        d_model=8,
-        kv_width=8,
-        d_ff=16,
-        heads=2,
-        vocab=50,
-        batch=2,
-        length=4,
-        checkpointing=True,
-    )
-    full = memory_estimate(
-        weight_bytes=1000,
-        lora_params=10,
-        num_layers=8,
-        d_model=8,
-        kv_width=8,
-        d_ff=16,
-        heads=2,
-        vocab=50,
-        batch=2,
-        length=4,
-    )
+    ckpt = memory_estimate(num_layers=8, checkpointing=True, **shape)
+    full = memory_estimate(num_layers=8, **shape)
     assert ckpt["activations_bytes"] < full["activations_bytes"]
 
 
