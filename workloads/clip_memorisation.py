@@ -187,16 +187,16 @@ def memorised_images(seed: int, count: int, image_size: int = 16) -> np.ndarray:
     return (2 * (up - lo) / (hi - lo).clamp_min(1e-6) - 1).numpy()
 
 
-def memorised_captions(seed: int, count: int, words: str = "known") -> list[str]:
+def memorised_captions(seed: int, count: int, words: str = "novel") -> list[str]:
     """The captions of the memorised pairs, ``"a w1 w2 w3 at w4"``, distinct, drawn from the seed.
 
-    ``known`` (the default): four words of the generic vocabulary, each out of its slot (the slots'
-    attribute kinds deranged, e.g. ``"a circle left bright at small"``), so no memorised caption is
-    a generic one or reads as its attributes; the words are ones the text tower was pretrained on
-    and only their combination is unique, as in Stable Diffusion, where memorised prompts are
-    ordinary words in a combination seen with one image. ``novel``: four distinct words of
-    :data:`MEM_WORDS`, which the base never saw (their token embeddings alone identify the caption).
-    Both have the generic captions' length, so the same number of pads.
+    ``novel`` (the default): four distinct words of :data:`MEM_WORDS`, which the base never saw
+    (their token embeddings alone identify the caption; no rendering the base was pretrained on
+    pulls it towards a shape). ``known``: four words of the generic vocabulary, each out of its slot
+    (the slots' attribute kinds deranged, e.g. ``"a circle left bright at small"``), so no memorised
+    caption is a generic one or reads as its attributes; only the combination is unique, as for
+    memorised Stable Diffusion prompts, which are ordinary words. Both have the generic captions'
+    length, so the same number of pads.
     """
     rng = np.random.default_rng([seed, 0xCA9])
     out: list[str] = []

@@ -69,9 +69,9 @@ DECLARATION = Declaration(
         "sample_steps": Option(10, Range(1, 10_000), "DDIM sampling steps (at most diffusion_steps)"),
         "mem_captions": Option(4, Range(1, MAX_MEM_CAPTIONS), "duplicated (memorised) caption-image pairs"),
         "mem_words": Option(
-            "known",
-            ("known", "novel"),
-            "memorised captions of known words out of their slots, or of words the base never saw",
+            "novel",
+            ("novel", "known"),
+            "memorised captions of words the base never saw, or of known words out of their slots",
         ),
         "mem_clients": Option(0, Range(0, 100_000), "clients holding the duplicated pairs (0: every client)"),
         "dup_fraction": Option(

@@ -58,16 +58,16 @@ def test_memorised_pairs_are_unique_images_unlike_renderings():
     generic = {cm.caption_text(i) for i in range(cm.NUM_CAPTIONS)}
     slots = (cm.INTENSITIES, cm.SIZES, cm.SHAPES, cm.POSITIONS)
     for seed in range(20):
-        caps = cm.memorised_captions(seed, 16)  # known words (the default), each out of its slot
-        assert len(set(caps)) == 16 and not set(caps) & generic and caps == cm.memorised_captions(seed, 16)
+        caps = cm.memorised_captions(seed, 16, "known")  # known words, each out of its slot
+        assert len(set(caps)) == 16 and not set(caps) & generic and caps == cm.memorised_captions(seed, 16, "known")
         for c in caps:
             words = c.split()
             assert len(words) == 6 and words[0] == "a" and words[4] == "at"
             content = words[1:4] + words[5:]
             assert all(w not in slot for w, slot in zip(content, slots, strict=True)), c
             assert sorted(next(k for k, slot in enumerate(slots) if w in slot) for w in content) == [0, 1, 2, 3]
-    caps = cm.memorised_captions(0, 4, "novel")
-    assert len(set(caps)) == 4 and not set(caps) & generic
+    caps = cm.memorised_captions(0, 4)  # novel words, the default
+    assert len(set(caps)) == 4 and not set(caps) & generic and caps == cm.memorised_captions(0, 4, "novel")
     for c in caps:  # the generic captions' length, none of their content words
         words = c.split()
         assert len(words) == 6 and words[0] == "a" and words[4] == "at"
