@@ -47,7 +47,12 @@ def registry() -> dict[str, str]:
 
 
 def check_workload_name(name: str) -> str:
-    """``name`` if a workload is registered under it, else a ConfigError listing the known names."""
+    """The ``"module:Class"`` registered under ``name``, else a ConfigError listing the known names.
+
+    A built-in name is answered without scanning the installed packages' entry points (about 35 ms
+    each time, and a configuration is checked many times: every run of a sweep file)."""
+    if name in _BUILTIN:  # built-ins win on a clash anyway
+        return _BUILTIN[name]
     known = registry()
     if name not in known:
         raise ConfigError(f"workload.name={name!r}: must be one of {', '.join(sorted(known))}")
