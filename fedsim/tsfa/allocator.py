@@ -384,7 +384,8 @@ def solve_reference(
         tau_hi = min(equal-split latency, proportional-split latency) over the S_k > 0 clients
 
     (h(tau_lo) >= 0 unless tau_lo is already feasible, h(tau_hi) <= 0), and found with Brent's
-    method (bisection-safeguarded, scipy ``brentq``) to relative tolerance ``rtol`` in tau.
+    method (bisection-safeguarded, scipy ``brentq``) to relative tolerance ``rtol`` in tau, on
+    the feasible side of the root, so the latency is at most tau* (1 + 2 rtol).
     Leftover band at tau* is spread over the clients in proportion to b_k(tau*) so that
     sum_k b_k = B_total. Independent of cvxpy: the oracle of the property tests.
 
@@ -443,6 +444,13 @@ def solve_reference(
             raise RuntimeError("reference: the equal-split deadline is not feasible (no sign change)")
         rt = max(float(rtol), 4 * np.finfo(float).eps)
         tau = brentq(h, tau_lo, tau_hi, xtol=1e-300, rtol=rt, maxiter=500)
+        # Brent's estimate may sit on the infeasible side of the root (h > 0), where scaling
+        # the bands down to B_total lengthens the uploads by more than rtol; the root is within
+        # rt * tau of it, so step up to the feasible side, and the latency is <= tau* (1 + 2 rt).
+        step = rt * abs(tau)
+        while h(tau) > 0 and tau < tau_hi:
+            tau = min(tau + step, tau_hi)
+            step *= 2.0
     b = np.zeros_like(a)
     b[active] = bands(tau)
     if not np.all(np.isfinite(b)):

@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fedsim.tsfa import (
@@ -61,11 +61,17 @@ def test_cvxpy_matches_reference(inst):
     # optimal to its tolerances only, and where a client's band barely moves the deadline (a
     # small payload, or a client near its saturation rate) its latency is not pinned by them:
     # its agreement with the optimum is the latency check above.
-    np.testing.assert_allclose(ref.per_client_latency_s, ref.latency_s, rtol=1e-7)
+    # The reference stops on the feasible side of the root and spreads the leftover band, which
+    # separates the latencies by about its rtol times the most sensitive client's amplification;
+    # a tight rtol makes the check about the optimum, not about the stopping rule.
+    tight = solve_reference(a, s, t, B, rtol=1e-13)
+    np.testing.assert_allclose(tight.per_client_latency_s, tight.latency_s, rtol=1e-7)
 
 
 @settings(max_examples=40, deadline=None)
 @given(instances(), st.integers(0, 2**32 - 1))
+# found by CI: Brent stopped on the infeasible side and scaling the bands down cost 5e-9
+@example((np.array([10**8.5, 1e13]), np.array([1e6, 1e6]), np.array([0.0, 0.5])), 1)
 def test_reference_beats_any_other_split(inst, seed):
     """Optimality of the reference without cvxpy: no feasible split does better."""
     a, s, t = inst
@@ -81,7 +87,7 @@ def test_reference_beats_any_other_split(inst, seed):
         d -= d.mean()
         b = np.maximum(ref.bandwidth_hz * (1 + 1e-3 * d), 0)
         others.append(client_latency_s(b * B / b.sum(), a, s, t).max())
-    # the reference finds tau* to rtol 1e-9 (Brent), so a split can tie it to within that
+    # the reference stops within rtol 1e-9 of tau* on its feasible side: latency <= tau* (1 + 2e-9)
     assert ref.latency_s <= min(others) * (1 + 2e-9)
 
 
