@@ -35,7 +35,7 @@ def run_one(out: Path, method: str, rho: float, seed: int, args) -> dict:
         "--seed",
         str(seed),
         "--set",
-        f"soft.rho={rho}",
+        f"method.rho={rho}",
         *sum((["--set", s] for s in args.set), []),
     ]
     summary, rounds = fedsim_run(folder, args.clients, args.rounds, args.clients_per_round, *extra)

@@ -58,7 +58,7 @@ def _default(value: Any) -> str:
 
 def config_page() -> str:
     """The whole page as Markdown: one table per configuration section."""
-    from fedsim.config import describe_keys
+    from fedsim.config import RENAMED_KEYS, describe_keys
 
     rows = describe_keys()
     out = [INTRO]
@@ -68,7 +68,21 @@ def config_page() -> str:
         out.append("| --- | --- | --- | --- |")
         for key, default, allowed, doc in keys:
             out.append(f"| `{key}` | {_default(default)} | {_cell(allowed)} | {_cell(doc)} |")
+    out.append(RENAMED_INTRO)
+    out.append("| old name | new name |")
+    out.append("| --- | --- |")
+    out += [f"| `{old}` | `{new}` |" for old, new in RENAMED_KEYS.items()]
     return "\n".join(out) + "\n"
+
+
+RENAMED_INTRO = """
+## Renamed keys
+
+These keys were renamed. The old names still work everywhere a key is read (configuration
+files, `--set`, sweep axes, results folders written before the rename) and mean the new key;
+fedsim prints one line per old name it read (`fedsim: note: soft.rho is now method.rho (the
+old name still works)`). Giving both names of one key is an error.
+"""
 
 
 def on_files(files, config):  # MkDocs hook

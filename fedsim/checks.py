@@ -79,10 +79,10 @@ def check_config(cfg: Config) -> Config:
                 f"the ClientApps this machine's {cpus} CPUs can run at once"
             )
     method = get_method(cfg.run.method)
-    scheduler = get_scheduler(cfg.tsfa.scheduler)
+    scheduler = get_scheduler(cfg.run.scheduler)
     if scheduler.decides_rho and not method.sparsifies:
         raise ConfigError(
-            f"tsfa.scheduler={cfg.tsfa.scheduler!r}: chooses a sparsification ratio, so run.method must sparsify "
+            f"run.scheduler={cfg.run.scheduler!r}: chooses a sparsification ratio, so run.method must sparsify "
             f"(soft, topk, ...), not {cfg.run.method!r}"
         )
     if cfg.lora.quant_bits and method.matrix_values is None:
@@ -104,7 +104,7 @@ def check_config(cfg: Config) -> Config:
             )
         if scheduler.two_phase or scheduler.plans_rank:
             raise ConfigError(
-                f"hetero.rank_rule={h.rank_rule!r}: not supported with tsfa.scheduler={cfg.tsfa.scheduler!r} "
+                f"hetero.rank_rule={h.rank_rule!r}: not supported with run.scheduler={cfg.run.scheduler!r} "
                 "(use equal or fixed)"
             )
     if cfg.run.min_clients_per_round > cfg.num_sampled:

@@ -32,6 +32,7 @@ from fedsim.cli_common import (
     out_path,
     resolve_config,
     shortcuts,
+    show_renamed_key_notes,
 )
 from fedsim.config import (
     Config,
@@ -89,7 +90,7 @@ def run(
         **{
             "workload.name": workload,
             "run.method": method,
-            "tsfa.scheduler": scheduler,
+            "run.scheduler": scheduler,
             "simulation.ray_address": ray_address,
         },
     )
@@ -100,6 +101,7 @@ def run(
             if out is not None:
                 raise ConfigError(f"--out={out!r}: a resumed run continues in its own folder; drop --out or --resume")
             cfg, out_dir, checkpoint = prepare_resume(resume, config, set_ or [], keys, force)
+            show_renamed_key_notes()
             if checkpoint is not None:
                 check_records(out_dir, checkpoint)
             check_config(cfg)  # the values together: imports torch and the workload
@@ -127,7 +129,7 @@ def run(
         check_workload(cfg)  # the dataset's files and columns, the rank against the model
     except ConfigError as e:
         fail(str(e), 2)
-    plans_rank = get_scheduler(cfg.tsfa.scheduler).plans_rank
+    plans_rank = get_scheduler(cfg.run.scheduler).plans_rank
     plan = rank_plan_or_exit(cfg, show=not quiet, show_infeasible=False) if plans_rank else None
     if checkpoint is not None:
         try:
@@ -403,7 +405,7 @@ app.add_typer(deploy_app, name="deploy")  # the same app on Flower's Deployment 
 
 @app.command("methods")
 def list_methods() -> None:
-    """List the upload methods (run.method) and the schedulers (tsfa.scheduler), installed ones included."""
+    """List the upload methods (run.method) and the schedulers (run.scheduler), installed ones included."""
     from fedsim.methods import get_method, method_names
     from fedsim.schedulers import get_scheduler, scheduler_names
 
@@ -416,7 +418,7 @@ def list_methods() -> None:
             continue
         flags = ", ".join((["client state"] if m.needs_client_state else []) + list(m.config_keys))
         typer.echo(f"  {m.name:<12} {m.description}" + (f" [{flags}]" if flags else ""))
-    typer.echo("schedulers (--scheduler / tsfa.scheduler):")
+    typer.echo("schedulers (--scheduler / run.scheduler):")
     for name in scheduler_names():
         try:
             typer.echo(f"  {name:<12} {get_scheduler(name).description}")

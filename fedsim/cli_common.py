@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from fedsim.checks import checked_config
-from fedsim.config import Config, ConfigError, RunSection, load_toml, parse_overrides, parse_value
+from fedsim.config import Config, ConfigError, RunSection, load_toml, parse_overrides, parse_value, renamed_key_notes
 from fedsim.results import holds_more_than_the_lock
 
 ClientsOption = Annotated[int | None, typer.Option(help="Number of clients (run.clients).")]
@@ -27,13 +27,15 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML file w
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")]
 MethodOption = Annotated[str | None, typer.Option(help="Upload method (run.method; fedsim methods lists them).")]
 SchedulerOption = Annotated[
-    str | None, typer.Option(help="rho and bandwidth scheduler (tsfa.scheduler; fedsim methods lists them).")
+    str | None, typer.Option(help="rho and bandwidth scheduler (run.scheduler; fedsim methods lists them).")
 ]
 
 
 def fail(message: str, code: int) -> None:
-    """Print ``fedsim: message`` on stderr and exit with ``code``."""
-    typer.echo(f"fedsim: {message}", err=True)
+    """Print ``fedsim: message`` on stderr and exit with ``code``; renamed keys read under their old
+    names are named in the same line (the message names the new ones)."""
+    notes = renamed_key_notes()
+    typer.echo(f"fedsim: {message}" + "".join(f" ({note})" for note in notes), err=True)
     raise typer.Exit(code)
 
 
@@ -73,7 +75,15 @@ def resolve_config(config_file: Path | None, sets: list[str], shortcuts: dict[st
     clients, default = given.get("run.clients"), RunSection().clients_per_round
     if "run.clients_per_round" not in given and type(clients) is int and 0 < clients < default:
         layers.append({"run.clients_per_round": clients})
-    return checked_config(*layers)
+    cfg = checked_config(*layers)
+    show_renamed_key_notes()
+    return cfg
+
+
+def show_renamed_key_notes() -> None:
+    """One line on stderr for each renamed key read under its old name (:data:`fedsim.config.RENAMED_KEYS`)."""
+    for line in renamed_key_notes():
+        typer.echo(f"fedsim: {line}", err=True)
 
 
 def out_path(text: str, option: str = "--out") -> Path:

@@ -9,7 +9,8 @@ A configuration is built from four layers, later ones winning:
 4. ``key=value`` overrides (``--set channel.radius_m=250`` and the CLI's shortcut options).
 
 Every key is ``section.name``. A wrong key or value raises :class:`ConfigError` whose message is
-one line naming the key, the value and what is allowed. The flat form (``to_flat``) is what
+one line naming the key, the value and what is allowed. Keys that were renamed are still read under
+their old names (:data:`RENAMED_KEYS`), with a one-line note (:func:`renamed_key_notes`). The flat form (``to_flat``) is what
 Flower carries in its run config and messages; ``to_toml`` is what a results folder keeps.
 """
 
@@ -173,6 +174,12 @@ class RunSection:
         "wall-clock wait for each message's replies, a client's start-up included in its first (0: no limit)",
     )
     method: str = _f("ideal", None, "a registered upload method (fedsim methods)", "upload method")
+    scheduler: str = _f(
+        "equal",
+        None,
+        "a registered scheduler (fedsim methods)",
+        "equal: fixed rho, equal band; fixed: fixed rho, min-max band; tsfa: Lyapunov rho and band",
+    )
     eval_every: int = _num(
         1, 1, 10**12, "evaluate the global adapter every k rounds (the final round always; others: null)", integer=True
     )
@@ -343,9 +350,14 @@ class SimulationSection:
 
 
 @dataclass(frozen=True)
-class SoftSection:
-    rho: float = _f(0.5, lambda v: 0 <= v < 1, "a number in [0, 1)", "fraction of LoRA ranks dropped (fixed rho)")
-    lambda_orth: float = _num(0.1, 0, 1e6, "orthogonality regulariser weight (method soft)")
+class MethodSection:
+    """The upload method's parameters; each method declares the ones it reads
+    (:attr:`fedsim.methods.UploadMethod.config_keys`, listed by ``fedsim methods``)."""
+
+    rho: float = _f(
+        0.5, lambda v: 0 <= v < 1, "a number in [0, 1)", "fraction of LoRA ranks dropped (methods that sparsify)"
+    )
+    lambda_orth: float = _num(0.1, 0, 1e6, "orthogonality regulariser weight (regularised methods: soft, soft-ef)")
 
 
 @dataclass(frozen=True)
@@ -374,12 +386,6 @@ def _rho_grid(v: tuple) -> bool:
 
 @dataclass(frozen=True)
 class TsfaSection:
-    scheduler: str = _f(
-        "equal",
-        None,
-        "a registered scheduler (fedsim methods)",
-        "equal: fixed rho, equal band; fixed: fixed rho, min-max band; tsfa: Lyapunov rho and band",
-    )
     latency_budget_s: float = _num(0.3, 0, 1e9, "long-term average latency T_avg", "s", open_low=True)
     v: float = _num(0.05, 0, 1e12, "Lyapunov trade-off V (penalty weight)", "s^2")
     rho_grid: tuple[float, ...] = _f(
@@ -458,7 +464,7 @@ SECTIONS: dict[str, type] = {
     "channel": ChannelSection,
     "compute": ComputeSection,
     "simulation": SimulationSection,
-    "soft": SoftSection,
+    "method": MethodSection,
     "faults": FaultsSection,
     "tsfa": TsfaSection,
     "tracking": TrackingSection,
@@ -477,7 +483,7 @@ class Config:
     channel: ChannelSection = field(default_factory=ChannelSection)
     compute: ComputeSection = field(default_factory=ComputeSection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
-    soft: SoftSection = field(default_factory=SoftSection)
+    method: MethodSection = field(default_factory=MethodSection)
     faults: FaultsSection = field(default_factory=FaultsSection)
     tsfa: TsfaSection = field(default_factory=TsfaSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
@@ -513,6 +519,43 @@ def describe_keys() -> list[tuple[str, Any, str, str]]:
         for name, cls in SECTIONS.items()
         for f in dataclasses.fields(cls)
     ]
+
+
+# ----------------------------------------------------------------------------------------------
+# renamed keys
+
+RENAMED_KEYS: dict[str, str] = {
+    "soft.rho": "method.rho",
+    "soft.lambda_orth": "method.lambda_orth",
+    "tsfa.scheduler": "run.scheduler",
+}
+"""Old name -> new name of every renamed key. The old names are read wherever a key is (files,
+``--set``, sweep axes, results folders written before the rename) and mean the new key; giving
+both names of one key is an error."""
+
+_renamed_seen: set[str] = set()
+
+
+def canonical_keys(flat: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``flat`` with every renamed key under its new name (:data:`RENAMED_KEYS`)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        new = RENAMED_KEYS.get(key)
+        if new is None:
+            out[key] = value
+            continue
+        if new in flat:
+            raise ConfigError(f"{key}: {where} also gives {new}, its new name; keep only {new}")
+        _renamed_seen.add(key)
+        out[new] = value
+    return out
+
+
+def renamed_key_notes() -> list[str]:
+    """One line per old key name read since the last call (and forget them)."""
+    notes = [f"note: {old} is now {RENAMED_KEYS[old]} (the old name still works)" for old in sorted(_renamed_seen)]
+    _renamed_seen.clear()
+    return notes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -678,7 +721,7 @@ def toml_to_flat(text: str, where: str) -> dict[str, Any]:
             )
         for key, value in table.items():
             flat[f"{section}.{key}"] = value
-    return flat
+    return canonical_keys(flat, where)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -690,7 +733,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected key=value, for example run.rounds=5")
         shown = text if len(text) <= 40 else text[:40] + "..."
         out[key] = parse_value(text, f"--set {key}={shown}")
-    return out
+    return canonical_keys(out, "--set")
 
 
 PRESET_KEYS = frozenset(
@@ -763,6 +806,7 @@ def build_config(*layers: Mapping[str, Any]) -> Config:
     """
     merged: dict[str, Any] = {}
     for layer in layers:
+        layer = canonical_keys(layer, "the configuration")
         for name, values in _nest(layer).items():  # a bad value is reported even if a later layer overrides it
             _check_section(name, SECTIONS[name], values)
         merged.update(layer)

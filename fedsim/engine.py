@@ -132,13 +132,13 @@ class RoundEngine:
         self.host = host
         self.wireless = wireless if wireless is not None else WirelessModel(cfg)
         self.method = get_method(cfg.run.method)
-        self.schedule = get_scheduler(cfg.tsfa.scheduler)
+        self.schedule = get_scheduler(cfg.run.scheduler)
         self.plan = None
         if self.schedule.plans_rank:
             self.plan = plan if plan is not None else plan_for(cfg, self.wireless, host)
             cfg = replace(cfg, lora=replace(cfg.lora, rank=self.plan.chosen_rank))
         self.cfg = cfg
-        self.rho = fixed_rho(cfg.run.method, cfg.soft.rho)
+        self.rho = fixed_rho(cfg.run.method, cfg.method.rho)
         """The rho of a one-phase round, sent with every ``train`` request (clients never derive it)."""
         self.flops_per_sample = host.flops_per_sample(cfg)
         initial = host.initial_state(cfg)
@@ -493,7 +493,7 @@ def run(
         wall_s=time.perf_counter() - t_start,
         extra={
             "lora_rank": engine.cfg.lora.rank,
-            "scheduler": cfg.tsfa.scheduler,
+            "scheduler": cfg.run.scheduler,
             "latency_budget_s": cfg.tsfa.latency_budget_s,
         },
     )

@@ -30,7 +30,7 @@ client from the seed and are not sent): see :meth:`UploadMethod.broadcast`.
 method         sparsifier    local loss
 =============  ============  ===========================================================
 ideal          dense         task loss (no sparsification: the reference)
-soft           soft          task loss + soft.lambda_orth * R_orth
+soft           soft          task loss + method.lambda_orth * R_orth
 soft-noreg     soft          task loss (ablation: lambda_orth = 0)
 topk           topk          task loss (element-wise top-k on A and B, same bits as soft)
 randk          randk         task loss (k random ranks)
@@ -38,7 +38,7 @@ svd            svd           task loss (SVD of B A, top-k triplets, refactored)
 ffa            B only        task loss, A frozen at its seeded initialisation (FFA-LoRA)
 fedsa          A only        task loss (A averaged, B kept on the client: FedSA-LoRA)
 topk-ef        topk          task loss (topk of factors + residual; error feedback)
-soft-ef        soft          task loss + soft.lambda_orth * R_orth (soft with error feedback)
+soft-ef        soft          task loss + method.lambda_orth * R_orth (soft with error feedback)
 =============  ============  ===========================================================
 """
 
@@ -174,7 +174,7 @@ class UploadMethod:
     sparsify : a :data:`Sparsifier` applied to every LoRA pair, or the name of a
         :data:`fedsim.soft.SPARSIFIERS` entry.
     matrix_bits : the exact payload formula of one adapted matrix (:data:`MatrixBits`).
-    regularised : the SOFT orthogonality regulariser (weight ``soft.lambda_orth``) is in the
+    regularised : the SOFT orthogonality regulariser (weight ``method.lambda_orth``) is in the
         local loss.
     sparsifies : the upload depends on rho (False: rho is always 0, as for ``ideal``).
     needs_client_state : the client keeps state between rounds (:mod:`fedsim.client_state`):
@@ -206,9 +206,9 @@ class UploadMethod:
     @property
     def config_keys(self) -> tuple[str, ...]:
         """The configuration keys this method reads besides ``run.method`` and the ``lora.*`` keys
-        that every method reads: ``soft.rho`` when it sparsifies, ``soft.lambda_orth`` when it is
-        regularised (``fedsim methods`` lists them; a scheduler that decides rho overrides ``soft.rho``)."""
-        return ("soft.rho",) * self.sparsifies + ("soft.lambda_orth",) * self.regularised
+        that every method reads: ``method.rho`` when it sparsifies, ``method.lambda_orth`` when it is
+        regularised (``fedsim methods`` lists them; a scheduler that decides rho overrides ``method.rho``)."""
+        return ("method.rho",) * self.sparsifies + ("method.lambda_orth",) * self.regularised
 
     def adapter_bits(
         self, shapes: dict[str, tuple[int, ...]], rank: int, rho: float, value_bits: int, quant_bits: int = 0
@@ -333,10 +333,10 @@ def register_method(method: UploadMethod) -> UploadMethod:
     return method
 
 
-def fixed_rho(method: str, soft_rho: float) -> float:
-    """The sparsification ratio when no scheduler chooses it: ``soft.rho``, or 0 for a method that
+def fixed_rho(method: str, rho: float) -> float:
+    """The sparsification ratio when no scheduler chooses it: ``method.rho``, or 0 for a method that
     does not sparsify."""
-    return soft_rho if get_method(method).sparsifies else 0.0
+    return rho if get_method(method).sparsifies else 0.0
 
 
 def get_method(name: str) -> UploadMethod:

@@ -235,7 +235,7 @@ def default_group_keys(runs: Sequence[RunResult]) -> list[str]:
 
 
 def group_label(key_values: dict[str, Any]) -> str:
-    """``{"run.method": "soft", "soft.rho": 0.5}`` -> ``"method=soft, rho=0.5"`` (``"all"`` if empty)."""
+    """``{"run.method": "soft", "method.rho": 0.5}`` -> ``"method=soft, rho=0.5"`` (``"all"`` if empty)."""
     if not key_values:
         return "all"
     return ", ".join(f"{k.rpartition('.')[2]}={_show(v)}" for k, v in key_values.items())
@@ -527,7 +527,7 @@ def metric_curves_figure(runs: Sequence[RunResult], by: Sequence[str] | None = N
 def latency_budget_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None):
     """Time-average round latency against ``tsfa.latency_budget_s`` (mean and 95% interval over seeds),
     one line per group of the other keys; the dashed diagonal is the budget. None without TSFA runs."""
-    tsfa = [r for r in runs if r.config.get("tsfa.scheduler") == "tsfa"]
+    tsfa = [r for r in runs if r.config.get("run.scheduler") == "tsfa"]
     if not tsfa:
         return None
     by = [k for k in (default_group_keys(runs) if by is None else by) if k != "tsfa.latency_budget_s"]

@@ -1,6 +1,6 @@
 """Round schedulers: how each round's sparsification ratio rho_t and bandwidth split b_t are chosen.
 
-A scheduler is one :class:`SchedulerEntry` in :data:`SCHEDULERS` (``tsfa.scheduler``). The entry
+A scheduler is one :class:`SchedulerEntry` in :data:`SCHEDULERS` (``run.scheduler``). The entry
 declares what it decides and how the round runs; the math lives in :mod:`fedsim.tsfa`:
 
 =======  ==========  ==================  =========  ==============================================
@@ -11,7 +11,7 @@ fixed    fixed       min-max latency     no         no
 tsfa     Lyapunov    min-max latency     yes        yes (:mod:`fedsim.rank_plan`)
 =======  ==========  ==================  =========  ==============================================
 
-"fixed" rho is ``soft.rho`` (0 for a method that does not sparsify). The min-max split is the
+"fixed" rho is ``method.rho`` (0 for a method that does not sparsify). The min-max split is the
 cvxpy allocator with its exact reference as fallback; the Lyapunov choice is drift-plus-penalty
 over ``tsfa.rho_grid`` under the long-term budget ``tsfa.latency_budget_s``.
 
@@ -72,7 +72,7 @@ class SchedulerEntry:
 
     Attributes
     ----------
-    name : registry key (``tsfa.scheduler``).
+    name : registry key (``run.scheduler``).
     description : one line for listings.
     decides_rho : rho_t is chosen every round (needs a method that sparsifies).
     two_phase : clients report before they upload (rho_t is decided between the two messages).
@@ -97,7 +97,7 @@ def _fixed_rho_scheduler(allocator: str) -> Callable[[Config], Scheduler]:
 
         t = cfg.tsfa
         return FixedRhoScheduler(
-            fixed_rho(cfg.run.method, cfg.soft.rho),
+            fixed_rho(cfg.run.method, cfg.method.rho),
             make_allocator(allocator, cfg.num_sampled, cfg.channel.bandwidth_hz),
             t.latency_budget_s,
             t.deadline_s or None,
@@ -131,7 +131,7 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
         ),
     )
 }
-"""The schedulers by name (``tsfa.scheduler``)."""
+"""The schedulers by name (``run.scheduler``)."""
 
 
 def register_scheduler(entry: SchedulerEntry) -> SchedulerEntry:
@@ -145,7 +145,7 @@ def register_scheduler(entry: SchedulerEntry) -> SchedulerEntry:
 def get_scheduler(name: str) -> SchedulerEntry:
     """The scheduler ``name``: built in, registered, or installed (entry point group
     ``fedsim.schedulers``, :mod:`fedsim.plugins`); an unknown name is a ConfigError listing the known ones."""
-    return plugins.resolve(SCHEDULERS, plugins.SCHEDULERS, name, "tsfa.scheduler", SchedulerEntry)
+    return plugins.resolve(SCHEDULERS, plugins.SCHEDULERS, name, "run.scheduler", SchedulerEntry)
 
 
 def scheduler_names() -> list[str]:

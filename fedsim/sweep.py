@@ -10,7 +10,7 @@ every run) with one more table, ``[sweep]``::
 
     [sweep.grid]                # the Cartesian product of these axes
     "run.method" = ["soft", "topk"]
-    "soft.rho" = [0.25, 0.5]
+    "method.rho" = [0.25, 0.5]
 
     [[sweep.zip]]               # axes varied together (equal lengths), crossed with the grid
     "tsfa.latency_budget_s" = [0.2, 0.4]
@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import Config, ConfigError, build_config, parse_json, read_text_file, toml_to_flat
+from fedsim.config import Config, ConfigError, build_config, canonical_keys, parse_json, read_text_file, toml_to_flat
 from fedsim.results import holds_more_than_the_lock
 
 SWEEP_KEYS = ("name", "config", "seeds", "grid", "zip")
@@ -93,7 +93,8 @@ class Sweep:
 
 
 def _flatten_axes(table: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
-    """``{"run": {"method": [...]}}`` or ``{"run.method": [...]}`` -> ``{"run.method": [...]}``."""
+    """``{"run": {"method": [...]}}`` or ``{"run.method": [...]}`` -> ``{"run.method": [...]}``, renamed
+    keys under their new names."""
     out: dict[str, Any] = {}
     for key, value in table.items():
         full = f"{prefix}{key}"
@@ -101,7 +102,7 @@ def _flatten_axes(table: Mapping[str, Any], where: str, prefix: str = "") -> dic
             out.update(_flatten_axes(value, where, full + "."))
         else:
             out[full] = value
-    return out
+    return out if prefix else canonical_keys(out, where)
 
 
 def expand(
@@ -142,7 +143,7 @@ def _short(value: Any) -> str:
 def run_name(overrides: Mapping[str, Any]) -> str:
     """A folder name from axis values: ``{"run.method": "soft", "run.seed": 0}`` -> ``method-soft_seed-0``.
 
-    Keys appear by their last part (``soft.rho`` -> ``rho``), or in full where two axes share it;
+    Keys appear by their last part (``method.rho`` -> ``rho``), or in full where two axes share it;
     characters other than letters, digits, ``.``, ``+`` and ``-`` become ``-``.
     """
     if not overrides:
@@ -291,7 +292,7 @@ def check_rank_plans(sweep: Sweep) -> None:
 
     groups: dict[str, list[RunSpec]] = {}
     for spec in sweep.runs:
-        if get_scheduler(spec.config.tsfa.scheduler).plans_rank:
+        if get_scheduler(spec.config.run.scheduler).plans_rank:
             flat = spec.config.to_flat()
             key = {k: v for k, v in flat.items() if k not in PLAN_BLIND_KEYS and not k.startswith(UNCHECKED_SECTIONS)}
             groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(spec)

@@ -215,8 +215,8 @@ def client_update(
     gen = torch.Generator().manual_seed(torch_seed(cfg.run.seed, round_, client_id, "local-train"))
     method = get_method(cfg.run.method)
     extra_loss = None
-    if method.regularised and cfg.soft.lambda_orth > 0:
-        lam = cfg.soft.lambda_orth
+    if method.regularised and cfg.method.lambda_orth > 0:
+        lam = cfg.method.lambda_orth
 
         def extra_loss(model: nn.Module) -> torch.Tensor:
             return lam * orthogonality_penalty(lora_factor_pairs(model))

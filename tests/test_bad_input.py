@@ -22,7 +22,7 @@ RANGE = re.compile(r"in ([\[\(])(-?[0-9.e+]+), (-?[0-9.e+]+)([\]\)])")
 REGISTRY_KEYS = {
     "run.method",
     "workload.name",
-    "tsfa.scheduler",
+    "run.scheduler",
     "channel.drop",
     "channel.mobility",
     "channel.pathloss",
@@ -116,6 +116,8 @@ def option_cases() -> list[tuple[str, list[str]]]:
         ("packet errors unknown mode", ["--set", "channel.packet_errors=sometimes"]),
         ("packet errors wrong case", ["--set", "channel.packet_errors=Drop"]),
         ("client timeout below a client's start-up", ["--set", "run.client_timeout_s=5"]),
+        ("renamed key out of range", ["--set", "soft.rho=2"]),
+        ("both names of a renamed key", ["--set", "tsfa.scheduler=fixed", "--set", "run.scheduler=tsfa"]),
     ]
 
 

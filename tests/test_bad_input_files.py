@@ -147,7 +147,7 @@ def sweep_cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("--set nested 10^5 deep", ["sweep", toml("plain", base), "--set", "run.rounds=" + "[" * 100_000]),
         ("names equal", ["sweep", toml("same", base + '[sweep.grid]\n"workload.options" = ["a=1", "a/1"]\n')]),
         ("names equal but case", ["sweep", toml("case", base + '[sweep.grid]\n"workload.options" = ["A", "a"]\n')]),
-        ("names equal as %g", ["sweep", toml("g", base + '[sweep.grid]\n"soft.rho" = [0.1234561, 0.1234562]\n')]),
+        ("names equal as %g", ["sweep", toml("g", base + '[sweep.grid]\n"method.rho" = [0.1234561, 0.1234562]\n')]),
         (
             "names cut at 200",
             ["sweep", toml("cut", base + f'[sweep.grid]\n"workload.options" = ["{long}1", "{long}2"]\n')],

@@ -25,6 +25,11 @@ def run_in_process(args, capsys):
         (["run", "--set", "run.bogus=1"], "unknown config key 'run.bogus'"),
         (["run", "--set", "channel.bandwidth_hz=0"], "channel.bandwidth_hz=0.0"),
         (["run", "--set", "noequals"], "expected key=value"),
+        (
+            ["run", "--set", "soft.rho=2"],
+            "method.rho=2.0: must be a number in [0, 1) (note: soft.rho is now method.rho",
+        ),
+        (["run", "--set", "tsfa.scheduler=nope"], "run.scheduler='nope': must be one of"),
         (["run", "--bogus-option"], "No such option"),
         (["run", "--clients", "many"], "many"),
         (["nosuchcommand"], "No such command"),
@@ -75,5 +80,5 @@ def test_methods_lists_each_method_with_the_keys_it_reads_and_every_scheduler(ca
     assert e.value.code == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert set(METHODS) | set(SCHEDULERS) <= set(lines)
-    assert lines["soft"].endswith("[soft.rho, soft.lambda_orth]") and lines["topk"].endswith("[soft.rho]")
+    assert lines["soft"].endswith("[method.rho, method.lambda_orth]") and lines["topk"].endswith("[method.rho]")
     assert lines["fedsa"].endswith("[client state]") and "[" not in lines["ideal"]

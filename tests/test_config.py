@@ -133,3 +133,32 @@ def test_a_preset_default_out_of_range_or_unknown_is_refused_in_one_line(monkeyp
     assert preset_defaults("toy", "base") == {"train.lr": 1.0} and preset_defaults("toy", "tiny") == {}
     row = preset_default_rows("toy")[-1]
     assert row[:3] == ("train.lr", "tiny: 0.003, base: 1.0", "a number in (0, 10]")
+
+
+def test_renamed_keys_are_read_under_their_new_names(tmp_path):
+    from fedsim.config import RENAMED_KEYS, renamed_key_notes, toml_to_flat
+
+    renamed_key_notes()  # forget what earlier tests read
+    assert parse_overrides(["soft.rho=0.25", "tsfa.scheduler=fixed"]) == {"method.rho": 0.25, "run.scheduler": "fixed"}
+    assert renamed_key_notes() == [
+        "note: soft.rho is now method.rho (the old name still works)",
+        "note: tsfa.scheduler is now run.scheduler (the old name still works)",
+    ]
+    assert renamed_key_notes() == []  # each note once
+    # a results folder written before the rename builds the same configuration
+    old = '[run]\nmethod = "soft"\n[soft]\nrho = 0.25\nlambda_orth = 0.3\n[tsfa]\nscheduler = "tsfa"\nv = 0.1\n'
+    cfg = config_from_flat(toml_to_flat(old, "old config.toml"))
+    new = {"run.method": "soft", "method.rho": 0.25, "method.lambda_orth": 0.3, "run.scheduler": "tsfa", "tsfa.v": 0.1}
+    assert cfg == config_from_flat(new)
+    assert cfg.method.rho == 0.25 and cfg.run.scheduler == "tsfa" and cfg.tsfa.v == 0.1
+    assert not set(RENAMED_KEYS) & set(cfg.to_flat())  # written back under the new names only
+    assert config_from_flat({"soft.lambda_orth": 0.5}).method.lambda_orth == 0.5  # Python callers too
+    renamed_key_notes()
+
+
+@pytest.mark.parametrize("layer", [["soft.rho=0.25", "method.rho=0.5"], ["tsfa.scheduler=fixed", "run.scheduler=tsfa"]])
+def test_both_names_of_a_renamed_key_is_an_error(layer):
+    with pytest.raises(
+        ConfigError, match=r"^(soft\.rho|tsfa\.scheduler): --set also gives (method\.rho|run\.scheduler)"
+    ):
+        parse_overrides(layer)

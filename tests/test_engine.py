@@ -33,16 +33,16 @@ def test_a_round_aggregates_the_uploads_in_client_order_and_prices_them_exactly(
     sampled = sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)
     assert [c.client_id for c in rec.clients] == sampled and rec.status == "ok" and rec.failures == []
     # the same uploads aggregated by the method itself give the engine's new state
-    assert [(r.action, r.rho) for r, _ in clients.requests] == [("train", cfg.soft.rho)] * 3
+    assert [(r.action, r.rho) for r, _ in clients.requests] == [("train", cfg.method.rho)] * 3
     uploads = []
     for cid in sampled:
-        request = ClientRequest(action="train", round=1, client_id=cid, rho=cfg.soft.rho)
+        request = ClientRequest(action="train", round=1, client_id=cid, rho=cfg.method.rho)
         reply = ClientRound(StubHost()).train(cfg, request, start)
         uploads.append((float(reply.num_samples), *engine.method.decode(reply.arrays)))
     expected, _ = engine.method.aggregate(start, uploads)
     for k in expected:
         np.testing.assert_array_equal(engine.state[k], expected[k])
-    bits = engine.method.adapter_bits({k: v.shape for k, v in start.items()}, cfg.lora.rank, cfg.soft.rho, 32)
+    bits = engine.method.adapter_bits({k: v.shape for k, v in start.items()}, cfg.lora.rank, cfg.method.rho, 32)
     assert all(c.payload_bits == bits for c in rec.clients)
     assert rec.uplink_bits_total == 3 * bits
     assert list(rec.to_dict()) == round_record_keys()
@@ -96,7 +96,7 @@ def test_a_silent_client_is_a_timeout_failure_and_a_round_with_no_survivors_keep
 
 
 def test_the_deadline_drops_clients_before_aggregation_and_says_why():
-    cfg = make_cfg(**{"tsfa.scheduler": "fixed", "tsfa.deadline_s": 1e-6, "run.min_clients_per_round": 1})
+    cfg = make_cfg(**{"run.scheduler": "fixed", "tsfa.deadline_s": 1e-6, "run.min_clients_per_round": 1})
     rec = RoundEngine(cfg, StubHost()).run_round(1, InProcessClients())
     assert rec.status == "failed" and rec.scheduler.deadline_dropped == 3
     assert all(f.reason.startswith("deadline: cannot upload within tsfa.deadline_s=1e-06") for f in rec.failures)
@@ -109,7 +109,7 @@ def test_the_deadline_drops_clients_before_aggregation_and_says_why():
 
 def test_a_deadline_lets_a_round_count_with_the_clients_that_meet_it():
     """With tsfa.deadline_s set, run.min_clients_per_round = 0 means one survivor suffices."""
-    cfg = make_cfg(**{"tsfa.scheduler": "fixed", "tsfa.deadline_s": 10.0})
+    cfg = make_cfg(**{"run.scheduler": "fixed", "tsfa.deadline_s": 10.0})
     slow = sample_clients(cfg.run.seed, 1, cfg.run.clients, cfg.num_sampled)[0]
     engine = RoundEngine(cfg, StubHost())
     engine.wireless.device_flops[slow] = 1.0  # 1 FLOP/s: its compute alone misses the deadline
@@ -122,7 +122,7 @@ def test_a_deadline_lets_a_round_count_with_the_clients_that_meet_it():
 def test_stragglers_are_late_in_simulated_time_and_the_deadline_decides():
     cfg = make_cfg(
         **{
-            "tsfa.scheduler": "fixed",
+            "run.scheduler": "fixed",
             "faults.client_straggle_prob": 0.5,
             "faults.straggle_delay_s": 30.0,
             "tsfa.deadline_s": 5.0,
@@ -137,7 +137,7 @@ def test_stragglers_are_late_in_simulated_time_and_the_deadline_decides():
 
 
 def test_tsfa_runs_two_phases_and_uploads_at_the_rho_it_decided():
-    cfg = make_cfg(**{"tsfa.scheduler": "tsfa", "tsfa.latency_budget_s": 50.0, "tsfa.plan_samples": 5})
+    cfg = make_cfg(**{"run.scheduler": "tsfa", "tsfa.latency_budget_s": 50.0, "tsfa.plan_samples": 5})
     engine, clients = RoundEngine(cfg, StubHost()), InProcessClients()
     assert engine.plan is not None and engine.cfg.lora.rank == engine.plan.chosen_rank
     rec = engine.run_round(1, clients)
@@ -152,14 +152,14 @@ def test_tsfa_runs_two_phases_and_uploads_at_the_rho_it_decided():
 
 
 def test_the_fixed_scheduler_splits_the_band_min_max_at_its_rho():
-    """``tsfa.scheduler=fixed``: SOFT at the fixed rho, the band split so that every client's
+    """``run.scheduler=fixed``: SOFT at the fixed rho, the band split so that every client's
     compute + upload time is equal (the min-max optimum, solved by cvxpy), all of it used."""
-    cfg = make_cfg(**{"tsfa.scheduler": "fixed"})
+    cfg = make_cfg(**{"run.scheduler": "fixed"})
     rec = RoundEngine(cfg, StubHost()).run_round(1, InProcessClients())
     latency = [c.compute_time_s + c.upload_time_s for c in rec.clients]
     assert sum(c.bandwidth_hz for c in rec.clients) == pytest.approx(cfg.channel.bandwidth_hz, rel=1e-6)
     assert max(latency) - min(latency) < 1e-3 * max(latency)
-    assert rec.scheduler.rho == cfg.soft.rho and rec.scheduler.solver_status.startswith("optimal")
+    assert rec.scheduler.rho == cfg.method.rho and rec.scheduler.solver_status.startswith("optimal")
 
 
 def test_a_non_finite_adapter_ends_the_run_as_diverged_without_a_checkpoint(tmp_path):
@@ -203,7 +203,7 @@ def test_a_connection_failure_writes_a_failed_summary_and_raises_one_line(tmp_pa
 def test_a_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path, scheduler, method):
     """Client state (fedsa's personal B, error feedback's residual) is part of what a resume restores."""
     extra = {
-        "tsfa.scheduler": scheduler,
+        "run.scheduler": scheduler,
         "tsfa.latency_budget_s": 50.0,
         "tsfa.plan_samples": 5,
         "run.method": method,
@@ -287,7 +287,7 @@ def test_every_method_runs_rounds_under_every_scheduler(tmp_path, method, schedu
     """The real client half encodes every method's upload at the rho the engine sends, and the
     payload is the method's formula; client state stays on the clients, personal models are reported."""
     cfg = make_cfg(
-        **{"run.method": method, "tsfa.scheduler": scheduler, "tsfa.latency_budget_s": 50.0, "tsfa.plan_samples": 5}
+        **{"run.method": method, "run.scheduler": scheduler, "tsfa.latency_budget_s": 50.0, "tsfa.plan_samples": 5}
     )
     engine, clients = RoundEngine(cfg, StubHost(), client_state_dir=str(tmp_path)), InProcessClients()
     m, schedule = METHODS[method], SCHEDULERS[scheduler]
@@ -299,7 +299,7 @@ def test_every_method_runs_rounds_under_every_scheduler(tmp_path, method, schedu
         if schedule.decides_rho:
             assert rho in cfg.tsfa.rho_grid
         else:
-            assert rho == engine.rho == (cfg.soft.rho if m.sparsifies else 0.0)  # ideal never sparsifies
+            assert rho == engine.rho == (cfg.method.rho if m.sparsifies else 0.0)  # ideal never sparsifies
         assert {r.rho for r, _ in clients.requests if r.round == round_ and r.action != "local"} == {rho}
         bits = m.adapter_bits(shapes, engine.cfg.lora.rank, rho, 32)
         assert [c.payload_bits for c in rec.clients] == [bits] * cfg.num_sampled

@@ -44,7 +44,7 @@ def test_the_documented_method_passes_the_shared_method_tests(registered):
 def test_the_documented_method_and_scheduler_run_rounds_of_the_engine(registered):
     from fedsim.engine import RoundEngine
 
-    cfg = make_cfg(**{"run.method": "bnorm", "tsfa.scheduler": "proportional"})
+    cfg = make_cfg(**{"run.method": "bnorm", "run.scheduler": "proportional"})
     engine = RoundEngine(cfg, StubHost())
     for round_ in (1, 2):
         record = engine.run_round(round_, InProcessClients())

@@ -34,12 +34,12 @@ def _markdown(outputs: list[dict]) -> str:
 
 def test_soft_vs_baselines(tmp_path):
     runs = [
-        (f"method-{m}_rho-{rho}_seed-{s}", {"run.method": m, "soft.rho": rho, "run.seed": s}, 0.5 + 0.1 * s)
+        (f"method-{m}_rho-{rho}_seed-{s}", {"run.method": m, "method.rho": rho, "run.seed": s}, 0.5 + 0.1 * s)
         for m in ("soft", "topk")
         for rho in (0.25, 0.5)
         for s in (0, 1)
     ]
-    sweep = write_sweep(tmp_path / "soft", runs, ["run.method", "soft.rho", "run.seed"])
+    sweep = write_sweep(tmp_path / "soft", runs, ["run.method", "method.rho", "run.seed"])
     outputs = execute("soft_vs_baselines.ipynb", tmp_path, [sweep])
     assert "| method | rho | n | final primary metric |" in _markdown(outputs)
     assert _images(outputs) == 2  # against bits and against round
@@ -49,7 +49,7 @@ def test_tsfa_latency(tmp_path):
     runs = [
         (
             f"b-{b}_seed-{s}",
-            {"run.method": "soft", "tsfa.scheduler": "tsfa", "tsfa.latency_budget_s": b, "run.seed": s},
+            {"run.method": "soft", "run.scheduler": "tsfa", "tsfa.latency_budget_s": b, "run.seed": s},
             0.5,
         )
         for b in (0.2, 0.4)

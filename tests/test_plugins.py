@@ -135,7 +135,7 @@ def build_even(cfg):
     from fedsim.tsfa import FixedRhoScheduler, make_allocator
 
     allocator = make_allocator("equal", cfg.num_sampled, cfg.channel.bandwidth_hz)
-    return FixedRhoScheduler(fixed_rho(cfg.run.method, cfg.soft.rho), allocator, cfg.tsfa.latency_budget_s)
+    return FixedRhoScheduler(fixed_rho(cfg.run.method, cfg.method.rho), allocator, cfg.tsfa.latency_budget_s)
 
 
 EVEN = SchedulerEntry(name="toy-even", description="fixed rho, equal split (third-party test scheduler)", build=build_even)

@@ -34,7 +34,7 @@ def sweep_dir(tmp_path_factory):
     runs = []
     for (method, rho), finals in FINALS.items():
         for seed, final in enumerate(finals):
-            overrides = {"run.method": method, "soft.rho": rho, "run.seed": seed}
+            overrides = {"run.method": method, "method.rho": rho, "run.seed": seed}
             runs.append((f"method-{method}_seed-{seed}", overrides, final))
     return write_sweep(tmp_path_factory.mktemp("sweeps") / "methods", runs, ["run.method", "run.seed"])
 
@@ -67,7 +67,7 @@ def test_summarize_groups_by_the_sweep_axes(sweep_dir):
     assert soft["cumulative_uplink_bits_mean"] == pytest.approx(3 * 0.5 * 4e6)  # 3 rounds at rho = 0.5
     # plain results folders (not a sweep): grouped by the keys that differ, seed excluded
     plain = load_runs([sweep_dir / "runs"])
-    assert len(plain) == 9 and default_group_keys(plain) == ["run.method", "soft.rho"]
+    assert len(plain) == 9 and default_group_keys(plain) == ["run.method", "method.rho"]
 
 
 def test_curves_bands_and_figures(sweep_dir):
@@ -95,7 +95,7 @@ def test_tsfa_latency_and_effect_figures(tmp_path):
         for seed in (0, 1):
             overrides = {
                 "run.method": "soft",
-                "tsfa.scheduler": "tsfa",
+                "run.scheduler": "tsfa",
                 "tsfa.latency_budget_s": budget,
                 "run.seed": seed,
             }
@@ -151,7 +151,7 @@ def test_rounds_without_evaluation(tmp_path):
 
 def test_report_command_writes_page_tables_and_figures(sweep_dir, tmp_path, capsys):
     extra = write_run(
-        tmp_path / "failed-run", {"run.method": "soft", "soft.rho": 0.5, "run.seed": 9}, 0.1, status="failed"
+        tmp_path / "failed-run", {"run.method": "soft", "method.rho": 0.5, "run.seed": 9}, 0.1, status="failed"
     )
     out = tmp_path / "report"
     with pytest.raises(SystemExit) as e:

@@ -32,7 +32,7 @@ def test_expand_grid_zip_seeds():
 
 
 def test_run_names():
-    assert run_name({"run.method": "soft", "soft.rho": 0.25, "run.seed": 0}) == "method-soft_rho-0.25_seed-0"
+    assert run_name({"run.method": "soft", "method.rho": 0.25, "run.seed": 0}) == "method-soft_rho-0.25_seed-0"
     assert run_name({"a.rho": 1, "b.rho": 2}) == "a-rho-1_b-rho-2"  # same last part: full keys
     assert run_name({"tsfa.rho_grid": [0.0, 0.5]}) == "rho_grid-0-0.5"
     assert run_name({"workload.options": "a=1, b/c"}) == "options-a-1--b-c"
@@ -57,7 +57,7 @@ def test_load_sweep_resolves_every_run(tmp_path):
         [sweep.grid.run]
         method = ["soft", "topk"]
         [[sweep.zip]]
-        "soft.rho" = [0.25, 0.5]
+        "method.rho" = [0.25, 0.5]
         "lora.rank" = [4, 8]
         [run]
         clients = 4
@@ -66,13 +66,28 @@ def test_load_sweep_resolves_every_run(tmp_path):
     )
     sweep = load_sweep(path, {"train.batch_size": 8})
     assert sweep.name == "m" and len(sweep.runs) == 8
-    assert sweep.axes == ["run.method", "soft.rho", "lora.rank", "run.seed"]
+    assert sweep.axes == ["run.method", "method.rho", "lora.rank", "run.seed"]
     first = sweep.runs[0]
     assert first.name == "method-soft_rho-0.25_rank-4_seed-0"
     cfg = first.config
     assert (cfg.train.lr, cfg.run.rounds, cfg.run.clients, cfg.train.batch_size) == (0.001, 2, 4, 8)
     assert cfg.run.clients_per_round == 4  # as `fedsim run --clients 4` resolves it
-    assert {(r.config.soft.rho, r.config.lora.rank) for r in sweep.runs} == {(0.25, 4), (0.5, 8)}
+    assert {(r.config.method.rho, r.config.lora.rank) for r in sweep.runs} == {(0.25, 4), (0.5, 8)}
+
+
+def test_a_sweep_written_with_renamed_keys_runs_the_same_runs(tmp_path):
+    """Old key names in axes and tables mean the new keys: same axes, run names and configurations."""
+    head = '[sweep]\nseeds = [0]\n[[sweep.zip]]\n"run.method" = ["ideal", "soft"]\n'
+    old_text = head + '"soft.rho" = [0.0, 0.25]\n[run]\nclients = 4\nrounds = 2\n[tsfa]\nscheduler = "fixed"\n'
+    new_text = head + '"method.rho" = [0.0, 0.25]\n[run]\nclients = 4\nrounds = 2\nscheduler = "fixed"\n'
+    old, new = (
+        load_sweep(_write(tmp_path, text, name)) for text, name in ((old_text, "old.toml"), (new_text, "new.toml"))
+    )
+    assert old.axes == new.axes == ["run.method", "method.rho", "run.seed"]
+    names = ["method-ideal_rho-0_seed-0", "method-soft_rho-0.25_seed-0"]
+    assert [r.name for r in old.runs] == [r.name for r in new.runs] == names
+    assert [r.config for r in old.runs] == [r.config for r in new.runs]
+    assert old.runs[1].config.run.scheduler == "fixed"
 
 
 BAD_SWEEPS = [
@@ -80,19 +95,20 @@ BAD_SWEEPS = [
     ('[sweep.grid]\n"run.method" = []\n', "axis 'run.method' is empty"),
     ("[sweep]\nseeds = []\n", "axis 'sweep.seeds' is empty"),
     ('[sweep.grid]\n"run.method" = ["soft", "sft"]\n', "axis 'run.method' value 'sft'"),
-    ('[sweep.grid]\n"soft.rho" = [0.5, 1.5]\n', "axis 'soft.rho' value 1.5"),
+    ('[sweep.grid]\n"method.rho" = [0.5, 1.5]\n', "axis 'method.rho' value 1.5"),
     ('[sweep.grid]\n"run.rounds" = [2, "x"]\n', "axis 'run.rounds' value 'x'"),
     ('[sweep.grid]\n"run.rounds" = 3\n', "axis 'run.rounds'=3: must be a list"),
-    ('[[sweep.zip]]\n"soft.rho" = [0.1, 0.2]\n"lora.rank" = [4]\n', "equal lengths"),
+    ('[[sweep.zip]]\n"method.rho" = [0.1, 0.2]\n"lora.rank" = [4]\n', "equal lengths"),
     ('[sweep]\nseeds = [0]\n[sweep.grid]\n"run.seed" = [1]\n', "axis 'run.seed' is given more than once"),
     ("[sweep]\nrepeat = 3\n", "unknown key 'sweep.repeat'"),
-    ('[sweep.grid]\n"tsfa.scheduler" = ["tsfa"]\n', "axis 'tsfa.scheduler' value 'tsfa'"),
+    ('[sweep.grid]\n"run.scheduler" = ["tsfa"]\n', "axis 'run.scheduler' value 'tsfa'"),
     ('[sweep.grid]\n"run.clients" = [4]\n[run]\nclients_per_round = 8\n', "run with run.clients=4"),
     ('[sweep.grid]\n"workload.name" = ["no-such-workload"]\n', "axis 'workload.name' value 'no-such-workload'"),
     ('[sweep]\nname = "a b"\n', "sweep.name='a b'"),
     ("[sweep\n", "not valid TOML"),
     ("[run]\nrounds = 0\n[sweep]\nseeds = [0]\n", "base configuration: run.rounds=0"),
     ('[sweep]\nconfig = "missing.toml"\n', "file not found"),
+    ('[[sweep.zip]]\n"soft.rho" = [0.1]\n"method.rho" = [0.2]\n', "soft.rho: sweep file"),
     ('[sweep.grid]\n"tracking.backends" = ["wandb"]\n', "axis 'tracking.backends' value 'wandb'"),
 ]
 
@@ -117,10 +133,10 @@ seeds = [0, 1]
 "tsfa.latency_budget_s" = [{budgets}]
 [run]
 method = "soft"
+scheduler = "tsfa"
 clients = 4
 clients_per_round = 2
 [tsfa]
-scheduler = "tsfa"
 plan_samples = 20
 [workload]
 samples_per_client = 16
@@ -185,7 +201,7 @@ def test_sweep_compares_the_configuration_a_run_was_started_with(tmp_path):
     """A TSFA run records its planned lora.rank in its config.toml: the same sweep again is accepted,
     a changed one is still refused."""
     path = _write(
-        tmp_path, '[sweep]\nseeds = [0]\n[run]\nmethod = "soft"\nclients = 4\nrounds = 3\n[tsfa]\nscheduler = "tsfa"\n'
+        tmp_path, '[sweep]\nseeds = [0]\n[run]\nmethod = "soft"\nscheduler = "tsfa"\nclients = 4\nrounds = 3\n'
     )
     sweep = load_sweep(path)
     out = tmp_path / "sw"
@@ -193,7 +209,7 @@ def test_sweep_compares_the_configuration_a_run_was_started_with(tmp_path):
     (out / "sweep.json").write_text("{}")
     (out / "configs" / "seed-0.toml").write_text(run_config_text(sweep.runs[0], 1, None, out=out))
     write_run(
-        out / "runs" / "seed-0", {"run.seed": 0, "run.method": "soft", "tsfa.scheduler": "tsfa", "lora.rank": 4}, 0.5
+        out / "runs" / "seed-0", {"run.seed": 0, "run.method": "soft", "run.scheduler": "tsfa", "lora.rank": 4}, 0.5
     )
     check_folder(sweep, out)  # the rank the run planned is not a change of the sweep
     changed = load_sweep(_write(tmp_path, path.read_text().replace("rounds = 3", "rounds = 5")))
@@ -381,7 +397,7 @@ def test_a_grid_over_the_maximum_is_refused_before_it_is_built(tmp_path, monkeyp
 def test_runs_that_would_share_a_folder_are_refused():
     from fedsim.sweep import check_run_names
 
-    check_run_names([{"soft.rho": 0.25}, {"soft.rho": 0.5}], "sweep file 's.toml'")
+    check_run_names([{"method.rho": 0.25}, {"method.rho": 0.5}], "sweep file 's.toml'")
     for values in (["a=1", "a/1"], ["Soft", "soft"]):
         with pytest.raises(ConfigError, match="would share one run folder"):
             check_run_names([{"workload.options": v} for v in values], "sweep file 's.toml'")
@@ -394,7 +410,7 @@ def test_runs_sharing_a_folder_are_refused_before_any_run_is_resolved(tmp_path, 
         raise AssertionError("a run was resolved")
 
     monkeypatch.setattr("fedsim.cli_common.resolve_config", never)
-    path = _write(tmp_path, '[sweep.grid]\n"soft.rho" = [0.1234561, 0.1234562]\n')
+    path = _write(tmp_path, '[sweep.grid]\n"method.rho" = [0.1234561, 0.1234562]\n')
     with pytest.raises(ConfigError, match="runs 'rho-0.123456' and 'rho-0.123456' would share one run folder"):
         load_sweep(path)
 

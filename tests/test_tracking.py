@@ -39,7 +39,7 @@ def test_tensorboard_events_read_back(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder = write_run(
-        tmp_path / "run", {"run.method": "soft", "tsfa.scheduler": "tsfa", "tracking.backends": "tensorboard"}, 0.6
+        tmp_path / "run", {"run.method": "soft", "run.scheduler": "tsfa", "tracking.backends": "tensorboard"}, 0.6
     )
     records = read_rounds(folder)
     calls = []

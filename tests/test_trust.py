@@ -92,7 +92,7 @@ def refuse(folder: Path, fragment: str, tmp_path: Path, cpu_limit_s: float) -> N
 
 
 def test_engine_records_are_round_records_and_each_wrong_field_is_named(tmp_path):
-    folder = interrupted_run(tmp_path / "run", **{"run.method": "topk-ef", "tsfa.scheduler": "tsfa"})
+    folder = interrupted_run(tmp_path / "run", **{"run.method": "topk-ef", "run.scheduler": "tsfa"})
     record = json.loads((folder / "rounds.jsonl").read_text().splitlines()[0])
     assert json_problem(record) is None
     assert json_problem(record["clients"][0], ClientRecord) is None
@@ -115,7 +115,7 @@ def test_engine_records_are_round_records_and_each_wrong_field_is_named(tmp_path
 
 @pytest.mark.parametrize(("method", "scheduler"), [("soft", "equal"), ("fedsa", "fixed"), ("soft-ef", "tsfa")])
 def test_a_run_s_own_folder_passes_every_check(tmp_path, method, scheduler):
-    folder = interrupted_run(tmp_path / "run", **{"run.method": method, "tsfa.scheduler": scheduler})
+    folder = interrupted_run(tmp_path / "run", **{"run.method": method, "run.scheduler": scheduler})
     with (folder / "rounds.jsonl").open("a") as f:
         f.write('{"round": 3, "status": "half-writ')  # the round a crash interrupted: not checked
     check_folders(folder)

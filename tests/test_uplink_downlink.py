@@ -66,8 +66,8 @@ def test_dropped_packets_are_lost_for_the_round_and_recorded():
 
 def test_retransmissions_add_upload_time_and_the_scheduler_prices_them():
     flat = {"channel.packet_errors": "retransmit", "channel.packet_error_m": M, "run.clients_per_round": 6}
-    cfg = make_cfg(**flat, **{"tsfa.scheduler": "fixed"})
-    plain = RoundEngine(make_cfg(**{"run.clients_per_round": 6, "tsfa.scheduler": "fixed"}), StubHost())
+    cfg = make_cfg(**flat, **{"run.scheduler": "fixed"})
+    plain = RoundEngine(make_cfg(**{"run.clients_per_round": 6, "run.scheduler": "fixed"}), StubHost())
     engine = RoundEngine(cfg, StubHost())
     seen = {}
     decide = engine.scheduler.decide

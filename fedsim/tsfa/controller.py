@@ -500,7 +500,7 @@ class FixedRhoScheduler(_Scheduler):
         deadline_s: float | None = None,
     ) -> None:
         super().__init__(allocator, latency_budget_s, deadline_s)
-        self.rho = _rho("soft.rho", rho)
+        self.rho = _rho("method.rho", rho)
 
     def decide(
         self,

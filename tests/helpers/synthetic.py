@@ -36,7 +36,7 @@ def write_run(
     cfg = build_config({"run.clients": clients, "run.clients_per_round": clients, "run.rounds": rounds, **overrides})
     writer = ResultsWriter(folder, cfg)
     rng = np.random.default_rng(cfg.run.seed)
-    rho = 0.0 if cfg.run.method == "ideal" else cfg.soft.rho
+    rho = 0.0 if cfg.run.method == "ideal" else cfg.method.rho
     for t in range(1, rounds + 1):
         value = final_metric * t / rounds
         bits = 1_000_000 * (1 - rho) * clients
@@ -53,7 +53,7 @@ def write_run(
             )
             for k in range(clients)
         ]
-        scheduler = _typed(SchedulerOutcome, rho=rho, queue_s=0.05 * t if cfg.tsfa.scheduler == "tsfa" else 0.0)
+        scheduler = _typed(SchedulerOutcome, rho=rho, queue_s=0.05 * t if cfg.run.scheduler == "tsfa" else 0.0)
         record = _typed(
             RoundRecord,
             round=t,

@@ -122,7 +122,7 @@ def test_bad_controller_parameters(kwargs, message):
 
 
 def test_bad_fixed_scheduler_and_decide_inputs():
-    with pytest.raises(ValueError, match=r"^soft.rho=1: must be in \[0, 1\)$"):
+    with pytest.raises(ValueError, match=r"^method.rho=1: must be in \[0, 1\)$"):
         FixedRhoScheduler(1, _alloc())
     with pytest.raises(ValueError, match=r"^allocator='minmax': must have a solve"):
         FixedRhoScheduler(0.0, "minmax")

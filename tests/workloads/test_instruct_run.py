@@ -17,7 +17,7 @@ def test_a_minimal_instruct_run_records_its_metrics(tmp_path, workload_cache):
     out = tmp_path / "run"
     args = ["run", "--workload", "instruct", "--clients", "3", "--rounds", "2", "--clients-per-round", "3"]
     args += ["--set", f"workload.options={QUICK_BASES['instruct']}", "--set", "workload.samples_per_client=16"]
-    args += ["--set", "workload.test_samples=16", "--method", "soft", "--set", "soft.rho=0.5", "--out", str(out)]
+    args += ["--set", "workload.test_samples=16", "--method", "soft", "--set", "method.rho=0.5", "--out", str(out)]
     proc = run_fedsim(args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "instruct: per-client memory estimate" in proc.stderr
