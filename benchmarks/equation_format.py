@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from fedsim.results import read_rounds
+from fedsim.core.results import read_rounds
 
 FORMATS = ("equation", "nl", "answer")
 KEYS = ("accuracy", "accuracy_ops1", "accuracy_ops2", "accuracy_ops3")
@@ -58,8 +58,8 @@ def overrides(size: str, fmt: str, seed: int, args: argparse.Namespace) -> dict:
 
 def base_metrics(flat: dict) -> tuple[dict, dict, int]:
     """Pretrain (or load) the base in this process and evaluate it: the round-0 point."""
-    from fedsim.config import build_config
-    from fedsim.training import workload_spec
+    from fedsim.core.config import build_config
+    from fedsim.core.training import workload_spec
     from workloads import get_workload_class
 
     cfg = build_config(flat)

@@ -4,7 +4,7 @@ One invocation measures, side by side on the same machine (each run a whole proc
 spawn to exit, 1 CPU per client, as many client slots as cores):
 
 - ``default_run``: ``fedsim run --clients 50`` wall time against the sum of its clients' local
-  training measured in-process (``fedsim.training.client_update`` for every sampled client of
+  training measured in-process (``fedsim.core.training.client_update`` for every sampled client of
   every round, one after another, no Flower) divided by the cores the run uses (goal <= 1.3);
   also against the training time the run's own records give (``train_wall_s``: the same
   training, timed in the actors under the same load as the wall time);
@@ -305,8 +305,8 @@ def plain_peft_app(data_file: str) -> None:
 
 def export_peft_spec(cfg, path: Path) -> None:
     """The data and settings of ``cfg``'s run for :func:`plain_peft_app` (the same rows and clients)."""
-    from fedsim.seeding import sample_clients
-    from fedsim.training import load_workload
+    from fedsim.core.seeding import sample_clients
+    from fedsim.core.training import load_workload
 
     lw = load_workload(cfg)
     rounds = [sample_clients(cfg.run.seed, r, cfg.run.clients, cfg.num_sampled) for r in range(1, cfg.run.rounds + 1)]
@@ -354,27 +354,27 @@ def profile_child(events_file: str, argv: list[str]) -> None:
     from flwr.server.superlink.fleet.vce import vce_api
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    import fedsim.cli
-    import fedsim.engine
+    import fedsim.app.cli
+    import fedsim.core.engine
+    import fedsim.core.results
+    import fedsim.core.training
+    import fedsim.core.wireless
     import fedsim.flower.simulation
-    import fedsim.results
-    import fedsim.training
-    import fedsim.wireless
 
     spans.append({"label": "imports", "start_s": 0.0, "s": time.perf_counter() - t_start})
 
-    timed(fedsim.training, "check_workload", "workload check (driver: model build, data)")
+    timed(fedsim.core.training, "check_workload", "workload check (driver: model build, data)")
     timed(ray, "init", "ray start")
     timed(vce_api, "_register_nodes", "node registration")
-    timed(fedsim.engine.RoundEngine, "__init__", "engine set-up (initial adapter, scheduler)")
-    timed(fedsim.training.WorkloadHost, "evaluate", "server evaluation")
-    timed(fedsim.engine.RoundEngine, "_decide", "scheduler decision")
-    timed(fedsim.wireless.WirelessModel, "account", "accounting (channel, latency)")
-    timed(fedsim.results.ResultsWriter, "append", "round record written")
-    timed(fedsim.engine, "save_checkpoint", "checkpoint")
-    timed(fedsim.results, "plot_results", "plots")
-    timed(fedsim.results.ResultsWriter, "finish", "summary and plots")
-    start_round = fedsim.engine.RoundEngine.start_round
+    timed(fedsim.core.engine.RoundEngine, "__init__", "engine set-up (initial adapter, scheduler)")
+    timed(fedsim.core.training.WorkloadHost, "evaluate", "server evaluation")
+    timed(fedsim.core.engine.RoundEngine, "_decide", "scheduler decision")
+    timed(fedsim.core.wireless.WirelessModel, "account", "accounting (channel, latency)")
+    timed(fedsim.core.results.ResultsWriter, "append", "round record written")
+    timed(fedsim.core.engine, "save_checkpoint", "checkpoint")
+    timed(fedsim.core.results, "plot_results", "plots")
+    timed(fedsim.core.results.ResultsWriter, "finish", "summary and plots")
+    start_round = fedsim.core.engine.RoundEngine.start_round
 
     def profiled_round(self, round_, send):
         def timed_send(*args):
@@ -397,7 +397,7 @@ def profile_child(events_file: str, argv: list[str]) -> None:
         finally:
             spans.append({"label": "round", "round": round_, "start_s": t0 - t_start, "s": time.perf_counter() - t0})
 
-    fedsim.engine.RoundEngine.start_round = profiled_round
+    fedsim.core.engine.RoundEngine.start_round = profiled_round
     push = InMemoryGrid.push_messages
 
     def push_messages(self, messages):
@@ -416,7 +416,7 @@ def profile_child(events_file: str, argv: list[str]) -> None:
     serve = fedsim.flower.simulation.serve
     fedsim.flower.simulation.serve = lambda *a, **k: profiler.runcall(serve, *a, **k)
     try:
-        fedsim.cli.main(argv)
+        fedsim.app.cli.main(argv)
     except SystemExit as e:
         if e.code not in (0, None):
             raise
@@ -524,8 +524,8 @@ def in_process_compute_s(cfg) -> tuple[float, int]:
     """Sum of client_update wall time over every sampled client of every round, one process."""
     import torch
 
-    from fedsim.seeding import sample_clients
-    from fedsim.training import client_update, initial_state, load_workload
+    from fedsim.core.seeding import sample_clients
+    from fedsim.core.training import client_update, initial_state, load_workload
 
     torch.set_num_threads(int(cfg.simulation.cpus_per_client))
     load_workload(cfg)
@@ -578,8 +578,8 @@ def main() -> None:
     args.rounds = args.rounds or (3 if args.quick else 10)
     solves = 30 if args.quick else 100
 
-    from fedsim.config import build_config
-    from fedsim.training import initial_state
+    from fedsim.core.config import build_config
+    from fedsim.core.training import initial_state
 
     tmp = Path(tempfile.mkdtemp(prefix="fedsim-overhead-"))
     cores = os.cpu_count() or 1

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedsim.results import read_rounds
+from fedsim.core.results import read_rounds
 
 PRESETS = ("tiny", "random-init")
 METRICS = ("accuracy", "macro_f1", "accuracy_unseen_words", "accuracy_unseen_templates")

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedsim.results import read_rounds
+from fedsim.core.results import read_rounds
 
 
 def fedsim_run(folder: Path, clients: int, rounds: int, per_round: int, *extra: str) -> tuple[dict, list[dict]]:

@@ -5,7 +5,7 @@ no local training, 8 test samples), started by this script, which notes the wall
 just before it spawns the process. Inside the process (``--child``) the same CLI runs with
 three probes, written to a JSON-lines file:
 
-- ``imported``:  ``fedsim.cli`` imported (the driver's own imports);
+- ``imported``:  ``fedsim.app.cli`` imported (the driver's own imports);
 - ``ray_ready``: ``ray.init`` returned (GCS, raylet, agents up);
 - ``push``:      every ``InMemoryGrid.push_messages`` call with its message type: the first
                  ``query`` is client discovery (none under ``fedsim run``, which addresses the
@@ -56,7 +56,7 @@ def child(times_file: str, argv: list[str]) -> None:
 
     import ray
 
-    import fedsim.cli
+    import fedsim.app.cli
 
     note("imported")
     ray_init = ray.init
@@ -80,7 +80,7 @@ def child(times_file: str, argv: list[str]) -> None:
         return push(self, messages)
 
     InMemoryGrid.push_messages = push_messages
-    fedsim.cli.main(argv)
+    fedsim.app.cli.main(argv)
 
 
 def ray_process_cpu() -> dict:

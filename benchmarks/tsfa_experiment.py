@@ -1,6 +1,6 @@
 """TSFA (fedsim formulation) experiment: latency control against the budget, and accuracy against V.
 
-Part A (controller only, seconds): the run's own cell (``fedsim.wireless.WirelessModel``: drop,
+Part A (controller only, seconds): the run's own cell (``fedsim.core.wireless.WirelessModel``: drop,
 path loss, Rayleigh fading per round, device speeds) and the default workload's SOFT payloads at
 rank r, with each client's dropped-rank error from a geometric importance spectrum
 s_i = 0.8^i, and a per-round deadline (``--deadline``, clients that cannot make it are dropped). For each budget T_avg the Lyapunov controller runs ``--controller-rounds`` rounds;
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from runs import fedsim_run
 
-from fedsim.config import build_config
-from fedsim.methods import get_method
-from fedsim.seeding import sample_clients
+from fedsim.core.config import build_config
+from fedsim.core.methods import get_method
+from fedsim.core.seeding import sample_clients
+from fedsim.core.wireless import WirelessModel
 from fedsim.tsfa import FixedRhoScheduler, TsfaScheduler, make_allocator
-from fedsim.wireless import WirelessModel
 
 GRID = (0.0, 0.25, 0.5, 0.75)
 

@@ -1,4 +1,4 @@
-"""The configuration reference page, generated from ``fedsim.config.describe_keys()``.
+"""The configuration reference page, generated from ``fedsim.core.config.describe_keys()``.
 
 MkDocs runs this file as a hook (``hooks:`` in mkdocs.yml): ``on_files`` adds
 ``configuration.md`` to the site at build time, so the page is never committed and never
@@ -15,7 +15,7 @@ PAGE = "configuration.md"
 INTRO = """# Configuration reference
 
 This page is generated at build time from `fedsim config`'s own data
-(`fedsim.config.describe_keys()`), so it lists exactly the keys, defaults and ranges of the
+(`fedsim.core.config.describe_keys()`), so it lists exactly the keys, defaults and ranges of the
 installed code. `fedsim config` prints the same table in a terminal.
 
 A run's configuration is built from the defaults, then the TOML file given with `--config`
@@ -58,7 +58,7 @@ def _default(value: Any) -> str:
 
 def config_page() -> str:
     """The whole page as Markdown: one table per configuration section."""
-    from fedsim.config import RENAMED_KEYS, describe_keys
+    from fedsim.core.config import RENAMED_KEYS, describe_keys
 
     rows = describe_keys()
     out = [INTRO]

@@ -1,3 +1,3 @@
-from fedsim.cli import main
+from fedsim.app.cli import main
 
 main()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import SECTIONS, describe_keys
+from fedsim.core.config import SECTIONS, describe_keys
 from tests.helpers.refusals import CAMPAIGN, problems_of, run_campaign, run_case, snapshot
 
 RANGE = re.compile(r"in ([\[\(])(-?[0-9.e+]+), (-?[0-9.e+]+)([\]\)])")

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from channels.rate import shannon_rate_bps
-from fedsim.config import MAX_TOML_DEPTH, nesting_depth
-from fedsim.report import MAX_SEARCH_DEPTH
-from fedsim.results import MAX_JSON_BYTES, MAX_ROUNDS_BYTES
-from fedsim.sweep import MAX_RUNS
+from fedsim.app.report import MAX_SEARCH_DEPTH
+from fedsim.app.sweep import MAX_RUNS
+from fedsim.core.config import MAX_TOML_DEPTH, nesting_depth
+from fedsim.core.results import MAX_JSON_BYTES, MAX_ROUNDS_BYTES
 from tests.helpers.refusals import CAMPAIGN, problems_of, run_campaign, run_cases, snapshot
 
 RECORD = {"round": 1, "uplink_bits_total": 1000, "metrics": {"accuracy": 0.5}, "clients": []}

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from fedsim import checkpoint as ck
-from fedsim.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from fedsim.core import checkpoint as ck
+from fedsim.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 
 
 def make(round_: int) -> Checkpoint:
@@ -65,12 +65,12 @@ def test_full_disk_during_commit_keeps_the_previous_checkpoint(tmp_path, monkeyp
 
 
 def test_a_finished_run_reads_back_with_its_last_checkpointed_adapter(tmp_path):
-    """fedsim.finished.load_final_model: the folder's own configuration, its last verified checkpoint
+    """fedsim.core.finished.load_final_model: the folder's own configuration, its last verified checkpoint
     loaded into the workload's model; round 0 (the initial adapter) without one; another workload refused."""
-    from fedsim.checks import checked_config
-    from fedsim.finished import load_final_model
-    from fedsim.results import ResultsWriter
-    from fedsim.training import initial_state
+    from fedsim.core.checks import checked_config
+    from fedsim.core.finished import load_final_model
+    from fedsim.core.results import ResultsWriter
+    from fedsim.core.training import initial_state
     from workloads.base import trainable_state
 
     cfg = checked_config({"run.clients": 2, "run.clients_per_round": 2, "workload.samples_per_client": 4})

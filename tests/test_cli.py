@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedsim.cli import main
+from fedsim.app.cli import main
 from tests.helpers.runs import run_fedsim
 
 
@@ -72,8 +72,8 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 
 
 def test_methods_lists_each_method_with_the_keys_it_reads_and_every_scheduler(capsys):
-    from fedsim.methods import METHODS
-    from fedsim.schedulers import SCHEDULERS
+    from fedsim.core.methods import METHODS
+    from fedsim.core.schedulers import SCHEDULERS
 
     with pytest.raises(SystemExit) as e:
         main(["methods"])

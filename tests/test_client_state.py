@@ -1,9 +1,9 @@
-"""Client state files (fedsim.client_state): versions by round, pruning, resume, where they live."""
+"""Client state files (fedsim.core.client_state): versions by round, pruning, resume, where they live."""
 
 import numpy as np
 import pytest
 
-from fedsim import client_state
+from fedsim.core import client_state
 
 
 def st(x: float) -> dict[str, np.ndarray]:

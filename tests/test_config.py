@@ -1,7 +1,7 @@
 import pytest
 
-from fedsim.checks import checked_config
-from fedsim.config import Config, ConfigError, config_from_flat, load_toml, parse_overrides, parse_value
+from fedsim.core.checks import checked_config
+from fedsim.core.config import Config, ConfigError, config_from_flat, load_toml, parse_overrides, parse_value
 
 
 def test_defaults_are_valid_and_frozen():
@@ -107,7 +107,7 @@ def test_a_preset_default_out_of_range_or_unknown_is_refused_in_one_line(monkeyp
     """A workload declares its presets' configuration defaults; the simulator checks them against the
     keys' own ranges when it reads them (a preset the workload lacks is refused when declared)."""
     import workloads
-    from fedsim.config import preset_default_rows, preset_defaults
+    from fedsim.core.config import preset_default_rows, preset_defaults
     from workloads.options import Declaration, Option, Range
 
     options = {"width": Option(8, Range(1, 64), "width")}
@@ -136,7 +136,7 @@ def test_a_preset_default_out_of_range_or_unknown_is_refused_in_one_line(monkeyp
 
 
 def test_renamed_keys_are_read_under_their_new_names(tmp_path):
-    from fedsim.config import RENAMED_KEYS, renamed_key_notes, toml_to_flat
+    from fedsim.core.config import RENAMED_KEYS, renamed_key_notes, toml_to_flat
 
     renamed_key_notes()  # forget what earlier tests read
     assert parse_overrides(["soft.rho=0.25", "tsfa.scheduler=fixed"]) == {"method.rho": 0.25, "run.scheduler": "fixed"}

@@ -15,8 +15,8 @@ import psutil
 import pytest
 import torch
 
-from fedsim.config import ConfigError, build_config, parse_value
-from fedsim.device import device_info, select_device
+from fedsim.core.config import ConfigError, build_config, parse_value
+from fedsim.core.device import device_info, select_device
 from fedsim.flower.simulation import backend_config
 from workloads import get_workload_class
 

@@ -36,8 +36,8 @@ def test_the_site_builds_strictly_and_opens_on_getting_started(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     index = (site / "index.html").read_text()
     assert re.search(r"<h1[^>]*>Getting started", index), "the site's index is not the getting-started page"
-    # the configuration reference is generated at build time from fedsim.config.describe_keys()
-    from fedsim.config import describe_keys
+    # the configuration reference is generated at build time from fedsim.core.config.describe_keys()
+    from fedsim.core.config import describe_keys
 
     config_page = (site / "configuration" / "index.html").read_text()
     assert all(key in config_page for key, *_ in describe_keys())
@@ -50,7 +50,7 @@ def test_results_tables_are_produced_by_fedsim_report_or_marked_pasted():
     """Every ``<!-- table: experiments/X.toml -->`` block names an existing sweep file and is closed; a
     closing digest matches the table (a produced table edited by hand fails), and a table without one
     says in its marker that it was pasted. Blocks of ``benchmarks/*.py`` scripts name an existing script."""
-    from fedsim.report import table_blocks, table_digest
+    from fedsim.app.report import table_blocks, table_digest
 
     problems = []
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:

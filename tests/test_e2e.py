@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from fedsim.results import read_rounds
+from fedsim.core.results import read_rounds
 from tests.helpers.runs import (
     CLIENT_FIELDS,
     run_args,

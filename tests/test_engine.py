@@ -2,7 +2,7 @@
 
 What used to need a subprocess run through Ray (failures, minimum clients, deadline drops, the
 two-phase TSFA round, divergence, resume) is checked here against the engine directly, with
-:class:`fedsim.client.ClientRound` on a small workload (``tests/helpers/engine.py``) as the clients.
+:class:`fedsim.core.client.ClientRound` on a small workload (``tests/helpers/engine.py``) as the clients.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import threading
 import numpy as np
 import pytest
 
-from fedsim import client_state, hetero
-from fedsim.checkpoint import load_checkpoint
-from fedsim.client import ClientRequest, ClientRound
-from fedsim.engine import RoundEngine, RunFailed, run
-from fedsim.methods import METHODS, get_method
-from fedsim.records import Failure, client_record_keys, round_record_keys
-from fedsim.schedulers import SCHEDULERS
-from fedsim.seeding import rng, sample_clients
+from fedsim.core import client_state, hetero
+from fedsim.core.checkpoint import load_checkpoint
+from fedsim.core.client import ClientRequest, ClientRound
+from fedsim.core.engine import RoundEngine, RunFailed, run
+from fedsim.core.methods import METHODS, get_method
+from fedsim.core.records import Failure, client_record_keys, round_record_keys
+from fedsim.core.schedulers import SCHEDULERS
+from fedsim.core.seeding import rng, sample_clients
 from tests.helpers.engine import D_IN, D_OUT, A, B, InProcessClients, StubHost, make_cfg
 
 

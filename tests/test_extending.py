@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim.methods import METHODS
-from fedsim.schedulers import SCHEDULERS
+from fedsim.core.methods import METHODS
+from fedsim.core.schedulers import SCHEDULERS
 from tests.helpers.engine import InProcessClients, StubHost, make_cfg
 from tests.helpers.methods import check_aggregates_its_own_uploads, check_prices_its_upload_exactly
 
@@ -42,7 +42,7 @@ def test_the_documented_method_passes_the_shared_method_tests(registered):
 
 
 def test_the_documented_method_and_scheduler_run_rounds_of_the_engine(registered):
-    from fedsim.engine import RoundEngine
+    from fedsim.core.engine import RoundEngine
 
     cfg = make_cfg(**{"run.method": "bnorm", "run.scheduler": "proportional"})
     engine = RoundEngine(cfg, StubHost())
@@ -54,10 +54,10 @@ def test_the_documented_method_and_scheduler_run_rounds_of_the_engine(registered
 
 
 def test_the_documented_stateful_method_keeps_half_the_residual_and_runs_rounds(registered, tmp_path):
-    from fedsim import client_state
-    from fedsim.engine import run
-    from fedsim.methods import get_method
-    from fedsim.results import read_rounds
+    from fedsim.core import client_state
+    from fedsim.core.engine import run
+    from fedsim.core.methods import get_method
+    from fedsim.core.results import read_rounds
     from tests.helpers.methods import gen, make_state
 
     check_prices_its_upload_exactly("soft-ef-half", 0.5, 32, 0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord
 
-from fedsim.client import ClientReply, ClientRequest
+from fedsim.core.client import ClientReply, ClientRequest
 from fedsim.flower.messages import config_from_record, request_from_record, request_record
 from tests.helpers.engine import make_cfg
 

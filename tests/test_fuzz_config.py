@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsim.cli import main
-from fedsim.config import describe_keys
+from fedsim.app.cli import main
+from fedsim.core.config import describe_keys
 
 KEYS = [k for k, *_ in describe_keys()]
 INT_KEYS = [k for k, d, *_ in describe_keys() if isinstance(d, int) and not isinstance(d, bool)]

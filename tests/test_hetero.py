@@ -1,11 +1,11 @@
-"""Heterogeneous LoRA ranks (fedsim.hetero): the rank rule, the rank-r adapter, mixed-rank aggregation."""
+"""Heterogeneous LoRA ranks (fedsim.core.hetero): the rank rule, the rank-r adapter, mixed-rank aggregation."""
 
 import numpy as np
 import pytest
 import torch
 
-from fedsim import hetero
-from fedsim.methods import aggregate_uploads, get_method
+from fedsim.core import hetero
+from fedsim.core.methods import aggregate_uploads, get_method
 from tests.helpers.methods import D_IN, D_OUT, R, make_state
 
 

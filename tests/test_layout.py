@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedsim.records import client_record_keys, round_record_keys
+from fedsim.core.records import client_record_keys, round_record_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fedsim", "channels", "workloads")
@@ -96,9 +96,7 @@ def test_workloads_import_nothing_from_fedsim_but_its_errors():
 
 def test_both_halves_of_a_round_load_without_flwr():
     """The round engine and the client's half import no flwr, not even through another module."""
-    code = (
-        "import sys, fedsim.engine, fedsim.client; print(sorted(m for m in sys.modules if m.split('.')[0] == 'flwr'))"
-    )
+    code = "import sys, fedsim.core.engine, fedsim.core.client; print(sorted(m for m in sys.modules if m.split('.')[0] == 'flwr'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -155,3 +153,26 @@ def test_tests_import_helpers_not_other_test_modules():
                 if last.startswith("test_") or last == "conftest":
                     offending.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offending == []
+
+
+def test_layers_core_flower_app():
+    """fedsim.core (and the paper's math, fedsim.soft and fedsim.tsfa) knows neither Flower's
+    adapters nor the application; the adapters do not know the application; the math imports
+    nothing else of fedsim."""
+    mods = modules()
+    allowed = {
+        "fedsim.core": ("fedsim.core", "fedsim.errors", "fedsim.soft", "fedsim.tsfa"),
+        "fedsim.flower": ("fedsim.flower", "fedsim.core", "fedsim.errors", "fedsim.soft", "fedsim.tsfa"),
+        "fedsim.soft": ("fedsim.soft",),
+        "fedsim.tsfa": ("fedsim.tsfa",),
+    }
+    offenders = []
+    for name, path in mods.items():
+        layer = next((layer for layer in allowed if name == layer or name.startswith(layer + ".")), None)
+        if layer is None:
+            continue
+        for dep in imports(path, set(mods)):
+            if dep.startswith("fedsim") and dep != "fedsim" and not dep.startswith(allowed[layer]):
+                offenders.append(f"{name} imports {dep}")
+    assert offenders == []
+    assert sorted(p.name for p in (ROOT / "fedsim").glob("*.py")) == ["__init__.py", "__main__.py", "errors.py"]

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from fedsim.methods import METHODS, aggregate_uploads, decode_upload, dropped_errors, get_method, split_state
-from fedsim.quantise import dequantise, quantise
+from fedsim.core.methods import METHODS, aggregate_uploads, decode_upload, dropped_errors, get_method, split_state
+from fedsim.core.quantise import dequantise, quantise
 from fedsim.soft import payload_bits
 from tests.helpers.methods import (
     D_IN,
@@ -205,8 +205,8 @@ def test_ffa_local_training_keeps_a_at_its_initialisation():
     only), and the shared model is left as it was for the next client of the process."""
     from dataclasses import replace
 
-    from fedsim.config import build_config
-    from fedsim.training import client_update, initial_state, load_workload
+    from fedsim.core.config import build_config
+    from fedsim.core.training import client_update, initial_state, load_workload
 
     flat = {"run.clients": 2, "workload.samples_per_client": 48, "workload.test_samples": 8}  # 3 local steps
     cfg = build_config({**flat, "run.method": "ffa"})

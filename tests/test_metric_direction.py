@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from fedsim.checks import checked_config
-from fedsim.progress import ProgressReporter
-from fedsim.results import ResultsWriter, best_round, metric_higher_is_better
+from fedsim.app.progress import ProgressReporter
+from fedsim.core.checks import checked_config
+from fedsim.core.results import ResultsWriter, best_round, metric_higher_is_better
 
 
 def record(round_: int, value: float | None, status: str = "ok") -> dict:

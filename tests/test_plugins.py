@@ -104,8 +104,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedsim.methods import UploadMethod, fixed_rho, rank_values, soft_bits
-from fedsim.schedulers import SchedulerEntry
+from fedsim.core.methods import UploadMethod, fixed_rho, rank_values, soft_bits
+from fedsim.core.schedulers import SchedulerEntry
 
 
 def sparsify_firstk(A, B, rho, value_bits, generator=None):
@@ -212,7 +212,7 @@ def test_installed_workload_method_scheduler_and_channel_run_through_ray(site, t
     import math
     import tomllib
 
-    from fedsim.methods import soft_bits
+    from fedsim.core.methods import soft_bits
 
     out = tmp_path / "o"
     proc = fedsim(
@@ -246,8 +246,8 @@ def test_installed_workload_method_scheduler_and_channel_run_through_ray(site, t
 PLUGIN_MODULE = """
 from dataclasses import dataclass
 
-from fedsim.methods import UploadMethod, rank_values, soft_bits
-from fedsim.schedulers import SchedulerEntry
+from fedsim.core.methods import UploadMethod, rank_values, soft_bits
+from fedsim.core.schedulers import SchedulerEntry
 
 RENAMED = UploadMethod(name="other", description="d", sparsify="randk", matrix_bits=soft_bits, matrix_values=rank_values)
 EVEN = SchedulerEntry(name="fake-even", description="a plug-in scheduler", build=lambda cfg: None)
@@ -281,9 +281,9 @@ FAKE_ENTRY_POINTS = {
 def fake_plugins(tmp_path, monkeypatch):
     from importlib.metadata import EntryPoint
 
-    import fedsim.methods
-    import fedsim.plugins
-    import fedsim.schedulers
+    import fedsim.core.methods
+    import fedsim.core.plugins
+    import fedsim.core.schedulers
     from channels.pathloss import PATHLOSS
 
     (tmp_path / "fake_plugin.py").write_text(PLUGIN_MODULE)
@@ -292,9 +292,11 @@ def fake_plugins(tmp_path, monkeypatch):
     def entry_points(group):
         return [EntryPoint(n, v, group) for n, v in FAKE_ENTRY_POINTS.get(group, {}).items()]
 
-    monkeypatch.setattr(fedsim.plugins, "entry_points", entry_points)
-    monkeypatch.setattr(fedsim.methods, "METHODS", dict(fedsim.methods.METHODS))  # what the test registers goes
-    monkeypatch.setattr(fedsim.schedulers, "SCHEDULERS", dict(fedsim.schedulers.SCHEDULERS))
+    monkeypatch.setattr(fedsim.core.plugins, "entry_points", entry_points)
+    monkeypatch.setattr(
+        fedsim.core.methods, "METHODS", dict(fedsim.core.methods.METHODS)
+    )  # what the test registers goes
+    monkeypatch.setattr(fedsim.core.schedulers, "SCHEDULERS", dict(fedsim.core.schedulers.SCHEDULERS))
     before = dict(PATHLOSS)
     yield
     PATHLOSS.clear()
@@ -302,9 +304,9 @@ def fake_plugins(tmp_path, monkeypatch):
 
 
 def test_an_installed_scheduler_and_channel_component_are_found_by_name(fake_plugins):
-    from fedsim.checks import checked_config
-    from fedsim.schedulers import get_scheduler, scheduler_names
-    from fedsim.wireless import build_link
+    from fedsim.core.checks import checked_config
+    from fedsim.core.schedulers import get_scheduler, scheduler_names
+    from fedsim.core.wireless import build_link
 
     assert "fake-even" in scheduler_names() and get_scheduler("fake-even").description == "a plug-in scheduler"
     cfg = checked_config({"channel.pathloss": "fake-flat", "channel.pathloss_intercept_db": 90.0})
@@ -312,9 +314,9 @@ def test_an_installed_scheduler_and_channel_component_are_found_by_name(fake_plu
 
 
 def test_broken_plugins_are_one_line_config_errors_naming_the_key(fake_plugins):
-    from fedsim.config import build_config
+    from fedsim.core.config import build_config
+    from fedsim.core.methods import get_method
     from fedsim.errors import ConfigError
-    from fedsim.methods import get_method
 
     with pytest.raises(
         ConfigError, match=r"^run.method='renamed': .* is named 'other'; an entry point is named after its entry"

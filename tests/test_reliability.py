@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fedsim.seeding import rng, sample_clients
+from fedsim.core.seeding import rng, sample_clients
 from tests.helpers.runs import SMALL_RUN, records_without_wall_clock, run_args, run_fedsim
 
 pytestmark = pytest.mark.slow
@@ -198,7 +198,7 @@ def test_a_second_writer_of_a_results_folder_is_refused(small_run, tmp_path):
         [
             sys.executable,
             "-c",
-            "import time; from fedsim.results import FolderLock; "
+            "import time; from fedsim.core.results import FolderLock; "
             f"lock = FolderLock({str(out)!r}); lock.acquire(); print('locked', flush=True); time.sleep(120)",
         ],
         stdout=subprocess.PIPE,
@@ -265,7 +265,7 @@ def test_sigterm_at_any_moment_exits_143_at_once_and_leaves_nothing(moment, to_g
 
     import psutil
 
-    from fedsim.cli_common import check_out_dir
+    from fedsim.app.cli_common import check_out_dir
 
     out = tmp_path / "out"
     ray_tmp = tempfile.mkdtemp(prefix="t", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes

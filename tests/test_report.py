@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedsim.cli import main
-from fedsim.errors import ConfigError
-from fedsim.report import (
+from fedsim.app.cli import main
+from fedsim.app.report import (
     campaign_figures,
     default_group_keys,
     effect_figure,
@@ -23,6 +22,7 @@ from fedsim.report import (
     summarize,
     write_report,
 )
+from fedsim.errors import ConfigError
 from tests.helpers.synthetic import write_run, write_sweep
 
 FINALS = {("soft", 0.5): [0.70, 0.74, 0.75], ("topk", 0.5): [0.60, 0.66, 0.61], ("ideal", 0.0): [0.80, 0.82, 0.85]}
@@ -270,8 +270,8 @@ def test_reversal_curse_and_dapd_effect_figures(tmp_path):
 
 
 def test_report_rewrites_its_own_output_and_nothing_else(sweep_dir, tmp_path):
-    from fedsim.config import ConfigError
-    from fedsim.report import REPORT_MARKER
+    from fedsim.app.report import REPORT_MARKER
+    from fedsim.core.config import ConfigError
 
     out = tmp_path / "rep"
     write_report([sweep_dir], out)
@@ -286,9 +286,9 @@ def test_report_rewrites_its_own_output_and_nothing_else(sweep_dir, tmp_path):
 
 
 def test_rounds_are_read_within_the_limits(tmp_path, monkeypatch):
-    import fedsim.report as rp
-    import fedsim.results as results
-    from fedsim.config import ConfigError
+    import fedsim.app.report as rp
+    import fedsim.core.results as results
+    from fedsim.core.config import ConfigError
 
     run = write_run(tmp_path / "r", {}, 0.5)
     line = (run / "rounds.jsonl").read_text().splitlines()[0]
@@ -302,8 +302,8 @@ def test_rounds_are_read_within_the_limits(tmp_path, monkeypatch):
 
 
 def test_the_folder_search_stops_at_its_depth(tmp_path):
-    from fedsim.config import ConfigError
-    from fedsim.report import MAX_SEARCH_DEPTH, find_run_folders
+    from fedsim.app.report import MAX_SEARCH_DEPTH, find_run_folders
+    from fedsim.core.config import ConfigError
 
     write_run(tmp_path / "a" / Path(*["d"] * (MAX_SEARCH_DEPTH - 1)) / "run", {}, 0.5)
     assert [f.name for f, *_ in find_run_folders([tmp_path / "a"])] == ["run"]
@@ -403,7 +403,7 @@ def docs_repo(sweep_dir, tmp_path):
 
 
 def test_report_into_replaces_only_the_block(docs_repo, tmp_path, capsys):
-    from fedsim.report import table_blocks, table_digest
+    from fedsim.app.report import table_blocks, table_digest
 
     repo, sweep = docs_repo
     page = repo / "docs" / "page.md"
@@ -479,7 +479,7 @@ def test_report_into_refusals_write_nothing(docs_repo, tmp_path, capsys, case, e
 
 
 def test_the_table_digest_round_trips():
-    from fedsim.report import fill_table, table_blocks, table_digest
+    from fedsim.app.report import fill_table, table_blocks, table_digest
 
     table = "| a | b |\n| --- | --- |\n| 1 | 2 |\n"
     text = fill_table(PAGE, "experiments/x.toml", table, Path("page.md"))
@@ -492,7 +492,7 @@ def test_the_table_digest_round_trips():
 
 
 def test_report_into_with_paired_puts_both_tables_in_the_block(docs_repo, tmp_path):
-    from fedsim.report import table_blocks, table_digest
+    from fedsim.app.report import table_blocks, table_digest
 
     repo, sweep = docs_repo
     page = repo / "docs" / "page.md"

@@ -1,9 +1,9 @@
 import pytest
 
 from channels.rate import noise_psd_w_hz, shannon_rate_bps
-from fedsim.checks import checked_config
-from fedsim.seeding import sample_clients
-from fedsim.wireless import WirelessModel
+from fedsim.core.checks import checked_config
+from fedsim.core.seeding import sample_clients
+from fedsim.core.wireless import WirelessModel
 
 
 def test_sampling_is_seeded_sorted_and_without_replacement():

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from fedsim.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, sha256_text
-from fedsim.checks import checked_config
-from fedsim.cli import main
-from fedsim.results import finite_or_null, to_json
+from fedsim.app.cli import main
+from fedsim.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, sha256_text
+from fedsim.core.checks import checked_config
+from fedsim.core.results import finite_or_null, to_json
 
 
 def run_in_process(args, capsys):
@@ -79,7 +79,7 @@ def test_resume_with_out_is_refused(tmp_path, capsys):
 
 
 def test_resume_after_config_toml_was_edited_is_refused_unless_forced(tmp_path, capsys):
-    from fedsim.cli import prepare_resume
+    from fedsim.app.cli import prepare_resume
 
     run = results_folder(tmp_path / "run", seed=3)
     toml = run / "config.toml"
@@ -215,7 +215,7 @@ def test_export_trace_of_a_broken_results_folder_or_to_proc_is_refused(tmp_path,
 
 
 def test_results_dir_is_confined_to_the_results_root(tmp_path, monkeypatch):
-    from fedsim.config import ConfigError
+    from fedsim.core.config import ConfigError
     from fedsim.flower.server_app import confined_results_dir
 
     root = tmp_path / "results"
@@ -236,7 +236,7 @@ def test_image_confines_results_to_the_volume_that_deploy_fetches_from():
     import re
     from pathlib import Path
 
-    from fedsim.deploy import IMAGE_RESULTS_ROOT
+    from fedsim.app.deploy import IMAGE_RESULTS_ROOT
 
     dockerfile = (Path(__file__).parents[1] / "docker" / "Dockerfile").read_text()
     assert re.search(rf"FEDSIM_RESULTS_ROOT={re.escape(IMAGE_RESULTS_ROOT)}\b", dockerfile)
@@ -244,7 +244,7 @@ def test_image_confines_results_to_the_volume_that_deploy_fetches_from():
 
 
 def test_default_clients_per_round_follows_a_small_client_count(tmp_path):
-    from fedsim.cli import resolve_config
+    from fedsim.app.cli import resolve_config
 
     assert resolve_config(None, [], {"run.clients": 5}).num_sampled == 5
     assert resolve_config(None, [], {"run.clients": 50}).num_sampled == 10

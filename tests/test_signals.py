@@ -7,12 +7,12 @@ import sys
 import textwrap
 import time
 
-from fedsim.cli_common import check_out_dir
-from fedsim.results import LOCK
+from fedsim.app.cli_common import check_out_dir
+from fedsim.core.results import LOCK
 
 STUCK = textwrap.dedent(
     """
-    from fedsim.signals import catch_sigterm, exit_soon_after_sigterm
+    from fedsim.core.signals import catch_sigterm, exit_soon_after_sigterm
     catch_sigterm()
     exit_soon_after_sigterm(lambda: "stuck in C, left anyway", grace_s=1.0)
     print("ready", flush=True)

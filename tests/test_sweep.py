@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import main
-from fedsim.config import ConfigError
-from fedsim.sweep import check_folder, execute, expand, load_sweep, run_config_text, run_name, run_state
+from fedsim.app.cli import main
+from fedsim.app.sweep import check_folder, execute, expand, load_sweep, run_config_text, run_name, run_state
+from fedsim.core.config import ConfigError
 from tests.helpers.synthetic import write_run
 
 
@@ -182,11 +182,11 @@ def test_sweep_refuses_other_folders(tmp_path, capsys):
 
 def test_a_second_sweep_on_a_folder_in_use_is_refused(tmp_path, capsys, monkeypatch):
     """One sweep per sweep folder: two would start the same runs and overwrite each other's index."""
-    from fedsim.results import FolderLock
+    from fedsim.core.results import FolderLock
 
     path = _write(tmp_path, "[sweep]\nseeds = [0]\n[run]\nclients = 4\nrounds = 2\n")
     out = tmp_path / "sw"
-    monkeypatch.setattr("fedsim.sweep.execute", lambda *a, **k: pytest.fail("the second sweep ran"))
+    monkeypatch.setattr("fedsim.app.sweep.execute", lambda *a, **k: pytest.fail("the second sweep ran"))
     with FolderLock(out):  # as a sweep running on it holds it (the lock is taken per open file)
         before = sorted(p.name for p in out.iterdir())
         with pytest.raises(SystemExit) as e:
@@ -334,8 +334,8 @@ def test_ctrl_c_stops_the_runs_and_keeps_the_index(fake_sweep, background, stop_
     code = f"""
 import sys
 from pathlib import Path
-from fedsim.config import build_config
-from fedsim.sweep import Interrupted, RunSpec, Sweep, execute
+from fedsim.core.config import build_config
+from fedsim.app.sweep import Interrupted, RunSpec, Sweep, execute
 runs = [RunSpec(n, o, build_config(flat)) for n, o, flat in {specs!r}]
 sweep = Sweep("s", Path({str(sweep.source)!r}), "", ["run.seed"], runs)
 try:
@@ -382,7 +382,7 @@ def test_example_sweep_file_is_valid():
 
 
 def test_a_grid_over_the_maximum_is_refused_before_it_is_built(tmp_path, monkeypatch):
-    import fedsim.sweep as sw
+    import fedsim.app.sweep as sw
 
     def never(*args, **kwargs):
         raise AssertionError("the grid was built")
@@ -395,7 +395,7 @@ def test_a_grid_over_the_maximum_is_refused_before_it_is_built(tmp_path, monkeyp
 
 
 def test_runs_that_would_share_a_folder_are_refused():
-    from fedsim.sweep import check_run_names
+    from fedsim.app.sweep import check_run_names
 
     check_run_names([{"method.rho": 0.25}, {"method.rho": 0.5}], "sweep file 's.toml'")
     for values in (["a=1", "a/1"], ["Soft", "soft"]):
@@ -409,7 +409,7 @@ def test_runs_sharing_a_folder_are_refused_before_any_run_is_resolved(tmp_path, 
     def never(*args, **kwargs):
         raise AssertionError("a run was resolved")
 
-    monkeypatch.setattr("fedsim.cli_common.resolve_config", never)
+    monkeypatch.setattr("fedsim.app.cli_common.resolve_config", never)
     path = _write(tmp_path, '[sweep.grid]\n"method.rho" = [0.1234561, 0.1234562]\n')
     with pytest.raises(ConfigError, match="runs 'rho-0.123456' and 'rho-0.123456' would share one run folder"):
         load_sweep(path)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fedsim.results import read_rounds
+from fedsim.core.results import read_rounds
 from tests.helpers.runs import run_fedsim, two_node_ray_cluster
 
 pytestmark = pytest.mark.slow

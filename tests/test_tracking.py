@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from fedsim.config import ConfigError, build_config
-from fedsim.results import read_rounds
-from fedsim.tracking import Tracker, TrackingReporter, check_tracking, track_folder, tracked
+from fedsim.app.tracking import Tracker, TrackingReporter, check_tracking, track_folder, tracked
+from fedsim.core.config import ConfigError, build_config
+from fedsim.core.results import read_rounds
 from tests.helpers.synthetic import write_run
 
 

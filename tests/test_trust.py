@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim import client_state
-from fedsim.checkpoint import (
+from fedsim.core import client_state
+from fedsim.core.checkpoint import (
     Checkpoint,
     CheckpointError,
     check_folders,
@@ -27,11 +27,11 @@ from fedsim.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from fedsim.config import build_config, load_toml
-from fedsim.engine import run
-from fedsim.methods import get_method
-from fedsim.records import ClientRecord, json_problem
-from fedsim.results import LOCK
+from fedsim.core.config import build_config, load_toml
+from fedsim.core.engine import run
+from fedsim.core.methods import get_method
+from fedsim.core.records import ClientRecord, json_problem
+from fedsim.core.results import LOCK
 from tests.helpers.engine import HEAD, A, B, InProcessClients, StubHost, make_cfg
 from tests.helpers.refusals import run_case
 
@@ -88,7 +88,7 @@ def refuse(folder: Path, fragment: str, tmp_path: Path, cpu_limit_s: float) -> N
     assert cpu_s <= cpu_limit_s, f"{cpu_s:.2f} s CPU"
 
 
-# ---- records: the typed record of fedsim.records is the schema --------------------------------------
+# ---- records: the typed record of fedsim.core.records is the schema --------------------------------------
 
 
 def test_engine_records_are_round_records_and_each_wrong_field_is_named(tmp_path):
@@ -229,14 +229,14 @@ def test_resume_refuses_untrusted_folders_before_importing_torch(tamper, fragmen
         first, *rest = rounds.read_text().splitlines(keepends=True)
         rounds.write_text("".join([json.dumps({**json.loads(first), "status": "failed"}) + "\n", *rest]))
     # Importing torch alone costs more than 2 s of CPU; the refusal itself measured 0.9-1.05 s here
-    # (numpy, imported by the channel models that fedsim.config reads, is 0.33 s of it).
+    # (numpy, imported by the channel models that fedsim.core.config reads, is 0.33 s of it).
     refuse(folder, fragment, tmp_path, cpu_limit_s=1.5)
 
 
 @pytest.mark.slow  # a real process that builds the model; test_trust checks check_tensors in process above
 def test_resume_refuses_an_adapter_swapped_with_its_sha256_recomputed(tmp_path, monkeypatch):
     """The attack of issue 27: other tensors in the adapter file, state.json's SHA-256 rewritten to match."""
-    from fedsim.training import initial_state
+    from fedsim.core.training import initial_state
 
     folder = interrupted_run(tmp_path / "run")
     ckpt = load_checkpoint(folder)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from channels.rate import expected_transmissions, packet_error_prob
-from fedsim.engine import RoundEngine
-from fedsim.seeding import rng, sample_clients
-from fedsim.wireless import WirelessModel
+from fedsim.core.engine import RoundEngine
+from fedsim.core.seeding import rng, sample_clients
+from fedsim.core.wireless import WirelessModel
 from tests.helpers.engine import InProcessClients, StubHost, make_cfg
 
 

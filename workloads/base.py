@@ -87,7 +87,7 @@ class Workload(ABC):
     """Column whose values 0..num_clients-1 name each row's client (from :attr:`declaration`)."""
 
     device: torch.device = torch.device("cpu")
-    """Where the model lives and :meth:`batches` puts each batch (set by ``fedsim.training``)."""
+    """Where the model lives and :meth:`batches` puts each batch (set by ``fedsim.core.training``)."""
     bf16: bool = False
     """bfloat16 autocast around the forward passes of training and evaluation (:meth:`autocast`)."""
     supports_gpu: ClassVar[bool] = True

@@ -6,7 +6,7 @@ the option means), its presets as overrides of those defaults, a check of the op
 make sense together (e.g. ``d_model`` a multiple of ``num_heads``), its natural-partition
 column, and the ``train.*`` defaults a preset needs (e.g. the local epochs that show its paper's
 effect; checked against those keys' own ranges when the simulator reads them, overridden by any value the user
-gives: :func:`fedsim.config.build_config`). The declaration lives in a light module (no torch, numpy or datasets), so that
+gives: :func:`fedsim.core.config.build_config`). The declaration lives in a light module (no torch, numpy or datasets), so that
 :func:`workloads.declaration` and :meth:`Declaration.resolve` refuse a bad option in well under a
 second, before any heavy import; ``fedsim workloads --options NAME`` prints the table, the
 presets' ``train.*`` defaults included.
@@ -134,9 +134,9 @@ class Declaration:
     """Column whose values 0..num_clients-1 name each row's client (``partition = "natural"``)."""
     config_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Preset name -> defaults of the configuration keys it needs (``train.*``, the partition, the run
-    shape: :data:`fedsim.config.PRESET_KEYS`), e.g. ``{"tiny": {"train.local_epochs": 40}}``. The
+    shape: :data:`fedsim.core.config.PRESET_KEYS`), e.g. ``{"tiny": {"train.local_epochs": 40}}``. The
     simulator checks them against those keys' ranges when it reads them
-    (:func:`fedsim.config.preset_defaults`)."""
+    (:func:`fedsim.core.config.preset_defaults`)."""
 
     def __post_init__(self):
         for preset in self.config_defaults:

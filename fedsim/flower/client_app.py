@@ -1,13 +1,13 @@
 """The fedsim ClientApp: one virtual client (simulation) or one SuperNode (deployment).
 
-A thin adapter: each handler turns the message into a :class:`~fedsim.client.ClientRequest`,
-lets :class:`fedsim.client.ClientRound` (the client's half of the round, no Flower) answer it and
-turns the :class:`~fedsim.client.ClientReply` back into a message. The configuration arrives with
+A thin adapter: each handler turns the message into a :class:`~fedsim.core.client.ClientRequest`,
+lets :class:`fedsim.core.client.ClientRound` (the client's half of the round, no Flower) answer it and
+turns the :class:`~fedsim.core.client.ClientReply` back into a message. The configuration arrives with
 every message, so the ServerApp is the single source of truth. The heavy objects (base model,
-data) live in :mod:`fedsim.training`'s per-process cache. A method with client state keeps it in
-files, not in ``context.state`` (see :mod:`fedsim.client_state`): the message names the folder
-(``fedsim.client_state``), a SuperNode's ``state-dir`` overrides it. Between the two messages of
-a two-phase round the trained adapter (:class:`~fedsim.client.Trained`) waits in ``context.state``.
+data) live in :mod:`fedsim.core.training`'s per-process cache. A method with client state keeps it in
+files, not in ``context.state`` (see :mod:`fedsim.core.client_state`): the message names the folder
+(``fedsim.core.client_state``), a SuperNode's ``state-dir`` overrides it. Between the two messages of
+a two-phase round the trained adapter (:class:`~fedsim.core.client.Trained`) waits in ``context.state``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch  # noqa: F401  actors must import torch at module level (Flower's A
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.client import ClientReply, ClientRound, Trained
-from fedsim.config import Config
+from fedsim.core.client import ClientReply, ClientRound, Trained
+from fedsim.core.config import Config
+from fedsim.core.training import WorkloadHost
 from fedsim.flower.messages import (
     NODE_PROFILE_KEYS,
     config_from_record,
@@ -25,7 +26,6 @@ from fedsim.flower.messages import (
     request_from_record,
     to_array_record,
 )
-from fedsim.training import WorkloadHost
 
 app = ClientApp()
 

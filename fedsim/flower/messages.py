@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from fedsim.client import Action, ClientRequest
-from fedsim.config import Config, build_config
+from fedsim.core.client import Action, ClientRequest
+from fedsim.core.config import Config, build_config
 
 ROUND_KEY = "fedsim.round"
 CLIENT_KEY = "fedsim.client_id"
 REQUEST_KEYS = {"rho": "fedsim.rho", "rank": "fedsim.rank", "client_state_dir": "fedsim.client_state"}
-"""The config-record keys of a :class:`~fedsim.client.ClientRequest`'s optional fields (set ones only)."""
+"""The config-record keys of a :class:`~fedsim.core.client.ClientRequest`'s optional fields (set ones only)."""
 
 
 NODE_PROFILE_KEYS = ("distance-m", "device-flops")

@@ -2,7 +2,7 @@
 
 The same :func:`serve` runs under ``fedsim run`` (Simulation Runtime, Ray) and ``flwr run .``
 (the app declared in pyproject.toml, Deployment Engine). Everything about a round is decided by
-:mod:`fedsim.engine`; this module finds the clients (:func:`discover`), turns the engine's
+:mod:`fedsim.core.engine`; this module finds the clients (:func:`discover`), turns the engine's
 requests into Flower messages and the replies back (:func:`flower_send`), and confines a
 submitted run's results folder.
 """
@@ -19,11 +19,13 @@ from typing import Any
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.checkpoint import Checkpoint
-from fedsim.checks import check_config
-from fedsim.client import ClientReply, ClientRequest
-from fedsim.config import Config, ConfigError, config_from_flat
-from fedsim.engine import Reporter, RunFailed, Send, run
+from fedsim.core.checkpoint import Checkpoint
+from fedsim.core.checks import check_config
+from fedsim.core.client import ClientReply, ClientRequest
+from fedsim.core.config import Config, ConfigError, config_from_flat
+from fedsim.core.engine import Reporter, RunFailed, Send, run
+from fedsim.core.records import Failure
+from fedsim.core.training import WorkloadHost
 from fedsim.flower.messages import (
     NODE_PROFILE_KEYS,
     config_record,
@@ -31,8 +33,6 @@ from fedsim.flower.messages import (
     request_record,
     to_array_record,
 )
-from fedsim.records import Failure
-from fedsim.training import WorkloadHost
 from fedsim.tsfa import RankPlan
 
 
@@ -158,7 +158,7 @@ def serve(
     plan: RankPlan | None = None,
     nodes: Callable[[], dict[int, int] | None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``cfg`` on ``grid`` with the round engine (see :func:`fedsim.engine.run`); returns the summary.
+    """Run ``cfg`` on ``grid`` with the round engine (see :func:`fedsim.core.engine.run`); returns the summary.
 
     ``nodes``, when given, returns client id -> node id as the launcher knows it (the Simulation
     Runtime's own registration; simulated nodes have no channel profiles); when it is not given

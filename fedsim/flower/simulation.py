@@ -22,12 +22,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fedsim.checkpoint import Checkpoint
-from fedsim.client_state import SIMULATION_ENV
-from fedsim.config import Config
-from fedsim.engine import Reporter, RunFailed
+from fedsim.core.checkpoint import Checkpoint
+from fedsim.core.client_state import SIMULATION_ENV
+from fedsim.core.config import Config
+from fedsim.core.engine import Reporter, RunFailed
+from fedsim.core.signals import Terminated, catch_sigterm
 from fedsim.flower.server_app import serve
-from fedsim.signals import Terminated, catch_sigterm
 from fedsim.tsfa import RankPlan
 from workloads.cache import TORCH_CACHE_ENV
 
@@ -258,10 +258,10 @@ def _start_ray(init_args: dict[str, Any]) -> None:
     """Start (or connect to) Ray here, in the main thread, before Flower would.
 
     Flower's backend starts Ray only when it is not running yet, with the same arguments. Starting it
-    here lets :func:`fedsim.signals.catch_sigterm` install its handler again after Ray's own ones:
+    here lets :func:`fedsim.core.signals.catch_sigterm` install its handler again after Ray's own ones:
     ``ray.init`` replaces the process's SIGTERM handler with one that exits with status 15 (and
     its core worker with one that dumps a C++ stack and aborts); a SIGTERM while ``ray.init`` runs
-    becomes :class:`~fedsim.signals.Terminated` here, so the run stops as at any other moment.
+    becomes :class:`~fedsim.core.signals.Terminated` here, so the run stops as at any other moment.
     Actors get the driver's ``sys.path``, as under Flower's own start, and its torch compile cache
     folder (:func:`workloads.cache.keep_torch_cache_here`: not the temp folder).
 

@@ -75,8 +75,8 @@ def test_component_contract(kind, name, files):
 
 @pytest.mark.parametrize("kind, name", ENTRIES, ids=[f"{k}-{n}" for k, n in ENTRIES])
 def test_parameters_are_configuration_keys_and_build_from_defaults(kind, name):
-    from fedsim.config import SECTIONS
-    from fedsim.wireless import SECTION_OF_KIND
+    from fedsim.core.config import SECTIONS
+    from fedsim.core.wireless import SECTION_OF_KIND
 
     section = SECTIONS[SECTION_OF_KIND[kind]]
     keys = {f.name: f for f in dataclasses.fields(section)}

@@ -1,4 +1,4 @@
-"""The configured wireless model through fedsim.wireless.WirelessModel (no Flower): reproducibility,
+"""The configured wireless model through fedsim.core.wireless.WirelessModel (no Flower): reproducibility,
 trace export and replay, downlink, outage, energy, files, and bad input at configuration time."""
 
 import json
@@ -9,10 +9,10 @@ import pytest
 
 from channels.rate import noise_psd_w_hz, shannon_rate_bps
 from channels.trace import rows_from_round_records, write_trace
-from fedsim.checks import checked_config
-from fedsim.config import ConfigError
-from fedsim.seeding import sample_clients
-from fedsim.wireless import WirelessModel
+from fedsim.core.checks import checked_config
+from fedsim.core.config import ConfigError
+from fedsim.core.seeding import sample_clients
+from fedsim.core.wireless import WirelessModel
 
 FLOPS = 2e9
 RICH = {
@@ -301,7 +301,7 @@ def test_bad_device_speed_file(tmp_path):
 
 def test_fedsim_channels_lists_every_component(capsys):
     from channels import REGISTRIES
-    from fedsim.cli import main
+    from fedsim.app.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["channels"])
@@ -316,7 +316,7 @@ def test_fedsim_channels_lists_every_component(capsys):
 
 
 def test_fedsim_channels_exports_a_results_trace_that_replays(tmp_path, capsys):
-    from fedsim.cli import main
+    from fedsim.app.cli import main
 
     cfg = checked_config(RICH)
     records = run_rounds(cfg)
@@ -334,7 +334,7 @@ def test_fedsim_channels_exports_a_results_trace_that_replays(tmp_path, capsys):
 
 
 def test_run_with_a_bad_channel_value_exits_2(capsys, tmp_path):
-    from fedsim.cli import main
+    from fedsim.app.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["run", "--set", "channel.fading=rice", "--out", str(tmp_path / "o")])

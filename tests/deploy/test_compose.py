@@ -11,8 +11,8 @@ import tomllib
 
 import pytest
 
-from fedsim.checks import checked_config
-from fedsim.deploy import find_app_dir, run_config, stage_app, write_connection
+from fedsim.app.deploy import find_app_dir, run_config, stage_app, write_connection
+from fedsim.core.checks import checked_config
 from tests.deploy.federation import REPO
 
 yaml = pytest.importorskip("yaml")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.checks import checked_config
-from fedsim.results import read_rounds
-from fedsim.wireless import WirelessModel
+from fedsim.core.checks import checked_config
+from fedsim.core.results import read_rounds
+from fedsim.core.wireless import WirelessModel
 from tests.deploy.federation import Federation
 from tests.helpers.runs import CLIENT_FIELDS, SMALL
 

@@ -24,8 +24,8 @@ import psutil
 import pytest
 import tomli_w
 
-import fedsim.deploy as deploy
-from fedsim.deploy import DeployError, fetch_results
+import fedsim.app.deploy as deploy
+from fedsim.app.deploy import DeployError, fetch_results
 from tests.helpers.refusals import Refusal, run_case, snapshot
 
 FLOWER_COMMANDS = ("flower-superlink", "flower-superexec", "flwr")

@@ -1,5 +1,5 @@
 """A small workload and an in-process transport that drive the round engine with the real client
-half (:class:`fedsim.client.ClientRound`) in milliseconds: no Flower, no Ray."""
+half (:class:`fedsim.core.client.ClientRound`) in milliseconds: no Flower, no Ray."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from unittest import mock
 
 import numpy as np
 
-from fedsim.client import ClientRequest, ClientRound, Trained
-from fedsim.client_state import SIMULATION_ENV
-from fedsim.config import build_config
-from fedsim.records import Failure
-from fedsim.seeding import rng
+from fedsim.core.client import ClientRequest, ClientRound, Trained
+from fedsim.core.client_state import SIMULATION_ENV
+from fedsim.core.config import build_config
+from fedsim.core.records import Failure
+from fedsim.core.seeding import rng
 
 D_IN, D_OUT = 6, 5
 A, B, HEAD = "m.lora_A.default.weight", "m.lora_B.default.weight", "head.weight"
@@ -21,7 +21,7 @@ A, B, HEAD = "m.lora_A.default.weight", "m.lora_B.default.weight", "head.weight"
 class StubHost:
     """A workload whose adapter is one LoRA pair and a head; the metric is the adapter's mean.
 
-    It serves both halves (:class:`fedsim.engine.Host`, :class:`fedsim.client.ClientWorkload`).
+    It serves both halves (:class:`fedsim.core.engine.Host`, :class:`fedsim.core.client.ClientWorkload`).
     "Training" adds seeded noise to every tensor; ``crash``
     ``(round, client id)`` pairs raise in training, ``nan`` ones return a non-finite adapter.
     """
@@ -62,12 +62,12 @@ class StubHost:
 
 
 class InProcessClients:
-    """The engine's transport in the tests (a :data:`fedsim.engine.Send`): every request answered
-    by the real :class:`~fedsim.client.ClientRound` in this process, in client-id order.
+    """The engine's transport in the tests (a :data:`fedsim.core.engine.Send`): every request answered
+    by the real :class:`~fedsim.core.client.ClientRound` in this process, in client-id order.
 
     As under Flower, a client that raises is a failure ``"<Exception class>: <message>"`` and step
     1's adapter waits for step 2 per client (Flower keeps it in the node's ``Context``). The
-    clients are simulated ones (:data:`fedsim.client_state.SIMULATION_ENV`): a method's client
+    clients are simulated ones (:data:`fedsim.core.client_state.SIMULATION_ENV`): a method's client
     state goes where the request says. ``crash`` and ``nan`` go to the :class:`StubHost` they
     train with; ``silent`` ``(round, client id)`` pairs never answer (a timeout).
     """

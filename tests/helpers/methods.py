@@ -6,8 +6,8 @@ import math
 import numpy as np
 import torch
 
-from fedsim.methods import get_method
-from fedsim.quantise import BITS_KEY
+from fedsim.core.methods import get_method
+from fedsim.core.quantise import BITS_KEY
 
 D_IN, D_OUT, R = 24, 16, 8
 

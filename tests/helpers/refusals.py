@@ -126,7 +126,7 @@ def run_in_process(args: list[str], out: Path | None, cwd: Path, env: dict[str, 
     import io
     from unittest import mock
 
-    from fedsim.cli import main
+    from fedsim.app.cli import main
 
     argv = fedsim_argv(args, out)[3:]
     text = io.StringIO()
@@ -138,7 +138,7 @@ def run_in_process(args: list[str], out: Path | None, cwd: Path, env: dict[str, 
         os.chdir(cwd)
         with (
             mock.patch("fedsim.flower.simulation.run_in_simulation", not_refused),
-            mock.patch("fedsim.sweep.execute", not_refused),
+            mock.patch("fedsim.app.sweep.execute", not_refused),
             contextlib.redirect_stdout(text),
             contextlib.redirect_stderr(text),
         ):

@@ -80,7 +80,7 @@ def records_without_wall_clock(folder: Path) -> list[dict]:
 
 SMALL_RUN = run_args(4, 2, 3, "--seed", "7", "--method", "fedsa")
 """The configuration of the shared ``small_run``: tests that must reproduce it use exactly this. Its
-method, FedSA-LoRA, keeps client state (files per client and round, fedsim.client_state), so every
+method, FedSA-LoRA, keeps client state (files per client and round, fedsim.core.client_state), so every
 test that reproduces or resumes the run checks that state too; with 4 clients, 3 a round, on the
 machine's few Ray actors, actors serve different clients in turn."""
 

@@ -1,4 +1,4 @@
-"""Synthetic results folders and sweep folders, written by fedsim.results.ResultsWriter (no Flower, no Ray)."""
+"""Synthetic results folders and sweep folders, written by fedsim.core.results.ResultsWriter (no Flower, no Ray)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.config import build_config
-from fedsim.records import ClientRecord, RoundRecord, SchedulerOutcome
-from fedsim.results import ResultsWriter
+from fedsim.core.config import build_config
+from fedsim.core.records import ClientRecord, RoundRecord, SchedulerOutcome
+from fedsim.core.results import ResultsWriter
 
 
 def _typed(cls: type, **values: Any) -> Any:

@@ -134,7 +134,7 @@ def test_an_unusable_fedsim_cache_is_refused_before_anything_heavy(tmp_path):
 
 
 def test_a_fedsim_cache_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
-    from fedsim.checks import check_cache_root
+    from fedsim.core.checks import check_cache_root
     from fedsim.errors import ConfigError
 
     locked = tmp_path / "locked"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.results import read_rounds
+from fedsim.core.results import read_rounds
 from tests.helpers.runs import run_fedsim
 from workloads.clip_memorisation import INTERVENTIONS
 

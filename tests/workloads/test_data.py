@@ -104,7 +104,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 
 
 def test_config_rejects_a_missing_local_dataset(tmp_path):
-    from fedsim.checks import checked_config
+    from fedsim.core.checks import checked_config
 
     with pytest.raises(ConfigError, match=r"workload.dataset='/.*missing.csv': no such file or folder"):
         checked_config({"workload.dataset": str(tmp_path / "missing.csv")})

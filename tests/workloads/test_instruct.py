@@ -57,7 +57,7 @@ def test_a_bad_option_is_refused_before_torch_is_imported(tmp_path):
     code = textwrap.dedent(
         """
         import sys
-        from fedsim.cli import main
+        from fedsim.app.cli import main
         sys.argv = ["fedsim", "run", "--workload", "instruct", "--set", "workload.options=max_length=4",
                     "--out", sys.argv[1]]
         try:
@@ -315,8 +315,8 @@ def test_memory_estimate_parts():
 
 
 def test_a_run_that_cannot_fit_is_refused_before_the_model_is_built(monkeypatch):
-    from fedsim.config import build_config
-    from fedsim.training import _CACHE, load_workload
+    from fedsim.core.config import build_config
+    from fedsim.core.training import _CACHE, load_workload
 
     cfg = build_config(
         {

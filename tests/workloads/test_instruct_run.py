@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedsim.results import read_rounds
+from fedsim.core.results import read_rounds
 from tests.helpers.runs import run_fedsim
 from tests.helpers.workloads import QUICK_BASES
 

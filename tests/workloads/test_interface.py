@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.checks import checked_config
+from fedsim.core.checks import checked_config
 from fedsim.errors import ConfigError
 from tests.helpers.workloads import small_spec
 from workloads import cache, get_workload_class, registry

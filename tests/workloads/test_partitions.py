@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from fedsim.training import LoadedWorkload
+from fedsim.core.training import LoadedWorkload
 from tests.helpers.workloads import QUICK_BASES
 from workloads import _BUILTIN
 from workloads.base import WorkloadSpec
@@ -73,9 +73,9 @@ def test_partitions_kept_per_process_are_bounded(monkeypatch):
 def test_a_split_the_partitioner_cannot_make_is_a_config_error_before_ray():
     """A Dirichlet split of 500 clients at alpha 0.02 cannot give every client its minimum share:
     one line naming workload.partition and run.clients, from the driver's own check."""
-    from fedsim.checks import checked_config
+    from fedsim.core.checks import checked_config
+    from fedsim.core.training import check_workload
     from fedsim.errors import ConfigError
-    from fedsim.training import check_workload
 
     cfg = checked_config(
         {"run.clients": 500, "run.clients_per_round": 10, "workload.dirichlet_alpha": 0.02, "workload.preset": "tiny"}
@@ -92,8 +92,8 @@ def test_every_workload_s_default_configuration_passes_the_driver_s_checks(name)
     """``fedsim run --workload NAME`` with nothing else must run: the preset's own defaults (its
     partition and run shape) pass every check the driver makes before Ray starts, including the split
     of the default 50 clients. Only the base's pretraining is cut short (:data:`QUICK_BASES`)."""
-    from fedsim.checks import checked_config
-    from fedsim.training import check_workload, load_workload
+    from fedsim.core.checks import checked_config
+    from fedsim.core.training import check_workload, load_workload
 
     cfg = checked_config({"workload.name": name, "workload.options": QUICK_BASES.get(name, "")})
     check_workload(cfg)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.checks import checked_config
+from fedsim.core.checks import checked_config
 from fedsim.errors import ConfigError
 from tests.helpers.runs import run_fedsim
 from tests.helpers.workloads import small_spec

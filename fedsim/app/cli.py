@@ -14,8 +14,7 @@ from typing import Annotated, Any
 import click
 import typer
 
-from fedsim.checks import check_config
-from fedsim.cli_common import (
+from fedsim.app.cli_common import (
     ClientsOption,
     ClientsPerRoundOption,
     ConfigOption,
@@ -34,7 +33,9 @@ from fedsim.cli_common import (
     shortcuts,
     show_renamed_key_notes,
 )
-from fedsim.config import (
+from fedsim.app.deploy import deploy_app
+from fedsim.core.checks import check_config
+from fedsim.core.config import (
     Config,
     ConfigError,
     build_config,
@@ -46,8 +47,7 @@ from fedsim.config import (
     read_text_file,
     toml_to_flat,
 )
-from fedsim.deploy import deploy_app
-from fedsim.signals import Terminated, catch_sigterm, exit_soon_after_sigterm, leave, sigterm_received
+from fedsim.core.signals import Terminated, catch_sigterm, exit_soon_after_sigterm, leave, sigterm_received
 
 app = typer.Typer(
     name="fedsim",
@@ -94,7 +94,7 @@ def run(
             "simulation.ray_address": ray_address,
         },
     )
-    from fedsim.checkpoint import CheckpointError, check_records
+    from fedsim.core.checkpoint import CheckpointError, check_records
 
     try:
         if resume is not None:
@@ -111,19 +111,19 @@ def run(
             out_dir, checkpoint = given_out or default_out_dir(cfg), None
             check_out_dir(out_dir, force)
         check_ray_address(cfg.simulation.ray_address)
-        from fedsim.tracking import check_tracking
+        from fedsim.app.tracking import check_tracking
 
         check_tracking(cfg)
     except (ConfigError, CheckpointError) as e:
         fail(str(e), 2)
 
     exit_soon_after_sigterm(lambda: interrupted_line(out_dir))  # even while Ray's start blocks the main thread
-    from fedsim.engine import RunFailed
+    from fedsim.app.progress import ProgressReporter
+    from fedsim.core.engine import RunFailed
+    from fedsim.core.results import LOCK, FolderLock
+    from fedsim.core.schedulers import get_scheduler
+    from fedsim.core.training import check_workload
     from fedsim.flower.simulation import run_in_simulation
-    from fedsim.progress import ProgressReporter
-    from fedsim.results import LOCK, FolderLock
-    from fedsim.schedulers import get_scheduler
-    from fedsim.training import check_workload
 
     try:
         check_workload(cfg)  # the dataset's files and columns, the rank against the model
@@ -143,7 +143,7 @@ def run(
             raise ConfigError(f"--out={str(out_dir)!r}: another run wrote into this folder meanwhile")
     except ConfigError as e:
         fail(str(e), 2)
-    from fedsim.tracking import tracked
+    from fedsim.app.tracking import tracked
 
     reporter = tracked(ProgressReporter(cfg, quiet=quiet), cfg, out_dir)  # TensorBoard / MLflow if configured
     t0 = time.perf_counter()
@@ -169,9 +169,9 @@ def check_resumed_tensors(cfg: Config, out_dir: Path, checkpoint, plan) -> None:
     """
     from dataclasses import replace
 
-    from fedsim.checkpoint import check_tensors
-    from fedsim.methods import get_method
-    from fedsim.training import initial_state
+    from fedsim.core.checkpoint import check_tensors
+    from fedsim.core.methods import get_method
+    from fedsim.core.training import initial_state
 
     built = initial_state(cfg if plan is None else replace(cfg, lora=replace(cfg.lora, rank=plan.chosen_rank)))
     check_tensors(out_dir, checkpoint, built, get_method(cfg.run.method).needs_client_state)
@@ -181,7 +181,7 @@ def interrupted(out_dir: Path, code: int = 130) -> None:
     """Ctrl-C (exit 130) or SIGTERM (exit 143): the last completed round is already checkpointed;
     say how to resume and leave now.
 
-    Leaves with os._exit (:func:`fedsim.signals.leave`), because the ServerApp thread may still be
+    Leaves with os._exit (:func:`fedsim.core.signals.leave`), because the ServerApp thread may still be
     waiting on clients and would hold a normal interpreter exit; every file it writes is replaced
     atomically, so nothing is torn. Ray is still running here (see
     :func:`fedsim.flower.simulation.run_in_simulation`): the reaper stops its processes once this
@@ -192,7 +192,7 @@ def interrupted(out_dir: Path, code: int = 130) -> None:
 
 def interrupted_line(out_dir: Path) -> str:
     """What a stopped run says: the round it can resume after, or that there is nothing to resume."""
-    from fedsim.checkpoint import CheckpointError, load_checkpoint
+    from fedsim.core.checkpoint import CheckpointError, load_checkpoint
 
     if not (out_dir / "config.toml").is_file():  # the folder holds at most the lock: nothing was written
         return f"interrupted before the run started; nothing to resume: run the same command again ({out_dir})"
@@ -212,14 +212,14 @@ def prepare_resume(
     Refused without ``--force``: new values given on this command line, a ``config.toml`` edited
     since the last checkpoint (its SHA-256 differs from the one the checkpoint recorded), and a
     finished run. Refused always: a link in ``checkpoint/`` or ``client_state/``
-    (:func:`~fedsim.checkpoint.check_folders`) and a checkpoint that does not load.
+    (:func:`~fedsim.core.checkpoint.check_folders`) and a checkpoint that does not load.
 
     Nothing here imports torch or a workload, so these refusals cost well under a second: each
     key's value is checked, but not the values together; the caller runs
-    :func:`~fedsim.checks.check_config` on the returned configuration (after
-    :func:`~fedsim.checkpoint.check_records`, which is as cheap).
+    :func:`~fedsim.core.checks.check_config` on the returned configuration (after
+    :func:`~fedsim.core.checkpoint.check_records`, which is as cheap).
     """
-    from fedsim.checkpoint import check_folders, load_checkpoint, sha256_text
+    from fedsim.core.checkpoint import check_folders, load_checkpoint, sha256_text
 
     if not (folder / "config.toml").is_file():
         raise ConfigError(f"--resume={str(folder)!r}: not a fedsim results folder (no config.toml)")
@@ -259,10 +259,10 @@ def rank_plan_or_exit(cfg: Config, show: bool, show_infeasible: bool = True):
     ``show``: print the plan's table. ``show_infeasible``: print the table of an infeasible plan
     before the refusal (``fedsim plan``, which exists to show it); ``fedsim run`` refuses in one line.
     """
-    from fedsim.rank_plan import plan_for
-    from fedsim.training import WorkloadHost
+    from fedsim.core.rank_plan import plan_for
+    from fedsim.core.training import WorkloadHost
+    from fedsim.core.wireless import WirelessModel
     from fedsim.tsfa import InfeasibleBudgetError
-    from fedsim.wireless import WirelessModel
 
     try:
         plan = plan_for(cfg, WirelessModel(cfg), WorkloadHost())
@@ -326,7 +326,7 @@ def plan(
     result = rank_plan_or_exit(cfg, show=True)
     typer.echo(f"structural rank: {result.chosen_rank}")
     if out is not None:
-        from fedsim.rank_plan import write_plan
+        from fedsim.core.rank_plan import write_plan
 
         write_plan(result, out)
 
@@ -351,7 +351,7 @@ def show_channels(
     out: Annotated[Path | None, typer.Option(help="Trace CSV to write (with --export-trace).")] = None,
 ) -> None:
     """List the channel components (names, parameters, defaults, units), or export a run's channel trace."""
-    from fedsim.wireless import describe_components, export_trace_from_results
+    from fedsim.core.wireless import describe_components, export_trace_from_results
 
     if export_trace is not None:
         if out is None:
@@ -400,14 +400,14 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-app.add_typer(deploy_app, name="deploy")  # the same app on Flower's Deployment Engine (fedsim/deploy.py)
+app.add_typer(deploy_app, name="deploy")  # the same app on Flower's Deployment Engine (fedsim/app/deploy.py)
 
 
 @app.command("methods")
 def list_methods() -> None:
     """List the upload methods (run.method) and the schedulers (run.scheduler), installed ones included."""
-    from fedsim.methods import get_method, method_names
-    from fedsim.schedulers import get_scheduler, scheduler_names
+    from fedsim.core.methods import get_method, method_names
+    from fedsim.core.schedulers import get_scheduler, scheduler_names
 
     typer.echo("upload methods (--method / run.method):")
     for name in method_names():
@@ -462,7 +462,7 @@ def list_workloads(
     Console(width=width).print(table)
 
 
-# ---- fedsim sweep / report: campaigns of runs (fedsim/sweep.py, fedsim/report.py) ----------------
+# ---- fedsim sweep / report: campaigns of runs (fedsim/app/sweep.py, fedsim/app/report.py) ----------------
 @app.command("sweep")
 def sweep_command(
     file: Annotated[Path, typer.Argument(help="Sweep file: a config TOML with a [sweep] table of axes.")],
@@ -481,7 +481,7 @@ def sweep_command(
 
     Re-running the same command skips finished runs and resumes interrupted or failed ones.
     """
-    from fedsim import sweep as sw
+    from fedsim.app import sweep as sw
 
     try:
         if jobs is not None and jobs < 1:  # the options first: resolving the runs costs seconds
@@ -503,8 +503,8 @@ def sweep_command(
             typer.echo(f"{run_spec.name}\t{sw.run_state(folder / 'runs' / run_spec.name)}")
         typer.echo(f"{len(spec.runs)} runs, {n_jobs} at a time, in {folder}")
         return
-    from fedsim.progress import SweepDisplay
-    from fedsim.results import FolderLock
+    from fedsim.app.progress import SweepDisplay
+    from fedsim.core.results import FolderLock
 
     lock = FolderLock(folder)  # held until this process exits: one sweep per sweep folder
     try:
@@ -565,8 +565,8 @@ def report_command(
     With --into, the summary table (and the --paired tables) also fill the block of the sweep's
     experiments file on a docs page.
     """
-    from fedsim.config import describe_keys
-    from fedsim.report import DEFAULT_METRICS, write_report
+    from fedsim.app.report import DEFAULT_METRICS, write_report
+    from fedsim.core.config import describe_keys
 
     try:
         folder = out_path(out) if out is not None else dirs[0] / "report"

@@ -29,7 +29,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import tomli_w
 
 from channels import REGISTRIES as CHANNEL_REGISTRIES
-from fedsim import plugins
+from fedsim.core import plugins
 from fedsim.errors import ConfigError
 
 __all__ = [
@@ -132,7 +132,7 @@ def _component_default(key: str) -> Any:
 
 def _channel_model(kind: str, default: str, doc: str, section: str = "channel") -> Any:
     """A key naming an entry of a ``channels`` registry, built in (the allowed names listed) or
-    installed (entry point ``"<kind>.<name>"`` of group ``fedsim.channels``, :mod:`fedsim.plugins`)."""
+    installed (entry point ``"<kind>.<name>"`` of group ``fedsim.channels``, :mod:`fedsim.core.plugins`)."""
     names = CHANNEL_REGISTRIES[kind]
 
     def known(v: Any) -> bool:
@@ -352,7 +352,7 @@ class SimulationSection:
 @dataclass(frozen=True)
 class MethodSection:
     """The upload method's parameters; each method declares the ones it reads
-    (:attr:`fedsim.methods.UploadMethod.config_keys`, listed by ``fedsim methods``)."""
+    (:attr:`fedsim.core.methods.UploadMethod.config_keys`, listed by ``fedsim methods``)."""
 
     rho: float = _f(
         0.5, lambda v: 0 <= v < 1, "a number in [0, 1)", "fraction of LoRA ranks dropped (methods that sparsify)"
@@ -416,7 +416,7 @@ def _backends(v: str) -> bool:
 
 @dataclass(frozen=True)
 class TrackingSection:
-    """Experiment tracking (``fedsim.tracking``); off by default, needs ``pip install 'fedsim[tracking]'``."""
+    """Experiment tracking (``fedsim.app.tracking``); off by default, needs ``pip install 'fedsim[tracking]'``."""
 
     backends: str = _f(
         "",
@@ -434,7 +434,7 @@ def _rank_levels(v: tuple) -> bool:
 
 @dataclass(frozen=True)
 class HeteroSection:
-    """Heterogeneous LoRA ranks (``fedsim.hetero``): each client trains and uploads at its own rank."""
+    """Heterogeneous LoRA ranks (``fedsim.core.hetero``): each client trains and uploads at its own rank."""
 
     rank_rule: str = _f(
         "none",
@@ -637,7 +637,7 @@ def _check_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
         check = f.metadata["check"]
         try:
             ok = check is None or bool(check(value))
-        except ConfigError:  # its own line (a broken plug-in: fedsim.plugins)
+        except ConfigError:  # its own line (a broken plug-in: fedsim.core.plugins)
             raise
         except (TypeError, ValueError):
             ok = False
@@ -761,7 +761,7 @@ def check_preset_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
 def preset_defaults(name: str, preset: str) -> dict[str, Any]:
     """The flat defaults that workload ``name``'s ``preset`` declares, checked by
     :func:`check_preset_defaults` (``{}`` for none, or for a name or preset that is not registered:
-    :func:`fedsim.checks.check_config` refuses those). A wrong one is a one-line ConfigError naming
+    :func:`fedsim.core.checks.check_config` refuses those). A wrong one is a one-line ConfigError naming
     the workload and the preset.
 
     A built-in workload's declaration is read without importing torch (:func:`workloads.declaration`).
@@ -802,7 +802,7 @@ def build_config(*layers: Mapping[str, Any]) -> Config:
     Under the layers lie the defaults of the workload preset they name (:func:`preset_defaults`),
     so any layer that gives such a key overrides it. Each key is
     checked on its own (type, range); the checks that involve several keys, the registries or
-    files are :func:`fedsim.checks.check_config`, one layer up.
+    files are :func:`fedsim.core.checks.check_config`, one layer up.
     """
     merged: dict[str, Any] = {}
     for layer in layers:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import Config, ConfigError
+from fedsim.core.config import Config, ConfigError
 
 BACKENDS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 """Backend name -> the module it needs."""
@@ -93,7 +93,7 @@ class Tracker:
 
     def start(self, first_round: int = 1) -> None:
         """Open the writers; a resumed run (``first_round`` > 1) counts the bits of the rounds before it."""
-        from fedsim.results import read_rounds
+        from fedsim.core.results import read_rounds
 
         if (self.out / "rounds.jsonl").is_file():
             self.cum_bits = sum(r["uplink_bits_total"] for r in read_rounds(self.out) if r["round"] < first_round)
@@ -253,8 +253,8 @@ def track_folder(folder: str | Path, cfg: Config | None = None) -> None:
 
     For runs made without tracking: ``track_folder(dir, build_config(saved, {"tracking.backends": "mlflow"}))``.
     """
-    from fedsim.config import build_config, load_toml
-    from fedsim.results import read_rounds
+    from fedsim.core.config import build_config, load_toml
+    from fedsim.core.results import read_rounds
 
     folder = Path(folder)
     cfg = cfg or build_config(load_toml(folder / "config.toml", "results folder"))

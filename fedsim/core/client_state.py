@@ -9,7 +9,7 @@ Each client writes one safetensors file per round it completes::
 and reads, at round t, the newest version from a round < t. Where the folder is:
 
 - ``fedsim run`` (Simulation Runtime): ``<results folder>/client_state``; the server names it
-  in every message (``fedsim.client_state``). ClientApps run in long-lived Ray actors that
+  in every message (``fedsim.core.client_state``). ClientApps run in long-lived Ray actors that
   serve whichever clients Ray schedules on them, so nothing may live in the actor's memory or
   in ``context.state`` between rounds: the files are keyed by client id and read afresh each
   call. ``Context`` (shipped to and from the actor with every message) holds no client state,
@@ -142,12 +142,12 @@ def kept_after_resume(root: str | Path, round_: int) -> list[Path]:
     return [p for folder in folders for t, p in _versions(folder) if t <= round_]
 
 
-# ---- the client's side of a round with state (used by fedsim.client) ----------------------------
+# ---- the client's side of a round with state (used by fedsim.core.client) ----------------------------
 
 
 def begin(method, root, client_id: int, round_: int, global_state: dict[str, np.ndarray]):
     """Before local training: ``(start, read_round, client_state)``; ``start`` is the adapter to
-    train from (:meth:`~fedsim.methods.UploadMethod.start_state`). A method without client
+    train from (:meth:`~fedsim.core.methods.UploadMethod.start_state`). A method without client
     state, or ``root`` None, trains from the global adapter with no state."""
     if not method.needs_client_state or root is None:
         return global_state, 0, None

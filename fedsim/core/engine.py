@@ -5,7 +5,7 @@ decides everything about a round; the transport only carries messages. Under ``f
 transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment Engine
 (:mod:`fedsim.flower.server_app`), and in the tests a plain function. One round:
 
-1. sample clients from the seed (:func:`fedsim.seeding.sample_clients`),
+1. sample clients from the seed (:func:`fedsim.core.seeding.sample_clients`),
 2. one-phase schedulers: send the global adapter, clients train and upload at the fixed rho;
    two-phase schedulers (TSFA): clients train and report, the scheduler decides rho_t and the
    band, the admitted clients upload at rho_t,
@@ -16,7 +16,7 @@ transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment
    round's clients train, and the round is written when it is done),
 5. account the uplink (channel, payload, latency) and the downlink (the broadcast of the global
    adapter, dense or quantised at ``lora.downlink_quant_bits``:
-   :meth:`~fedsim.methods.UploadMethod.broadcast`, its time under ``channel.downlink``) and
+   :meth:`~fedsim.core.methods.UploadMethod.broadcast`, its time under ``channel.downlink``) and
    return a typed :class:`RoundRecord`.
 
 A round whose surviving clients are fewer than ``run.min_clients_per_round`` (0: all sampled)
@@ -24,10 +24,10 @@ is recorded with ``status: "failed"`` and the global adapter is unchanged; an ad
 non-finite ends the run with ``status: "diverged"``.
 
 The transport is a :data:`Send` function: ``send(cfg, requests, state)`` delivers each
-:class:`~fedsim.client.ClientRequest` (one per client, all of one action and round) and, when
+:class:`~fedsim.core.client.ClientRequest` (one per client, all of one action and round) and, when
 ``state`` is given, the global adapter, to its client, and returns the
-:class:`~fedsim.client.ClientReply` of each client by client id and the failures (crashes,
-timeouts). The client's half (:class:`fedsim.client.ClientRound`) answers them: ``"train"``
+:class:`~fedsim.core.client.ClientReply` of each client by client id and the failures (crashes,
+timeouts). The client's half (:class:`fedsim.core.client.ClientRound`) answers them: ``"train"``
 (train and upload at the request's rho, the fixed rho), ``"local"`` (train and report; step 1 of
 a two-phase round) or ``"upload"`` (upload the adapter trained in step 1 at rho_t).
 """
@@ -43,19 +43,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedsim import client_state, hetero
-from fedsim.checkpoint import Checkpoint, save_checkpoint, sha256_text
-from fedsim.client import Action, ClientReply, ClientRequest
-from fedsim.config import Config
+from fedsim.core import client_state, hetero
+from fedsim.core.checkpoint import Checkpoint, save_checkpoint, sha256_text
+from fedsim.core.client import Action, ClientReply, ClientRequest
+from fedsim.core.config import Config
+from fedsim.core.methods import fixed_rho, get_method
+from fedsim.core.rank_plan import plan_for, write_plan
+from fedsim.core.records import CLIENT_DIAGNOSTICS, ClientRecord, Failure, RoundRecord, SchedulerOutcome
+from fedsim.core.results import ResultsWriter
+from fedsim.core.schedulers import Scheduler, get_scheduler
+from fedsim.core.seeding import SERVER, rng, sample_clients, torch_seed
+from fedsim.core.wireless import WirelessModel
 from fedsim.errors import ConfigError
-from fedsim.methods import fixed_rho, get_method
-from fedsim.rank_plan import plan_for, write_plan
-from fedsim.records import CLIENT_DIAGNOSTICS, ClientRecord, Failure, RoundRecord, SchedulerOutcome
-from fedsim.results import ResultsWriter
-from fedsim.schedulers import Scheduler, get_scheduler
-from fedsim.seeding import SERVER, rng, sample_clients, torch_seed
 from fedsim.tsfa import RankPlan
-from fedsim.wireless import WirelessModel
 
 Send = Callable[
     [Config, list[ClientRequest], dict[str, np.ndarray] | None],
@@ -73,7 +73,7 @@ class RunFailed(RuntimeError):
 
 
 class Host(Protocol):
-    """The workload as the server sees it (:class:`fedsim.training.WorkloadHost`, or a test stub)."""
+    """The workload as the server sees it (:class:`fedsim.core.training.WorkloadHost`, or a test stub)."""
 
     def primary_metric(self, cfg: Config) -> str: ...
     def initial_state(self, cfg: Config) -> dict[str, np.ndarray]: ...
@@ -115,7 +115,7 @@ class RoundEngine:
     plan : the offline rank plan, when the caller has already computed it.
     resume : continue after this checkpoint's round.
     client_state_dir : where the clients of a method with client state keep it (sent with every
-        request as ``client_state``; :mod:`fedsim.client_state`). :func:`run` sets
+        request as ``client_state``; :mod:`fedsim.core.client_state`). :func:`run` sets
         ``<results folder>/client_state``; None keeps no state between rounds.
     """
 
@@ -175,7 +175,7 @@ class RoundEngine:
         return np.where(hit, f.straggle_delay_s, 0.0)
 
     def _ranks(self, round_: int, ids: list[int]) -> list[int]:
-        """Each client's LoRA rank under ``hetero.rank_rule`` (:func:`fedsim.hetero.client_ranks`)."""
+        """Each client's LoRA rank under ``hetero.rank_rule`` (:func:`fedsim.core.hetero.client_ranks`)."""
         if not self.hetero:
             return [self.cfg.lora.rank] * len(ids)
         h = self.cfg.hetero
@@ -409,7 +409,7 @@ class RoundEngine:
 
 Connect = Callable[[], tuple[Send, dict[int, dict[str, float]]]]
 """``connect() -> (send, profiles)``: reach every client (e.g. Flower's discovery) and return the
-transport and each client's channel profile (:class:`~fedsim.wireless.WirelessModel`'s ``profiles``)."""
+transport and each client's channel profile (:class:`~fedsim.core.wireless.WirelessModel`'s ``profiles``)."""
 
 
 def run(
@@ -439,7 +439,7 @@ def run(
     try:
         send, profiles = connect()
         state_dir = out / client_state.FOLDER
-        if resume is not None:  # versions of the interrupted round (fedsim.client_state)
+        if resume is not None:  # versions of the interrupted round (fedsim.core.client_state)
             client_state.discard_after(state_dir, resume.round)
         engine = RoundEngine(
             cfg, host, WirelessModel(cfg, profiles), plan=plan, resume=resume, client_state_dir=str(state_dir.resolve())

@@ -13,9 +13,17 @@ from typing import Annotated, Any
 
 import typer
 
-from fedsim.checks import checked_config
-from fedsim.config import Config, ConfigError, RunSection, load_toml, parse_overrides, parse_value, renamed_key_notes
-from fedsim.results import holds_more_than_the_lock
+from fedsim.core.checks import checked_config
+from fedsim.core.config import (
+    Config,
+    ConfigError,
+    RunSection,
+    load_toml,
+    parse_overrides,
+    parse_value,
+    renamed_key_notes,
+)
+from fedsim.core.results import holds_more_than_the_lock
 
 ClientsOption = Annotated[int | None, typer.Option(help="Number of clients (run.clients).")]
 RoundsOption = Annotated[int | None, typer.Option(help="Federated rounds (run.rounds).")]
@@ -81,7 +89,7 @@ def resolve_config(config_file: Path | None, sets: list[str], shortcuts: dict[st
 
 
 def show_renamed_key_notes() -> None:
-    """One line on stderr for each renamed key read under its old name (:data:`fedsim.config.RENAMED_KEYS`)."""
+    """One line on stderr for each renamed key read under its old name (:data:`fedsim.core.config.RENAMED_KEYS`)."""
     for line in renamed_key_notes():
         typer.echo(f"fedsim: {line}", err=True)
 
@@ -125,7 +133,7 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
     """
     import socket
 
-    from fedsim.config import is_ray_address
+    from fedsim.core.config import is_ray_address
 
     if not is_ray_address(address):
         raise ConfigError(f"--ray-address={address!r}: must be auto, local or HOST:PORT of a Ray cluster's head")

@@ -18,7 +18,7 @@ produces.
 
 Quantised uploads (``lora.quant_bits`` = b in 1..16, 0 = off) work with every method: after the
 method has chosen what to send, every value tensor is sent as b-bit stochastic-rounding codes
-plus one scale at q bits (:mod:`fedsim.quantise`), so a tensor of n values costs n b + q bits
+plus one scale at q bits (:mod:`fedsim.core.quantise`), so a tensor of n values costs n b + q bits
 instead of n q; indices are unchanged. The exact formula per matrix is therefore
 ``matrix_bits + sum_j n_j (b - q) + q [n_j > 0]`` with n_j from ``matrix_values``.
 
@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsim import plugins
-from fedsim.quantise import dequantise_arrays, quantise_arrays, quantised_bits
+from fedsim.core import plugins
+from fedsim.core.quantise import dequantise_arrays, quantise_arrays, quantised_bits
 from fedsim.soft.budget import (
     dense_payload_bits,
     index_bits_per_entry,
@@ -177,7 +177,7 @@ class UploadMethod:
     regularised : the SOFT orthogonality regulariser (weight ``method.lambda_orth``) is in the
         local loss.
     sparsifies : the upload depends on rho (False: rho is always 0, as for ``ideal``).
-    needs_client_state : the client keeps state between rounds (:mod:`fedsim.client_state`):
+    needs_client_state : the client keeps state between rounds (:mod:`fedsim.core.client_state`):
         the method overrides :meth:`start_state` and :meth:`encode_stateful`.
     personalised : each client keeps a personal model; clients report its evaluation
         (``personal_metric``) and the round records the mean (``personal_<metric>``).
@@ -215,7 +215,7 @@ class UploadMethod:
     ) -> int:
         """Uplink bits of one client's adapter: ``matrix_bits`` of every LoRA pair plus the dense
         extras (e.g. a classification head) at q bits per value; with ``quant_bits`` = b > 0,
-        every non-empty value tensor costs n b + q instead of n q (:mod:`fedsim.quantise`)."""
+        every non-empty value tensor costs n b + q instead of n q (:mod:`fedsim.core.quantise`)."""
         pairs, extras = split_state(shapes)
         total = 0
         for a_name, b_name in pairs.values():
@@ -249,7 +249,7 @@ class UploadMethod:
 
         Dense (``quant_bits`` = 0): the adapter itself. Quantised: every tensor :meth:`is_broadcast`
         names as the clients decode it from b-bit codes
-        (:mod:`fedsim.quantise`, draws from a generator seeded with ``seed``); the server keeps
+        (:mod:`fedsim.core.quantise`, draws from a generator seeded with ``seed``); the server keeps
         its exact adapter for aggregation.
         """
         bits = self.downlink_bits({k: v.shape for k, v in state.items()}, value_bits, quant_bits)
@@ -341,7 +341,7 @@ def fixed_rho(method: str, rho: float) -> float:
 
 def get_method(name: str) -> UploadMethod:
     """The method ``name``: built in, registered, or installed (entry point group ``fedsim.methods``,
-    :mod:`fedsim.plugins`); an unknown name is a ConfigError listing the known ones."""
+    :mod:`fedsim.core.plugins`); an unknown name is a ConfigError listing the known ones."""
     return plugins.resolve(METHODS, plugins.METHODS, name, "run.method", UploadMethod)
 
 
@@ -452,7 +452,7 @@ def encode_upload(
 
     Returns the arrays that go on the wire (LoRA pairs as ``module::key`` from
     :meth:`SparseUpdate.to_arrays`, extras under ``extra::name``; with ``quant_bits`` > 0 every
-    value array quantised by :func:`fedsim.quantise.quantise_arrays`, its draws from
+    value array quantised by :func:`fedsim.core.quantise.quantise_arrays`, its draws from
     ``generator`` after the sparsifier's) and client statistics:
     ``payload_bits`` (exact bits the channel carries), ``dropped_rank_error`` (sum over
     modules), ``kept_ranks`` (mean over modules), ``mean_abs_cos`` (mean over modules, before
@@ -570,7 +570,7 @@ def average_extras(
     return out
 
 
-# ---- methods with client state (fedsim.client_state) ---------------------------------------------
+# ---- methods with client state (fedsim.core.client_state) ---------------------------------------------
 
 
 def fedsa_bits(d_in: int, d_out: int, rank: int, rho: float, value_bits: int) -> int:

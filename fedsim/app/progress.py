@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fedsim.config import Config
-from fedsim.results import metric_higher_is_better
+from fedsim.core.config import Config
+from fedsim.core.results import metric_higher_is_better
 
 
 class ProgressReporter:
@@ -95,7 +95,7 @@ class ProgressReporter:
 class SweepDisplay:
     """The progress of a sweep over its runs: done / running / failed, elapsed and ETA; one line per ended run.
 
-    A ``display(event, data)`` for :func:`fedsim.sweep.execute`.
+    A ``display(event, data)`` for :func:`fedsim.app.sweep.execute`.
     """
 
     def __init__(self, name: str, folder: Path, quiet: bool = False, console: Console | None = None):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from fedsim.config import Config
+from fedsim.core.config import Config
 from fedsim.errors import ConfigError
 
 

@@ -1,6 +1,6 @@
 """The client's half of a round, with no Flower: what one client does with one request.
 
-The round engine (:mod:`fedsim.engine`) is the server's half; it sends each sampled client a
+The round engine (:mod:`fedsim.core.engine`) is the server's half; it sends each sampled client a
 :class:`ClientRequest` (with the global adapter beside it) and reads back a :class:`ClientReply`.
 :class:`ClientRound` answers them:
 
@@ -12,10 +12,10 @@ The round engine (:mod:`fedsim.engine`) is the server's half; it sends each samp
 - ``upload`` (step 2): upload the adapter trained in step 1 at the server's rho_t.
 
 On the way it injects the configured faults (``faults.client_crash_prob``), keeps the method's
-client state (:mod:`fedsim.client_state`), trains and uploads at the client's own rank under
-``[hetero]`` (:mod:`fedsim.hetero`) and evaluates a personalised method's personal model. The
+client state (:mod:`fedsim.core.client_state`), trains and uploads at the client's own rank under
+``[hetero]`` (:mod:`fedsim.core.hetero`) and evaluates a personalised method's personal model. The
 rho a client uploads at is always the one its request carries: the engine derives it
-(:func:`fedsim.methods.fixed_rho`, or the scheduler's rho_t), never the client.
+(:func:`fedsim.core.methods.fixed_rho`, or the scheduler's rho_t), never the client.
 
 Under ``fedsim run`` and ``fedsim deploy`` the transport is Flower (:mod:`fedsim.flower.client_app`
 converts messages to and from these dataclasses and keeps :class:`Trained` in the node's
@@ -35,11 +35,11 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from fedsim import client_state, hetero
-from fedsim.config import Config
-from fedsim.methods import dropped_errors, get_method
-from fedsim.records import CLIENT_DIAGNOSTICS
-from fedsim.seeding import rng, torch_seed
+from fedsim.core import client_state, hetero
+from fedsim.core.config import Config
+from fedsim.core.methods import dropped_errors, get_method
+from fedsim.core.records import CLIENT_DIAGNOSTICS
+from fedsim.core.seeding import rng, torch_seed
 
 Action = Literal["train", "local", "upload"]
 """What a request asks: train and upload (one phase), train and report (step 1), upload (step 2)."""
@@ -58,7 +58,7 @@ class ClientRequest:
         scheduler's rho_t); None for ``local``, which uploads nothing.
     rank : the client's LoRA rank r_k under ``[hetero]`` (None: ``lora.rank``).
     client_state_dir : the server's folder for the clients' state of a method with client state
-        (:func:`fedsim.client_state.resolve_root` decides where the client writes); None otherwise.
+        (:func:`fedsim.core.client_state.resolve_root` decides where the client writes); None otherwise.
     """
 
     action: Action
@@ -79,11 +79,11 @@ class ClientReply:
     num_samples : |D_k|, the size of its data (its weight in aggregation).
     train_loss : mean local training loss.
     train_wall_s : wall-clock time of local training, s.
-    arrays : the upload as it goes on the wire (:meth:`~fedsim.methods.UploadMethod.encode`);
+    arrays : the upload as it goes on the wire (:meth:`~fedsim.core.methods.UploadMethod.encode`);
         None for a report (``local``).
     payload_bits : exact uplink bits of ``arrays`` (None for a report).
     kept_ranks, dropped_rank_error, mean_abs_cos, sparsify_time_s : the upload's diagnostics
-        (:data:`fedsim.records.CLIENT_DIAGNOSTICS`; 0 for a report).
+        (:data:`fedsim.core.records.CLIENT_DIAGNOSTICS`; 0 for a report).
     personal_metric : a personalised method's personal model, evaluated as the round begins
         (the workload's primary metric); None for other methods.
     dropped_errors : a report's dropped-rank error at each rho of ``tsfa.rho_grid``; None otherwise.
@@ -148,7 +148,7 @@ class Trained:
 
 
 class ClientWorkload(Protocol):
-    """The workload as a client sees it (:class:`fedsim.training.WorkloadHost`, or a test's small one)."""
+    """The workload as a client sees it (:class:`fedsim.core.training.WorkloadHost`, or a test's small one)."""
 
     def primary_metric(self, cfg: Config) -> str: ...
     def evaluate(self, cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float]: ...
@@ -191,7 +191,7 @@ class ClientRound:
     ----------
     workload : local training and evaluation (:class:`ClientWorkload`).
     node_config : the node's own settings (a SuperNode's ``--node-config``): its ``state-dir``
-        decides where a deployed client keeps its state (:func:`fedsim.client_state.resolve_root`).
+        decides where a deployed client keeps its state (:func:`fedsim.core.client_state.resolve_root`).
     """
 
     def __init__(self, workload: ClientWorkload, node_config: Mapping[str, Any] | None = None) -> None:

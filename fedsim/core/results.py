@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import Config
+from fedsim.core.config import Config
 
 MARKER = "config.toml"
 WRITTEN = ("rounds.jsonl", "summary.json")  # a fedsim results folder has the marker and one of these
@@ -147,11 +147,11 @@ def read_rounds(folder: str | Path, check: Callable[[Any, str], dict[str, Any]] 
     """All round records of a results folder, in order, read within the limits.
 
     At most :data:`MAX_ROUNDS_BYTES` in all and :data:`MAX_JSON_BYTES` a line, read line by line
-    (never more than the limits), each line UTF-8 JSON (:func:`fedsim.config.parse_json`) and an
+    (never more than the limits), each line UTF-8 JSON (:func:`fedsim.core.config.parse_json`) and an
     object, or what ``check(record, where)`` accepts. Anything else is a one-line ConfigError
     naming the file and the line: a results folder may come from anywhere.
     """
-    from fedsim.config import ConfigError, parse_json
+    from fedsim.core.config import ConfigError, parse_json
 
     path = Path(folder) / "rounds.jsonl"
     records = []
@@ -208,7 +208,7 @@ class ResultsWriter:
     def finish(
         self, *, status: str, error: str | None, primary_metric: str, wall_s: float, extra: dict | None = None
     ) -> dict[str, Any]:
-        from fedsim.device import device_info  # imports torch: only when a run ends
+        from fedsim.core.device import device_info  # imports torch: only when a run ends
 
         recs = self.records
         higher = metric_higher_is_better(self.cfg.workload.name)

@@ -51,7 +51,7 @@ def client_ranks(values: np.ndarray, levels: tuple[int, ...]) -> np.ndarray:
 
 
 def lora_pairs(state: dict[str, Any]) -> list[tuple[str, str]]:
-    from fedsim.methods import split_state
+    from fedsim.core.methods import split_state
 
     return list(split_state(state)[0].values())
 
@@ -99,10 +99,10 @@ def aggregate(
 ) -> tuple[dict[str, np.ndarray], float]:
     """The new rank-R global adapter from mixed-rank uploads ``(w_k, updates, extras)`` (client-id
     order; updates are :class:`fedsim.soft.SparseUpdate` at the client's rank) and the covariance
-    diagnostic of the zero-padded held factors (see :func:`fedsim.methods.aggregate_uploads`)."""
+    diagnostic of the zero-padded held factors (see :func:`fedsim.core.methods.aggregate_uploads`)."""
     import torch
 
-    from fedsim.methods import average_extras, split_state
+    from fedsim.core.methods import average_extras, split_state
     from fedsim.soft import covariance_norm
 
     if how not in AGGREGATIONS:

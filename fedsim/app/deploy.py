@@ -12,7 +12,7 @@ connections of ``$FLWR_HOME/config.toml`` (default ``~/.flwr``):
   and exit 0 only if Flower reports the run completed and ``summary.json`` says ``ok`` (1 otherwise,
   2 for bad input).
   With ``tracking.backends`` set, the fetched records go into this machine's TensorBoard / MLflow
-  (:func:`fedsim.tracking.track_folder`), as ``fedsim run`` logs its own.
+  (:func:`fedsim.app.tracking.track_folder`), as ``fedsim run`` logs its own.
 
 ``flwr run --run-config`` only accepts keys that the app's pyproject.toml declares, so ``run``
 submits a staged copy of the app whose ``[tool.flwr.app.config]`` holds the whole resolved
@@ -40,7 +40,7 @@ from typing import Annotated, Any
 import tomli_w
 import typer
 
-from fedsim.cli_common import (
+from fedsim.app.cli_common import (
     ClientsPerRoundOption,
     ConfigOption,
     RoundsOption,
@@ -52,8 +52,8 @@ from fedsim.cli_common import (
     results_name,
     shortcuts,
 )
-from fedsim.config import ConfigError
-from fedsim.tracking import backends, check_tracking, track_folder
+from fedsim.app.tracking import backends, check_tracking, track_folder
+from fedsim.core.config import ConfigError
 
 APP_PACKAGES = ("fedsim", "channels", "workloads")
 IMAGE_RESULTS_ROOT = "/work/results"  # the results volume of the compose `serverapp` service
@@ -233,7 +233,7 @@ def run_config(cfg) -> dict[str, Any]:
     A list-valued key left at its default is omitted (the ServerApp rebuilds it from the
     defaults); a list-valued key set to anything else cannot be carried and is an input error.
     """
-    from fedsim.config import build_config
+    from fedsim.core.config import build_config
 
     defaults = build_config().to_flat()
     flat = {}

@@ -8,7 +8,7 @@ name     rho_t       b_t                 two-phase  offline rank plan
 =======  ==========  ==================  =========  ==============================================
 equal    fixed       B_total / K each    no         no (the default)
 fixed    fixed       min-max latency     no         no
-tsfa     Lyapunov    min-max latency     yes        yes (:mod:`fedsim.rank_plan`)
+tsfa     Lyapunov    min-max latency     yes        yes (:mod:`fedsim.core.rank_plan`)
 =======  ==========  ==================  =========  ==============================================
 
 "fixed" rho is ``method.rho`` (0 for a method that does not sparsify). The min-max split is the
@@ -29,12 +29,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from fedsim import plugins
+from fedsim.core import plugins
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-    from fedsim.config import Config
+    from fedsim.core.config import Config
     from fedsim.tsfa.controller import Decision
 
 
@@ -92,7 +92,7 @@ class SchedulerEntry:
 
 def _fixed_rho_scheduler(allocator: str) -> Callable[[Config], Scheduler]:
     def build(cfg: Config) -> Scheduler:
-        from fedsim.methods import fixed_rho
+        from fedsim.core.methods import fixed_rho
         from fedsim.tsfa import FixedRhoScheduler, make_allocator
 
         t = cfg.tsfa
@@ -144,7 +144,7 @@ def register_scheduler(entry: SchedulerEntry) -> SchedulerEntry:
 
 def get_scheduler(name: str) -> SchedulerEntry:
     """The scheduler ``name``: built in, registered, or installed (entry point group
-    ``fedsim.schedulers``, :mod:`fedsim.plugins`); an unknown name is a ConfigError listing the known ones."""
+    ``fedsim.schedulers``, :mod:`fedsim.core.plugins`); an unknown name is a ConfigError listing the known ones."""
     return plugins.resolve(SCHEDULERS, plugins.SCHEDULERS, name, "run.scheduler", SchedulerEntry)
 
 

@@ -20,11 +20,11 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from fedsim.config import Config
-from fedsim.device import select_device
+from fedsim.core.config import Config
+from fedsim.core.device import select_device
+from fedsim.core.methods import get_method
+from fedsim.core.seeding import SERVER, torch_seed
 from fedsim.errors import ConfigError
-from fedsim.methods import get_method
-from fedsim.seeding import SERVER, torch_seed
 from fedsim.soft import lora_factor_pairs, orthogonality_penalty
 from workloads import get_workload_class
 from workloads.base import Workload, WorkloadSpec, load_trainable_state, local_train, trainable_state
@@ -152,7 +152,7 @@ def check_workload(cfg: Config) -> None:
     adapted layer, are one-line ConfigErrors. Run before anything is started or written; the
     loaded workload stays cached for the server's own use.
     """
-    from fedsim.methods import split_state
+    from fedsim.core.methods import split_state
 
     if get_method(cfg.run.method).sparsifies and not get_workload_class(cfg.workload.name).lora_target_modules:
         raise ConfigError(
@@ -250,8 +250,8 @@ def evaluate_state(cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float
 
 class WorkloadHost:
     """The workload as both halves of a round see it: what the round engine needs (its
-    :class:`~fedsim.engine.Host`) and what a client needs (its
-    :class:`~fedsim.client.ClientWorkload`: local training and evaluation), for any LoRA rank.
+    :class:`~fedsim.core.engine.Host`) and what a client needs (its
+    :class:`~fedsim.core.client.ClientWorkload`: local training and evaluation), for any LoRA rank.
 
     Each method takes the configuration because the TSFA rank plan changes ``lora.rank`` after
     the run starts; the loaded workload for a configuration is cached per process.

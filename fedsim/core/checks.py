@@ -3,7 +3,7 @@
 Ordered from cheap to expensive, so that a wrong name or combination is refused before numpy,
 torch or a workload's libraries are imported (well under a second).
 
-:func:`fedsim.config.build_config` checks each key on its own; :func:`check_config` runs
+:func:`fedsim.core.config.build_config` checks each key on its own; :func:`check_config` runs
 before anything starts (Ray, Flower, a results folder), so a bad combination is a one-line
 :class:`~fedsim.errors.ConfigError` naming the keys, the values and what is allowed.
 """
@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from fedsim.config import Config, build_config
+from fedsim.core.config import Config, build_config
 from fedsim.errors import ConfigError
 
 MAX_TRAIN_ROWS = 20_000_000
@@ -49,8 +49,8 @@ def check_cache_root() -> None:
 
 def check_config(cfg: Config) -> Config:
     """Raise ConfigError for the first combination of values that cannot run; returns ``cfg``."""
-    from fedsim.methods import get_method
-    from fedsim.schedulers import get_scheduler
+    from fedsim.core.methods import get_method
+    from fedsim.core.schedulers import get_scheduler
     from workloads import check_workload_name, declaration
 
     check_cache_root()
@@ -127,7 +127,7 @@ def check_config(cfg: Config) -> Config:
         from workloads.data import check_dataset_name
 
         check_dataset_name(cfg.workload.dataset)  # a URL or a missing local path; the data is checked on load
-    from fedsim.wireless import check_channel_config  # numpy and scipy from here on
+    from fedsim.core.wireless import check_channel_config  # numpy and scipy from here on
 
     check_channel_config(cfg)  # models, positions / device-speed / trace files
     declared = declaration(cfg.workload.name)  # a built-in's without torch
@@ -141,5 +141,5 @@ def check_config(cfg: Config) -> Config:
 
 
 def checked_config(*layers: Mapping[str, Any]) -> Config:
-    """:func:`~fedsim.config.build_config` of the layers, then :func:`check_config`."""
+    """:func:`~fedsim.core.config.build_config` of the layers, then :func:`check_config`."""
     return check_config(build_config(*layers))

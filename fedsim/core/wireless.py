@@ -16,7 +16,7 @@ again until it gets through, at most ``channel.max_transmissions`` times and, un
 ``tsfa.deadline_s``, only while the attempt ends within the deadline; otherwise it is lost.
 
 The channel model is the one ``[channel]`` configures (:func:`build_link`), or a replayed trace
-(``channel.trace_csv``). Every random draw comes from ``fedsim.seeding`` streams
+(``channel.trace_csv``). Every random draw comes from ``fedsim.core.seeding`` streams
 keyed on (seed, round, purpose), and the draws cover all clients whether sampled or not, so records
 do not depend on scheduling. Time-correlated channels (mobility, correlated shadowing or fading)
 are advanced round by round from round 1, so any round can be recomputed after a resume.
@@ -55,10 +55,10 @@ from channels.rate import (
 )
 from channels.trace import TraceError, check_trace, read_trace, rows_from_round_records, write_trace
 from channels.units import db_to_linear, dbm_to_w
-from fedsim import plugins
-from fedsim.config import Config
+from fedsim.core import plugins
+from fedsim.core.config import Config
+from fedsim.core.seeding import SERVER, rng, sample_clients
 from fedsim.errors import ConfigError
-from fedsim.seeding import SERVER, rng, sample_clients
 
 SECTION_OF_KIND = {
     "drop": "channel",
@@ -507,7 +507,7 @@ def _check_trace_file(cfg: Any) -> None:
 
 
 def _config_fields() -> dict[str, dataclasses.Field]:
-    from fedsim.config import SECTIONS
+    from fedsim.core.config import SECTIONS
 
     return {f"{name}.{f.name}": f for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
@@ -563,7 +563,7 @@ def describe_components() -> list[dict[str, Any]]:
 
 def export_trace_from_results(results_dir: str | Path, out_csv: str | Path) -> int:
     """Write the per-round, per-client channel of a results folder's ``rounds.jsonl`` as a trace CSV."""
-    from fedsim.results import read_rounds
+    from fedsim.core.results import read_rounds
 
     try:
         rows = rows_from_round_records(read_rounds(results_dir))

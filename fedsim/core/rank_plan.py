@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.config import Config
-from fedsim.methods import get_method
-from fedsim.seeding import SERVER, rng
+from fedsim.core.config import Config
+from fedsim.core.methods import get_method
+from fedsim.core.seeding import SERVER, rng
 from fedsim.tsfa import RankPlan, plan_rank
 
 
@@ -55,7 +55,7 @@ def plan_structural_rank(
 
 
 def plan_for(cfg: Config, wireless: Any, host: Any) -> RankPlan:
-    """The offline plan of this run; ``host`` is a :class:`fedsim.training.WorkloadHost` (or a stub)."""
+    """The offline plan of this run; ``host`` is a :class:`fedsim.core.training.WorkloadHost` (or a stub)."""
     shapes = {k: v.shape for k, v in host.initial_state(cfg).items()}
     return plan_structural_rank(cfg, shapes, wireless, host.partition_sizes(cfg), host.flops_per_sample(cfg))
 

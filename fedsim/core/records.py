@@ -1,6 +1,6 @@
 """The round and client records of ``rounds.jsonl``: typed, frozen, built in one place.
 
-A :class:`RoundRecord` is what the round engine (:mod:`fedsim.engine`) produces once per round;
+A :class:`RoundRecord` is what the round engine (:mod:`fedsim.core.engine`) produces once per round;
 its :meth:`~RoundRecord.to_dict` is the JSON object written as one line of ``rounds.jsonl``
 (the schema table of docs/results.md lists the same fields, a test keeps the two in step). Values that
 are unknown are ``None`` (JSON ``null``), never NaN.
@@ -165,7 +165,7 @@ def json_problem(value: Any, cls: type = RoundRecord, where: str = "") -> str | 
     The fields and their types are those of the dataclasses above (:func:`typing.get_type_hints`),
     in the form :meth:`RoundRecord.to_dict` writes: a record-typed field inline (the scheduler's
     outcome), a list of records as a list of objects. Every field must be present and no other;
-    a ``float`` may be ``null``, as :func:`fedsim.results.to_json` writes a non-finite number.
+    a ``float`` may be ``null``, as :func:`fedsim.core.results.to_json` writes a non-finite number.
 
     Parameters
     ----------

@@ -20,7 +20,7 @@ every run) with one more table, ``[sweep]``::
     rounds = 5
 
 Each run's configuration is the defaults < ``sweep.config`` < the file's tables < ``--set`` < the
-run's axis values, resolved as ``fedsim run`` resolves its options (:func:`fedsim.cli.resolve_config`).
+run's axis values, resolved as ``fedsim run`` resolves its options (:func:`fedsim.app.cli.resolve_config`).
 Every run is validated before anything runs (with the offline rank plan of TSFA runs:
 :func:`check_rank_plans`). A run is named after its axis values
 (``method-soft_rho-0.25_seed-0``), so adding a value to an axis keeps the names, hence the finished
@@ -33,7 +33,7 @@ Sweep folder::
     sweep.csv       the same, one row per run (run name, status, one column per axis key)
     sweep.toml      a copy of the sweep file
     configs/NAME.toml   the resolved configuration each run is started with
-    runs/NAME/      each run's results folder (see fedsim.results)
+    runs/NAME/      each run's results folder (see fedsim.core.results)
     logs/NAME.log   each run's stderr
 """
 
@@ -55,8 +55,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import Config, ConfigError, build_config, canonical_keys, parse_json, read_text_file, toml_to_flat
-from fedsim.results import holds_more_than_the_lock
+from fedsim.core.config import (
+    Config,
+    ConfigError,
+    build_config,
+    canonical_keys,
+    parse_json,
+    read_text_file,
+    toml_to_flat,
+)
+from fedsim.core.results import holds_more_than_the_lock
 
 SWEEP_KEYS = ("name", "config", "seeds", "grid", "zip")
 INDEX = "sweep.json"
@@ -186,7 +194,7 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
     then every run's whole configuration (rules across keys, the method and workload registries,
     the tracking backends); an error names the axis and the value wherever one is to blame.
     """
-    from fedsim.cli_common import resolve_config
+    from fedsim.app.cli_common import resolve_config
 
     path = Path(path)
     where = f"sweep file {str(path)!r}"
@@ -258,7 +266,7 @@ def load_sweep(path: str | Path, sets: Mapping[str, Any] | None = None) -> Sweep
         resolve({})
     except ConfigError as e:
         raise ConfigError(f"{where}: base configuration: {e}") from None
-    from fedsim.tracking import check_tracking
+    from fedsim.app.tracking import check_tracking
 
     runs: list[RunSpec] = []
     for overrides in combos:
@@ -288,7 +296,7 @@ def check_rank_plans(sweep: Sweep) -> None:
     ``simulation.*``, ``tracking.*``), so a campaign with one infeasible budget fails at once
     instead of recording a failed run per seed. Builds each group's model once (seconds).
     """
-    from fedsim.schedulers import get_scheduler
+    from fedsim.core.schedulers import get_scheduler
 
     groups: dict[str, list[RunSpec]] = {}
     for spec in sweep.runs:
@@ -298,10 +306,10 @@ def check_rank_plans(sweep: Sweep) -> None:
             groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(spec)
     if not groups:
         return
-    from fedsim.rank_plan import plan_for
-    from fedsim.training import WorkloadHost
+    from fedsim.core.rank_plan import plan_for
+    from fedsim.core.training import WorkloadHost
+    from fedsim.core.wireless import WirelessModel
     from fedsim.tsfa import InfeasibleBudgetError
-    from fedsim.wireless import WirelessModel
 
     def refused(run: RunSpec, error: Exception) -> ConfigError:
         return ConfigError(f"sweep file {str(sweep.source)!r}: run {run.name!r}: {' '.join(str(error).split())}")

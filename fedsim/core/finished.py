@@ -1,6 +1,6 @@
 """A finished (or stopped) run read back for analysis: its workload and final global model.
 
-The records are :func:`fedsim.results.read_rounds`'s and the summary is ``summary.json``; this module
+The records are :func:`fedsim.core.results.read_rounds`'s and the summary is ``summary.json``; this module
 adds what needs the workload built again (torch, the cached base), for notebooks and analyses.
 Nothing here writes to the folder.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedsim.results import MARKER
+from fedsim.core.results import MARKER
 
 
 def load_final_model(folder: str | Path, workload: str | None = None) -> tuple[Any, Any, int]:
@@ -19,12 +19,12 @@ def load_final_model(folder: str | Path, workload: str | None = None) -> tuple[A
 
     For notebooks and analyses of a finished (or stopped) ``fedsim run`` folder. The configuration
     is the folder's own ``config.toml``; the checkpoint's files are checked against their SHA-256
-    (:func:`fedsim.checkpoint.load_checkpoint`); pretrained bases come from the cache (or are
+    (:func:`fedsim.core.checkpoint.load_checkpoint`); pretrained bases come from the cache (or are
     pretrained again, as in the run). ``workload``: refuse a run of another workload (ValueError).
     """
-    from fedsim.checkpoint import load_checkpoint
-    from fedsim.config import build_config, load_toml
-    from fedsim.training import load_workload
+    from fedsim.core.checkpoint import load_checkpoint
+    from fedsim.core.config import build_config, load_toml
+    from fedsim.core.training import load_workload
     from workloads.base import load_trainable_state
 
     folder = Path(folder)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.cli_common import check_out_dir
-from fedsim.config import ConfigError, parse_json, read_text_file, toml_to_flat
-from fedsim.results import MAX_JSON_BYTES, is_results_folder, metric_higher_is_better, read_rounds
+from fedsim.app.cli_common import check_out_dir
+from fedsim.core.config import ConfigError, parse_json, read_text_file, toml_to_flat
+from fedsim.core.results import MAX_JSON_BYTES, is_results_folder, metric_higher_is_better, read_rounds
 
 IGNORED_GROUP_PREFIXES = ("simulation.", "tracking.")
 DEFAULT_METRICS = ("primary_metric", "cumulative_uplink_bits", "mean_round_latency_s")
@@ -142,7 +142,7 @@ def read_json(path: Path) -> Any:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The round records of a ``rounds.jsonl`` (:func:`fedsim.results.read_rounds`), each with the
+    """The round records of a ``rounds.jsonl`` (:func:`fedsim.core.results.read_rounds`), each with the
     fields a report uses."""
     return read_rounds(path.parent, check=_checked_record)
 

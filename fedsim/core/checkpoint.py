@@ -15,7 +15,7 @@ number is the whole RNG state. Nothing here unpickles anything: safetensors and 
 State that clients keep between rounds (``run.method`` fedsa, topk-ef, soft-ef) is not in these
 files: each client writes it, versioned by round, in ``client_state/`` of the results folder (or
 on its SuperNode), and a resume from round t drops the versions after t
-(:mod:`fedsim.client_state`), so checkpoint t and the versions up to t are one consistent state.
+(:mod:`fedsim.core.client_state`), so checkpoint t and the versions up to t are one consistent state.
 
 What ``--resume`` trusts. The adapter's SHA-256 in state.json only says that the adapter file is
 the one state.json names (a torn or bit-flipped file is refused): anyone who can rewrite the
@@ -25,7 +25,7 @@ itself, and refuses (exit 2, one line, nothing written) where it differs:
 - :func:`check_folders`: no symbolic link in ``checkpoint/`` or ``client_state/`` (a resume
   deletes files there); before any heavy import, like
 - :func:`check_records`: records of rounds 1..t, each of the round record's type
-  (:func:`fedsim.records.json_problem`), equal to the first t lines of ``rounds.jsonl``;
+  (:func:`fedsim.core.records.json_problem`), equal to the first t lines of ``rounds.jsonl``;
 - :func:`check_tensors`, once the model is built and before Ray starts: the adapter's tensor
   names, shapes and dtypes are those of the adapter the configuration builds, and each kept
   client-state version holds tensors of the adapter with its shapes.
@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from fedsim import client_state
-from fedsim.records import json_problem
-from fedsim.results import to_json
+from fedsim.core import client_state
+from fedsim.core.records import json_problem
+from fedsim.core.results import to_json
 
 FOLDER = "checkpoint"
 STATE = "state.json"
@@ -128,7 +128,7 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
     ``adapter-<round>.safetensors`` for its own round, so never a path outside the checkpoint
     folder) or when the adapter's SHA-256 differs.
     """
-    from fedsim.config import ConfigError, parse_json, read_text_file
+    from fedsim.core.config import ConfigError, parse_json, read_text_file
 
     path = folder / FOLDER / STATE
     if not os.path.lexists(path):
@@ -187,9 +187,9 @@ def check_folders(folder: Path) -> None:
 
 def check_records(folder: Path, ckpt: Checkpoint) -> None:
     """Raise CheckpointError unless ``ckpt`` holds the records of rounds 1 to ``ckpt.round``, each a
-    round record (:func:`fedsim.records.json_problem`), and ``rounds.jsonl``, where it exists,
+    round record (:func:`fedsim.core.records.json_problem`), and ``rounds.jsonl``, where it exists,
     starts with the same records (it may hold a round after them: the round a crash interrupted)."""
-    from fedsim.config import ConfigError, parse_json, read_text_file
+    from fedsim.core.config import ConfigError, parse_json, read_text_file
 
     where = folder / FOLDER / STATE
     rounds = [r.get("round") for r in ckpt.records]
@@ -226,9 +226,9 @@ def check_tensors(folder: Path, ckpt: Checkpoint, expected: dict[str, np.ndarray
     folder : the results folder of ``ckpt``.
     ckpt : the checkpoint to resume from.
     expected : the global adapter of round 0 that the configuration builds
-        (:func:`fedsim.training.initial_state`): the checkpoint's adapter must have exactly its
+        (:func:`fedsim.core.training.initial_state`): the checkpoint's adapter must have exactly its
         tensor names, shapes and dtypes.
-    with_client_state : the method keeps client state (:mod:`fedsim.client_state`): every
+    with_client_state : the method keeps client state (:mod:`fedsim.core.client_state`): every
         client's version that the resume keeps must hold only tensors of the adapter, with its
         shapes (read from the safetensors header, not loaded).
     """

@@ -1,0 +1,1 @@
+"""What a user runs: the command line, sweeps, reports, progress, tracking and the deployment commands."""
