@@ -225,7 +225,7 @@ def test_installed_workload_method_scheduler_and_channel_run_through_ray(site, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == str(out)
     cfg = tomllib.loads((out / "config.toml").read_text())
-    rank, rho = cfg["lora"]["rank"], cfg["soft"]["rho"]
+    rank, rho = cfg["lora"]["rank"], cfg["method"]["rho"]
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:
