@@ -462,7 +462,7 @@ def list_workloads(
     Console(width=width).print(table)
 
 
-# ---- fedsim sweep / report: campaigns of runs (fedsim/app/sweep.py, fedsim/app/report.py) ----------------
+# ---- fedsim sweep / report: campaigns of runs (fedsim/app/sweep.py, fedsim/app/report.py) --------
 @app.command("sweep")
 def sweep_command(
     file: Annotated[Path, typer.Argument(help="Sweep file: a config TOML with a [sweep] table of axes.")],

@@ -10,8 +10,9 @@ A configuration is built from four layers, later ones winning:
 
 Every key is ``section.name``. A wrong key or value raises :class:`ConfigError` whose message is
 one line naming the key, the value and what is allowed. Keys that were renamed are still read under
-their old names (:data:`RENAMED_KEYS`), with a one-line note (:func:`renamed_key_notes`). The flat form (``to_flat``) is what
-Flower carries in its run config and messages; ``to_toml`` is what a results folder keeps.
+their old names (:data:`RENAMED_KEYS`), with a one-line note (:func:`renamed_key_notes`). The flat
+form (``to_flat``) is what Flower carries in its run config and messages; ``to_toml`` is what a
+results folder keeps.
 """
 
 from __future__ import annotations
