@@ -356,6 +356,7 @@ def profile_child(events_file: str, argv: list[str]) -> None:
 
     import fedsim.app.cli
     import fedsim.core.engine
+    import fedsim.core.runner
     import fedsim.core.results
     import fedsim.core.training
     import fedsim.core.wireless
@@ -371,7 +372,7 @@ def profile_child(events_file: str, argv: list[str]) -> None:
     timed(fedsim.core.engine.RoundEngine, "_decide", "scheduler decision")
     timed(fedsim.core.wireless.WirelessModel, "account", "accounting (channel, latency)")
     timed(fedsim.core.results.ResultsWriter, "append", "round record written")
-    timed(fedsim.core.engine, "save_checkpoint", "checkpoint")
+    timed(fedsim.core.runner, "save_checkpoint", "checkpoint")
     timed(fedsim.core.results, "plot_results", "plots")
     timed(fedsim.core.results.ResultsWriter, "finish", "summary and plots")
     start_round = fedsim.core.engine.RoundEngine.start_round

@@ -110,14 +110,30 @@ def option_cases() -> list[tuple[str, list[str]]]:
         ),
         ("unknown option", ["--nosuch"]),
         ("--out empty", ["--out", ""]),
-        ("quant bits above 16", ["--set", "lora.quant_bits=17"]),
-        ("downlink quant bits above 16", ["--set", "lora.downlink_quant_bits=17"]),
+        ("quant bits far above 16", ["--set", "lora.quant_bits=40"]),
+        ("downlink quant bits far above 16", ["--set", "lora.downlink_quant_bits=40"]),
         ("packet error m negative", ["--set", "channel.packet_error_m=-0.023"]),
         ("packet errors unknown mode", ["--set", "channel.packet_errors=sometimes"]),
         ("packet errors wrong case", ["--set", "channel.packet_errors=Drop"]),
         ("client timeout below a client's start-up", ["--set", "run.client_timeout_s=5"]),
         ("renamed key out of range", ["--set", "soft.rho=2"]),
         ("both names of a renamed key", ["--set", "tsfa.scheduler=fixed", "--set", "run.scheduler=tsfa"]),
+        ("asynchronous mode unknown", ["--set", "run.aggregation=async"]),
+        ("asynchronous with tsfa", ["--method", "soft", "--scheduler", "tsfa", "--set", "run.aggregation=fedbuff"]),
+        (
+            "fedbuff buffer above concurrency",
+            ["--set", "run.aggregation=fedbuff", "--set", "asynchronous.buffer_size=11"],
+        ),
+        ("fedbuff buffer 0", ["--set", "run.aggregation=fedbuff", "--set", "asynchronous.buffer_size=0"]),
+        ("negative staleness exponent", ["--set", "asynchronous.staleness_exponent=-0.5"]),
+        (
+            "asynchronous concurrency above clients",
+            ["--set", "run.aggregation=fedasync", "--set", "asynchronous.concurrency=51"],
+        ),
+        (
+            "asynchronous with packet errors",
+            ["--set", "run.aggregation=fedasync", "--set", "channel.packet_errors=drop"],
+        ),
     ]
 
 
@@ -168,6 +184,10 @@ def resume_cases(tmp: Path) -> list[tuple[str, list[str]]]:
         (
             "resume adapter outside",
             ["--resume", str(folder("escape", {"config.toml": good, "checkpoint/state.json": json.dumps(state)}))],
+        ),
+        (
+            "resume an asynchronous run",
+            ["--resume", str(folder("async", {"config.toml": '[run]\naggregation = "fedbuff"\n', "rounds.jsonl": ""}))],
         ),
         ("resume with --out", ["--resume", str(folder("without", {"config.toml": good})), "--out", str(tmp / "o")]),
         (

@@ -28,7 +28,7 @@ from fedsim.core.checkpoint import (
     save_checkpoint,
 )
 from fedsim.core.config import build_config, load_toml
-from fedsim.core.engine import run
+from fedsim.core.runner import run
 from fedsim.core.methods import get_method
 from fedsim.core.records import ClientRecord, json_problem
 from fedsim.core.results import LOCK

@@ -58,7 +58,18 @@ class RunResult:
         """A metric of the run: a numeric ``summary.json`` field, else a final-round metric, else for
         ``mean_<field>`` the mean over rounds of a round-record field or metric (``mean_rho``,
         ``mean_queue_s``, ``mean_round_latency_s``); NaN if absent. ``A-B`` is the difference of two
-        metrics of this run (over seeds, a paired difference: ``mem_rate_mask_pad-mem_rate_mask_pr``)."""
+        metrics of this run (over seeds, a paired difference: ``mem_rate_mask_pad-mem_rate_mask_pr``).
+
+        On the simulated clock (each record's time is the cumulative ``round_latency_s``: a synchronous
+        round's latency, an asynchronous server update's time since the previous one), ``M@Ts`` is
+        metric M of the last evaluated record at or before T simulated seconds (``accuracy@2.5s``),
+        and ``time_to:M>=X`` the simulated time of the first evaluated record with M >= X (NaN: never)."""
+        if name.startswith("time_to:") and ">=" in name:
+            metric, _, threshold = name.removeprefix("time_to:").partition(">=")
+            return self._time_to(metric, float(threshold))
+        if "@" in name and name.endswith("s"):
+            metric, _, at = name.partition("@")
+            return self._at_time(metric, float(at[:-1]))
         if "-" in name:
             first, _, second = name.partition("-")
             return self.value(first) - self.value(second)
@@ -75,6 +86,21 @@ class RunResult:
             series = np.array([_record_value(r, name.removeprefix("mean_")) for r in self.records])
             if np.isfinite(series).any():
                 return float(np.nanmean(series))
+        return math.nan
+
+    def times_s(self) -> np.ndarray:
+        """Each record's simulated time: the cumulative sum of ``round_latency_s``."""
+        return np.cumsum([float(r.get("round_latency_s") or 0.0) for r in self.records])
+
+    def _at_time(self, metric: str, t_s: float) -> float:
+        values = [(t, _record_value(r, metric)) for t, r in zip(self.times_s(), self.records, strict=True)]
+        seen = [v for t, v in values if t <= t_s and math.isfinite(v)]
+        return seen[-1] if seen else math.nan
+
+    def _time_to(self, metric: str, threshold: float) -> float:
+        for t, r in zip(self.times_s(), self.records, strict=True):
+            if _record_value(r, metric) >= threshold:
+                return float(t)
         return math.nan
 
 
@@ -524,6 +550,57 @@ def metric_curves_figure(runs: Sequence[RunResult], by: Sequence[str] | None = N
     return fig
 
 
+def metric_vs_time_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None):
+    """The primary metric against simulated time (the cumulative round latency), one line per run
+    coloured by group: synchronous rounds and asynchronous server updates on one clock. None unless
+    some run is asynchronous (``run.aggregation``)."""
+    if not any(r.config.get("run.aggregation", "sync") != "sync" for r in runs):
+        return None
+    by = default_group_keys(runs) if by is None else by
+    fig, (ax,) = _figure()
+    for i, (label, members) in enumerate(group_runs(runs, by).items()):
+        for j, m in enumerate(members):
+            y = np.array([_record_value(r, "primary_metric") for r in m.records])
+            ok = np.isfinite(y)
+            ax.plot(m.times_s()[ok], y[ok], color=f"C{i % 10}", marker="o", ms=2, lw=1, label=label if j == 0 else None)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel(_metric_label(runs))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def staleness_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None):
+    """The share of applied updates by staleness (server updates since the client's base version), one
+    bar group per group of asynchronous runs; None without asynchronous runs."""
+    asynchronous = [r for r in runs if any(rec.get("aggregation") for rec in r.records)]
+    if not asynchronous:
+        return None
+    by = default_group_keys(runs) if by is None else by
+    groups = {
+        label: [
+            u["staleness"]
+            for m in members
+            for rec in m.records
+            for u in (rec.get("aggregation") or {}).get("updates", [])
+        ]
+        for label, members in group_runs(asynchronous, by).items()
+    }
+    top = max(max(v, default=0) for v in groups.values())
+    fig, (ax,) = _figure()
+    width = 0.8 / max(len(groups), 1)
+    for i, (label, values) in enumerate(groups.items()):
+        counts = np.bincount(values, minlength=top + 1) / max(len(values), 1)
+        ax.bar(np.arange(top + 1) + i * width, counts, width=width, label=label)
+    ax.set_xlabel("staleness (server updates)")
+    ax.set_ylabel("share of applied updates")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def latency_budget_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None):
     """Time-average round latency against ``tsfa.latency_budget_s`` (mean and 95% interval over seeds),
     one line per group of the other keys; the dashed diagonal is the budget. None without TSFA runs."""
@@ -728,6 +805,8 @@ def campaign_figures(runs: Sequence[RunResult], by: Sequence[str] | None = None)
             "Metric against cumulative uplink bits",
         ),
         "metric_vs_round": (metric_curves_figure(runs, by, "round"), "Metric against round"),
+        "metric_vs_time": (metric_vs_time_figure(runs, by), "Metric against simulated time"),
+        "staleness": (staleness_figure(runs, by), "Staleness of the applied updates"),
         "latency_vs_budget": (latency_budget_figure(runs, by), "Time-average latency against the budget"),
         "rho_queue": (rho_queue_figure(runs, by), "rho and virtual-queue trajectories"),
         "bandwidth_heatmap": (bandwidth_heatmap_figure(runs, by), "Per-client bandwidth"),

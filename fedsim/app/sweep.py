@@ -548,7 +548,8 @@ def execute(
     """Run every unfinished run of ``sweep`` in ``out``, ``jobs`` at a time; returns the final index.
 
     Finished runs are skipped; interrupted and failed ones continue from their checkpoint
-    (``fedsim run --resume``), others start afresh. A failed run is recorded and the others go on.
+    (``fedsim run --resume``; asynchronous ones, which cannot resume yet, start again), others
+    start afresh. A failed run is recorded and the others go on.
     Ctrl-C or SIGTERM stops the runs in progress (each checkpoints and exits) and raises
     :class:`Interrupted`.
     """
@@ -562,7 +563,8 @@ def execute(
     for spec in sweep.runs:
         row, state = index.rows[spec.name], run_state(out / "runs" / spec.name)
         row.status = "done" if state == "done" else "pending"
-        row.action = "skip" if state == "done" else ("resume" if state in ("interrupted", "failed") else "start")
+        resumable = state in ("interrupted", "failed") and spec.config.run.aggregation == "sync"
+        row.action = "skip" if state == "done" else ("resume" if resumable else "start")
         if state != "done":
             queue.append((spec, state))
     index.write()
@@ -575,7 +577,7 @@ def execute(
     def launch(spec: RunSpec, state: str) -> None:
         folder = out / "runs" / spec.name
         cfg_path = out / "configs" / f"{spec.name}.toml"
-        if state in ("interrupted", "failed"):
+        if state in ("interrupted", "failed") and spec.config.run.aggregation == "sync":
             args = ["run", "--resume", str(folder), "--quiet"]
         else:
             _atomic_write(cfg_path, run_config_text(spec, jobs, ray_address, out=out, sweep_name=sweep.name))

@@ -107,6 +107,7 @@ def check_config(cfg: Config) -> Config:
                 f"hetero.rank_rule={h.rank_rule!r}: not supported with run.scheduler={cfg.run.scheduler!r} "
                 "(use equal or fixed)"
             )
+    check_asynchronous(cfg)
     if cfg.run.min_clients_per_round > cfg.num_sampled:
         raise ConfigError(
             f"run.min_clients_per_round={cfg.run.min_clients_per_round}: must be at most the "
@@ -138,6 +139,32 @@ def check_config(cfg: Config) -> Config:
             f"{' of workload.dataset' if cfg.workload.dataset else ''}; use iid or dirichlet"
         )
     return cfg
+
+
+def check_asynchronous(cfg: Config) -> None:
+    """Raise ConfigError for what an asynchronous run (:mod:`fedsim.core.asynchronous`) does not define."""
+    mode = cfg.run.aggregation
+    if mode == "sync":
+        return
+    where = f"with run.aggregation={mode!r}"
+    if cfg.run.scheduler != "equal":
+        raise ConfigError(
+            f"run.scheduler={cfg.run.scheduler!r}: {where} the uploads in flight share the band equally "
+            "(channels.sharing), so no scheduler splits it; use run.scheduler='equal'"
+        )
+    if cfg.hetero.rank_rule != "none":
+        raise ConfigError(f"hetero.rank_rule={cfg.hetero.rank_rule!r}: not defined {where}; use 'none'")
+    if cfg.channel.packet_errors != "none":
+        raise ConfigError(f"channel.packet_errors={cfg.channel.packet_errors!r}: not defined {where}; use 'none'")
+    if cfg.tsfa.deadline_s > 0:
+        raise ConfigError(f"tsfa.deadline_s={cfg.tsfa.deadline_s:g}: a round deadline {where} has no round; use 0")
+    if cfg.concurrency > cfg.run.clients:
+        raise ConfigError(f"asynchronous.concurrency={cfg.concurrency}: must be at most run.clients={cfg.run.clients}")
+    if mode == "fedbuff" and cfg.asynchronous.buffer_size > cfg.concurrency:
+        raise ConfigError(
+            f"asynchronous.buffer_size={cfg.asynchronous.buffer_size}: must be at most the "
+            f"{cfg.concurrency} clients in flight (asynchronous.concurrency), or the buffer never fills"
+        )
 
 
 def checked_config(*layers: Mapping[str, Any]) -> Config:

@@ -184,6 +184,13 @@ class RunSection:
     eval_every: int = _num(
         1, 1, 10**12, "evaluate the global adapter every k rounds (the final round always; others: null)", integer=True
     )
+    aggregation: str = _f(
+        "sync",
+        _one_of("sync", "fedasync", "fedbuff"),
+        "one of sync, fedasync, fedbuff",
+        "sync: rounds; fedasync: apply every update on arrival; fedbuff: apply every asynchronous.buffer_size "
+        "updates (asynchronous modes count run.rounds in server updates, on a simulated clock)",
+    )
 
 
 @dataclass(frozen=True)
@@ -429,6 +436,24 @@ class TrackingSection:
     experiment: str = _f("", None, "an MLflow experiment name ('' : the workload's name)", "MLflow experiment")
 
 
+@dataclass(frozen=True)
+class AsynchronousSection:
+    """Asynchronous aggregation (``run.aggregation`` fedasync or fedbuff; :mod:`fedsim.core.asynchronous`)."""
+
+    concurrency: int = _num(
+        0, 0, MAX_CLIENTS, "clients training or uploading at any time (0: run.clients_per_round's count)", integer=True
+    )
+    buffer_size: int = _num(5, 1, MAX_CLIENTS, "fedbuff: arrived updates per server update (K)", integer=True)
+    staleness_exponent: float = _num(0.5, 0, 10, "an update s server updates old weighs (1 + s)^-a (0: no discount)")
+    server_lr: float = _num(
+        1.0, 0, 10, "server step eta: the global adapter moves eta x the weighted mean update", open_low=True
+    )
+    idle_s: float = _num(0.0, 0, 1e6, "simulated time a client rests after its upload before it can be drawn", "s")
+    fading_block_s: float = _num(
+        1.0, 0, 1e6, "simulated time of one fading block (and one mobility step)", "s", open_low=True
+    )
+
+
 def _rank_levels(v: tuple) -> bool:
     return 0 < len(v) <= 16 and all(0 < x <= MAX_RANK for x in v) and list(v) == sorted(set(v))
 
@@ -470,6 +495,7 @@ SECTIONS: dict[str, type] = {
     "tsfa": TsfaSection,
     "tracking": TrackingSection,
     "hetero": HeteroSection,
+    "asynchronous": AsynchronousSection,
 }
 
 
@@ -489,6 +515,13 @@ class Config:
     tsfa: TsfaSection = field(default_factory=TsfaSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     hetero: HeteroSection = field(default_factory=HeteroSection)
+    asynchronous: AsynchronousSection = field(default_factory=AsynchronousSection)
+
+    @property
+    def concurrency(self) -> int:
+        """Clients in flight at once in an asynchronous mode: ``asynchronous.concurrency``, or
+        ``run.clients_per_round``'s count when it is 0."""
+        return self.asynchronous.concurrency or self.num_sampled
 
     @property
     def num_sampled(self) -> int:

@@ -106,6 +106,41 @@ class SchedulerOutcome:
 
 
 @dataclass(frozen=True)
+class AppliedUpdate:
+    """One client's update as an asynchronous server update applied it, on the simulated clock.
+
+    The client was sent version ``base_version`` of the global adapter at ``dispatched_s`` (the
+    run's ``dispatch``-th dispatch: the request's round), received it after its downlink, trained
+    until ``upload_start_s`` and uploaded, sharing the band, until ``arrived_s``. ``staleness`` is
+    the server updates applied since ``base_version``; ``weight`` its discount (1 + staleness)^-a.
+    Times are simulated seconds from the start of the run.
+    """
+
+    client_id: int
+    dispatch: int
+    base_version: int
+    staleness: int
+    weight: float
+    dispatched_s: float
+    upload_start_s: float
+    arrived_s: float
+
+
+@dataclass(frozen=True)
+class AggregationEvent:
+    """An asynchronous record's server update: the mode, the global version it made (the record's
+    ``round``), its simulated time, the updates it applied in arrival order, the clients in flight
+    after it, and the step it took (``server_lr`` times the weighted share of the updates)."""
+
+    mode: str
+    version: int
+    time_s: float
+    updates: list[AppliedUpdate]
+    in_flight: int
+    step: float
+
+
+@dataclass(frozen=True)
 class RoundRecord:
     """One line of ``rounds.jsonl``: everything that happened in round ``round``.
 
@@ -133,13 +168,19 @@ class RoundRecord:
     covariance_norm: float
     scheduler: SchedulerOutcome
     wall_s: float
+    aggregation: AggregationEvent | None = None
+    """The server update of an asynchronous run (``run.aggregation`` fedasync or fedbuff); absent
+    from the JSON of a synchronous round."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``rounds.jsonl`` (the scheduler's fields inline, in schema order)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "scheduler":
+            if f.name == "aggregation":
+                if value is not None:
+                    out[f.name] = dataclasses.asdict(value)
+            elif f.name == "scheduler":
                 out.update(dataclasses.asdict(value))
             elif f.name in ("clients", "failures"):
                 out[f.name] = [dataclasses.asdict(v) for v in value]
@@ -150,8 +191,8 @@ class RoundRecord:
 
 def round_record_keys() -> list[str]:
     """The top-level keys of a ``rounds.jsonl`` record, in order."""
-    keys = [f.name for f in dataclasses.fields(RoundRecord) if f.name not in ("scheduler", "wall_s")]
-    return [*keys, *(f.name for f in dataclasses.fields(SchedulerOutcome)), "wall_s"]
+    keys = [f.name for f in dataclasses.fields(RoundRecord) if f.name not in ("scheduler", "wall_s", "aggregation")]
+    return [*keys, *(f.name for f in dataclasses.fields(SchedulerOutcome)), "wall_s", "aggregation"]
 
 
 def client_record_keys() -> list[str]:
@@ -164,8 +205,8 @@ def json_problem(value: Any, cls: type = RoundRecord, where: str = "") -> str | 
 
     The fields and their types are those of the dataclasses above (:func:`typing.get_type_hints`),
     in the form :meth:`RoundRecord.to_dict` writes: a record-typed field inline (the scheduler's
-    outcome), a list of records as a list of objects. Every field must be present and no other;
-    a ``float`` may be ``null``, as :func:`fedsim.core.results.to_json` writes a non-finite number.
+    outcome), a list of records as a list of objects. Every field must be present (but one that
+    defaults to None, ``aggregation``, may be absent) and no other; a ``float`` may be ``null``, as :func:`fedsim.core.results.to_json` writes a non-finite number.
 
     Parameters
     ----------
@@ -186,11 +227,18 @@ def json_problem(value: Any, cls: type = RoundRecord, where: str = "") -> str | 
         if name not in fields:
             return f"{within}has an unknown field {_show(name)}"
         if name not in value:
+            if name in _omittable(cls):
+                continue
             return f"{within}lacks the field {name!r}"
         problem = _type_problem(value[name], fields[name], f"{where}.{name}" if where else name)
         if problem is not None:
             return problem
     return None
+
+
+def _omittable(cls: type) -> set[str]:
+    """The fields of ``cls`` whose JSON may leave them out: those that default to None."""
+    return {f.name for f in dataclasses.fields(cls) if f.default is None} if dataclasses.is_dataclass(cls) else set()
 
 
 def _json_fields(cls: type) -> dict[str, Any]:

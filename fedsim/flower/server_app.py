@@ -23,7 +23,8 @@ from fedsim.core.checkpoint import Checkpoint
 from fedsim.core.checks import check_config
 from fedsim.core.client import ClientReply, ClientRequest
 from fedsim.core.config import Config, ConfigError, config_from_flat
-from fedsim.core.engine import Reporter, RunFailed, Send, run
+from fedsim.core.engine import Reporter, RunFailed, Send
+from fedsim.core.runner import run
 from fedsim.core.records import Failure
 from fedsim.core.training import WorkloadHost
 from fedsim.flower.messages import (
@@ -158,7 +159,7 @@ def serve(
     plan: RankPlan | None = None,
     nodes: Callable[[], dict[int, int] | None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``cfg`` on ``grid`` with the round engine (see :func:`fedsim.core.engine.run`); returns the summary.
+    """Run ``cfg`` on ``grid`` with the round engine (see :func:`fedsim.core.runner.run`); returns the summary.
 
     ``nodes``, when given, returns client id -> node id as the launcher knows it (the Simulation
     Runtime's own registration; simulated nodes have no channel profiles); when it is not given

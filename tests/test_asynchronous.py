@@ -1,0 +1,282 @@
+"""Asynchronous aggregation (fedsim.core.asynchronous) and the shared uplink's clock (channels.sharing).
+
+The clock is checked against timelines computed by hand; the engine in-process with the real
+client half (tests.helpers.engine), against the timeline its own wireless model implies, the
+staleness weights and the server step, and for records that do not depend on how the transport
+batches or orders the training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from channels.sharing import SharedUplink, shared_rates_bps
+from fedsim.core.asynchronous import AsyncEngine
+from fedsim.core.checks import check_asynchronous
+from fedsim.core.runner import run
+from fedsim.core.wireless import WirelessModel
+from fedsim.errors import ConfigError
+from tests.helpers.engine import InProcessClients, StubHost, make_cfg
+from tests.helpers.runs import records_without_wall_clock
+
+
+def constant_snr(a_by_client):
+    return lambda block, ids: np.array([a_by_client[c] for c in ids], dtype=float)
+
+
+# ---- the shared uplink ------------------------------------------------------------------------
+
+
+def test_equal_sharing_rates_are_shannon_on_the_share():
+    a = np.array([1.0, 3.0])
+    np.testing.assert_allclose(shared_rates_bps(2.0, a), [1.0 * math.log2(2.0), 1.0 * math.log2(4.0)])
+    np.testing.assert_allclose(shared_rates_bps(2.0, a[:1]), [2.0 * math.log2(1.5)])
+
+
+def test_three_uploads_sharing_the_band_end_when_the_hand_computed_timeline_says():
+    # B = 2 Hz. Clients 0 and 1 (a = 1 Hz) start at 0 with 1 and 2 bits; client 2 (a = 3 Hz) joins at 0.5 s
+    # with 1 bit. Rates R = (B/n) log2(1 + a n / B), constant between events:
+    up = SharedUplink(2.0, 1e9, constant_snr({0: 1.0, 1: 1.0, 2: 3.0}))
+    up.start("c0", 0, 1.0)
+    up.start("c1", 1, 2.0)
+    assert up.advance(0.5) is None  # n = 2: both at 1 bit/s; left 0.5 and 1.5 bits
+    up.start("c2", 2, 1.0)
+    r_a1, r_a3 = (2 / 3) * math.log2(2.5), (2 / 3) * math.log2(5.5)  # n = 3
+    t0 = 0.5 + 0.5 / r_a1  # client 0 ends first (client 2 needs 1 / r_a3 > 0.5 / r_a1)
+    assert 1 / r_a3 > 0.5 / r_a1
+    t, key = up.advance()
+    assert key == "c0" and t == pytest.approx(t0, rel=1e-12)
+    left1, left2 = 1.5 - r_a1 * (t0 - 0.5), 1.0 - r_a3 * (t0 - 0.5)
+    t2 = t0 + left2 / math.log2(4.0)  # n = 2: share 1 Hz, client 2 at log2(1 + 3)
+    t, key = up.advance()
+    assert key == "c2" and t == pytest.approx(t2, rel=1e-12)
+    left1 -= 1.0 * (t2 - t0)  # client 1 at log2(1 + 1) = 1 bit/s meanwhile
+    t, key = up.advance()
+    assert key == "c1" and t == pytest.approx(t2 + left1 / (2 * math.log2(1.5)), rel=1e-12)  # alone: 2 Hz
+    assert len(up) == 0
+
+
+def test_a_fading_block_boundary_changes_the_rate_mid_upload():
+    up = SharedUplink(1.0, 1.0, lambda block, ids: np.array([1.0 if block == 1 else 3.0]))
+    up.start("x", 7, 2.0)  # block 1: 1 bit/s for 1 s, then block 2: log2(4) = 2 bit/s for the last bit
+    t, key = up.advance()
+    assert (key, t) == ("x", pytest.approx(1.5, rel=1e-12))
+    assert up.block == 2 and up.band_hz_s["x"] == pytest.approx(1.5)
+
+
+def test_uploads_ending_at_the_same_instant_leave_in_client_id_order():
+    up = SharedUplink(2.0, 1e9, constant_snr({4: 1.0, 2: 1.0}))
+    up.start("late-id", 4, 1.0)
+    up.start("early-id", 2, 1.0)
+    assert [up.advance()[1], up.advance()[1]] == ["early-id", "late-id"]
+
+
+def test_the_clock_does_not_run_back_or_wait_for_nothing():
+    up = SharedUplink(1.0, 1.0, constant_snr({0: 1.0}))
+    assert up.advance(2.5) is None and up.t_s == 2.5 and up.block == 3
+    with pytest.raises(ValueError, match="back"):
+        up.advance(1.0)
+    with pytest.raises(ValueError, match="no upload"):
+        up.advance()
+
+
+# ---- the engine -------------------------------------------------------------------------------
+
+
+def async_cfg(mode="fedbuff", **overrides):
+    flat = {"run.aggregation": mode, "run.rounds": 5, "asynchronous.buffer_size": 2, "run.method": "soft"}
+    return make_cfg(**{**flat, **overrides})
+
+
+def run_async(tmp_path, cfg, transport=None, name="out", *, wall_clock=True):
+    out = tmp_path / name
+    out.mkdir()
+    transport = transport or InProcessClients()
+    summary = run(cfg, StubHost(), lambda: (transport, {}), out)
+    assert summary["status"] == "ok", summary.get("error")
+    if not wall_clock:
+        return records_without_wall_clock(out)
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_one_client_in_flight_follows_its_own_timeline_on_the_whole_band(tmp_path):
+    # Concurrency 1: each dispatch starts when the previous upload arrives, and the upload has the
+    # whole band: T_up = S / (B log2(1 + a / B)) in the block it runs in (blocks far longer than a trip).
+    cfg = async_cfg("fedasync", **{"asynchronous.concurrency": 1, "asynchronous.fading_block_s": 1e6})
+    records = run_async(tmp_path, cfg)
+    wireless = WirelessModel(cfg)
+    sizes = StubHost().partition_sizes(cfg)
+    t = 0.0
+    for rec in records:
+        (u,) = rec["aggregation"]["updates"]
+        (c,) = rec["clients"]
+        cid = u["client_id"]
+        assert u["dispatched_s"] == pytest.approx(t, rel=1e-12, abs=1e-15)
+        t_dl = wireless.downlink_time_s(1, [cid], rec["downlink_bits"])
+        t_cmp = wireless.compute_times_s([cid], [sizes[cid]], StubHost().flops_per_sample(cfg))[0]
+        assert u["upload_start_s"] == pytest.approx(t + t_dl + t_cmp, rel=1e-12)
+        a = wireless.snr_per_hz(1, [cid])[0]
+        b = cfg.channel.bandwidth_hz
+        t_up = c["payload_bits"] / (b * math.log2(1 + a / b))
+        assert u["arrived_s"] == pytest.approx(u["upload_start_s"] + t_up, rel=1e-9)
+        assert c["upload_time_s"] == pytest.approx(t_up, rel=1e-9) and c["bandwidth_hz"] == pytest.approx(b)
+        assert rec["aggregation"]["time_s"] == u["arrived_s"]
+        assert u["staleness"] == 0 and rec["aggregation"]["step"] == pytest.approx(1.0)
+        t = u["arrived_s"]
+
+
+def test_fedasync_weighs_each_update_by_its_staleness_and_mixes_it_in():
+    cfg = async_cfg("fedasync", **{"asynchronous.staleness_exponent": 0.5, "asynchronous.server_lr": 0.6})
+    transport = InProcessClients()
+    engine = AsyncEngine(cfg, StubHost())
+    stale_seen = set()
+    for version in range(1, 7):
+        rec = engine.start_round(version, transport).record
+        (u,) = rec.aggregation.updates
+        assert u.staleness == version - 1 - u.base_version
+        assert u.weight == pytest.approx((1 + u.staleness) ** -0.5)
+        assert rec.aggregation.step == pytest.approx(0.6 * u.weight)
+        assert engine.version == rec.round == version
+        stale_seen.add(u.staleness)
+    assert max(stale_seen) >= 1  # three clients in flight: later updates are stale
+
+
+def test_a_server_update_is_the_methods_aggregate_moved_by_the_step():
+    cfg = async_cfg("fedbuff", **{"asynchronous.staleness_exponent": 1.0, "asynchronous.server_lr": 0.5})
+    engine = AsyncEngine(cfg, StubHost())
+    transport = InProcessClients()
+    replies = {}
+    real_send = transport.__call__
+
+    def send(c, requests, state):
+        got, failures = real_send(c, requests, state)
+        replies.update({(q.round, q.client_id): got[q.client_id] for q in requests if q.client_id in got})
+        return got, failures
+
+    for version in range(1, 5):
+        before = {k: v.copy() for k, v in engine.state.items()}
+        rec = engine.start_round(version, send).record
+        ups = rec.aggregation.updates
+        assert len(ups) == 2
+        got = [replies[(u.dispatch, u.client_id)] for u in ups]
+        weights = [(1 + u.staleness) ** -1.0 for u in ups]
+        uploads = [(r.num_samples * w, *engine.method.decode(r.arrays)) for r, w in zip(got, weights, strict=True)]
+        target, _ = engine.method.aggregate(before, uploads)
+        step = 0.5 * sum(r.num_samples * w for r, w in zip(got, weights, strict=True)) / sum(r.num_samples for r in got)
+        assert rec.aggregation.step == pytest.approx(step)
+        for k in before:
+            expected = (before[k] + step * (target[k].astype(np.float64) - before[k])).astype(before[k].dtype)
+            np.testing.assert_array_equal(engine.state[k], expected)
+
+
+class Shuffled(InProcessClients):
+    """A transport that answers each batch one request at a time in a random order, as Ray might."""
+
+    def __init__(self, seed):
+        super().__init__()
+        self.order = random.Random(seed)
+
+    def __call__(self, cfg, requests, state):
+        requests = list(requests)
+        self.order.shuffle(requests)
+        replies, failures = {}, []
+        for r in requests:
+            got, failed = super().__call__(cfg, [r], state)
+            replies.update(got)
+            failures += failed
+        return replies, sorted(failures, key=lambda f: f.client_id)
+
+
+@pytest.mark.parametrize("mode", ["fedasync", "fedbuff"])
+def test_records_depend_on_the_seed_not_on_how_the_transport_orders_the_training(tmp_path, mode):
+    cfg = async_cfg(mode, **{"run.rounds": 6, "faults.client_crash_prob": 0.2})
+    a = run_async(tmp_path, cfg, InProcessClients(), "a", wall_clock=False)
+    b = run_async(tmp_path, cfg, Shuffled(1), "b", wall_clock=False)
+    assert a == b
+    assert any(r["failures"] for r in a)  # the crashes are part of what is reproduced
+    c = run_async(tmp_path, async_cfg(mode, **{"run.rounds": 6, "run.seed": 5}), name="c", wall_clock=False)
+    assert a != c
+
+
+def test_failed_dispatches_are_recorded_and_replaced(tmp_path):
+    cfg = async_cfg("fedbuff", **{"run.rounds": 6, "faults.client_crash_prob": 0.3})
+    records = run_async(tmp_path, cfg)
+    failed = [(r["round"], f) for r in records for f in r["failures"]]
+    assert failed, "a crash probability of 0.3 over 6 updates crashed nobody"
+    for rec in records:  # one lost record per failed dispatch (a client may fail twice between updates)
+        lost = sorted((c["client_id"], c["drop_reason"]) for c in rec["clients"] if c["dropped"])
+        assert lost == sorted((f["client_id"], f["reason"]) for f in rec["failures"])
+        assert all("injected client crash" in reason for _, reason in lost)
+    assert all(r["aggregation"]["in_flight"] == 3 for r in records)  # failures are replaced at once
+
+
+def test_rest_time_keeps_a_client_out_until_it_is_over(tmp_path):
+    cfg = async_cfg("fedasync", **{"run.rounds": 8, "asynchronous.idle_s": 5.0, "run.clients_per_round": 2})
+    records = run_async(tmp_path, cfg)
+    last_arrival = {}
+    for rec in records:
+        for u in rec["aggregation"]["updates"]:
+            if u["client_id"] in last_arrival:
+                assert u["dispatched_s"] >= last_arrival[u["client_id"]] + 5.0
+            last_arrival[u["client_id"]] = u["arrived_s"]
+
+
+def test_a_fedbuff_record_carries_the_applied_clients_and_simulated_time(tmp_path):
+    records = run_async(tmp_path, async_cfg("fedbuff", **{"run.rounds": 4}))
+    times = [r["aggregation"]["time_s"] for r in records]
+    assert times == sorted(times) and times[0] > 0
+    assert [r["round"] for r in records] == [r["aggregation"]["version"] for r in records] == [1, 2, 3, 4]
+    for prev, rec in zip([0.0, *times], records, strict=False):
+        assert rec["round_latency_s"] == pytest.approx(rec["aggregation"]["time_s"] - prev)
+        ups = rec["aggregation"]["updates"]
+        assert sorted(u["client_id"] for u in ups) == [c["client_id"] for c in rec["clients"] if not c["dropped"]]
+        assert rec["uplink_bits_total"] == sum(c["payload_bits"] for c in rec["clients"] if not c["dropped"])
+        assert [u["arrived_s"] for u in ups] == sorted(u["arrived_s"] for u in ups)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"run.scheduler": "tsfa"}, "run.scheduler='tsfa': with run.aggregation='fedbuff'"),
+        ({"run.scheduler": "fixed"}, "use run.scheduler='equal'"),
+        ({"hetero.rank_rule": "compute"}, "hetero.rank_rule='compute': not defined"),
+        ({"channel.packet_errors": "retransmit"}, "channel.packet_errors='retransmit'"),
+        ({"tsfa.deadline_s": 1.0}, "tsfa.deadline_s=1"),
+        ({"asynchronous.concurrency": 7}, "asynchronous.concurrency=7: must be at most run.clients=6"),
+        ({"asynchronous.buffer_size": 4}, "asynchronous.buffer_size=4: must be at most the 3 clients in flight"),
+    ],
+)
+def test_what_asynchronous_runs_do_not_define_is_refused_in_one_line(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        check_asynchronous(async_cfg(**overrides))
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sync_runs_pass_the_asynchronous_checks_whatever_the_asynchronous_keys():
+    check_asynchronous(make_cfg(**{"asynchronous.buffer_size": 6, "run.scheduler": "tsfa", "run.method": "soft"}))
+
+
+def test_the_report_reads_metrics_on_the_simulated_clock_and_draws_time_and_staleness(tmp_path):
+    from fedsim.app.report import load_runs, write_report
+
+    run_async(tmp_path, make_cfg(**{"run.rounds": 3}), name="sync")
+    records = run_async(tmp_path, async_cfg("fedbuff", **{"run.rounds": 4}), name="buff")
+    (sync_run, buff) = sorted(load_runs([tmp_path / "sync", tmp_path / "buff"]), key=lambda r: r.name != "sync")
+    times = [r["aggregation"]["time_s"] for r in records]
+    np.testing.assert_allclose(buff.times_s(), times, rtol=1e-12)
+    between = (times[1] + times[2]) / 2
+    assert buff.value(f"primary_metric@{between!r}s") == records[1]["metrics"]["primary_metric"]
+    assert math.isnan(buff.value(f"primary_metric@{times[0] / 2!r}s"))  # nothing evaluated yet
+    best = max(r["metrics"]["primary_metric"] for r in records)
+    first = next(t for t, r in zip(times, records, strict=True) if r["metrics"]["primary_metric"] >= best)
+    assert buff.value(f"time_to:primary_metric>={best!r}") == pytest.approx(first)
+    assert math.isnan(buff.value(f"time_to:primary_metric>={best + 1!r}"))
+    assert sync_run.times_s()[-1] == pytest.approx(sum(r["round_latency_s"] for r in sync_run.records))
+    page = write_report([tmp_path / "sync", tmp_path / "buff"], tmp_path / "report", by=["run.aggregation"])
+    assert (page.parent / "figures" / "metric_vs_time.png").is_file()
+    assert (page.parent / "figures" / "staleness.png").is_file()
