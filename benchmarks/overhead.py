@@ -356,8 +356,8 @@ def profile_child(events_file: str, argv: list[str]) -> None:
 
     import fedsim.app.cli
     import fedsim.core.engine
-    import fedsim.core.runner
     import fedsim.core.results
+    import fedsim.core.runner
     import fedsim.core.training
     import fedsim.core.wireless
     import fedsim.flower.simulation

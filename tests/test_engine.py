@@ -18,9 +18,9 @@ from fedsim.core import client_state, hetero
 from fedsim.core.checkpoint import load_checkpoint
 from fedsim.core.client import ClientRequest, ClientRound
 from fedsim.core.engine import RoundEngine, RunFailed
-from fedsim.core.runner import run
 from fedsim.core.methods import METHODS, get_method
 from fedsim.core.records import Failure, client_record_keys, round_record_keys
+from fedsim.core.runner import run
 from fedsim.core.schedulers import SCHEDULERS
 from fedsim.core.seeding import rng, sample_clients
 from tests.helpers.engine import D_IN, D_OUT, A, B, InProcessClients, StubHost, make_cfg

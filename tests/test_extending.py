@@ -55,9 +55,9 @@ def test_the_documented_method_and_scheduler_run_rounds_of_the_engine(registered
 
 def test_the_documented_stateful_method_keeps_half_the_residual_and_runs_rounds(registered, tmp_path):
     from fedsim.core import client_state
-    from fedsim.core.runner import run
     from fedsim.core.methods import get_method
     from fedsim.core.results import read_rounds
+    from fedsim.core.runner import run
     from tests.helpers.methods import gen, make_state
 
     check_prices_its_upload_exactly("soft-ef-half", 0.5, 32, 0)

@@ -28,10 +28,10 @@ from fedsim.core.checkpoint import (
     save_checkpoint,
 )
 from fedsim.core.config import build_config, load_toml
-from fedsim.core.runner import run
 from fedsim.core.methods import get_method
 from fedsim.core.records import ClientRecord, json_problem
 from fedsim.core.results import LOCK
+from fedsim.core.runner import run
 from tests.helpers.engine import HEAD, A, B, InProcessClients, StubHost, make_cfg
 from tests.helpers.refusals import run_case
 

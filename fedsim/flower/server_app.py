@@ -24,8 +24,8 @@ from fedsim.core.checks import check_config
 from fedsim.core.client import ClientReply, ClientRequest
 from fedsim.core.config import Config, ConfigError, config_from_flat
 from fedsim.core.engine import Reporter, RunFailed, Send
-from fedsim.core.runner import run
 from fedsim.core.records import Failure
+from fedsim.core.runner import run
 from fedsim.core.training import WorkloadHost
 from fedsim.flower.messages import (
     NODE_PROFILE_KEYS,
