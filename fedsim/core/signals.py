@@ -59,14 +59,19 @@ def leave(line: str, code: int) -> None:
     """Say ``line`` on stderr and end the process with ``code`` at once, once for the whole process.
 
     ``os._exit``: a ServerApp thread may still wait on clients and would hold a normal exit. When the
-    watchdog is already ending the process, the caller waits for it.
+    watchdog is already ending the process, the caller waits for it. A stream that cannot be written
+    (its reader has gone: a killed parent, a closed pipe) does not keep the process alive.
     """
     if not _exiting.acquire(blocking=False):
         threading.Event().wait()  # the other path is saying the line and exiting
-    sys.stdout.flush()
-    sys.stderr.write(f"fedsim: {line}\n")
-    sys.stderr.flush()
-    os._exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.write(f"fedsim: {line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # broken pipe, closed stream: the line has nowhere to go
+        pass
+    finally:
+        os._exit(code)
 
 
 def exit_soon_after_sigterm(last_words: Callable[[], str], grace_s: float = 1.5) -> None:
