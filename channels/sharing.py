@@ -78,6 +78,15 @@ class SharedUplink:
         self._active[key] = (int(client_id), float(bits))
         self.band_hz_s[key] = 0.0
 
+    def active(self) -> dict[Hashable, tuple[int, float]]:
+        """The uploads in flight: key -> (client id, bits left)."""
+        return dict(self._active)
+
+    def resume_upload(self, key: Hashable, client_id: int, bits_left: float, band_hz_s: float) -> None:
+        """Put back an upload in progress (a checkpoint's): its bits left and its band integral so far."""
+        self.start(key, client_id, bits_left)
+        self.band_hz_s[key] = band_hz_s
+
     def rates_bps(self) -> dict[Hashable, float]:
         """Each upload's rate now."""
         keys = list(self._active)

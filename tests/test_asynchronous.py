@@ -203,6 +203,51 @@ def test_records_depend_on_the_seed_not_on_how_the_transport_orders_the_training
     assert a != c
 
 
+@pytest.mark.parametrize(
+    ("mode", "method", "quant"), [("fedbuff", "topk-ef", 0), ("fedasync", "soft", 8), ("fedbuff", "fedsa", 0)]
+)
+def test_a_resumed_asynchronous_run_gives_the_records_of_an_uninterrupted_one(tmp_path, mode, method, quant):
+    """The checkpoint holds the clock (clients in flight, uploads half done, idle clients) and the older
+    versions that clients in flight started from; a resume trains those clients again, with the same
+    streams, and client state (error feedback's residual, fedsa's B) is kept up to the last dispatch."""
+    from fedsim.core.checkpoint import check_tensors, client_state_round, load_checkpoint
+    from fedsim.core.client_state import FOLDER
+
+    extra = {
+        "run.rounds": 7,
+        "run.method": method,
+        "lora.downlink_quant_bits": quant,
+        "faults.client_crash_prob": 0.15,
+        "asynchronous.idle_s": 1e-4,
+    }
+    whole = run_async(tmp_path, async_cfg(mode, **extra), name="whole", wall_clock=False)
+    run_async(tmp_path, async_cfg(mode, **{**extra, "run.rounds": 3}), name="part")
+    ckpt = load_checkpoint(tmp_path / "part")
+    clock = ckpt.scheduler["asynchronous"]
+    assert clock["version"] == 3 and 1 <= len(clock["flights"]) <= 3 and client_state_round(ckpt) == clock["dispatches"]
+    assert any(name.startswith("asynchronous.v") for name in ckpt.state)  # clients in flight from older versions
+    check_tensors(tmp_path / "part", ckpt, StubHost().initial_state(async_cfg(mode, **extra)), method != "soft")
+    for folder in (tmp_path / "part" / FOLDER).glob("client-*"):  # a killed run's versions of later dispatches
+        (folder / f"round-{clock['dispatches'] + 1:06d}.safetensors").write_bytes(b"not a safetensors file")
+    summary = run(
+        async_cfg(mode, **extra), StubHost(), lambda: (InProcessClients(), {}), tmp_path / "part", resume=ckpt
+    )
+    assert summary["status"] == "ok"
+    assert records_without_wall_clock(tmp_path / "part") == whole
+
+
+def test_a_checkpoint_tensor_of_an_old_version_with_the_wrong_shape_is_refused(tmp_path):
+    from fedsim.core.checkpoint import CheckpointError, check_tensors, load_checkpoint
+
+    cfg = async_cfg("fedasync", **{"run.rounds": 3})
+    run_async(tmp_path, cfg)
+    ckpt = load_checkpoint(tmp_path / "out")
+    name = next(n for n in ckpt.state if n.startswith("asynchronous.v"))
+    ckpt.state[name] = np.zeros((1, 1), np.float32)
+    with pytest.raises(CheckpointError, match=r"\(version \d+\): tensor"):
+        check_tensors(tmp_path / "out", ckpt, StubHost().initial_state(cfg), False)
+
+
 def test_failed_dispatches_are_recorded_and_replaced(tmp_path):
     cfg = async_cfg("fedbuff", **{"run.rounds": 6, "faults.client_crash_prob": 0.3})
     records = run_async(tmp_path, cfg)
@@ -280,3 +325,54 @@ def test_the_report_reads_metrics_on_the_simulated_clock_and_draws_time_and_stal
     page = write_report([tmp_path / "sync", tmp_path / "buff"], tmp_path / "report", by=["run.aggregation"])
     assert (page.parent / "figures" / "metric_vs_time.png").is_file()
     assert (page.parent / "figures" / "staleness.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_fedbuff_run_is_the_same_at_one_or_two_clients_at_a_time_and_after_sigkill_and_resume(tmp_path):
+    """Real runs (Flower's Simulation Runtime, Ray actors) of one seeded fedbuff run with crashes and an
+    error-feedback method: two clients at a time, uninterrupted; and one at a time, its CLI, Ray workers
+    and services SIGKILLed after server update 2, then resumed. The records are the same, and so are
+    the client-state versions kept on disk."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers.runs import run_args, run_fedsim
+
+    def args(out, concurrent):
+        extra = ["--seed", "3", "--out", str(out), "--quiet", "--method", "topk-ef"]
+        sets = ["run.aggregation=fedbuff", "asynchronous.buffer_size=2", "faults.client_crash_prob=0.2"]
+        sets.append(f"simulation.max_concurrent_clients={concurrent}")
+        return run_args(5, 5, 3, *extra, *(a for s in sets for a in ("--set", s)))
+
+    whole = tmp_path / "whole"
+    proc = run_fedsim(args(whole, 2), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsim", *args(killed, 1)], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not (killed / "rounds.jsonl").exists() or len((killed / "rounds.jsonl").read_text().splitlines()) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read()[-2000:] if proc.stderr else ""
+            )
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert len((killed / "rounds.jsonl").read_text().splitlines()) < 5, "killed after the last update"
+    resumed = run_fedsim(["run", "--resume", str(killed), "--quiet"], timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    records = records_without_wall_clock(whole)
+    assert records_without_wall_clock(killed) == records
+    kept = {f: sorted(p.relative_to(f) for p in (f / "client_state").glob("client-*/round-*")) for f in (whole, killed)}
+    assert kept[whole] == kept[killed] and kept[whole]
+    assert [r["round"] for r in records] == [1, 2, 3, 4, 5]
+    assert all(len(r["aggregation"]["updates"]) == 2 for r in records)
+    assert any(u["staleness"] > 0 for r in records for u in r["aggregation"]["updates"])

@@ -185,10 +185,6 @@ def resume_cases(tmp: Path) -> list[tuple[str, list[str]]]:
             "resume adapter outside",
             ["--resume", str(folder("escape", {"config.toml": good, "checkpoint/state.json": json.dumps(state)}))],
         ),
-        (
-            "resume an asynchronous run",
-            ["--resume", str(folder("async", {"config.toml": '[run]\naggregation = "fedbuff"\n', "rounds.jsonl": ""}))],
-        ),
         ("resume with --out", ["--resume", str(folder("without", {"config.toml": good})), "--out", str(tmp / "o")]),
         (
             "resume state nested 10^5 deep",

@@ -241,11 +241,6 @@ def prepare_resume(
             f"--resume={str(folder)!r}: configuration differs from the run's ({', '.join(changed)}); "
             "pass --force to continue with the new values"
         )
-    if cfg.run.aggregation != "sync":
-        raise ConfigError(
-            f"--resume={str(folder)!r}: run.aggregation={cfg.run.aggregation!r}: an asynchronous run cannot be "
-            "resumed yet (its clients in flight are not checkpointed); run it again in a new folder"
-        )
     summary = folder / "summary.json"
     if summary.exists():
         text = read_text_file(summary, "--resume")

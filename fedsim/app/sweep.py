@@ -548,8 +548,7 @@ def execute(
     """Run every unfinished run of ``sweep`` in ``out``, ``jobs`` at a time; returns the final index.
 
     Finished runs are skipped; interrupted and failed ones continue from their checkpoint
-    (``fedsim run --resume``; asynchronous ones, which cannot resume yet, start again), others
-    start afresh. A failed run is recorded and the others go on.
+    (``fedsim run --resume``), others start afresh. A failed run is recorded and the others go on.
     Ctrl-C or SIGTERM stops the runs in progress (each checkpoints and exits) and raises
     :class:`Interrupted`.
     """
@@ -563,8 +562,7 @@ def execute(
     for spec in sweep.runs:
         row, state = index.rows[spec.name], run_state(out / "runs" / spec.name)
         row.status = "done" if state == "done" else "pending"
-        resumable = state in ("interrupted", "failed") and spec.config.run.aggregation == "sync"
-        row.action = "skip" if state == "done" else ("resume" if resumable else "start")
+        row.action = "skip" if state == "done" else ("resume" if state in ("interrupted", "failed") else "start")
         if state != "done":
             queue.append((spec, state))
     index.write()
@@ -577,7 +575,7 @@ def execute(
     def launch(spec: RunSpec, state: str) -> None:
         folder = out / "runs" / spec.name
         cfg_path = out / "configs" / f"{spec.name}.toml"
-        if state in ("interrupted", "failed") and spec.config.run.aggregation == "sync":
+        if state in ("interrupted", "failed"):
             args = ["run", "--resume", str(folder), "--quiet"]
         else:
             _atomic_write(cfg_path, run_config_text(spec, jobs, ray_address, out=out, sweep_name=sweep.name))

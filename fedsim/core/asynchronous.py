@@ -44,17 +44,18 @@ One record per server update (``rounds.jsonl``; ``round`` is the new version): t
 clients (their channel in the block of arrival, mean band, rate, times, energies), the failures
 since the previous update, ``round_latency_s`` the simulated time since the previous update,
 ``downlink_bits`` the unicasts since then, and ``aggregation`` (:class:`AggregationEvent`) with
-each update's timeline, staleness and weight. Not defined for asynchronous runs, and refused
-before a run starts (:func:`fedsim.core.checks.check_asynchronous`): band-splitting and two-phase schedulers (the
-band is shared by the uploads in flight), heterogeneous ranks, packet errors, a TSFA deadline and
-resuming from a checkpoint.
+each update's timeline, staleness and weight. A checkpoint after each update holds the clock and
+the older versions that clients in flight started from (:meth:`AsyncEngine.snapshot`); a resume
+trains those clients again. Not defined for asynchronous runs, and refused before a run starts
+(:func:`fedsim.core.checks.check_asynchronous`): band-splitting and two-phase schedulers (the band
+is shared by the uploads in flight), heterogeneous ranks, packet errors and a TSFA deadline.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ import numpy as np
 from channels.compute import compute_energy_j
 from channels.rate import in_outage, upload_energy_j
 from channels.sharing import SharedUplink
+from fedsim.core.checkpoint import ASYNC_KEY, OLD_VERSION, Checkpoint
 from fedsim.core.checks import check_asynchronous
 from fedsim.core.client import ClientReply, ClientRequest
 from fedsim.core.config import Config
@@ -117,13 +119,16 @@ class AsyncEngine(RoundEngine):
         wireless: WirelessModel | None = None,
         *,
         client_state_dir: str | None = None,
-        resume: Any = None,
+        resume: Checkpoint | None = None,
         **_: Any,
     ) -> None:
-        if resume is not None:
-            raise RunFailed(f"run.aggregation={cfg.run.aggregation!r}: an asynchronous run cannot be resumed yet")
         check_asynchronous(cfg)
-        super().__init__(cfg, host, wireless, client_state_dir=client_state_dir)
+        clock = resume.scheduler.get(ASYNC_KEY) if resume is not None else None
+        if resume is not None and not isinstance(clock, dict):
+            raise RunFailed(f"checkpoint of round {resume.round} has no asynchronous clock: not an asynchronous run's")
+        current = None if resume is None else {k: v for k, v in resume.state.items() if not OLD_VERSION.fullmatch(k)}
+        base = None if resume is None else replace(resume, state=current, scheduler={})
+        super().__init__(cfg, host, wireless, client_state_dir=client_state_dir, resume=base)
         a = cfg.asynchronous
         self.mode = cfg.run.aggregation
         self.buffer_size = 1 if self.mode == "fedasync" else a.buffer_size
@@ -142,6 +147,70 @@ class AsyncEngine(RoundEngine):
         self.dispatches = 0
         self.previous_s = 0.0
         self.send: Send | None = None
+        if resume is not None:
+            self._restore(clock, resume)
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The checkpoint after the current server update: the adapter and, as
+        ``asynchronous.v<version>.<tensor>``, the older versions that clients in flight started
+        from; and the clock (flights, uploads' progress, idle clients, counters) as JSON. A resume
+        trains the clients in flight again from those versions, with the same streams."""
+        arrays = dict(self.state)
+        flights = [*self.computing, *self.uploading.values()]
+        for version in sorted({f.base_version for f in flights}):
+            arrays.update({f"asynchronous.v{version}.{k}": v for k, v in self.sent[version].items()})
+        clock = {
+            "version": self.version,
+            "dispatches": self.dispatches,
+            "t_s": self.uplink.t_s,
+            "block": self.uplink.block,
+            "previous_s": self.previous_s,
+            "failures_in_a_row": self.failures_in_a_row,
+            "idle_until": [[c, t] for c, t in sorted(self.idle_until.items())],
+            "downlinks": list(self.downlinks),
+            "flights": [
+                [
+                    f.client_id,
+                    f.dispatch,
+                    f.base_version,
+                    f.dispatched_s,
+                    f.downlink_s,
+                    f.compute_s,
+                    f.straggle_s,
+                    f.upload_start_s if f.dispatch in self.uploading else None,
+                ]
+                for f in flights
+            ],
+            "uploads": [
+                [key, cid, left, self.uplink.band_hz_s[key]] for key, (cid, left) in self.uplink.active().items()
+            ],
+        }
+        return arrays, {ASYNC_KEY: clock}
+
+    def _restore(self, clock: dict[str, Any], resume: Checkpoint) -> None:
+        """The clock of :meth:`snapshot`; every flight is trained again when the clock needs it."""
+        self.version, self.dispatches = int(clock["version"]), int(clock["dispatches"])
+        if self.version != resume.round:
+            raise RunFailed(f"checkpoint of round {resume.round} holds the clock of version {self.version}")
+        self.uplink.t_s, self.uplink.block = float(clock["t_s"]), int(clock["block"])
+        self.previous_s, self.failures_in_a_row = float(clock["previous_s"]), int(clock["failures_in_a_row"])
+        self.idle_until = {int(c): float(t) for c, t in clock["idle_until"]}
+        self.downlinks = [float(t) for t in clock["downlinks"]]
+        for cid, d, base, t0, t_dl, t_cmp, straggle, upload_start in clock["flights"]:
+            flight = Flight(int(cid), int(d), int(base), t0, t_dl, t_cmp, straggle)
+            if upload_start is None:
+                self.computing.append(flight)
+            else:
+                flight.upload_start_s = float(upload_start)
+                self.uploading[flight.dispatch] = flight
+        for key, cid, left, band in clock["uploads"]:
+            self.uplink.resume_upload(int(key), int(cid), float(left), float(band))
+        self.sent = {}
+        for name, array in resume.state.items():
+            if old := OLD_VERSION.fullmatch(name):
+                self.sent.setdefault(int(old[1]), {})[old[2]] = array
 
     # ---- dispatch and training ----------------------------------------------------------------
 
@@ -173,7 +242,7 @@ class AsyncEngine(RoundEngine):
 
     def _train_pending(self) -> None:
         """Train every dispatched, untrained client: one message batch per base version."""
-        pending = [f for f in self.computing if f.reply is None and f.failure is None]
+        pending = [f for f in (*self.computing, *self.uploading.values()) if f.reply is None and f.failure is None]
         for version in sorted({f.base_version for f in pending}):
             group = sorted((f for f in pending if f.base_version == version), key=lambda f: f.client_id)
             requests = [
@@ -192,7 +261,8 @@ class AsyncEngine(RoundEngine):
                 f.reply = replies.get(f.client_id)
                 if f.reply is None:
                     f.failure = why.get(f.client_id, "no reply")
-        needed = {f.base_version for f in self.computing if f.reply is None and f.failure is None}
+        # a checkpoint keeps the version of every client in flight: a resume trains them all again
+        needed = {f.base_version for f in (*self.computing, *self.uploading.values())}
         self.sent = {v: s for v, s in self.sent.items() if v in needed or v == self.version}
 
     # ---- the clock ------------------------------------------------------------------------------
@@ -215,6 +285,8 @@ class AsyncEngine(RoundEngine):
             arrival = self.uplink.advance(until)
             now = self.uplink.t_s
             if arrival is not None:
+                if self.uploading[arrival[1]].reply is None:  # an upload a resume restored
+                    self._train_pending()
                 flight = self.uploading.pop(arrival[1])
                 flight.arrived_s = now
                 flight.band_hz = self.uplink.band_hz_s.pop(flight.dispatch) / max(now - flight.upload_start_s, 1e-300)

@@ -12,6 +12,11 @@ the valid one, so a crash at any moment leaves a checkpoint that ``--resume`` ca
 random streams are keyed by (seed, round, client, purpose) and carry no state, so the round
 number is the whole RNG state. Nothing here unpickles anything: safetensors and JSON only.
 
+An asynchronous run (:mod:`fedsim.core.asynchronous`) also keeps, in the adapter file, the older
+global versions its clients in flight started from (``asynchronous.v<version>.<tensor>``), and in
+state.json its clock under ``scheduler.asynchronous``; its client-state versions are numbered by
+dispatch (:func:`client_state_round`).
+
 State that clients keep between rounds (``run.method`` fedsa, topk-ef, soft-ef) is not in these
 files: each client writes it, versioned by round, in ``client_state/`` of the results folder (or
 on its SuperNode), and a resume from round t drops the versions after t
@@ -110,6 +115,19 @@ def save_checkpoint(folder: Path, ckpt: Checkpoint) -> None:
 
 
 ADAPTER_NAME = re.compile(r"adapter-(\d{6,})\.safetensors")  # what save_checkpoint writes
+
+ASYNC_KEY = "asynchronous"
+"""The scheduler entry of an asynchronous run's checkpoint: its clock (:mod:`fedsim.core.asynchronous`)."""
+OLD_VERSION = re.compile(r"asynchronous\.v(\d+)\.(.+)")
+"""Names of the older global adapters an asynchronous checkpoint keeps beside the current one
+(``asynchronous.v<version>.<tensor>``): the versions its clients in flight started from."""
+
+
+def client_state_round(ckpt: Checkpoint) -> int:
+    """The last client-state version a resume from ``ckpt`` keeps: the round, or for an asynchronous
+    run the last dispatch number (the round its requests carry)."""
+    clock = ckpt.scheduler.get(ASYNC_KEY) if isinstance(ckpt.scheduler, dict) else None
+    return int(clock["dispatches"]) if isinstance(clock, dict) else ckpt.round
 
 
 def adapter_name(round_: int) -> str:
@@ -234,11 +252,17 @@ def check_tensors(folder: Path, ckpt: Checkpoint, expected: dict[str, np.ndarray
     """
     from safetensors import safe_open
 
-    found = {name: (tuple(a.shape), a.dtype) for name, a in ckpt.state.items()}
-    _check_tensors(f"checkpoint adapter {folder / FOLDER / adapter_name(ckpt.round)}", found, expected, whole=True)
+    what = f"checkpoint adapter {folder / FOLDER / adapter_name(ckpt.round)}"
+    versions: dict[str, dict[str, tuple]] = {}
+    for name, a in ckpt.state.items():
+        old = OLD_VERSION.fullmatch(name)
+        version, tensor = (old[1], old[2]) if old else ("", name)
+        versions.setdefault(version, {})[tensor] = (tuple(a.shape), a.dtype)
+    for version, found in sorted(versions.items()):
+        _check_tensors(f"{what}{f' (version {version})' if version else ''}", found, expected, whole=True)
     if not with_client_state:
         return
-    for path in client_state.kept_after_resume(folder / client_state.FOLDER, ckpt.round):
+    for path in client_state.kept_after_resume(folder / client_state.FOLDER, client_state_round(ckpt)):
         try:
             with safe_open(str(path), framework="numpy") as f:
                 found = {name: (tuple(f.get_slice(name).get_shape()), None) for name in f.keys()}  # header only

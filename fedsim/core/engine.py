@@ -146,7 +146,8 @@ class RoundEngine:
         self.scheduler: Scheduler = self.schedule.build(cfg)
         if resume is not None and resume.scheduler:
             self.scheduler.load_state_dict(resume.scheduler)
-        self.state = resume.state if resume is not None else initial
+        # in the order the workload builds it (a checkpoint's file may list the tensors in another)
+        self.state = {k: resume.state[k] for k in initial} if resume is not None else initial
         metrics = resume.records[-1]["metrics"] if resume is not None and resume.records else None
         self._metrics: Future | None = None if metrics is None else _done(metrics)
         """The current global adapter's evaluation (None: not evaluated yet)."""
@@ -259,6 +260,10 @@ class RoundEngine:
             return {}
         values = [float(replies[c].personal_metric) for c in sorted(replies)]
         return {f"personal_{self.primary}": float(np.mean(values))} if values else {}
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What a checkpoint after the current round holds: the adapter's arrays and the scheduler's state."""
+        return self.state, self.scheduler.state_dict()
 
     def later(self, fn: Callable[..., Any], *args: Any) -> Future:
         """``fn(*args)`` in the background thread, after what was queued before (inline without one)."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from fedsim.core import client_state
 from fedsim.core.asynchronous import AsyncEngine
-from fedsim.core.checkpoint import Checkpoint, save_checkpoint, sha256_text
+from fedsim.core.checkpoint import Checkpoint, client_state_round, save_checkpoint, sha256_text
 from fedsim.core.config import Config
 from fedsim.core.engine import Host, PendingRound, Reporter, RoundEngine, RunFailed, Send
 from fedsim.core.rank_plan import write_plan
@@ -61,7 +61,7 @@ def run(
         send, profiles = connect()
         state_dir = out / client_state.FOLDER
         if resume is not None:  # versions of the interrupted round (fedsim.core.client_state)
-            client_state.discard_after(state_dir, resume.round)
+            client_state.discard_after(state_dir, client_state_round(resume))
         engine_class = RoundEngine if cfg.run.aggregation == "sync" else AsyncEngine
         engine = engine_class(
             cfg, host, WirelessModel(cfg, profiles), plan=plan, resume=resume, client_state_dir=str(state_dir.resolve())
@@ -84,7 +84,7 @@ def run(
                 pending = engine.start_round(round_, send)
                 if committed is not None:
                     committed.result()  # raises what writing the previous round raised
-                committed = engine.later(commit, pending, engine.state, engine.scheduler.state_dict())
+                committed = engine.later(commit, pending, *engine.snapshot())
                 if pending.record.status == "diverged":
                     diverged = round_
                     break
