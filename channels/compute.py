@@ -95,12 +95,19 @@ class CsvDeviceSpeed:
         return np.array(speeds)
 
 
-DEVICE_SPEEDS: dict[str, type] = {
-    "uniform": UniformDeviceSpeed,
-    "lognormal": LogNormalDeviceSpeed,
-    "fixed": FixedDeviceSpeed,
-    "csv": CsvDeviceSpeed,
-}
+def _device_speeds() -> dict[str, type]:
+    from channels.devices import ClassDeviceSpeed
+
+    return {
+        "uniform": UniformDeviceSpeed,
+        "lognormal": LogNormalDeviceSpeed,
+        "fixed": FixedDeviceSpeed,
+        "csv": CsvDeviceSpeed,
+        "classes": ClassDeviceSpeed,
+    }
+
+
+DEVICE_SPEEDS: dict[str, type] = _device_speeds()
 """Device-speed models by ``compute.device_speed`` name."""
 
 

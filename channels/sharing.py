@@ -87,6 +87,11 @@ class SharedUplink:
         self.start(key, client_id, bits_left)
         self.band_hz_s[key] = band_hz_s
 
+    def cancel(self, key: Hashable) -> None:
+        """Take an upload out before it ends (its device left); the others share the band from now on."""
+        del self._active[key]
+        del self.band_hz_s[key]
+
     def rates_bps(self) -> dict[Hashable, float]:
         """Each upload's rate now."""
         keys = list(self._active)

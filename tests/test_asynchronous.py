@@ -8,9 +8,7 @@ batches or orders the training.
 
 from __future__ import annotations
 
-import json
 import math
-import random
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from fedsim.core.checks import check_asynchronous
 from fedsim.core.runner import run
 from fedsim.core.wireless import WirelessModel
 from fedsim.errors import ConfigError
-from tests.helpers.engine import InProcessClients, StubHost, make_cfg
+from tests.helpers.engine import InProcessClients, Shuffled, StubHost, make_cfg, run_async
 from tests.helpers.runs import records_without_wall_clock
 
 
@@ -93,17 +91,6 @@ def async_cfg(mode="fedbuff", **overrides):
     return make_cfg(**{**flat, **overrides})
 
 
-def run_async(tmp_path, cfg, transport=None, name="out", *, wall_clock=True):
-    out = tmp_path / name
-    out.mkdir()
-    transport = transport or InProcessClients()
-    summary = run(cfg, StubHost(), lambda: (transport, {}), out)
-    assert summary["status"] == "ok", summary.get("error")
-    if not wall_clock:
-        return records_without_wall_clock(out)
-    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-
-
 def test_one_client_in_flight_follows_its_own_timeline_on_the_whole_band(tmp_path):
     # Concurrency 1: each dispatch starts when the previous upload arrives, and the upload has the
     # whole band: T_up = S / (B log2(1 + a / B)) in the block it runs in (blocks far longer than a trip).
@@ -172,24 +159,6 @@ def test_a_server_update_is_the_methods_aggregate_moved_by_the_step():
         for k in before:
             expected = (before[k] + step * (target[k].astype(np.float64) - before[k])).astype(before[k].dtype)
             np.testing.assert_array_equal(engine.state[k], expected)
-
-
-class Shuffled(InProcessClients):
-    """A transport that answers each batch one request at a time in a random order, as Ray might."""
-
-    def __init__(self, seed):
-        super().__init__()
-        self.order = random.Random(seed)
-
-    def __call__(self, cfg, requests, state):
-        requests = list(requests)
-        self.order.shuffle(requests)
-        replies, failures = {}, []
-        for r in requests:
-            got, failed = super().__call__(cfg, [r], state)
-            replies.update(got)
-            failures += failed
-        return replies, sorted(failures, key=lambda f: f.client_id)
 
 
 @pytest.mark.parametrize("mode", ["fedasync", "fedbuff"])

@@ -131,6 +131,16 @@ def option_cases() -> list[tuple[str, list[str]]]:
             ["--set", "run.aggregation=fedasync", "--set", "asynchronous.concurrency=51"],
         ),
         (
+            "device class unknown",
+            ["--set", "compute.device_speed=classes", "--set", "compute.device_mix=laptop=1,toaster=1"],
+        ),
+        ("device mix malformed", ["--set", "compute.device_speed=classes", "--set", "compute.device_mix=laptop"]),
+        (
+            "device catalogue missing",
+            ["--set", "compute.device_speed=classes", "--set", "compute.device_catalogue=/no.toml"],
+        ),
+        ("device classes csv without classes", ["--set", "compute.device_classes_csv=/no.csv"]),
+        (
             "asynchronous with packet errors",
             ["--set", "run.aggregation=fedasync", "--set", "channel.packet_errors=drop"],
         ),

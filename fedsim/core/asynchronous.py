@@ -78,7 +78,7 @@ from fedsim.core.records import (
     SchedulerOutcome,
 )
 from fedsim.core.seeding import SERVER, rng, torch_seed
-from fedsim.core.wireless import WirelessModel
+from fedsim.core.wireless import WirelessModel, availability_reason
 
 FAILURES_WITHOUT_UPDATE = 10
 """A run stops when this many times ``concurrency`` dispatches in a row fail before a server update."""
@@ -100,11 +100,22 @@ class Flight:
     upload_start_s: float = math.nan
     arrived_s: float = math.nan
     band_hz: float = math.nan
+    offline_s: float = math.inf
+    """When the device goes offline (device classes' availability; inf: it stays)."""
+    failed_s: float = math.nan
+
+    @property
+    def leaves_in_training(self) -> bool:
+        return self.offline_s < self.ready_s
 
     @property
     def ready_s(self) -> float:
         """When its training ends and its upload can start."""
         return self.dispatched_s + self.downlink_s + self.compute_s
+
+
+def _by_client(f: Flight) -> tuple[int, int]:
+    return f.client_id, f.dispatch
 
 
 class AsyncEngine(RoundEngine):
@@ -143,7 +154,8 @@ class AsyncEngine(RoundEngine):
         self.failed: list[Flight] = []  # failed since the previous server update
         self.downlinks: list[float] = []  # downlink times of the dispatches since the previous update
         self.failures_in_a_row = 0
-        self.idle_until = dict.fromkeys(range(cfg.run.clients), 0.0)  # idle clients -> when they may be drawn
+        # idle clients -> when they may be drawn; a device that cannot hold the training never is
+        self.idle_until = {c: 0.0 for c in range(cfg.run.clients) if not (self.unfit and c in self.unfit)}
         self.dispatches = 0
         self.previous_s = 0.0
         self.send: Send | None = None
@@ -180,6 +192,7 @@ class AsyncEngine(RoundEngine):
                     f.compute_s,
                     f.straggle_s,
                     f.upload_start_s if f.dispatch in self.uploading else None,
+                    f.offline_s,
                 ]
                 for f in flights
             ],
@@ -198,8 +211,9 @@ class AsyncEngine(RoundEngine):
         self.previous_s, self.failures_in_a_row = float(clock["previous_s"]), int(clock["failures_in_a_row"])
         self.idle_until = {int(c): float(t) for c, t in clock["idle_until"]}
         self.downlinks = [float(t) for t in clock["downlinks"]]
-        for cid, d, base, t0, t_dl, t_cmp, straggle, upload_start in clock["flights"]:
+        for cid, d, base, t0, t_dl, t_cmp, straggle, upload_start, offline in clock["flights"]:
             flight = Flight(int(cid), int(d), int(base), t0, t_dl, t_cmp, straggle)
+            flight.offline_s = math.inf if offline is None else float(offline)  # JSON has no infinity
             if upload_start is None:
                 self.computing.append(flight)
             else:
@@ -238,11 +252,14 @@ class AsyncEngine(RoundEngine):
             straggle_s = float(self._straggle_s(d, [c])[0])
             compute_s = float(self.wireless.compute_times_s([c], [self.sizes[c]], self.flops_per_sample)[0])
             self.downlinks.append(downlink_s)
-            self.computing.append(Flight(c, d, self.version, now_s, downlink_s, compute_s + straggle_s, straggle_s))
+            flight = Flight(c, d, self.version, now_s, downlink_s, compute_s + straggle_s, straggle_s)
+            flight.offline_s = now_s + float(self.wireless.online_times_s(d, [c])[0])
+            self.computing.append(flight)
 
     def _train_pending(self) -> None:
         """Train every dispatched, untrained client: one message batch per base version."""
-        pending = [f for f in (*self.computing, *self.uploading.values()) if f.reply is None and f.failure is None]
+        flights = (*self.computing, *self.uploading.values())
+        pending = [f for f in flights if f.reply is None and f.failure is None and not f.leaves_in_training]
         for version in sorted({f.base_version for f in pending}):
             group = sorted((f for f in pending if f.base_version == version), key=lambda f: f.client_id)
             requests = [
@@ -276,10 +293,11 @@ class AsyncEngine(RoundEngine):
         if self.dispatches == 0:
             self._dispatch(0.0)
         while True:
-            t_ready = min((f.ready_s for f in self.computing), default=math.inf)
+            t_ready = min((min(f.ready_s, f.offline_s) for f in self.computing), default=math.inf)
+            t_leave = min((f.offline_s for f in self.uploading.values()), default=math.inf)
             wake = [t for t in self.idle_until.values() if t > self.uplink.t_s]
             t_wake = min(wake) if wake and self._in_flight() < self.concurrency else math.inf
-            until = min(t_ready, t_wake)
+            until = min(t_ready, t_leave, t_wake)
             if not self.uploading and math.isinf(until):
                 raise RunFailed("asynchronous: no client is in flight or can be dispatched")
             arrival = self.uplink.advance(until)
@@ -296,12 +314,21 @@ class AsyncEngine(RoundEngine):
                 if len(self.buffer) >= self.buffer_size:
                     return self._update(now, t_wall)
             else:
-                ready = sorted((f for f in self.computing if f.ready_s <= now), key=lambda f: (f.ready_s, f.client_id))
-                if ready and any(f.reply is None and f.failure is None for f in ready):
+                for flight in sorted((f for f in self.uploading.values() if f.offline_s <= now), key=_by_client):
+                    del self.uploading[flight.dispatch]  # its device left mid-upload: the band is shared anew
+                    self.uplink.cancel(flight.dispatch)
+                    self._fail(flight, now, self._left(flight))
+                ready = sorted(
+                    (f for f in self.computing if min(f.ready_s, f.offline_s) <= now),
+                    key=lambda f: (min(f.ready_s, f.offline_s), f.client_id),
+                )
+                if any(f.reply is None and f.failure is None and not f.leaves_in_training for f in ready):
                     self._train_pending()
                 for flight in ready:
                     self.computing.remove(flight)
-                    if flight.failure is not None:
+                    if flight.leaves_in_training:
+                        self._fail(flight, now, self._left(flight))
+                    elif flight.failure is not None:
                         self._fail(flight, now)
                     else:
                         flight.upload_start_s = now
@@ -309,7 +336,14 @@ class AsyncEngine(RoundEngine):
                         self.uplink.start(flight.dispatch, flight.client_id, float(flight.reply.payload_bits))
             self._dispatch(now)
 
-    def _fail(self, flight: Flight, now_s: float) -> None:
+    def _left(self, flight: Flight) -> str:
+        online_s = flight.offline_s - flight.dispatched_s
+        return availability_reason(self.wireless.device_classes, flight.client_id, online_s)
+
+    def _fail(self, flight: Flight, now_s: float, reason: str | None = None) -> None:
+        if reason is not None:
+            flight.failure = reason
+        flight.failed_s = now_s
         self.failed.append(flight)
         self.idle_until[flight.client_id] = now_s + self.cfg.asynchronous.idle_s
         self.failures_in_a_row += 1
@@ -352,7 +386,7 @@ class AsyncEngine(RoundEngine):
             ClientRecord.lost(
                 f.client_id,
                 f.failure,
-                self.wireless.channel_fields(self.uplink.block_of(f.ready_s), f.client_id),
+                self.wireless.channel_fields(self.uplink.block_of(f.failed_s), f.client_id),
                 f.straggle_s,
             )
             for f in failed

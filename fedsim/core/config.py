@@ -326,6 +326,18 @@ class ComputeSection:
         _component_default("device_flops_log_std"), 0, 10, "lognormal spread", "(std of ln FLOP/s)"
     )
     device_speed_csv: str = _f("", None, "a CSV file (client_id,device_flops) or empty", "speeds (device_speed=csv)")
+    device_mix: str = _f(
+        _component_default("device_mix"),
+        None,
+        "CLASS=WEIGHT pairs, comma-separated, of classes of the catalogue",
+        "device classes drawn per client (device_speed=classes)",
+    )
+    device_classes_csv: str = _f(
+        "", None, "a CSV file (client_id,device_class) or empty", "each client's class instead of the mix (classes)"
+    )
+    device_catalogue: str = _f(
+        "", None, "a TOML catalogue of device classes ('' : the shipped one)", "device classes (classes)"
+    )
     flops_per_cycle: float = _num(1000.0, 0, 1e9, "clock = FLOP/s / this", "FLOP/cycle", open_low=True)
     kappa: float = _num(1e-28, 0, 1, "switched capacitance (compute energy)", "J s^2/cycle^3")
 

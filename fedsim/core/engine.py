@@ -99,6 +99,25 @@ def _done(value: Any) -> Future:
     return future
 
 
+def unfit_clients(wireless: WirelessModel, host: Host, cfg: Config) -> dict[int, str] | None:
+    """Clients whose device class has less memory than training needs (the host's
+    ``train_memory_bytes``, a lower bound), with the reason; None without device classes. Raises
+    RunFailed when no client's device can train."""
+    classes = wireless.device_classes
+    if classes is None:
+        return None
+    need_fn = getattr(host, "train_memory_bytes", None)
+    need_gib = need_fn(cfg) / 2**30 if need_fn is not None else 0.0
+    unfit = {
+        c: f"memory: training needs at least {need_gib:.3g} GiB, device ({d.name}) has {d.memory_gib:g} GiB"
+        for c, d in enumerate(classes)
+        if d.memory_gib < need_gib
+    }
+    if len(unfit) == len(classes):
+        raise RunFailed(f"no client's device class can hold the training ({next(iter(unfit.values()))})")
+    return unfit
+
+
 class RoundEngine:
     """The state of a run between rounds and the logic of one round.
 
@@ -159,6 +178,8 @@ class RoundEngine:
         self.client_state_dir = client_state_dir if self.method.needs_client_state else None
         self.hetero = cfg.hetero.rank_rule != "none"
         self.shapes = shapes
+        self.unfit = unfit_clients(self.wireless, host, cfg)
+        """Client id -> why its device cannot train (device classes' memory; None without classes)."""
 
     # ---- one round ----------------------------------------------------------------------------
 
@@ -222,12 +243,12 @@ class RoundEngine:
             extra_compute_s=straggle,
         )
         reasons = [dropped] * len(ids)
-        if dropped is None:  # an upload erased on the uplink (channel.packet_errors) is lost for the round
+        if dropped is None:  # a device that left (availability), an upload erased on the uplink: lost for the round
             n_max = self.cfg.channel.max_transmissions if self.cfg.channel.packet_errors == "retransmit" else 1
             lost = f"packet error: erased in all {{}} transmissions ({n_max} allowed, channel.packet_errors)"
-            reasons = [None if f["delivered"] else lost.format(f["transmissions"]) for f in fields]
+            reasons = [f["left"] or (None if f["delivered"] else lost.format(f["transmissions"])) for f in fields]
         for f in fields:
-            del f["delivered"]
+            del f["delivered"], f["left"]
         records = [
             ClientRecord(
                 **f,
@@ -289,7 +310,9 @@ class RoundEngine:
         still be running in the background when this returns."""
         cfg = self.cfg
         t_round = time.perf_counter()
-        clients = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
+        sampled = sample_clients(cfg.run.seed, round_, cfg.run.clients, cfg.num_sampled)
+        unfit = [Failure(c, self.unfit[c]) for c in sampled if self.unfit and c in self.unfit]
+        clients = [c for c in sampled if not (self.unfit and c in self.unfit)]  # the rest are never sent
         seed = torch_seed(cfg.run.seed, round_, SERVER, "downlink-quant")
         sent, _ = self.method.broadcast(self.state, cfg.lora.value_bits, cfg.lora.downlink_quant_bits, seed)
         if self.schedule.two_phase:  # train and report; decide rho_t and b_t; upload at rho_t
@@ -324,7 +347,7 @@ class RoundEngine:
             for i in decision.dropped if decision else ():
                 del replies[decided[i]]
         late = self._deadline_failures(decided, decision)
-        failures = failures + late
+        failures = unfit + failures + late
         band_of = dict(zip(decided, decision.bandwidth_hz, strict=True)) if decision else {}
         survivors = sorted(replies)  # client-id order, never arrival order
         client_records, latency_s = self._client_records(
@@ -345,9 +368,10 @@ class RoundEngine:
             for f, s in zip(lost, self._straggle_s(round_, [f.client_id for f in lost]), strict=True)
         ]
         client_records.sort(key=lambda r: r.client_id)
-        # 0 means every sampled client; a deadline or packet errors drop clients by design: any one suffices
-        by_design = cfg.tsfa.deadline_s > 0 or cfg.channel.packet_errors != "none"
-        need = cfg.run.min_clients_per_round or (1 if by_design else len(clients))
+        # 0 means every sampled client; a deadline, packet errors or device classes (memory, availability)
+        # drop clients by design: any one suffices
+        by_design = cfg.tsfa.deadline_s > 0 or cfg.channel.packet_errors != "none" or self.unfit is not None
+        need = cfg.run.min_clients_per_round or (1 if by_design else len(sampled))
         ok = len(survivors) >= need and len(survivors) > 0
         cov_norm = 0.0
         if ok:

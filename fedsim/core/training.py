@@ -248,6 +248,15 @@ def evaluate_state(cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float
         return rt.workload.evaluate(rt.model, rt.test)
 
 
+def train_memory_bytes(model) -> int:
+    """A lower bound on the memory that training ``model`` takes, in bytes: every parameter held at its
+    dtype's size, and for each trainable one its gradient and AdamW's two moments in float32.
+    Activations, which grow with the batch and the sequence, are not counted."""
+    held = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return int(held + 3 * 4 * trainable)
+
+
 class WorkloadHost:
     """The workload as both halves of a round see it: what the round engine needs (its
     :class:`~fedsim.core.engine.Host`) and what a client needs (its
@@ -273,6 +282,10 @@ class WorkloadHost:
 
     def flops_per_sample(self, cfg: Config) -> float:
         return load_workload(cfg).workload.flops_per_sample()
+
+    def train_memory_bytes(self, cfg: Config) -> int:
+        """A lower bound on a client's training memory (:func:`train_memory_bytes`)."""
+        return train_memory_bytes(load_workload(cfg).model)
 
     def partition_sizes(self, cfg: Config) -> list[int]:
         lw = load_workload(cfg)

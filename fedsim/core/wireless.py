@@ -39,6 +39,15 @@ import numpy as np
 
 from channels import REGISTRIES, build_component
 from channels.compute import SpeedFileError, compute_energy_j, compute_time_s, read_speeds_csv
+from channels.devices import (
+    ClassDeviceSpeed,
+    DeviceClass,
+    DeviceFileError,
+    load_catalogue,
+    online_time_s,
+    parse_mix,
+    read_classes_csv,
+)
 from channels.fading import GaussMarkov
 from channels.geometry import PositionsFileError, distance_m, read_positions_csv
 from channels.link import LinkBudget, LinkState, RoundChannel
@@ -135,7 +144,14 @@ class WirelessModel:
         self.link = build_link(c)
         k, seed = self.cfg.run.clients, self.cfg.run.seed
         self.positions_m = self.link.place(rng(seed, 0, SERVER, "client-positions"), k)
-        self.device_flops = build_device_speed(self.cfg.compute).sample(rng(seed, 0, SERVER, "device-speeds"), k)
+        speeds = build_device_speed(self.cfg.compute)
+        self.device_classes: list[DeviceClass] | None = None
+        """Each client's device class (``compute.device_speed=classes``, :mod:`channels.devices`), else None."""
+        if isinstance(speeds, ClassDeviceSpeed):
+            self.device_classes = speeds.assign(rng(seed, 0, SERVER, "device-speeds"), k)
+            self.device_flops = np.array([c.flops for c in self.device_classes])
+        else:
+            self.device_flops = speeds.sample(rng(seed, 0, SERVER, "device-speeds"), k)
         for cid, profile in sorted(self.profiles.items()):
             for key, value in profile.items():
                 if not (np.isfinite(value) and value > 0):
@@ -221,6 +237,26 @@ class WirelessModel:
         """T_cmp_k = E |D_k| F / f_k for the given clients."""
         ids = np.asarray(client_ids, dtype=int)
         return compute_time_s(self.cfg.train.local_epochs, num_samples, flops_per_sample, self.device_flops[ids])
+
+    def compute_energies_j(self, client_ids: list[int], num_samples: list[int], flops_per_sample) -> np.ndarray:
+        """E_cmp of the given clients: P_k T_cmp_k with device classes, else the CMOS model (channels.compute)."""
+        ids = np.asarray(client_ids, dtype=int)
+        if self.device_classes is not None:
+            power_w = np.array([self.device_classes[c].power_w for c in ids])
+            return power_w * self.compute_times_s(client_ids, num_samples, flops_per_sample)
+        comp = self.cfg.compute
+        e = self.cfg.train.local_epochs
+        return compute_energy_j(
+            e, num_samples, flops_per_sample, self.device_flops[ids], comp.flops_per_cycle, comp.kappa
+        )
+
+    def online_times_s(self, trip: int, client_ids: list[int]) -> np.ndarray:
+        """How long each client stays online from the start of trip ``trip`` (a round, or an asynchronous
+        dispatch), from its own stream (:func:`channels.devices.online_time_s`); inf without device classes."""
+        if self.device_classes is None:
+            return np.full(len(client_ids), np.inf)
+        seed = self.cfg.run.seed
+        return np.array([online_time_s(rng(seed, trip, c, "availability"), self.device_classes[c]) for c in client_ids])
 
     def downlink_time_s(self, round_: int, client_ids: list[int], downlink_bits: float) -> float:
         """T_dl: broadcast of ``downlink_bits`` decodable by every given client; 0 without a downlink."""
@@ -337,15 +373,8 @@ class WirelessModel:
         t_total = t_dl + t_cmp + t_up
         outage = in_outage(t_total, self.cfg.channel.outage_deadline_s)
         e_up = upload_energy_j(self.tx_power_w, t_up)
-        comp = self.cfg.compute
-        e_cmp = compute_energy_j(
-            self.cfg.train.local_epochs,
-            num_samples,
-            flops_per_sample,
-            self.device_flops[ids],
-            comp.flops_per_cycle,
-            comp.kappa,
-        )
+        e_cmp = self.compute_energies_j(client_ids, num_samples, flops_per_sample)
+        online_s = self.online_times_s(round_, client_ids)
 
         records = [
             {
@@ -364,11 +393,28 @@ class WirelessModel:
                 "packet_error_prob": float(q[i]),
                 "transmissions": int(n_tx[i]),
                 "delivered": bool(delivered[i]),
+                "left": _left(self.device_classes, int(cid), float(online_s[i]), float(t_total[i])),
             }
             for i, cid in enumerate(ids)
         ]
         latency = float(np.max(t_total)) if len(ids) else 0.0
         return records, latency
+
+
+def _left(classes: list[DeviceClass] | None, client_id: int, online_s: float, trip_s: float) -> str | None:
+    """Why a client left before its upload ended (device availability), or None."""
+    return availability_reason(classes, client_id, online_s, trip_s) if online_s < trip_s else None
+
+
+def availability_reason(
+    classes: list[DeviceClass] | None, client_id: int, online_s: float, trip_s: float | None = None
+) -> str:
+    """The drop reason of a client whose device went offline ``online_s`` into its trip."""
+    name = classes[client_id].name if classes is not None else "?"
+    if online_s == 0:
+        return f"offline: device ({name}) unavailable at the start (compute.device_speed=classes)"
+    trip = f" of its {trip_s:.4g} s trip" if trip_s is not None else " after its dispatch"
+    return f"offline: device ({name}) left {online_s:.4g} s{trip} (compute.device_speed=classes)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,6 +493,7 @@ def check_channel_config(cfg: Any) -> None:
             )
 
     comp = cfg.compute
+    _check_device_classes(comp, k)
     if comp.device_speed != "csv" and comp.device_speed_csv:
         raise ConfigError(
             f"compute.device_speed_csv={comp.device_speed_csv!r}: only used with compute.device_speed=csv"
@@ -464,6 +511,38 @@ def check_channel_config(cfg: Any) -> None:
             raise ConfigError(
                 f"compute.device_speed_csv={comp.device_speed_csv!r}: has {len(speeds)} clients, run.clients is {k}"
             )
+
+
+def _check_device_classes(comp: Any, num_clients: int) -> None:
+    """``compute.device_speed=classes``: the catalogue, the mix or the class file, and every class named."""
+    for key in ("device_classes_csv", "device_catalogue"):
+        if comp.device_speed != "classes" and getattr(comp, key):
+            raise ConfigError(f"compute.{key}={getattr(comp, key)!r}: only used with compute.device_speed=classes")
+    if comp.device_speed != "classes":
+        return
+    try:
+        catalogue = load_catalogue(comp.device_catalogue)
+    except (OSError, UnicodeDecodeError, DeviceFileError) as e:
+        raise _file_error("compute.device_catalogue", comp.device_catalogue or "(shipped)", e) from None
+    if comp.device_classes_csv:
+        try:
+            names = list(read_classes_csv(comp.device_classes_csv))
+        except (OSError, UnicodeDecodeError, DeviceFileError) as e:
+            raise _file_error("compute.device_classes_csv", comp.device_classes_csv, e) from None
+        key, value = "compute.device_classes_csv", comp.device_classes_csv
+        if len(names) != num_clients:
+            raise ConfigError(f"{key}={value!r}: has {len(names)} clients, run.clients is {num_clients}")
+    else:
+        key, value = "compute.device_mix", comp.device_mix
+        try:
+            names = list(parse_mix(comp.device_mix))
+        except DeviceFileError as e:
+            raise ConfigError(f"{key}={value!r}: {e}") from None
+    unknown = sorted(set(names) - set(catalogue))
+    if unknown:
+        raise ConfigError(
+            f"{key}={value!r}: class {unknown[0]!r} is not in the catalogue (one of {', '.join(catalogue)})"
+        )
 
 
 def best_mean_rate_bps(channel: Any, distance_m_: float) -> float:

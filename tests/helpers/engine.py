@@ -3,7 +3,9 @@ half (:class:`fedsim.core.client.ClientRound`) in milliseconds: no Flower, no Ra
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from unittest import mock
 
 import numpy as np
@@ -12,7 +14,9 @@ from fedsim.core.client import ClientRequest, ClientRound, Trained
 from fedsim.core.client_state import SIMULATION_ENV
 from fedsim.core.config import build_config
 from fedsim.core.records import Failure
+from fedsim.core.runner import run
 from fedsim.core.seeding import rng
+from tests.helpers.runs import records_without_wall_clock
 
 D_IN, D_OUT = 6, 5
 A, B, HEAD = "m.lora_A.default.weight", "m.lora_B.default.weight", "head.weight"
@@ -104,3 +108,34 @@ class InProcessClients:
 def make_cfg(**overrides):
     flat = {"run.clients": 6, "run.clients_per_round": 3, "run.rounds": 3, "run.seed": 4, "run.method": "soft"}
     return build_config({**flat, **overrides})
+
+
+class Shuffled(InProcessClients):
+    """A transport that answers each batch one request at a time in a random order, as Ray might."""
+
+    def __init__(self, seed):
+        super().__init__()
+        self.order = random.Random(seed)
+
+    def __call__(self, cfg, requests, state):
+        requests = list(requests)
+        self.order.shuffle(requests)
+        replies, failures = {}, []
+        for r in requests:
+            got, failed = super().__call__(cfg, [r], state)
+            replies.update(got)
+            failures += failed
+        return replies, sorted(failures, key=lambda f: f.client_id)
+
+
+def run_async(tmp_path, cfg, transport=None, name="out", *, wall_clock=True):
+    """A whole run of ``cfg`` in process (the StubHost workload) into ``tmp_path/name``: its records,
+    without the wall-clock fields unless ``wall_clock``."""
+    out = tmp_path / name
+    out.mkdir()
+    transport = transport or InProcessClients()
+    summary = run(cfg, StubHost(), lambda: (transport, {}), out)
+    assert summary["status"] == "ok", summary.get("error")
+    if not wall_clock:
+        return records_without_wall_clock(out)
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]

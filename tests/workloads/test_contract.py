@@ -60,6 +60,16 @@ def test_declarations(built):
     assert wl.flops_per_sample() > 0
 
 
+def test_training_memory_counts_every_weight_and_the_optimizer_state_of_the_trainable_ones(built):
+    from fedsim.core.training import train_memory_bytes
+
+    model = built[1]
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < trainable < sum(p.numel() for p in model.parameters())
+    assert train_memory_bytes(model) == weights + 12 * trainable
+
+
 def test_builds_with_lora_modules(built):
     wl, model, train, test = built
     lora = [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
