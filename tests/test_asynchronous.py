@@ -345,3 +345,65 @@ def test_a_fedbuff_run_is_the_same_at_one_or_two_clients_at_a_time_and_after_sig
     assert [r["round"] for r in records] == [1, 2, 3, 4, 5]
     assert all(len(r["aggregation"]["updates"]) == 2 for r in records)
     assert any(u["staleness"] > 0 for r in records for u in r["aggregation"]["updates"])
+
+
+def test_three_clients_in_flight_follow_the_hand_computed_timeline(tmp_path):
+    """Three clients at the same distance (no fading: the same a = p g / N0) with compute times of 1.0,
+    1.3 and 1.6 ms start uploading S bits at those times and share the band while they overlap:
+    n uploads each run at R(n) = (B / n) log2(1 + a n / B). One fedbuff update applies all three."""
+    positions, speeds = tmp_path / "positions.csv", tmp_path / "speeds.csv"
+    positions.write_text("client_id,x_m,y_m\n" + "".join(f"{c},100,0\n" for c in range(3)))
+    sizes, compute_s = [8, 9, 10], [1.0e-3, 1.3e-3, 1.6e-3]  # StubHost: 8 + c % 3 samples of 1e6 FLOPs
+    speeds.write_text(
+        "client_id,device_flops\n"
+        + "".join(f"{c},{n * 1e6 / t!r}\n" for c, (n, t) in enumerate(zip(sizes, compute_s, strict=True)))
+    )
+    cfg = async_cfg(
+        "fedbuff",
+        **{
+            "run.clients": 3,
+            "run.clients_per_round": 3,
+            "run.rounds": 1,
+            "asynchronous.buffer_size": 3,
+            "channel.drop": "csv",
+            "channel.positions_csv": str(positions),
+            "channel.fading": "none",
+            "channel.bandwidth_hz": 1e5,
+            "compute.device_speed": "csv",
+            "compute.device_speed_csv": str(speeds),
+            "asynchronous.fading_block_s": 1e6,
+        },
+    )
+    (rec,) = run_async(tmp_path, cfg)
+    bits = {c["client_id"]: c["payload_bits"] for c in rec["clients"]}
+    assert len(set(bits.values())) == 1
+    s_bits = bits[0]
+    a = WirelessModel(cfg).snr_per_hz(1, [0])[0]
+    b = cfg.channel.bandwidth_hz
+
+    def rate(n):
+        return (b / n) * math.log2(1 + a * n / b)
+
+    # by hand: client 0 alone from 1.0 ms, then with client 1 from 1.3 ms, then three from 1.6 ms ...
+    left = {0: float(s_bits)}
+    t, starts, ends = compute_s[0], dict(enumerate(compute_s)), {}
+    pending = [1, 2]
+    while left:
+        n = len(left)
+        first = min(left, key=lambda c: (left[c], c))
+        t_end = t + left[first] / rate(n)
+        t_next = starts[pending[0]] if pending else math.inf
+        step = min(t_end, t_next) - t
+        left = {c: v - rate(n) * step for c, v in left.items()}
+        t += step
+        if t_end <= t_next:
+            ends[first] = t
+            del left[first]
+        else:
+            left[pending.pop(0)] = float(s_bits)
+    assert starts[1] < ends[0] and starts[2] < ends[1]  # the uploads do overlap
+    updates = {u["client_id"]: u for u in rec["aggregation"]["updates"]}
+    assert [u["client_id"] for u in rec["aggregation"]["updates"]] == [0, 1, 2]  # the arrival order
+    for c in range(3):
+        assert updates[c]["upload_start_s"] == pytest.approx(compute_s[c], rel=1e-9)
+        assert updates[c]["arrived_s"] == pytest.approx(ends[c], rel=1e-9)
