@@ -285,14 +285,14 @@ class Federation:
             env={**self.env("flwr-cli"), "FLWR_HOME": str(self.client_home), "COLUMNS": "200"},
         )
 
-    def submit(self, args: list[str], out: Path, timeout: float = 600) -> subprocess.Popen:
-        """``fedsim deploy run`` in the background (the caller waits); stdout/stderr in logs/."""
+    def submit(self, args: list[str], out: Path, timeout: float = 600, quiet: bool = True) -> subprocess.Popen:
+        """``fedsim deploy run`` in the background (the caller reads stdout and waits); stderr in logs/."""
         name = f"deploy-{out.name}"
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "fedsim", "deploy", "run", "--superlink", "test"]
             + ["--fetch", "local", "--remote-root", str(self.server_results), "--out", str(out)]
-            + ["--timeout", str(timeout), "--quiet", *args],
+            + ["--timeout", str(timeout), *(["--quiet"] if quiet else []), *args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,

@@ -109,6 +109,7 @@ def test_deployed_run_with_a_supernode_killed_and_restarted(federation, tmp_path
         + ["--set", "run.method=fedsa", "--set", "tracking.backends=tensorboard"]
         + ["--set", "run.min_clients_per_round=2", "--set", f"run.client_timeout_s={CLIENT_TIMEOUT_S}"],
         out,
+        quiet=False,
     )
     _wait_for_round(federation, proc, earlier, 420)
     federation.kill("supernode-2")  # SIGKILL: the node, its SuperExec and its ClientApp die without a goodbye
@@ -116,7 +117,7 @@ def test_deployed_run_with_a_supernode_killed_and_restarted(federation, tmp_path
     # activated under the id of its registered key; the attempts before that were refused (exit 305)
     assert node_2_again == node_2
     assert set(refused) <= {305}, refused
-    assert _finish(federation, proc, 600) == str(out)
+    printed = _finish(federation, proc, 600).splitlines()
     print(
         f"deployed run: {time.monotonic() - t0:.0f} s; supernode-2 activated again under the same node id "
         f"{took:.0f} s after the kill, after {len(refused)} refused start(s)"
@@ -124,6 +125,10 @@ def test_deployed_run_with_a_supernode_killed_and_restarted(federation, tmp_path
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2, summary
+    # stdout: one progress line per round while the run went on (as `fedsim run` words it), then the outcome
+    assert [line.split(" | ")[0] for line in printed[:2]] == ["round 1/2", "round 2/2"], printed
+    final = f"{summary['primary_metric']} {summary['final_metrics']['primary_metric']:.4f}"
+    assert len(printed) == 3 and printed[2].endswith(f" completed: 2 rounds, {final}; results in {out}"), printed
     seeded = WirelessModel(checked_config({"run.clients": 3, "run.clients_per_round": 3, "run.seed": 7}))
     r1, r2 = rounds = read_rounds(out)
     assert [c["client_id"] for c in r1["clients"]] == [0, 1, 2] and not r1["failures"]
@@ -156,9 +161,11 @@ def test_deployed_run_with_a_supernode_killed_and_restarted(federation, tmp_path
         reason = r2["failures"][0]["reason"]
         assert "Node Unavailable" in reason or f"no reply within run.client_timeout_s={CLIENT_TIMEOUT_S}" in reason
         answered_2 = False
+        assert " | 2/3 clients answered, 1 failed (client 1: " in printed[1], printed[1]
     else:
         assert [c["client_id"] for c in r2["clients"] if not c["dropped"]] == [0, 1, 2] and not r2["failures"], r2
         answered_2 = True
+        assert printed[1].endswith(" | 3/3 clients answered"), printed[1]
     for png in ("metric_vs_round.png", "metric_vs_uplink_bits.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "config.toml").is_file()
