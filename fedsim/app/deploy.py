@@ -281,7 +281,7 @@ def wait_for_run(run_id: int, superlink: str | None, timeout_s: float, on_change
             on_poll()
         try:
             info = run_status(run_id, superlink)
-        except DeployError:
+        except (DeployError, subprocess.TimeoutExpired):
             info = {"status": "unknown"}  # the SuperLink may be restarting; keep polling until the deadline
         if info["status"] != last and on_change:
             on_change(info)

@@ -197,6 +197,23 @@ class Federation:
             time.sleep(0.2)
         raise AssertionError(f"the SuperLink did not start within 120 s\n{self.log_tail()}")
 
+    def wait_for_log(self, name: str, text: str, proc: subprocess.Popen, timeout_s: float) -> None:
+        """Wait until the latest start of process ``name`` has logged ``text`` (while ``proc`` runs)."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.latest_log(name):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                f"{name} never logged {text!r}\n{self.log_tail()}"
+            )
+            time.sleep(0.2)
+
+    def restart_superlink(self) -> float:
+        """SIGKILL the SuperLink (a crash) and start it again on the same port with the same
+        ``--database``; returns the seconds until it serves again."""
+        t0 = time.monotonic()
+        self.kill("superlink")
+        assert self._start_superlink(), f"the SuperLink's port {self.port} was taken after its restart"
+        return time.monotonic() - t0
+
     def start_node(self, i: int) -> subprocess.Popen:
         node_config = f"partition-id={i - 1} num-partitions={self.nodes} {self.profiles.get(i, '')}".strip()
         return self.spawn(
