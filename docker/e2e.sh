@@ -1,33 +1,31 @@
 #!/usr/bin/env bash
-# End-to-end check of the real compose stack: build the images, start SuperLink + ServerApp
-# SuperExec + 3 SuperNodes (TLS, SuperNode auth) with docker-compose.host.yml (host network: all
-# traffic on 127.0.0.1), run 2 rounds of the tiny workload with `fedsim deploy run`, check the
-# results folder, check that each container mounts only its own certificate files, tear the stack
-# down (images stay).
+# End-to-end check of the real compose stack: build the images (docker/build.sh), start SuperLink +
+# ServerApp SuperExec + 3 SuperNodes (TLS, SuperNode auth) with docker-compose.host.yml (host
+# network: all traffic on 127.0.0.1), check that each container mounts only its own certificate
+# files, run 3 rounds of the tiny workload with `fedsim deploy run` (a round line per round) during
+# which the SuperLink's process is killed once round 1 is recorded (Docker restarts it with its
+# database; the run must complete with every client answering every round), check the results
+# folder, tear the stack down and check that nothing anonymous is left: `down` leaves exactly the
+# two named volumes and no image or volume appeared that `down -v` does not remove. Images stay.
+# Prints the seconds of each stage at the end.
 #
 #   sudo docker/e2e.sh            # needs: docker (engine + CLI), docker-compose or `docker compose`,
 #                                 # debootstrap (only while the base image is missing), openssl,
 #                                 # and fedsim installed in the calling Python (the submit path)
 #
-# No image registry is needed: the base image fedsim-base:bookworm is a Debian bookworm root file
-# system (python3, venv, ca-certificates) made with debootstrap from DEBIAN_MIRROR and imported
-# with `docker import`; the fedsim image installs its Python packages with pip (PyPI). Where a
-# local folder holds the CPU torch wheel (PIP_WHEELS, default /opt/wheels), it is offered to the
-# build through a throw-away HTTP server on 127.0.0.1. If no Docker engine runs and this is root,
-# the script starts dockerd and stops it at the end.
+# No image registry is needed: docker/build.sh makes the base image from Debian's packages and
+# installs the Python packages from a local wheel folder (see there). If no Docker engine runs and
+# this is root, the script starts dockerd and stops it at the end.
 #
-# Environment: PYTHON (default python3), DEBIAN_MIRROR, BASE_IMAGE (default fedsim-base:bookworm),
-# IMAGE (default fedsim:e2e), PIP_WHEELS, PIP_CA_BUNDLE (default: $PIP_CERT or the system bundle),
-# BUILD=0 reuses an existing IMAGE, KEEP=1 keeps the stack and work folder for inspection.
+# Environment: PYTHON (default python3; CPython 3.11, as docker/build.sh needs), IMAGE (default
+# fedsim:e2e), BUILD=0 reuses an existing IMAGE, KEEP=1 keeps the stack and work folder for
+# inspection; docker/build.sh's variables (BASE_IMAGE, DEBIAN_MIRROR, FEDSIM_WHEELS, ...) pass through.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 PYTHON="${PYTHON:-python3}"
-DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-BASE_IMAGE="${BASE_IMAGE:-fedsim-base:bookworm}"
 IMAGE="${IMAGE:-fedsim:e2e}"
-PIP_WHEELS="${PIP_WHEELS:-/opt/wheels}"
 work="$(mktemp -d /tmp/fedsim-e2e.XXXXXX)"
 project="fedsim-e2e-$$"
 t_start=$(date +%s)
@@ -35,7 +33,10 @@ pids=()
 started_dockerd=0
 compose=()
 
+timings=()
+t_stage=$t_start
 log() { printf '[e2e %4ds] %s\n' "$(( $(date +%s) - t_start ))" "$*" >&2; }
+stage_done() { timings+=("$1 $(( $(date +%s) - t_stage )) s"); t_stage=$(date +%s); }
 free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 cleanup() {
@@ -47,6 +48,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [[ $started_dockerd == 1 ]]; then kill "$(cat "$work/dockerd.pid")" 2>/dev/null || true; fi
   if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "$work"; else log "kept $work"; fi
+  [[ ${#timings[@]} -gt 0 ]] && log "stages: $(printf '%s; ' "${timings[@]}")"
   log "$([[ $rc == 0 ]] && echo PASS || echo "FAIL (exit $rc)") in $(( $(date +%s) - t_start )) s"
 }
 trap cleanup EXIT
@@ -64,44 +66,15 @@ fi
 if docker compose version >/dev/null 2>&1; then dc=(docker compose); elif command -v docker-compose >/dev/null; then dc=(docker-compose); else
   log "neither 'docker compose' nor docker-compose is installed"; exit 1; fi
 
-# ---- the base image: Debian bookworm from the Debian mirror -------------------------------------------
-if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-  command -v debootstrap >/dev/null || { log "debootstrap is needed to build $BASE_IMAGE"; exit 1; }
-  log "debootstrap bookworm -> $BASE_IMAGE"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$work/rootfs" "$DEBIAN_MIRROR" \
-    >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
-  rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
-  tar -C "$work/rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' - "$BASE_IMAGE" >/dev/null
-  rm -rf "$work/rootfs"
-fi
-
-# ---- the fedsim image -------------------------------------------------------------------------------
-# A throw-away HTTP server on 127.0.0.1 offers the build what this machine has for pip: the CPU
-# torch wheel (PIP_WHEELS) and the CA bundle pip trusts here (PIP_CA_BUNDLE: a TLS-inspecting
-# proxy's CA must be trusted inside the build too).
-build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
-PIP_CA_BUNDLE="${PIP_CA_BUNDLE:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}"
-mkdir -p "$work/pipfiles"
-if compgen -G "$PIP_WHEELS/torch-*+cpu-*.whl" >/dev/null; then
-  cp "$PIP_WHEELS"/torch-*+cpu-*.whl "$work/pipfiles/"
-  build_args+=(--build-arg "TORCH_CPU_INDEX=")
-fi
-[[ -n "$PIP_CA_BUNDLE" && -f "$PIP_CA_BUNDLE" ]] && cp "$PIP_CA_BUNDLE" "$work/pipfiles/ca-bundle.pem"
-if [[ -n "$(ls -A "$work/pipfiles")" ]]; then
-  files_port=$(free_port)
-  "$PYTHON" -m http.server "$files_port" --bind 127.0.0.1 --directory "$work/pipfiles" >"$work/pipfiles.log" 2>&1 &
-  pids+=($!)
-  compgen -G "$work/pipfiles/*.whl" >/dev/null && build_args+=(--build-arg "PIP_FIND_LINKS=http://127.0.0.1:$files_port/")
-  [[ -f "$work/pipfiles/ca-bundle.pem" ]] && build_args+=(--build-arg "PIP_CERT_URL=http://127.0.0.1:$files_port/ca-bundle.pem")
-fi
+# ---- the images: docker/build.sh (base from Debian's packages, wheels from a local folder) ---------------
+volumes_before="$(docker volume ls -q | sort)"
+dangling_before="$(docker images -q -f dangling=true | sort)"
 if [[ "${BUILD:-1}" == 0 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   log "BUILD=0: using the existing $IMAGE"
 else
-  log "docker build $IMAGE"
-  DOCKER_BUILDKIT=0 docker build --network host -f docker/Dockerfile "${build_args[@]}" -t "$IMAGE" . \
-    >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; exit 1; }
-  grep -E "^fedsim .* flwr .* torch" "$work/build.log" | tail -1 >&2 || true
+  IMAGE="$IMAGE" PYTHON="$PYTHON" bash docker/build.sh || exit 1
 fi
+stage_done build
 
 # ---- certificates and keys, the stack ------------------------------------------------------------------
 bash docker/certs.sh --out "$work/certs" --nodes 3 --owner 49999:49999 >&2
@@ -147,10 +120,35 @@ PY
 export FLWR_HOME="$work/flwr"
 "$PYTHON" -m fedsim deploy connect e2e --address "127.0.0.1:$SUPERLINK_PORT" --ca "$work/certs/ca.crt" --default >&2
 container=$("${compose[@]}" ps -q serverapp)
-log "fedsim deploy run (2 rounds, 3 SuperNodes)"
-"$PYTHON" -m fedsim deploy run --superlink e2e --clients 3 --rounds 2 --clients-per-round 3 --seed 7 \
+stage_done "stack up"
+log "fedsim deploy run (3 rounds, 3 SuperNodes; the SuperLink is killed once round 1 is recorded)"
+"$PYTHON" -m fedsim deploy run --superlink e2e --clients 3 --rounds 3 --clients-per-round 3 --seed 7 \
   --set workload.samples_per_client=16 --set workload.test_samples=64 \
-  --fetch docker --container "$container" --out "$work/results" --timeout 900
+  --fetch docker --container "$container" --out "$work/results" --timeout 900 >"$work/deploy.out" &
+deploy_pid=$!
+pids+=("$deploy_pid")
+for _ in $(seq 900); do
+  grep -q "^round 1/3 " "$work/deploy.out" 2>/dev/null && break
+  kill -0 "$deploy_pid" 2>/dev/null || break
+  sleep 1
+done
+grep -q "^round 1/3 " "$work/deploy.out" || { cat "$work/deploy.out" >&2; log "no round line for round 1"; exit 1; }
+superlink=$("${compose[@]}" ps -q superlink)
+# a crash, not a stop by hand: `docker kill` would leave it down under every restart policy
+kill -9 "$(docker inspect -f '{{.State.Pid}}' "$superlink")"
+t_kill=$(date +%s)
+log "killed the SuperLink's process (kill -9); Docker restarts it with its database"
+for _ in $(seq 120); do
+  [[ "$(docker inspect -f '{{.RestartCount}} {{.State.Running}}' "$superlink")" == "1 true" ]] && break
+  sleep 1
+done
+[[ "$(docker inspect -f '{{.RestartCount}} {{.State.Running}}' "$superlink")" == "1 true" ]] \
+  || { log "the SuperLink was not restarted"; exit 1; }
+log "the SuperLink runs again ($(( $(date +%s) - t_kill )) s after the kill)"
+wait "$deploy_pid" || { cat "$work/deploy.out" >&2; log "fedsim deploy run failed"; exit 1; }
+cat "$work/deploy.out" >&2
+[[ "$(grep -c '^round [123]/3 ' "$work/deploy.out")" == 3 ]] || { log "expected 3 round lines"; exit 1; }
+stage_done "deploy run"
 
 # ---- the results folder --------------------------------------------------------------------------------------
 "$PYTHON" - "$work/results" <<'PY'
@@ -158,12 +156,14 @@ import json, math, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 summary = json.loads((out / "summary.json").read_text())
-assert summary["status"] == "ok" and summary["rounds_completed"] == 2, summary
+assert summary["status"] == "ok" and summary["rounds_completed"] == 3, summary
 rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 fields = {"client_id", "dropped", "distance_m", "gain_db", "bandwidth_hz", "rate_bps", "payload_bits",
           "num_samples", "compute_time_s", "upload_time_s", "train_loss", "train_wall_s"}
-for r in rounds:
+assert [r["round"] for r in rounds] == [1, 2, 3], [r["round"] for r in rounds]
+for r in rounds:  # the SuperLink restart lost no client: what it dropped was sent again
     assert [c["client_id"] for c in r["clients"]] == [0, 1, 2], r["clients"]
+    assert r["status"] == "ok" and not r["failures"], (r["round"], r["failures"])
     for c in r["clients"]:
         assert fields <= set(c), fields - set(c)
         assert math.isclose(c["upload_time_s"], c["payload_bits"] / c["rate_bps"], rel_tol=1e-9)
@@ -174,3 +174,18 @@ for png in ("metric_vs_round.png", "metric_vs_uplink_bits.png"):
 print(f"results ok: {len(rounds)} rounds, {summary['primary_metric']} {summary['final_metrics']['primary_metric']:.4f}, "
       f"latency {summary['mean_round_latency_s']:.3f} s/round, ServerApp wall {summary['wall_s']:.0f} s")
 PY
+stage_done "results"
+
+# ---- tear down: nothing anonymous left ----------------------------------------------------------------------
+if [[ "${KEEP:-0}" == 1 ]]; then exit 0; fi
+new_volumes() { comm -13 <(echo "$volumes_before") <(docker volume ls -q | sort); }
+"${compose[@]}" down >/dev/null 2>&1
+named="$(printf '%s\n' "${project}_results" "${project}_superlink-state" | sort)"
+[[ "$(new_volumes)" == "$named" ]] || { log "after down: new volumes [$(new_volumes | xargs)], expected only [$(echo $named)]"; exit 1; }
+"${compose[@]}" down -v >/dev/null 2>&1
+compose=()
+[[ -z "$(new_volumes)" ]] || { log "after down -v: volumes left [$(new_volumes | xargs)]"; exit 1; }
+new_dangling="$(comm -13 <(echo "$dangling_before") <(docker images -q -f dangling=true | sort))"
+[[ -z "$new_dangling" ]] || { log "untagged images appeared: $(echo $new_dangling)"; exit 1; }
+log "nothing left: down kept only the volumes $(echo $named), down -v removed them, no untagged image appeared"
+stage_done "tear down"

@@ -236,11 +236,17 @@ def test_image_confines_results_to_the_volume_that_deploy_fetches_from():
     import re
     from pathlib import Path
 
+    import yaml
+
     from fedsim.app.deploy import IMAGE_RESULTS_ROOT
 
-    dockerfile = (Path(__file__).parents[1] / "docker" / "Dockerfile").read_text()
+    repo = Path(__file__).parents[1]
+    dockerfile = (repo / "docker" / "Dockerfile").read_text()
     assert re.search(rf"FEDSIM_RESULTS_ROOT={re.escape(IMAGE_RESULTS_ROOT)}\b", dockerfile)
-    assert re.search(rf'VOLUME \[[^]]*"{re.escape(IMAGE_RESULTS_ROOT)}"', dockerfile)
+    # the folder is the `serverapp` service's named volume (the image declares no VOLUME)
+    compose = yaml.safe_load((repo / "docker-compose.yml").read_text())
+    assert f"results:{IMAGE_RESULTS_ROOT}" in compose["services"]["serverapp"]["volumes"]
+    assert "results" in compose["volumes"]
 
 
 def test_default_clients_per_round_follows_a_small_client_count(tmp_path):

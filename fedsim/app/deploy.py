@@ -269,14 +269,19 @@ def run_status(run_id: int, superlink: str | None) -> dict[str, Any]:
     return runs[0]
 
 
-def wait_for_run(run_id: int, superlink: str | None, timeout_s: float, on_change=None) -> dict[str, Any]:
-    """Poll until Flower reports the run finished (``finished:completed|failed|stopped``)."""
+def wait_for_run(run_id: int, superlink: str | None, timeout_s: float, on_change=None, on_poll=None) -> dict[str, Any]:
+    """Poll until Flower reports the run finished (``finished:completed|failed|stopped``).
+
+    ``on_change(info)`` is called when the run's status changes, ``on_poll()`` at every poll.
+    """
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
+        if on_poll:
+            on_poll()
         try:
             info = run_status(run_id, superlink)
-        except DeployError:
+        except (DeployError, subprocess.TimeoutExpired):
             info = {"status": "unknown"}  # the SuperLink may be restarting; keep polling until the deadline
         if info["status"] != last and on_change:
             on_change(info)
@@ -288,6 +293,82 @@ def wait_for_run(run_id: int, superlink: str | None, timeout_s: float, on_change
             note = "stopped it" if stopped.returncode == 0 else f"could not stop it: {_flwr_error(stopped)}"
             raise DeployError(f"run {run_id} did not finish within --timeout={timeout_s:g} s ({note})")
         time.sleep(RUN_POLL_S)
+
+
+class RoundFollower:
+    """Round lines of a deployed run, from the ServerApp's ``rounds.jsonl`` as it grows.
+
+    ``read(offset)`` returns the file's bytes from ``offset`` on (b"" while it does not exist);
+    each :meth:`poll` turns the complete lines added since into :class:`~fedsim.app.progress.RoundText`
+    lines, passed to ``emit``. A round already shown is not shown again (a ServerApp that resumes
+    a run rewrites rounds already recorded).
+    """
+
+    def __init__(self, read, text, emit):
+        self.read, self.text, self.emit = read, text, emit
+        self.offset = 0
+        self.shown = 0
+
+    def poll(self) -> None:
+        try:
+            data = self.read(self.offset)
+        except (OSError, subprocess.SubprocessError):
+            return  # the file or its container is not there (yet): the next poll tries again
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for raw in complete.splitlines():
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(record, dict) and isinstance(record.get("round"), int) and record["round"] > self.shown:
+                self.shown = record["round"]
+                self.emit(self.text.line(record))
+
+
+def local_reader(path: Path):
+    """``read(offset)`` for :class:`RoundFollower` on this machine's disk."""
+
+    def read(offset: int) -> bytes:
+        if not path.is_file():
+            return b""
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+
+    return read
+
+
+def container_reader(container: str, path: str):
+    """``read(offset)`` for :class:`RoundFollower` inside a container (``docker exec ... tail -c``)."""
+
+    def read(offset: int) -> bytes:
+        proc = subprocess.run(
+            ["docker", "exec", container, "tail", "-c", f"+{offset + 1}", path],
+            capture_output=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        return proc.stdout if proc.returncode == 0 else b""
+
+    return read
+
+
+def serverapp_container(container: str | None) -> str:
+    """``container``, or the one running compose service ``serverapp`` (DeployError if not exactly one)."""
+    if container:
+        return container
+    ps = subprocess.run(
+        ["docker", "ps", "-q", "--filter", "label=com.docker.compose.service=serverapp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    ids = ps.stdout.split()
+    if ps.returncode != 0 or len(ids) != 1:
+        found = "none" if not ids else f"{len(ids)}"
+        raise DeployError(f"--fetch docker: found {found} running `serverapp` containers; name one with --container")
+    return ids[0]
 
 
 def check_fetch_target(out: Path) -> None:
@@ -364,20 +445,7 @@ def _copy_results(mode: str, remote_dir: str, dest: Path, container: str | None)
             )
         shutil.copytree(remote_dir, dest)
         return
-    if not container:
-        ps = subprocess.run(
-            ["docker", "ps", "-q", "--filter", "label=com.docker.compose.service=serverapp"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        ids = ps.stdout.split()
-        if ps.returncode != 0 or len(ids) != 1:
-            found = "none" if not ids else f"{len(ids)}"
-            raise DeployError(
-                f"--fetch docker: found {found} running `serverapp` containers; name one with --container"
-            )
-        container = ids[0]
+    container = serverapp_container(container)
     cp = subprocess.run(
         ["docker", "cp", f"{container}:{remote_dir}", str(dest)], capture_output=True, text=True, timeout=300
     )
@@ -407,8 +475,13 @@ def deploy_run(
     timeout_s: float,
     stream: bool,
     say=print,
+    show_round=None,
 ) -> dict[str, Any]:
-    """Submit ``cfg`` to the federation, wait, fetch; returns the outcome or raises DeployError."""
+    """Submit ``cfg`` to the federation, wait, fetch; returns the outcome or raises DeployError.
+
+    ``show_round(line)``, when given, receives one progress line per round as the ServerApp records
+    it (its ``rounds.jsonl``, read where ``fetch`` reads the results: this disk or the container).
+    """
     with tempfile.TemporaryDirectory(prefix="fedsim-app-") as tmp:
         stage = stage_app(app_dir, {"results-dir": remote_dir, **run_config(cfg)}, Path(tmp) / "app")
         run_id = submit(stage, superlink)
@@ -419,8 +492,29 @@ def deploy_run(
             [_flwr_exe(), "log", str(run_id), *([superlink] if superlink else []), "--stream"],
             stdin=subprocess.DEVNULL,
         )
+    follower = None
+    if show_round is not None and fetch != "none":
+        from fedsim.app.progress import RoundText
+
+        if fetch == "local":
+            read = local_reader(Path(remote_dir) / "rounds.jsonl")
+        else:
+            try:
+                read = container_reader(serverapp_container(container), f"{remote_dir}/rounds.jsonl")
+            except DeployError as e:  # the fetch will say it again, and fail
+                say(f"no round lines: {e}")
+                read = None
+        follower = RoundFollower(read, RoundText.for_config(cfg), show_round) if read else None
     try:
-        info = wait_for_run(run_id, superlink, timeout_s, lambda i: say(f"run {run_id}: {i['status']}"))
+        info = wait_for_run(
+            run_id,
+            superlink,
+            timeout_s,
+            lambda i: say(f"run {run_id}: {i['status']}"),
+            follower.poll if follower else None,
+        )
+        if follower:
+            follower.poll()  # the rounds recorded since the last poll
     finally:
         if logs is not None:
             _end(logs)
@@ -533,9 +627,15 @@ def run_cmd(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Give up (and stop the run) after this many seconds.")] = 3600,
     stream: Annotated[bool, typer.Option(help="Stream the run's logs (flwr log --stream).")] = False,
-    quiet: Annotated[bool, typer.Option(help="Print only the results path.")] = False,
+    quiet: Annotated[
+        bool, typer.Option(help="Print only the results path (the run id with --fetch none): for scripts.")
+    ] = False,
 ) -> None:
     """Submit fedsim to a federation, wait for its real outcome, fetch the results into a new folder.
+
+    While the run goes on, one line per round (as `fedsim run` shows it: metric, round latency,
+    uplink bits, clients answered and failed), read from the ServerApp's rounds.jsonl where --fetch
+    reads the results (none with --fetch none); --quiet prints only the results path.
 
     --out must not exist or be an empty folder. The SuperLink connection (--superlink, else the
     default) must name a SuperLink with an address: Flower's local simulation one is refused.
@@ -571,6 +671,7 @@ def run_cmd(
             timeout_s=timeout,
             stream=stream,
             say=say,
+            show_round=None if quiet else typer.echo,
         )
     except DeployError as e:
         fail(str(e), e.code)

@@ -1,4 +1,8 @@
-"""Live progress (round i/N, metric, round latency, bits, ETA) and the final summary table."""
+"""Live progress (round i/N, metric, round latency, bits, clients answered, ETA) and the final summary table.
+
+:class:`RoundText` words a round's line for both ``fedsim run`` (a live bar) and ``fedsim deploy run``
+(one printed line per round).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,80 @@ from fedsim.core.config import Config
 from fedsim.core.results import metric_higher_is_better
 
 
+class RoundText:
+    """The words of one round's progress line, shared by ``fedsim run`` and ``fedsim deploy run``.
+
+    Fed the round records in order (the ``"round"`` events of :mod:`fedsim.core.engine`, or the
+    lines of ``rounds.jsonl``: the same dicts), it keeps what a line shows beyond its own round: the
+    best primary metric so far, in the metric's direction, and the cumulative uplink bits.
+
+    A line reads ``round 2/5 | accuracy 0.8125 (best 0.8250, higher is better) | T 1.234 s |
+    12.3 Mbit | 2/3 clients answered, 1 failed (client 1: Node Unavailable)``.
+    """
+
+    def __init__(self, rounds: int, primary: str = "metric", higher_is_better: bool = True):
+        self.rounds = rounds
+        self.primary = primary
+        self.higher_is_better = higher_is_better
+        self.best: float | None = None
+        self.cum_bits = 0
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> RoundText:
+        """The line of ``cfg``'s run: its rounds, its workload's primary metric and direction."""
+        try:
+            from workloads import get_workload_class
+
+            primary = get_workload_class(cfg.workload.name).primary_metric
+        except Exception:  # an uninstalled plug-in workload: the lines still show the value
+            primary = "metric"
+        return cls(cfg.run.rounds, primary, metric_higher_is_better(cfg.workload.name))
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Count one round's record (in round order) into the best metric and the cumulative bits."""
+        self.cum_bits += record["uplink_bits_total"]
+        value = (record["metrics"] or {}).get("primary_metric")  # None: not evaluated (run.eval_every)
+        if record.get("status", "ok") == "ok" and isinstance(value, int | float) and math.isfinite(value):
+            better = max if self.higher_is_better else min
+            self.best = value if self.best is None else better(self.best, value)
+
+    def metric_text(self, value: float | None) -> str:
+        """``"accuracy 0.8125 (best 0.8250, higher is better)"``: the round's value, the best so far, the direction."""
+        shown = f"{value:.4f}" if isinstance(value, int | float) else "-"
+        best = f"best {self.best:.4f}, " if self.best is not None else ""
+        return f"{self.primary} {shown} ({best}{'higher' if self.higher_is_better else 'lower'} is better)"
+
+    @staticmethod
+    def clients_text(record: dict[str, Any]) -> str:
+        """``"3/3 clients answered"``, or with the failures: ``"2/3 clients answered, 1 failed (client 1: ...)"``."""
+        clients = record.get("clients") or []
+        sampled = len(clients)
+        answered = sum(1 for c in clients if not c["dropped"])
+        text = f"{answered}/{sampled} clients answered"
+        failures = record.get("failures") or []
+        if failures:
+            first = failures[0]
+            reason = " ".join(str(first["reason"]).split())
+            reason = reason if len(reason) <= 80 else reason[:77] + "..."
+            more = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
+            text += f", {len(failures)} failed (client {first['client_id']}: {reason}{more})"
+        return text
+
+    def line(self, record: dict[str, Any]) -> str:
+        """Count ``record`` in (:meth:`add`) and return its progress line."""
+        self.add(record)
+        status = record.get("status", "ok")
+        return " | ".join(
+            [
+                f"round {record['round']}/{self.rounds}" + ("" if status == "ok" else f" {status.upper()}"),
+                self.metric_text((record["metrics"] or {}).get("primary_metric")),
+                f"T {record['round_latency_s']:.3f} s",
+                f"{self.cum_bits / 1e6:.1f} Mbit",
+                self.clients_text(record),
+            ]
+        )
+
+
 class ProgressReporter:
     """A ``Reporter`` for :func:`fedsim.flower.server_app.serve`, safe to call from the server thread."""
 
@@ -22,21 +100,20 @@ class ProgressReporter:
         self.cfg = cfg
         self.quiet = quiet
         self.console = console or Console(stderr=True)
-        self.primary = "metric"
-        self.higher_is_better = metric_higher_is_better(cfg.workload.name)
-        self.best: float | None = None
-        self.cum_bits = 0
+        self.text = RoundText(cfg.run.rounds, "metric", metric_higher_is_better(cfg.workload.name))
         self._lock = threading.Lock()
         self._progress = Progress(
             TextColumn("round {task.completed}/{task.total}"),
             BarColumn(bar_width=12),
-            TextColumn("{task.fields[metric]} | T {task.fields[latency]} | {task.fields[bits]} | ETA"),
+            TextColumn(
+                "{task.fields[metric]} | T {task.fields[latency]} | {task.fields[bits]} | {task.fields[clients]} | ETA"
+            ),
             TimeRemainingColumn(),
             console=self.console,
             disable=quiet,
         )
         self._task = self._progress.add_task(
-            "run", total=cfg.run.rounds, metric="-", latency="-", bits="-", start=False
+            "run", total=cfg.run.rounds, metric="-", latency="-", bits="-", clients="-", start=False
         )
 
     def __enter__(self) -> ProgressReporter:
@@ -49,27 +126,27 @@ class ProgressReporter:
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         with self._lock:
             if event == "start":
-                self.primary = data["primary_metric"]
+                self.text.primary = data["primary_metric"]
                 self._progress.start_task(self._task)
             elif event == "round":
-                self.cum_bits += data["uplink_bits_total"]
-                value = (data["metrics"] or {}).get("primary_metric")  # None: not evaluated (run.eval_every)
-                if data.get("status", "ok") == "ok" and isinstance(value, int | float) and math.isfinite(value):
-                    better = max if self.higher_is_better else min
-                    self.best = value if self.best is None else better(self.best, value)
+                self.text.add(data)
                 self._progress.update(
                     self._task,
                     completed=data["round"],
-                    metric=self.metric_text(value),
+                    metric=self.metric_text((data["metrics"] or {}).get("primary_metric")),
                     latency=f"{data['round_latency_s']:.3f} s",
-                    bits=f"{self.cum_bits / 1e6:.1f} Mbit",
+                    bits=f"{self.text.cum_bits / 1e6:.1f} Mbit",
+                    clients=self.text.clients_text(data),
                 )
 
+    @property
+    def best(self) -> float | None:
+        """The best primary metric so far, in the metric's direction."""
+        return self.text.best
+
     def metric_text(self, value: float | None) -> str:
-        """``"accuracy 0.8125 (best 0.8250, higher is better)"``: the round's value, the best so far, the direction."""
-        shown = f"{value:.4f}" if isinstance(value, int | float) else "-"
-        best = f"best {self.best:.4f}, " if self.best is not None else ""
-        return f"{self.primary} {shown} ({best}{'higher' if self.higher_is_better else 'lower'} is better)"
+        """``"accuracy 0.8125 (best 0.8250, higher is better)"``: see :meth:`RoundText.metric_text`."""
+        return self.text.metric_text(value)
 
     def print_summary(self, summary: dict[str, Any], out_dir: Path, wall_s: float) -> None:
         table = Table(title="fedsim run", show_header=False)

@@ -34,6 +34,7 @@ from fedsim.flower.messages import (
     request_record,
     to_array_record,
 )
+from fedsim.flower.resend import ResendingGrid
 from fedsim.tsfa import RankPlan
 
 
@@ -215,4 +216,6 @@ def main(grid: Grid, context: Context) -> None:
                 flush=True,
             )
 
-    serve(grid, cfg, out_dir, log_round)
+    # a deployed SuperLink may restart mid-run (docker-compose.yml keeps its state in a volume): the
+    # messages and replies it lost are sent again (fedsim/flower/resend.py)
+    serve(ResendingGrid(grid, say=lambda line: print(line, flush=True)), cfg, out_dir, log_round)

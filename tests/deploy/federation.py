@@ -197,6 +197,23 @@ class Federation:
             time.sleep(0.2)
         raise AssertionError(f"the SuperLink did not start within 120 s\n{self.log_tail()}")
 
+    def wait_for_log(self, name: str, text: str, proc: subprocess.Popen, timeout_s: float) -> None:
+        """Wait until the latest start of process ``name`` has logged ``text`` (while ``proc`` runs)."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.latest_log(name):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                f"{name} never logged {text!r}\n{self.log_tail()}"
+            )
+            time.sleep(0.2)
+
+    def restart_superlink(self) -> float:
+        """SIGKILL the SuperLink (a crash) and start it again on the same port with the same
+        ``--database``; returns the seconds until it serves again."""
+        t0 = time.monotonic()
+        self.kill("superlink")
+        assert self._start_superlink(), f"the SuperLink's port {self.port} was taken after its restart"
+        return time.monotonic() - t0
+
     def start_node(self, i: int) -> subprocess.Popen:
         node_config = f"partition-id={i - 1} num-partitions={self.nodes} {self.profiles.get(i, '')}".strip()
         return self.spawn(
@@ -285,14 +302,14 @@ class Federation:
             env={**self.env("flwr-cli"), "FLWR_HOME": str(self.client_home), "COLUMNS": "200"},
         )
 
-    def submit(self, args: list[str], out: Path, timeout: float = 600) -> subprocess.Popen:
-        """``fedsim deploy run`` in the background (the caller waits); stdout/stderr in logs/."""
+    def submit(self, args: list[str], out: Path, timeout: float = 600, quiet: bool = True) -> subprocess.Popen:
+        """``fedsim deploy run`` in the background (the caller reads stdout and waits); stderr in logs/."""
         name = f"deploy-{out.name}"
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "fedsim", "deploy", "run", "--superlink", "test"]
             + ["--fetch", "local", "--remote-root", str(self.server_results), "--out", str(out)]
-            + ["--timeout", str(timeout), "--quiet", *args],
+            + ["--timeout", str(timeout), *(["--quiet"] if quiet else []), *args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,

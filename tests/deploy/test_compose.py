@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -341,3 +342,76 @@ def test_compose_config_mounts_and_published_address(env, bind_address, tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     _check_least_privilege(yaml.safe_load(proc.stdout)["services"], str(certs), bind_address)
+
+
+# ---- nothing anonymous: every volume a service mounts is a named one (or a bind mount) --------------------
+
+
+def _anonymous_volumes(doc: dict) -> list[str]:
+    """``service: target`` of every mount that is neither a bind mount nor a volume declared by name.
+
+    A volume entry with only a container path (``- /state``), a ``type: volume`` without a source,
+    or a source that the file's top-level ``volumes:`` does not declare would each get a fresh
+    anonymous volume at every ``up``, which ``down`` (without ``-v``) leaves behind.
+    """
+    declared = set(doc.get("volumes") or {})
+    found = []
+    for name, service in doc["services"].items():
+        for volume in service.get("volumes", []):
+            if isinstance(volume, dict):  # the long syntax (what `docker compose config` v2 renders)
+                kind, source, target = volume.get("type", "volume"), volume.get("source"), volume.get("target")
+            else:
+                parts = volume.split(":")
+                source, target = (parts[0], parts[1]) if len(parts) > 1 else (None, parts[0])
+                kind = "bind" if source and source.startswith((".", "/", "~", "$")) else "volume"
+            if kind == "volume" and (not source or source not in declared):
+                found.append(f"{name}: {target}")
+    return found
+
+
+def test_no_service_gets_an_anonymous_volume(tmp_path):
+    """The compose file names every volume, and the image declares none (no VOLUME line)."""
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert not [ln for ln in dockerfile.splitlines() if ln.strip().upper().startswith("VOLUME")]
+    doc = yaml.safe_load(BASE.read_text())
+    assert _anonymous_volumes(doc) == []
+    assert set(doc["volumes"]) == {"superlink-state", "results"}
+    # the check catches each form of an anonymous volume
+    for bad in ("/state", "scratch:/tmp/x", {"type": "volume", "target": "/data"}):
+        broken = json.loads(json.dumps(doc))
+        broken["services"]["supernode-1"]["volumes"].append(bad)
+        assert len(_anonymous_volumes(broken)) == 1, bad
+    cli = _compose_cli()
+    if cli is None:
+        return
+    proc = subprocess.run(
+        [*cli, "--project-directory", str(REPO), "-f", str(BASE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "COMPOSE_PROFILES": f"nodes-{NODE_COUNT}"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _anonymous_volumes(yaml.safe_load(proc.stdout)) == []
+
+
+def test_restart_policies():
+    """Long-running services come back after a crash and a reboot (unless-stopped); `register` runs once."""
+    services = yaml.safe_load(BASE.read_text())["services"]
+    for name, service in services.items():
+        assert service["restart"] == ("no" if name == "register" else "unless-stopped"), name
+
+
+def test_the_deployment_runs_without_ray():
+    """The image has no Ray (docker/Dockerfile installs flwr without its simulation extra): every
+    module a container loads (the CLI, the ServerApp, the ClientApp) must import without it."""
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import fedsim.app.cli, fedsim.app.deploy, fedsim.flower.server_app, fedsim.flower.client_app\n"
+        "from typer.testing import CliRunner\n"
+        "result = CliRunner().invoke(fedsim.app.cli.app, ['deploy', 'run', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "flwr[simulation]" in (REPO / "docker" / "Dockerfile").read_text()  # the replacement is still there

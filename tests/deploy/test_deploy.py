@@ -3,8 +3,8 @@
 The docker-compose.yml topology without Docker (see federation.py): TLS from docker/certs.sh,
 SuperNode authentication, the ServerApp in its own SuperExec, three SuperNodes with node-config
 partitions and channel profiles, and ``fedsim deploy run`` as the submit path. One run covers
-the deployment: a 2-round FedSA-LoRA run (client state on each SuperNode's disk) during which a
-SuperNode is killed and restarted.
+the deployment: a 2-round FedSA-LoRA run (client state on each SuperNode's disk) during which the
+SuperLink is killed and restarted (round 1) and then a SuperNode (round 2).
 """
 
 from __future__ import annotations
@@ -72,22 +72,28 @@ def _online_nodes(fed: Federation) -> set[str]:
     return {node for node, status in _nodes(fed).items() if status == "online"}
 
 
-def _wait_for_round(fed: Federation, proc, earlier: set[Path], timeout_s: float) -> Path:
-    """The new run's rounds.jsonl on the server side, once it holds one round."""
+def _wait_for_round(fed: Federation, proc, earlier: set[Path], timeout_s: float, rounds: int = 1) -> Path:
+    """The new run's rounds.jsonl on the server side, once it holds ``rounds`` rounds."""
     deadline = time.monotonic() + timeout_s
     rounds_file = None
     while time.monotonic() < deadline and proc.poll() is None:
         found = sorted(set(fed.server_results.glob("*/rounds.jsonl")) - earlier)
         rounds_file = found[0] if found else None
-        if rounds_file and rounds_file.read_text().count("\n") >= 1:
+        if rounds_file and rounds_file.read_text().count("\n") >= rounds:
             return rounds_file
         time.sleep(0.2)
-    raise AssertionError(f"round 1 never finished\n{fed.log_tail()}")
+    raise AssertionError(f"round {rounds} never finished\n{fed.log_tail()}")
 
 
-def test_deployed_run_with_a_supernode_killed_and_restarted(federation, tmp_path):
-    """A 2-round FedSA-LoRA run on three SuperNodes; supernode-2 is SIGKILLed once round 1 is recorded
-    and started again.
+def test_deployed_run_through_a_superlink_and_a_supernode_restart(federation, tmp_path):
+    """A 2-round FedSA-LoRA run on three SuperNodes. Once every SuperNode has taken its round-1
+    message the SuperLink is SIGKILLed and started again with its database (as Docker restarts it);
+    once round 1 is recorded, supernode-2 is SIGKILLed and started again.
+
+    The SuperLink restart loses what was in flight in round 1 (replies the SuperNodes were pushing,
+    the ServerApp's push session); the ServerApp sends those messages again (fedsim/flower/resend.py),
+    and a client answers a request it gets twice the same way, so round 1 is recorded as in an
+    uninterrupted run: every client answered, no failure, one record per round, the same node ids.
 
     Checked: the records, supernode-2's channel profile, TensorBoard replayed on this side, and each
     client's B kept between rounds on its own SuperNode under the node-config ``state-dir``, never
@@ -109,24 +115,40 @@ def test_deployed_run_with_a_supernode_killed_and_restarted(federation, tmp_path
         + ["--set", "run.method=fedsa", "--set", "tracking.backends=tensorboard"]
         + ["--set", "run.min_clients_per_round=2", "--set", f"run.client_timeout_s={CLIENT_TIMEOUT_S}"],
         out,
+        quiet=False,
     )
+    for i in (1, 2, 3):  # each SuperNode is training round 1: its reply is yet to be pushed
+        federation.wait_for_log(f"supernode-{i}", "Receiving: train message", proc, 420)
+    back = federation.restart_superlink()
     _wait_for_round(federation, proc, earlier, 420)
     federation.kill("supernode-2")  # SIGKILL: the node, its SuperExec and its ClientApp die without a goodbye
     took, node_2_again, refused = federation.restart_node(2)
     # activated under the id of its registered key; the attempts before that were refused (exit 305)
     assert node_2_again == node_2
     assert set(refused) <= {305}, refused
-    assert _finish(federation, proc, 600) == str(out)
+    printed = _finish(federation, proc, 600).splitlines()
     print(
-        f"deployed run: {time.monotonic() - t0:.0f} s; supernode-2 activated again under the same node id "
-        f"{took:.0f} s after the kill, after {len(refused)} refused start(s)"
+        f"deployed run: {time.monotonic() - t0:.0f} s; the SuperLink served again {back:.0f} s after its kill; "
+        f"supernode-2 activated again under the same node id {took:.0f} s after the kill, after "
+        f"{len(refused)} refused start(s)"
     )
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2, summary
+    # stdout: one progress line per round while the run went on (as `fedsim run` words it), then the outcome
+    assert [line.split(" | ")[0] for line in printed[:2]] == ["round 1/2", "round 2/2"], printed
+    final = f"{summary['primary_metric']} {summary['final_metrics']['primary_metric']:.4f}"
+    assert len(printed) == 3 and printed[2].endswith(f" completed: 2 rounds, {final}; results in {out}"), printed
+    assert printed[0].endswith(" | 3/3 clients answered"), printed[0]  # nothing lost in the SuperLink restart
     seeded = WirelessModel(checked_config({"run.clients": 3, "run.clients_per_round": 3, "run.seed": 7}))
     r1, r2 = rounds = read_rounds(out)
-    assert [c["client_id"] for c in r1["clients"]] == [0, 1, 2] and not r1["failures"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    # round 1 went through the SuperLink restart as if there had been none
+    assert [c["client_id"] for c in r1["clients"] if not c["dropped"]] == [0, 1, 2] and not r1["failures"], r1
+    # the ServerApp said what it sent again (its log, through the restarted SuperLink's database)
+    run_id = printed[2].split()[1]
+    logged = federation.fedsim_flwr(["log", run_id, "test", "--show"], timeout=120)
+    assert "[fedsim] the SuperLink" in logged.stdout + logged.stderr, (logged.stdout + logged.stderr)[-3000:]
     for r in rounds:
         answered = [c for c in r["clients"] if not c["dropped"]]
         for c in answered:
@@ -156,9 +178,11 @@ def test_deployed_run_with_a_supernode_killed_and_restarted(federation, tmp_path
         reason = r2["failures"][0]["reason"]
         assert "Node Unavailable" in reason or f"no reply within run.client_timeout_s={CLIENT_TIMEOUT_S}" in reason
         answered_2 = False
+        assert " | 2/3 clients answered, 1 failed (client 1: " in printed[1], printed[1]
     else:
         assert [c["client_id"] for c in r2["clients"] if not c["dropped"]] == [0, 1, 2] and not r2["failures"], r2
         answered_2 = True
+        assert printed[1].endswith(" | 3/3 clients answered"), printed[1]
     for png in ("metric_vs_round.png", "metric_vs_uplink_bits.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "config.toml").is_file()
