@@ -291,6 +291,10 @@ def test_the_report_reads_metrics_on_the_simulated_clock_and_draws_time_and_stal
     assert buff.value(f"time_to:primary_metric>={best!r}") == pytest.approx(first)
     assert math.isnan(buff.value(f"time_to:primary_metric>={best + 1!r}"))
     assert sync_run.times_s()[-1] == pytest.approx(sum(r["round_latency_s"] for r in sync_run.records))
+    from fedsim.app.report import column
+
+    assert column("time_to:accuracy>=0.6")[0] == "time to accuracy >= 0.6 (s)"
+    assert column("accuracy@2.5s")[0] == "accuracy at 2.5 s"
     page = write_report([tmp_path / "sync", tmp_path / "buff"], tmp_path / "report", by=["run.aggregation"])
     assert (page.parent / "figures" / "metric_vs_time.png").is_file()
     assert (page.parent / "figures" / "staleness.png").is_file()

@@ -415,6 +415,7 @@ COLUMNS: dict[str, tuple[str, float]] = {
     "cumulative_downlink_bits": ("downlink (Mbit)", 1e-6),
     "lora.quant_bits": ("quant bits", 1.0),
     "mean_round_latency_s": ("mean round latency (s)", 1.0),
+    "total_latency_s": ("simulated time (s)", 1.0),
     "lora_rank": ("planned rank", 1.0),
     "mean_rho": ("mean rho", 1.0),
     "mean_queue_s": ("mean Q (s)", 1.0),
@@ -433,6 +434,12 @@ def column(key: str, primary: str = "primary metric") -> tuple[str, float]:
     runs' primary metric."""
     if key == "primary_metric":
         return f"final {primary}", 1.0
+    if key.startswith("time_to:") and ">=" in key:
+        metric, _, threshold = key.removeprefix("time_to:").partition(">=")
+        return f"time to {column(metric, primary)[0]} >= {threshold} (s)", 1.0
+    if "@" in key and key.endswith("s"):
+        metric, _, at = key.partition("@")
+        return f"{column(metric, primary)[0]} at {at[:-1]} s", 1.0
     return COLUMNS.get(key, (key.rpartition(".")[2], 1.0))
 
 
