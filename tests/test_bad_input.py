@@ -148,6 +148,10 @@ def option_cases() -> list[tuple[str, list[str]]]:
 
 
 def file_cases(tmp: Path) -> list[tuple[str, list[str]]]:
+    classes_csv, catalogue = tmp / "classes.csv", tmp / "catalogue.toml"
+    classes_csv.write_text("client_id,device_class\n0,laptop\n0,tablet\n")
+    catalogue.write_text("[laptop]\nflops = 1e12\n")
+
     def config(name: str, text: str) -> list[str]:
         path = tmp / f"{name}.toml"
         path.write_text(text)
@@ -155,6 +159,14 @@ def file_cases(tmp: Path) -> list[tuple[str, list[str]]]:
 
     return [
         ("toml syntax", config("syntax", "[run\nclients = 3\n")),
+        (
+            "device classes csv malformed",
+            ["--set", "compute.device_speed=classes", "--set", f"compute.device_classes_csv={classes_csv}"],
+        ),
+        (
+            "device catalogue malformed",
+            ["--set", "compute.device_speed=classes", "--set", f"compute.device_catalogue={catalogue}"],
+        ),
         ("toml top-level value", config("toplevel", "clients = 3\n")),
         ("toml unknown section", config("section", "[nosuch]\nx = 1\n")),
         ("toml wrong type", config("type", '[run]\nclients = "many"\n')),

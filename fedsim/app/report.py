@@ -549,7 +549,12 @@ def metric_curves_figure(runs: Sequence[RunResult], by: Sequence[str] | None = N
     fig, (ax,) = _figure()
     for label, c in curves.items():
         _band(ax, c["bits"] / 1e6 if x == "bits" else c["round"], c, label)
-    ax.set_xlabel("cumulative uplink (Mbit)" if x == "bits" else "round")
+    return _metric_axes(fig, ax, runs, "cumulative uplink (Mbit)" if x == "bits" else "round")
+
+
+def _metric_axes(fig, ax, runs: Sequence[RunResult], xlabel: str):
+    """Label a metric-curve figure (the runs' primary metric on y), grid and legend; returns ``fig``."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(_metric_label(runs))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -570,12 +575,7 @@ def metric_vs_time_figure(runs: Sequence[RunResult], by: Sequence[str] | None = 
             y = np.array([_record_value(r, "primary_metric") for r in m.records])
             ok = np.isfinite(y)
             ax.plot(m.times_s()[ok], y[ok], color=f"C{i % 10}", marker="o", ms=2, lw=1, label=label if j == 0 else None)
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel(_metric_label(runs))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return _metric_axes(fig, ax, runs, "simulated time (s)")
 
 
 def staleness_figure(runs: Sequence[RunResult], by: Sequence[str] | None = None):

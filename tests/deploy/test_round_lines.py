@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fedsim.app.deploy import RoundFollower, local_reader
 from fedsim.app.progress import RoundText
-from fedsim.core.engine import run
+from fedsim.core.runner import run
 from tests.helpers.engine import InProcessClients, StubHost, make_cfg
 
 
