@@ -5,7 +5,9 @@ decides everything about a round; the transport only carries messages. Under ``f
 transport is Flower's Simulation Runtime, under ``fedsim deploy`` its Deployment Engine
 (:mod:`fedsim.flower.server_app`), and in the tests a plain function. One round:
 
-1. sample clients from the seed (:func:`fedsim.core.seeding.sample_clients`),
+1. sample clients from the seed (:func:`fedsim.core.seeding.sample_clients`); with device classes
+   (``compute.device_speed=classes``) a client whose device cannot hold the training is recorded
+   as failed and not sent anything,
 2. one-phase schedulers: send the global adapter, clients train and upload at the fixed rho;
    two-phase schedulers (TSFA): clients train and report, the scheduler decides rho_t and the
    band, the admitted clients upload at rho_t,
@@ -77,6 +79,9 @@ class Host(Protocol):
     def evaluate(self, cfg: Config, state: dict[str, np.ndarray]) -> dict[str, float]: ...
     def flops_per_sample(self, cfg: Config) -> float: ...
     def partition_sizes(self, cfg: Config) -> list[int]: ...
+
+    # optional: ``train_memory_bytes(cfg) -> int``, a lower bound on a client's training memory,
+    # checked against device classes' memory (:func:`unfit_clients`; without it nothing is refused)
 
 
 @dataclass(frozen=True)
