@@ -215,6 +215,9 @@ def test_asynchronous_runs_skip_unfit_devices_and_record_devices_that_leave(tmp_
     assert left and all(f.client_id in small and f.reason.startswith("offline: device (small)") for f in left)
     applied = {u.client_id for r in records for u in r.aggregation.updates}
     assert applied - small  # big devices deliver
+    for c in (c for r in records for c in r.clients if not c.dropped):  # energy: the class's power x T_cmp
+        power_w = engine.wireless.device_classes[c.client_id].power_w
+        assert c.compute_energy_j == pytest.approx(power_w * c.compute_time_s, rel=1e-12)
     unfit = AsyncEngine(cfg, NeedsMemory(4.0))
     pool = set(unfit.idle_until)
     assert pool.isdisjoint(small) and pool

@@ -60,7 +60,6 @@ from typing import Any
 
 import numpy as np
 
-from channels.compute import compute_energy_j
 from channels.rate import in_outage, upload_energy_j
 from channels.sharing import SharedUplink
 from fedsim.core.checkpoint import ASYNC_KEY, OLD_VERSION, Checkpoint
@@ -436,14 +435,7 @@ class AsyncEngine(RoundEngine):
         cfg, r = self.cfg, f.reply
         upload_s = f.arrived_s - f.upload_start_s
         total_s = f.arrived_s - f.dispatched_s
-        energy = compute_energy_j(
-            cfg.train.local_epochs,
-            [r.num_samples],
-            self.flops_per_sample,
-            self.wireless.device_flops[[f.client_id]],
-            cfg.compute.flops_per_cycle,
-            cfg.compute.kappa,
-        )
+        energy = self.wireless.compute_energies_j([f.client_id], [r.num_samples], self.flops_per_sample)
         return ClientRecord(
             client_id=f.client_id,
             dropped=False,
