@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from channels.csvfile import cached_while_unchanged, read_client_table
+from channels.devices import ClassDeviceSpeed
 
 DEVICE_FLOPS = 1.0e12
 """Default device speed (the fixed speed and the lognormal median), FLOP/s."""
@@ -95,19 +96,13 @@ class CsvDeviceSpeed:
         return np.array(speeds)
 
 
-def _device_speeds() -> dict[str, type]:
-    from channels.devices import ClassDeviceSpeed
-
-    return {
-        "uniform": UniformDeviceSpeed,
-        "lognormal": LogNormalDeviceSpeed,
-        "fixed": FixedDeviceSpeed,
-        "csv": CsvDeviceSpeed,
-        "classes": ClassDeviceSpeed,
-    }
-
-
-DEVICE_SPEEDS: dict[str, type] = _device_speeds()
+DEVICE_SPEEDS: dict[str, type] = {
+    "uniform": UniformDeviceSpeed,
+    "lognormal": LogNormalDeviceSpeed,
+    "fixed": FixedDeviceSpeed,
+    "csv": CsvDeviceSpeed,
+    "classes": ClassDeviceSpeed,
+}
 """Device-speed models by ``compute.device_speed`` name."""
 
 
